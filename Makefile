@@ -1,0 +1,34 @@
+# DistLM: `make run` starts the gateway, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONPATH := $(CURDIR)/backend
+
+.PHONY: run test lint format clean
+
+# Stamp files make a repeat run skip installs that are already done.
+$(VENV)/.runtime-installed: backend/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r backend/requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.runtime-installed backend/requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r backend/requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.runtime-installed
+	$(BIN)/python -m app.launcher
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check backend tests benchmarks alembic
+	$(BIN)/ruff format --check backend tests benchmarks alembic
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff format backend tests benchmarks alembic
+	$(BIN)/ruff check --fix backend tests benchmarks alembic
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

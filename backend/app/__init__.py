@@ -1,0 +1,1 @@
+"""The FastAPI gateway. Imports everything; nothing imports it."""

@@ -1,0 +1,109 @@
+"""Request dependencies: settings, the per-request session, the caller and role gates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from passlib.context import CryptContext
+from sqlalchemy.orm import Session
+
+from auth.models import Role, User
+from auth.passwords import password_context
+from auth.service import get_active_user
+from auth.tokens import decode_access_token
+from compute.models import Node
+from compute.nodes import CREDENTIAL_PREFIX, node_for_credential
+from core.errors import AuthenticationError, DistLMError, PermissionDeniedError
+from core.settings import Settings
+
+# auto_error=False: a missing token becomes our own 401 JSON, not FastAPI's default.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_password_context(settings: SettingsDep) -> CryptContext:
+    return password_context(settings.argon2_time_cost, settings.argon2_memory_kib)
+
+
+PasswordContextDep = Annotated[CryptContext, Depends(get_password_context)]
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """One session per request: commit when the handler returns, roll back if it raised."""
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+        session.commit()
+    except DistLMError as exc:
+        if exc.keep_changes:
+            session.commit()
+        else:
+            session.rollback()
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# scope="function": commit before the response is sent, so a 2xx means it is stored.
+DbSession = Annotated[Session, Depends(get_db, scope="function")]
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+def get_current_user(token: BearerToken, session: DbSession, settings: SettingsDep) -> User:
+    if not token:
+        raise AuthenticationError("not authenticated: send 'Authorization: Bearer <token>'")
+    if token.startswith(CREDENTIAL_PREFIX):
+        raise AuthenticationError("a node credential is only accepted for heartbeats")
+    claims = decode_access_token(token, secret_key=settings.secret_key)
+    # The role is read from the database, so a changed role takes effect at once.
+    return get_active_user(session, claims.user_id)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_roles(*roles: Role) -> Callable[[User], User]:
+    allowed = ", ".join(r.value for r in roles)
+
+    def check(user: CurrentUser) -> User:
+        if user.role not in {r.value for r in roles}:
+            raise PermissionDeniedError(f"this action needs the role: {allowed}")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
+NodeOwnerUser = Annotated[User, Depends(require_roles(Role.NODE_OWNER, Role.ADMIN))]
+
+
+@dataclass(frozen=True)
+class NodeCaller:
+    """Who sends a heartbeat: the node itself (its credential) or a user (JWT)."""
+
+    node: Node | None
+    user: User | None
+
+
+def get_node_caller(
+    node_id: int, token: BearerToken, session: DbSession, settings: SettingsDep
+) -> NodeCaller:
+    if token and token.startswith(CREDENTIAL_PREFIX):
+        return NodeCaller(node=node_for_credential(session, node_id, token), user=None)
+    return NodeCaller(node=None, user=get_current_user(token, session, settings))
+
+
+NodeCallerDep = Annotated[NodeCaller, Depends(get_node_caller)]

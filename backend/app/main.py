@@ -1,0 +1,86 @@
+"""create_app() and its lifespan: migrate, bootstrap the admin, connect Ray, serve.
+
+``app`` below lets ``cd backend && uvicorn app.main:app`` (seed 003) work; run a single
+worker process, since the gateway is the single writer of job state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.json_body import LenientJSONBodyMiddleware
+from app.routes import auth, health, jobs, metrics, nodes
+from auth.passwords import password_context
+from auth.service import ensure_bootstrap_admin
+from core.db import get_engine, make_session_factory, session_scope
+from core.logging import configure_logging
+from core.migrations import upgrade_to_head
+from core.settings import Settings, get_settings
+from ray_module.cluster import ClusterConfig, connect, disconnect
+
+VERSION = "0.1.0"
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+DistLM pools GPU and CPU machines lent by **node owners** into one Ray cluster; **users**
+spend tokens to train models on it. Use **Authorize** with your username and password
+(OAuth2 password flow) to try the endpoints here.
+"""
+
+
+def create_app(
+    settings: Settings | None = None, *, manage_ray: bool = True, run_migrations: bool = True
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or get_settings()
+        configure_logging(resolved.log_level)
+        if run_migrations:
+            upgrade_to_head(resolved.database_url)
+        engine = get_engine(resolved.database_url)
+        app.state.settings = resolved
+        app.state.engine = engine
+        app.state.session_factory = make_session_factory(engine)
+        with session_scope(app.state.session_factory) as session:
+            ensure_bootstrap_admin(
+                session,
+                password_context(resolved.argon2_time_cost, resolved.argon2_memory_kib),
+                username=resolved.admin_username,
+                password=resolved.admin_password,
+            )
+        if manage_ray:
+            connect(
+                ClusterConfig(
+                    address=resolved.ray_address,
+                    num_cpus=resolved.ray_num_cpus,
+                    object_store_mb=resolved.ray_object_store_mb,
+                )
+            )
+        try:
+            yield
+        finally:
+            if manage_ray:
+                disconnect()
+
+    app = FastAPI(
+        title="DistLM",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.manage_ray = manage_ray
+    app.state.version = VERSION
+    install_error_handlers(app)
+    app.add_middleware(LenientJSONBodyMiddleware)
+    for module in (health, auth, nodes, jobs, metrics):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,28 @@
+"""GET /health: liveness of the gateway, its database and its Ray connection (no auth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from core.db import database_ok
+from ray_module.cluster import is_connected
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+def health(request: Request, response: Response) -> dict[str, Any]:
+    state = request.app.state
+    db_ok = database_ok(state.engine)
+    ray_state = ("connected" if is_connected() else "down") if state.manage_ray else "disabled"
+    healthy = db_ok and ray_state != "down"
+    if not healthy:
+        response.status_code = 503
+    return {
+        "status": "ok" if healthy else "degraded",
+        "database": "ok" if db_ok else "down",
+        "ray": ray_state,
+        "version": state.version,
+    }

@@ -1,0 +1,63 @@
+"""The job queue: submit, list, read, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.deps import CurrentUser, DbSession, SettingsDep
+from app.schemas import JobOut, Page, job_out
+from compute.job_spec import JobSpec
+from compute.job_state import JobStatus
+from compute.jobs import cancel_job, get_job_for, list_jobs, submit_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("/submit", response_model=JobOut, status_code=status.HTTP_201_CREATED)
+def submit(
+    spec: JobSpec,
+    user: CurrentUser,
+    session: DbSession,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobOut:
+    """Queue a training job. Retrying with the same `Idempotency-Key` and body returns the
+    same job (200); the same key with another body is refused (422)."""
+    job, created = submit_job(
+        session,
+        user,
+        spec,
+        idempotency_key=idempotency_key,
+        default_max_runtime_s=settings.default_max_runtime_s,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_(
+    viewer: CurrentUser,
+    session: DbSession,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[JobOut]:
+    """Your jobs, newest first (admins see every job)."""
+    jobs, total = list_jobs(session, viewer, status=status_filter, limit=limit, offset=offset)
+    return Page[JobOut](items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get(job_id: int, viewer: CurrentUser, session: DbSession) -> JobOut:
+    return job_out(get_job_for(session, viewer, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel(job_id: int, viewer: CurrentUser, session: DbSession) -> JobOut:
+    """Cancel a job that has not finished; cancelling a finished job is 409."""
+    return job_out(cancel_job(session, viewer, job_id))

@@ -1,0 +1,88 @@
+"""Node registry: register, list, read, heartbeat, approve, ban."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, status
+
+from app.deps import AdminUser, DbSession, NodeCallerDep, NodeOwnerUser, SettingsDep
+from app.schemas import HeartbeatOut, NodeOut, NodeRegisteredOut, Page, node_out
+from compute.node_spec import HeartbeatSample, NodeRegistration
+from compute.nodes import (
+    NodeApproval,
+    get_node_for,
+    list_nodes,
+    node_for_heartbeat,
+    node_status,
+    record_heartbeat,
+    register_node,
+    set_node_approval,
+)
+from core.db import utcnow
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+
+
+@router.post("/register", response_model=NodeRegisteredOut, status_code=status.HTTP_201_CREATED)
+def register(
+    body: NodeRegistration, owner: NodeOwnerUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
+    """Register a machine. The response's `credential` is shown once: keep it for heartbeats."""
+    node, credential = register_node(session, owner, body, auto_approve=settings.node_auto_approve)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout, credential=credential)
+
+
+@router.get("", response_model=Page[NodeOut])
+def list_(
+    viewer: NodeOwnerUser,
+    session: DbSession,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[NodeOut]:
+    """Your nodes (admins see every node)."""
+    nodes, total = list_nodes(session, viewer, limit=limit, offset=offset)
+    now = utcnow()
+    items = [node_out(n, now=now, timeout_s=settings.node_timeout) for n in nodes]
+    return Page[NodeOut](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{node_id}", response_model=NodeOut)
+def get(node_id: int, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep) -> NodeOut:
+    node = get_node_for(session, viewer, node_id)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+@router.post("/{node_id}/heartbeat", response_model=HeartbeatOut)
+def heartbeat(
+    node_id: int,
+    caller: NodeCallerDep,
+    session: DbSession,
+    settings: SettingsDep,
+    sample: Annotated[HeartbeatSample | None, Body()] = None,
+) -> HeartbeatOut:
+    """Report liveness (and optional figures). Authenticate with the node's credential or
+    the owner's access token."""
+    node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
+    beat = record_heartbeat(session, node, sample or HeartbeatSample())
+    return HeartbeatOut(
+        node_id=node.id,
+        status=node_status(node, now=beat.received_at, timeout_s=settings.node_timeout).value,
+        approval=node.approval,
+        received_at=beat.received_at,
+        next_heartbeat_in_s=settings.node_heartbeat_interval,
+    )
+
+
+@router.post("/{node_id}/approve", response_model=NodeOut)
+def approve(node_id: int, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
+    node = set_node_approval(session, node_id, NodeApproval.APPROVED)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+@router.post("/{node_id}/ban", response_model=NodeOut)
+def ban(node_id: int, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
+    """Ban a node: its heartbeats are refused and it is never scheduled."""
+    node = set_node_approval(session, node_id, NodeApproval.BANNED)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)

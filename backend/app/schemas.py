@@ -1,0 +1,166 @@
+"""Request and response bodies of the HTTP API (domain inputs live with their services)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from auth.models import Role
+from auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from compute.job_spec import MICRO
+from compute.models import Job, Node
+from compute.nodes import node_status
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class AccessToken(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class RegisterUserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=3, max_length=64)
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)
+    role: Role = Role.USER
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    role: str
+    is_active: bool
+    created_at: dt.datetime
+
+
+class ResourcesOut(BaseModel):
+    gpu: int
+    cpu_cores: float
+    memory: float
+
+
+class NodeOut(BaseModel):
+    id: int
+    owner_id: int
+    hostname: str
+    resources: ResourcesOut
+    status: str
+    approval: str
+    created_at: dt.datetime
+    last_heartbeat_at: dt.datetime | None
+
+
+class NodeRegisteredOut(NodeOut):
+    credential: str = Field(
+        description="Secret for heartbeats ('Authorization: Bearer <credential>'). Shown once."
+    )
+
+
+class HeartbeatOut(BaseModel):
+    node_id: int
+    status: str
+    approval: str
+    received_at: dt.datetime
+    next_heartbeat_in_s: int
+
+
+class JobOut(BaseModel):
+    id: int
+    owner_id: int
+    name: str
+    status: str
+    status_reason: str
+    model_type: str
+    strategy: str
+    requirements: ResourcesOut
+    max_runtime_s: int
+    max_tokens: float | None
+    spec: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class HeartbeatSampleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    received_at: dt.datetime
+    cpu_percent: float | None
+    memory_used_gb: float | None
+    memory_percent: float | None
+    gpu_utilization: float | None
+    gpu_memory_used_gb: float | None
+
+
+class NodeMetricsOut(BaseModel):
+    node: NodeOut
+    samples: list[HeartbeatSampleOut]
+
+
+class TrainingPoint(BaseModel):
+    step: int
+    recorded_at: dt.datetime
+    values: dict[str, Any]
+
+
+class TrainingMetricsOut(BaseModel):
+    job_id: int
+    status: str
+    series: list[TrainingPoint]
+
+
+def micro_to_tokens(amount: int | None) -> float | None:
+    return None if amount is None else amount / MICRO
+
+
+def node_out(
+    node: Node, *, now: dt.datetime, timeout_s: int, credential: str | None = None
+) -> NodeOut:
+    fields = dict(
+        id=node.id,
+        owner_id=node.owner_id,
+        hostname=node.hostname,
+        resources=ResourcesOut(gpu=node.gpu, cpu_cores=node.cpu_cores, memory=node.memory_gb),
+        status=node_status(node, now=now, timeout_s=timeout_s).value,
+        approval=node.approval,
+        created_at=node.created_at,
+        last_heartbeat_at=node.last_heartbeat_at,
+    )
+    if credential is not None:
+        return NodeRegisteredOut(credential=credential, **fields)
+    return NodeOut(**fields)
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        owner_id=job.owner_id,
+        name=job.name,
+        status=job.status,
+        status_reason=job.status_reason,
+        model_type=job.model_type,
+        strategy=job.strategy,
+        requirements=ResourcesOut(gpu=job.gpu, cpu_cores=job.cpu_cores, memory=job.memory_gb),
+        max_runtime_s=job.max_runtime_s,
+        max_tokens=micro_to_tokens(job.max_tokens_micro),
+        spec=job.spec,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

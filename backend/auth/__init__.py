@@ -1,0 +1,1 @@
+"""Users, roles, password hashing, JWT access tokens, login throttling. Imports only ``core``."""

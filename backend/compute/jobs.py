@@ -1,0 +1,132 @@
+"""The persistent job queue: submit (idempotent), read with ownership, cancel, transitions."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from auth.models import Role, User
+from compute.job_spec import JobSpec, tokens_to_micro
+from compute.job_state import JobStatus, check_transition
+from compute.models import Job
+from core.db import utcnow
+from core.errors import InvalidInputError, NotFoundError
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a node"
+
+
+class IdempotencyKeyReusedError(InvalidInputError):
+    code = "idempotency_key_reused"
+
+
+def _job_for_key(session: Session, owner: User, key: str, request_hash: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != request_hash:
+        raise IdempotencyKeyReusedError(
+            "this Idempotency-Key was already used with a different request body; "
+            "use a new key for a new job"
+        )
+    return job
+
+
+def submit_job(
+    session: Session,
+    owner: User,
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None,
+    default_max_runtime_s: int,
+) -> tuple[Job, bool]:
+    """Store a new queued job; return (job, created). A replayed key returns the first job."""
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidInputError(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    request_hash = spec.request_hash()
+    if idempotency_key is not None:
+        existing = _job_for_key(session, owner, idempotency_key, request_hash)
+        if existing is not None:
+            return existing, False
+
+    now = utcnow()
+    job = Job(
+        owner_id=owner.id,
+        name=spec.display_name(),
+        status=JobStatus.QUEUED.value,
+        status_reason=WAITING_FOR_DISPATCHER,
+        model_type=spec.model.type.value,
+        strategy=spec.strategy.value,
+        gpu=spec.requirements.gpu,
+        cpu_cores=spec.requirements.cpu_cores,
+        memory_gb=spec.requirements.memory,
+        max_runtime_s=spec.max_runtime_s or default_max_runtime_s,
+        max_tokens_micro=tokens_to_micro(spec.max_tokens) if spec.max_tokens else None,
+        spec=spec.normalised(),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer with its job.
+        assert idempotency_key is not None
+        existing = _job_for_key(session, owner, idempotency_key, request_hash)
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _visible_jobs(viewer: User):
+    query = select(Job)
+    if viewer.role != Role.ADMIN:
+        query = query.where(Job.owner_id == viewer.id)
+    return query
+
+
+def list_jobs(
+    session: Session, viewer: User, *, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = _visible_jobs(viewer)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return list(jobs), total
+
+
+def get_job_for(session: Session, viewer: User, job_id: int, *, lock: bool = False) -> Job:
+    """The job if the viewer owns it or is an admin; otherwise 'not found' (no leak).
+
+    ``lock`` takes the row lock (PostgreSQL) so concurrent state changes serialise.
+    """
+    job = session.get(Job, job_id, with_for_update=lock)
+    if job is None or (viewer.role != Role.ADMIN and job.owner_id != viewer.id):
+        raise NotFoundError(f"job {job_id} not found")
+    return job
+
+
+def transition_job(session: Session, job: Job, target: JobStatus, reason: str) -> Job:
+    """Move a job along the state machine; illegal moves raise InvalidTransitionError."""
+    check_transition(JobStatus(job.status), target)
+    now = utcnow()
+    job.status = target.value
+    job.status_reason = reason
+    job.updated_at = now
+    if target is JobStatus.RUNNING and job.started_at is None:
+        job.started_at = now
+    if target.is_terminal():
+        job.finished_at = now
+    session.flush()
+    return job
+
+
+def cancel_job(session: Session, viewer: User, job_id: int) -> Job:
+    job = get_job_for(session, viewer, job_id, lock=True)
+    who = "an admin" if viewer.role == Role.ADMIN and job.owner_id != viewer.id else "its owner"
+    return transition_job(session, job, JobStatus.CANCELLED, f"cancelled by {who}")

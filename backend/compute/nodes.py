@@ -1,0 +1,145 @@
+"""The node registry: registration with a one-time credential, approval, heartbeats, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from auth.models import Role, User
+from compute.models import Node, NodeHeartbeat
+from compute.node_spec import HeartbeatSample, NodeRegistration
+from core.db import utcnow
+from core.errors import ConflictError, NotFoundError, PermissionDeniedError
+
+CREDENTIAL_PREFIX = "dln_"
+
+
+class NodeStatus(enum.StrEnum):
+    REGISTERED = "registered"  # no heartbeat yet
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class NodeApproval(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    BANNED = "banned"
+
+
+def node_status(node: Node, *, now: dt.datetime, timeout_s: int) -> NodeStatus:
+    """Derived from the last heartbeat, so it can never disagree with it."""
+    if node.last_heartbeat_at is None:
+        return NodeStatus.REGISTERED
+    if now - node.last_heartbeat_at > dt.timedelta(seconds=timeout_s):
+        return NodeStatus.OFFLINE
+    return NodeStatus.ONLINE
+
+
+def hash_credential(credential: str) -> str:
+    # The credential is 256 random bits, so a fast hash is enough (no brute force possible).
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+def register_node(
+    session: Session, owner: User, registration: NodeRegistration, *, auto_approve: bool
+) -> tuple[Node, str]:
+    """Store the node; return it with its credential, which is shown this once only."""
+    taken = session.scalar(
+        select(Node.id).where(Node.owner_id == owner.id, Node.hostname == registration.hostname)
+    )
+    if taken is not None:
+        raise ConflictError(
+            f"you already registered a node named '{registration.hostname}' (id {taken})",
+            code="node_exists",
+        )
+    credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    resources = registration.resources
+    node = Node(
+        owner_id=owner.id,
+        hostname=registration.hostname,
+        gpu=resources.gpu,
+        cpu_cores=resources.cpu_cores,
+        memory_gb=resources.memory,
+        approval=(NodeApproval.APPROVED if auto_approve else NodeApproval.PENDING).value,
+        credential_hash=hash_credential(credential),
+    )
+    session.add(node)
+    session.flush()
+    return node, credential
+
+
+def _visible_nodes(viewer: User):
+    query = select(Node)
+    if viewer.role != Role.ADMIN:
+        query = query.where(Node.owner_id == viewer.id)
+    return query
+
+
+def list_nodes(
+    session: Session, viewer: User, *, limit: int, offset: int
+) -> tuple[list[Node], int]:
+    query = _visible_nodes(viewer)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    nodes = session.scalars(query.order_by(Node.id).limit(limit).offset(offset)).all()
+    return list(nodes), total
+
+
+def get_node_for(session: Session, viewer: User, node_id: int) -> Node:
+    """The node if the viewer owns it or is an admin; otherwise 'not found' (no leak)."""
+    node = session.get(Node, node_id)
+    if node is None or (viewer.role != Role.ADMIN and node.owner_id != viewer.id):
+        raise NotFoundError(f"node {node_id} not found")
+    return node
+
+
+def node_for_credential(session: Session, node_id: int, credential: str) -> Node:
+    node = session.get(Node, node_id)
+    if node is None or not hmac.compare_digest(node.credential_hash, hash_credential(credential)):
+        # Same answer for unknown node and wrong credential.
+        raise PermissionDeniedError(
+            f"this node credential does not belong to node {node_id}", code="bad_node_credential"
+        )
+    return node
+
+
+def node_for_heartbeat(
+    session: Session, node_id: int, *, node: Node | None, user: User | None
+) -> Node:
+    """The node a heartbeat is for: proven by its credential, or by its owner's token."""
+    if node is not None:
+        return node
+    assert user is not None
+    target = session.get(Node, node_id)
+    if target is None or target.owner_id != user.id:
+        if user.role == Role.ADMIN and target is not None:
+            raise PermissionDeniedError("only the node itself or its owner may send heartbeats")
+        raise NotFoundError(f"node {node_id} not found")
+    return target
+
+
+def record_heartbeat(session: Session, node: Node, sample: HeartbeatSample) -> NodeHeartbeat:
+    if node.approval == NodeApproval.BANNED:
+        raise PermissionDeniedError(
+            f"node {node.id} is banned; its heartbeats are refused", code="node_banned"
+        )
+    now = utcnow()
+    heartbeat = NodeHeartbeat(node_id=node.id, received_at=now, **sample.model_dump())
+    node.last_heartbeat_at = now
+    session.add(heartbeat)
+    session.flush()
+    return heartbeat
+
+
+def set_node_approval(session: Session, node_id: int, approval: NodeApproval) -> Node:
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFoundError(f"node {node_id} not found")
+    node.approval = approval.value
+    session.flush()
+    return node

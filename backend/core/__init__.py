@@ -1,0 +1,1 @@
+"""Settings, database plumbing, domain error base classes and logging. Imports nothing of ours."""

@@ -1,0 +1,66 @@
+"""System, node and training metrics built from what the database holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from auth.models import Role, User
+from compute.job_state import JobStatus
+from compute.models import Job, JobMetric, Node, NodeHeartbeat
+from compute.nodes import NodeApproval, NodeStatus, node_status
+
+
+def system_metrics(session: Session, *, now: dt.datetime, node_timeout_s: int) -> dict[str, Any]:
+    users_by_role = {role.value: 0 for role in Role}
+    for role, count in session.execute(select(User.role, func.count()).group_by(User.role)):
+        users_by_role[role] = count
+
+    jobs_by_status = {status.value: 0 for status in JobStatus}
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        jobs_by_status[status] = count
+
+    nodes_by_status = {status.value: 0 for status in NodeStatus}
+    nodes_by_approval = {approval.value: 0 for approval in NodeApproval}
+    online = {"nodes": 0, "gpu": 0, "cpu_cores": 0.0, "memory_gb": 0.0}
+    for node in session.scalars(select(Node)):
+        status = node_status(node, now=now, timeout_s=node_timeout_s)
+        nodes_by_status[status.value] += 1
+        nodes_by_approval[node.approval] += 1
+        if status is NodeStatus.ONLINE and node.approval == NodeApproval.APPROVED:
+            online["nodes"] += 1
+            online["gpu"] += node.gpu
+            online["cpu_cores"] += node.cpu_cores
+            online["memory_gb"] += node.memory_gb
+
+    return {
+        "users_by_role": users_by_role,
+        "nodes_by_status": nodes_by_status,
+        "nodes_by_approval": nodes_by_approval,
+        "jobs_by_status": jobs_by_status,
+        "online_resources": online,
+        "generated_at": now.isoformat(),
+    }
+
+
+def node_samples(session: Session, node: Node, *, limit: int) -> list[NodeHeartbeat]:
+    return list(
+        session.scalars(
+            select(NodeHeartbeat)
+            .where(NodeHeartbeat.node_id == node.id)
+            .order_by(NodeHeartbeat.received_at.desc(), NodeHeartbeat.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def training_series(
+    session: Session, job: Job, *, after_step: int | None, limit: int
+) -> list[JobMetric]:
+    query = select(JobMetric).where(JobMetric.job_id == job.id)
+    if after_step is not None:
+        query = query.where(JobMetric.step > after_step)
+    return list(session.scalars(query.order_by(JobMetric.step, JobMetric.id).limit(limit)))
