@@ -115,6 +115,8 @@ def node_for_heartbeat(
     if node is not None:
         return node
     assert user is not None
+    if user.role == Role.USER:
+        raise PermissionDeniedError("this action needs the role: node_owner, admin")
     target = session.get(Node, node_id)
     if target is None or target.owner_id != user.id:
         if user.role == Role.ADMIN and target is not None:

@@ -1,0 +1,245 @@
+"""Shared fixtures: a migrated database per backend (SQLite always, PostgreSQL when
+TEST_DATABASE_URL is set), an app bound to it, and headers for each role."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from app.main import create_app
+from auth.models import Role, User
+from auth.passwords import password_context
+from auth.service import create_user
+from auth.tokens import create_access_token
+from core.db import Base, get_engine, make_session_factory
+from core.migrations import upgrade_to_head
+from core.settings import Settings, normalise_database_url
+
+import datetime as dt
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+PASSWORD = "correct-horse-battery"
+ADMIN_PASSWORD = "admin-password-for-tests"
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("TEST_DATABASE_URL")
+    return normalise_database_url(url) if url else None
+
+
+def backends() -> list[pytest.param]:
+    params = [pytest.param("sqlite", id="sqlite")]
+    params.append(
+        pytest.param(
+            "postgresql",
+            id="postgresql",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not postgres_url(), reason="TEST_DATABASE_URL not set"),
+            ],
+        )
+    )
+    return params
+
+
+def drop_everything(url: str) -> None:
+    """Empty a PostgreSQL test database (tables left by an earlier, interrupted run)."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        metadata = MetaData()
+        metadata.reflect(connection)
+        metadata.drop_all(connection)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session", params=backends())
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'distlm-test.db'}"
+    else:
+        url = postgres_url()
+        assert url is not None
+        drop_everything(url)
+    upgrade_to_head(url)
+    return url
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        admin_username="admin",
+        admin_password=ADMIN_PASSWORD,
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+        node_timeout=60,
+        login_max_failures=5,
+        login_lockout_s=300,
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+def clear_tables(url: str) -> None:
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
+        if connection.dialect.name == "postgresql":
+            # Fresh ids per test, so "unknown id" cases are predictable.
+            for table in Base.metadata.sorted_tables:
+                if "id" in table.c:
+                    connection.execute(
+                        text(f"ALTER SEQUENCE IF EXISTS {table.name}_id_seq RESTART WITH 1")
+                    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[object]:
+    clear_tables(settings.database_url)
+    yield create_app(settings, manage_ray=False, run_migrations=False)
+    clear_tables(settings.database_url)
+
+
+@pytest.fixture
+def client(app: object) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:  # type: ignore[arg-type]
+        yield test_client
+
+
+@pytest.fixture
+def db(client: TestClient) -> Iterator[Session]:
+    session = make_session_factory(client.app.state.engine)()  # type: ignore[attr-defined]
+    yield session
+    session.rollback()
+    session.close()
+
+
+@dataclass
+class Account:
+    user: User
+    headers: dict[str, str]
+    password: str = PASSWORD
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+
+def bearer(user: User, settings: Settings, *, expires_in: dt.timedelta | None = None) -> dict:
+    token = create_access_token(
+        user_id=user.id,
+        role=user.role,
+        secret_key=settings.secret_key,
+        expires_in=expires_in or dt.timedelta(minutes=30),
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def make_account(client: TestClient, settings: Settings):  # noqa: ANN201
+    factory = make_session_factory(client.app.state.engine)  # type: ignore[attr-defined]
+    context = password_context(settings.argon2_time_cost, settings.argon2_memory_kib)
+
+    def make(username: str, role: Role = Role.USER) -> Account:
+        with factory() as session:
+            user = create_user(session, context, username=username, password=PASSWORD, role=role)
+            session.commit()
+            session.refresh(user)
+            session.expunge(user)
+        return Account(user=user, headers=bearer(user, settings))
+
+    return make
+
+
+@pytest.fixture
+def admin(client: TestClient, settings: Settings) -> Account:
+    """The bootstrap admin the lifespan created."""
+    factory = make_session_factory(client.app.state.engine)  # type: ignore[attr-defined]
+    with factory() as session:
+        user = session.query(User).filter_by(username="admin").one()
+        session.expunge(user)
+    return Account(user=user, headers=bearer(user, settings), password=ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def user(make_account) -> Account:  # noqa: ANN001
+    return make_account("alice", Role.USER)
+
+
+@pytest.fixture
+def other_user(make_account) -> Account:  # noqa: ANN001
+    return make_account("bob", Role.USER)
+
+
+@pytest.fixture
+def node_owner(make_account) -> Account:  # noqa: ANN001
+    return make_account("olivia", Role.NODE_OWNER)
+
+
+@pytest.fixture
+def other_node_owner(make_account) -> Account:  # noqa: ANN001
+    return make_account("oscar", Role.NODE_OWNER)
+
+
+@pytest.fixture
+def admin_headers(admin: Account) -> dict[str, str]:
+    return admin.headers
+
+
+@pytest.fixture
+def user_headers(user: Account) -> dict[str, str]:
+    return user.headers
+
+
+@pytest.fixture
+def node_owner_headers(node_owner: Account) -> dict[str, str]:
+    return node_owner.headers
+
+
+SEED_JOB = {
+    "model_config": {"type": "simple_transformer", "model_name": "gpt2"},
+    "data_config": {"data_source": "huggingface", "dataset_name": "wikitext"},
+    "requirements": {"gpu": 1, "cpu_cores": 4, "memory": 16},
+}
+
+SEED_NODE = {"hostname": "gpu-node-1", "resources": {"gpu": 1, "cpu_cores": 8, "memory": 32}}
+
+
+def register_node(client: TestClient, headers: dict[str, str], hostname: str = "gpu-node-1") -> dict:
+    body = {**SEED_NODE, "hostname": hostname}
+    response = client.post("/nodes/register", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def submit_job(client: TestClient, headers: dict[str, str], **overrides: object) -> dict:
+    response = client.post("/jobs/submit", headers=headers, json={**SEED_JOB, **overrides})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def pg_database(url: str, name: str) -> str:
+    """A URL for a sibling database on the same PostgreSQL server, created if missing."""
+    base = make_url(url)
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar()
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
