@@ -3,6 +3,7 @@ TEST_DATABASE_URL is set), an app bound to it, and headers for each role."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +22,6 @@ from auth.tokens import create_access_token
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url
-
-import datetime as dt
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct-horse-battery"
@@ -120,11 +119,18 @@ def client(app: object) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def db(client: TestClient) -> Iterator[Session]:
-    session = make_session_factory(client.app.state.engine)()  # type: ignore[attr-defined]
+def db(client: TestClient, settings: Settings) -> Iterator[Session]:
+    """A session for tests to inspect or poke the database behind the API.
+
+    A plain engine (pysqlite's deferred transactions) so a test's reads never hold the
+    write lock that the gateway's BEGIN IMMEDIATE sessions wait for.
+    """
+    engine = create_engine(settings.database_url)
+    session = Session(engine, expire_on_commit=False)
     yield session
     session.rollback()
     session.close()
+    engine.dispose()
 
 
 @dataclass
@@ -149,7 +155,7 @@ def bearer(user: User, settings: Settings, *, expires_in: dt.timedelta | None = 
 
 
 @pytest.fixture
-def make_account(client: TestClient, settings: Settings):  # noqa: ANN201
+def make_account(client: TestClient, settings: Settings):
     factory = make_session_factory(client.app.state.engine)  # type: ignore[attr-defined]
     context = password_context(settings.argon2_time_cost, settings.argon2_memory_kib)
 
@@ -175,22 +181,22 @@ def admin(client: TestClient, settings: Settings) -> Account:
 
 
 @pytest.fixture
-def user(make_account) -> Account:  # noqa: ANN001
+def user(make_account) -> Account:
     return make_account("alice", Role.USER)
 
 
 @pytest.fixture
-def other_user(make_account) -> Account:  # noqa: ANN001
+def other_user(make_account) -> Account:
     return make_account("bob", Role.USER)
 
 
 @pytest.fixture
-def node_owner(make_account) -> Account:  # noqa: ANN001
+def node_owner(make_account) -> Account:
     return make_account("olivia", Role.NODE_OWNER)
 
 
 @pytest.fixture
-def other_node_owner(make_account) -> Account:  # noqa: ANN001
+def other_node_owner(make_account) -> Account:
     return make_account("oscar", Role.NODE_OWNER)
 
 
@@ -218,7 +224,9 @@ SEED_JOB = {
 SEED_NODE = {"hostname": "gpu-node-1", "resources": {"gpu": 1, "cpu_cores": 8, "memory": 32}}
 
 
-def register_node(client: TestClient, headers: dict[str, str], hostname: str = "gpu-node-1") -> dict:
+def register_node(
+    client: TestClient, headers: dict[str, str], hostname: str = "gpu-node-1"
+) -> dict:
     body = {**SEED_NODE, "hostname": hostname}
     response = client.post("/nodes/register", headers=headers, json=body)
     assert response.status_code == 201, response.text

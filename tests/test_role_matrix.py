@@ -1,4 +1,4 @@
-"""Every route × every caller: anonymous → 401, wrong role → 403, right role → success."""
+"""Every route x every caller: anonymous → 401, wrong role → 403, right role → success."""
 
 from __future__ import annotations
 
@@ -105,7 +105,5 @@ def test_role_gets_success_or_403(
 
 def test_public_routes_need_no_token(client: TestClient, admin: Account) -> None:
     assert client.get("/health").status_code == 200
-    response = client.post(
-        "/auth/token", data={"username": "admin", "password": admin.password}
-    )
+    response = client.post("/auth/token", data={"username": "admin", "password": admin.password})
     assert response.status_code == 200

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from passlib.context import CryptContext
 from sqlalchemy.orm import Session
@@ -19,6 +19,11 @@ from compute.models import Node
 from compute.nodes import CREDENTIAL_PREFIX, node_for_credential
 from core.errors import AuthenticationError, DistLMError, PermissionDeniedError
 from core.settings import Settings
+
+# Ids are 32-bit database keys; anything outside is bad input, not a database error.
+MAX_ID = 2**31 - 1
+NodeId = Annotated[int, Path(ge=1, le=MAX_ID, description="node id")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 
 # auto_error=False: a missing token becomes our own 401 JSON, not FastAPI's default.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -99,7 +104,7 @@ class NodeCaller:
 
 
 def get_node_caller(
-    node_id: int, token: BearerToken, session: DbSession, settings: SettingsDep
+    node_id: NodeId, token: BearerToken, session: DbSession, settings: SettingsDep
 ) -> NodeCaller:
     if token and token.startswith(CREDENTIAL_PREFIX):
         return NodeCaller(node=node_for_credential(session, node_id, token), user=None)

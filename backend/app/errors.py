@@ -72,7 +72,11 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    # The first element says where the value came from (body, query, ...); the rest is the field.
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        where, parts = parts[0], parts[1:]
+        return ".".join(parts) or where
     return ".".join(parts) or "body"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
@@ -136,8 +137,26 @@ class Requirements(_Strict):
     memory: float = Field(2.0, gt=0, le=MAX_MEMORY_GB)
 
 
+def _reject_non_finite(value: Any, where: str = "body") -> None:
+    """JSON parsers accept NaN and Infinity; nothing in a job spec may be either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: numbers must be finite")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_non_finite(item, f"{where}.{key}" if where != "body" else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_non_finite(item, f"{where}[{index}]")
+
+
 class JobSpec(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, data: Any) -> Any:
+        _reject_non_finite(data)
+        return data
 
     name: str | None = Field(None, min_length=1, max_length=128)
     model: ModelSpec = Field(alias="model_config")

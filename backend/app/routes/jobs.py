@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.deps import CurrentUser, DbSession, SettingsDep
+from app.deps import CurrentUser, DbSession, JobId, SettingsDep
 from app.schemas import JobOut, Page, job_out
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
@@ -53,11 +53,11 @@ def list_(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get(job_id: int, viewer: CurrentUser, session: DbSession) -> JobOut:
+def get(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
     return job_out(get_job_for(session, viewer, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel(job_id: int, viewer: CurrentUser, session: DbSession) -> JobOut:
+def cancel(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
     """Cancel a job that has not finished; cancelling a finished job is 409."""
     return job_out(cancel_job(session, viewer, job_id))

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.deps import AdminUser, CurrentUser, DbSession, NodeOwnerUser, SettingsDep
+from app.deps import AdminUser, CurrentUser, DbSession, JobId, NodeId, NodeOwnerUser, SettingsDep
 from app.schemas import (
     HeartbeatSampleOut,
     NodeMetricsOut,
@@ -30,7 +30,7 @@ def system(_admin: AdminUser, session: DbSession, settings: SettingsDep) -> dict
 
 @router.get("/node/{node_id}", response_model=NodeMetricsOut)
 def node(
-    node_id: int,
+    node_id: NodeId,
     viewer: NodeOwnerUser,
     session: DbSession,
     settings: SettingsDep,
@@ -47,7 +47,7 @@ def node(
 
 @router.get("/training/{job_id}", response_model=TrainingMetricsOut)
 def training(
-    job_id: int,
+    job_id: JobId,
     viewer: CurrentUser,
     session: DbSession,
     after_step: Annotated[int | None, Query(ge=-1)] = None,

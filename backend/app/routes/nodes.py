@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, status
 
-from app.deps import AdminUser, DbSession, NodeCallerDep, NodeOwnerUser, SettingsDep
+from app.deps import AdminUser, DbSession, NodeCallerDep, NodeId, NodeOwnerUser, SettingsDep
 from app.schemas import HeartbeatOut, NodeOut, NodeRegisteredOut, Page, node_out
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.nodes import (
@@ -49,14 +49,16 @@ def list_(
 
 
 @router.get("/{node_id}", response_model=NodeOut)
-def get(node_id: int, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep) -> NodeOut:
+def get(
+    node_id: NodeId, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
     node = get_node_for(session, viewer, node_id)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
 
 
 @router.post("/{node_id}/heartbeat", response_model=HeartbeatOut)
 def heartbeat(
-    node_id: int,
+    node_id: NodeId,
     caller: NodeCallerDep,
     session: DbSession,
     settings: SettingsDep,
@@ -76,13 +78,15 @@ def heartbeat(
 
 
 @router.post("/{node_id}/approve", response_model=NodeOut)
-def approve(node_id: int, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
+def approve(
+    node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
     node = set_node_approval(session, node_id, NodeApproval.APPROVED)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
 
 
 @router.post("/{node_id}/ban", response_model=NodeOut)
-def ban(node_id: int, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
+def ban(node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
     """Ban a node: its heartbeats are refused and it is never scheduled."""
     node = set_node_approval(session, node_id, NodeApproval.BANNED)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)

@@ -1,0 +1,159 @@
+"""The persistent job queue: the seed body, defaults, validation, listing, cancel, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from compute.models import Job
+from tests.conftest import SEED_JOB, Account, submit_job
+
+
+def test_seed_job_body_is_queued_with_defaults(client: TestClient, user: Account) -> None:
+    job = submit_job(client, user.headers)
+    assert job["status"] == "queued"
+    assert job["status_reason"]
+    assert job["strategy"] == "data_parallel"
+    assert job["requirements"] == {"gpu": 1, "cpu_cores": 4.0, "memory": 16.0}
+    assert job["spec"]["model_config"]["model_name"] == "gpt2"
+    assert job["max_runtime_s"] > 0
+    fetched = client.get(f"/jobs/{job['id']}", headers=user.headers).json()
+    assert fetched == job
+
+
+def test_job_survives_a_new_app_instance(client: TestClient, user: Account, settings) -> None:
+    """The queue is persistent: a restarted gateway still has the job."""
+    from app.main import create_app
+
+    job = submit_job(client, user.headers)
+    with TestClient(create_app(settings, manage_ray=False, run_migrations=False)) as restarted:
+        assert restarted.get(f"/jobs/{job['id']}", headers=user.headers).json()["status"] == (
+            "queued"
+        )
+
+
+@pytest.mark.parametrize(
+    ("model_type", "strategy"),
+    [("text_to_text", "fedavg"), ("classifier", "fedavg"), ("char_rnn", "es")],
+)
+def test_default_strategy_follows_model_type(
+    client: TestClient, user: Account, model_type: str, strategy: str
+) -> None:
+    job = submit_job(
+        client,
+        user.headers,
+        model_config={"type": model_type, "model_name": "some-model"},
+        data_config={"data_source": "builtin", "dataset_name": "digits"},
+    )
+    assert job["strategy"] == strategy
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"model_config": {"type": "diffusion", "model_name": "x"}}, "model_config.type"),
+        ({"model_config": {"type": "simple_transformer"}}, "model_config.model_name"),
+        ({"training_config": {"strategy": "magic"}}, "training_config.strategy"),
+        ({"training_config": {"strategy": "es"}}, "strategy 'es' cannot train"),
+        ({"requirements": {"gpu": -1, "cpu_cores": 1, "memory": 1}}, "requirements.gpu"),
+        ({"requirements": {"gpu": 0, "cpu_cores": 0, "memory": 1}}, "requirements.cpu_cores"),
+        ({"requirements": {"gpu": 100000, "cpu_cores": 1, "memory": 1}}, "requirements.gpu"),
+        ({"requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1e12}}, "requirements.memory"),
+        ({"requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1, "tpu": 2}}, "tpu"),
+        ({"data_config": {"data_source": "builtin", "dataset_name": "mnist"}}, "builtin dataset"),
+        ({"data_config": {"data_source": "local", "dataset_name": "x"}}, "path"),
+        (
+            {"data_config": {"data_source": "local", "dataset_name": "x", "path": "../../etc"}},
+            "data_config.path",
+        ),
+        ({"data_config": {"data_source": "ftp", "dataset_name": "x"}}, "data_source"),
+        ({"max_runtime_s": 0}, "max_runtime_s"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"model_config": {"type": "classifier", "model_name": "tiny-gpt2"}}, "preset"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_specs_are_422_with_the_field_named_and_store_nothing(
+    client: TestClient, user: Account, db: Session, change: dict, field: str
+) -> None:
+    response = client.post("/jobs/submit", headers=user.headers, json={**SEED_JOB, **change})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_input"
+    assert field in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@pytest.mark.parametrize("missing", ["model_config", "data_config"])
+def test_missing_required_sections_are_422(client: TestClient, user: Account, missing: str) -> None:
+    body = {k: v for k, v in SEED_JOB.items() if k != missing}
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422
+    assert missing in response.json()["detail"]
+
+
+def test_list_is_paginated_newest_first_and_filters_by_status(
+    client: TestClient, user: Account
+) -> None:
+    ids = [submit_job(client, user.headers, name=f"job {i}")["id"] for i in range(5)]
+    client.post(f"/jobs/{ids[1]}/cancel", headers=user.headers)
+    page = client.get("/jobs?limit=2", headers=user.headers).json()
+    assert page["total"] == 5
+    assert [j["id"] for j in page["items"]] == [ids[4], ids[3]]
+    queued = client.get("/jobs?status=queued", headers=user.headers).json()
+    assert queued["total"] == 4
+    cancelled = client.get("/jobs?status=cancelled", headers=user.headers).json()
+    assert [j["id"] for j in cancelled["items"]] == [ids[1]]
+    assert client.get("/jobs?status=sleeping", headers=user.headers).status_code == 422
+
+
+def test_cancel_twice_is_409(client: TestClient, user: Account) -> None:
+    job = submit_job(client, user.headers)
+    first = client.post(f"/jobs/{job['id']}/cancel", headers=user.headers)
+    assert first.status_code == 200
+    assert first.json()["status"] == "cancelled"
+    assert first.json()["finished_at"] is not None
+    second = client.post(f"/jobs/{job['id']}/cancel", headers=user.headers)
+    assert second.status_code == 409
+    assert second.json()["error"] == "invalid_job_state"
+
+
+def test_idempotency_key_same_body_returns_the_same_job(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    headers = {**user.headers, "Idempotency-Key": "retry-me"}
+    first = client.post("/jobs/submit", headers=headers, json=SEED_JOB)
+    second = client.post("/jobs/submit", headers=headers, json=SEED_JOB)
+    assert first.status_code == 201
+    assert second.status_code == 200
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert first.json()["id"] == second.json()["id"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_idempotency_key_with_another_body_is_422(client: TestClient, user: Account) -> None:
+    headers = {**user.headers, "Idempotency-Key": "k-1"}
+    client.post("/jobs/submit", headers=headers, json=SEED_JOB)
+    other = client.post("/jobs/submit", headers=headers, json={**SEED_JOB, "name": "different"})
+    assert other.status_code == 422
+    assert other.json()["error"] == "idempotency_key_reused"
+
+
+def test_idempotency_keys_are_per_user(
+    client: TestClient, user: Account, other_user: Account
+) -> None:
+    a = client.post("/jobs/submit", headers={**user.headers, "Idempotency-Key": "k"}, json=SEED_JOB)
+    b = client.post(
+        "/jobs/submit", headers={**other_user.headers, "Idempotency-Key": "k"}, json=SEED_JOB
+    )
+    assert a.status_code == b.status_code == 201
+    assert a.json()["id"] != b.json()["id"]
+
+
+def test_training_metrics_are_an_empty_series_before_the_job_runs(
+    client: TestClient, user: Account
+) -> None:
+    job = submit_job(client, user.headers)
+    metrics = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+    assert metrics == {"job_id": job["id"], "status": "queued", "series": []}

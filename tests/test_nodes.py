@@ -1,0 +1,175 @@
+"""Node registry: registration, credentials, heartbeats, status over time, approval and bans."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from compute.models import Node
+from core.db import utcnow
+from tests.conftest import SEED_NODE, Account, register_node
+
+
+def test_seed_register_body_returns_id_and_one_time_credential(
+    client: TestClient, node_owner: Account, db: Session
+) -> None:
+    response = client.post("/nodes/register", headers=node_owner.headers, json=SEED_NODE)
+    assert response.status_code == 201
+    body = response.json()
+    assert body["hostname"] == "gpu-node-1"
+    assert body["resources"] == {"gpu": 1, "cpu_cores": 8.0, "memory": 32.0}
+    assert body["status"] == "registered"
+    assert body["credential"].startswith("dln_")
+    # Stored hashed, never shown again.
+    stored = db.get(Node, body["id"])
+    assert stored is not None and body["credential"] not in stored.credential_hash
+    again = client.get(f"/nodes/{body['id']}", headers=node_owner.headers).json()
+    assert "credential" not in again
+    listed = client.get("/nodes", headers=node_owner.headers).json()["items"]
+    assert all("credential" not in n for n in listed)
+
+
+def test_same_hostname_twice_is_409_but_other_owners_may_reuse_it(
+    client: TestClient, node_owner: Account, other_node_owner: Account
+) -> None:
+    register_node(client, node_owner.headers, "box")
+    again = client.post(
+        "/nodes/register", headers=node_owner.headers, json={**SEED_NODE, "hostname": "box"}
+    )
+    assert again.status_code == 409
+    assert again.json()["error"] == "node_exists"
+    register_node(client, other_node_owner.headers, "box")
+
+
+def test_heartbeat_with_credential_turns_node_online_and_stores_sample(
+    client: TestClient, node_owner: Account
+) -> None:
+    node = register_node(client, node_owner.headers)
+    response = client.post(
+        f"/nodes/{node['id']}/heartbeat",
+        headers={"Authorization": f"Bearer {node['credential']}"},
+        json={"cpu_percent": 37.5, "memory_used_gb": 12.0, "gpu_utilization": 80},
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] == "online"
+    assert response.json()["next_heartbeat_in_s"] > 0
+    metrics = client.get(f"/metrics/node/{node['id']}", headers=node_owner.headers).json()
+    assert metrics["node"]["status"] == "online"
+    (sample,) = metrics["samples"]
+    assert sample["cpu_percent"] == 37.5
+    assert sample["memory_used_gb"] == 12.0
+    assert sample["gpu_utilization"] == 80
+
+
+def test_heartbeat_with_owner_token_and_without_body(
+    client: TestClient, node_owner: Account
+) -> None:
+    node = register_node(client, node_owner.headers)
+    response = client.post(f"/nodes/{node['id']}/heartbeat", headers=node_owner.headers)
+    assert response.status_code == 200
+    assert response.json()["status"] == "online"
+
+
+def test_node_goes_offline_after_node_timeout(
+    client: TestClient, node_owner: Account, db: Session, settings
+) -> None:
+    node = register_node(client, node_owner.headers)
+    client.post(f"/nodes/{node['id']}/heartbeat", headers=node_owner.headers)
+    stale = utcnow() - dt.timedelta(seconds=settings.node_timeout + 1)
+    db.execute(update(Node).where(Node.id == node["id"]).values(last_heartbeat_at=stale))
+    db.commit()
+    assert client.get(f"/nodes/{node['id']}", headers=node_owner.headers).json()["status"] == (
+        "offline"
+    )
+    client.post(f"/nodes/{node['id']}/heartbeat", headers=node_owner.headers)
+    assert client.get(f"/nodes/{node['id']}", headers=node_owner.headers).json()["status"] == (
+        "online"
+    )
+
+
+def test_wrong_credential_is_refused_and_records_nothing(
+    client: TestClient, node_owner: Account
+) -> None:
+    node = register_node(client, node_owner.headers)
+    response = client.post(
+        f"/nodes/{node['id']}/heartbeat",
+        headers={"Authorization": "Bearer dln_not-the-credential"},
+        json={"cpu_percent": 1},
+    )
+    assert response.status_code == 403
+    metrics = client.get(f"/metrics/node/{node['id']}", headers=node_owner.headers).json()
+    assert metrics["samples"] == []
+    assert metrics["node"]["status"] == "registered"
+
+
+def test_banned_node_heartbeats_are_refused_until_approved_again(
+    client: TestClient, node_owner: Account, admin: Account
+) -> None:
+    node = register_node(client, node_owner.headers)
+    auth = {"Authorization": f"Bearer {node['credential']}"}
+    banned = client.post(f"/nodes/{node['id']}/ban", headers=admin.headers)
+    assert banned.json()["approval"] == "banned"
+    refused = client.post(f"/nodes/{node['id']}/heartbeat", headers=auth, json={})
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "node_banned"
+    client.post(f"/nodes/{node['id']}/approve", headers=admin.headers)
+    assert client.post(f"/nodes/{node['id']}/heartbeat", headers=auth, json={}).status_code == 200
+
+
+def test_nodes_wait_for_approval_when_auto_approve_is_off(
+    app, node_owner: Account, admin: Account, client: TestClient
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"node_auto_approve": False})
+    node = register_node(client, node_owner.headers)
+    assert node["approval"] == "pending"
+    approved = client.post(f"/nodes/{node['id']}/approve", headers=admin.headers).json()
+    assert approved["approval"] == "approved"
+
+
+def test_admin_lists_all_nodes_owner_lists_own_with_pagination(
+    client: TestClient, node_owner: Account, other_node_owner: Account, admin: Account
+) -> None:
+    for i in range(3):
+        register_node(client, node_owner.headers, f"mine-{i}")
+    register_node(client, other_node_owner.headers, "theirs")
+    mine = client.get("/nodes?limit=2&offset=0", headers=node_owner.headers).json()
+    assert mine["total"] == 3 and len(mine["items"]) == 2
+    rest = client.get("/nodes?limit=2&offset=2", headers=node_owner.headers).json()
+    assert [n["hostname"] for n in rest["items"]] == ["mine-2"]
+    assert client.get("/nodes", headers=admin.headers).json()["total"] == 4
+
+
+def test_unknown_node_is_404(client: TestClient, admin: Account) -> None:
+    for method, path in [
+        ("GET", "/nodes/4242"),
+        ("POST", "/nodes/4242/approve"),
+        ("POST", "/nodes/4242/ban"),
+        ("GET", "/metrics/node/4242"),
+        ("POST", "/nodes/4242/heartbeat"),
+    ]:
+        response = client.request(method, path, headers=admin.headers)
+        assert response.status_code == 404, (method, path)
+
+
+def test_system_metrics_count_users_nodes_jobs_and_online_resources(
+    client: TestClient, admin: Account, node_owner: Account, user: Account
+) -> None:
+    online = register_node(client, node_owner.headers, "online-box")
+    register_node(client, node_owner.headers, "silent-box")
+    client.post(f"/nodes/{online['id']}/heartbeat", headers=node_owner.headers)
+    from tests.conftest import submit_job
+
+    submit_job(client, user.headers)
+    metrics = client.get("/metrics/system", headers=admin.headers).json()
+    assert metrics["users_by_role"] == {"user": 1, "node_owner": 1, "admin": 1}
+    assert metrics["nodes_by_status"] == {"registered": 1, "online": 1, "offline": 0}
+    assert metrics["jobs_by_status"]["queued"] == 1
+    assert metrics["online_resources"] == {
+        "nodes": 1,
+        "gpu": 1,
+        "cpu_cores": 8.0,
+        "memory_gb": 32.0,
+    }
