@@ -1,0 +1,116 @@
+"""`make run` serves the README quickstart: the real launcher (local Ray included) runs the
+README's curl block as typed, and Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quickstart_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match, "README has no bash block under Quickstart"
+    return match.group(1)
+
+
+def wait_healthy(base: str, process: subprocess.Popen, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"launcher exited early with {process.returncode}")
+        try:
+            response = httpx.get(f"{base}/health", timeout=2)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("gateway did not become healthy")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "backend"),
+        "DISTLM_PORT": str(port),
+        "DISTLM_DATABASE_URL": f"sqlite:///{tmp_path / 'quickstart.db'}",
+        "DISTLM_STORAGE_PATH": str(tmp_path / "storage"),
+        "DISTLM_RAY_NUM_CPUS": "1",
+        "DISTLM_ARGON2_TIME_COST": "1",
+        "DISTLM_ARGON2_MEMORY_KIB": "1024",
+        # The README's credentials, whatever a developer's backend/.env says.
+        "DISTLM_ADMIN_USERNAME": "admin",
+        "DISTLM_ADMIN_PASSWORD": "admin-change-me",
+        "DISTLM_HOST": "127.0.0.1",
+    }
+    env.pop("RAY_ADDRESS", None)
+    # The same command `make run` runs, in its own process group as a terminal would.
+    process = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "app.launcher"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
+    gateway: tuple[str, subprocess.Popen], tmp_path: Path
+) -> None:
+    base, process = gateway
+    health = wait_healthy(base, process)
+    assert health == {**health, "status": "ok", "database": "ok", "ray": "connected"}
+    ray_processes = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if "ray" in " ".join(p.cmdline())
+    ]
+    assert ray_processes, "the launcher should have started a local Ray"
+
+    script = quickstart_block().replace("http://localhost:8000", base)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"error"' not in result.stdout, result.stdout
+    assert '"status":"cancelled"' in result.stdout
+    assert '"samples":[{' in result.stdout
+
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+    process.wait(timeout=60)
+    _gone, alive = psutil.wait_procs(ray_processes, timeout=30)
+    assert not alive, f"still running after Ctrl-C: {[p.cmdline()[:2] for p in alive]}"
