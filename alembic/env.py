@@ -8,6 +8,7 @@ from alembic import context
 
 import auth.models  # noqa: F401 - registers the tables on Base.metadata
 import compute.models  # noqa: F401
+import ledger.models  # noqa: F401
 from core.db import Base, UTCDateTime, make_engine
 from core.settings import get_settings, normalise_database_url
 

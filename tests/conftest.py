@@ -15,9 +15,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.main import create_app
+from compute.accounts import register_user, signup_grant_micro
 from auth.models import Role, User
 from auth.passwords import password_context
-from auth.service import create_user
 from auth.tokens import create_access_token
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
@@ -161,7 +161,14 @@ def make_account(client: TestClient, settings: Settings):
 
     def make(username: str, role: Role = Role.USER) -> Account:
         with factory() as session:
-            user = create_user(session, context, username=username, password=PASSWORD, role=role)
+            user = register_user(
+                session,
+                context,
+                username=username,
+                password=PASSWORD,
+                role=role,
+                signup_grant=signup_grant_micro(settings.signup_grant),
+            )
             session.commit()
             session.refresh(user)
             session.expunge(user)

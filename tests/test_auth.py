@@ -147,6 +147,7 @@ def test_alg_none_token_is_401(client: TestClient, admin: Account) -> None:
     assert response.status_code == 401
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 @pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
 def test_wrong_algorithm_is_401_even_with_the_right_key(
     client: TestClient, admin: Account, algorithm: str

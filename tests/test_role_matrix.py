@@ -42,6 +42,10 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/metrics/system", None, ADMIN),
     ("GET", "/metrics/node/{node}", None, OWNERS),
     ("GET", "/metrics/training/{job}", None, ALL),
+    ("GET", "/tokens/balance/me", None, ALL),
+    ("GET", "/tokens/history/me", None, ALL),
+    ("POST", "/tokens/estimate", lambda: {"requirements": {"cpu_cores": 1, "memory": 1}}, ALL),
+    ("POST", "/tokens/grant", lambda: {"user_id": 1, "amount": 1}, ADMIN),
 ]
 PUBLIC = {("GET", "/health"), ("POST", "/auth/token")}
 
@@ -51,6 +55,7 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
     routes = set()
     for path, operations in client.get("/openapi.json").json()["paths"].items():
         path = path.replace("{node_id}", "{node}").replace("{job_id}", "{job}")
+        path = path.replace("{user_id}", "me")
         routes.update((method.upper(), path) for method in operations)
     assert routes == documented
 

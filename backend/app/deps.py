@@ -15,10 +15,12 @@ from auth.models import Role, User
 from auth.passwords import password_context
 from auth.service import get_active_user
 from auth.tokens import decode_access_token
+from compute.billing import rates_from
 from compute.models import Node
 from compute.nodes import CREDENTIAL_PREFIX, node_for_credential
 from core.errors import AuthenticationError, DistLMError, PermissionDeniedError
 from core.settings import Settings
+from ledger.pricing import Rates
 
 # Ids are 32-bit database keys; anything outside is bad input, not a database error.
 MAX_ID = 2**31 - 1
@@ -41,6 +43,13 @@ def get_password_context(settings: SettingsDep) -> CryptContext:
 
 
 PasswordContextDep = Annotated[CryptContext, Depends(get_password_context)]
+
+
+def get_rates(settings: SettingsDep) -> Rates:
+    return rates_from(settings)
+
+
+RatesDep = Annotated[Rates, Depends(get_rates)]
 
 
 def get_db(request: Request) -> Iterator[Session]:

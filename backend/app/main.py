@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.json_body import LenientJSONBodyMiddleware
-from app.routes import auth, health, jobs, metrics, nodes
+from app.routes import auth, health, jobs, metrics, nodes, tokens
 from auth.passwords import password_context
-from auth.service import ensure_bootstrap_admin
+from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
 from core.db import get_engine, make_session_factory, session_scope
 from core.logging import configure_logging
 from core.migrations import upgrade_to_head
@@ -52,6 +52,7 @@ def create_app(
                 password_context(resolved.argon2_time_cost, resolved.argon2_memory_kib),
                 username=resolved.admin_username,
                 password=resolved.admin_password,
+                signup_grant=signup_grant_micro(resolved.signup_grant),
             )
         if manage_ray:
             connect(
@@ -78,7 +79,7 @@ def create_app(
     app.state.version = VERSION
     install_error_handlers(app)
     app.add_middleware(LenientJSONBodyMiddleware)
-    for module in (health, auth, nodes, jobs, metrics):
+    for module in (health, auth, nodes, jobs, tokens, metrics):
         app.include_router(module.router)
     return app
 

@@ -149,18 +149,3 @@ def authenticate(
         log.warning("login locked for %s after %d failures", username[:64], max_failures)
     session.flush()
     raise LoginFailedError(LOGIN_FAILED, code="invalid_credentials")
-
-
-def ensure_bootstrap_admin(
-    session: Session, context: CryptContext, *, username: str, password: str
-) -> User | None:
-    """Create the configured admin at first start; an existing user of that name is kept."""
-    if not password:
-        log.warning("DISTLM_ADMIN_PASSWORD is empty: no bootstrap admin created")
-        return None
-    existing = session.scalar(select(User).where(User.username == username))
-    if existing is not None:
-        return existing
-    user = create_user(session, context, username=username, password=password, role=Role.ADMIN)
-    log.info("created bootstrap admin '%s'", username)
-    return user

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
+from compute.billing import UsageReport, estimate_cost, settle
 from compute.job_spec import JobSpec, tokens_to_micro
 from compute.job_state import JobStatus, check_transition
 from compute.models import Job
 from core.db import utcnow
 from core.errors import InvalidInputError, NotFoundError
+from ledger.flows import place_hold
+from ledger.pricing import Rates
+from ledger.settlement import SettlementResult
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a node"
@@ -38,8 +44,11 @@ def submit_job(
     *,
     idempotency_key: str | None,
     default_max_runtime_s: int,
+    rates: Rates,
 ) -> tuple[Job, bool]:
-    """Store a new queued job; return (job, created). A replayed key returns the first job."""
+    """Store a new queued job and hold its maximum cost in escrow, in one database
+    transaction; return (job, created). A replayed key returns the first job and holds
+    nothing more. Not enough tokens: InsufficientFundsError, and nothing is stored."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise InvalidInputError(
             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
@@ -69,9 +78,14 @@ def submit_job(
         created_at=now,
         updated_at=now,
     )
+    estimate = estimate_cost(
+        spec.requirements, runtime_s=job.max_runtime_s, cap=job.max_tokens_micro, rates=rates
+    )
     try:
         with session.begin_nested():
             session.add(job)
+            session.flush()
+            place_hold(session, user_id=owner.id, job_id=job.id, amount=estimate.total)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer with its job.
         assert idempotency_key is not None
@@ -126,7 +140,24 @@ def transition_job(session: Session, job: Job, target: JobStatus, reason: str) -
     return job
 
 
-def cancel_job(session: Session, viewer: User, job_id: int) -> Job:
+def finish_job(
+    session: Session,
+    job: Job,
+    target: JobStatus,
+    reason: str,
+    *,
+    usage: Sequence[UsageReport],
+    rates: Rates,
+) -> SettlementResult:
+    """Move the job to a terminal state and settle its escrow with the metered usage."""
+    assert target.is_terminal()
+    transition_job(session, job, target, reason)
+    return settle(session, job, usage, rates)
+
+
+def cancel_job(session: Session, viewer: User, job_id: int, *, rates: Rates) -> Job:
+    """Cancel a job that has not run: the whole hold is refunded."""
     job = get_job_for(session, viewer, job_id, lock=True)
     who = "an admin" if viewer.role == Role.ADMIN and job.owner_id != viewer.id else "its owner"
-    return transition_job(session, job, JobStatus.CANCELLED, f"cancelled by {who}")
+    finish_job(session, job, JobStatus.CANCELLED, f"cancelled by {who}", usage=[], rates=rates)
+    return job

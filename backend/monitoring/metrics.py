@@ -12,6 +12,8 @@ from auth.models import Role, User
 from compute.job_state import JobStatus
 from compute.models import Job, JobMetric, Node, NodeHeartbeat
 from compute.nodes import NodeApproval, NodeStatus, node_status
+from ledger.invariants import ledger_report
+from ledger.pricing import tokens
 
 
 def system_metrics(session: Session, *, now: dt.datetime, node_timeout_s: int) -> dict[str, Any]:
@@ -36,7 +38,19 @@ def system_metrics(session: Session, *, now: dt.datetime, node_timeout_s: int) -
             online["cpu_cores"] += node.cpu_cores
             online["memory_gb"] += node.memory_gb
 
+    terminal = {s.value for s in JobStatus if s.is_terminal()}
+    terminal_job_ids = set(session.scalars(select(Job.id).where(Job.status.in_(terminal))))
+    report = ledger_report(session, terminal_job_ids=terminal_job_ids)
+
     return {
+        "ledger": {
+            "issued": tokens(report.issued),
+            "in_wallets": tokens(report.in_wallets),
+            "in_escrow": tokens(report.in_escrow),
+            "fees": tokens(report.fees),
+            "invariant_ok": report.invariant_ok,
+            "problems": list(report.problems),
+        },
         "users_by_role": users_by_role,
         "nodes_by_status": nodes_by_status,
         "nodes_by_approval": nodes_by_approval,

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Form, status
 
 from app.deps import AdminUser, CurrentUser, DbSession, PasswordContextDep, SettingsDep
 from app.schemas import AccessToken, RegisterUserIn, UserOut
-from auth.service import authenticate, create_user
+from auth.service import authenticate
 from auth.tokens import create_access_token
+from compute.accounts import register_user, signup_grant_micro
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -41,10 +42,20 @@ def login(
 
 @router.post("/register", response_model=UserOut, status_code=status.HTTP_201_CREATED)
 def register(
-    body: RegisterUserIn, _admin: AdminUser, session: DbSession, context: PasswordContextDep
+    body: RegisterUserIn,
+    _admin: AdminUser,
+    session: DbSession,
+    context: PasswordContextDep,
+    settings: SettingsDep,
 ) -> UserOut:
-    user = create_user(
-        session, context, username=body.username, password=body.password, role=body.role
+    """Create a user with a wallet holding the signup grant (`DISTLM_SIGNUP_GRANT`)."""
+    user = register_user(
+        session,
+        context,
+        username=body.username,
+        password=body.password,
+        role=body.role,
+        signup_grant=signup_grant_micro(settings.signup_grant),
     )
     return UserOut.model_validate(user)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.deps import CurrentUser, DbSession, JobId, SettingsDep
+from app.deps import CurrentUser, DbSession, JobId, RatesDep, SettingsDep
 from app.schemas import JobOut, Page, job_out
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
@@ -21,17 +21,20 @@ def submit(
     user: CurrentUser,
     session: DbSession,
     settings: SettingsDep,
+    rates: RatesDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobOut:
-    """Queue a training job. Retrying with the same `Idempotency-Key` and body returns the
-    same job (200); the same key with another body is refused (422)."""
+    """Queue a training job and hold its maximum cost in escrow (402 if your balance cannot
+    cover it). Retrying with the same `Idempotency-Key` and body returns the same job (200);
+    the same key with another body is refused (422)."""
     job, created = submit_job(
         session,
         user,
         spec,
         idempotency_key=idempotency_key,
         default_max_runtime_s=settings.default_max_runtime_s,
+        rates=rates,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -58,6 +61,7 @@ def get(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
-    """Cancel a job that has not finished; cancelling a finished job is 409."""
-    return job_out(cancel_job(session, viewer, job_id))
+def cancel(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep) -> JobOut:
+    """Cancel a job that has not finished and refund what it did not use; cancelling a
+    finished job is 409."""
+    return job_out(cancel_job(session, viewer, job_id, rates=rates))

@@ -1,0 +1,103 @@
+"""The token economy: balances, compute history, estimates and admin grants."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, status
+
+from app.deps import AdminUser, CurrentUser, DbSession, RatesDep, SettingsDep
+from app.schemas import (
+    BalanceOut,
+    CostBreakdownOut,
+    EstimateOut,
+    GrantIn,
+    HistoryEntryOut,
+    Page,
+)
+from compute.accounts import admin_grant, resolve_user_for
+from compute.billing import estimate_for
+from compute.job_spec import tokens_to_micro
+from ledger.flows import BalanceSummary, balance_summary, history
+from ledger.pricing import tokens
+
+router = APIRouter(prefix="/tokens", tags=["tokens"])
+
+
+def balance_out(user_id: int, summary: BalanceSummary) -> BalanceOut:
+    return BalanceOut(
+        user_id=user_id,
+        available=tokens(summary.available),
+        held=tokens(summary.held),
+        earned=tokens(summary.earned),
+        spent=tokens(summary.spent),
+    )
+
+
+@router.get("/balance/{user_id}", response_model=BalanceOut)
+def balance(user_id: str, viewer: CurrentUser, session: DbSession) -> BalanceOut:
+    """`available` in the wallet, `held` in escrow for unfinished jobs, `earned` by your
+    nodes, `spent` on finished jobs. `user_id` may be `me`."""
+    user = resolve_user_for(session, viewer, user_id)
+    return balance_out(user.id, balance_summary(session, user.id))
+
+
+@router.get("/history/{user_id}", response_model=Page[HistoryEntryOut])
+def compute_history(
+    user_id: str,
+    viewer: CurrentUser,
+    session: DbSession,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[HistoryEntryOut]:
+    """Ledger entries on your wallet and your jobs' escrows, newest first: grants, holds,
+    charges per node, refunds, and credits earned by your nodes."""
+    user = resolve_user_for(session, viewer, user_id)
+    lines, total = history(session, user.id, limit=limit, offset=offset)
+    items = [
+        HistoryEntryOut(**{**line.__dict__, "amount": tokens(line.amount)})  # type: ignore[arg-type]
+        for line in lines
+    ]
+    return Page[HistoryEntryOut](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post("/estimate", response_model=EstimateOut)
+def estimate(
+    _viewer: CurrentUser,
+    settings: SettingsDep,
+    rates: RatesDep,
+    body: Annotated[dict[str, Any], Body()],
+) -> EstimateOut:
+    """The most a job can cost (its hold): `{requirements, max_runtime_s, max_tokens?}` or a
+    whole job spec."""
+    result = estimate_for(body, default_runtime_s=settings.default_max_runtime_s, rates=rates)
+    return EstimateOut(
+        total=tokens(result.total),
+        breakdown=CostBreakdownOut(
+            gpu=tokens(result.breakdown.gpu),
+            cpu=tokens(result.breakdown.cpu),
+            memory=tokens(result.breakdown.memory),
+        ),
+        max_runtime_s=result.runtime_s,
+        capped_by_max_tokens=result.total < result.breakdown.total,
+    )
+
+
+@router.post("/grant", response_model=BalanceOut, status_code=status.HTTP_201_CREATED)
+def grant(
+    body: GrantIn,
+    admin: AdminUser,
+    session: DbSession,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> BalanceOut:
+    """Issue tokens to a user (admins only: with the signup grant, the only way tokens come
+    into being). Retrying with the same `Idempotency-Key` grants once. Returns the balance."""
+    user = admin_grant(
+        session,
+        admin,
+        user_id=body.user_id,
+        amount=tokens_to_micro(body.amount),
+        memo=body.memo,
+        idempotency_key=idempotency_key,
+    )
+    return balance_out(user.id, balance_summary(session, user.id))

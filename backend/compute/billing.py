@@ -1,0 +1,112 @@
+"""Where jobs meet the ledger: prices from settings, the hold at submit, settlement at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from compute.job_spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
+from compute.models import Job, Node
+from core.errors import InvalidInputError
+from core.settings import Settings
+from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation
+from ledger.settlement import NodeUsage, SettlementResult, settle_job
+
+
+def rates_from(settings: Settings) -> Rates:
+    return Rates.of(
+        gpu_hour=settings.tokens_per_gpu_hour,
+        cpu_core_hour=settings.tokens_per_cpu_core_hour,
+        memory_gb_hour=settings.tokens_per_memory_gb_hour,
+        fee_percent=settings.platform_fee_percent,
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    breakdown: CostBreakdown
+    runtime_s: int
+    cap: int | None  # max_tokens in micro-tokens, if given
+
+    @property
+    def total(self) -> int:
+        """What the hold will be: the full reservation, or the cap if lower."""
+        full = self.breakdown.total
+        return min(full, self.cap) if self.cap is not None else full
+
+
+def estimate_cost(
+    requirements: Requirements, *, runtime_s: int, cap: int | None, rates: Rates
+) -> Estimate:
+    breakdown = price_reservation(
+        requirements.gpu, requirements.cpu_cores, requirements.memory, runtime_s, rates
+    )
+    return Estimate(breakdown=breakdown, runtime_s=runtime_s, cap=cap)
+
+
+class EstimateRequest(BaseModel):
+    """What POST /tokens/estimate takes when it is not a whole job spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requirements: Requirements = Field(default_factory=Requirements)
+    max_runtime_s: int | None = Field(None, ge=1, le=MAX_RUNTIME_S)
+    max_tokens: Decimal | None = Field(None, gt=0, le=MAX_TOKENS, decimal_places=6)
+
+
+def estimate_for(body: dict[str, Any], *, default_runtime_s: int, rates: Rates) -> Estimate:
+    """Price `{requirements, max_runtime_s, max_tokens?}` or a whole job spec."""
+    request: JobSpec | EstimateRequest = (
+        JobSpec.model_validate(body)
+        if "model_config" in body
+        else EstimateRequest.model_validate(body)
+    )
+    cap = tokens_to_micro(request.max_tokens) if request.max_tokens is not None else None
+    return estimate_cost(
+        request.requirements,
+        runtime_s=request.max_runtime_s or default_runtime_s,
+        cap=cap,
+        rates=rates,
+    )
+
+
+def job_estimate(job: Job, rates: Rates) -> Estimate:
+    requirements = Requirements(gpu=job.gpu, cpu_cores=job.cpu_cores, memory=job.memory_gb)
+    return estimate_cost(
+        requirements, runtime_s=job.max_runtime_s, cap=job.max_tokens_micro, rates=rates
+    )
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Metered usage of one node for a job (what the Ray runner reports)."""
+
+    node_id: int
+    usage: ResourceSeconds
+
+
+def settle(
+    session: Session, job: Job, usage: Sequence[UsageReport], rates: Rates
+) -> SettlementResult:
+    """Settle the job's escrow with the usage of the nodes it ran on (once; later calls no-op)."""
+    node_ids = {report.node_id for report in usage}
+    owners = dict(
+        session.execute(select(Node.id, Node.owner_id).where(Node.id.in_(node_ids))).all()
+    )
+    unknown = node_ids - owners.keys()
+    if unknown:
+        raise InvalidInputError(f"usage names unknown nodes: {sorted(unknown)}")
+    return settle_job(
+        session,
+        job_id=job.id,
+        job_owner_id=job.owner_id,
+        usage=[NodeUsage(r.node_id, owners[r.node_id], r.usage) for r in usage],
+        rates=rates,
+        memo=f"settlement of job {job.id} ({job.status})",
+    )

@@ -1,0 +1,170 @@
+"""The money flows: grants, holds at submit, and balances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.errors import InsufficientFundsError, InvalidInputError
+from ledger.models import (
+    AccountKind,
+    EntryKind,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    TransactionKind,
+)
+from ledger.postings import Posting, escrow, post_transaction, system_account, wallet
+from ledger.pricing import tokens
+
+
+def grant_tokens(
+    session: Session,
+    *,
+    user_id: int,
+    amount: int,
+    kind: TransactionKind,
+    key: str,
+    memo: str = "",
+) -> LedgerTransaction:
+    """Issue new tokens into a wallet: the only way tokens come into being."""
+    if kind not in (TransactionKind.SIGNUP_GRANT, TransactionKind.ADMIN_GRANT):
+        raise InvalidInputError("grants are signup or admin grants only")
+    if amount <= 0:
+        raise InvalidInputError("a grant must be a positive amount")
+    issuance = system_account(session, AccountKind.ISSUANCE)
+    target = wallet(session, user_id)
+    transaction, _ = post_transaction(
+        session,
+        kind=kind,
+        key=key,
+        postings=[
+            Posting(issuance.id, -amount, EntryKind.ISSUE),
+            Posting(target.id, amount, EntryKind.GRANT),
+        ],
+        memo=memo,
+    )
+    return transaction
+
+
+def place_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> LedgerAccount:
+    """Move a job's maximum cost from the wallet into the job's escrow (402 if short)."""
+    job_escrow = escrow(session, job_id, user_id)
+    if amount == 0:
+        return job_escrow
+    source = wallet(session, user_id)
+    try:
+        post_transaction(
+            session,
+            kind=TransactionKind.HOLD,
+            key=f"hold:job:{job_id}",
+            postings=[
+                Posting(source.id, -amount, EntryKind.HOLD),
+                Posting(job_escrow.id, amount, EntryKind.HOLD),
+            ],
+            job_id=job_id,
+            memo=f"hold for job {job_id}",
+        )
+    except InsufficientFundsError as exc:
+        session.refresh(source)
+        shortfall = amount - source.balance
+        raise InsufficientFundsError(
+            f"this job needs a hold of {tokens(amount)} tokens but {tokens(source.balance)} "
+            f"are available (short by {tokens(shortfall)}); lower requirements, "
+            "max_runtime_s or max_tokens, or ask an admin for tokens"
+        ) from exc
+    return job_escrow
+
+
+@dataclass(frozen=True)
+class BalanceSummary:
+    available: int
+    held: int
+    earned: int
+    spent: int
+
+
+def balance_summary(session: Session, user_id: int) -> BalanceSummary:
+    own_wallet = session.scalar(
+        select(LedgerAccount).where(
+            LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id == user_id
+        )
+    )
+    held = session.scalar(
+        select(func.coalesce(func.sum(LedgerAccount.balance), 0)).where(
+            LedgerAccount.kind == AccountKind.ESCROW.value, LedgerAccount.user_id == user_id
+        )
+    )
+    earned = 0
+    if own_wallet is not None:
+        earned = session.scalar(
+            select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                LedgerEntry.account_id == own_wallet.id,
+                LedgerEntry.kind == EntryKind.NODE_CREDIT.value,
+            )
+        )
+    spent = session.scalar(
+        select(func.coalesce(-func.sum(LedgerEntry.amount), 0))
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+        .where(
+            LedgerAccount.kind == AccountKind.ESCROW.value,
+            LedgerAccount.user_id == user_id,
+            LedgerEntry.kind == EntryKind.CHARGE.value,
+        )
+    )
+    return BalanceSummary(
+        available=own_wallet.balance if own_wallet is not None else 0,
+        held=int(held or 0),
+        earned=int(earned or 0),
+        spent=int(spent or 0),
+    )
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    entry_id: int
+    transaction_id: int
+    created_at: object
+    transaction_kind: str
+    kind: str
+    account: str
+    amount: int
+    job_id: int | None
+    node_id: int | None
+    memo: str
+
+
+def history(
+    session: Session, user_id: int, *, limit: int, offset: int
+) -> tuple[list[HistoryLine], int]:
+    """Entries on the user's wallet and on their jobs' escrows, newest first."""
+    accounts = select(LedgerAccount.id).where(
+        LedgerAccount.user_id == user_id,
+        LedgerAccount.kind.in_([AccountKind.WALLET.value, AccountKind.ESCROW.value]),
+    )
+    base = (
+        select(LedgerEntry, LedgerTransaction, LedgerAccount)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+        .where(LedgerEntry.account_id.in_(accounts))
+    )
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    rows = session.execute(base.order_by(LedgerEntry.id.desc()).limit(limit).offset(offset))
+    lines = [
+        HistoryLine(
+            entry_id=entry.id,
+            transaction_id=transaction.id,
+            created_at=transaction.created_at,
+            transaction_kind=transaction.kind,
+            kind=entry.kind,
+            account=account.kind,
+            amount=entry.amount,
+            job_id=transaction.job_id if transaction.job_id is not None else account.job_id,
+            node_id=entry.node_id,
+            memo=transaction.memo,
+        )
+        for entry, transaction, account in rows
+    ]
+    return lines, total

@@ -1,0 +1,107 @@
+"""Accounts, transactions and entries. Amounts are signed integer micro-tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.db import Base, UTCDateTime, utcnow
+
+MICRO = 1_000_000  # units per token
+
+
+class AccountKind(enum.StrEnum):
+    WALLET = "wallet"  # one per user
+    ESCROW = "escrow"  # one per job: its hold until settlement
+    PLATFORM_FEE = "platform_fee"  # singleton
+    ISSUANCE = "issuance"  # singleton; the only account that goes negative
+
+
+class TransactionKind(enum.StrEnum):
+    SIGNUP_GRANT = "signup_grant"
+    ADMIN_GRANT = "admin_grant"
+    HOLD = "hold"
+    SETTLEMENT = "settlement"
+
+
+class EntryKind(enum.StrEnum):
+    ISSUE = "issue"  # issuance side of a grant
+    GRANT = "grant"  # wallet side of a grant
+    HOLD = "hold"  # wallet → escrow at submit
+    CHARGE = "charge"  # escrow → node owners and fee, per node
+    NODE_CREDIT = "node_credit"  # a node owner's earnings for a node's completed work
+    PLATFORM_FEE = "platform_fee"
+    REFUND = "refund"  # the unused hold back to the wallet
+
+
+class LedgerAccount(Base):
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('wallet', 'escrow', 'platform_fee', 'issuance')", name="kind_known"
+        ),
+        # No overdraft, enforced by the database as well as by the conditional updates.
+        CheckConstraint("kind = 'issuance' OR balance >= 0", name="no_overdraft"),
+        Index(
+            "uq_ledger_accounts_wallet",
+            "user_id",
+            unique=True,
+            sqlite_where=text("kind = 'wallet'"),
+            postgresql_where=text("kind = 'wallet'"),
+        ),
+        Index(
+            "uq_ledger_accounts_escrow",
+            "job_id",
+            unique=True,
+            sqlite_where=text("kind = 'escrow'"),
+            postgresql_where=text("kind = 'escrow'"),
+        ),
+        Index(
+            "uq_ledger_accounts_singleton",
+            "kind",
+            unique=True,
+            sqlite_where=text("kind IN ('platform_fee', 'issuance')"),
+            postgresql_where=text("kind IN ('platform_fee', 'issuance')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Kept equal to the sum of the account's entries (checked by the invariant), so a
+    # debit can be one conditional UPDATE ... WHERE balance >= amount.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LedgerTransaction(Base):
+    __tablename__ = "ledger_transactions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    node_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memo: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="nonzero"),
+        Index("ix_ledger_entries_account_id_id", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_transactions.id", ondelete="RESTRICT"), index=True
+    )
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id", ondelete="RESTRICT"))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    node_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,0 +1,146 @@
+"""Posting balanced, idempotent transactions.
+
+Correct under concurrency on both databases: a debit is one conditional
+``UPDATE … SET balance = balance - :x WHERE balance >= :x`` (atomic on PostgreSQL, which locks
+the row; serialised on SQLite by BEGIN IMMEDIATE), balances are updated in account-id order so
+concurrent postings lock rows in one fixed order, and the unique idempotency key makes a
+retried or concurrent duplicate return the first transaction instead of posting twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.errors import InsufficientFundsError, InvalidInputError
+from ledger.models import (
+    AccountKind,
+    EntryKind,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    TransactionKind,
+)
+
+# Far beyond any real amount, far below 2**63: sums of many entries cannot overflow.
+MAX_AMOUNT = 10**18 // 1000
+
+
+class UnbalancedTransactionError(InvalidInputError):
+    code = "unbalanced_transaction"
+
+
+@dataclass(frozen=True)
+class Posting:
+    account_id: int
+    amount: int  # signed micro-tokens
+    kind: EntryKind
+    node_id: int | None = None
+
+
+def _get_or_create(session: Session, lookup: dict[str, object], kind: AccountKind) -> LedgerAccount:
+    query = select(LedgerAccount).where(LedgerAccount.kind == kind.value)
+    for column, value in lookup.items():
+        query = query.where(getattr(LedgerAccount, column) == value)
+    account = session.scalar(query)
+    if account is not None:
+        return account
+    try:
+        with session.begin_nested():
+            account = LedgerAccount(kind=kind.value, balance=0, **lookup)
+            session.add(account)
+    except IntegrityError:  # created concurrently: use that one
+        account = session.scalar(query)
+        assert account is not None
+    return account
+
+
+def system_account(session: Session, kind: AccountKind) -> LedgerAccount:
+    assert kind in (AccountKind.ISSUANCE, AccountKind.PLATFORM_FEE)
+    return _get_or_create(session, {}, kind)
+
+
+def wallet(session: Session, user_id: int) -> LedgerAccount:
+    return _get_or_create(session, {"user_id": user_id}, AccountKind.WALLET)
+
+
+def escrow(session: Session, job_id: int, user_id: int) -> LedgerAccount:
+    return _get_or_create(session, {"job_id": job_id, "user_id": user_id}, AccountKind.ESCROW)
+
+
+def find_transaction(session: Session, key: str) -> LedgerTransaction | None:
+    return session.scalar(select(LedgerTransaction).where(LedgerTransaction.idempotency_key == key))
+
+
+def _apply(session: Session, account_id: int, delta: int) -> None:
+    statement = update(LedgerAccount).where(LedgerAccount.id == account_id)
+    if delta < 0:
+        statement = statement.where(
+            or_(LedgerAccount.kind == AccountKind.ISSUANCE.value, LedgerAccount.balance >= -delta)
+        )
+    result = session.execute(
+        statement.values(balance=LedgerAccount.balance + delta).execution_options(
+            synchronize_session=False
+        )
+    )
+    if result.rowcount != 1:
+        raise InsufficientFundsError(f"account {account_id} cannot cover {-delta} micro-tokens")
+
+
+def post_transaction(
+    session: Session,
+    *,
+    kind: TransactionKind,
+    key: str,
+    postings: list[Posting],
+    job_id: int | None = None,
+    node_id: int | None = None,
+    memo: str = "",
+) -> tuple[LedgerTransaction, bool]:
+    """Post a balanced transaction once per key; returns (transaction, created)."""
+    existing = find_transaction(session, key)
+    if existing is not None:
+        return existing, False
+    if sum(p.amount for p in postings) != 0:
+        raise UnbalancedTransactionError("a transaction's entries must sum to zero")
+    if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in postings):
+        raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
+
+    deltas: dict[int, int] = defaultdict(int)
+    for posting in postings:
+        deltas[posting.account_id] += posting.amount
+    try:
+        with session.begin_nested():
+            transaction = LedgerTransaction(
+                kind=kind.value, idempotency_key=key, job_id=job_id, node_id=node_id, memo=memo
+            )
+            session.add(transaction)
+            session.flush()  # a duplicate key fails here, before any balance moves
+            for account_id in sorted(deltas):  # one lock order for every posting
+                if deltas[account_id]:
+                    _apply(session, account_id, deltas[account_id])
+            session.add_all(
+                LedgerEntry(
+                    transaction_id=transaction.id,
+                    account_id=p.account_id,
+                    kind=p.kind.value,
+                    amount=p.amount,
+                    node_id=p.node_id,
+                )
+                for p in postings
+            )
+            session.flush()
+    except IntegrityError:
+        existing = find_transaction(session, key)
+        if existing is None:
+            raise
+        return existing, False
+    for account_id in deltas:  # balances changed under the ORM's feet
+        account = session.get(LedgerAccount, account_id)
+        if account is not None:
+            session.refresh(account)
+    return transaction, True
