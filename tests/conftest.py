@@ -15,10 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.main import create_app
-from compute.accounts import register_user, signup_grant_micro
 from auth.models import Role, User
 from auth.passwords import password_context
 from auth.tokens import create_access_token
+from compute.accounts import register_user, signup_grant_micro
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url

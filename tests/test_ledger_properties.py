@@ -1,0 +1,256 @@
+"""A hypothesis state machine drives grants, submits, cancels, settlements, key retries and
+concurrent duplicates; the ledger invariants are checked after every step, on each database."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import func, select
+
+from auth.models import Role, User
+from compute.billing import rates_from
+from compute.job_spec import JobSpec
+from compute.job_state import InvalidTransitionError, JobStatus
+from compute.jobs import cancel_job, submit_job
+from compute.models import Job, Node
+from core.db import get_engine, make_session_factory, session_scope
+from core.errors import InsufficientFundsError
+from ledger.flows import grant_tokens
+from ledger.invariants import ledger_report
+from ledger.models import MICRO, TransactionKind
+from tests.conftest import clear_tables, make_settings
+from tests.ledger_helpers import run_to_end, usage
+
+
+def spec(runtime_s: int, cores: float) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "model_config": {"type": "classifier", "model_name": "mlp"},
+            "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+            "requirements": {"gpu": 0, "cpu_cores": cores, "memory": 1},
+            "max_runtime_s": runtime_s,
+        }
+    )
+
+
+def make_machine(database_url: str) -> type[RuleBasedStateMachine]:
+    config = make_settings(database_url)
+    rates = rates_from(config)
+    factory = make_session_factory(get_engine(database_url))
+
+    class LedgerMachine(RuleBasedStateMachine):
+        jobs = Bundle("jobs")
+        keys = Bundle("keys")
+
+        def __init__(self) -> None:
+            super().__init__()
+            clear_tables(database_url)
+            self.granted = 0
+            self.grant_count = 0
+            with session_scope(factory) as session:
+                users = [
+                    User(username=f"u{i}", password_hash="-", role=Role.NODE_OWNER.value)
+                    for i in range(3)
+                ]
+                session.add_all(users)
+                session.flush()
+                self.user_ids = [u.id for u in users]
+                nodes = [
+                    Node(
+                        owner_id=u.id,
+                        hostname=f"n{u.id}",
+                        cpu_cores=4,
+                        memory_gb=8,
+                        approval="approved",
+                        credential_hash=f"h{u.id}",
+                    )
+                    for u in users
+                ]
+                session.add_all(nodes)
+                session.flush()
+                self.node_ids = [n.id for n in nodes]
+
+        def _owner(self, index: int) -> User:
+            with session_scope(factory) as session:
+                user = session.get(User, self.user_ids[index % 3])
+                session.expunge(user)
+                return user
+
+        def _jobs_count(self) -> int:
+            with session_scope(factory) as session:
+                return session.scalar(select(func.count()).select_from(Job)) or 0
+
+        @rule(user=st.integers(0, 2), amount=st.integers(1, 50 * MICRO))
+        def grant(self, user: int, amount: int) -> None:
+            self.grant_count += 1
+            with session_scope(factory) as session:
+                grant_tokens(
+                    session,
+                    user_id=self.user_ids[user],
+                    amount=amount,
+                    kind=TransactionKind.ADMIN_GRANT,
+                    key=f"g{self.grant_count}",
+                )
+            self.granted += amount
+
+        @rule(
+            target=jobs,
+            user=st.integers(0, 2),
+            runtime=st.integers(60, 20 * 3600),
+            cores=st.sampled_from([0.25, 1, 2]),
+            key=st.none() | st.text("abc", min_size=1, max_size=3),
+        )
+        def submit(self, user: int, runtime: int, cores: float, key: str | None):
+            before = self._jobs_count()
+            owner = self._owner(user)
+            try:
+                with session_scope(factory) as session:
+                    job, _ = submit_job(
+                        session,
+                        owner,
+                        spec(runtime, cores),
+                        idempotency_key=key,
+                        default_max_runtime_s=3600,
+                        rates=rates,
+                    )
+                    return job.id
+            except InsufficientFundsError:
+                assert self._jobs_count() == before  # a 402 stores nothing
+                return -1
+            except Exception as exc:  # a reused key with another body: 422, nothing stored
+                assert "Idempotency-Key" in str(exc)
+                assert self._jobs_count() == before
+                return -1
+
+        @rule(job=jobs, user=st.integers(0, 2))
+        def retry_same_request(self, job: int, user: int) -> None:
+            """Replaying a submit with the job's own key returns that job, holding nothing."""
+            if job < 0:
+                return
+            with session_scope(factory) as session:
+                stored = session.get(Job, job)
+                key, owner_id, body = stored.idempotency_key, stored.owner_id, stored.spec
+            if key is None:
+                return
+            before = self._jobs_count()
+            owner = self._owner(self.user_ids.index(owner_id))
+            with session_scope(factory) as session:
+                again, created = submit_job(
+                    session,
+                    owner,
+                    JobSpec.model_validate(body),
+                    idempotency_key=key,
+                    default_max_runtime_s=3600,
+                    rates=rates,
+                )
+            assert again.id == job and not created
+            assert self._jobs_count() == before
+
+        @rule(job=consumes(jobs))
+        def cancel(self, job: int) -> None:
+            if job < 0:
+                return
+            with session_scope(factory) as session:
+                owner = session.get(User, session.get(Job, job).owner_id)
+                with contextlib.suppress(InvalidTransitionError):
+                    cancel_job(session, owner, job, rates=rates)
+
+        @rule(
+            job=consumes(jobs),
+            node=st.integers(0, 2),
+            cpu_s=st.floats(0, 100_000),
+            failed=st.booleans(),
+        )
+        def settle(self, job: int, node: int, cpu_s: float, failed: bool) -> None:
+            if job < 0:
+                return
+            status = JobStatus.FAILED if failed else JobStatus.SUCCEEDED
+            with factory() as session:
+                try:
+                    run_to_end(
+                        session, config, job, [usage(self.node_ids[node], 0, cpu_s, 0)], status
+                    )
+                except InvalidTransitionError:
+                    session.rollback()
+
+        @rule(user=st.integers(0, 2))
+        def concurrent_duplicates(self, user: int) -> None:
+            """Three threads submit with one fresh key at once: one job, one hold."""
+            key = f"dup-{self.grant_count}-{self._jobs_count()}"
+            owner = self._owner(user)
+            before = self._jobs_count()
+            results: list[object] = []
+
+            def go() -> None:
+                try:
+                    with session_scope(factory) as session:
+                        job, _ = submit_job(
+                            session,
+                            owner,
+                            spec(60, 0.25),
+                            idempotency_key=key,
+                            default_max_runtime_s=3600,
+                            rates=rates,
+                        )
+                        results.append(job.id)
+                except InsufficientFundsError as exc:
+                    results.append(exc)
+
+            threads = [threading.Thread(target=go) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            ids = {r for r in results if isinstance(r, int)}
+            assert len(ids) <= 1
+            assert self._jobs_count() == before + len(ids)
+
+        @invariant()
+        def books_balance(self) -> None:
+            with session_scope(factory) as session:
+                terminal = [s.value for s in JobStatus if s.is_terminal()]
+                finished = set(session.scalars(select(Job.id).where(Job.status.in_(terminal))))
+                report = ledger_report(session, terminal_job_ids=finished)
+            assert report.invariant_ok, report.problems
+            assert report.issued == self.granted
+            assert report.issued == report.in_wallets + report.in_escrow + report.fees
+
+    return LedgerMachine
+
+
+def test_ledger_state_machine(database_url: str) -> None:
+    machine = make_machine(database_url)
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+    clear_tables(database_url)
+
+
+def test_amount_conversions_are_exact() -> None:
+    from compute.job_spec import tokens_to_micro
+    from ledger.pricing import tokens
+
+    for text in ["0.000001", "1", "12.345678", "999999999.999999"]:
+        assert tokens_to_micro(Decimal(text)) == int(Decimal(text) * MICRO)
+        assert str(Decimal(str(tokens(tokens_to_micro(Decimal(text)))))) in (text, text + ".0")
+    with pytest.raises(AssertionError):
+        assert tokens(1) == 0.0000011

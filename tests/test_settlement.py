@@ -1,0 +1,189 @@
+"""Settlement: metered charge capped by the hold, node owners credited less the fee, the rest
+refunded, exactly once."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from compute.job_state import JobStatus
+from core.db import make_session_factory
+from core.errors import InvalidInputError
+from ledger.models import LedgerEntry
+from tests.conftest import Account, register_node, submit_job
+from tests.ledger_helpers import run_to_end, usage
+
+
+def balance(client: TestClient, account: Account) -> dict:
+    return client.get("/tokens/balance/me", headers=account.headers).json()
+
+
+def ledger(client: TestClient, admin: Account) -> dict:
+    return client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+
+
+@pytest.fixture
+def session(client: TestClient):
+    factory = make_session_factory(client.app.state.engine)  # type: ignore[attr-defined]
+    with factory() as session:
+        yield session
+
+
+def test_usage_is_charged_credited_less_fee_and_the_rest_refunded(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+    node_owner: Account,
+    admin: Account,
+) -> None:
+    node = register_node(client, node_owner.headers)
+    job = submit_job(client, user.headers)  # holds 15.6
+    # A tenth of an hour of 1 GPU, 4 cores and 16 GB: 1.0 + 0.4 + 0.16 = 1.56 tokens.
+    result = run_to_end(session, settings, job["id"], [usage(node["id"], 360, 1440, 5760)])
+    assert (result.charged, result.fees, result.refunded) == (1_560_000, 78_000, 14_040_000)
+    assert result.credits == {node["id"]: 1_482_000}
+
+    assert balance(client, user) == {
+        "user_id": user.id,
+        "available": 98.44,
+        "held": 0.0,
+        "earned": 0.0,
+        "spent": 1.56,
+    }
+    owner = balance(client, node_owner)
+    assert owner["available"] == pytest.approx(101.482) and owner["earned"] == 1.482
+    totals = ledger(client, admin)
+    assert totals["fees"] == 0.078 and totals["in_escrow"] == 0 and totals["invariant_ok"]
+    assert totals["issued"] == pytest.approx(totals["in_wallets"] + totals["fees"])
+    assert client.get(f"/jobs/{job['id']}", headers=user.headers).json()["status"] == "succeeded"
+
+
+def test_settling_twice_changes_nothing(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+    node_owner: Account,
+) -> None:
+    node = register_node(client, node_owner.headers)
+    job = submit_job(client, user.headers)
+    first = run_to_end(session, settings, job["id"], [usage(node["id"], 360, 1440, 5760)])
+    entries_before = session.scalar(select(func.count()).select_from(LedgerEntry))
+    session.commit()  # end the read transaction: SQLite transactions hold the write lock
+    before = (balance(client, user), balance(client, node_owner))
+
+    from compute.billing import rates_from, settle
+    from compute.models import Job
+
+    again = settle(
+        session,
+        session.get(Job, job["id"]),
+        [usage(node["id"], 9999, 9999, 9999)],
+        rates_from(settings),
+    )
+    session.commit()
+    assert again.first_time is False
+    assert (again.charged, again.refunded, again.fees, again.credits) == (
+        first.charged,
+        first.refunded,
+        first.fees,
+        first.credits,
+    )
+    assert session.scalar(select(func.count()).select_from(LedgerEntry)) == entries_before
+    session.commit()
+    assert (balance(client, user), balance(client, node_owner)) == before
+
+
+def test_usage_larger_than_the_hold_is_capped(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+    node_owner: Account,
+    admin: Account,
+) -> None:
+    node = register_node(client, node_owner.headers)
+    job = submit_job(client, user.headers, max_tokens=2)
+    result = run_to_end(
+        session, settings, job["id"], [usage(node["id"], 36000, 0, 0)]
+    )  # 100 tokens
+    assert result.charged == 2_000_000 and result.refunded == 0
+    assert balance(client, user)["available"] == 98.0
+    assert balance(client, node_owner)["earned"] == 1.9
+    assert ledger(client, admin)["invariant_ok"]
+
+
+def test_cap_is_shared_across_nodes_in_proportion(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+    node_owner: Account,
+    other_node_owner: Account,
+) -> None:
+    a = register_node(client, node_owner.headers, "a")
+    b = register_node(client, other_node_owner.headers, "b")
+    job = submit_job(client, user.headers, max_tokens=3)
+    # a: 3 tokens of GPU time, b: 1 token; total 4 > hold 3, so each gets 3/4 of its cost.
+    result = run_to_end(session, settings, job["id"], [usage(a["id"], 1080), usage(b["id"], 360)])
+    assert result.charged == 3_000_000
+    assert result.credits == {
+        a["id"]: 2_250_000 - 112_500,
+        b["id"]: 750_000 - 37_500,
+    }
+
+
+def test_owner_running_their_own_job_is_not_paid_by_themselves(
+    client: TestClient,
+    session,
+    settings,
+    node_owner: Account,
+    admin: Account,
+) -> None:
+    node = register_node(client, node_owner.headers)
+    job = submit_job(client, node_owner.headers)
+    result = run_to_end(session, settings, job["id"], [usage(node["id"], 360, 1440, 5760)])
+    assert result.charged == 0 and result.credits == {} and result.fees == 0
+    assert balance(client, node_owner) == {
+        "user_id": node_owner.id,
+        "available": 100.0,
+        "held": 0.0,
+        "earned": 0.0,
+        "spent": 0.0,
+    }
+    assert ledger(client, admin)["invariant_ok"]
+
+
+def test_failure_before_anything_ran_refunds_everything(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+) -> None:
+    job = submit_job(client, user.headers)
+    result = run_to_end(session, settings, job["id"], [], status=JobStatus.FAILED)
+    assert result.charged == 0 and result.refunded == 15_600_000
+    assert balance(client, user)["available"] == 100.0
+
+
+def test_usage_on_an_unknown_node_is_refused_and_nothing_settles(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+) -> None:
+    job = submit_job(client, user.headers)
+    with pytest.raises(InvalidInputError):
+        run_to_end(session, settings, job["id"], [usage(987654, 10)])
+    session.rollback()
+    assert balance(client, user)["held"] == 15.6
+    assert client.get(f"/jobs/{job['id']}", headers=user.headers).json()["status"] == "queued"
+
+
+def test_negative_usage_is_refused() -> None:
+    with pytest.raises(ValueError):
+        usage(1, gpu_s=-1)
+    with pytest.raises(ValueError):
+        usage(1, cpu_s=float("nan"))
