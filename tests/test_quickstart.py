@@ -109,6 +109,9 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
     assert '"error"' not in result.stdout, result.stdout
     assert '"status":"cancelled"' in result.stdout
     assert '"samples":[{' in result.stdout
+    assert '"held":15.6' in result.stdout  # the seed job's hold, before the cancel
+    assert '"available":150.0' in result.stdout  # signup grant + the admin's 50, refunded
+    assert '"invariant_ok":true' in result.stdout
 
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
     process.wait(timeout=60)

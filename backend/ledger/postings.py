@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from core.errors import InsufficientFundsError, InvalidInputError
 from ledger.models import (
@@ -139,8 +140,8 @@ def post_transaction(
         if existing is None:
             raise
         return existing, False
-    for account_id in deltas:  # balances changed under the ORM's feet
-        account = session.get(LedgerAccount, account_id)
+    for account_id in deltas:  # balances changed under the ORM's feet: reload on next access
+        account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         if account is not None:
-            session.refresh(account)
+            session.expire(account, ["balance"])
     return transaction, True

@@ -89,11 +89,10 @@ def settle_job(
     # Lock the escrow row (PostgreSQL) so a concurrent settlement waits, then loses on the key.
     job_escrow = session.scalar(
         select(LedgerAccount)
-        .where(LedgerAccount.id == escrow(session, job_id, job_owner_id).id)
+        .where(LedgerAccount.kind == AccountKind.ESCROW.value, LedgerAccount.job_id == job_id)
         .with_for_update()
-    )
-    assert job_escrow is not None
-    session.refresh(job_escrow)
+        .execution_options(populate_existing=True)
+    ) or escrow(session, job_id, job_owner_id)
     held = job_escrow.balance
     owners = {item.node_id: item.owner_id for item in usage}
     charges = node_charges(usage, job_owner_id=job_owner_id, held=held, rates=rates)

@@ -1,0 +1,124 @@
+"""Ledger postings per second on SQLite and PostgreSQL, with 1 and 8 concurrent writers.
+
+Each "posting" is one hold (wallet → escrow, with the conditional debit) followed by one
+settlement (escrow → node owner, fee and refund): the two transactions every job makes.
+After each run the invariant check over all entries must pass.
+
+    PYTHONPATH=backend .venv/bin/python benchmarks/ledger.py [--postgres URL] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+
+from sqlalchemy import MetaData, create_engine
+
+from auth.models import Role, User
+from core.db import get_engine, make_session_factory, session_scope
+from core.migrations import upgrade_to_head
+from core.settings import normalise_database_url
+from ledger.flows import grant_tokens, place_hold
+from ledger.invariants import ledger_report
+from ledger.models import MICRO, TransactionKind
+from ledger.pricing import Rates, ResourceSeconds
+from ledger.settlement import NodeUsage, settle_job
+
+RATES = Rates.of(10, 1, 0.1, 5)
+
+
+def fresh_database(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+    if url.startswith("postgresql"):
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            metadata = MetaData()
+            metadata.reflect(connection)
+            metadata.drop_all(connection)
+        engine.dispose()
+    upgrade_to_head(url)
+
+
+def run(url: str, writers: int, jobs: int) -> dict[str, object]:
+    fresh_database(url)
+    factory = make_session_factory(get_engine(url))
+    with session_scope(factory) as session:
+        payer = User(username="payer", password_hash="-", role=Role.USER.value)
+        owner = User(username="owner", password_hash="-", role=Role.NODE_OWNER.value)
+        session.add_all([payer, owner])
+        session.flush()
+        payer_id, owner_id = payer.id, owner.id
+        grant_tokens(
+            session,
+            user_id=payer_id,
+            amount=10**9 * MICRO,
+            kind=TransactionKind.ADMIN_GRANT,
+            key="bench-grant",
+        )
+
+    def one_job(job_id: int) -> None:
+        with session_scope(factory) as session:
+            place_hold(session, user_id=payer_id, job_id=job_id, amount=2 * MICRO)
+        with session_scope(factory) as session:
+            settle_job(
+                session,
+                job_id=job_id,
+                job_owner_id=payer_id,
+                rates=RATES,
+                usage=[NodeUsage(1, owner_id, ResourceSeconds(cpu_core_seconds=1800))],
+            )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        list(pool.map(one_job, range(1, jobs + 1)))
+    elapsed = time.perf_counter() - started
+    with session_scope(factory) as session:
+        report = ledger_report(session, terminal_job_ids=set(range(1, jobs + 1)))
+    get_engine(url).dispose()
+    return {
+        "postings": 2 * jobs,
+        "seconds": elapsed,
+        "postings_per_s": 2 * jobs / elapsed,
+        "invariant_ok": report.invariant_ok,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
+    parser.add_argument("--jobs", type=int, default=400)
+    args = parser.parse_args()
+    targets = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        targets["sqlite"] = f"sqlite:///{tmp}/bench.db"
+        if args.postgres:
+            targets["postgresql"] = normalise_database_url(args.postgres)
+        print(
+            f"{'database':<11} {'writers':>7} {'postings':>8} {'seconds':>8} "
+            f"{'postings/s':>10} {'vs 1 writer':>11}  invariant"
+        )
+        for name, url in targets.items():
+            baseline = None
+            for writers in (1, 8):
+                result = run(url, writers, args.jobs)
+                rate = float(result["postings_per_s"])  # type: ignore[arg-type]
+                baseline = baseline or rate
+                print(
+                    f"{name:<11} {writers:>7} {result['postings']:>8} "
+                    f"{result['seconds']:>8.2f} {rate:>10.0f} {rate / baseline:>10.2f}x"
+                    f"  {'ok' if result['invariant_ok'] else 'BROKEN'}"
+                )
+                if not result["invariant_ok"]:
+                    raise SystemExit("ledger invariant broken")
+
+
+if __name__ == "__main__":
+    main()
