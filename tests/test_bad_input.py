@@ -167,6 +167,6 @@ def test_random_job_spec_sections_never_500(
     client: TestClient, user: Account, section: str, value: object
 ) -> None:
     response = client.post("/jobs/submit", headers=user.headers, json={**SEED_JOB, section: value})
-    assert response.status_code in (200, 201, 422), response.text
+    assert response.status_code in (200, 201, 402, 422), response.text  # 402: tokens ran out
     if response.status_code == 422:
         assert response.json()["error"] == "invalid_input"
