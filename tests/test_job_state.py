@@ -47,11 +47,13 @@ def test_terminal_states_have_no_way_out() -> None:
 
 
 def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
-    client,
-    user,
-    db,
+    client,  # noqa: ANN001
+    user,  # noqa: ANN001
+    db,  # noqa: ANN001
+    settings,  # noqa: ANN001
 ) -> None:
-    from compute.jobs import transition_job
+    from compute.billing import rates_from
+    from compute.jobs import finish_job, transition_job
     from compute.models import Job
     from tests.conftest import submit_job
 
@@ -63,7 +65,9 @@ def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
     assert job.started_at is not None
     with pytest.raises(InvalidTransitionError):
         transition_job(db, job, JobStatus.QUEUED, "back to the queue")
-    transition_job(db, job, JobStatus.SUCCEEDED, "done")
+    with pytest.raises(ValueError, match="finish_job"):
+        transition_job(db, job, JobStatus.SUCCEEDED, "done")
+    finish_job(db, job, JobStatus.SUCCEEDED, "done", usage=[], rates=rates_from(settings))
     assert job.finished_at is not None
     db.commit()
     refused = client.post(f"/jobs/{job_id}/cancel", headers=user.headers)

@@ -126,7 +126,16 @@ def get_job_for(session: Session, viewer: User, job_id: int, *, lock: bool = Fal
 
 
 def transition_job(session: Session, job: Job, target: JobStatus, reason: str) -> Job:
-    """Move a job along the state machine; illegal moves raise InvalidTransitionError."""
+    """Move a job along the state machine; illegal moves raise InvalidTransitionError.
+
+    Terminal states are reached only through ``finish_job``, which also settles the ledger.
+    """
+    if target.is_terminal():
+        raise ValueError("use finish_job to end a job: it settles the ledger")
+    return _move(session, job, target, reason)
+
+
+def _move(session: Session, job: Job, target: JobStatus, reason: str) -> Job:
     check_transition(JobStatus(job.status), target)
     now = utcnow()
     job.status = target.value
@@ -150,8 +159,9 @@ def finish_job(
     rates: Rates,
 ) -> SettlementResult:
     """Move the job to a terminal state and settle its escrow with the metered usage."""
-    assert target.is_terminal()
-    transition_job(session, job, target, reason)
+    if not target.is_terminal():
+        raise ValueError(f"{target.value} is not a terminal state")
+    _move(session, job, target, reason)
     return settle(session, job, usage, rates)
 
 
