@@ -173,3 +173,34 @@ def test_system_metrics_count_users_nodes_jobs_and_online_resources(
         "cpu_cores": 8.0,
         "memory_gb": 32.0,
     }
+
+
+def test_join_info_is_given_to_approved_nodes_only(
+    client: TestClient, node_owner: Account, admin: Account
+) -> None:
+    client.app.state.ray_address = "10.1.2.3:6379"  # type: ignore[attr-defined]
+    node = register_node(client, node_owner.headers)
+    auth = {"Authorization": f"Bearer {node['credential']}"}
+    info = client.get(f"/nodes/{node['id']}/join", headers=auth).json()
+    assert info["ray_address"] == "10.1.2.3:6379"
+    assert info["resources"] == {f"distlm_node_{node['id']}": 1000}
+    assert info["labels"] == {"distlm-node-id": str(node["id"])}
+    assert (info["num_cpus"], info["num_gpus"], info["memory_gb"]) == (8, 1, 32.0)
+
+    client.post(f"/nodes/{node['id']}/ban", headers=admin.headers)
+    assert client.get(f"/nodes/{node['id']}/join", headers=auth).status_code == 403
+
+
+def test_pending_node_cannot_join_yet(
+    app,
+    client: TestClient,
+    node_owner: Account,
+    admin: Account,  # noqa: ANN001
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"node_auto_approve": False})
+    app.state.ray_address = "10.1.2.3:6379"
+    node = register_node(client, node_owner.headers)
+    waiting = client.get(f"/nodes/{node['id']}/join", headers=node_owner.headers)
+    assert waiting.status_code == 409 and waiting.json()["error"] == "node_not_approved"
+    client.post(f"/nodes/{node['id']}/approve", headers=admin.headers)
+    assert client.get(f"/nodes/{node['id']}/join", headers=node_owner.headers).status_code == 200

@@ -33,6 +33,7 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/nodes", None, OWNERS),
     ("GET", "/nodes/{node}", None, OWNERS),
     ("POST", "/nodes/{node}/heartbeat", lambda: {"cpu_percent": 5}, OWNERS),
+    ("GET", "/nodes/{node}/join", None, OWNERS),
     ("POST", "/nodes/{node}/approve", None, ADMIN),
     ("POST", "/nodes/{node}/ban", None, ADMIN),
     ("POST", "/jobs/submit", lambda: SEED_JOB, ALL),
@@ -63,6 +64,7 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
 @pytest.fixture
 def callers(admin: Account, user: Account, node_owner: Account, client: TestClient) -> dict:
     """Each role with a node and a job of its own (a plain user borrows the owner's node)."""
+    client.app.state.ray_address = "127.0.0.1:6379"  # type: ignore[attr-defined]  # no Ray here
     owner_node = register_node(client, node_owner.headers, "owner-node")["id"]
     admin_node = register_node(client, admin.headers, "admin-node")["id"]
     return {

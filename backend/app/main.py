@@ -54,14 +54,16 @@ def create_app(
                 password=resolved.admin_password,
                 signup_grant=signup_grant_micro(resolved.signup_grant),
             )
+        app.state.ray_address = ""
         if manage_ray:
-            connect(
+            info = connect(
                 ClusterConfig(
                     address=resolved.ray_address,
                     num_cpus=resolved.ray_num_cpus,
                     object_store_mb=resolved.ray_object_store_mb,
                 )
             )
+            app.state.ray_address = info.address
         try:
             yield
         finally:

@@ -63,6 +63,19 @@ class NodeOut(BaseModel):
     approval: str
     created_at: dt.datetime
     last_heartbeat_at: dt.datetime | None
+    ray_alive: bool | None = Field(description="Ray's view: None until the node first joins")
+    flag_reason: str = Field(description="why the node is not scheduled, if it is flagged")
+
+
+class JoinOut(BaseModel):
+    node_id: int
+    ray_address: str
+    num_cpus: int
+    num_gpus: int
+    memory_gb: float
+    resources: dict[str, float]
+    labels: dict[str, str]
+    heartbeat_interval_s: int
 
 
 class NodeRegisteredOut(NodeOut):
@@ -189,6 +202,8 @@ def node_out(
         approval=node.approval,
         created_at=node.created_at,
         last_heartbeat_at=node.last_heartbeat_at,
+        ray_alive=node.ray_alive,
+        flag_reason=node.flag_reason or "",
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)

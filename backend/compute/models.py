@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -40,6 +41,11 @@ class Node(Base):
     credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set by the reconciler from Ray's view: None until the node's Ray worker first joins.
+    ray_node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ray_alive: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Non-empty when the Ray node offers more than was registered: never scheduled then.
+    flag_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class NodeHeartbeat(Base):
@@ -86,6 +92,14 @@ class Job(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The scheduler's decision: [{"node_id", "gpu", "cpu_cores", "memory_gb"}] per worker.
+    placement: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Metered resource-seconds of completed work per node: {"<node_id>": {...}}.
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    first_step_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class JobMetric(Base):

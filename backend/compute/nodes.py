@@ -7,6 +7,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -33,7 +34,10 @@ class NodeApproval(enum.StrEnum):
 
 
 def node_status(node: Node, *, now: dt.datetime, timeout_s: int) -> NodeStatus:
-    """Derived from the last heartbeat, so it can never disagree with it."""
+    """Derived from the last heartbeat (and Ray's word that the node's worker died), so it
+    can never disagree with them."""
+    if node.ray_alive is False:
+        return NodeStatus.OFFLINE
     if node.last_heartbeat_at is None:
         return NodeStatus.REGISTERED
     if now - node.last_heartbeat_at > dt.timedelta(seconds=timeout_s):
@@ -136,6 +140,52 @@ def record_heartbeat(session: Session, node: Node, sample: HeartbeatSample) -> N
     session.add(heartbeat)
     session.flush()
     return heartbeat
+
+
+RAY_RESOURCE_UNITS = 1000  # of the node's custom resource; a bundle asks for one unit
+
+
+def node_resource_name(node_id: int) -> str:
+    """The custom Ray resource that pins work to one registered node."""
+    return f"distlm_node_{node_id}"
+
+
+NODE_LABEL = "distlm-node-id"
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    node_id: int
+    ray_address: str
+    num_cpus: int
+    num_gpus: int
+    memory_gb: float
+    resources: dict[str, float]
+    labels: dict[str, str]
+    heartbeat_interval_s: int
+
+
+def join_info(node: Node, *, ray_address: str, heartbeat_interval_s: int) -> JoinInfo:
+    """What a node's agent needs to join the Ray cluster: given only to approved nodes,
+    since the cluster is a trusted zone."""
+    if node.approval == NodeApproval.BANNED:
+        raise PermissionDeniedError(f"node {node.id} is banned", code="node_banned")
+    if node.approval != NodeApproval.APPROVED:
+        raise ConflictError(
+            f"node {node.id} is waiting for an admin's approval", code="node_not_approved"
+        )
+    if not ray_address:
+        raise ConflictError("this gateway is not connected to a Ray cluster", code="no_cluster")
+    return JoinInfo(
+        node_id=node.id,
+        ray_address=ray_address,
+        num_cpus=max(1, int(node.cpu_cores)),
+        num_gpus=node.gpu,
+        memory_gb=node.memory_gb,
+        resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
+        labels={NODE_LABEL: str(node.id)},
+        heartbeat_interval_s=heartbeat_interval_s,
+    )
 
 
 def set_node_approval(session: Session, node_id: int, approval: NodeApproval) -> Node:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, Query, Request, status
 
 from app.deps import AdminUser, DbSession, NodeCallerDep, NodeId, NodeOwnerUser, SettingsDep
-from app.schemas import HeartbeatOut, NodeOut, NodeRegisteredOut, Page, node_out
+from app.schemas import HeartbeatOut, JoinOut, NodeOut, NodeRegisteredOut, Page, node_out
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.nodes import (
     NodeApproval,
     get_node_for,
+    join_info,
     list_nodes,
     node_for_heartbeat,
     node_status,
@@ -75,6 +76,25 @@ def heartbeat(
         received_at=beat.received_at,
         next_heartbeat_in_s=settings.node_heartbeat_interval,
     )
+
+
+@router.get("/{node_id}/join", response_model=JoinOut)
+def join(
+    node_id: NodeId,
+    caller: NodeCallerDep,
+    session: DbSession,
+    settings: SettingsDep,
+    request: Request,
+) -> JoinOut:
+    """What the node agent needs to join the Ray cluster (approved nodes only). Authenticate
+    with the node's credential or the owner's access token."""
+    node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
+    info = join_info(
+        node,
+        ray_address=request.app.state.ray_address,
+        heartbeat_interval_s=settings.node_heartbeat_interval,
+    )
+    return JoinOut(**info.__dict__)
 
 
 @router.post("/{node_id}/approve", response_model=NodeOut)
