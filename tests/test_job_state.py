@@ -24,6 +24,7 @@ LEGAL = {
     ("running", "succeeded"),
     ("running", "failed"),
     ("running", "cancelled"),
+    ("running", "queued"),
 }
 
 
@@ -47,10 +48,10 @@ def test_terminal_states_have_no_way_out() -> None:
 
 
 def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
-    client,  # noqa: ANN001
-    user,  # noqa: ANN001
-    db,  # noqa: ANN001
-    settings,  # noqa: ANN001
+    client,
+    user,
+    db,
+    settings,
 ) -> None:
     from compute.billing import rates_from
     from compute.jobs import finish_job, transition_job
@@ -64,7 +65,7 @@ def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
     transition_job(db, job, JobStatus.RUNNING, "running")
     assert job.started_at is not None
     with pytest.raises(InvalidTransitionError):
-        transition_job(db, job, JobStatus.QUEUED, "back to the queue")
+        transition_job(db, job, JobStatus.SCHEDULED, "scheduled again while running")
     with pytest.raises(ValueError, match="finish_job"):
         transition_job(db, job, JobStatus.SUCCEEDED, "done")
     finish_job(db, job, JobStatus.SUCCEEDED, "done", usage=[], rates=rates_from(settings))

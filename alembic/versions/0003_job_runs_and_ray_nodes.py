@@ -25,6 +25,9 @@ def upgrade() -> None:
             sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True)
         )
         batch_op.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(
+            sa.Column("event_cursor", sa.Integer(), nullable=False, server_default="0")
+        )
         batch_op.add_column(sa.Column("first_step_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("artifact_path", sa.Text(), nullable=True))
 
@@ -44,6 +47,7 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("artifact_path")
         batch_op.drop_column("first_step_at")
+        batch_op.drop_column("event_cursor")
         batch_op.drop_column("attempts")
         batch_op.drop_column("cancel_requested_at")
         batch_op.drop_column("usage")

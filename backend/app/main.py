@@ -11,12 +11,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import install_error_handlers
 from app.json_body import LenientJSONBodyMiddleware
 from app.routes import auth, health, jobs, metrics, nodes, tokens
+from auth.models import User
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
+from compute.dispatcher import start_dispatcher
+from compute.local_node import detect_local_resources, register_local_node
+from compute.nodes import NODE_LABEL, RAY_RESOURCE_UNITS, node_resource_name
 from core.db import get_engine, make_session_factory, session_scope
 from core.logging import configure_logging
 from core.migrations import upgrade_to_head
@@ -31,6 +37,28 @@ DistLM pools GPU and CPU machines lent by **node owners** into one Ray cluster; 
 spend tokens to train models on it. Use **Authorize** with your username and password
 (OAuth2 password flow) to try the endpoints here.
 """
+
+
+def cluster_config(settings: Settings, session_factory: sessionmaker[Session]) -> ClusterConfig:
+    """Join RAY_ADDRESS, or start a local Ray that is also a node of the bootstrap admin."""
+    if settings.ray_address:
+        return ClusterConfig(address=settings.ray_address)
+    resources = detect_local_resources(settings.ray_num_cpus)
+    with session_scope(session_factory) as session:
+        admin = session.scalar(select(User).where(User.username == settings.admin_username))
+        if admin is None:
+            return ClusterConfig(
+                num_cpus=resources.cpus, object_store_mb=settings.ray_object_store_mb
+            )
+        node = register_local_node(session, admin, resources)
+        node_id = node.id
+    return ClusterConfig(
+        num_cpus=resources.cpus,
+        num_gpus=resources.gpus,
+        object_store_mb=settings.ray_object_store_mb,
+        resources={node_resource_name(node_id): RAY_RESOURCE_UNITS},
+        labels={NODE_LABEL: str(node_id)},
+    )
 
 
 def create_app(
@@ -55,19 +83,19 @@ def create_app(
                 signup_grant=signup_grant_micro(resolved.signup_grant),
             )
         app.state.ray_address = ""
+        stop_dispatcher = None
+        owns_ray = False
         if manage_ray:
-            info = connect(
-                ClusterConfig(
-                    address=resolved.ray_address,
-                    num_cpus=resolved.ray_num_cpus,
-                    object_store_mb=resolved.ray_object_store_mb,
-                )
-            )
+            info = connect(cluster_config(resolved, app.state.session_factory))
             app.state.ray_address = info.address
+            owns_ray = info.owned
+            stop_dispatcher = start_dispatcher(app.state.session_factory, resolved)
         try:
             yield
         finally:
-            if manage_ray:
+            if stop_dispatcher is not None:
+                stop_dispatcher()
+            if owns_ray:
                 disconnect()
 
     app = FastAPI(

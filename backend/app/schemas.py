@@ -104,9 +104,14 @@ class JobOut(BaseModel):
     max_runtime_s: int
     max_tokens: float | None
     spec: dict[str, Any]
+    placement: list[dict[str, Any]] | None
+    attempts: int
+    usage: dict[str, Any] | None
+    has_artifact: bool
     created_at: dt.datetime
     updated_at: dt.datetime
     started_at: dt.datetime | None
+    first_step_at: dt.datetime | None
     finished_at: dt.datetime | None
 
 
@@ -223,8 +228,13 @@ def job_out(job: Job) -> JobOut:
         max_runtime_s=job.max_runtime_s,
         max_tokens=micro_to_tokens(job.max_tokens_micro),
         spec=job.spec,
+        placement=job.placement,
+        attempts=job.attempts,
+        usage=job.usage,
+        has_artifact=bool(job.artifact_path),
         created_at=job.created_at,
         updated_at=job.updated_at,
         started_at=job.started_at,
+        first_step_at=job.first_step_at,
         finished_at=job.finished_at,
     )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from auth.models import Role, User
 from compute.billing import UsageReport, estimate_cost, settle
 from compute.job_spec import JobSpec, tokens_to_micro
-from compute.job_state import JobStatus, check_transition
+from compute.job_state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
 from core.db import utcnow
 from core.errors import InvalidInputError, NotFoundError
@@ -166,8 +166,19 @@ def finish_job(
 
 
 def cancel_job(session: Session, viewer: User, job_id: int, *, rates: Rates) -> Job:
-    """Cancel a job that has not run: the whole hold is refunded."""
+    """Cancel a job. A queued job ends at once with its whole hold refunded; a placed or
+    running one is stopped by the dispatcher, which settles what it used."""
     job = get_job_for(session, viewer, job_id, lock=True)
+    status = JobStatus(job.status)
     who = "an admin" if viewer.role == Role.ADMIN and job.owner_id != viewer.id else "its owner"
-    finish_job(session, job, JobStatus.CANCELLED, f"cancelled by {who}", usage=[], rates=rates)
+    if status is JobStatus.QUEUED:
+        finish_job(session, job, JobStatus.CANCELLED, f"cancelled by {who}", usage=[], rates=rates)
+        return job
+    check_transition(status, JobStatus.CANCELLED)  # 409 for finished jobs
+    if job.cancel_requested_at is not None:
+        raise InvalidTransitionError("cancellation was already requested for this job")
+    job.cancel_requested_at = utcnow()
+    job.status_reason = f"cancellation requested by {who}; stopping its workers"
+    job.updated_at = job.cancel_requested_at
+    session.flush()
     return job

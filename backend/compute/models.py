@@ -98,6 +98,8 @@ class Job(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How many of the current runner's events the dispatcher has stored.
+    event_cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_step_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 

@@ -17,6 +17,8 @@ from compute.models import Node, NodeHeartbeat
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from core.db import utcnow
 from core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from ray_module.resource_manager import NODE_LABEL
+from ray_module.resource_manager import node_resource as node_resource_name
 
 CREDENTIAL_PREFIX = "dln_"
 
@@ -143,14 +145,6 @@ def record_heartbeat(session: Session, node: Node, sample: HeartbeatSample) -> N
 
 
 RAY_RESOURCE_UNITS = 1000  # of the node's custom resource; a bundle asks for one unit
-
-
-def node_resource_name(node_id: int) -> str:
-    """The custom Ray resource that pins work to one registered node."""
-    return f"distlm_node_{node_id}"
-
-
-NODE_LABEL = "distlm-node-id"
 
 
 @dataclass(frozen=True)

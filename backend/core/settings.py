@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         3600, ge=1, validation_alias=_env("DISTLM_DEFAULT_MAX_RUNTIME_S")
     )
 
+    job_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("DISTLM_JOB_MAX_ATTEMPTS"))
+    dispatch_interval_s: float = Field(
+        1.0, gt=0, le=60, validation_alias=_env("DISTLM_DISPATCH_INTERVAL_S")
+    )
+
     node_timeout: int = Field(60, ge=1, validation_alias=_env("NODE_TIMEOUT"))
     node_heartbeat_interval: int = Field(10, ge=1, validation_alias=_env("NODE_HEARTBEAT_INTERVAL"))
     node_auto_approve: bool = Field(True, validation_alias=_env("DISTLM_NODE_AUTO_APPROVE"))

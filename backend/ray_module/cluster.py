@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Workers import our strategies by module name: put this package's parent on their path.
+CODE_ROOT = str(Path(__file__).resolve().parent.parent)
+RUNTIME_ENV = {"env_vars": {"PYTHONPATH": CODE_ROOT}}
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +20,9 @@ class ClusterConfig:
     num_cpus: int = 0  # 0: all cores of this machine (local Ray only)
     object_store_mb: int = 256
     namespace: str = "distlm"
+    num_gpus: int = 0
+    resources: dict[str, float] = field(default_factory=dict)  # custom, e.g. distlm_node_1
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,9 @@ class ClusterInfo:
     address: str
     started_locally: bool
     resources: dict[str, float]
+    # False when Ray was already initialised in this process (tests, notebooks): then
+    # whoever initialised it also shuts it down.
+    owned: bool = True
 
 
 def connect(config: ClusterConfig) -> ClusterInfo:
@@ -32,13 +43,23 @@ def connect(config: ClusterConfig) -> ClusterInfo:
             address=ray.get_runtime_context().gcs_address,
             started_locally=False,
             resources=dict(ray.cluster_resources()),
+            owned=False,
         )
     if config.address:
-        ray.init(address=config.address, namespace=config.namespace, logging_level=logging.WARNING)
+        ray.init(
+            address=config.address,
+            namespace=config.namespace,
+            logging_level=logging.WARNING,
+            runtime_env=RUNTIME_ENV,
+        )
         started_locally = False
     else:
         ray.init(
             num_cpus=config.num_cpus or os.cpu_count() or 1,
+            num_gpus=config.num_gpus,
+            resources=config.resources or None,
+            labels=config.labels or None,
+            runtime_env=RUNTIME_ENV,
             object_store_memory=config.object_store_mb * 1024 * 1024,
             namespace=config.namespace,
             include_dashboard=False,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from app.deps import CurrentUser, DbSession, JobId, RatesDep, SettingsDep
 from app.schemas import JobOut, Page, job_out
+from compute.artifacts import artifact_dir, pack_directory
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import cancel_job, get_job_for, list_jobs, submit_job
@@ -60,8 +63,28 @@ def get(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
     return job_out(get_job_for(session, viewer, job_id))
 
 
+@router.get(
+    "/{job_id}/artifacts",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+def artifacts(
+    job_id: JobId, viewer: CurrentUser, session: DbSession, settings: SettingsDep
+) -> FileResponse:
+    """The trained model (`save_pretrained` files) as a .tar.gz; its owner only."""
+    directory = artifact_dir(session, viewer, job_id, storage_root=settings.storage_path)
+    archive = pack_directory(directory, f"job-{job_id}-model")
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"job-{job_id}-model.tar.gz",
+        background=BackgroundTask(archive.unlink, missing_ok=True),
+    )
+
+
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep) -> JobOut:
-    """Cancel a job that has not finished and refund what it did not use; cancelling a
-    finished job is 409."""
+    """Cancel a job. A queued job is cancelled at once and fully refunded; a running one is
+    stopped within a dispatcher round and charged only for what it used. Cancelling a
+    finished job, or cancelling twice, is 409."""
     return job_out(cancel_job(session, viewer, job_id, rates=rates))

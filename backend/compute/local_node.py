@@ -1,0 +1,60 @@
+"""The gateway's own machine as a node of the bootstrap admin (the embedded default)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from auth.models import User
+from compute.models import Node
+from compute.nodes import NodeApproval, hash_credential
+
+
+@dataclass(frozen=True)
+class LocalResources:
+    cpus: int
+    memory_gb: float
+    gpus: int
+
+
+def detect_local_resources(num_cpus: int = 0) -> LocalResources:
+    import psutil
+
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        gpus = 0
+    return LocalResources(
+        cpus=num_cpus or os.cpu_count() or 1,
+        memory_gb=round(psutil.virtual_memory().total / 1024**3, 1),
+        gpus=gpus,
+    )
+
+
+def register_local_node(session: Session, owner: User, resources: LocalResources) -> Node:
+    """Create or refresh the local machine's node: approved, owned by the bootstrap admin."""
+    hostname = f"{socket.gethostname()}-gateway"
+    node = session.scalar(select(Node).where(Node.owner_id == owner.id, Node.hostname == hostname))
+    if node is None:
+        node = Node(
+            owner_id=owner.id,
+            hostname=hostname,
+            # Never used: the local node proves itself through Ray, not heartbeats.
+            credential_hash=hash_credential(secrets.token_urlsafe(32)),
+            gpu=resources.gpus,
+            cpu_cores=resources.cpus,
+            memory_gb=resources.memory_gb,
+        )
+        session.add(node)
+    node.gpu, node.cpu_cores, node.memory_gb = resources.gpus, resources.cpus, resources.memory_gb
+    node.approval = NodeApproval.APPROVED.value
+    session.flush()
+    return node

@@ -1,0 +1,63 @@
+"""From the database to the pure scheduler and back: eligible nodes, their free capacity,
+and queued jobs as the scheduler sees them."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from compute.job_state import JobStatus
+from compute.models import Job, Node
+from compute.nodes import NodeApproval
+from ray_module.scheduler import NodeCapacity, PendingJob, Plan, WorkerSlot, plan, subtract
+
+ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
+
+
+def eligible_nodes(session: Session) -> list[Node]:
+    """Approved, unflagged nodes whose Ray worker is alive: the only ones work goes to."""
+    return list(
+        session.scalars(
+            select(Node)
+            .where(
+                Node.approval == NodeApproval.APPROVED.value,
+                Node.flag_reason == "",
+                Node.ray_alive.is_(True),
+            )
+            .order_by(Node.id)
+        )
+    )
+
+
+def slots_of(job: Job) -> list[WorkerSlot]:
+    return [WorkerSlot(**slot) for slot in (job.placement or [])]
+
+
+def pending_job(job: Job) -> PendingJob:
+    training = job.spec.get("training_config") or {}
+    return PendingJob(
+        job_id=job.id,
+        gpu=job.gpu,
+        cpu_cores=job.cpu_cores,
+        memory_gb=job.memory_gb,
+        workers=int(training.get("num_workers") or 1),
+    )
+
+
+def plan_queue(session: Session) -> tuple[Plan, dict[int, Job]]:
+    nodes = eligible_nodes(session)
+    capacity = [NodeCapacity(n.id, n.gpu, n.cpu_cores, n.memory_gb) for n in nodes]
+    used = [
+        slot
+        for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE)))
+        for slot in slots_of(job)
+    ]
+    queued = list(
+        session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.QUEUED.value, Job.cancel_requested_at.is_(None))
+            .order_by(Job.id)
+        )
+    )
+    decisions = plan([pending_job(j) for j in queued], subtract(capacity, used), capacity)
+    return decisions, {j.id: j for j in queued}

@@ -1,0 +1,170 @@
+"""Pure scheduling policy: ``plan(pending, free, capacity) -> Plan``. No Ray, no database.
+
+FIFO with backfill: jobs are considered oldest first; a job that does not fit now is skipped
+and smaller jobs behind it may start (backfill). A job is gang-scheduled: all of its workers
+are placed at once or none is. A job that no eligible node could ever hold, even empty, waits
+with a reason that says what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    node_id: int
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A queued job's total requirements and how many workers share them."""
+
+    job_id: int
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    node_id: int
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: int
+    slots: tuple[WorkerSlot, ...]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    placements: tuple[Placement, ...]
+    waiting: tuple[Waiting, ...]
+
+
+def worker_count(job: PendingJob) -> int:
+    """Workers share the requirements equally; GPUs are whole, one or more per worker."""
+    workers = max(1, job.workers)
+    if job.gpu:
+        workers = min(workers, job.gpu)
+        while job.gpu % workers:
+            workers -= 1
+    return workers
+
+
+def worker_share(job: PendingJob) -> tuple[int, float, float]:
+    workers = worker_count(job)
+    return job.gpu // workers, job.cpu_cores / workers, job.memory_gb / workers
+
+
+def _fits(node: NodeCapacity, gpu: int, cpu: float, memory: float) -> bool:
+    return (
+        node.gpu >= gpu and node.cpu_cores + EPSILON >= cpu and node.memory_gb + EPSILON >= memory
+    )
+
+
+def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
+    # CPU-only work goes to CPU-only nodes first, keeping GPU nodes free for GPU jobs.
+    return (0 if needs_gpu or node.gpu == 0 else 1, node.node_id)
+
+
+def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
+    """First-fit every worker of the job into the nodes (packing workers together)."""
+    gpu, cpu, memory = worker_share(job)
+    free = {n.node_id: n for n in nodes}
+    slots: list[WorkerSlot] = []
+    for _ in range(worker_count(job)):
+        candidates = sorted(free.values(), key=lambda n: _node_order(n, gpu > 0))
+        chosen = next((n for n in candidates if _fits(n, gpu, cpu, memory)), None)
+        if chosen is None:
+            return None
+        free[chosen.node_id] = replace(
+            chosen,
+            gpu=chosen.gpu - gpu,
+            cpu_cores=chosen.cpu_cores - cpu,
+            memory_gb=chosen.memory_gb - memory,
+        )
+        slots.append(WorkerSlot(chosen.node_id, gpu, cpu, memory))
+    return tuple(slots)
+
+
+def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
+    """Why the job waits: nothing could ever hold it, or the capacity is busy."""
+    if fit_job(job, capacity) is not None:
+        return "waiting for resources: the nodes that can run it are busy"
+    gpu, cpu, memory = worker_share(job)
+    if not capacity:
+        return "waiting for an online, approved node"
+    if gpu and not any(n.gpu >= gpu for n in capacity):
+        plural = "s" if gpu > 1 else ""
+        return f"waiting for a node with {gpu} GPU{plural}"
+    if not any(n.cpu_cores + EPSILON >= cpu for n in capacity):
+        return f"waiting for a node with {cpu:g} CPU cores"
+    if not any(n.memory_gb + EPSILON >= memory for n in capacity):
+        return f"waiting for a node with {memory:g} GB of memory"
+    return (
+        f"waiting for more nodes: {worker_count(job)} workers of {gpu} GPU, {cpu:g} cores and "
+        f"{memory:g} GB each do not fit the online nodes"
+    )
+
+
+def plan(
+    pending: Sequence[PendingJob],
+    free: Sequence[NodeCapacity],
+    capacity: Sequence[NodeCapacity] | None = None,
+) -> Plan:
+    """Place what fits now, oldest job first; say why the others wait.
+
+    ``free`` is what eligible nodes have left now; ``capacity`` their totals (to tell "busy"
+    from "impossible"); it defaults to ``free``.
+    """
+    remaining = {n.node_id: n for n in free}
+    placements: list[Placement] = []
+    waiting: list[Waiting] = []
+    for job in pending:
+        slots = fit_job(job, list(remaining.values()))
+        if slots is None:
+            waiting.append(Waiting(job.job_id, waiting_reason(job, capacity or free)))
+            continue
+        for slot in slots:
+            node = remaining[slot.node_id]
+            remaining[slot.node_id] = replace(
+                node,
+                gpu=node.gpu - slot.gpu,
+                cpu_cores=node.cpu_cores - slot.cpu_cores,
+                memory_gb=node.memory_gb - slot.memory_gb,
+            )
+        placements.append(Placement(job.job_id, slots))
+    return Plan(tuple(placements), tuple(waiting))
+
+
+def subtract(capacity: Sequence[NodeCapacity], used: Sequence[WorkerSlot]) -> list[NodeCapacity]:
+    """Free capacity: node totals less the slots of jobs already placed."""
+    free = {n.node_id: n for n in capacity}
+    for slot in used:
+        node = free.get(slot.node_id)
+        if node is not None:
+            free[slot.node_id] = replace(
+                node,
+                gpu=node.gpu - slot.gpu,
+                cpu_cores=node.cpu_cores - slot.cpu_cores,
+                memory_gb=node.memory_gb - slot.memory_gb,
+            )
+    return list(free.values())

@@ -1,0 +1,14 @@
+"""Training strategies: a function ``run(config, runner)`` per ``training_config.strategy``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def get_strategy(name: str) -> Callable[[Any, Any], None]:
+    if name == "data_parallel":
+        from ray_module.strategies.data_parallel import run_data_parallel
+
+        return run_data_parallel
+    raise NotImplementedError(f"strategy '{name}' is not available on this cluster yet")

@@ -1,0 +1,88 @@
+"""The pure scheduling policy, without a cluster."""
+
+from __future__ import annotations
+
+from ray_module.scheduler import (
+    NodeCapacity,
+    PendingJob,
+    WorkerSlot,
+    plan,
+    subtract,
+    worker_count,
+)
+
+CPU_A = NodeCapacity(1, gpu=0, cpu_cores=4, memory_gb=16)
+CPU_B = NodeCapacity(2, gpu=0, cpu_cores=4, memory_gb=16)
+GPU_C = NodeCapacity(3, gpu=2, cpu_cores=8, memory_gb=64)
+
+
+def test_fifo_places_what_fits_and_backfills_smaller_jobs() -> None:
+    big = PendingJob(10, gpu=0, cpu_cores=6, memory_gb=4)
+    small = PendingJob(11, gpu=0, cpu_cores=2, memory_gb=4)
+    result = plan([big, small], [CPU_A])
+    assert [p.job_id for p in result.placements] == [11]
+    (waiting,) = result.waiting
+    assert waiting.job_id == 10 and "6 CPU cores" in waiting.reason
+
+
+def test_gpu_job_waits_with_a_clear_reason_when_only_cpu_nodes_are_online() -> None:
+    job = PendingJob(1, gpu=1, cpu_cores=2, memory_gb=4)
+    result = plan([job], [CPU_A, CPU_B])
+    assert result.placements == ()
+    assert result.waiting[0].reason == "waiting for a node with 1 GPU"
+    assert plan([job], [CPU_A, GPU_C]).placements[0].slots[0].node_id == 3
+
+
+def test_cpu_jobs_prefer_cpu_nodes_and_keep_gpus_free() -> None:
+    result = plan([PendingJob(1, gpu=0, cpu_cores=2, memory_gb=2)], [GPU_C, CPU_A])
+    assert result.placements[0].slots[0].node_id == 1
+
+
+def test_workers_share_requirements_and_spread_when_one_node_is_too_small() -> None:
+    job = PendingJob(1, gpu=0, cpu_cores=6, memory_gb=8, workers=2)
+    (placement,) = plan([job], [CPU_A, CPU_B]).placements
+    assert placement.slots == (
+        WorkerSlot(1, 0, 3.0, 4.0),
+        WorkerSlot(2, 0, 3.0, 4.0),
+    )
+
+
+def test_gang_scheduling_places_all_workers_or_none() -> None:
+    job = PendingJob(1, gpu=0, cpu_cores=12, memory_gb=8, workers=3)
+    result = plan([job], [CPU_A, CPU_B])
+    assert result.placements == ()
+    assert "3 workers" in result.waiting[0].reason
+
+
+def test_busy_is_told_apart_from_impossible() -> None:
+    running = [WorkerSlot(1, 0, 4, 4)]
+    job = PendingJob(2, gpu=0, cpu_cores=2, memory_gb=2)
+    result = plan([job], subtract([CPU_A], running), [CPU_A])
+    assert result.waiting[0].reason.startswith("waiting for resources")
+
+
+def test_fractional_cpu_shares_fit_many_workers_on_one_core() -> None:
+    job = PendingJob(1, gpu=0, cpu_cores=1, memory_gb=1, workers=4)
+    (placement,) = plan([job], [NodeCapacity(1, 0, 1, 2)]).placements
+    assert [s.cpu_cores for s in placement.slots] == [0.25] * 4
+
+
+def test_gpu_workers_get_whole_gpus() -> None:
+    assert worker_count(PendingJob(1, gpu=2, cpu_cores=2, memory_gb=2, workers=4)) == 2
+    assert worker_count(PendingJob(1, gpu=3, cpu_cores=2, memory_gb=2, workers=2)) == 1
+    assert worker_count(PendingJob(1, gpu=0, cpu_cores=2, memory_gb=2, workers=4)) == 4
+
+
+def test_nothing_online_says_so() -> None:
+    result = plan([PendingJob(1, gpu=0, cpu_cores=1, memory_gb=1)], [])
+    assert result.waiting[0].reason == "waiting for an online, approved node"
+
+
+def test_placements_never_oversubscribe_a_node() -> None:
+    jobs = [PendingJob(i, gpu=0, cpu_cores=1.5, memory_gb=5) for i in range(10)]
+    result = plan(jobs, [CPU_A, CPU_B])
+    for node in (CPU_A, CPU_B):
+        slots = [s for p in result.placements for s in p.slots if s.node_id == node.node_id]
+        assert sum(s.cpu_cores for s in slots) <= node.cpu_cores
+        assert sum(s.memory_gb for s in slots) <= node.memory_gb
+    assert len(result.placements) + len(result.waiting) == 10
