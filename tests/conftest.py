@@ -232,9 +232,12 @@ SEED_NODE = {"hostname": "gpu-node-1", "resources": {"gpu": 1, "cpu_cores": 8, "
 
 
 def register_node(
-    client: TestClient, headers: dict[str, str], hostname: str = "gpu-node-1"
+    client: TestClient,
+    headers: dict[str, str],
+    hostname: str = "gpu-node-1",
+    resources: dict | None = None,
 ) -> dict:
-    body = {**SEED_NODE, "hostname": hostname}
+    body = {**SEED_NODE, "hostname": hostname, "resources": resources or SEED_NODE["resources"]}
     response = client.post("/nodes/register", headers=headers, json=body)
     assert response.status_code == 201, response.text
     return response.json()
@@ -258,3 +261,39 @@ def pg_database(url: str, name: str) -> str:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return base.set(database=name).render_as_string(hide_password=False)
+
+
+# --- Ray -------------------------------------------------------------------------------------
+# One multi-node Ray cluster per test session, on this machine: a head with no CPUs (so work
+# lands only where a DistLM node's custom resource is) and worker nodes that stand for the
+# machines of node owners. Node i carries `distlm_node_<i>`; tests register nodes in the same
+# order so database ids match.
+
+
+def add_ray_node(cluster, node_id: int, *, num_cpus: int = 2, num_gpus: int = 0):
+    return cluster.add_node(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources={f"distlm_node_{node_id}": 1000},
+        labels={"distlm-node-id": str(node_id)},
+        object_store_memory=80 * 1024 * 1024,
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ray_module.cluster import RUNTIME_ENV
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": 80 * 1024 * 1024},
+    )
+    nodes = {1: add_ray_node(cluster, 1), 2: add_ray_node(cluster, 2)}
+    ray.init(address=cluster.address, namespace="distlm", runtime_env=RUNTIME_ENV)
+    cluster.wait_for_nodes()
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()

@@ -126,9 +126,18 @@ class HeartbeatSampleOut(BaseModel):
     gpu_memory_used_gb: float | None
 
 
+class ResourceSecondsOut(BaseModel):
+    gpu_seconds: float
+    cpu_core_seconds: float
+    memory_gb_seconds: float
+
+
 class NodeMetricsOut(BaseModel):
     node: NodeOut
     samples: list[HeartbeatSampleOut]
+    jobs_run: int
+    resource_seconds_served: ResourceSecondsOut
+    tokens_earned: float
 
 
 class TrainingPoint(BaseModel):

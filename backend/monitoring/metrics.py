@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,6 +14,7 @@ from compute.job_state import JobStatus
 from compute.models import Job, JobMetric, Node, NodeHeartbeat
 from compute.nodes import NodeApproval, NodeStatus, node_status
 from ledger.invariants import ledger_report
+from ledger.models import EntryKind, LedgerEntry
 from ledger.pricing import tokens
 
 
@@ -69,6 +71,34 @@ def node_samples(session: Session, node: Node, *, limit: int) -> list[NodeHeartb
             .limit(limit)
         )
     )
+
+
+@dataclass(frozen=True)
+class NodeActivity:
+    jobs_run: int
+    gpu_seconds: float
+    cpu_core_seconds: float
+    memory_gb_seconds: float
+    tokens_earned: int  # micro-tokens credited to the owner for this node's work
+
+
+def node_activity(session: Session, node: Node) -> NodeActivity:
+    """What a node has served: jobs with metered work on it, resource-seconds, earnings."""
+    key = str(node.id)
+    jobs_run = 0
+    totals = {"gpu_seconds": 0.0, "cpu_core_seconds": 0.0, "memory_gb_seconds": 0.0}
+    for usage in session.scalars(select(Job.usage).where(Job.usage.is_not(None))):
+        figures = (usage or {}).get(key)
+        if figures:
+            jobs_run += 1
+            for name in totals:
+                totals[name] += float(figures.get(name, 0.0))
+    earned = session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+            LedgerEntry.node_id == node.id, LedgerEntry.kind == EntryKind.NODE_CREDIT.value
+        )
+    )
+    return NodeActivity(jobs_run=jobs_run, tokens_earned=int(earned or 0), **totals)
 
 
 def training_series(

@@ -10,6 +10,7 @@ from app.deps import AdminUser, CurrentUser, DbSession, JobId, NodeId, NodeOwner
 from app.schemas import (
     HeartbeatSampleOut,
     NodeMetricsOut,
+    ResourceSecondsOut,
     TrainingMetricsOut,
     TrainingPoint,
     node_out,
@@ -17,7 +18,8 @@ from app.schemas import (
 from compute.jobs import get_job_for
 from compute.nodes import get_node_for
 from core.db import utcnow
-from monitoring.metrics import node_samples, system_metrics, training_series
+from ledger.pricing import tokens
+from monitoring.metrics import node_activity, node_samples, system_metrics, training_series
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
@@ -36,12 +38,21 @@ def node(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> NodeMetricsOut:
-    """Recent heartbeat samples of one of your nodes, newest first."""
+    """Recent heartbeat samples of one of your nodes (newest first), the jobs it ran, the
+    resource-seconds it served and the tokens it earned."""
     target = get_node_for(session, viewer, node_id)
     samples = node_samples(session, target, limit=limit)
+    activity = node_activity(session, target)
     return NodeMetricsOut(
         node=node_out(target, now=utcnow(), timeout_s=settings.node_timeout),
         samples=[HeartbeatSampleOut.model_validate(s) for s in samples],
+        jobs_run=activity.jobs_run,
+        resource_seconds_served=ResourceSecondsOut(
+            gpu_seconds=activity.gpu_seconds,
+            cpu_core_seconds=activity.cpu_core_seconds,
+            memory_gb_seconds=activity.memory_gb_seconds,
+        ),
+        tokens_earned=tokens(activity.tokens_earned),
     )
 
 
