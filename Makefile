@@ -7,9 +7,11 @@ export PYTHONPATH := $(CURDIR)/backend
 .PHONY: run test lint format clean
 
 # Stamp files make a repeat run skip installs that are already done.
-$(VENV)/.runtime-installed: backend/requirements.txt
+$(VENV)/.runtime-installed: backend/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r backend/requirements.txt
+	# Our packages, editable, so the `distlm-node` agent command exists in .venv/bin.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed backend/requirements-dev.txt

@@ -186,6 +186,7 @@ def test_join_info_is_given_to_approved_nodes_only(
     assert info["resources"] == {f"distlm_node_{node['id']}": 1000}
     assert info["labels"] == {"distlm-node-id": str(node["id"])}
     assert (info["num_cpus"], info["num_gpus"], info["memory_gb"]) == (8, 1, 32.0)
+    assert "ray_auth_token" in info  # empty when the cluster runs without token auth
 
     client.post(f"/nodes/{node['id']}/ban", headers=admin.headers)
     assert client.get(f"/nodes/{node['id']}/join", headers=auth).status_code == 403
@@ -195,7 +196,7 @@ def test_pending_node_cannot_join_yet(
     app,
     client: TestClient,
     node_owner: Account,
-    admin: Account,  # noqa: ANN001
+    admin: Account,
 ) -> None:
     app.state.settings = app.state.settings.model_copy(update={"node_auto_approve": False})
     app.state.ray_address = "10.1.2.3:6379"

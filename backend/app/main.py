@@ -27,7 +27,7 @@ from core.db import get_engine, make_session_factory, session_scope
 from core.logging import configure_logging
 from core.migrations import upgrade_to_head
 from core.settings import Settings, get_settings
-from ray_module.cluster import ClusterConfig, connect, disconnect
+from ray_module.cluster import ClusterConfig, cluster_auth_token, connect, disconnect
 
 VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -83,11 +83,13 @@ def create_app(
                 signup_grant=signup_grant_micro(resolved.signup_grant),
             )
         app.state.ray_address = ""
+        app.state.ray_auth_token = ""
         stop_dispatcher = None
         owns_ray = False
         if manage_ray:
             info = connect(cluster_config(resolved, app.state.session_factory))
             app.state.ray_address = info.address
+            app.state.ray_auth_token = cluster_auth_token()
             owns_ray = info.owned
             stop_dispatcher = start_dispatcher(app.state.session_factory, resolved)
         try:

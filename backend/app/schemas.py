@@ -76,6 +76,9 @@ class JoinOut(BaseModel):
     resources: dict[str, float]
     labels: dict[str, str]
     heartbeat_interval_s: int
+    ray_auth_token: str = Field(
+        description="Ray's cluster token for `ray start` (empty when Ray auth is off)"
+    )
 
 
 class NodeRegisteredOut(NodeOut):

@@ -157,9 +157,12 @@ class JoinInfo:
     resources: dict[str, float]
     labels: dict[str, str]
     heartbeat_interval_s: int
+    ray_auth_token: str
 
 
-def join_info(node: Node, *, ray_address: str, heartbeat_interval_s: int) -> JoinInfo:
+def join_info(
+    node: Node, *, ray_address: str, ray_auth_token: str, heartbeat_interval_s: int
+) -> JoinInfo:
     """What a node's agent needs to join the Ray cluster: given only to approved nodes,
     since the cluster is a trusted zone."""
     if node.approval == NodeApproval.BANNED:
@@ -179,6 +182,7 @@ def join_info(node: Node, *, ray_address: str, heartbeat_interval_s: int) -> Joi
         resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
         labels={NODE_LABEL: str(node.id)},
         heartbeat_interval_s=heartbeat_interval_s,
+        ray_auth_token=ray_auth_token,
     )
 
 

@@ -55,6 +55,9 @@ def connect(config: ClusterConfig) -> ClusterInfo:
         started_locally = False
     else:
         ray.init(
+            # "local": always start a new Ray here, never join one another process left
+            # running on this machine (ray.init would otherwise pick it up).
+            address="local",
             num_cpus=config.num_cpus or os.cpu_count() or 1,
             num_gpus=config.num_gpus,
             resources=config.resources or None,
@@ -75,6 +78,15 @@ def connect(config: ClusterConfig) -> ClusterInfo:
         "ray %s at %s: %s", "started" if started_locally else "joined", info.address, info.resources
     )
     return info
+
+
+def cluster_auth_token() -> str:
+    """The token Ray's token authentication expects from joining nodes ("" when off)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "")
+    if token:
+        return token
+    path = Path.home() / ".ray" / "auth_token"
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def disconnect() -> None:

@@ -92,6 +92,7 @@ def join(
     info = join_info(
         node,
         ray_address=request.app.state.ray_address,
+        ray_auth_token=request.app.state.ray_auth_token,
         heartbeat_interval_s=settings.node_heartbeat_interval,
     )
     return JoinOut(**info.__dict__)

@@ -1,0 +1,592 @@
+"""The node agent (`distlm-node`) against a real gateway: the `make run` launcher with its
+local Ray, as in test_quickstart. Registration and reuse, approval, bans, and a Ray worker
+that joins the gateway's cluster with its node's resource and label and leaves on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.cli import build_parser, config_from_args, main
+from agent.node import (
+    AgentConfig,
+    CredentialStore,
+    GatewayError,
+    JoinInfo,
+    NodeBannedError,
+    NodeIdentity,
+    NodeResources,
+    RayWorker,
+    error_from_response,
+    gateway_url,
+    run_agent,
+    sample_metrics,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+OWNER = "agent-owner"
+OWNER_PASSWORD = "agent-owner-password-1"
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def poll(condition: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.1) -> Any:
+    """The condition's first truthy value; fails after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def unique_hostname() -> str:
+    return f"node-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Gateway:
+    address: str  # HOST:PORT, as a node owner types it
+    process: subprocess.Popen
+    log_path: Path
+    ray_tmpdir: str  # RAY_TMPDIR of its Ray, and of agents joining it
+    admin_token: str = ""
+    owner_token: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.address}"
+
+    def call(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
+        response = httpx.request(
+            method,
+            self.base + path,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+            **kwargs,
+        )
+        assert response.is_success, (response.status_code, response.text)
+        return response.json()
+
+    def as_owner(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.call(method, path, self.owner_token, **kwargs)
+
+    def as_admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.call(method, path, self.admin_token, **kwargs)
+
+    def node_named(self, hostname: str) -> dict[str, Any] | None:
+        nodes = self.as_admin("GET", "/nodes", params={"limit": 500})["items"]
+        return next((n for n in nodes if n["hostname"] == hostname), None)
+
+
+def login(base: str, username: str, password: str) -> str:
+    response = httpx.post(
+        f"{base}/auth/token", data={"username": username, "password": password}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+@contextmanager
+def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
+    """The launcher `make run` runs, on a free port with its own SQLite file, plus a node
+    owner created by the bootstrap admin."""
+    port = free_port()
+    # A private Ray temp dir: a local `ray.init()` would otherwise join whatever cluster
+    # /tmp/ray/ray_current_cluster names (another test run's). Short, for Ray's socket paths.
+    ray_tmpdir = tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "backend"),
+        "DISTLM_PORT": str(port),
+        "DISTLM_HOST": "127.0.0.1",
+        "DISTLM_DATABASE_URL": f"sqlite:///{tmp / 'gateway.db'}",
+        "DISTLM_STORAGE_PATH": str(tmp / "storage"),
+        "DISTLM_RAY_NUM_CPUS": "1",
+        "DISTLM_ARGON2_TIME_COST": "1",
+        "DISTLM_ARGON2_MEMORY_KIB": "1024",
+        "DISTLM_ADMIN_USERNAME": "admin",
+        "DISTLM_ADMIN_PASSWORD": "admin-change-me",
+        "NODE_HEARTBEAT_INTERVAL": "1",
+        "RAY_TMPDIR": ray_tmpdir,
+        **extra_env,
+    }
+    env.pop("RAY_ADDRESS", None)
+    log_path = tmp / "gateway.log"
+    with open(log_path, "wb") as log_file:  # a file, not a pipe nobody reads, which fills up
+        process = subprocess.Popen(
+            [PYTHON, "-m", "app.launcher"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    gateway = Gateway(f"127.0.0.1:{port}", process, log_path, ray_tmpdir)
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, f"gateway exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                return httpx.get(f"{gateway.base}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        poll(healthy, timeout_s=120, what="the gateway to be healthy", every_s=0.3)
+        gateway.admin_token = login(gateway.base, "admin", "admin-change-me")
+        gateway.as_admin(
+            "POST",
+            "/auth/register",
+            json={"username": OWNER, "password": OWNER_PASSWORD, "role": "node_owner"},
+        )
+        gateway.owner_token = login(gateway.base, OWNER, OWNER_PASSWORD)
+        yield gateway
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the gateway stops its Ray
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_gateway(tmp_path_factory.mktemp("gateway")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def manual_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("manual-gateway")
+    with running_gateway(tmp, DISTLM_NODE_AUTO_APPROVE="false") as running:
+        yield running
+
+
+def agent_args(gateway: Gateway, hostname: str, credential_file: Path, *extra: str) -> list[str]:
+    return [
+        "--coordinator-address",
+        gateway.address,
+        "--hostname",
+        hostname,
+        "--cpu",
+        "--cpus",
+        "2",
+        "--memory-gb",
+        "1.5",
+        "--credential-file",
+        str(credential_file),
+        "--no-ray",
+        "--heartbeat-interval",
+        "0.1",
+        *extra,
+    ]
+
+
+LOGIN = ["--username", OWNER, "--password", OWNER_PASSWORD]
+
+
+# --- without a gateway -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        ("10.0.0.5:5000", "http://10.0.0.5:5000"),
+        ("gateway.lan", "http://gateway.lan:8000"),
+        ("https://distlm.example.org/", "https://distlm.example.org"),
+        ("[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_coordinator_address_accepts_host_port_or_url(address: str, url: str) -> None:
+    assert gateway_url(address) == url
+
+
+def test_coordinator_address_rejects_other_schemes() -> None:
+    with pytest.raises(ValueError, match="http"):
+        gateway_url("ftp://gateway")
+
+
+def test_gateway_errors_carry_the_detail_and_bans_are_their_own_error() -> None:
+    banned = error_from_response(
+        httpx.Response(403, json={"error": "node_banned", "detail": "node 3 is banned"})
+    )
+    assert isinstance(banned, NodeBannedError) and banned.exit_code == 3
+    assert str(banned) == "node 3 is banned (HTTP 403, node_banned)"
+    proxy = error_from_response(httpx.Response(502, text="<html>bad gateway</html>"))
+    assert isinstance(proxy, GatewayError) and proxy.code == "http_502"
+
+
+def test_cpu_flag_offers_no_gpus_and_gpu_flag_needs_one(tmp_path: Path) -> None:
+    parser = build_parser()
+    base = ["--coordinator-address", "h:1", "--credential-file", str(tmp_path / "c.json")]
+    config = config_from_args(parser.parse_args([*base, "--cpu", "--cpus", "3"]), environ={})
+    assert config.resources.gpu == 0 and config.resources.cpu_cores == 3
+    assert config.resources.memory_gb > 0  # detected
+    with pytest.raises(ValueError, match="--gpu"):
+        config_from_args(parser.parse_args([*base, "--gpu", "--gpus", "0"]), environ={})
+    with pytest.raises(ValueError, match="--cpu"):
+        config_from_args(parser.parse_args([*base, "--cpu", "--gpus", "2"]), environ={})
+    gpu = config_from_args(parser.parse_args([*base, "--gpu", "--gpus", "2"]), environ={})
+    assert gpu.resources.gpu == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--gpu", "--cpu"])
+
+
+def test_secrets_come_from_the_environment_and_stay_out_of_repr(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--coordinator-address", "h:1", "--cpu", "--credential-file", str(tmp_path / "c")]
+    )
+    environ = {"DISTLM_NODE_USERNAME": "u1", "DISTLM_NODE_PASSWORD": "s3cret-pass"}
+    config = config_from_args(args, environ=environ)
+    assert (config.username, config.password) == ("u1", "s3cret-pass")
+    assert "s3cret-pass" not in repr(config)
+    assert "dln_x" not in repr(NodeIdentity(1, "h", "dln_x"))
+
+
+def test_credential_file_is_private_even_under_a_permissive_umask(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "dir" / "node.json")
+    old_umask = os.umask(0)
+    try:
+        store.save(NodeIdentity(7, "box", "dln_secret"), gateway="http://g:1")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert store.load() == NodeIdentity(7, "box", "dln_secret")
+
+
+def test_ray_worker_command_carries_the_join_info(tmp_path: Path) -> None:
+    join = JoinInfo(
+        node_id=4,
+        ray_address="10.0.0.1:6379",
+        num_cpus=8,
+        num_gpus=1,
+        memory_gb=2.0,
+        resources={"distlm_node_4": 1000},
+        labels={"distlm-node-id": "4"},
+        heartbeat_interval_s=10,
+    )
+    command = RayWorker(join, log_path=tmp_path / "ray.log", executable="ray").command()
+    assert command[:2] == ["ray", "start"]
+    for arg in (
+        "--address=10.0.0.1:6379",
+        "--num-cpus=8",
+        "--num-gpus=1",
+        f"--memory={2 * 1024**3}",
+        '--resources={"distlm_node_4":1000}',
+        "--labels=distlm-node-id=4",
+        "--block",
+    ):
+        assert arg in command
+
+
+def test_ray_worker_opts_into_token_auth_only_when_given_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    join = JoinInfo(4, "10.0.0.1:6379", 1, 0, 1.0, {}, {}, 10)
+    plain = RayWorker(join, log_path=tmp_path / "ray.log").environment()
+    assert "RAY_AUTH_MODE" not in plain
+    token_file = tmp_path / "token"
+    from_file = RayWorker(join, log_path=tmp_path / "r", auth_token_file=token_file)
+    assert from_file.environment()["RAY_AUTH_TOKEN_PATH"] == str(token_file)
+    given = JoinInfo(4, "10.0.0.1:6379", 1, 0, 1.0, {}, {}, 10, ray_auth_token="tok")
+    env = RayWorker(given, log_path=tmp_path / "r", auth_token_file=token_file).environment()
+    assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", "tok")
+    assert "RAY_AUTH_TOKEN_PATH" not in env
+
+
+def test_sample_metrics_reports_cpu_and_memory() -> None:
+    sample = sample_metrics(gpus=0)
+    assert 0 <= sample["cpu_percent"] <= 100
+    assert sample["memory_used_gb"] > 0 and 0 < sample["memory_percent"] <= 100
+    assert "gpu_utilization" not in sample
+
+
+# --- against the gateway -----------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_agent_registers_heartbeats_and_a_restart_reuses_its_node(
+    gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostname = unique_hostname()
+    credential_file = tmp_path / "distlm" / "node.json"
+    args = agent_args(gateway, hostname, credential_file)
+
+    assert main([*args, *LOGIN, "--heartbeats", "2"]) == 0
+
+    stored = json.loads(credential_file.read_text())
+    assert stored["hostname"] == hostname and stored["credential"].startswith("dln_")
+    assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
+    node_id = stored["node_id"]
+    node = gateway.as_owner("GET", f"/nodes/{node_id}")
+    assert (node["status"], node["approval"]) == ("online", "approved")
+    assert node["resources"] == {"gpu": 0, "cpu_cores": 2.0, "memory": 1.5}
+    samples = gateway.as_owner("GET", f"/metrics/node/{node_id}")["samples"]
+    assert len(samples) == 2
+    for sample in samples:
+        assert sample["cpu_percent"] is not None
+        assert sample["memory_used_gb"] > 0 and sample["memory_percent"] > 0
+
+    # A restart needs no login: the stored credential proves the node.
+    assert main([*args, "--once"]) == 0
+    assert json.loads(credential_file.read_text())["node_id"] == node_id
+    mine = gateway.as_owner("GET", "/nodes", params={"limit": 500})["items"]
+    assert [n["id"] for n in mine if n["hostname"] == hostname] == [node_id]
+    assert len(gateway.as_owner("GET", f"/metrics/node/{node_id}")["samples"]) == 3
+
+    output = capsys.readouterr()
+    assert f"node {node_id}" in output.err
+    for secret in (OWNER_PASSWORD, stored["credential"]):
+        assert secret not in output.out + output.err
+
+
+@pytest.mark.ray
+def test_agent_without_credential_file_reuses_the_hostname_with_the_owner_token(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostname = unique_hostname()
+    registered = gateway.as_owner(
+        "POST",
+        "/nodes/register",
+        json={"hostname": hostname, "resources": {"gpu": 0, "cpu_cores": 2, "memory": 1.5}},
+    )
+    monkeypatch.setenv("DISTLM_NODE_TOKEN", gateway.owner_token)
+    credential_file = tmp_path / "node.json"
+
+    assert main([*agent_args(gateway, hostname, credential_file), "--once"]) == 0
+
+    stored = json.loads(credential_file.read_text())
+    assert stored["node_id"] == registered["id"] and stored["credential"] is None
+    metrics = gateway.as_owner("GET", f"/metrics/node/{registered['id']}")
+    assert metrics["node"]["status"] == "online" and len(metrics["samples"]) == 1
+
+
+@pytest.mark.ray
+def test_agent_waits_while_pending_and_goes_on_once_an_admin_approves(
+    manual_gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hostname = unique_hostname()
+    seen: dict[str, Any] = {}
+
+    def approve_when_alive() -> None:
+        # A pending agent heartbeats, so the admin sees a live node before approving it.
+        def pending_and_online() -> dict[str, Any] | None:
+            node = manual_gateway.node_named(hostname)
+            return node if node and node["status"] == "online" else None
+
+        seen["pending"] = poll(pending_and_online, timeout_s=30, what="a pending, live node")
+        time.sleep(0.3)  # the agent keeps waiting meanwhile
+        manual_gateway.as_admin("POST", f"/nodes/{seen['pending']['id']}/approve")
+
+    approver = threading.Thread(target=approve_when_alive, daemon=True)
+    approver.start()
+    config = AgentConfig(
+        gateway_url=manual_gateway.base,
+        hostname=hostname,
+        resources=NodeResources(gpu=0, cpu_cores=1, memory_gb=1.0),
+        credential_file=tmp_path / "node.json",
+        username=OWNER,
+        password=OWNER_PASSWORD,
+        start_ray=False,
+        approval_timeout_s=40,
+        approval_poll_s=0.1,
+        heartbeat_interval_s=0.1,
+        max_heartbeats=1,
+    )
+    with caplog.at_level(logging.INFO, logger="distlm.agent"):
+        result = run_agent(config)
+    approver.join(timeout=5)
+
+    assert seen["pending"]["approval"] == "pending"
+    assert result.node_id == seen["pending"]["id"]
+    assert (result.how, result.heartbeats) == ("registered", 1)
+    assert "waiting for an admin's approval" in caplog.text
+    assert manual_gateway.as_owner("GET", f"/nodes/{result.node_id}")["approval"] == "approved"
+
+
+@pytest.mark.ray
+def test_agent_gives_up_when_not_approved_in_time(
+    manual_gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = agent_args(manual_gateway, unique_hostname(), tmp_path / "node.json", *LOGIN)
+    started = time.monotonic()
+    assert main([*args, "--approval-timeout", "0.5", "--approval-poll", "0.1"]) == 4
+    assert time.monotonic() - started < 10
+    assert "was not approved within 0.5 s" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_a_banned_node_stops_the_agent_with_an_error(
+    gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostname = unique_hostname()
+    args = agent_args(gateway, hostname, tmp_path / "node.json", *LOGIN)
+
+    def ban_when_online() -> None:
+        node = poll(
+            lambda: (n := gateway.node_named(hostname)) and n["status"] == "online" and n,
+            timeout_s=30,
+            what="the agent's node to be online",
+        )
+        gateway.as_admin("POST", f"/nodes/{node['id']}/ban")
+
+    banner = threading.Thread(target=ban_when_online, daemon=True)
+    banner.start()
+    # Bounded: 300 heartbeats at 0.1 s if the ban never came.
+    assert main([*args, "--heartbeats", "300"]) == 3
+    banner.join(timeout=5)
+    assert "is banned" in capsys.readouterr().err
+
+    # A banned node does not start again either.
+    assert main([*args, "--once"]) == 3
+
+
+# --- with a Ray worker -------------------------------------------------------------------
+
+# Runs as a driver of the gateway's cluster (a driver on a machine with several Ray nodes
+# attaches to the head, not to the agent's node): reports the agent's node once it is alive,
+# then whether it is gone.
+RAY_PROBE = """
+import json, sys, time
+import ray
+
+address, resource = sys.argv[1], sys.argv[2]
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+
+def live():
+    return [n for n in ray.nodes() if n["Alive"] and resource in n["Resources"]]
+
+deadline = time.monotonic() + 60
+while not live() and time.monotonic() < deadline:
+    time.sleep(0.2)
+nodes = [{"resources": n["Resources"], "labels": n.get("Labels", {})} for n in live()]
+print(json.dumps({"joined": nodes}), flush=True)
+if nodes:
+    deadline = time.monotonic() + 60
+    while live() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(json.dumps({"gone": not live()}), flush=True)
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    hostname = unique_hostname()
+    credential_file = tmp_path / "node.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "backend"),
+        "DISTLM_NODE_USERNAME": OWNER,
+        "DISTLM_NODE_PASSWORD": OWNER_PASSWORD,
+        "RAY_TMPDIR": gateway.ray_tmpdir,
+    }
+    env.pop("RAY_ADDRESS", None)
+    agent_log = tmp_path / "agent.log"
+    with open(agent_log, "wb") as out:
+        agent = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "agent",
+                "--coordinator-address",
+                gateway.address,
+                "--hostname",
+                hostname,
+                "--cpu",
+                "--cpus",
+                "1",
+                "--memory-gb",
+                "0.5",
+                "--object-store-mb",
+                "80",
+                "--credential-file",
+                str(credential_file),
+                "--heartbeat-interval",
+                "1",
+                # The gateway's local Ray uses token auth with the token in ~/.ray (same
+                # machine); a node elsewhere would be given it by the cluster's admin.
+                "--ray-auth-token-file",
+                str(RAY_TOKEN_FILE),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    probe: subprocess.Popen | None = None
+    try:
+
+        def worker_started() -> bool:
+            assert agent.poll() is None, f"agent exited:\n{agent_log.read_text()}"
+            return "Ray worker (pid" in agent_log.read_text()
+
+        poll(worker_started, timeout_s=60, what="the agent to start its Ray worker")
+        node_id = json.loads(credential_file.read_text())["node_id"]
+        join = gateway.as_owner("GET", f"/nodes/{node_id}/join")
+        resource = f"distlm_node_{node_id}"
+        assert join["resources"] == {resource: 1000}
+
+        probe_env = {**env, "RAY_AUTH_MODE": "token"}  # see --ray-auth-token-file
+        with open(tmp_path / "probe.err", "wb") as probe_err:
+            probe = subprocess.Popen(
+                [PYTHON, "-c", RAY_PROBE, join["ray_address"], resource],
+                env=probe_env,
+                stdout=subprocess.PIPE,
+                stderr=probe_err,
+                text=True,
+            )
+        assert probe.stdout is not None
+        joined = json.loads(probe.stdout.readline() or "{}").get("joined")  # probe-bounded
+        probe_log = (tmp_path / "probe.err").read_text()
+        assert joined, f"no live Ray node offers {resource}:\n{agent_log.read_text()}{probe_log}"
+        (ray_node,) = joined
+        assert ray_node["resources"][resource] == 1000
+        assert ray_node["resources"]["CPU"] == 1
+        assert ray_node["labels"]["distlm-node-id"] == str(node_id)
+        assert gateway.as_owner("GET", f"/nodes/{node_id}")["status"] == "online"
+
+        agent.send_signal(signal.SIGINT)  # Ctrl-C
+        assert agent.wait(timeout=60) == 0, agent_log.read_text()
+        gone = json.loads(probe.stdout.readline() or "{}").get("gone")
+        assert gone, f"the agent's Ray node is still alive:\n{agent_log.read_text()}"
+        assert probe.wait(timeout=30) == 0
+        assert "Ray worker stopped" in agent_log.read_text()
+    finally:
+        if probe is not None and probe.poll() is None:
+            probe.kill()
+            probe.wait(timeout=10)
+        if agent.poll() is None:
+            agent.kill()  # its Ray worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
+            agent.wait(timeout=10)
