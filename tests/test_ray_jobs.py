@@ -9,10 +9,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from app.main import create_app
 from auth.models import Role
-from tests.conftest import clear_tables, make_settings, register_node
+from ledger.models import LedgerTransaction
+from tests.conftest import Account, add_ray_node, clear_tables, make_settings, register_node
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -119,3 +121,207 @@ def test_tiny_gpt2_trains_on_the_planned_nodes_and_everyone_is_paid(
         headers=make_account("root-admin", __import__("auth.models").models.Role.ADMIN).headers,
     ).json()
     assert system["ledger"]["invariant_ok"], system["ledger"]["problems"]
+
+
+LONG_JOB = {
+    **TINY_JOB,
+    "training_config": {
+        **TINY_JOB["training_config"],
+        "max_steps": 2000,
+        "checkpoint_interval": 10,
+    },
+}
+
+
+def steps_seen(client: TestClient, headers: dict, job_id: int) -> int:
+    series = client.get(f"/metrics/training/{job_id}", headers=headers).json()["series"]
+    return max((p["step"] for p in series), default=0)
+
+
+@pytest.fixture
+def two_nodes(ray_client: TestClient, make_account) -> tuple[Account, list[int]]:
+    owner = make_account("olivia", Role.NODE_OWNER)
+    nodes = [register_node(ray_client, owner.headers, f"m{i}", CPU_NODE)["id"] for i in (1, 2)]
+    wait_for(
+        lambda: all(
+            ray_client.get(f"/nodes/{n}", headers=owner.headers).json()["status"] == "online"
+            for n in nodes
+        ),
+        what="nodes online via Ray",
+    )
+    return owner, nodes
+
+
+def test_gpu_job_waits_for_a_gpu_node_and_starts_when_one_joins(
+    ray_client: TestClient,
+    ray_cluster,
+    two_nodes,
+    make_account,
+) -> None:
+    client, (cluster, _), (owner, _) = ray_client, ray_cluster, two_nodes
+    user = make_account("alice")
+    body = {
+        **TINY_JOB,
+        "requirements": {"gpu": 1, "cpu_cores": 1, "memory": 1},
+        "training_config": {"max_steps": 5, "batch_size": 8, "seq_len": 32},
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    waiting = wait_for(
+        lambda: (
+            (j := job_state(client, user.headers, job["id"]))["status_reason"]
+            == "waiting for a node with 1 GPU"
+            and j
+        ),
+        what="the GPU job to wait",
+    )
+    assert waiting["status"] == "queued"
+
+    gpu_node = add_ray_node(cluster, 3, num_cpus=2, num_gpus=1)
+    try:
+        node = register_node(
+            client, owner.headers, "gpu-box", {"gpu": 1, "cpu_cores": 2, "memory": 4}
+        )
+        assert node["id"] == 3
+        done = wait_for(
+            lambda: finished(client, user.headers, job["id"]),
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert list(done["usage"]) == ["3"]  # it ran on the GPU node, and only there
+    finally:
+        cluster.remove_node(gpu_node)
+
+
+def test_cancel_mid_run_frees_the_nodes_and_refunds_what_was_not_used(
+    ray_client: TestClient,
+    two_nodes,
+    make_account,
+) -> None:
+    import ray
+
+    client, (owner, _) = ray_client, two_nodes
+    user = make_account("alice")
+    job = client.post("/jobs/submit", headers=user.headers, json=LONG_JOB).json()
+    held = client.get("/tokens/balance/me", headers=user.headers).json()["held"]
+    wait_for(lambda: steps_seen(client, user.headers, job["id"]) >= 20, what="training steps")
+
+    requested = client.post(f"/jobs/{job['id']}/cancel", headers=user.headers)
+    assert requested.status_code == 200
+    assert "cancellation requested" in requested.json()["status_reason"]
+    assert client.post(f"/jobs/{job['id']}/cancel", headers=user.headers).status_code == 409
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        timeout_s=60,
+        what="the cancel to take effect",
+    )
+    assert done["status"] == "cancelled"
+
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert balance["held"] == 0 and 0 < balance["spent"] < held
+    assert balance["available"] == pytest.approx(100 - balance["spent"])
+    # The workers are gone: the nodes' CPUs are all free again.
+    wait_for(
+        lambda: ray.available_resources().get("CPU", 0) >= 4,
+        timeout_s=60,
+        what="the cancelled job's CPUs to be released",
+    )
+    assert client.get("/metrics/node/1", headers=owner.headers).json()["tokens_earned"] > 0
+
+
+def test_gateway_restart_mid_job_reattaches_and_settles_once(
+    ray_settings,
+    two_nodes,
+    ray_client: TestClient,
+    make_account,
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {**LONG_JOB, "training_config": {**LONG_JOB["training_config"], "max_steps": 150}}
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    wait_for(lambda: steps_seen(client, user.headers, job["id"]) >= 10, what="training steps")
+
+    # A second gateway on the same database and cluster takes over from the first.
+    client.app.router.lifespan_context  # noqa: B018 - the first gateway stops below
+    client.__exit__(None, None, None)
+    with TestClient(create_app(ray_settings, manage_ray=True, run_migrations=False)) as again:
+        done = wait_for(
+            lambda: finished(again, user.headers, job["id"]),
+            what=lambda: job_state(again, user.headers, job["id"]),
+        )
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert done["attempts"] == 1  # re-attached, not restarted
+        series = again.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+        steps = [p["step"] for p in series["series"] if "loss" in p["values"]]
+        assert steps == list(range(1, 151)), sorted(set(range(1, 151)) ^ set(steps))
+    factory_url = ray_settings.database_url
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(factory_url)
+    with Session(engine) as session:
+        settlements = session.scalar(
+            select(func.count())
+            .select_from(LedgerTransaction)
+            .where(LedgerTransaction.job_id == job["id"], LedgerTransaction.kind == "settlement")
+        )
+    engine.dispose()
+    assert settlements == 1
+
+
+def test_losing_a_node_mid_job_resumes_elsewhere_and_pays_the_dead_node_only_for_saved_work(
+    ray_client: TestClient,
+    ray_cluster,
+    two_nodes,
+    make_account,
+) -> None:
+    client, (cluster, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
+    user = make_account("alice")
+    spare = add_ray_node(cluster, 3)
+    register_node(client, owner.headers, "spare", CPU_NODE)
+    body = {**LONG_JOB, "training_config": {**LONG_JOB["training_config"], "max_steps": 120}}
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    running = wait_for(
+        lambda: (
+            (j := job_state(client, user.headers, job["id"]))["usage"] and "2" in j["usage"] and j
+        ),
+        what="the worker on node 2 to report completed work",
+    )
+    assert sorted(p["node_id"] for p in running["placement"]) == [1, 2]
+
+    cluster.remove_node(ray_nodes[2])  # the machine behind node 2 dies
+    try:
+        resumed = wait_for(
+            lambda: (
+                (j := job_state(client, user.headers, job["id"]))["attempts"] == 2
+                and j["status"] == "running"
+                and j
+            ),
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        assert sorted(p["node_id"] for p in resumed["placement"]) == [1, 3]
+        node2_usage = resumed["usage"]["2"]
+        done = wait_for(
+            lambda: finished(client, user.headers, job["id"]),
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert done["attempts"] == 2
+        assert done["usage"]["2"] == node2_usage  # nothing more for the dead node
+        assert client.get("/nodes/2", headers=owner.headers).json()["status"] == "offline"
+
+        series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+        steps = [p["step"] for p in series["series"] if "loss" in p["values"]]
+        assert max(steps) == 120
+        # The second attempt resumed from a checkpoint, not from step 1.
+        second_attempt_first_step = steps[
+            next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+        ]
+        assert second_attempt_first_step > 1
+
+        admin = make_account("root", Role.ADMIN)
+        ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+        assert ledger["invariant_ok"], ledger["problems"]
+        assert ledger["in_escrow"] == 0
+    finally:
+        cluster.remove_node(spare)
+        ray_nodes[2] = add_ray_node(cluster, 2)

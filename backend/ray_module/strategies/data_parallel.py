@@ -14,7 +14,7 @@ from ray_module.resource_manager import NODE_LABEL
 from ray_module.training import NAMESPACE, JobRunner, RunConfig, runner_name
 
 DEFAULTS = {
-    "epochs": 1,
+    "epochs": None,  # with max_steps alone: as many epochs as it takes; neither: one epoch
     "max_steps": None,
     "batch_size": 8,
     "learning_rate": 5e-4,
@@ -32,9 +32,10 @@ def settings_of(config: RunConfig) -> dict[str, Any]:
 
 
 def run_data_parallel(config: RunConfig, runner: JobRunner) -> None:
+    import torch
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     workers = config.workers
     use_gpu = any(w.gpu for w in workers)
@@ -55,6 +56,10 @@ def run_data_parallel(config: RunConfig, runner: JobRunner) -> None:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
+        # NCCL needs CUDA; logical GPUs (tests) and CPU-only clusters use gloo.
+        torch_config=TorchConfig(
+            backend="nccl" if use_gpu and torch.cuda.is_available() else "gloo"
+        ),
         scaling_config=ScalingConfig(
             num_workers=len(workers),
             use_gpu=use_gpu,
@@ -106,13 +111,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
     shard = train_blocks[rank::world]
     batch_size = int(settings["batch_size"])
     batches_per_epoch = max(1, math.ceil(len(shard) / batch_size))
-    epochs = int(settings["epochs"])
-    total_steps = epochs * batches_per_epoch
-    if settings.get("max_steps"):
-        total_steps = min(total_steps, int(settings["max_steps"]))
+    total_steps = total_steps_for(settings, batches_per_epoch)
     checkpoint_every = int(settings.get("checkpoint_interval") or batches_per_epoch)
 
-    model = prepare_model(model)
+    # A slot with a GPU on a machine without CUDA (a logical GPU) trains on the CPU.
+    model = prepare_model(model, move_to_device=torch.cuda.is_available())
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["learning_rate"]))
     step = resume["step"] if resume else 0
@@ -172,6 +175,15 @@ def train_loop(cfg: dict[str, Any]) -> None:
         tokenizer.save_pretrained(final_dir)
         runner.emit.remote(events.artifact(str(final_dir)))
     ray.train.report({"step": step})
+
+
+def total_steps_for(settings: dict[str, Any], batches_per_epoch: int) -> int:
+    """epochs and max_steps both bound the run; max_steps alone sets it."""
+    max_steps = int(settings["max_steps"]) if settings.get("max_steps") else None
+    if settings.get("epochs"):
+        total = int(settings["epochs"]) * batches_per_epoch
+        return min(total, max_steps) if max_steps else total
+    return max_steps or batches_per_epoch
 
 
 def _first(value: Any) -> str:
