@@ -64,11 +64,14 @@ class Dispatcher:
             self.reconcile_nodes(session)
         self.schedule()
         with session_scope(self.session_factory) as session:
-            running = session.scalars(
-                select(Job.id).where(
-                    Job.status.in_([JobStatus.RUNNING.value, JobStatus.SCHEDULED.value])
-                )
+            scheduled = session.scalars(
+                select(Job.id).where(Job.status == JobStatus.SCHEDULED.value)
             ).all()
+            running = session.scalars(
+                select(Job.id).where(Job.status == JobStatus.RUNNING.value)
+            ).all()
+        for job_id in scheduled:  # placed but not started (e.g. the gateway stopped between)
+            self.launch(job_id)
         for job_id in running:
             with session_scope(self.session_factory) as session:
                 job = session.get(Job, job_id, with_for_update=True)
@@ -162,8 +165,8 @@ class Dispatcher:
 
     # -- running jobs ---------------------------------------------------------------------
     def poll(self, session: Session, job: Job) -> None:
-        if job.status == JobStatus.SCHEDULED.value:
-            return  # launch() moves it on
+        if job.status != JobStatus.RUNNING.value:
+            return
         fresh = training.fetch_events(job.id, job.event_cursor)
         if fresh is None:
             self.runner_lost(session, job)

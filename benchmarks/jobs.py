@@ -1,0 +1,142 @@
+"""Submit → first training step latency, and the platform's overhead on a whole job against
+calling Ray Train's TorchTrainer directly on the same work, as a ratio.
+
+Both runs use the same training loop (tiny-gpt2 on stdlib-text, the same steps, batch size and
+workers) on one local Ray started by this script.
+
+    PYTHONPATH=backend .venv/bin/python benchmarks/jobs.py [--steps 60] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+
+import ray
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from core.settings import Settings
+from ray_module.cluster import ClusterConfig, connect
+from ray_module.strategies.data_parallel import run_data_parallel
+from ray_module.training import NAMESPACE, JobRunner, RunConfig, WorkerPlan, runner_name
+
+
+def job_body(steps: int, workers: int) -> dict:
+    return {
+        "model_config": {"type": "simple_transformer", "model_name": "tiny-gpt2"},
+        "data_config": {
+            "data_source": "builtin",
+            "dataset_name": "stdlib-text",
+            "max_samples": 400,
+        },
+        "training_config": {
+            "max_steps": steps,
+            "batch_size": 8,
+            "seq_len": 64,
+            "num_workers": workers,
+        },
+        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+        "max_runtime_s": 1800,
+    }
+
+
+def through_the_platform(tmp: Path, steps: int, workers: int) -> dict[str, float]:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"sqlite:///{tmp}/bench.db",
+        storage_path=tmp / "storage",
+        admin_password="bench-admin-password",
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+        dispatch_interval_s=0.2,
+        ray_num_cpus=2,
+    )
+    with TestClient(create_app(settings)) as client:
+        token = client.post(
+            "/auth/token", data={"username": "admin", "password": "bench-admin-password"}
+        )
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        started = time.perf_counter()
+        job = client.post("/jobs/submit", headers=headers, json=job_body(steps, workers)).json()
+        while (state := client.get(f"/jobs/{job['id']}", headers=headers).json())["status"] not in (
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
+            time.sleep(0.1)
+        wall = time.perf_counter() - started
+    assert state["status"] == "succeeded", state["status_reason"]
+
+    def at(name: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(state[name].replace("Z", "+00:00"))
+
+    return {
+        "wall_s": wall,
+        "submit_to_first_step_s": (at("first_step_at") - at("created_at")).total_seconds(),
+        "submit_to_running_s": (at("started_at") - at("created_at")).total_seconds(),
+    }
+
+
+def directly(tmp: Path, steps: int, workers: int, node_id: int) -> dict[str, float]:
+    """The same loop through TorchTrainer, with only an event sink standing in for the runner."""
+    body = job_body(steps, workers)
+    config = RunConfig(
+        job_id=999_999,
+        strategy="data_parallel",
+        model={"model_type": "simple_transformer", "model_name": "tiny-gpt2"},
+        data={"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 400},
+        training={k: v for k, v in body["training_config"].items()},
+        workers=tuple(WorkerPlan(node_id, 0, 1 / workers, 1 / workers) for _ in range(workers)),
+        storage_path=str(tmp / "direct"),
+    )
+    sink = (
+        ray.remote(JobRunner)
+        .options(
+            name=runner_name(config.job_id), namespace=NAMESPACE, num_cpus=0, max_concurrency=16
+        )
+        .remote(config)
+    )
+    started = time.perf_counter()
+    run_data_parallel(config, JobRunner(config))
+    wall = time.perf_counter() - started
+    events = ray.get(sink.events.remote(0))
+    ray.kill(sink)
+    assert any(e["type"] == "metric" for e in events)
+    return {"wall_s": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        node_id = 1  # the platform registers this machine as node 1 of a fresh database
+        connect(
+            ClusterConfig(
+                num_cpus=2,
+                resources={f"distlm_node_{node_id}": 1000},
+                labels={"distlm-node-id": str(node_id)},
+            )
+        )
+        platform = through_the_platform(tmp, args.steps, args.workers)
+        direct = directly(tmp, args.steps, args.workers, node_id)
+        ray.shutdown()
+    print(f"job: tiny-gpt2, stdlib-text, {args.steps} steps, {args.workers} workers, 2 CPUs")
+    print(f"submit -> running (placed, runner started): {platform['submit_to_running_s']:.2f} s")
+    print(f"submit -> first training step:             {platform['submit_to_first_step_s']:.2f} s")
+    print(f"whole job through DistLM (submit -> succeeded): {platform['wall_s']:.2f} s")
+    print(f"same work, TorchTrainer called directly:        {direct['wall_s']:.2f} s")
+    print(f"overhead ratio DistLM / direct: {platform['wall_s'] / direct['wall_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
