@@ -12,10 +12,10 @@ Every failure surfaces as ``DataError`` with a sentence a user can act on.
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
-import importlib
-import inspect
+import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -139,46 +139,44 @@ def split_blocks(
 
 @functools.lru_cache(maxsize=1)
 def stdlib_corpus() -> tuple[str, ...]:
-    """Docstrings of the modules in ``STDLIB_CORPUS_MODULES`` and of the public functions and
-    classes they define, in a fixed order, each text once. About 370 KB on CPython 3.11."""
+    """Docstrings of the modules in ``STDLIB_CORPUS_MODULES`` and of the public classes,
+    functions and methods they define, in source order, each text once.
+
+    Read from the modules' source files with ``ast``, never by importing them: libraries
+    patch the standard library at import time (pytest, torch), so imported docstrings would
+    depend on what else the process loaded, and every Ray worker must see the same corpus.
+    Modules written in C have no source and are skipped.
+    """
     seen: set[str] = set()
     texts: list[str] = []
-
-    def add(obj: Any) -> None:
-        doc = (inspect.getdoc(obj) or "").strip()
-        if doc and doc not in seen:
-            seen.add(doc)
-            texts.append(doc)
-
     for module_name in STDLIB_CORPUS_MODULES:
-        module = importlib.import_module(module_name)
-        add(module)
-        for name in _public_names(module):
-            member = getattr(module, name, None)
-            is_api = inspect.isclass(member) or inspect.isroutine(member)
-            if is_api and _defined_in(member, module_name):
-                add(member)
+        for doc in _source_docstrings(module_name):
+            if doc not in seen:
+                seen.add(doc)
+                texts.append(doc)
     return tuple(texts)
 
 
-def _defined_in(member: Any, module_name: str) -> bool:
-    """Whether ``member`` still belongs to the module it is listed in.
-
-    Libraries patch the standard library at import (pytest replaces ``threading.excepthook``,
-    torch replaces ``inspect.getfile``); taking their docstrings would make the corpus depend
-    on what else the process imported. C accelerators count as home (``_heapq`` for ``heapq``).
-    """
-
-    def home(name: str) -> str:
-        return name.split(".")[0].lstrip("_")
-
-    return home(getattr(member, "__module__", None) or module_name) == home(module_name)
-
-
-def _public_names(module: Any) -> list[str]:
-    declared = getattr(module, "__all__", None)
-    names = declared if declared else [name for name in dir(module) if not name.startswith("_")]
-    return sorted(names)
+def _source_docstrings(module_name: str) -> list[str]:
+    spec = importlib.util.find_spec(module_name)
+    origin = spec.origin if spec is not None else None
+    if not origin or not origin.endswith(".py"):
+        return []
+    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    docs = [ast.get_docstring(tree)]
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and (
+            not node.name.startswith("_")
+        ):
+            docs.append(ast.get_docstring(node))
+            if isinstance(node, ast.ClassDef):
+                docs.extend(
+                    ast.get_docstring(item)
+                    for item in node.body
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                    and not item.name.startswith("_")
+                )
+    return [doc.strip() for doc in docs if doc and doc.strip()]
 
 
 def _builtin_texts(name: str) -> list[str]:
