@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,6 +13,7 @@ from compute.billing import UsageReport, estimate_cost, settle
 from compute.job_spec import JobSpec, tokens_to_micro
 from compute.job_state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
+from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
 from core.errors import InvalidInputError, NotFoundError
 from ledger.flows import place_hold
@@ -96,22 +97,13 @@ def submit_job(
     return job, True
 
 
-def _visible_jobs(viewer: User):
-    query = select(Job)
-    if viewer.role != Role.ADMIN:
-        query = query.where(Job.owner_id == viewer.id)
-    return query
-
-
 def list_jobs(
     session: Session, viewer: User, *, status: JobStatus | None, limit: int, offset: int
 ) -> tuple[list[Job], int]:
-    query = _visible_jobs(viewer)
+    query = visible_to(Job, viewer)
     if status is not None:
         query = query.where(Job.status == status.value)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
-    return list(jobs), total
+    return page(session, query, order_by=Job.id.desc(), limit=limit, offset=offset)
 
 
 def get_job_for(session: Session, viewer: User, job_id: int, *, lock: bool = False) -> Job:
@@ -119,8 +111,8 @@ def get_job_for(session: Session, viewer: User, job_id: int, *, lock: bool = Fal
 
     ``lock`` takes the row lock (PostgreSQL) so concurrent state changes serialise.
     """
-    job = session.get(Job, job_id, with_for_update=lock)
-    if job is None or (viewer.role != Role.ADMIN and job.owner_id != viewer.id):
+    job = owned_or_missing(session.get(Job, job_id, with_for_update=lock), viewer)
+    if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job
 

@@ -9,12 +9,13 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
 from compute.models import Node, NodeHeartbeat
 from compute.node_spec import HeartbeatSample, NodeRegistration
+from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
 from core.errors import ConflictError, NotFoundError, PermissionDeniedError
 from ray_module.resource_manager import NODE_LABEL
@@ -80,26 +81,16 @@ def register_node(
     return node, credential
 
 
-def _visible_nodes(viewer: User):
-    query = select(Node)
-    if viewer.role != Role.ADMIN:
-        query = query.where(Node.owner_id == viewer.id)
-    return query
-
-
 def list_nodes(
     session: Session, viewer: User, *, limit: int, offset: int
 ) -> tuple[list[Node], int]:
-    query = _visible_nodes(viewer)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    nodes = session.scalars(query.order_by(Node.id).limit(limit).offset(offset)).all()
-    return list(nodes), total
+    return page(session, visible_to(Node, viewer), order_by=Node.id, limit=limit, offset=offset)
 
 
 def get_node_for(session: Session, viewer: User, node_id: int) -> Node:
     """The node if the viewer owns it or is an admin; otherwise 'not found' (no leak)."""
-    node = session.get(Node, node_id)
-    if node is None or (viewer.role != Role.ADMIN and node.owner_id != viewer.id):
+    node = owned_or_missing(session.get(Node, node_id), viewer)
+    if node is None:
         raise NotFoundError(f"node {node_id} not found")
     return node
 
