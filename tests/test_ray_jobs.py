@@ -226,6 +226,9 @@ def test_cancel_mid_run_frees_the_nodes_and_refunds_what_was_not_used(
         what="the cancelled job's CPUs to be released",
     )
     assert client.get("/metrics/node/1", headers=owner.headers).json()["tokens_earned"] > 0
+    admin = make_account("root", Role.ADMIN)
+    free = client.get("/metrics/system", headers=admin.headers).json()["free_resources"]
+    assert {(n["node_id"], n["cpu_cores"]) for n in free} == {(1, 2.0), (2, 2.0)}
 
 
 def test_gateway_restart_mid_job_reattaches_and_settles_once(

@@ -187,3 +187,27 @@ def test_negative_usage_is_refused() -> None:
         usage(1, gpu_s=-1)
     with pytest.raises(ValueError):
         usage(1, cpu_s=float("nan"))
+
+
+def test_metered_cost_counts_other_owners_nodes_only(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+    node_owner: Account,
+) -> None:
+    from compute.billing import job_estimate, metered_cost, rates_from
+    from compute.models import Job
+
+    theirs = register_node(client, node_owner.headers, "theirs")
+    second = register_node(client, node_owner.headers, "second")
+    job_id = submit_job(client, user.headers, max_tokens=1)["id"]
+    own_job_id = submit_job(client, node_owner.headers)["id"]
+    # API calls first: a SQLite session holds the write lock until it commits.
+    job, own_job = session.get(Job, job_id), session.get(Job, own_job_id)
+    rates = rates_from(settings)
+    used = [usage(theirs["id"], cpu_s=1800), usage(second["id"], cpu_s=1800)]  # 0.5 + 0.5 token
+    assert metered_cost(session, job, used, rates) == 1_000_000
+    assert job_estimate(job, rates).total == 1_000_000  # the budget the dispatcher enforces
+    assert metered_cost(session, own_job, used, rates) == 0  # own nodes are free
+    session.commit()

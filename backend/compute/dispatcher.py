@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.billing import UsageReport, rates_from
+from compute.billing import UsageReport, job_estimate, metered_cost, rates_from
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, transition_job
 from compute.models import Job, JobMetric, Node
 from compute.scheduling import plan_queue
 from core.db import session_scope, utcnow
 from core.settings import Settings
-from ledger.pricing import ResourceSeconds
+from ledger.pricing import ResourceSeconds, tokens
 from ray_module import events, training
 from ray_module.resource_manager import live_nodes, resource_shortfall
 from ray_module.training import RunConfig, WorkerPlan
@@ -176,8 +176,16 @@ class Dispatcher:
             if self.apply(session, job, event):
                 return
         now = utcnow()
+        budget = job_estimate(job, self.rates).total
         if job.cancel_requested_at is not None:
             self.end(session, job, JobStatus.CANCELLED, "cancelled while running")
+        elif metered_cost(session, job, usage_reports(job), self.rates) >= budget > 0:
+            self.end(
+                session,
+                job,
+                JobStatus.FAILED,
+                f"stopped: its budget of {tokens(budget)} tokens is used up",
+            )
         elif job.started_at and now - job.started_at > dt.timedelta(seconds=job.max_runtime_s):
             self.end(
                 session,

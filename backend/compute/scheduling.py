@@ -44,7 +44,8 @@ def pending_job(job: Job) -> PendingJob:
     )
 
 
-def plan_queue(session: Session) -> tuple[Plan, dict[int, Job]]:
+def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:
+    """Eligible nodes' totals, and what is left of them after the placed jobs' slots."""
     nodes = eligible_nodes(session)
     capacity = [NodeCapacity(n.id, n.gpu, n.cpu_cores, n.memory_gb) for n in nodes]
     used = [
@@ -52,6 +53,11 @@ def plan_queue(session: Session) -> tuple[Plan, dict[int, Job]]:
         for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE)))
         for slot in slots_of(job)
     ]
+    return capacity, subtract(capacity, used)
+
+
+def plan_queue(session: Session) -> tuple[Plan, dict[int, Job]]:
+    capacity, free = capacity_and_free(session)
     queued = list(
         session.scalars(
             select(Job)
@@ -59,5 +65,5 @@ def plan_queue(session: Session) -> tuple[Plan, dict[int, Job]]:
             .order_by(Job.id)
         )
     )
-    decisions = plan([pending_job(j) for j in queued], subtract(capacity, used), capacity)
+    decisions = plan([pending_job(j) for j in queued], free, capacity)
     return decisions, {j.id: j for j in queued}

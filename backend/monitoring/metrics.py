@@ -13,6 +13,7 @@ from auth.models import Role, User
 from compute.job_state import JobStatus
 from compute.models import Job, JobMetric, Node, NodeHeartbeat
 from compute.nodes import NodeApproval, NodeStatus, node_status
+from compute.scheduling import capacity_and_free
 from ledger.invariants import ledger_report
 from ledger.models import EntryKind, LedgerEntry
 from ledger.pricing import tokens
@@ -58,6 +59,11 @@ def system_metrics(session: Session, *, now: dt.datetime, node_timeout_s: int) -
         "nodes_by_approval": nodes_by_approval,
         "jobs_by_status": jobs_by_status,
         "online_resources": online,
+        # What the scheduler can still place, per eligible node (approved, unflagged, in Ray).
+        "free_resources": [
+            {"node_id": n.node_id, "gpu": n.gpu, "cpu_cores": n.cpu_cores, "memory_gb": n.memory_gb}
+            for n in capacity_and_free(session)[1]
+        ],
         "generated_at": now.isoformat(),
     }
 
