@@ -1,5 +1,5 @@
-"""`make run` serves the README quickstart: the real launcher (local Ray included) runs the
-README's curl block as typed, and Ctrl-C stops everything it started."""
+"""`make run` serves the README: the real launcher (local Ray included) runs the README's
+Quickstart and Running-jobs curl blocks as typed, and Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def quickstart_block() -> str:
+def readme_block(heading: str) -> str:
+    """The first bash block under a README heading."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Quickstart", 1)[1]
+    section = readme.split(f"## {heading}", 1)[1]
     match = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert match, "README has no bash block under Quickstart"
+    assert match, f"README has no bash block under {heading}"
     return match.group(1)
 
 
@@ -97,13 +98,16 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
     ]
     assert ray_processes, "the launcher should have started a local Ray"
 
-    script = quickstart_block().replace("http://localhost:8000", base)
+    # The quickstart, then "Running jobs" in the same shell (it reuses $OWNER_TOKEN).
+    script = (readme_block("Quickstart") + readme_block("Running jobs")).replace(
+        "http://localhost:8000", base
+    )
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=400,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"error"' not in result.stdout, result.stdout
@@ -112,6 +116,8 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
     assert '"held":15.6' in result.stdout  # the seed job's hold, before the cancel
     assert '"available":150.0' in result.stdout  # signup grant + the admin's 50, refunded
     assert '"invariant_ok":true' in result.stdout
+    assert '"status":"succeeded"' in result.stdout  # the tiny-gpt2 job of "Running jobs"
+    assert "model.safetensors" in result.stdout  # its downloaded model
 
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
     process.wait(timeout=60)
