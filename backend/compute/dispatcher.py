@@ -83,6 +83,8 @@ class Dispatcher:
         """Ray's node table is the truth about which machines are really there."""
         live = live_nodes()
         now = utcnow()
+        # Refresh liveness once per heartbeat interval, not every round: fewer writes.
+        fresh_enough = dt.timedelta(seconds=self.settings.node_heartbeat_interval)
         for node in session.scalars(select(Node)):
             seen = live.get(node.id)
             if seen is None:
@@ -92,7 +94,9 @@ class Dispatcher:
             node.ray_node_id = seen.ray_node_id
             node.ray_alive = seen.alive
             if seen.alive:
-                node.last_heartbeat_at = now  # a live raylet is a heartbeat
+                last = node.last_heartbeat_at
+                if last is None or now - last >= fresh_enough:
+                    node.last_heartbeat_at = now  # a live raylet is a heartbeat
                 shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
                 node.flag_reason = f"its Ray worker offers {shortfall}" if shortfall else ""
 
