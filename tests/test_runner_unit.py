@@ -84,3 +84,16 @@ def test_usage_accumulates_per_node() -> None:
         "2": {"gpu_seconds": 1.0, "cpu_core_seconds": 2.0, "memory_gb_seconds": 3.0},
     }
     assert sorted(r.node_id for r in usage_reports(job)) == [1, 2]
+
+
+def test_an_attempt_that_never_starts_training_is_stalled() -> None:
+    import datetime as dt
+
+    from compute.dispatcher import attempt_stalled
+
+    started = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    job = Job(event_cursor=1, updated_at=started)
+    assert not attempt_stalled(job, now=started + dt.timedelta(seconds=599), timeout_s=600)
+    assert attempt_stalled(job, now=started + dt.timedelta(seconds=601), timeout_s=600)
+    job.event_cursor = 5  # training events arrived: not stalled, however long it runs
+    assert not attempt_stalled(job, now=started + dt.timedelta(hours=5), timeout_s=600)

@@ -197,6 +197,12 @@ class Dispatcher:
                 JobStatus.FAILED,
                 f"stopped: exceeded max_runtime_s ({job.max_runtime_s} s)",
             )
+        elif attempt_stalled(job, now=now, timeout_s=self.settings.job_start_timeout_s):
+            self.retry_or_fail(
+                session,
+                job,
+                f"it did not start training within {self.settings.job_start_timeout_s} s",
+            )
 
     def apply(self, session: Session, job: Job, event: dict[str, Any]) -> bool:
         """Store one runner event; True when it ended the job (or its attempt)."""
@@ -255,6 +261,16 @@ class Dispatcher:
         training.stop_runner(job.id)
         job.placement = None
         finish_job(session, job, status, reason, usage=usage_reports(job), rates=self.rates)
+
+
+def attempt_stalled(job: Job, *, now: dt.datetime, timeout_s: int) -> bool:
+    """An attempt that has sent nothing but its start event for too long (e.g. it waits for
+    the resources of a node that died before Ray noticed) is given up and re-planned.
+
+    The event cursor restarts with every attempt and ``updated_at`` is set when the attempt
+    starts running; training events move the cursor past 1.
+    """
+    return job.event_cursor <= 1 and now - job.updated_at > dt.timedelta(seconds=timeout_s)
 
 
 def add_usage(job: Job, event: dict[str, Any]) -> None:

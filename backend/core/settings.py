@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
 
     job_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("DISTLM_JOB_MAX_ATTEMPTS"))
+    job_start_timeout_s: int = Field(
+        600, ge=10, le=86_400, validation_alias=_env("DISTLM_JOB_START_TIMEOUT_S")
+    )
     dispatch_interval_s: float = Field(
         1.0, gt=0, le=60, validation_alias=_env("DISTLM_DISPATCH_INTERVAL_S")
     )
