@@ -11,13 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import install_error_handlers
 from app.json_body import LenientJSONBodyMiddleware
 from app.routes import auth, health, jobs, metrics, nodes, tokens
-from auth.models import User
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
 from compute.dispatcher import start_dispatcher
@@ -45,13 +43,10 @@ def cluster_config(settings: Settings, session_factory: sessionmaker[Session]) -
         return ClusterConfig(address=settings.ray_address)
     resources = detect_local_resources(settings.ray_num_cpus)
     with session_scope(session_factory) as session:
-        admin = session.scalar(select(User).where(User.username == settings.admin_username))
-        if admin is None:
-            return ClusterConfig(
-                num_cpus=resources.cpus, object_store_mb=settings.ray_object_store_mb
-            )
-        node = register_local_node(session, admin, resources)
-        node_id = node.id
+        node = register_local_node(session, settings.admin_username, resources)
+        node_id = node.id if node is not None else None
+    if node_id is None:
+        return ClusterConfig(num_cpus=resources.cpus, object_store_mb=settings.ray_object_store_mb)
     return ClusterConfig(
         num_cpus=resources.cpus,
         num_gpus=resources.gpus,

@@ -23,7 +23,6 @@ from core.errors import (
     AuthenticationError,
     ConflictError,
     InvalidInputError,
-    NotFoundError,
     RateLimitedError,
 )
 
@@ -71,13 +70,6 @@ def create_user(
         raise ConflictError(
             f"username '{username}' is already taken", code="username_taken"
         ) from exc
-    return user
-
-
-def get_user(session: Session, user_id: int) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFoundError(f"user {user_id} not found")
     return user
 
 

@@ -39,8 +39,14 @@ def detect_local_resources(num_cpus: int = 0) -> LocalResources:
     )
 
 
-def register_local_node(session: Session, owner: User, resources: LocalResources) -> Node:
-    """Create or refresh the local machine's node: approved, owned by the bootstrap admin."""
+def register_local_node(
+    session: Session, admin_username: str, resources: LocalResources
+) -> Node | None:
+    """Create or refresh the local machine's node: approved, owned by the bootstrap admin
+    (None when there is no such admin, e.g. DISTLM_ADMIN_PASSWORD is empty)."""
+    owner = session.scalar(select(User).where(User.username == admin_username))
+    if owner is None:
+        return None
     hostname = f"{socket.gethostname()}-gateway"
     node = session.scalar(select(Node).where(Node.owner_id == owner.id, Node.hostname == hostname))
     if node is None:

@@ -159,7 +159,3 @@ def _result_of(session: Session, transaction: LedgerTransaction, job_id: int) ->
         credits=credits,
         first_time=False,
     )
-
-
-def is_settled(session: Session, job_id: int) -> bool:
-    return find_transaction(session, settlement_key(job_id)) is not None
