@@ -35,17 +35,21 @@ def test_job_survives_a_new_app_instance(client: TestClient, user: Account, sett
 
 
 @pytest.mark.parametrize(
-    ("model_type", "strategy"),
-    [("text_to_text", "fedavg"), ("classifier", "fedavg"), ("char_rnn", "es")],
+    ("model_type", "strategy", "dataset"),
+    [
+        ("text_to_text", "fedavg", "synthetic-t2t"),
+        ("classifier", "fedavg", "digits"),
+        ("char_rnn", "es", "stdlib-text"),
+    ],
 )
 def test_default_strategy_follows_model_type(
-    client: TestClient, user: Account, model_type: str, strategy: str
+    client: TestClient, user: Account, model_type: str, strategy: str, dataset: str
 ) -> None:
     job = submit_job(
         client,
         user.headers,
         model_config={"type": model_type, "model_name": "some-model"},
-        data_config={"data_source": "builtin", "dataset_name": "digits"},
+        data_config={"data_source": "builtin", "dataset_name": dataset},
     )
     assert job["strategy"] == strategy
 

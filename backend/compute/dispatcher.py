@@ -39,6 +39,7 @@ DATA_FIELDS = (
     "path",
     "split",
     "text_column",
+    "target_column",
     "max_samples",
     "validation_split",
 )

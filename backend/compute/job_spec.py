@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ray_module.federated.settings import parse_fedavg_settings
+
 MICRO = 1_000_000  # ledger units per token
 
 
@@ -64,7 +66,13 @@ PRESET_MODEL_TYPES: dict[str, ModelType] = {
     "rnn": ModelType.CHAR_RNN,
 }
 
-BUILTIN_DATASETS = frozenset({"digits", "stdlib-text", "synthetic-t2t"})
+# Built-in datasets and the model types that can train on them.
+BUILTIN_DATASET_TYPES: dict[str, frozenset[ModelType]] = {
+    "digits": frozenset({ModelType.CLASSIFIER}),
+    "stdlib-text": frozenset({ModelType.SIMPLE_TRANSFORMER, ModelType.CHAR_RNN}),
+    "synthetic-t2t": frozenset({ModelType.TEXT_TO_TEXT}),
+}
+BUILTIN_DATASETS = frozenset(BUILTIN_DATASET_TYPES)
 
 MAX_GPUS = 64
 MAX_CPU_CORES = 1024
@@ -183,7 +191,25 @@ class JobSpec(_Strict):
                 f"preset '{self.model.model_name}' is a {preset_type.value} model, "
                 f"not {self.model.type.value}"
             )
+        self._builtin_data_fits_model()
+        if strategy is Strategy.FEDAVG:
+            # Strategy knobs are checked here so a typo is a 422, not a failed run.
+            parse_fedavg_settings(self.training_config.model_dump(exclude_none=True))
         return self
+
+    def _builtin_data_fits_model(self) -> None:
+        data = self.data_config
+        if data.data_source is not DataSource.BUILTIN:
+            return
+        fits = BUILTIN_DATASET_TYPES[data.dataset_name]
+        if self.model.type not in fits:
+            suitable = sorted(
+                n for n, types in BUILTIN_DATASET_TYPES.items() if self.model.type in types
+            )
+            raise ValueError(
+                f"built-in dataset '{data.dataset_name}' cannot train a {self.model.type.value} "
+                f"model (use {', '.join(suitable)})"
+            )
 
     @property
     def strategy(self) -> Strategy:

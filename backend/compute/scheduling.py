@@ -40,7 +40,8 @@ def pending_job(job: Job) -> PendingJob:
         gpu=job.gpu,
         cpu_cores=job.cpu_cores,
         memory_gb=job.memory_gb,
-        workers=int(training.get("num_workers") or 1),
+        # fedavg runs one client host per client unless num_workers asks for fewer hosts.
+        workers=int(training.get("num_workers") or training.get("clients") or 1),
     )
 
 

@@ -70,6 +70,7 @@ class DataRequest:
     path: str | None = None
     split: str | None = None
     text_column: str | None = None
+    target_column: str | None = None  # labels or targets (classifiers, text-to-text)
     max_samples: int | None = None
     validation_split: float | None = None
     data_root: str | None = None  # absolute path of DISTLM_DATA_ROOT

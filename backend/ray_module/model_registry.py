@@ -14,7 +14,6 @@ answer 422 instead of leaking a library traceback.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,16 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from ray_module.model_sources import ModelError, ModelRequest, local_model_directory
+
+__all__ = [
+    "ModelError",
+    "ModelRequest",
+    "build_byte_tokenizer",
+    "count_parameters",
+    "load_causal_lm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +64,6 @@ OTHER_TYPE_PRESETS: dict[str, str] = {
 }
 
 
-class ModelError(ValueError):
-    """The requested model cannot be built or loaded."""
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """The model part of a job spec. ``pretrained=None`` means the source's natural default:
-    weights for a hub id or a local directory, random initialisation for a preset. The dict
-    field makes instances unhashable; they are compared, never used as keys."""
-
-    model_type: str
-    model_name: str
-    pretrained: bool | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
 def load_causal_lm(
     request: ModelRequest, *, local_root: Path | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -93,7 +86,7 @@ def load_causal_lm(
         )
     if name == "tiny-gpt2":
         return _build_tiny_gpt2(request)
-    directory = _local_model_directory(name, local_root)
+    directory = local_model_directory(name, local_root)
     if directory is not None:
         return _load_local(directory, request)
     return _load_from_hub(name, request)
@@ -156,41 +149,6 @@ def _checked_overrides(overrides: dict[str, Any]) -> dict[str, int]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ModelError(f"override {key!r} must be a positive integer, got {value!r}")
     return dict(overrides)
-
-
-def _local_model_directory(name: str, local_root: Path | None) -> Path | None:
-    """The directory ``name`` refers to, or None when it should be treated as a hub id.
-
-    Absolute and ``./``-style names are always local. A bare relative name ("org/model") is
-    local only when it exists under ``local_root``, because hub ids look exactly the same.
-    """
-    explicit = Path(name).is_absolute() or name.startswith(("./", "../", "~"))
-    if explicit:
-        candidate = Path(name).expanduser()
-        if not candidate.is_absolute():
-            if local_root is None:
-                raise ModelError(f"relative model path {name!r} needs a local model root")
-            candidate = _inside_root(name, local_root)
-    elif local_root is not None and (Path(local_root) / name).is_dir():
-        candidate = _inside_root(name, local_root)
-    else:
-        return None
-    if not candidate.is_dir():
-        raise ModelError(f"model directory {str(candidate)!r} does not exist")
-    if not (candidate / "config.json").is_file():
-        raise ModelError(
-            f"{str(candidate)!r} is not a saved model: it has no config.json "
-            "(save one with model.save_pretrained(directory))"
-        )
-    return candidate
-
-
-def _inside_root(name: str, local_root: Path) -> Path:
-    root = Path(local_root).resolve()
-    candidate = (root / name).resolve()
-    if not candidate.is_relative_to(root):
-        raise ModelError(f"model path {name!r} points outside the local model root")
-    return candidate
 
 
 def _load_local(

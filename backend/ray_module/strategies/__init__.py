@@ -11,4 +11,8 @@ def get_strategy(name: str) -> Callable[[Any, Any], None]:
         from ray_module.strategies.data_parallel import run_data_parallel
 
         return run_data_parallel
+    if name == "fedavg":
+        from ray_module.strategies.fedavg import run_fedavg
+
+        return run_fedavg
     raise NotImplementedError(f"strategy '{name}' is not available on this cluster yet")

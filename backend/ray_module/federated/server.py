@@ -1,0 +1,252 @@
+"""The federated server's rounds over client hosts (Ray actors).
+
+Each round: sample clients among the available ones, put the global weights into the object
+store once, ask each sampled client to fit, wait until all have answered or
+``round_timeout_s`` has passed, and aggregate what came back weighted by ``num_examples``.
+A straggler's late answer is ignored (its host is busy until it arrives); a client whose
+actor died is data, not a crash. A round with fewer than ``min_fit_clients`` answers is
+retried; only accepted answers are credited.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ray_module.federated.aggregate import ClientUpdate, ServerOptimizer, nbytes, weighted_average
+from ray_module.federated.settings import FedAvgSettings
+
+Weights = list[np.ndarray]
+# Client errors that retrying cannot fix (bad data or model): they fail the job at once.
+DETERMINISTIC_ERRORS = ("DataError", "ModelError", "PartitionError", "ValueError", "TypeError")
+WAIT_SLICE_S = 0.5  # how often a waiting server looks for a cancel request
+
+
+class NotEnoughClientsError(RuntimeError):
+    """Too few clients are alive to go on (retryable: the job resumes on live nodes)."""
+
+
+class RoundFailedError(RuntimeError):
+    """A round could not collect ``min_fit_clients`` answers after its retries."""
+
+
+class ClientFailedError(ValueError):
+    """A client failed for a reason retrying cannot fix (bad data, model or settings)."""
+
+
+@dataclass
+class Host:
+    """A client host actor and what the server knows about it."""
+
+    handle: Any
+    node_id: int
+    clients: tuple[int, ...]
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+    alive: bool = True
+    late: list[Any] = field(default_factory=list)  # refs of dropped, still running fits
+    ready: dict[str, Any] = field(default_factory=dict)  # what the host reported at start
+
+    def is_available(self) -> bool:
+        import ray
+
+        if self.late:
+            _, self.late = ray.wait(self.late, num_returns=len(self.late), timeout=0)
+        return self.alive and not self.late
+
+
+@dataclass(frozen=True)
+class ClientCredit:
+    """Completed, accepted work of one client in one round (or of an evaluation)."""
+
+    node_id: int
+    seconds: float
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+
+
+@dataclass
+class RoundResult:
+    weights: Weights
+    metrics: dict[str, Any]
+    credits: list[ClientCredit]
+
+
+class FedAvgServer:
+    def __init__(
+        self,
+        hosts: list[Host],
+        settings: FedAvgSettings,
+        optimizer: ServerOptimizer,
+        *,
+        check_cancelled: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.hosts = hosts
+        self.settings = settings
+        self.optimizer = optimizer
+        self.check_cancelled = check_cancelled
+        self.host_of = {client: host for host in hosts for client in host.clients}
+
+    # -- one round ----------------------------------------------------------------------
+    def run_round(self, round_number: int, weights: Weights) -> RoundResult:
+        import ray
+
+        started = time.perf_counter()
+        weights_ref = ray.put(weights)  # once per round; each node fetches it once
+        size = nbytes(weights)
+        totals = {"sampled": 0, "returned": 0, "dropped": 0, "failed": 0, "bytes_down": 0}
+        for attempt in range(1, self.settings.max_round_retries + 2):
+            sampled = self.sample(round_number, attempt)
+            answers, dropped, failed, errors = self.collect(round_number, sampled, weights_ref)
+            totals["sampled"] += len(sampled)
+            totals["returned"] += len(answers)
+            totals["dropped"] += len(dropped)
+            totals["failed"] += len(failed)
+            totals["bytes_down"] += size * len(sampled)
+            if len(answers) >= self.settings.fit_minimum:
+                break
+            if errors and not answers:
+                raise ClientFailedError(errors[0])
+        else:
+            raise RoundFailedError(
+                f"round {round_number}: fewer than {self.settings.fit_minimum} clients answered "
+                f"in {self.settings.max_round_retries + 1} tries"
+            )
+        updates = [ClientUpdate(a["weights"], int(a["num_examples"])) for a in answers]
+        new_weights = self.optimizer.step(weights, weighted_average(updates))
+        credits = [self.credit(a["client"], float(a["seconds"])) for a in answers]
+        examples = sum(u.num_examples for u in updates)
+        node_seconds: dict[str, float] = {}
+        for credit in credits:
+            key = str(credit.node_id)
+            node_seconds[key] = node_seconds.get(key, 0.0) + credit.seconds
+        metrics: dict[str, Any] = {
+            "train_loss": sum(a["train_loss"] * a["num_examples"] for a in answers) / examples,
+            "clients_sampled": totals["sampled"],
+            "clients_returned": totals["returned"],
+            "clients_dropped": totals["dropped"],
+            "clients_failed": totals["failed"],
+            "clients_accepted": len(answers),
+            "round_attempts": attempt,
+            "examples": examples,
+            "bytes_down": totals["bytes_down"],
+            "bytes_up": size * totals["returned"],
+            "bytes_moved": totals["bytes_down"] + size * totals["returned"],
+            "node_seconds": node_seconds,
+        }
+        evaluated = self.evaluate(new_weights)
+        if evaluated is not None:
+            host, evaluation = evaluated
+            metrics.update(evaluation["metrics"])
+            credits.append(self.host_credit(host, float(evaluation["seconds"])))
+        metrics["round_seconds"] = time.perf_counter() - started
+        return RoundResult(new_weights, metrics, credits)
+
+    def sample(self, round_number: int, attempt: int) -> list[int]:
+        """Clients to ask this round: ``fraction_fit`` of the available ones, at least
+        ``min_fit_clients``; waits (up to ``round_timeout_s``) for busy hosts if too few are
+        free, and gives up if too few are alive."""
+        deadline = time.monotonic() + self.settings.round_timeout_s
+        while True:
+            self.check_cancelled()
+            available = [c for h in self.hosts if h.is_available() for c in h.clients]
+            alive = sum(len(h.clients) for h in self.hosts if h.alive)
+            if alive < self.settings.available_minimum:
+                raise NotEnoughClientsError(
+                    f"only {alive} clients are alive; min_available_clients is "
+                    f"{self.settings.available_minimum}"
+                )
+            if len(available) >= self.settings.available_minimum:
+                break
+            if time.monotonic() > deadline:
+                raise NotEnoughClientsError(
+                    f"only {len(available)} clients are free after "
+                    f"{self.settings.round_timeout_s:g} s; min_available_clients is "
+                    f"{self.settings.available_minimum}"
+                )
+            time.sleep(WAIT_SLICE_S)
+        count = sample_size(len(available), self.settings.fraction_fit, self.settings.fit_minimum)
+        if count == len(available):
+            return sorted(available)
+        rng = np.random.default_rng([self.settings.seed, round_number, attempt])
+        return sorted(int(c) for c in rng.choice(available, size=count, replace=False))
+
+    def collect(
+        self, round_number: int, sampled: list[int], weights_ref: Any
+    ) -> tuple[list[dict[str, Any]], list[int], list[int], list[str]]:
+        """(answers, dropped stragglers, failed clients, deterministic error messages)."""
+        import ray
+
+        pending = {
+            self.host_of[c].handle.fit.remote(c, round_number, weights_ref): c for c in sampled
+        }
+        deadline = time.monotonic() + self.settings.round_timeout_s
+        finished: list[Any] = []
+        while pending.keys() - set(finished):
+            self.check_cancelled()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            waiting = [ref for ref in pending if ref not in finished]
+            done, _ = ray.wait(waiting, num_returns=1, timeout=min(WAIT_SLICE_S, remaining))
+            finished.extend(done)
+        answers, failed, errors = [], [], []
+        for ref in finished:
+            client = pending[ref]
+            try:
+                answers.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                self.host_of[client].alive = False  # the actor (or its node) is gone
+                failed.append(client)
+            except ray.exceptions.RayTaskError as error:
+                failed.append(client)
+                text = str(error)
+                if any(name in text for name in DETERMINISTIC_ERRORS):
+                    errors.append(f"client {client} failed: {_last_line(text)}")
+        dropped = []
+        for ref, client in pending.items():
+            if ref not in finished:
+                self.host_of[client].late.append(ref)
+                dropped.append(client)
+        return answers, sorted(dropped), sorted(failed), errors
+
+    def evaluate(self, weights: Weights) -> tuple[Host, dict[str, Any]] | None:
+        """Validation on one free host (the held-out split is the same on every host)."""
+        import ray
+
+        weights_ref = ray.put(weights)
+        for host in [h for h in self.hosts if h.is_available()]:
+            try:
+                result = ray.get(
+                    host.handle.evaluate.remote(weights_ref), timeout=self.settings.round_timeout_s
+                )
+                return host, result
+            except ray.exceptions.RayActorError:
+                host.alive = False
+            except ray.exceptions.GetTimeoutError:
+                continue
+        return None
+
+    # -- credit ---------------------------------------------------------------------------
+    def credit(self, client: int, seconds: float) -> ClientCredit:
+        return self.host_credit(self.host_of[client], seconds)
+
+    @staticmethod
+    def host_credit(host: Host, seconds: float) -> ClientCredit:
+        return ClientCredit(host.node_id, seconds, host.gpu, host.cpu_cores, host.memory_gb)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else text[:300]
+
+
+def sample_size(available: int, fraction: float, minimum: int) -> int:
+    return min(available, max(math.floor(available * fraction), minimum))

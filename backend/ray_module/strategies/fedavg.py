@@ -1,0 +1,177 @@
+"""Strategy ``fedavg``: federated averaging over client host actors on the placed nodes.
+
+The runner's thread is the server: it starts one ``ClientHost`` per planned worker (clients
+are dealt to hosts round-robin), resumes from the job's checkpoint if there is one, runs the
+rounds, and emits metrics, usage (accepted work only), checkpoints and the final model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray_module import events
+from ray_module.federated.aggregate import server_optimizer
+from ray_module.federated.checkpoint import FederatedCheckpoint, load_checkpoint, save_checkpoint
+from ray_module.federated.client import ClientHost, HostConfig
+from ray_module.federated.server import (
+    DETERMINISTIC_ERRORS,
+    ClientCredit,
+    ClientFailedError,
+    FedAvgServer,
+    Host,
+    NotEnoughClientsError,
+)
+from ray_module.federated.settings import FedAvgSettings, parse_fedavg_settings
+from ray_module.resource_manager import node_resource
+from ray_module.training import JobRunner, RunConfig, WorkerPlan
+
+log = logging.getLogger(__name__)
+
+HOST_START_TIMEOUT_S = 600
+
+
+def run_fedavg(config: RunConfig, runner: JobRunner) -> None:
+    settings = parse_fedavg_settings(config.training)
+    hosts = start_hosts(config, settings)
+    describe_clients(hosts, runner)
+    checkpoint_dir = Path(config.job_dir) / "checkpoint"
+    resumed = load_checkpoint(checkpoint_dir)
+    optimizer = server_optimizer(
+        settings.server_optimizer, settings.server_learning_rate, settings.server_momentum
+    )
+    if resumed is not None:
+        weights, first_round = resumed.weights, resumed.round + 1
+        optimizer.velocity = resumed.velocity
+    else:
+        weights, first_round = initial_weights(hosts), 1
+    server = FedAvgServer(hosts, settings, optimizer, check_cancelled=runner.check_cancelled)
+    for round_number in range(first_round, settings.rounds + 1):
+        runner.check_cancelled()
+        result = server.run_round(round_number, weights)
+        weights = result.weights
+        runner.emit(events.metric(round_number, result.metrics))
+        for credit in result.credits:
+            runner.emit(usage_of(credit))
+        if round_number % settings.checkpoint_interval == 0 or round_number == settings.rounds:
+            save_checkpoint(
+                checkpoint_dir, FederatedCheckpoint(round_number, weights, optimizer.velocity)
+            )
+            runner.emit(events.checkpoint(round_number, str(checkpoint_dir)))
+    runner.emit(events.artifact(save_final_model(hosts, weights, Path(config.job_dir) / "model")))
+
+
+def assign_clients(clients: int, workers: int) -> list[tuple[int, ...]]:
+    """Deal clients to hosts round-robin: host h serves clients h, h + workers, ..."""
+    return [tuple(range(h, clients, workers)) for h in range(min(workers, clients))]
+
+
+def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
+    import ray
+
+    if not config.workers:
+        raise ValueError("fedavg needs at least one placed worker")
+    actor_class = ray.remote(ClientHost)
+    hosts: list[Host] = []
+    for plan, clients in zip(
+        config.workers, assign_clients(settings.clients, len(config.workers)), strict=False
+    ):
+        handle = actor_class.options(
+            num_cpus=plan.cpu_cores,
+            num_gpus=plan.gpu,
+            resources={node_resource(plan.node_id): 0.001},
+            max_restarts=0,
+        ).remote(host_config(config, settings, plan, clients))
+        hosts.append(Host(handle, plan.node_id, clients, plan.gpu, plan.cpu_cores, plan.memory_gb))
+    wait_until_ready(hosts)
+    return hosts
+
+
+def host_config(
+    config: RunConfig, settings: FedAvgSettings, plan: WorkerPlan, clients: tuple[int, ...]
+) -> HostConfig:
+    return HostConfig(
+        job_id=config.job_id,
+        node_id=plan.node_id,
+        gpu=plan.gpu,
+        cpu_cores=plan.cpu_cores,
+        memory_gb=plan.memory_gb,
+        clients=clients,
+        model=config.model,
+        data=config.data,
+        settings=settings.to_dict(),
+    )
+
+
+def wait_until_ready(hosts: list[Host]) -> None:
+    """Every host has loaded its data and model. A host that failed to start because of the
+    job's data or model fails the job without retries; one lost with its node is retryable."""
+    import ray
+
+    for host in hosts:
+        try:
+            host.ready = ray.get(host.handle.ready.remote(), timeout=HOST_START_TIMEOUT_S)
+        except ray.exceptions.RayActorError as error:
+            text = str(error)
+            cause = next((name for name in DETERMINISTIC_ERRORS if f"{name}:" in text), None)
+            if cause is not None:
+                raise ClientFailedError(_creation_error(text, cause)) from None
+            raise NotEnoughClientsError(f"a client host on node {host.node_id} died") from error
+        except ray.exceptions.GetTimeoutError as error:
+            raise NotEnoughClientsError(
+                f"a client host on node {host.node_id} did not start in {HOST_START_TIMEOUT_S} s"
+            ) from error
+
+
+def _creation_error(text: str, cause: str) -> str:
+    """The ``DataError: ...`` line of a Ray actor-creation traceback."""
+    for line in reversed(text.splitlines()):
+        if f"{cause}:" in line:
+            return line.strip()[line.strip().find(cause) :][:500]
+    return f"{cause} while starting a client"
+
+
+def describe_clients(hosts: list[Host], runner: JobRunner) -> None:
+    """A round-0 record of which node serves which client with how much data."""
+    clients: dict[str, Any] = {}
+    for host in hosts:
+        for client, shard in host.ready["clients"].items():
+            clients[str(client)] = {"node_id": host.node_id, **shard}
+    runner.emit(events.metric(0, {"clients": clients}))
+
+
+def initial_weights(hosts: list[Host]) -> list[Any]:
+    """Every host builds the same initial model from the seed; ask the first live one."""
+    import ray
+
+    for host in hosts:
+        try:
+            return ray.get(host.handle.initial_weights.remote())
+        except ray.exceptions.RayActorError:
+            host.alive = False
+    raise NotEnoughClientsError("no client host is alive to build the initial model")
+
+
+def save_final_model(hosts: list[Host], weights: list[Any], directory: Path) -> str:
+    import ray
+
+    weights_ref = ray.put(weights)
+    for host in hosts:
+        if not host.alive:
+            continue
+        try:
+            return ray.get(host.handle.save_model.remote(weights_ref, str(directory)))
+        except ray.exceptions.RayActorError:
+            host.alive = False
+    raise NotEnoughClientsError("no client host is alive to save the final model")
+
+
+def usage_of(credit: ClientCredit) -> dict[str, Any]:
+    """What the client's slot held, for the seconds of accepted work."""
+    return events.usage(
+        credit.node_id,
+        gpu_seconds=credit.gpu * credit.seconds,
+        cpu_core_seconds=credit.cpu_cores * credit.seconds,
+        memory_gb_seconds=credit.memory_gb * credit.seconds,
+    )
