@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -297,3 +298,61 @@ def ray_cluster():
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
+
+
+CPU_NODE = {"gpu": 0, "cpu_cores": 2, "memory": 4}  # what each Ray test node offers
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 240, what: object = "") -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+
+
+@pytest.fixture
+def ray_settings(ray_cluster, database_url: str, tmp_path):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("Ray tests run once, on SQLite")
+    cluster, _ = ray_cluster
+    return make_settings(
+        database_url,
+        ray_address=cluster.address,
+        storage_path=tmp_path / "storage",
+        dispatch_interval_s=0.3,
+    )
+
+
+@pytest.fixture
+def ray_client(ray_settings) -> Iterator[TestClient]:
+    clear_tables(ray_settings.database_url)
+    app = create_app(ray_settings, manage_ray=True, run_migrations=False)
+    with TestClient(app) as client:
+        yield client
+    clear_tables(ray_settings.database_url)
+
+
+def job_state(client: TestClient, headers: dict, job_id: int) -> dict:
+    return client.get(f"/jobs/{job_id}", headers=headers).json()
+
+
+def finished(client: TestClient, headers: dict, job_id: int) -> dict | None:
+    job = job_state(client, headers, job_id)
+    return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+
+@pytest.fixture
+def two_nodes(ray_client: TestClient, make_account) -> tuple[Account, list[int]]:
+    owner = make_account("olivia", Role.NODE_OWNER)
+    nodes = [register_node(ray_client, owner.headers, f"m{i}", CPU_NODE)["id"] for i in (1, 2)]
+    wait_for(
+        lambda: all(
+            ray_client.get(f"/nodes/{n}", headers=owner.headers).json()["status"] == "online"
+            for n in nodes
+        ),
+        what="nodes online via Ray",
+    )
+    return owner, nodes

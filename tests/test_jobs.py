@@ -54,6 +54,12 @@ def test_default_strategy_follows_model_type(
     assert job["strategy"] == strategy
 
 
+FEDAVG_DIGITS = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+}
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -77,6 +83,29 @@ def test_default_strategy_follows_model_type(
         ({"max_tokens": -5}, "max_tokens"),
         ({"model_config": {"type": "classifier", "model_name": "tiny-gpt2"}}, "preset"),
         ({"colour": "blue"}, "colour"),
+        *[
+            ({**FEDAVG_DIGITS, "training_config": training}, message)
+            for training, message in [
+                ({"rounds": 0}, "rounds"),
+                ({"clients": 2, "min_fit_clients": 5}, "exceeds clients"),
+                ({"partition": "zipf"}, "partition"),
+                ({"epochs": 3}, "local_epochs"),
+            ]
+        ],
+        (
+            {
+                **FEDAVG_DIGITS,
+                "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+            },
+            "cannot train a classifier model (use digits)",
+        ),
+        (
+            {
+                "model_config": {"type": "text_to_text", "model_name": "tiny-t5"},
+                "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+            },
+            "use synthetic-t2t",
+        ),
     ],
 )
 def test_bad_specs_are_422_with_the_field_named_and_store_nothing(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +12,14 @@ from sqlalchemy import func, select
 from app.main import create_app
 from auth.models import Role
 from ledger.models import LedgerTransaction
-from tests.conftest import Account, add_ray_node, clear_tables, make_settings, register_node
+from tests.conftest import (
+    CPU_NODE,
+    add_ray_node,
+    finished,
+    job_state,
+    register_node,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -25,50 +30,6 @@ TINY_JOB = {
     "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},
     "max_runtime_s": 900,
 }
-
-
-CPU_NODE = {"gpu": 0, "cpu_cores": 2, "memory": 4}  # what each Ray test node offers
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = 240, what: object = "") -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-
-
-@pytest.fixture
-def ray_settings(ray_cluster, database_url: str, tmp_path):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("Ray tests run once, on SQLite")
-    cluster, _ = ray_cluster
-    return make_settings(
-        database_url,
-        ray_address=cluster.address,
-        storage_path=tmp_path / "storage",
-        dispatch_interval_s=0.3,
-    )
-
-
-@pytest.fixture
-def ray_client(ray_settings) -> Iterator[TestClient]:
-    clear_tables(ray_settings.database_url)
-    app = create_app(ray_settings, manage_ray=True, run_migrations=False)
-    with TestClient(app) as client:
-        yield client
-    clear_tables(ray_settings.database_url)
-
-
-def job_state(client: TestClient, headers: dict, job_id: int) -> dict:
-    return client.get(f"/jobs/{job_id}", headers=headers).json()
-
-
-def finished(client: TestClient, headers: dict, job_id: int) -> dict | None:
-    job = job_state(client, headers, job_id)
-    return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
 
 def test_tiny_gpt2_trains_on_the_planned_nodes_and_everyone_is_paid(
@@ -136,20 +97,6 @@ LONG_JOB = {
 def steps_seen(client: TestClient, headers: dict, job_id: int) -> int:
     series = client.get(f"/metrics/training/{job_id}", headers=headers).json()["series"]
     return max((p["step"] for p in series), default=0)
-
-
-@pytest.fixture
-def two_nodes(ray_client: TestClient, make_account) -> tuple[Account, list[int]]:
-    owner = make_account("olivia", Role.NODE_OWNER)
-    nodes = [register_node(ray_client, owner.headers, f"m{i}", CPU_NODE)["id"] for i in (1, 2)]
-    wait_for(
-        lambda: all(
-            ray_client.get(f"/nodes/{n}", headers=owner.headers).json()["status"] == "online"
-            for n in nodes
-        ),
-        what="nodes online via Ray",
-    )
-    return owner, nodes
 
 
 def test_gpu_job_waits_for_a_gpu_node_and_starts_when_one_joins(

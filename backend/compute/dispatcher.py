@@ -244,6 +244,7 @@ class Dispatcher:
 
     def retry_or_fail(self, session: Session, job: Job, why: str) -> None:
         """A lost node or worker: resume from the last checkpoint on live nodes, a few times."""
+        log.warning("job %s attempt %s lost: %s", job.id, job.attempts, why)
         training.stop_runner(job.id)
         if job.attempts >= self.settings.job_max_attempts:
             self.end(session, job, JobStatus.FAILED, f"failed after {job.attempts} attempts: {why}")

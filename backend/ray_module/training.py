@@ -149,7 +149,11 @@ def runner_name(job_id: int) -> str:
 
 
 def launch_runner(config: RunConfig) -> None:
-    """Start (or find) the job's detached runner actor, pinned to this driver's node."""
+    """Start (or find) the job's detached runner actor, pinned to this driver's node.
+
+    Hard affinity: with a soft one Ray may place the runner on a worker node (seen on a
+    multi-node cluster), and the job's server would then die with that node.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -163,7 +167,7 @@ def launch_runner(config: RunConfig) -> None:
         max_concurrency=16,
         max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True
+            ray.get_runtime_context().get_node_id(), soft=False
         ),
     ).remote(config)
     ray.get(handle.start.remote(), timeout=60)

@@ -1,0 +1,308 @@
+"""Federated averaging on Ray: stragglers, lost clients and resuming on the shared multi-node
+cluster, and whole jobs through the API (accuracy, credit, a node killed mid-job)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from auth.models import Role
+from ray_module.federated.aggregate import server_optimizer
+from ray_module.federated.client import ClientHost, HostConfig
+from ray_module.federated.server import FedAvgServer, Host, NotEnoughClientsError
+from ray_module.federated.settings import parse_fedavg_settings
+from ray_module.resource_manager import node_resource
+from ray_module.strategies.fedavg import run_fedavg
+from ray_module.training import JobRunner, RunConfig, WorkerPlan
+from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node, wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+MLP = {"model_type": "classifier", "model_name": "mlp", "pretrained": None, "overrides": {}}
+DIGITS = {"data_source": "builtin", "dataset_name": "digits", "validation_split": 0.2}
+
+
+def slow_host_class(slow_clients: tuple[int, ...], delay_s: float) -> Any:
+    """A real client host whose listed clients take ``delay_s`` longer to answer (defined in
+    a function so Ray ships the class by value to its workers)."""
+    import ray
+
+    class SlowClientHost(ClientHost):
+        def fit(self, client: int, round_number: int, weights: list) -> dict[str, Any]:
+            if client in slow_clients:
+                time.sleep(delay_s)
+            return super().fit(client, round_number, weights)
+
+    return ray.remote(SlowClientHost)
+
+
+def start_hosts(actor_class: Any, training: dict, nodes: list[int]) -> list[Host]:
+    import ray
+
+    settings = parse_fedavg_settings(training)
+    hosts = []
+    for index, node_id in enumerate(nodes):
+        config = HostConfig(
+            job_id=0,
+            node_id=node_id,
+            gpu=0,
+            cpu_cores=0.5,
+            memory_gb=0.5,
+            clients=(index,),
+            model=MLP,
+            data=DIGITS,
+            settings=settings.to_dict(),
+        )
+        handle = actor_class.options(
+            num_cpus=0.5, resources={node_resource(node_id): 0.001}
+        ).remote(config)
+        hosts.append(Host(handle, node_id, (index,), 0, 0.5, 0.5))
+    ray.get([h.handle.ready.remote() for h in hosts])
+    return hosts
+
+
+def test_a_straggler_beyond_the_round_timeout_is_dropped_and_the_round_completes(
+    ray_cluster,
+) -> None:
+    import ray
+
+    training = {"clients": 3, "min_fit_clients": 2, "round_timeout_s": 4, "local_epochs": 1}
+    hosts = start_hosts(slow_host_class((2,), delay_s=12), training, [1, 2, 1])
+    settings = parse_fedavg_settings(training)
+    server = FedAvgServer(hosts, settings, server_optimizer("fedavg", 1.0, 0.0))
+    weights = ray.get(hosts[0].handle.initial_weights.remote())
+
+    started = time.monotonic()
+    first = server.run_round(1, weights)
+    assert time.monotonic() - started < 10  # did not wait the straggler's 12 s
+    metrics = first.metrics
+    assert (metrics["clients_sampled"], metrics["clients_returned"]) == (3, 2)
+    assert metrics["clients_dropped"] == 1 and metrics["clients_accepted"] == 2
+    assert "validation_accuracy" in metrics
+    # Only the two clients that answered are credited (plus the evaluation).
+    assert len(first.credits) == 3  # two accepted fits and the evaluation
+    assert metrics["node_seconds"].keys() == {"1", "2"}
+
+    # Next round the straggler is still busy: the others carry on without it.
+    second = server.run_round(2, first.weights)
+    assert second.metrics["clients_sampled"] == 2 and second.metrics["clients_dropped"] == 0
+    for host in hosts:
+        ray.kill(host.handle)
+
+
+def test_a_client_that_dies_mid_round_is_data_and_too_few_clients_stop_the_run(
+    ray_cluster,
+) -> None:
+    import ray
+
+    training = {"clients": 3, "min_fit_clients": 2, "round_timeout_s": 60}
+    hosts = start_hosts(slow_host_class((1,), delay_s=30), training, [1, 2, 1])
+    server = FedAvgServer(
+        hosts, parse_fedavg_settings(training), server_optimizer("fedavg", 1.0, 0.0)
+    )
+    weights = ray.get(hosts[0].handle.initial_weights.remote())
+
+    def kill_soon() -> None:
+        time.sleep(3)
+        ray.kill(hosts[1].handle)
+
+    import threading
+
+    threading.Thread(target=kill_soon, daemon=True).start()
+    result = server.run_round(1, weights)
+    assert result.metrics["clients_failed"] == 1 and result.metrics["clients_accepted"] == 2
+    assert hosts[1].alive is False
+    assert "2" not in result.metrics["node_seconds"]  # the dead client's node earns nothing
+
+    ray.kill(hosts[2].handle)
+    with pytest.raises(NotEnoughClientsError, match="only 1 clients are alive"):
+        server.run_round(2, result.weights)
+    ray.kill(hosts[0].handle)
+
+
+def test_a_run_resumes_from_its_last_round_checkpoint(ray_cluster, tmp_path: Path) -> None:
+    def run(rounds: int) -> JobRunner:
+        config = RunConfig(
+            job_id=99,
+            strategy="fedavg",
+            model=MLP,
+            data=DIGITS,
+            training={"clients": 2, "rounds": rounds, "server_optimizer": "fedavgm"},
+            workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
+            storage_path=str(tmp_path),
+        )
+        runner = JobRunner(config)
+        run_fedavg(config, runner)
+        return runner
+
+    first = run(2)
+    second = run(4)
+
+    def rounds_of(runner: JobRunner) -> list[int]:
+        return [e["step"] for e in runner.events() if e["type"] == "metric" and e["step"] > 0]
+
+    assert rounds_of(first) == [1, 2]
+    assert rounds_of(second) == [3, 4]  # rounds 1-2 came from the checkpoint
+    assert (tmp_path / "jobs" / "99" / "checkpoint" / "server_momentum.safetensors").is_file()
+    assert (tmp_path / "jobs" / "99" / "model" / "classifier_config.json").is_file()
+
+
+# -- through the API ------------------------------------------------------------------------------
+
+DIGITS_JOB = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits", "validation_split": 0.2},
+    "training_config": {
+        "strategy": "fedavg",
+        "rounds": 10,
+        "clients": 4,
+        "local_epochs": 2,
+        "batch_size": 32,
+        "learning_rate": 0.1,
+    },
+    "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},
+    "max_runtime_s": 900,
+}
+
+
+def rounds_of(client: TestClient, headers: dict, job_id: int) -> list[dict]:
+    series = client.get(f"/metrics/training/{job_id}", headers=headers).json()["series"]
+    return [p for p in series if p["step"] > 0]
+
+
+def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client, (owner, _) = ray_client, two_nodes
+    user = make_account("alice")
+    job = client.post("/jobs/submit", headers=user.headers, json=DIGITS_JOB).json()
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert sorted(p["node_id"] for p in done["placement"] or []) in ([], [1, 1, 2, 2])
+
+    rounds = rounds_of(client, user.headers, job["id"])
+    assert [p["step"] for p in rounds] == list(range(1, 11))
+    accuracies = [p["values"]["validation_accuracy"] for p in rounds]
+    assert max(accuracies) >= 0.90, accuracies
+    last = rounds[-1]["values"]
+    assert last["clients_sampled"] == last["clients_returned"] == 4
+    assert last["bytes_moved"] == last["bytes_down"] + last["bytes_up"] > 0
+    assert last["train_loss"] < rounds[0]["values"]["train_loss"]
+    assert {"validation_loss", "round_seconds", "clients_dropped"} <= last.keys()
+
+    # Each client's node was credited for accepted work; the user paid, the owner earned.
+    assert sorted(done["usage"]) == ["1", "2"]
+    spent = client.get("/tokens/balance/me", headers=user.headers).json()["spent"]
+    earned = client.get("/tokens/balance/me", headers=owner.headers).json()["earned"]
+    assert spent > 0 and 0 < earned < spent
+
+    archive = client.get(f"/jobs/{job['id']}/artifacts", headers=user.headers)
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as packed:
+        names = packed.getnames()
+    assert f"job-{job['id']}-model/model.safetensors" in names
+    assert f"job-{job['id']}-model/classifier_config.json" in names
+
+
+def test_tiny_t5_on_synthetic_t2t_lowers_its_loss(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        "model_config": {"type": "text_to_text", "model_name": "tiny-t5"},
+        "data_config": {
+            "data_source": "builtin",
+            "dataset_name": "synthetic-t2t",
+            "max_samples": 400,
+        },
+        "training_config": {
+            "rounds": 3,
+            "clients": 2,
+            "batch_size": 16,
+            "learning_rate": 0.003,
+            "eval_samples": 8,
+            "num_beams": 2,
+        },
+        "requirements": {"gpu": 0, "cpu_cores": 2, "memory": 2},
+        "max_runtime_s": 900,
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    assert job["strategy"] == "fedavg"  # the default for text_to_text
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
+    assert len(rounds) == 3
+    assert rounds[-1]["validation_loss"] < rounds[0]["validation_loss"]
+    assert rounds[-1]["train_loss"] < rounds[0]["train_loss"]
+    assert "validation_exact_match" in rounds[-1]
+    assert {"input", "target", "prediction"} == set(rounds[-1]["samples"][0])
+
+
+def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_node_earns_nothing_more(  # noqa: E501
+    ray_client: TestClient, ray_cluster, two_nodes, make_account
+) -> None:
+    client, (cluster, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
+    user = make_account("alice")
+    spare = add_ray_node(cluster, 3)
+    register_node(client, owner.headers, "spare", CPU_NODE)
+    body = {
+        **DIGITS_JOB,
+        "training_config": {
+            **DIGITS_JOB["training_config"],
+            "clients": 3,
+            "rounds": 25,
+            "local_epochs": 30,
+            "min_fit_clients": 2,
+            "round_timeout_s": 20,
+        },
+        "requirements": {"gpu": 0, "cpu_cores": 6, "memory": 3},
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    removed = False
+    try:
+        wait_for(
+            lambda: len(rounds_of(client, user.headers, job["id"])) >= 2,
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        placed = job_state(client, user.headers, job["id"])["placement"]
+        assert sorted(p["node_id"] for p in placed) == [1, 2, 3]  # one client per node
+        cluster.remove_node(ray_nodes[2])  # the machine behind node 2 dies mid-job
+        removed = True
+        done = wait_for(
+            lambda: finished(client, user.headers, job["id"]),
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert done["attempts"] == 1  # finished with the other clients, no restart
+
+        rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
+        assert len(rounds) == 25
+        lost = next(
+            i for i, r in enumerate(rounds) if r["clients_failed"] + r["clients_dropped"] > 0
+        )
+        # The round that lost node 2's client, and every round after, credit node 2 nothing.
+        assert all("2" not in r["node_seconds"] for r in rounds[lost:])
+        assert all(r["clients_accepted"] >= 2 for r in rounds)
+        # Node 2 was paid for exactly the accepted work of the rounds before (2 cores each).
+        credited = sum(r["node_seconds"].get("2", 0.0) for r in rounds[:lost])
+        assert done["usage"]["2"]["cpu_core_seconds"] == pytest.approx(2 * credited, rel=1e-6)
+        admin = make_account("root", Role.ADMIN)
+        ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+        assert ledger["invariant_ok"], ledger["problems"]
+    finally:
+        cluster.remove_node(spare)
+        if removed:
+            ray_nodes[2] = add_ray_node(cluster, 2)
