@@ -26,9 +26,6 @@ import os
 # telemetry post that waits for a timeout would be counted in the wall time).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Flower must start its own Ray, with --num-cpus, never join one named here such as the project's
-# own cluster (another Ray version, other resources).
-os.environ.pop("RAY_ADDRESS", None)
 # Silence Ray's FutureWarning about CUDA_VISIBLE_DEVICES with num_gpus=0 (no GPU is used).
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
@@ -39,6 +36,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -243,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     server_app = make_server_app(args, results)
     backend_config = {
         "client_resources": {"num_cpus": args.cpus_per_client, "num_gpus": 0.0},
+        # "local": Flower starts a Ray of its own. Without it ray.init() joins the cluster named
+        # by RAY_ADDRESS or /tmp/ray/ray_current_cluster (the project's tests leave one running),
+        # which refuses num_cpus and runs Ray of another version.
         "init_args": {
+            "address": "local",
             "num_cpus": args.num_cpus,
             "num_gpus": 0,
             "logging_level": logging.WARNING,
@@ -251,13 +253,20 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     start = time.perf_counter()
-    run_simulation(
-        server_app=server_app,
-        client_app=module.client_app,
-        num_supernodes=args.clients,
-        backend_config=backend_config,
-        verbose_logging=args.verbose,
-    )
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=module.client_app,
+            num_supernodes=args.clients,
+            backend_config=backend_config,
+            verbose_logging=args.verbose,
+        )
+    except BaseException:
+        # When the simulation runtime fails (Ray did not start, say), the ServerApp thread is
+        # left waiting for nodes and, not being a daemon, would keep the process alive.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     wall_s = time.perf_counter() - start
 
     result = results.get("result")

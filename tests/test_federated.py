@@ -339,3 +339,17 @@ def test_text_to_text_hub_ids_fail_cleanly_offline(monkeypatch: pytest.MonkeyPat
 
     with pytest.raises(ModelError, match="could not load 'no-such-org/no-such-t5'"):
         load_text_to_text(ModelRequest("text_to_text", "no-such-org/no-such-t5"))
+
+
+def test_image_datasets_become_grayscale_pixels_in_one_channel() -> None:
+    import datasets
+    from PIL import Image
+
+    images = [Image.new("RGB", (6, 5), color=(c, c, c)) for c in (0, 255, 51)]
+    table = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2]}).cast_column(
+        "image", datasets.Image()
+    )
+    data = labelled_from_table(table, "label")
+    assert data.features.shape == (3, 1, 5, 6) and data.num_classes == 3
+    assert data.features[1].max() == pytest.approx(1.0)
+    assert data.features[2].mean() == pytest.approx(0.2)
