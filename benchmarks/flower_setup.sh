@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates benchmarks/.venv-flower, a virtual environment apart from the project's own: Flower's
-# pins conflict with ours. Idempotent: the installs are skipped once the stamp file exists.
+# pins conflict with ours. Idempotent: the installs are skipped once the stamp file exists
+# (benchmarks/.venv-flower/.installed, holding the pins below).
 #
 #   bash benchmarks/flower_setup.sh
 #   benchmarks/.venv-flower/bin/python benchmarks/flower_digits.py
@@ -27,7 +28,9 @@ if ! grep -qxF "$IGNORE_LINE" "$ROOT/.gitignore" 2>/dev/null; then
     echo "$IGNORE_LINE" >>"$ROOT/.gitignore"
 fi
 
-if [ -f "$STAMP" ]; then
+# The stamp holds the pins it was made with, so changing a pin above reinstalls.
+PINS="$TORCH_PIN $FLWR_PIN $SKLEARN_PIN $NUMPY_PIN"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PINS" ]; then
     echo "flower venv ready: $VENV"
     exit 0
 fi
@@ -43,5 +46,5 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 
 "$VENV/bin/python" -c "import flwr, ray, sklearn, torch; print('flwr', flwr.__version__, \
 'ray', ray.__version__, 'torch', torch.__version__)"
-touch "$STAMP"
+echo "$PINS" >"$STAMP"
 echo "flower venv ready: $VENV"
