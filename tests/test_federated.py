@@ -353,3 +353,30 @@ def test_image_datasets_become_grayscale_pixels_in_one_channel() -> None:
     assert data.features.shape == (3, 1, 5, 6) and data.num_classes == 3
     assert data.features[1].max() == pytest.approx(1.0)
     assert data.features[2].mean() == pytest.approx(0.2)
+
+
+def test_builtin_digits_are_exactly_scikit_learns() -> None:
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    data = digits()
+    assert np.array_equal(data.features.reshape(len(data), 64) * 16.0, reference.data)
+    assert np.array_equal(data.labels, reference.target)
+
+
+def test_plain_sgd_matches_torch_sgd() -> None:
+    from ray_module.federated.tasks import PlainSGD
+
+    def trained(make_optimizer) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+        optimizer = make_optimizer(list(model.parameters()))
+        for step in range(3):
+            optimizer.zero_grad()
+            model(torch.full((2, 5), float(step))).pow(2).sum().backward()
+            optimizer.step()
+        return [p.detach() for p in model.parameters()]
+
+    ours = trained(lambda params: PlainSGD(params, 0.05))
+    reference = trained(lambda params: torch.optim.SGD(params, lr=0.05))
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))

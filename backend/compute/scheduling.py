@@ -40,9 +40,22 @@ def pending_job(job: Job) -> PendingJob:
         gpu=job.gpu,
         cpu_cores=job.cpu_cores,
         memory_gb=job.memory_gb,
-        # fedavg runs one client host per client unless num_workers asks for fewer hosts.
-        workers=int(training.get("num_workers") or training.get("clients") or 1),
+        workers=worker_processes(job, training),
     )
+
+
+def worker_processes(job: Job, training: dict) -> int:
+    """How many worker actors a job asks for: ``num_workers`` when set. A federated job's
+    clients default to one host per whole core (or GPU) of its requirements, at most one per
+    client: fractional-core actors would only contend for the same cores, and each actor
+    process costs a torch import; extra clients are dealt to the hosts."""
+    if training.get("num_workers"):
+        return int(training["num_workers"])
+    if job.strategy == "fedavg":
+        clients = int(training.get("clients") or 2)
+        slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
+        return max(1, min(clients, slots))
+    return 1
 
 
 def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:

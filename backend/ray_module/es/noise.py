@@ -1,0 +1,44 @@
+"""The shared noise table: one block of standard normal numbers that every worker and the
+server generate from the same seed. A perturbation is a slice of it, named by an integer
+index, so a worker reports ``(index, loss)`` and anyone can rebuild ε from the index alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_TABLE_SIZE = 1 << 22  # 4M floats (16 MB): plenty of distinct slices for small models
+TABLE_SLACK = 8  # the table is at least this many parameter vectors long
+
+
+def table_size(num_params: int) -> int:
+    return max(MIN_TABLE_SIZE, TABLE_SLACK * num_params)
+
+
+@dataclass
+class NoiseTable:
+    seed: int
+    num_params: int
+    noise: np.ndarray
+
+    @classmethod
+    def create(cls, seed: int, num_params: int) -> NoiseTable:
+        rng = np.random.default_rng([seed, 0x5EED])
+        noise = rng.standard_normal(table_size(num_params), dtype=np.float32)
+        return cls(seed, num_params, noise)
+
+    def offset(self, index: int) -> int:
+        """Where perturbation ``index`` starts: a counter-based draw, the same everywhere."""
+        high = len(self.noise) - self.num_params + 1
+        return int(np.random.default_rng([self.seed, index]).integers(0, high))
+
+    def perturbation(self, index: int) -> np.ndarray:
+        start = self.offset(index)
+        return self.noise[start : start + self.num_params]
+
+
+def pair_index(step: int, worker: int, k: int) -> int:
+    """A unique index per (step, worker, k-th pair), so no two evaluations share noise."""
+    return (step * 4096 + worker) * 1_000_000 + k
