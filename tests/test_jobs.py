@@ -54,6 +54,10 @@ def test_default_strategy_follows_model_type(
     assert job["strategy"] == strategy
 
 
+ES_RNN = {
+    "model_config": {"type": "char_rnn", "model_name": "rnn"},
+    "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+}
 FEDAVG_DIGITS = {
     "model_config": {"type": "classifier", "model_name": "mlp"},
     "data_config": {"data_source": "builtin", "dataset_name": "digits"},
@@ -99,6 +103,14 @@ FEDAVG_DIGITS = {
             },
             "cannot train a classifier model (use digits)",
         ),
+        *[
+            ({**ES_RNN, "training_config": training}, message)
+            for training, message in [
+                ({"steps": 0}, "steps"),
+                ({"sigma": -1}, "sigma"),
+                ({"rounds": 5}, "use steps"),
+            ]
+        ],
         (
             {
                 "model_config": {"type": "text_to_text", "model_name": "tiny-t5"},

@@ -12,7 +12,7 @@ from ray_module.strategies.data_parallel import total_steps_for
 from ray_module.training import JobRunner, RunConfig, describe, is_retryable
 
 
-def config(strategy: str = "es") -> RunConfig:
+def config(strategy: str = "split") -> RunConfig:
     return RunConfig(
         job_id=7,
         strategy=strategy,
@@ -41,7 +41,7 @@ def test_events_are_numbered_and_read_from_a_cursor() -> None:
 
 
 def test_an_unavailable_strategy_fails_the_run_without_retry() -> None:
-    runner = JobRunner(config("es"))
+    runner = JobRunner(config("split"))
     runner.start()
     assert wait_state(runner, {"failed"}) == "failed"
     status = [e for e in runner.events(0) if e["type"] == "status"]

@@ -86,3 +86,19 @@ def test_placements_never_oversubscribe_a_node() -> None:
         assert sum(s.cpu_cores for s in slots) <= node.cpu_cores
         assert sum(s.memory_gb for s in slots) <= node.memory_gb
     assert len(result.placements) + len(result.waiting) == 10
+
+
+def test_worker_processes_default_to_one_per_core_for_fedavg_and_es() -> None:
+    from compute.models import Job
+    from compute.scheduling import worker_processes
+
+    def job(strategy: str, cpu: float, gpu: int = 0) -> Job:
+        return Job(strategy=strategy, cpu_cores=cpu, gpu=gpu, memory_gb=1.0)
+
+    assert worker_processes(job("fedavg", 2), {"clients": 4}) == 2  # 2 hosts, 2 clients each
+    assert worker_processes(job("fedavg", 8), {"clients": 3}) == 3  # never more than clients
+    assert worker_processes(job("fedavg", 8, gpu=1), {"clients": 4}) == 1
+    assert worker_processes(job("fedavg", 2), {"clients": 4, "num_workers": 4}) == 4
+    assert worker_processes(job("es", 4), {}) == 4
+    assert worker_processes(job("es", 0.5), {}) == 1
+    assert worker_processes(job("data_parallel", 4), {}) == 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ray_module.es.settings import parse_es_settings
 from ray_module.federated.settings import parse_fedavg_settings
 
 MICRO = 1_000_000  # ledger units per token
@@ -195,6 +196,8 @@ class JobSpec(_Strict):
         if strategy is Strategy.FEDAVG:
             # Strategy knobs are checked here so a typo is a 422, not a failed run.
             parse_fedavg_settings(self.training_config.model_dump(exclude_none=True))
+        elif strategy is Strategy.ES:
+            parse_es_settings(self.training_config.model_dump(exclude_none=True))
         return self
 
     def _builtin_data_fits_model(self) -> None:

@@ -45,16 +45,18 @@ def pending_job(job: Job) -> PendingJob:
 
 
 def worker_processes(job: Job, training: dict) -> int:
-    """How many worker actors a job asks for: ``num_workers`` when set. A federated job's
-    clients default to one host per whole core (or GPU) of its requirements, at most one per
-    client: fractional-core actors would only contend for the same cores, and each actor
-    process costs a torch import; extra clients are dealt to the hosts."""
+    """How many worker actors a job asks for: ``num_workers`` when set. Otherwise a federated
+    job gets one client host per whole core (or GPU) of its requirements, at most one per
+    client (fractional-core actors would only contend for the same cores, and each actor
+    process costs a torch import; extra clients are dealt to the hosts), and an ES job one
+    evaluator per whole core (or GPU)."""
     if training.get("num_workers"):
         return int(training["num_workers"])
+    slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
     if job.strategy == "fedavg":
-        clients = int(training.get("clients") or 2)
-        slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
-        return max(1, min(clients, slots))
+        return max(1, min(int(training.get("clients") or 2), slots))
+    if job.strategy == "es":  # ES scales with evaluators: one per core (or GPU)
+        return slots
     return 1
 
 

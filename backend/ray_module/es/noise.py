@@ -34,6 +34,12 @@ class NoiseTable:
         high = len(self.noise) - self.num_params + 1
         return int(np.random.default_rng([self.seed, index]).integers(0, high))
 
+    def digest(self, probe_index: int = 0) -> str:
+        """A fingerprint of the table, to check that every worker built the same one."""
+        import hashlib
+
+        return hashlib.sha256(self.perturbation(probe_index).tobytes()).hexdigest()[:16]
+
     def perturbation(self, index: int) -> np.ndarray:
         start = self.offset(index)
         return self.noise[start : start + self.num_params]

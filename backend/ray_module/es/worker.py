@@ -83,18 +83,19 @@ class ESWorker:
             "num_params": self.num_params,
             "vocab_size": self.model.config.vocab_size,
             "train_characters": int(self.train.size),
+            "noise_digest": self.noise.digest(),
         }
 
     def initial_parameters(self) -> np.ndarray:
         return flat_parameters(self.model)
 
-    def batch(self, batch_id: int, source: np.ndarray | None = None) -> Any:
+    def batch(self, batch_id: int, *, validation: bool = False) -> Any:
         """The step's text batch: chosen by (seed, batch_id), identical on every worker."""
         import torch
 
-        stream = self.train if source is None else source
+        stream = self.validation if validation else self.train
         window = self.settings.seq_len + 1
-        rng = np.random.default_rng([self.settings.seed, batch_id])
+        rng = np.random.default_rng([self.settings.seed, int(validation), batch_id])
         starts = rng.integers(0, len(stream) - window, self.settings.batch_size)
         return torch.from_numpy(np.stack([stream[s : s + window] for s in starts]))
 
@@ -141,8 +142,7 @@ class ESWorker:
         """Validation loss on fixed held-out batches, and generated text."""
         started = time.perf_counter()
         losses = [
-            self.loss_at(theta, self.batch(-1 - b, self.validation))
-            for b in range(VALIDATION_BATCHES)
+            self.loss_at(theta, self.batch(b, validation=True)) for b in range(VALIDATION_BATCHES)
         ]
         set_flat_parameters(self.model, theta)
         prompt = self.model.config.vocabulary[1]

@@ -15,4 +15,8 @@ def get_strategy(name: str) -> Callable[[Any, Any], None]:
         from ray_module.strategies.fedavg import run_fedavg
 
         return run_fedavg
+    if name == "es":
+        from ray_module.strategies.es import run_es
+
+        return run_es
     raise NotImplementedError(f"strategy '{name}' is not available on this cluster yet")

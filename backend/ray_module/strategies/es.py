@@ -1,0 +1,215 @@
+"""Strategy ``es``: evolution strategies over worker actors on the placed nodes.
+
+The runner's thread is the server: it starts one ``ESWorker`` per planned slot, resumes from
+the job's checkpoint if there is one, runs the steps, and emits metrics, usage (for the
+evaluations that were used), generated text, checkpoints and the final model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_module import events
+from ray_module.es.estimator import SGD, Adam
+from ray_module.es.noise import NoiseTable
+from ray_module.es.server import (
+    ESServer,
+    NoLiveWorkersError,
+    Worker,
+    WorkerCredit,
+    make_optimizer,
+)
+from ray_module.es.settings import ESSettings, parse_es_settings
+from ray_module.es.worker import ESWorker, WorkerConfig
+from ray_module.resource_manager import node_resource
+from ray_module.training import JobRunner, RunConfig
+
+WORKER_START_TIMEOUT_S = 600
+# Worker start-up errors that retrying cannot fix.
+DETERMINISTIC_ERRORS = ("DataError", "ModelError", "ValueError", "TypeError")
+
+
+class WorkerStartError(ValueError):
+    """A worker could not start because of the job's data, model or settings."""
+
+
+def run_es(config: RunConfig, runner: JobRunner) -> None:
+    settings = parse_es_settings(config.training)
+    workers, info = start_workers(config, settings)
+    noise = NoiseTable.create(settings.seed, int(info["num_params"]))
+    if noise.digest() != info["noise_digest"]:
+        raise WorkerStartError("the server's noise table differs from the workers'")
+    optimizer = make_optimizer(settings)
+    checkpoint_dir = Path(config.job_dir) / "checkpoint"
+    resumed = load_es_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        theta, first_step = resumed.theta, resumed.step + 1
+        restore_optimizer(optimizer, resumed)
+    else:
+        theta, first_step = initial_theta(workers), 1
+    runner.emit(events.metric(0, {"workers": [w.node_id for w in workers], **info}))
+    server = ESServer(workers, settings, noise, optimizer, check_cancelled=runner.check_cancelled)
+    for step in range(first_step, settings.steps + 1):
+        runner.check_cancelled()
+        result = server.run_step(step, theta)
+        theta = result.theta
+        credits = list(result.credits)
+        if step % settings.validation_interval == 0 or step == settings.steps:
+            validated = server.validate(theta)
+            if validated is not None:
+                credit, metrics = validated
+                result.metrics.update(metrics)
+                credits.append(credit)
+        runner.emit(events.metric(step, result.metrics))
+        for credit in credits:
+            runner.emit(usage_of(credit))
+        if step % settings.checkpoint_interval == 0 or step == settings.steps:
+            save_es_checkpoint(checkpoint_dir, step, theta, optimizer)
+            runner.emit(events.checkpoint(step, str(checkpoint_dir)))
+    runner.emit(events.artifact(save_final_model(workers, theta, Path(config.job_dir) / "model")))
+
+
+def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker], dict[str, Any]]:
+    import ray
+
+    if not config.workers:
+        raise ValueError("es needs at least one placed worker")
+    actor_class = ray.remote(ESWorker)
+    workers = []
+    for rank, plan in enumerate(config.workers):
+        handle = actor_class.options(
+            num_cpus=plan.cpu_cores,
+            num_gpus=plan.gpu,
+            resources={node_resource(plan.node_id): 0.001},
+            max_restarts=0,
+        ).remote(
+            WorkerConfig(
+                job_id=config.job_id,
+                rank=rank,
+                node_id=plan.node_id,
+                gpu=plan.gpu,
+                cpu_cores=plan.cpu_cores,
+                memory_gb=plan.memory_gb,
+                model=config.model,
+                data=config.data,
+                settings=settings.to_dict(),
+            )
+        )
+        workers.append(Worker(handle, rank, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb))
+    infos = []
+    for worker in workers:
+        try:
+            infos.append(ray.get(worker.handle.info.remote(), timeout=WORKER_START_TIMEOUT_S))
+        except ray.exceptions.RayActorError as error:
+            text = str(error)
+            cause = next((name for name in DETERMINISTIC_ERRORS if f"{name}:" in text), None)
+            if cause is not None:
+                line = next(line for line in reversed(text.splitlines()) if f"{cause}:" in line)
+                raise WorkerStartError(line.strip()[line.strip().find(cause) :][:500]) from None
+            worker.alive = False
+        except ray.exceptions.GetTimeoutError:
+            worker.alive = False
+    if not infos:
+        raise NoLiveWorkersError("no ES worker started")
+    # Workers exchange only noise indices, so they must agree on model size and noise.
+    sizes = {info["num_params"] for info in infos}
+    if len(sizes) != 1:
+        raise WorkerStartError(f"workers built models of different sizes: {sorted(sizes)}")
+    if len({info["noise_digest"] for info in infos}) != 1:
+        raise WorkerStartError("workers built different noise tables from the same seed")
+    first = infos[0]
+    return workers, {
+        "num_params": first["num_params"],
+        "vocab_size": first["vocab_size"],
+        "train_characters": first["train_characters"],
+        "noise_digest": first["noise_digest"],
+    }
+
+
+def initial_theta(workers: list[Worker]) -> np.ndarray:
+    import ray
+
+    for worker in workers:
+        if not worker.alive:
+            continue
+        try:
+            return ray.get(worker.handle.initial_parameters.remote())
+        except ray.exceptions.RayActorError:
+            worker.alive = False
+    raise NoLiveWorkersError("no ES worker is alive to build the initial model")
+
+
+def save_final_model(workers: list[Worker], theta: np.ndarray, directory: Path) -> str:
+    import ray
+
+    theta_ref = ray.put(theta)
+    for worker in workers:
+        if not worker.alive:
+            continue
+        try:
+            return ray.get(worker.handle.save_model.remote(theta_ref, str(directory)))
+        except ray.exceptions.RayActorError:
+            worker.alive = False
+    raise NoLiveWorkersError("no ES worker is alive to save the final model")
+
+
+def usage_of(credit: WorkerCredit) -> dict[str, Any]:
+    return events.usage(
+        credit.node_id,
+        gpu_seconds=credit.gpu * credit.seconds,
+        cpu_core_seconds=credit.cpu_cores * credit.seconds,
+        memory_gb_seconds=credit.memory_gb * credit.seconds,
+    )
+
+
+# -- checkpoints: safetensors for arrays, JSON for the rest; nothing pickled ----------------
+
+
+@dataclass(frozen=True)
+class ESCheckpoint:
+    step: int
+    theta: np.ndarray
+    state: dict[str, np.ndarray]
+    optimizer_t: int
+
+
+def save_es_checkpoint(directory: Path, step: int, theta: np.ndarray, optimizer: Any) -> None:
+    from safetensors.numpy import save_file
+
+    arrays = {"theta": np.ascontiguousarray(theta)}
+    for name in ("m", "v", "velocity"):
+        value = getattr(optimizer, name, None)
+        if value is not None:
+            arrays[name] = np.ascontiguousarray(value)
+    staging = directory.with_name(directory.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    save_file(arrays, str(staging / "es.safetensors"))
+    (staging / "state.json").write_text(json.dumps({"step": step, "optimizer_t": optimizer.t}))
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+
+
+def load_es_checkpoint(directory: Path) -> ESCheckpoint | None:
+    from safetensors.numpy import load_file
+
+    if not (directory / "state.json").is_file():
+        return None
+    state = json.loads((directory / "state.json").read_text())
+    arrays = load_file(str(directory / "es.safetensors"))
+    theta = arrays.pop("theta")
+    return ESCheckpoint(int(state["step"]), theta, arrays, int(state["optimizer_t"]))
+
+
+def restore_optimizer(optimizer: Adam | SGD, checkpoint: ESCheckpoint) -> None:
+    for name, value in checkpoint.state.items():
+        setattr(optimizer, name, value)
+    optimizer.t = checkpoint.optimizer_t

@@ -1,0 +1,158 @@
+"""Evolution strategies on Ray: workers agree on the noise, send only scalars whatever the
+model size, survive a lost worker, resume from checkpoints, and a char-RNN learns through
+the API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from ray_module.es.noise import NoiseTable
+from ray_module.es.server import ESServer, Worker, make_optimizer
+from ray_module.es.settings import parse_es_settings
+from ray_module.es.worker import ESWorker, WorkerConfig
+from ray_module.resource_manager import node_resource
+from ray_module.strategies.es import run_es
+from ray_module.training import JobRunner, RunConfig, WorkerPlan
+from tests.conftest import finished, job_state, wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+RNN = {"model_type": "char_rnn", "model_name": "rnn", "pretrained": None, "overrides": {}}
+TEXT = {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 400}
+
+
+def start_workers(training: dict, nodes: list[int]) -> tuple[list[Worker], list[dict[str, Any]]]:
+    import ray
+
+    settings = parse_es_settings(training)
+    actor = ray.remote(ESWorker)
+    workers = []
+    for rank, node_id in enumerate(nodes):
+        config = WorkerConfig(0, rank, node_id, 0, 0.5, 0.5, RNN, TEXT, settings.to_dict())
+        handle = actor.options(num_cpus=0.5, resources={node_resource(node_id): 0.001}).remote(
+            config
+        )
+        workers.append(Worker(handle, rank, node_id, 0, 0.5, 0.5))
+    infos = ray.get([w.handle.info.remote() for w in workers])
+    return workers, infos
+
+
+def server_for(workers: list[Worker], training: dict, num_params: int) -> ESServer:
+    settings = parse_es_settings(training)
+    noise = NoiseTable.create(settings.seed, num_params)
+    return ESServer(workers, settings, noise, make_optimizer(settings))
+
+
+def test_workers_on_two_nodes_build_the_same_noise_and_send_scalars_whatever_the_size(
+    ray_cluster,
+) -> None:
+    import ray
+
+    sent: dict[int, int] = {}
+    for hidden in (16, 96):
+        training = {"hidden_size": hidden, "population": 32, "seq_len": 32}
+        workers, infos = start_workers(training, [1, 2])
+        assert infos[0]["noise_digest"] == infos[1]["noise_digest"]
+        num_params = infos[0]["num_params"]
+        server = server_for(workers, training, num_params)
+        theta = ray.get(workers[0].handle.initial_parameters.remote())
+        result = server.run_step(1, theta)
+        assert result.metrics["evaluations"] == 64 and result.metrics["workers_answered"] == 2
+        assert result.metrics["num_params"] == num_params
+        sent[num_params] = result.metrics["bytes_from_workers"]
+        for worker in workers:
+            ray.kill(worker.handle)
+    small, large = sorted(sent)
+    assert large > 10 * small  # two model sizes an order of magnitude apart...
+    assert sent[small] == sent[large]  # ...and the workers sent exactly as many bytes
+    assert sent[small] < 32 * 2 * 16 + 100  # scalars: an index and two losses per pair
+
+
+def test_a_worker_killed_mid_step_is_left_out_and_the_run_goes_on(ray_cluster) -> None:
+    import ray
+
+    training = {"time_per_step_s": 3.0, "step_timeout_s": 20, "seq_len": 32}
+    workers, infos = start_workers(training, [1, 2, 1])
+    server = server_for(workers, training, infos[0]["num_params"])
+    theta = ray.get(workers[0].handle.initial_parameters.remote())
+
+    def kill_soon() -> None:
+        time.sleep(1.0)
+        ray.kill(workers[1].handle)
+
+    threading.Thread(target=kill_soon, daemon=True).start()
+    first = server.run_step(1, theta)
+    assert first.metrics["workers_answered"] == 2 and first.metrics["live_workers"] == 2
+    assert {c.node_id for c in first.credits} == {1}  # the dead worker's node earns nothing
+    second = server.run_step(2, first.theta)
+    assert second.metrics["workers_answered"] == 2
+    assert not np.array_equal(second.theta, theta)
+    for worker in (workers[0], workers[2]):
+        ray.kill(worker.handle)
+
+
+def test_a_run_resumes_from_its_checkpoint_with_the_optimizer_state(
+    ray_cluster, tmp_path: Path
+) -> None:
+    def run(steps: int) -> JobRunner:
+        config = RunConfig(
+            job_id=77,
+            strategy="es",
+            model=RNN,
+            data=TEXT,
+            training={"steps": steps, "population": 8, "seq_len": 32, "checkpoint_interval": 2},
+            workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
+            storage_path=str(tmp_path),
+        )
+        runner = JobRunner(config)
+        run_es(config, runner)
+        return runner
+
+    def steps_of(runner: JobRunner) -> list[int]:
+        return [e["step"] for e in runner.events() if e["type"] == "metric" and e["step"] > 0]
+
+    assert steps_of(run(4)) == [1, 2, 3, 4]
+    assert steps_of(run(6)) == [5, 6]
+    assert (tmp_path / "jobs" / "77" / "model" / "char_rnn_config.json").is_file()
+
+
+def test_char_rnn_with_es_on_stdlib_text_lowers_its_loss_by_10_percent_in_60_steps(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        "model_config": {"type": "char_rnn", "model_name": "rnn"},
+        "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+        "training_config": {"steps": 60, "population": 48},
+        # Four cores: one evaluator per core by default, two on each node.
+        "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},
+        "max_runtime_s": 900,
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    assert job["strategy"] == "es"  # the default for char_rnn
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()["series"]
+    steps = [p["values"] for p in series if p["step"] > 0]
+    assert len(steps) == 60
+    first, last = steps[0]["loss"], np.mean([s["loss"] for s in steps[-5:]])
+    assert last <= 0.9 * first, (first, last)
+    assert all(s["bytes_from_workers"] == steps[0]["bytes_from_workers"] for s in steps)
+    assert {"evaluations_per_s", "live_workers", "validation_loss", "sample_text"} <= (
+        steps[-1].keys()
+    )
+    assert steps[-1]["live_workers"] == 4
+    assert sorted(done["usage"]) == ["1", "2"]
+    archive = client.get(f"/jobs/{job['id']}/artifacts", headers=user.headers)
+    assert archive.status_code == 200
