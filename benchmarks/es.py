@@ -1,0 +1,123 @@
+"""Evolution strategies: evaluations per second with 1 and 2 workers (the scaling ratio), and
+what crosses the network per step against the model's parameter count.
+
+    .venv/bin/python benchmarks/es.py [--steps 6 --population 256]
+
+Runs the real ``ESServer`` over ``ESWorker`` actors on a local Ray started the gateway's way,
+char-RNN on stdlib-text. The first step of every run is a warm-up and is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "backend"))
+
+RNN = {"model_type": "char_rnn", "model_name": "rnn", "pretrained": None, "overrides": {}}
+TEXT = {"data_source": "builtin", "dataset_name": "stdlib-text"}
+
+
+def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    from ray_module.es.noise import NoiseTable
+    from ray_module.es.server import ESServer, Worker, make_optimizer
+    from ray_module.es.settings import parse_es_settings
+    from ray_module.es.worker import ESWorker, WorkerConfig
+    from ray_module.resource_manager import node_resource
+
+    training = {
+        "population": args.population,
+        "hidden_size": hidden,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+    }
+    settings = parse_es_settings(training)
+    actor = ray.remote(ESWorker)
+    handles = [
+        actor.options(num_cpus=1, resources={node_resource(1): 0.001}).remote(
+            WorkerConfig(0, rank, 1, 0, 1.0, 0.5, RNN, TEXT, settings.to_dict())
+        )
+        for rank in range(workers)
+    ]
+    infos = ray.get([h.info.remote() for h in handles])
+    num_params = infos[0]["num_params"]
+    noise = NoiseTable.create(settings.seed, num_params)
+    server = ESServer(
+        [Worker(h, rank, 1, 0, 1.0, 0.5) for rank, h in enumerate(handles)],
+        settings,
+        noise,
+        make_optimizer(settings),
+    )
+    theta = ray.get(handles[0].initial_parameters.remote())
+    measured = []
+    for step in range(1, args.steps + 1):
+        result = server.run_step(step, theta)
+        theta = result.theta
+        if step > 1:
+            measured.append(result.metrics)
+    # The broadcast's cost: put the weights and fetch them in a worker process.
+    started = time.perf_counter()
+    for _ in range(5):
+        ray.get(handles[0].loss_at.remote(ray.put(theta), handles[0].batch.remote(0)))
+    round_trip = (time.perf_counter() - started) / 5
+    for handle in handles:
+        ray.kill(handle)
+    return {
+        "workers": workers,
+        "num_params": num_params,
+        "evaluations_per_s": float(np.mean([m["evaluations_per_s"] for m in measured])),
+        "bytes_from_workers": measured[-1]["bytes_from_workers"],
+        "theta_bytes": int(theta.nbytes),
+        "update_s": float(np.mean([m["update_seconds"] for m in measured])),
+        "put_and_evaluate_s": round_trip,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--population", type=int, default=256, help="antithetic pairs per step")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--cpus", type=int, default=2)
+    args = parser.parse_args()
+
+    from ray_module.cluster import ClusterConfig, connect, disconnect
+    from ray_module.resource_manager import node_resource
+
+    connect(ClusterConfig(num_cpus=args.cpus, resources={node_resource(1): 1000}))
+    print(
+        f"char-RNN on stdlib-text, population {args.population} pairs/step, batch "
+        f"{args.batch_size}x{args.seq_len}, {args.cpus} CPUs, {args.steps - 1} measured steps"
+    )
+    one = run(1, 32, args)
+    two = run(2, 32, args)
+    print("\nworkers | evaluations/s | scaling vs 1 worker")
+    for result in (one, two):
+        ratio = result["evaluations_per_s"] / one["evaluations_per_s"]
+        print(f"{result['workers']} | {result['evaluations_per_s']:.0f} | {ratio:.2f}x")
+
+    print(
+        "\nhidden | parameters | bytes from workers/step | weights broadcast (bytes) | "
+        "server update s (= a worker's local rebuild) | put + fetch + 1 eval s"
+    )
+    for hidden in (16, 64, 256):
+        result = run(2, hidden, args)
+        print(
+            f"{hidden} | {result['num_params']} | {result['bytes_from_workers']} | "
+            f"{result['theta_bytes']} | {result['update_s']:.4f} | "
+            f"{result['put_and_evaluate_s']:.4f}"
+        )
+    disconnect()
+
+
+if __name__ == "__main__":
+    main()
