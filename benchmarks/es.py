@@ -51,7 +51,7 @@ def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     num_params = infos[0]["num_params"]
     noise = NoiseTable.create(settings.seed, num_params)
     server = ESServer(
-        [Worker(h, rank, 1, 0, 1.0, 0.5) for rank, h in enumerate(handles)],
+        [Worker(h, 1, 0, 1.0, 0.5, rank=rank) for rank, h in enumerate(handles)],
         settings,
         noise,
         make_optimizer(settings),

@@ -39,7 +39,7 @@ def start_workers(training: dict, nodes: list[int]) -> tuple[list[Worker], list[
         handle = actor.options(num_cpus=0.5, resources={node_resource(node_id): 0.001}).remote(
             config
         )
-        workers.append(Worker(handle, rank, node_id, 0, 0.5, 0.5))
+        workers.append(Worker(handle, node_id, 0, 0.5, 0.5, rank=rank))
     infos = ray.get([w.handle.info.remote() for w in workers])
     return workers, infos
 

@@ -62,7 +62,7 @@ def start_hosts(actor_class: Any, training: dict, nodes: list[int]) -> list[Host
         handle = actor_class.options(
             num_cpus=0.5, resources={node_resource(node_id): 0.001}
         ).remote(config)
-        hosts.append(Host(handle, node_id, (index,), 0, 0.5, 0.5))
+        hosts.append(Host(handle, node_id, 0, 0.5, 0.5, clients=(index,)))
     ray.get([h.handle.ready.remote() for h in hosts])
     return hosts
 

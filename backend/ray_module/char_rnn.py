@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ray_module.model_sources import ModelError, ModelRequest, local_model_directory
+from ray_module.model_sources import (
+    ModelError,
+    ModelRequest,
+    checked_overrides,
+    local_model_directory,
+)
 
 CHAR_RNN_TYPE = "char_rnn"
 PRESET = "rnn"
@@ -99,7 +104,7 @@ def resolve_char_rnn(
     if name == PRESET:
         if request.pretrained:
             raise ModelError("'rnn' is a built-in preset and has no pretrained weights")
-        sizes = _checked_overrides(request.overrides)
+        sizes = checked_overrides(request.overrides, ALLOWED_OVERRIDES)
         if hidden_size is not None:
             sizes.setdefault("hidden_size", hidden_size)
         if num_layers is not None:
@@ -193,13 +198,3 @@ def load_char_rnn(directory: Path) -> CharRNN:
 
 def bits_per_character(loss_nats: float) -> float:
     return loss_nats / math.log(2)
-
-
-def _checked_overrides(overrides: dict) -> dict[str, int]:
-    unknown = sorted(set(overrides) - ALLOWED_OVERRIDES)
-    if unknown:
-        raise ModelError(f"unknown model overrides {unknown}; allowed: {sorted(ALLOWED_OVERRIDES)}")
-    for key, value in overrides.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ModelError(f"override {key!r} must be a positive integer, got {value!r}")
-    return dict(overrides)

@@ -11,12 +11,16 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ray_module.model_sources import ModelError, ModelRequest, local_model_directory
+from ray_module.model_sources import (
+    ModelError,
+    ModelRequest,
+    checked_overrides,
+    local_model_directory,
+)
 
 CLASSIFIER_TYPE = "classifier"
 PRESETS = ("mlp", "cnn")
@@ -85,7 +89,7 @@ def resolve_classifier(
     if name in PRESETS:
         if request.pretrained:
             raise ModelError(f"{name!r} is a built-in preset and has no pretrained weights")
-        overrides = _checked_overrides(request.overrides)
+        overrides = checked_overrides(request.overrides, ALLOWED_OVERRIDES)
         config = ClassifierConfig(
             arch=name,
             input_shape=tuple(input_shape),
@@ -146,13 +150,3 @@ def load_classifier(directory: Path) -> tuple[nn.Module, ClassifierConfig]:
 
 def _looks_local(name: str) -> bool:
     return Path(name).is_absolute() or name.startswith(("./", "../", "~"))
-
-
-def _checked_overrides(overrides: dict[str, Any]) -> dict[str, int]:
-    unknown = sorted(set(overrides) - ALLOWED_OVERRIDES)
-    if unknown:
-        raise ModelError(f"unknown model overrides {unknown}; allowed: {sorted(ALLOWED_OVERRIDES)}")
-    for key, value in overrides.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ModelError(f"override {key!r} must be a positive integer, got {value!r}")
-    return dict(overrides)

@@ -31,7 +31,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ray_module.model_sources import ModelError, ModelRequest, local_model_directory
+from ray_module.model_sources import (
+    ModelError,
+    ModelRequest,
+    checked_overrides,
+    local_model_directory,
+)
 
 __all__ = [
     "ModelError",
@@ -122,7 +127,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 def _build_tiny_gpt2(request: ModelRequest) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if request.pretrained:
         raise ModelError("'tiny-gpt2' is a built-in preset and has no pretrained weights")
-    sizes = {**TINY_GPT2_DEFAULTS, **_checked_overrides(request.overrides)}
+    sizes = {**TINY_GPT2_DEFAULTS, **checked_overrides(request.overrides, ALLOWED_OVERRIDES)}
     if sizes["n_embd"] % sizes["n_head"] != 0:
         raise ModelError(
             f"n_embd ({sizes['n_embd']}) must be divisible by n_head ({sizes['n_head']})"
@@ -138,17 +143,6 @@ def _build_tiny_gpt2(request: ModelRequest) -> tuple[PreTrainedModel, PreTrained
         **sizes,
     )
     return GPT2LMHeadModel(config), tokenizer
-
-
-def _checked_overrides(overrides: dict[str, Any]) -> dict[str, int]:
-    unknown = sorted(set(overrides) - ALLOWED_OVERRIDES)
-    if unknown:
-        raise ModelError(f"unknown model overrides {unknown}; allowed: {sorted(ALLOWED_OVERRIDES)}")
-    for key, value in overrides.items():
-        # bool is an int subclass; True layers is a typo, not a size.
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ModelError(f"override {key!r} must be a positive integer, got {value!r}")
-    return dict(overrides)
 
 
 def _load_local(
@@ -196,7 +190,7 @@ def _model_from(source: str, request: ModelRequest) -> PreTrainedModel:
 
 
 def _apply_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
-    for key, value in _checked_overrides(overrides).items():
+    for key, value in checked_overrides(overrides, ALLOWED_OVERRIDES).items():
         # Setting an attribute a config does not know would silently do nothing.
         if not hasattr(config, key):
             raise ModelError(f"a {config.model_type!r} model has no setting {key!r} to override")

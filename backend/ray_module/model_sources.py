@@ -59,3 +59,15 @@ def inside_root(name: str, local_root: Path) -> Path:
     if not candidate.is_relative_to(root):
         raise ModelError(f"model path {name!r} points outside the local model root")
     return candidate
+
+
+def checked_overrides(overrides: dict[str, Any], allowed: frozenset[str]) -> dict[str, int]:
+    """Architecture overrides: known keys with positive integer sizes, else ModelError."""
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ModelError(f"unknown model overrides {unknown}; allowed: {sorted(allowed)}")
+    for key, value in overrides.items():
+        # bool is an int subclass; True layers is a typo, not a size.
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelError(f"override {key!r} must be a positive integer, got {value!r}")
+    return dict(overrides)

@@ -23,7 +23,12 @@ from transformers import (
 )
 
 from ray_module.model_registry import build_byte_tokenizer
-from ray_module.model_sources import ModelError, ModelRequest, local_model_directory
+from ray_module.model_sources import (
+    ModelError,
+    ModelRequest,
+    checked_overrides,
+    local_model_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +72,7 @@ def _build_preset(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     import torch
 
-    unknown = sorted(set(overrides) - ALLOWED_OVERRIDES)
-    if unknown:
-        raise ModelError(f"unknown model overrides {unknown}; allowed: {sorted(ALLOWED_OVERRIDES)}")
-    for key, value in overrides.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ModelError(f"override {key!r} must be a positive integer, got {value!r}")
-    sizes = {**TINY_SIZES, **overrides}
+    sizes = {**TINY_SIZES, **checked_overrides(overrides, ALLOWED_OVERRIDES)}
     if sizes["d_model"] % sizes["heads"]:
         raise ModelError(f"d_model ({sizes['d_model']}) must be divisible by heads")
     tokenizer = build_byte_tokenizer()

@@ -20,16 +20,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ray_module.actor_pool import WAIT_SLICE_S, Credit, PoolMember, gather
 from ray_module.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
 from ray_module.es.noise import NoiseTable
 from ray_module.es.settings import ESSettings
-
-WAIT_SLICE_S = 0.25
 
 
 class NoLiveWorkersError(RuntimeError):
@@ -37,38 +36,15 @@ class NoLiveWorkersError(RuntimeError):
 
 
 @dataclass
-class Worker:
-    handle: Any
-    rank: int
-    node_id: int
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    alive: bool = True
-    late: list[Any] = field(default_factory=list)
-
-    def is_available(self) -> bool:
-        import ray
-
-        if self.late:
-            _, self.late = ray.wait(self.late, num_returns=len(self.late), timeout=0)
-        return self.alive and not self.late
-
-
-@dataclass(frozen=True)
-class WorkerCredit:
-    node_id: int
-    seconds: float
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
+class Worker(PoolMember):
+    rank: int = 0
 
 
 @dataclass
 class StepResult:
     theta: np.ndarray
     metrics: dict[str, Any]
-    credits: list[WorkerCredit]
+    credits: list[Credit]
 
 
 def make_optimizer(settings: ESSettings) -> Adam | SGD:
@@ -125,11 +101,17 @@ class ESServer:
         pending = {
             worker.handle.evaluate.remote(
                 step, theta_ref, batch_id, share, settings.time_per_step_s
-            ): worker
+            ): (worker.rank, worker)
             for worker, share in zip(ready, shares, strict=True)
             if share != 0
         }
-        answers = self.collect(pending, (settings.time_per_step_s or 0) + settings.step_timeout_s)
+        # A worker lost mid-step or late is left out of this step only.
+        gathered = gather(
+            pending,
+            (settings.time_per_step_s or 0) + settings.step_timeout_s,
+            self.check_cancelled,
+        )
+        answers = [answer for _, answer in gathered.answers]
         evaluated = time.perf_counter()
         if not answers:
             raise NoLiveWorkersError(f"no ES worker answered step {step}")
@@ -159,32 +141,8 @@ class ESServer:
             "batch": batch_id,
         }
         by_rank = {w.rank: w for w in self.workers}
-        credits = [self.credit(by_rank[a["rank"]], float(a["seconds"])) for a in answers]
+        credits = [by_rank[a["rank"]].credit(float(a["seconds"])) for a in answers]
         return StepResult(new_theta, metrics, credits)
-
-    def collect(self, pending: dict[Any, Worker], timeout_s: float) -> list[dict[str, Any]]:
-        import ray
-
-        deadline = time.monotonic() + timeout_s
-        finished: list[Any] = []
-        while len(finished) < len(pending):
-            self.check_cancelled()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            waiting = [ref for ref in pending if ref not in finished]
-            done, _ = ray.wait(waiting, num_returns=1, timeout=min(WAIT_SLICE_S, remaining))
-            finished.extend(done)
-        answers = []
-        for ref in finished:
-            try:
-                answers.append(ray.get(ref))
-            except ray.exceptions.RayActorError:
-                pending[ref].alive = False  # lost mid-step: left out of this step only
-        for ref, worker in pending.items():
-            if ref not in finished:
-                worker.late.append(ref)
-        return answers
 
     def wait_for_free_workers(self) -> list[Worker]:
         deadline = time.monotonic() + self.settings.step_timeout_s
@@ -196,7 +154,7 @@ class ESServer:
             time.sleep(WAIT_SLICE_S)
         raise NoLiveWorkersError("no ES worker became free within step_timeout_s")
 
-    def validate(self, theta: np.ndarray) -> tuple[WorkerCredit, dict[str, Any]] | None:
+    def validate(self, theta: np.ndarray) -> tuple[Credit, dict[str, Any]] | None:
         import ray
 
         theta_ref = ray.put(theta)
@@ -211,9 +169,5 @@ class ESServer:
                 continue
             except ray.exceptions.GetTimeoutError:
                 continue
-            return self.credit(worker, float(answer["seconds"])), answer["metrics"]
+            return worker.credit(float(answer["seconds"])), answer["metrics"]
         return None
-
-    @staticmethod
-    def credit(worker: Worker, seconds: float) -> WorkerCredit:
-        return WorkerCredit(worker.node_id, seconds, worker.gpu, worker.cpu_cores, worker.memory_gb)

@@ -18,13 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from ray_module.actor_pool import (
+    DETERMINISTIC_ERRORS,
+    WAIT_SLICE_S,
+    Credit,
+    PoolMember,
+    gather,
+    last_line,
+)
 from ray_module.federated.aggregate import ClientUpdate, ServerOptimizer, nbytes, weighted_average
 from ray_module.federated.settings import FedAvgSettings
 
 Weights = list[np.ndarray]
-# Client errors that retrying cannot fix (bad data or model): they fail the job at once.
-DETERMINISTIC_ERRORS = ("DataError", "ModelError", "PartitionError", "ValueError", "TypeError")
-WAIT_SLICE_S = 0.5  # how often a waiting server looks for a cancel request
 
 
 class NotEnoughClientsError(RuntimeError):
@@ -40,43 +45,18 @@ class ClientFailedError(ValueError):
 
 
 @dataclass
-class Host:
-    """A client host actor and what the server knows about it."""
+class Host(PoolMember):
+    """A client host actor, the clients it serves and what it reported at start."""
 
-    handle: Any
-    node_id: int
-    clients: tuple[int, ...]
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    alive: bool = True
-    late: list[Any] = field(default_factory=list)  # refs of dropped, still running fits
-    ready: dict[str, Any] = field(default_factory=dict)  # what the host reported at start
-
-    def is_available(self) -> bool:
-        import ray
-
-        if self.late:
-            _, self.late = ray.wait(self.late, num_returns=len(self.late), timeout=0)
-        return self.alive and not self.late
-
-
-@dataclass(frozen=True)
-class ClientCredit:
-    """Completed, accepted work of one client in one round (or of an evaluation)."""
-
-    node_id: int
-    seconds: float
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
+    clients: tuple[int, ...] = ()
+    ready: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RoundResult:
     weights: Weights
     metrics: dict[str, Any]
-    credits: list[ClientCredit]
+    credits: list[Credit]
 
 
 class FedAvgServer:
@@ -121,7 +101,7 @@ class FedAvgServer:
             )
         updates = [ClientUpdate(a["weights"], int(a["num_examples"])) for a in answers]
         new_weights = self.optimizer.step(weights, weighted_average(updates))
-        credits = [self.credit(a["client"], float(a["seconds"])) for a in answers]
+        credits = [self.host_of[a["client"]].credit(float(a["seconds"])) for a in answers]
         examples = sum(u.num_examples for u in updates)
         node_seconds: dict[str, float] = {}
         for credit in credits:
@@ -145,7 +125,7 @@ class FedAvgServer:
         if evaluated is not None:
             host, evaluation = evaluated
             metrics.update(evaluation["metrics"])
-            credits.append(self.host_credit(host, float(evaluation["seconds"])))
+            credits.append(host.credit(float(evaluation["seconds"])))
         metrics["round_seconds"] = time.perf_counter() - started
         return RoundResult(new_weights, metrics, credits)
 
@@ -182,40 +162,19 @@ class FedAvgServer:
         self, round_number: int, sampled: list[int], weights_ref: Any
     ) -> tuple[list[dict[str, Any]], list[int], list[int], list[str]]:
         """(answers, dropped stragglers, failed clients, deterministic error messages)."""
-        import ray
-
         pending = {
-            self.host_of[c].handle.fit.remote(c, round_number, weights_ref): c for c in sampled
+            self.host_of[c].handle.fit.remote(c, round_number, weights_ref): (c, self.host_of[c])
+            for c in sampled
         }
-        deadline = time.monotonic() + self.settings.round_timeout_s
-        finished: list[Any] = []
-        while pending.keys() - set(finished):
-            self.check_cancelled()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            waiting = [ref for ref in pending if ref not in finished]
-            done, _ = ray.wait(waiting, num_returns=1, timeout=min(WAIT_SLICE_S, remaining))
-            finished.extend(done)
-        answers, failed, errors = [], [], []
-        for ref in finished:
-            client = pending[ref]
-            try:
-                answers.append(ray.get(ref))
-            except ray.exceptions.RayActorError:
-                self.host_of[client].alive = False  # the actor (or its node) is gone
-                failed.append(client)
-            except ray.exceptions.RayTaskError as error:
-                failed.append(client)
-                text = str(error)
-                if any(name in text for name in DETERMINISTIC_ERRORS):
-                    errors.append(f"client {client} failed: {_last_line(text)}")
-        dropped = []
-        for ref, client in pending.items():
-            if ref not in finished:
-                self.host_of[client].late.append(ref)
-                dropped.append(client)
-        return answers, sorted(dropped), sorted(failed), errors
+        gathered = gather(pending, self.settings.round_timeout_s, self.check_cancelled)
+        errors = [
+            f"client {client} failed: {last_line(text)}"
+            for client, text in gathered.errors
+            if any(name in text for name in DETERMINISTIC_ERRORS)
+        ]
+        failed = sorted([*gathered.dead, *(client for client, _ in gathered.errors)])
+        answers = [answer for _, answer in gathered.answers]
+        return answers, sorted(gathered.late), failed, errors
 
     def evaluate(self, weights: Weights) -> tuple[Host, dict[str, Any]] | None:
         """Validation on one free host (the held-out split is the same on every host)."""
@@ -233,19 +192,6 @@ class FedAvgServer:
             except ray.exceptions.GetTimeoutError:
                 continue
         return None
-
-    # -- credit ---------------------------------------------------------------------------
-    def credit(self, client: int, seconds: float) -> ClientCredit:
-        return self.host_credit(self.host_of[client], seconds)
-
-    @staticmethod
-    def host_credit(host: Host, seconds: float) -> ClientCredit:
-        return ClientCredit(host.node_id, seconds, host.gpu, host.cpu_cores, host.memory_gb)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else text[:300]
 
 
 def sample_size(available: int, fraction: float, minimum: int) -> int:

@@ -6,21 +6,14 @@ runner, so both agree on defaults.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from ray_module.knobs import KnobRules, parse_knobs
 
 PARTITIONS = ("iid", "dirichlet")
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm")
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
-# Generic job knobs that mean nothing to fedavg but are harmless.
-GENERIC_KEYS = frozenset({"strategy", "num_workers"})
-# Knobs of other strategies, refused with the fedavg equivalent.
-OTHER_STRATEGY_KEYS = {
-    "epochs": "local_epochs (per round) and rounds",
-    "max_steps": "rounds",
-    "seq_len": "max_source_length / max_target_length",
-}
 
 
 @dataclass(frozen=True)
@@ -64,51 +57,48 @@ class FedAvgSettings:
         return asdict(self)
 
 
-_INTS = {
-    "rounds": (1, 100_000),
-    "clients": (1, 10_000),
-    "local_epochs": (1, 10_000),
-    "batch_size": (1, 65_536),
-    "min_fit_clients": (1, 10_000),
-    "min_available_clients": (1, 10_000),
-    "max_round_retries": (0, 100),
-    "seed": (0, 2**31 - 1),
-    "checkpoint_interval": (1, 100_000),
-    "max_source_length": (2, 4096),
-    "max_target_length": (2, 4096),
-    "num_beams": (1, 32),
-    "eval_samples": (1, 100_000),
-    "hidden_size": (1, 65_536),
-}
-_FLOATS = {
-    "learning_rate": (0.0, 10.0),
-    "fraction_fit": (0.0, 1.0),
-    "round_timeout_s": (0.0, 7 * 24 * 3600.0),
-    "server_learning_rate": (0.0, 100.0),
-    "server_momentum": (0.0, 0.999999),
-    "proximal_mu": (0.0, 1000.0),
-    "dirichlet_alpha": (0.0, 1e6),
-}
-_CHOICES = {
-    "partition": PARTITIONS,
-    "server_optimizer": SERVER_OPTIMIZERS,
-    "client_optimizer": CLIENT_OPTIMIZERS,
-}
-_INCLUSIVE_ZERO = {"server_momentum", "proximal_mu"}
+RULES = KnobRules(
+    strategy="fedavg",
+    ints={
+        "rounds": (1, 100_000),
+        "clients": (1, 10_000),
+        "local_epochs": (1, 10_000),
+        "batch_size": (1, 65_536),
+        "min_fit_clients": (1, 10_000),
+        "min_available_clients": (1, 10_000),
+        "max_round_retries": (0, 100),
+        "seed": (0, 2**31 - 1),
+        "checkpoint_interval": (1, 100_000),
+        "max_source_length": (2, 4096),
+        "max_target_length": (2, 4096),
+        "num_beams": (1, 32),
+        "eval_samples": (1, 100_000),
+        "hidden_size": (1, 65_536),
+    },
+    positive={
+        "learning_rate": (0.0, 10.0),
+        "fraction_fit": (0.0, 1.0),
+        "round_timeout_s": (0.0, 7 * 24 * 3600.0),
+        "server_learning_rate": (0.0, 100.0),
+        "dirichlet_alpha": (0.0, 1e6),
+    },
+    non_negative={"server_momentum": (0.0, 0.999999), "proximal_mu": (0.0, 1000.0)},
+    choices={
+        "partition": PARTITIONS,
+        "server_optimizer": SERVER_OPTIMIZERS,
+        "client_optimizer": CLIENT_OPTIMIZERS,
+    },
+    elsewhere={
+        "epochs": "local_epochs (per round) and rounds",
+        "max_steps": "rounds",
+        "seq_len": "max_source_length / max_target_length",
+    },
+)
 
 
 def parse_fedavg_settings(training: dict[str, Any]) -> FedAvgSettings:
     """Check every key and value; raise ValueError naming the field."""
-    known = {f.name for f in fields(FedAvgSettings)}
-    values: dict[str, Any] = {}
-    for key, value in training.items():
-        if key in GENERIC_KEYS or value is None:
-            continue
-        if key in OTHER_STRATEGY_KEYS:
-            raise ValueError(f"fedavg does not use '{key}'; use {OTHER_STRATEGY_KEYS[key]}")
-        if key not in known:
-            raise ValueError(f"unknown fedavg setting '{key}' (known: {', '.join(sorted(known))})")
-        values[key] = _checked(key, value)
+    values = parse_knobs(training, RULES, (f.name for f in fields(FedAvgSettings)))
     settings = FedAvgSettings(**values)
     if settings.fit_minimum > settings.clients:
         raise ValueError(
@@ -122,23 +112,3 @@ def parse_fedavg_settings(training: dict[str, Any]) -> FedAvgSettings:
     if settings.available_minimum < settings.fit_minimum:
         raise ValueError("min_available_clients must be at least min_fit_clients")
     return settings
-
-
-def _checked(key: str, value: Any) -> Any:
-    if key in _CHOICES:
-        if value not in _CHOICES[key]:
-            raise ValueError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-        return value
-    if key in _INTS:
-        low, high = _INTS[key]
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ValueError(f"{key} must be an integer from {low} to {high}, got {value!r}")
-        return value
-    low, high = _FLOATS[key]
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    above_low = value >= low if key in _INCLUSIVE_ZERO else value > low
-    if not (above_low and value <= high):
-        bound = ">=" if key in _INCLUSIVE_ZERO else ">"
-        raise ValueError(f"{key} must be {bound} {low:g} and <= {high:g}, got {value!r}")
-    return float(value)

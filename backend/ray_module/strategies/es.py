@@ -16,27 +16,16 @@ from typing import Any
 import numpy as np
 
 from ray_module import events
+from ray_module.actor_pool import StartupError, first_alive, startup_error
 from ray_module.es.estimator import SGD, Adam
 from ray_module.es.noise import NoiseTable
-from ray_module.es.server import (
-    ESServer,
-    NoLiveWorkersError,
-    Worker,
-    WorkerCredit,
-    make_optimizer,
-)
+from ray_module.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
 from ray_module.es.settings import ESSettings, parse_es_settings
 from ray_module.es.worker import ESWorker, WorkerConfig
 from ray_module.resource_manager import node_resource
 from ray_module.training import JobRunner, RunConfig
 
 WORKER_START_TIMEOUT_S = 600
-# Worker start-up errors that retrying cannot fix.
-DETERMINISTIC_ERRORS = ("DataError", "ModelError", "ValueError", "TypeError")
-
-
-class WorkerStartError(ValueError):
-    """A worker could not start because of the job's data, model or settings."""
 
 
 def run_es(config: RunConfig, runner: JobRunner) -> None:
@@ -44,7 +33,7 @@ def run_es(config: RunConfig, runner: JobRunner) -> None:
     workers, info = start_workers(config, settings)
     noise = NoiseTable.create(settings.seed, int(info["num_params"]))
     if noise.digest() != info["noise_digest"]:
-        raise WorkerStartError("the server's noise table differs from the workers'")
+        raise StartupError("the server's noise table differs from the workers'")
     optimizer = make_optimizer(settings)
     checkpoint_dir = Path(config.job_dir) / "checkpoint"
     resumed = load_es_checkpoint(checkpoint_dir)
@@ -68,7 +57,7 @@ def run_es(config: RunConfig, runner: JobRunner) -> None:
                 credits.append(credit)
         runner.emit(events.metric(step, result.metrics))
         for credit in credits:
-            runner.emit(usage_of(credit))
+            runner.emit(credit.usage_event())
         if step % settings.checkpoint_interval == 0 or step == settings.steps:
             save_es_checkpoint(checkpoint_dir, step, theta, optimizer)
             runner.emit(events.checkpoint(step, str(checkpoint_dir)))
@@ -107,11 +96,9 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
         try:
             infos.append(ray.get(worker.handle.info.remote(), timeout=WORKER_START_TIMEOUT_S))
         except ray.exceptions.RayActorError as error:
-            text = str(error)
-            cause = next((name for name in DETERMINISTIC_ERRORS if f"{name}:" in text), None)
+            cause = startup_error(error)
             if cause is not None:
-                line = next(line for line in reversed(text.splitlines()) if f"{cause}:" in line)
-                raise WorkerStartError(line.strip()[line.strip().find(cause) :][:500]) from None
+                raise cause from None
             worker.alive = False
         except ray.exceptions.GetTimeoutError:
             worker.alive = False
@@ -120,9 +107,9 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
     # Workers exchange only noise indices, so they must agree on model size and noise.
     sizes = {info["num_params"] for info in infos}
     if len(sizes) != 1:
-        raise WorkerStartError(f"workers built models of different sizes: {sorted(sizes)}")
+        raise StartupError(f"workers built models of different sizes: {sorted(sizes)}")
     if len({info["noise_digest"] for info in infos}) != 1:
-        raise WorkerStartError("workers built different noise tables from the same seed")
+        raise StartupError("workers built different noise tables from the same seed")
     first = infos[0]
     return workers, {
         "num_params": first["num_params"],
@@ -133,39 +120,14 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
 
 
 def initial_theta(workers: list[Worker]) -> np.ndarray:
-    import ray
-
-    for worker in workers:
-        if not worker.alive:
-            continue
-        try:
-            return ray.get(worker.handle.initial_parameters.remote())
-        except ray.exceptions.RayActorError:
-            worker.alive = False
-    raise NoLiveWorkersError("no ES worker is alive to build the initial model")
+    return first_alive(workers, lambda worker: worker.handle.initial_parameters.remote())
 
 
 def save_final_model(workers: list[Worker], theta: np.ndarray, directory: Path) -> str:
     import ray
 
     theta_ref = ray.put(theta)
-    for worker in workers:
-        if not worker.alive:
-            continue
-        try:
-            return ray.get(worker.handle.save_model.remote(theta_ref, str(directory)))
-        except ray.exceptions.RayActorError:
-            worker.alive = False
-    raise NoLiveWorkersError("no ES worker is alive to save the final model")
-
-
-def usage_of(credit: WorkerCredit) -> dict[str, Any]:
-    return events.usage(
-        credit.node_id,
-        gpu_seconds=credit.gpu * credit.seconds,
-        cpu_core_seconds=credit.cpu_cores * credit.seconds,
-        memory_gb_seconds=credit.memory_gb * credit.seconds,
-    )
+    return first_alive(workers, lambda w: w.handle.save_model.remote(theta_ref, str(directory)))
 
 
 # -- checkpoints: safetensors for arrays, JSON for the rest; nothing pickled ----------------

@@ -12,17 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ray_module import events
+from ray_module.actor_pool import first_alive, startup_error
 from ray_module.federated.aggregate import server_optimizer
 from ray_module.federated.checkpoint import FederatedCheckpoint, load_checkpoint, save_checkpoint
 from ray_module.federated.client import ClientHost, HostConfig
-from ray_module.federated.server import (
-    DETERMINISTIC_ERRORS,
-    ClientCredit,
-    ClientFailedError,
-    FedAvgServer,
-    Host,
-    NotEnoughClientsError,
-)
+from ray_module.federated.server import FedAvgServer, Host, NotEnoughClientsError
 from ray_module.federated.settings import FedAvgSettings, parse_fedavg_settings
 from ray_module.resource_manager import node_resource
 from ray_module.training import JobRunner, RunConfig, WorkerPlan
@@ -53,7 +47,7 @@ def run_fedavg(config: RunConfig, runner: JobRunner) -> None:
         weights = result.weights
         runner.emit(events.metric(round_number, result.metrics))
         for credit in result.credits:
-            runner.emit(usage_of(credit))
+            runner.emit(credit.usage_event())
         if round_number % settings.checkpoint_interval == 0 or round_number == settings.rounds:
             save_checkpoint(
                 checkpoint_dir, FederatedCheckpoint(round_number, weights, optimizer.velocity)
@@ -113,23 +107,14 @@ def wait_until_ready(hosts: list[Host]) -> None:
         try:
             host.ready = ray.get(host.handle.ready.remote(), timeout=HOST_START_TIMEOUT_S)
         except ray.exceptions.RayActorError as error:
-            text = str(error)
-            cause = next((name for name in DETERMINISTIC_ERRORS if f"{name}:" in text), None)
+            cause = startup_error(error)
             if cause is not None:
-                raise ClientFailedError(_creation_error(text, cause)) from None
+                raise cause from None
             raise NotEnoughClientsError(f"a client host on node {host.node_id} died") from error
         except ray.exceptions.GetTimeoutError as error:
             raise NotEnoughClientsError(
                 f"a client host on node {host.node_id} did not start in {HOST_START_TIMEOUT_S} s"
             ) from error
-
-
-def _creation_error(text: str, cause: str) -> str:
-    """The ``DataError: ...`` line of a Ray actor-creation traceback."""
-    for line in reversed(text.splitlines()):
-        if f"{cause}:" in line:
-            return line.strip()[line.strip().find(cause) :][:500]
-    return f"{cause} while starting a client"
 
 
 def describe_clients(hosts: list[Host], runner: JobRunner) -> None:
@@ -143,35 +128,13 @@ def describe_clients(hosts: list[Host], runner: JobRunner) -> None:
 
 def initial_weights(hosts: list[Host]) -> list[Any]:
     """Every host builds the same initial model from the seed; ask the first live one."""
-    import ray
-
-    for host in hosts:
-        try:
-            return ray.get(host.handle.initial_weights.remote())
-        except ray.exceptions.RayActorError:
-            host.alive = False
-    raise NotEnoughClientsError("no client host is alive to build the initial model")
+    return first_alive(hosts, lambda host: host.handle.initial_weights.remote())
 
 
 def save_final_model(hosts: list[Host], weights: list[Any], directory: Path) -> str:
     import ray
 
     weights_ref = ray.put(weights)
-    for host in hosts:
-        if not host.alive:
-            continue
-        try:
-            return ray.get(host.handle.save_model.remote(weights_ref, str(directory)))
-        except ray.exceptions.RayActorError:
-            host.alive = False
-    raise NotEnoughClientsError("no client host is alive to save the final model")
-
-
-def usage_of(credit: ClientCredit) -> dict[str, Any]:
-    """What the client's slot held, for the seconds of accepted work."""
-    return events.usage(
-        credit.node_id,
-        gpu_seconds=credit.gpu * credit.seconds,
-        cpu_core_seconds=credit.cpu_cores * credit.seconds,
-        memory_gb_seconds=credit.memory_gb * credit.seconds,
+    return first_alive(
+        hosts, lambda host: host.handle.save_model.remote(weights_ref, str(directory))
     )

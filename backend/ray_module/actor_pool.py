@@ -1,0 +1,143 @@
+"""What the federated and ES servers share about their worker actors: which are alive and
+free, credit for completed work, collecting answers under a deadline, and start-up errors.
+
+A member whose answer missed the deadline is not interrupted (Ray cannot preempt a running
+method safely): it stays busy, and unavailable, until its late answer arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ray_module import events
+
+WAIT_SLICE_S = 0.25  # how often a waiting server looks for a cancel request
+# Errors that retrying cannot fix (bad data, model or settings): they fail the job at once.
+DETERMINISTIC_ERRORS = ("DataError", "ModelError", "PartitionError", "ValueError", "TypeError")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Completed, accepted work of one member: its slot's resources for ``seconds``."""
+
+    node_id: int
+    seconds: float
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+
+    def usage_event(self) -> dict[str, Any]:
+        return events.usage(
+            self.node_id,
+            gpu_seconds=self.gpu * self.seconds,
+            cpu_core_seconds=self.cpu_cores * self.seconds,
+            memory_gb_seconds=self.memory_gb * self.seconds,
+        )
+
+
+@dataclass
+class PoolMember:
+    handle: Any
+    node_id: int
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+    alive: bool = True
+    late: list[Any] = field(default_factory=list)  # refs of answers that missed a deadline
+
+    def is_available(self) -> bool:
+        import ray
+
+        if self.late:
+            _, self.late = ray.wait(self.late, num_returns=len(self.late), timeout=0)
+        return self.alive and not self.late
+
+    def credit(self, seconds: float) -> Credit:
+        return Credit(self.node_id, seconds, self.gpu, self.cpu_cores, self.memory_gb)
+
+
+@dataclass
+class Gathered:
+    answers: list[tuple[Any, Any]]  # (key, answer)
+    dead: list[Any]  # keys whose actor died
+    errors: list[tuple[Any, str]]  # keys whose call raised, with the error's text
+    late: list[Any]  # keys that missed the deadline
+
+
+def gather(
+    pending: dict[Any, tuple[Any, PoolMember]],
+    timeout_s: float,
+    check_cancelled: Callable[[], None],
+) -> Gathered:
+    """Wait for ``{ref: (key, member)}`` until all answered or ``timeout_s`` passed."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    finished: list[Any] = []
+    while len(finished) < len(pending):
+        check_cancelled()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        waiting = [ref for ref in pending if ref not in finished]
+        done, _ = ray.wait(waiting, num_returns=1, timeout=min(WAIT_SLICE_S, remaining))
+        finished.extend(done)
+    result = Gathered([], [], [], [])
+    for ref in finished:
+        key, member = pending[ref]
+        try:
+            result.answers.append((key, ray.get(ref)))
+        except ray.exceptions.RayActorError:
+            member.alive = False  # the actor, or its node, is gone
+            result.dead.append(key)
+        except ray.exceptions.RayTaskError as error:
+            result.errors.append((key, str(error)))
+    for ref, (key, member) in pending.items():
+        if ref not in finished:
+            member.late.append(ref)
+            result.late.append(key)
+    return result
+
+
+def first_alive(members: list[PoolMember], call: Callable[[PoolMember], Any]) -> Any:
+    """``ray.get(call(member))`` on the first live member that answers."""
+    import ray
+
+    for member in members:
+        if not member.alive:
+            continue
+        try:
+            return ray.get(call(member))
+        except ray.exceptions.RayActorError:
+            member.alive = False
+    raise NoLiveMembersError("no worker actor is alive to do this")
+
+
+class NoLiveMembersError(RuntimeError):
+    """Every worker actor is gone (retryable: the job resumes on live nodes)."""
+
+
+class StartupError(ValueError):
+    """A worker actor could not start because of the job's data, model or settings."""
+
+
+def startup_error(error: Exception) -> StartupError | None:
+    """The deterministic cause (``DataError: ...``) in a Ray actor-creation traceback, or
+    None when the actor died of something a retry may cure (a lost node)."""
+    text = str(error)
+    for cause in DETERMINISTIC_ERRORS:
+        for line in reversed(text.splitlines()):
+            stripped = line.strip()
+            if f"{cause}:" in stripped:
+                return StartupError(stripped[stripped.find(cause) :][:500])
+    return None
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else text[:300]
