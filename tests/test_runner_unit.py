@@ -97,3 +97,16 @@ def test_an_attempt_that_never_starts_training_is_stalled() -> None:
     assert attempt_stalled(job, now=started + dt.timedelta(seconds=601), timeout_s=600)
     job.event_cursor = 5  # training events arrived: not stalled, however long it runs
     assert not attempt_stalled(job, now=started + dt.timedelta(hours=5), timeout_s=600)
+
+
+def test_progress_names_the_strategys_unit_and_total() -> None:
+    from compute.dispatcher import progress
+
+    def job(strategy: str, training: dict) -> Job:
+        return Job(strategy=strategy, spec={"training_config": training})
+
+    assert progress(job("fedavg", {"rounds": 12}), 4) == "round 4 of 12"
+    assert progress(job("fedavg", {}), 1) == "round 1 of 10"
+    assert progress(job("es", {"steps": 60}), 30) == "step 30 of 60"
+    assert progress(job("data_parallel", {"max_steps": 20}), 3) == "step 3 of 20"
+    assert progress(job("data_parallel", {}), 3) == "step 3"

@@ -27,6 +27,8 @@ from core.db import session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import ResourceSeconds, tokens
 from ray_module import events, training
+from ray_module.es.settings import parse_es_settings
+from ray_module.federated.settings import parse_fedavg_settings
 from ray_module.resource_manager import live_nodes, resource_shortfall
 from ray_module.training import RunConfig, WorkerPlan
 
@@ -209,14 +211,18 @@ class Dispatcher:
         """Store one runner event; True when it ended the job (or its attempt)."""
         kind = event["type"]
         if kind == events.METRIC:
-            session.add(JobMetric(job_id=job.id, step=int(event["step"]), values=event["values"]))
+            step = int(event["step"])
+            session.add(JobMetric(job_id=job.id, step=step, values=event["values"]))
             if job.first_step_at is None:
                 job.first_step_at = utcnow()
+            if step > 0:
+                job.status_reason = f"running (attempt {job.attempts}): {progress(job, step)}"
         elif kind == events.USAGE:
             add_usage(job, event)
         elif kind == events.CHECKPOINT:
             job.status_reason = (
-                f"running (attempt {job.attempts}); checkpoint at step {event['step']}"
+                f"running (attempt {job.attempts}): {progress(job, int(event['step']))}, "
+                "checkpointed"
             )
         elif kind == events.ARTIFACT:
             job.artifact_path = str(event["path"])
@@ -263,6 +269,17 @@ class Dispatcher:
         training.stop_runner(job.id)
         job.placement = None
         finish_job(session, job, status, reason, usage=usage_reports(job), rates=self.rates)
+
+
+def progress(job: Job, step: int) -> str:
+    """ "round 4 of 10", "step 30 of 60": how far a running job is, in its strategy's unit."""
+    training = (job.spec or {}).get("training_config") or {}
+    if job.strategy == "fedavg":
+        return f"round {step} of {parse_fedavg_settings(training).rounds}"
+    if job.strategy == "es":
+        return f"step {step} of {parse_es_settings(training).steps}"
+    total = training.get("max_steps")
+    return f"step {step}" + (f" of {total}" if total else "")
 
 
 def attempt_stalled(job: Job, *, now: dt.datetime, timeout_s: int) -> bool:
