@@ -90,7 +90,9 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
                 settings=settings.to_dict(),
             )
         )
-        workers.append(Worker(handle, rank, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb))
+        workers.append(
+            Worker(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, rank=rank)
+        )
     infos = []
     for worker in workers:
         try:

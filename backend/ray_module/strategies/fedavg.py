@@ -77,7 +77,9 @@ def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
             resources={node_resource(plan.node_id): 0.001},
             max_restarts=0,
         ).remote(host_config(config, settings, plan, clients))
-        hosts.append(Host(handle, plan.node_id, clients, plan.gpu, plan.cpu_cores, plan.memory_gb))
+        hosts.append(
+            Host(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, clients=clients)
+        )
     wait_until_ready(hosts)
     return hosts
 
