@@ -306,3 +306,46 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
         cluster.remove_node(spare)
         if removed:
             ray_nodes[2] = add_ray_node(cluster, 2)
+
+
+def test_node_local_files_train_one_model_over_every_clients_classes(
+    ray_cluster, tmp_path: Path
+) -> None:
+    from ray_module.example_data import digits
+
+    data = digits()
+    flat = data.features.reshape(len(data), 64)
+    (tmp_path / "clients").mkdir()
+    for client, wanted in enumerate([range(0, 5), range(5, 10)]):  # disjoint label sets
+        rows = [i for i in range(len(data)) if data.labels[i] in wanted]
+        lines = [",".join(f"p{j}" for j in range(64)) + ",label"]
+        lines += [",".join(f"{v:g}" for v in flat[i]) + f",{data.labels[i]}" for i in rows]
+        (tmp_path / "clients" / f"{client}.csv").write_text("\n".join(lines))
+    config = RunConfig(
+        job_id=55,
+        strategy="fedavg",
+        model=MLP,
+        data={
+            "data_source": "local",
+            "dataset_name": "mine",
+            "path": "clients/{client}.csv",
+            "data_root": str(tmp_path),
+            "validation_split": 0.2,
+        },
+        training={"clients": 2, "rounds": 6, "partition": "node_local", "local_epochs": 2},
+        workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
+        storage_path=str(tmp_path / "storage"),
+    )
+    runner = JobRunner(config)
+    run_fedavg(config, runner)
+    metrics = [e for e in runner.events() if e["type"] == "metric"]
+    clients = metrics[0]["values"]["clients"]
+    # Each client trained on its own file: its label counts cover only its five digits.
+    assert [i for i, n in enumerate(clients["0"]["label_counts"]) if n] == [0, 1, 2, 3, 4]
+    assert [i for i, n in enumerate(clients["1"]["label_counts"]) if n] == [5, 6, 7, 8, 9]
+    assert clients["0"]["node_id"] == 1 and clients["1"]["node_id"] == 2
+    rounds = [m["values"] for m in metrics[1:]]
+    # Federated evaluation: both hosts' held-out examples (20% of each file) count.
+    held_out = sum(round(0.2 * (c["examples"] / 0.8)) for c in clients.values())
+    assert abs(rounds[-1]["validation_examples"] - held_out) <= 2
+    assert rounds[-1]["validation_accuracy"] > rounds[0]["validation_accuracy"]

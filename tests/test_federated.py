@@ -34,7 +34,7 @@ from ray_module.federated.tasks import ClassifierTask, LocalTraining, TextToText
 from ray_module.model_sources import ModelError, ModelRequest
 from ray_module.strategies.fedavg import assign_clients
 
-DIGITS = DataRequest("builtin", "digits")
+DIGITS = digits()
 CPU = torch.device("cpu")
 
 
@@ -235,7 +235,7 @@ def local(epochs: int = 1, lr: float = 0.1, mu: float = 0.0, optimizer: str = "s
 
 def test_classifier_training_lowers_the_loss_and_weights_round_trip() -> None:
     task = ClassifierTask(
-        ModelRequest("classifier", "cnn"), DIGITS, target_column=None, hidden_size=None,
+        ModelRequest("classifier", "cnn"), DIGITS, hidden_size=None,
         seed=0, device=CPU,
     )  # fmt: skip
     indices = np.arange(600)
@@ -252,7 +252,7 @@ def test_classifier_training_lowers_the_loss_and_weights_round_trip() -> None:
 def test_fedprox_keeps_the_local_model_closer_to_the_global_one() -> None:
     def drift(mu: float) -> float:
         task = ClassifierTask(
-            ModelRequest("classifier", "mlp"), DIGITS, target_column=None, hidden_size=32,
+            ModelRequest("classifier", "mlp"), DIGITS, hidden_size=32,
             seed=0, device=CPU,
         )  # fmt: skip
         start = task.get_weights()
@@ -265,7 +265,7 @@ def test_fedprox_keeps_the_local_model_closer_to_the_global_one() -> None:
 def test_the_same_seed_builds_the_same_model_on_every_host() -> None:
     def weights() -> list[np.ndarray]:
         return ClassifierTask(
-            ModelRequest("classifier", "mlp"), DIGITS, target_column=None, hidden_size=None,
+            ModelRequest("classifier", "mlp"), DIGITS, hidden_size=None,
             seed=5, device=CPU,
         ).get_weights()  # fmt: skip
 
@@ -275,22 +275,21 @@ def test_the_same_seed_builds_the_same_model_on_every_host() -> None:
 def test_classifier_models_refuse_what_does_not_fit(tmp_path: Path) -> None:
     tabular = tmp_path / "rows.csv"
     tabular.write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n")
-    request = DataRequest("local", "rows", path="rows.csv", data_root=str(tmp_path))
+    rows = load_labelled(DataRequest("local", "rows", path="rows.csv", data_root=str(tmp_path)))
     with pytest.raises(ModelError, match="'cnn' needs image inputs"):
         ClassifierTask(
-            ModelRequest("classifier", "cnn"), request, target_column=None, hidden_size=None,
-            seed=0, device=CPU,
+            ModelRequest("classifier", "cnn"), rows, hidden_size=None, seed=0, device=CPU,
         )  # fmt: skip
     with pytest.raises(ModelError, match="neither a preset"):
         ClassifierTask(
-            ModelRequest("classifier", "resnet-9000"), DIGITS, target_column=None,
-            hidden_size=None, seed=0, device=CPU,
+            ModelRequest("classifier", "resnet-9000"), DIGITS, hidden_size=None,
+            seed=0, device=CPU,
         )  # fmt: skip
 
 
 def test_a_saved_classifier_can_be_trained_further(tmp_path: Path) -> None:
     task = ClassifierTask(
-        ModelRequest("classifier", "mlp"), DIGITS, target_column=None, hidden_size=None,
+        ModelRequest("classifier", "mlp"), DIGITS, hidden_size=None,
         seed=0, device=CPU,
     )  # fmt: skip
     task.train(np.arange(500), local(epochs=2))
@@ -300,8 +299,8 @@ def test_a_saved_classifier_can_be_trained_further(tmp_path: Path) -> None:
         (tmp_path / "saved").glob("*.bin")
     )
     again = ClassifierTask(
-        ModelRequest("classifier", str(tmp_path / "saved")), DIGITS, target_column=None,
-        hidden_size=None, seed=1, device=CPU,
+        ModelRequest("classifier", str(tmp_path / "saved")), DIGITS, hidden_size=None,
+        seed=1, device=CPU,
     )  # fmt: skip
     assert again.evaluate(np.arange(1500, 1797)) == pytest.approx(expected)
 
@@ -310,8 +309,8 @@ def test_a_saved_classifier_can_be_trained_further(tmp_path: Path) -> None:
 def test_text_to_text_presets_train_offline_and_generate(preset: str, tmp_path: Path) -> None:
     task = TextToTextTask(
         ModelRequest("text_to_text", preset),
-        DataRequest("builtin", "synthetic-t2t", max_samples=300),
-        text_column=None, target_column=None, max_source_length=32, max_target_length=16,
+        synthetic_t2t(300),
+        max_source_length=32, max_target_length=16,
         num_beams=2, eval_samples=8, seed=0, device=CPU,
     )  # fmt: skip
     held_out = np.arange(250, 300)
@@ -380,3 +379,29 @@ def test_plain_sgd_matches_torch_sgd() -> None:
     ours = trained(lambda params: PlainSGD(params, 0.05))
     reference = trained(lambda params: torch.optim.SGD(params, lr=0.05))
     assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))
+
+
+def test_node_local_files_merge_onto_the_federations_classes() -> None:
+    from ray_module.example_data import LabelledData
+    from ray_module.federated.client import class_order, merge_client_examples
+
+    def part(labels: list[str]) -> LabelledData:
+        names = tuple(sorted(set(labels)))
+        return LabelledData(
+            np.arange(len(labels) * 2, dtype=np.float32).reshape(-1, 2),
+            np.asarray([names.index(label) for label in labels]),
+            len(names),
+            names,
+        )
+
+    classes = sorted({"10", "2", "cat", "1"}, key=class_order)
+    assert classes == ["1", "2", "10", "cat"]
+    parts = {3: part(["2", "10", "10", "2", "10"]), 1: part(["1", "cat", "1", "1"])}
+    merged, shards, validation = merge_client_examples(parts, classes, 0.25, seed=0)
+    assert len(merged) == 9 and merged.class_names == tuple(classes)
+    # Client 1's examples come first (clients in order), then client 3's.
+    assert [classes[i] for i in merged.labels] == ["1", "cat", "1", "1", "2", "10", "10", "2", "10"]
+    assert len(shards[1]) == 3 and len(shards[3]) == 4 and len(validation) == 2
+    assert set(shards[1]) <= {0, 1, 2, 3} and set(shards[3]) <= {4, 5, 6, 7, 8}
+    everything = np.concatenate([shards[1], shards[3], validation])
+    assert sorted(everything.tolist()) == list(range(9))

@@ -94,6 +94,7 @@ FEDAVG_DIGITS = {
                 ({"clients": 2, "min_fit_clients": 5}, "exceeds clients"),
                 ({"partition": "zipf"}, "partition"),
                 ({"epochs": 3}, "local_epochs"),
+                ({"partition": "node_local"}, "path containing {client}"),
             ]
         ],
         (

@@ -195,10 +195,20 @@ class JobSpec(_Strict):
         self._builtin_data_fits_model()
         if strategy is Strategy.FEDAVG:
             # Strategy knobs are checked here so a typo is a 422, not a failed run.
-            parse_fedavg_settings(self.training_config.model_dump(exclude_none=True))
+            settings = parse_fedavg_settings(self.training_config.model_dump(exclude_none=True))
+            if settings.partition == "node_local":
+                self._node_local_data_named()
         elif strategy is Strategy.ES:
             parse_es_settings(self.training_config.model_dump(exclude_none=True))
         return self
+
+    def _node_local_data_named(self) -> None:
+        data = self.data_config
+        if data.data_source is not DataSource.LOCAL or "{client}" not in (data.path or ""):
+            raise ValueError(
+                "partition 'node_local' reads each client's own file on its node: use "
+                "data_source 'local' with a path containing {client}, e.g. clients/{client}.csv"
+            )
 
     def _builtin_data_fits_model(self) -> None:
         data = self.data_config

@@ -40,7 +40,7 @@ class Credit:
         )
 
 
-@dataclass
+@dataclass(eq=False)  # identity: members are dict keys
 class PoolMember:
     handle: Any
     node_id: int

@@ -35,7 +35,7 @@ class NoLiveWorkersError(RuntimeError):
     """No worker answered a step (retryable: the job resumes on live nodes)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Worker(PoolMember):
     rank: int = 0
 

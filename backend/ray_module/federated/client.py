@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ray_module.data_handler import DataRequest
+from ray_module.data_handler import DataError, DataRequest
+from ray_module.example_data import LabelledData, PairData, load_labelled, load_pairs
 from ray_module.federated.partition import (
     dirichlet_partition,
     iid_partition,
@@ -34,6 +35,7 @@ from ray_module.federated.tasks import (
 from ray_module.model_sources import ModelRequest
 
 DEFAULT_VALIDATION_SPLIT = 0.1
+CLIENT_PLACEHOLDER = "{client}"  # in a node-local path: the client's number
 
 
 @dataclass(frozen=True)
@@ -49,33 +51,88 @@ class HostConfig:
     settings: dict[str, Any]
 
 
-def build_task(config: HostConfig, settings: FedAvgSettings) -> TorchTask:
+def load_examples(config: HostConfig, client: int | None = None) -> LabelledData | PairData:
+    """The job's examples; with ``client``, that client's own file (``{client}`` in the
+    path), read on this host's machine."""
+    fields = dict(config.data)
+    if client is not None:
+        path = str(fields.get("path") or "")
+        if CLIENT_PLACEHOLDER not in path:
+            raise DataError(f"a node-local path needs {CLIENT_PLACEHOLDER} in it, got {path!r}")
+        fields["path"] = path.replace(CLIENT_PLACEHOLDER, str(client))
+    request = DataRequest(**fields)
+    if config.model["model_type"] == "classifier":
+        return load_labelled(request, config.data.get("target_column"))
+    if config.model["model_type"] == "text_to_text":
+        return load_pairs(request, config.data.get("text_column"), config.data.get("target_column"))
+    raise ValueError(f"fedavg cannot train model type {config.model['model_type']!r}")
+
+
+def build_task(
+    config: HostConfig, settings: FedAvgSettings, examples: LabelledData | PairData
+) -> TorchTask:
     model = ModelRequest(**config.model)
-    data = DataRequest(**config.data)
     device = pick_device(config.gpu)
-    if model.model_type == "classifier":
+    if isinstance(examples, LabelledData):
         return ClassifierTask(
-            model,
-            data,
-            target_column=config.data.get("target_column"),
-            hidden_size=settings.hidden_size,
-            seed=settings.seed,
-            device=device,
+            model, examples, hidden_size=settings.hidden_size, seed=settings.seed, device=device
         )
-    if model.model_type == "text_to_text":
-        return TextToTextTask(
-            model,
-            data,
-            text_column=config.data.get("text_column"),
-            target_column=config.data.get("target_column"),
-            max_source_length=settings.max_source_length,
-            max_target_length=settings.max_target_length,
-            num_beams=settings.num_beams,
-            eval_samples=settings.eval_samples,
-            seed=settings.seed,
-            device=device,
+    return TextToTextTask(
+        model,
+        examples,
+        max_source_length=settings.max_source_length,
+        max_target_length=settings.max_target_length,
+        num_beams=settings.num_beams,
+        eval_samples=settings.eval_samples,
+        seed=settings.seed,
+        device=device,
+    )
+
+
+def class_order(name: str) -> tuple[int, int, str]:
+    """Numeric class names in numeric order ("2" before "10"), then the others."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def merge_client_examples(
+    parts: dict[int, LabelledData | PairData],
+    class_names: list[str],
+    validation_split: float,
+    seed: int,
+) -> tuple[LabelledData | PairData, dict[int, np.ndarray], np.ndarray]:
+    """Node-local data: each client's own examples, one after another, with labels mapped onto
+    the federation's classes; each client holds out its own validation share."""
+    shards: dict[int, np.ndarray] = {}
+    validation: list[np.ndarray] = []
+    offset = 0
+    for client, part in sorted(parts.items()):
+        train, held_out = split_validation(len(part), validation_split, seed + client)
+        shards[client] = np.sort(train) + offset
+        validation.append(np.sort(held_out) + offset)
+        offset += len(part)
+    ordered = [part for _, part in sorted(parts.items())]
+    if isinstance(ordered[0], PairData):
+        merged: LabelledData | PairData = PairData(
+            tuple(text for part in ordered for text in part.inputs),
+            tuple(text for part in ordered for text in part.targets),
         )
-    raise ValueError(f"fedavg cannot train model type {model.model_type!r}")
+    else:
+        shapes = {part.input_shape for part in ordered}
+        if len(shapes) != 1:
+            raise DataError(f"clients' files have features of different shapes: {sorted(shapes)}")
+        index = {name: i for i, name in enumerate(class_names)}
+        merged = LabelledData(
+            features=np.concatenate([part.features for part in ordered]),
+            labels=np.concatenate(
+                [
+                    np.asarray([index[part.class_names[label]] for label in part.labels])
+                    for part in ordered
+                ]
+            ).astype(np.int64),
+            num_classes=len(class_names),
+            class_names=tuple(class_names),
+        )
+    return merged, shards, np.concatenate(validation)
 
 
 def partition_shards(
@@ -106,10 +163,43 @@ class ClientHost:
         torch.set_num_threads(max(1, int(config.cpu_cores)))
         self.config = config
         self.settings = FedAvgSettings(**config.settings)
-        self.task = build_task(config, self.settings)
-        split = config.data.get("validation_split") or DEFAULT_VALIDATION_SPLIT
-        shards, self.validation = partition_shards(self.task, self.settings, split)
-        self.shards = {client: shards[client] for client in config.clients}
+        self.split = config.data.get("validation_split") or DEFAULT_VALIDATION_SPLIT
+        self.task: TorchTask | None = None
+        self.shards: dict[int, np.ndarray] = {}
+        if self.settings.partition == "node_local":
+            # Each client's own file on this machine; the model waits for the federation's
+            # classes (build), which only the server can know.
+            self.local = {c: load_examples(config, c) for c in config.clients}
+        else:
+            self.task = build_task(config, self.settings, load_examples(config))
+            shards, self.validation = partition_shards(self.task, self.settings, self.split)
+            self.shards = {client: shards[client] for client in config.clients}
+            self.start_training()
+
+    def ping(self) -> int:
+        """Answers once the host has started (loaded its data)."""
+        return self.config.node_id
+
+    def local_classes(self) -> list[str]:
+        """The class names in this host's node-local files (none for text-to-text)."""
+        names = {
+            name
+            for part in self.local.values()
+            if isinstance(part, LabelledData)
+            for name in part.class_names
+        }
+        return sorted(names, key=class_order)
+
+    def build(self, class_names: list[str]) -> None:
+        """Node-local data: build the model over the federation's classes."""
+        merged, self.shards, self.validation = merge_client_examples(
+            self.local, class_names, self.split, self.settings.seed
+        )
+        self.task = build_task(self.config, self.settings, merged)
+        self.start_training()
+
+    def start_training(self) -> None:
+        assert self.task is not None
         self.learning_rate = self.settings.learning_rate or self.task.default_learning_rate
         self.optimizer = self.settings.client_optimizer or self.task.default_optimizer
 
@@ -166,6 +256,7 @@ class ClientHost:
         return {
             "node_id": self.config.node_id,
             "metrics": metrics,
+            "examples": len(self.validation),
             "seconds": time.perf_counter() - started,
         }
 

@@ -44,7 +44,7 @@ class ClientFailedError(ValueError):
     """A client failed for a reason retrying cannot fix (bad data, model or settings)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Host(PoolMember):
     """A client host actor, the clients it serves and what it reported at start."""
 
@@ -123,9 +123,9 @@ class FedAvgServer:
         }
         evaluated = self.evaluate(new_weights)
         if evaluated is not None:
-            host, evaluation = evaluated
-            metrics.update(evaluation["metrics"])
-            credits.append(host.credit(float(evaluation["seconds"])))
+            evaluation_credits, evaluation = evaluated
+            metrics.update(evaluation)
+            credits.extend(evaluation_credits)
         metrics["round_seconds"] = time.perf_counter() - started
         return RoundResult(new_weights, metrics, credits)
 
@@ -176,22 +176,43 @@ class FedAvgServer:
         answers = [answer for _, answer in gathered.answers]
         return answers, sorted(gathered.late), failed, errors
 
-    def evaluate(self, weights: Weights) -> tuple[Host, dict[str, Any]] | None:
-        """Validation on one free host (the held-out split is the same on every host)."""
+    def evaluate(self, weights: Weights) -> tuple[list[Credit], dict[str, Any]] | None:
+        """Validation of the new global model. The held-out split is the same on every host,
+        so one free host evaluates; with node-local data every free host evaluates its own
+        clients' held-out examples and the metrics are averaged, weighted by examples."""
         import ray
 
         weights_ref = ray.put(weights)
+        federated = self.settings.partition == "node_local"
+        results: list[tuple[Host, dict[str, Any]]] = []
         for host in [h for h in self.hosts if h.is_available()]:
             try:
                 result = ray.get(
                     host.handle.evaluate.remote(weights_ref), timeout=self.settings.round_timeout_s
                 )
-                return host, result
             except ray.exceptions.RayActorError:
                 host.alive = False
+                continue
             except ray.exceptions.GetTimeoutError:
                 continue
-        return None
+            results.append((host, result))
+            if not federated:
+                break
+        if not results:
+            return None
+        credits = [host.credit(float(result["seconds"])) for host, result in results]
+        return credits, combine_evaluations([result for _, result in results])
+
+
+def combine_evaluations(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numeric metrics averaged by examples evaluated; anything else from the first."""
+    total = sum(int(r["examples"]) for r in results)
+    combined = dict(results[0]["metrics"])
+    for key, value in results[0]["metrics"].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            combined[key] = sum(r["metrics"][key] * int(r["examples"]) for r in results) / total
+    combined["validation_examples"] = total
+    return combined
 
 
 def sample_size(available: int, fraction: float, minimum: int) -> int:

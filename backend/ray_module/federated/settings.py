@@ -11,7 +11,7 @@ from typing import Any
 
 from ray_module.knobs import KnobRules, parse_knobs
 
-PARTITIONS = ("iid", "dirichlet")
+PARTITIONS = ("iid", "dirichlet", "node_local")
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm")
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ray_module.data_handler import DataRequest
+from ray_module.example_data import LabelledData, PairData
 from ray_module.model_sources import ModelRequest
 
 Weights = list[np.ndarray]
@@ -142,17 +142,15 @@ class ClassifierTask(TorchTask):
     def __init__(
         self,
         model: ModelRequest,
-        data: DataRequest,
+        data: LabelledData,
         *,
-        target_column: str | None,
         hidden_size: int | None,
         seed: int,
         device: torch.device,
     ) -> None:
         from ray_module.classifier_models import resolve_classifier
-        from ray_module.example_data import load_labelled
 
-        self.data = load_labelled(data, target_column)
+        self.data = data
         overrides = dict(model.overrides)
         if hidden_size is not None:
             overrides.setdefault("hidden_size", hidden_size)
@@ -210,10 +208,8 @@ class TextToTextTask(TorchTask):
     def __init__(
         self,
         model: ModelRequest,
-        data: DataRequest,
+        pairs: PairData,
         *,
-        text_column: str | None,
-        target_column: str | None,
         max_source_length: int,
         max_target_length: int,
         num_beams: int,
@@ -221,10 +217,9 @@ class TextToTextTask(TorchTask):
         seed: int,
         device: torch.device,
     ) -> None:
-        from ray_module.example_data import load_pairs
         from ray_module.text_to_text_models import load_text_to_text
 
-        self.pairs = load_pairs(data, text_column, target_column)
+        self.pairs = pairs
         self.model, self.tokenizer = load_text_to_text(model, seed=seed)
         self.device = device
         self.model.to(device)

@@ -8,14 +8,15 @@ rounds, and emits metrics, usage (accepted work only), checkpoints and the final
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray_module import events
-from ray_module.actor_pool import first_alive, startup_error
+from ray_module.actor_pool import first_alive, last_line, startup_error
 from ray_module.federated.aggregate import server_optimizer
 from ray_module.federated.checkpoint import FederatedCheckpoint, load_checkpoint, save_checkpoint
-from ray_module.federated.client import ClientHost, HostConfig
+from ray_module.federated.client import ClientHost, HostConfig, class_order
 from ray_module.federated.server import FedAvgServer, Host, NotEnoughClientsError
 from ray_module.federated.settings import FedAvgSettings, parse_fedavg_settings
 from ray_module.resource_manager import node_resource
@@ -80,7 +81,7 @@ def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
         hosts.append(
             Host(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, clients=clients)
         )
-    wait_until_ready(hosts)
+    wait_until_ready(hosts, settings)
     return hosts
 
 
@@ -100,23 +101,43 @@ def host_config(
     )
 
 
-def wait_until_ready(hosts: list[Host]) -> None:
-    """Every host has loaded its data and model. A host that failed to start because of the
-    job's data or model fails the job without retries; one lost with its node is retryable."""
+def wait_until_ready(hosts: list[Host], settings: FedAvgSettings) -> None:
+    """Every host has loaded its data and built its model. With node-local data the hosts
+    first report their files' classes and then build the model over all of them."""
     import ray
 
+    alive = call_hosts(hosts, lambda host: host.handle.ping.remote())
+    if settings.partition == "node_local":
+        classes = call_hosts(alive, lambda host: host.handle.local_classes.remote())
+        union = sorted({name for names in classes.values() for name in names}, key=class_order)
+        call_hosts(alive, lambda host: host.handle.build.remote(union))
     for host in hosts:
+        if host.alive:
+            host.ready = ray.get(host.handle.ready.remote())
+
+
+def call_hosts(hosts: list[Host], call: Callable[[Host], Any]) -> dict[Host, Any]:
+    """``call`` on every live host. A host that failed because of the job's data or model
+    fails the job without retries; one lost with its node is retryable."""
+    import ray
+
+    answers: dict[Host, Any] = {}
+    for host in [h for h in hosts if h.alive]:
         try:
-            host.ready = ray.get(host.handle.ready.remote(), timeout=HOST_START_TIMEOUT_S)
-        except ray.exceptions.RayActorError as error:
+            answers[host] = ray.get(call(host), timeout=HOST_START_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
             cause = startup_error(error)
             if cause is not None:
                 raise cause from None
+            if isinstance(error, ray.exceptions.RayTaskError):
+                text = last_line(str(error))
+                raise RuntimeError(f"client host on node {host.node_id}: {text}") from None
             raise NotEnoughClientsError(f"a client host on node {host.node_id} died") from error
         except ray.exceptions.GetTimeoutError as error:
             raise NotEnoughClientsError(
                 f"a client host on node {host.node_id} did not start in {HOST_START_TIMEOUT_S} s"
             ) from error
+    return answers
 
 
 def describe_clients(hosts: list[Host], runner: JobRunner) -> None:
