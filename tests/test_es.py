@@ -59,6 +59,12 @@ def test_centered_ranks_match_hand_computed_values() -> None:
         [0.25, -0.5, 0.0, -0.25, 0.5]
     )
     assert centered_ranks(np.array([5.0])).tolist() == [0.0]
+    # Ties share their average rank, so a flat loss gives every pair weight zero.
+    assert centered_ranks(np.array([1.0, 1.0, 2.0])).tolist() == [-0.25, -0.25, 0.5]
+    flat = antithetic_gradient(
+        np.ones(3), np.ones(3), lambda i: np.ones(2), [0, 1, 2], sigma=0.1, num_params=2
+    )
+    assert flat.tolist() == [0.0, 0.0]
 
 
 def test_antithetic_estimator_matches_the_hand_computed_sum() -> None:
@@ -66,8 +72,8 @@ def test_antithetic_estimator_matches_the_hand_computed_sum() -> None:
     plus, minus = np.array([4.0, 1.0]), np.array([2.0, 3.0])
     # ranks of [4, 1, 2, 3] centered: [0.5, -0.5, -1/6, 1/6]
     # weights: pair 0: 0.5 - (-1/6) = 2/3; pair 1: -0.5 - 1/6 = -2/3
-    # g = (2/3 * [1, 0] + -2/3 * [0, 2]) / (2 * 0.1)
-    expected = (np.array([2 / 3, 0.0]) + np.array([0.0, -4 / 3])) / 0.2
+    # g = (2/3 * [1, 0] + -2/3 * [0, 2]) / (2 * n * sigma), n = 2 pairs, sigma = 0.1
+    expected = (np.array([2 / 3, 0.0]) + np.array([0.0, -4 / 3])) / 0.4
     gradient = antithetic_gradient(plus, minus, eps.__getitem__, [0, 1], 0.1, 2)
     assert gradient == pytest.approx(expected)
 

@@ -405,3 +405,23 @@ def test_node_local_files_merge_onto_the_federations_classes() -> None:
     assert set(shards[1]) <= {0, 1, 2, 3} and set(shards[3]) <= {4, 5, 6, 7, 8}
     everything = np.concatenate([shards[1], shards[3], validation])
     assert sorted(everything.tolist()) == list(range(9))
+
+
+def test_a_crash_while_replacing_a_checkpoint_leaves_the_previous_one_readable(
+    tmp_path: Path,
+) -> None:
+    from ray_module.directories import readable, replace_directory, staging_for
+
+    weights = [np.ones(3, np.float32)]
+    target = tmp_path / "checkpoint"
+    save_checkpoint(target, FederatedCheckpoint(4, weights, None))
+    # The swap moves the old copy aside first; a crash right after that leaves only ".old".
+    target.rename(tmp_path / "checkpoint.old")
+    loaded = load_checkpoint(target)
+    assert loaded is not None and loaded.round == 4
+    assert readable(target) == tmp_path / "checkpoint.old"
+    staging = staging_for(target)
+    (staging / "marker").write_text("new")
+    replace_directory(staging, target)
+    assert (target / "marker").read_text() == "new"
+    assert not (tmp_path / "checkpoint.old").exists() and not staging.exists()

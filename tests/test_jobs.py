@@ -87,6 +87,14 @@ FEDAVG_DIGITS = {
         ({"max_tokens": -5}, "max_tokens"),
         ({"model_config": {"type": "classifier", "model_name": "tiny-gpt2"}}, "preset"),
         ({"colour": "blue"}, "colour"),
+        (
+            {"model_config": {"type": "simple_transformer", "model_name": "/srv/jobs/7/model"}},
+            "relative to DISTLM_DATA_ROOT",
+        ),
+        (
+            {"model_config": {"type": "classifier", "model_name": "./models/../../etc"}},
+            "without '..'",
+        ),
         *[
             ({**FEDAVG_DIGITS, "training_config": training}, message)
             for training, message in [
@@ -95,6 +103,7 @@ FEDAVG_DIGITS = {
                 ({"partition": "zipf"}, "partition"),
                 ({"epochs": 3}, "local_epochs"),
                 ({"partition": "node_local"}, "path containing {client}"),
+                ({"clients": 2, "num_workers": 3}, "exceeds clients"),
             ]
         ],
         (

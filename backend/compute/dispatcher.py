@@ -76,10 +76,13 @@ class Dispatcher:
         for job_id in scheduled:  # placed but not started (e.g. the gateway stopped between)
             self.launch(job_id)
         for job_id in running:
-            with session_scope(self.session_factory) as session:
-                job = session.get(Job, job_id, with_for_update=True)
-                if job is not None:
-                    self.poll(session, job)
+            try:
+                with session_scope(self.session_factory) as session:
+                    job = session.get(Job, job_id, with_for_update=True)
+                    if job is not None:
+                        self.poll(session, job)
+            except Exception:  # one job's bad event must not stall the others
+                log.exception("polling job %s failed", job_id)
 
     # -- nodes ----------------------------------------------------------------------------
     def reconcile_nodes(self, session: Session) -> None:
@@ -274,10 +277,13 @@ class Dispatcher:
 def progress(job: Job, step: int) -> str:
     """ "round 4 of 10", "step 30 of 60": how far a running job is, in its strategy's unit."""
     training = (job.spec or {}).get("training_config") or {}
-    if job.strategy == "fedavg":
-        return f"round {step} of {parse_fedavg_settings(training).rounds}"
-    if job.strategy == "es":
-        return f"step {step} of {parse_es_settings(training).steps}"
+    try:
+        if job.strategy == "fedavg":
+            return f"round {step} of {parse_fedavg_settings(training).rounds}"
+        if job.strategy == "es":
+            return f"step {step} of {parse_es_settings(training).steps}"
+    except ValueError:  # a spec stored under older rules: still say how far it is
+        return f"step {step}"
     total = training.get("max_steps")
     return f"step {step}" + (f" of {total}" if total else "")
 

@@ -92,6 +92,19 @@ class ModelSpec(_Strict):
     pretrained: bool | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("model_name")
+    @classmethod
+    def _no_paths_outside_the_data_root(cls, value: str) -> str:
+        # A model directory is read on the nodes: an absolute path could name anything there,
+        # another user's job directory included.
+        path = PurePosixPath(value)
+        if path.is_absolute() or value.startswith("~") or ".." in path.parts:
+            raise ValueError(
+                "a local model directory is named relative to DISTLM_DATA_ROOT "
+                "(e.g. ./models/my-model), without '..'"
+            )
+        return value
+
 
 class DataSpec(_Strict):
     data_source: DataSource
@@ -196,6 +209,12 @@ class JobSpec(_Strict):
         if strategy is Strategy.FEDAVG:
             # Strategy knobs are checked here so a typo is a 422, not a failed run.
             settings = parse_fedavg_settings(self.training_config.model_dump(exclude_none=True))
+            workers = self.training_config.num_workers
+            if workers is not None and workers > settings.clients:
+                raise ValueError(
+                    f"num_workers ({workers}) exceeds clients ({settings.clients}): "
+                    "each worker hosts at least one client"
+                )
             if settings.partition == "node_local":
                 self._node_local_data_named()
         elif strategy is Strategy.ES:

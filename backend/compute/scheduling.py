@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from compute.job_state import JobStatus
 from compute.models import Job, Node
 from compute.nodes import NodeApproval
+from ray_module.federated.settings import FedAvgSettings
 from ray_module.scheduler import NodeCapacity, PendingJob, Plan, WorkerSlot, plan, subtract
 
 ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
@@ -54,7 +55,8 @@ def worker_processes(job: Job, training: dict) -> int:
         return int(training["num_workers"])
     slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
     if job.strategy == "fedavg":
-        return max(1, min(int(training.get("clients") or 2), slots))
+        clients = int(training.get("clients") or FedAvgSettings.clients)
+        return max(1, min(clients, slots))
     if job.strategy == "es":  # ES scales with evaluators: one per core (or GPU)
         return slots
     return 1

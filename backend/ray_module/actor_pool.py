@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ray_module import events
+from ray_module.training import NOT_RETRYABLE
 
 WAIT_SLICE_S = 0.25  # how often a waiting server looks for a cancel request
 # Errors that retrying cannot fix (bad data, model or settings): they fail the job at once.
-DETERMINISTIC_ERRORS = ("DataError", "ModelError", "PartitionError", "ValueError", "TypeError")
+DETERMINISTIC_ERRORS = NOT_RETRYABLE
 
 T = TypeVar("T")
 
@@ -97,6 +98,10 @@ def gather(
             result.dead.append(key)
         except ray.exceptions.RayTaskError as error:
             result.errors.append((key, str(error)))
+        except ray.exceptions.RayError:
+            # The answer was lost with its node (ObjectLostError, OwnerDiedError, ...).
+            member.alive = False
+            result.dead.append(key)
     for ref, (key, member) in pending.items():
         if ref not in finished:
             member.late.append(ref)
@@ -104,15 +109,39 @@ def gather(
     return result
 
 
-def first_alive(members: list[PoolMember], call: Callable[[PoolMember], Any]) -> Any:
-    """``ray.get(call(member))`` on the first live member that answers."""
+def ask_available(
+    members: list[PoolMember],
+    call: Callable[[PoolMember], Any],
+    *,
+    everyone: bool,
+    timeout_s: float,
+    check_cancelled: Callable[[], None],
+) -> list[tuple[PoolMember, Any]]:
+    """``call`` on every free member, or on free members one at a time until one answers,
+    under a deadline and with cancel checks; a member that misses it is marked busy like a
+    straggler, one that dies is marked dead."""
+    remaining = [m for m in members if m.is_available()]
+    answers: list[tuple[PoolMember, Any]] = []
+    while remaining and not (answers and not everyone):
+        chosen, remaining = (remaining, []) if everyone else (remaining[:1], remaining[1:])
+        pending = {call(member): (member, member) for member in chosen}
+        answers.extend(gather(pending, timeout_s, check_cancelled).answers)
+    return answers
+
+
+def first_alive(
+    members: list[PoolMember], call: Callable[[PoolMember], Any], timeout_s: float = 600
+) -> Any:
+    """``ray.get(call(member))`` on the first live member that answers within ``timeout_s``."""
     import ray
 
     for member in members:
         if not member.alive:
             continue
         try:
-            return ray.get(call(member))
+            return ray.get(call(member), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            continue
         except ray.exceptions.RayActorError:
             member.alive = False
     raise NoLiveMembersError("no worker actor is alive to do this")

@@ -94,7 +94,7 @@ def build_char_rnn(config: CharRNNConfig, seed: int = 0) -> CharRNN:
 
 def resolve_char_rnn(
     request: ModelRequest, vocabulary: str, *, hidden_size: int | None, num_layers: int | None,
-    seed: int = 0,
+    seed: int = 0, local_root: Path | None = None,
 ) -> CharRNN:  # fmt: skip
     """The ``rnn`` preset with the corpus's vocabulary, or a saved model (which keeps its own
     vocabulary)."""
@@ -110,7 +110,7 @@ def resolve_char_rnn(
         if num_layers is not None:
             sizes.setdefault("num_layers", num_layers)
         return build_char_rnn(CharRNNConfig(vocabulary=vocabulary, **sizes), seed)
-    directory = local_model_directory(name, None) if name.startswith(("/", "./", "~")) else None
+    directory = local_model_directory(name, local_root)
     if directory is None:
         raise ModelError(f"char_rnn model {name!r} is neither the 'rnn' preset nor a saved model")
     return load_char_rnn(directory)

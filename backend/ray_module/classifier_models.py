@@ -98,11 +98,11 @@ def resolve_classifier(
             **overrides,
         )
         return build_classifier(config, seed), config
-    directory = local_model_directory(name, local_root) if _looks_local(name) else None
+    directory = local_model_directory(name, local_root)
     if directory is None:
         raise ModelError(
             f"classifier {name!r} is neither a preset ({', '.join(PRESETS)}) nor a saved "
-            "classifier directory"
+            "classifier directory under the data root"
         )
     model, config = load_classifier(directory)
     if tuple(config.input_shape) != tuple(input_shape) or config.num_classes != num_classes:
@@ -146,7 +146,3 @@ def load_classifier(directory: Path) -> tuple[nn.Module, ClassifierConfig]:
     except Exception as error:  # missing files, bad JSON, mismatched tensors
         raise ModelError(f"{str(directory)!r} is not a saved DistLM classifier: {error}") from error
     return model, config
-
-
-def _looks_local(name: str) -> bool:
-    return Path(name).is_absolute() or name.startswith(("./", "../", "~"))

@@ -198,14 +198,14 @@ def _local_texts(request: DataRequest) -> list[str]:
     if not request.path:
         raise DataError("local data needs a path relative to the data root")
     root = Path(request.data_root).resolve()
-    target = _inside_root(root, root / request.path, shown_as=request.path)
+    target = inside_root(root, root / request.path, shown_as=request.path)
     if not target.exists():
         raise DataError(f"local data path {request.path!r} does not exist under the data root")
     column = request.text_column or DEFAULT_TEXT_COLUMN
     if target.is_dir():
         # A symlink inside the directory may still point out of the root: check every file.
         files = [
-            _inside_root(root, file, shown_as=str(file.relative_to(root)))
+            inside_root(root, file, shown_as=str(file.relative_to(root)))
             for file in sorted(target.rglob("*.txt"))
         ]
         if not files:
@@ -215,15 +215,15 @@ def _local_texts(request: DataRequest) -> list[str]:
     if suffix == ".txt":
         return _paragraphs(target)
     if suffix == ".jsonl":
-        return _jsonl_column(target, column)
+        return jsonl_column(target, column)
     if suffix == ".json":
-        return _json_column(target, column)
+        return json_column(target, column)
     if suffix == ".csv":
-        return _csv_column(target, column)
+        return csv_column(target, column)
     raise DataError(f"cannot read {request.path!r}: use a .txt, .jsonl, .json or .csv file")
 
 
-def _inside_root(root: Path, path: Path, *, shown_as: str) -> Path:
+def inside_root(root: Path, path: Path, *, shown_as: str) -> Path:
     """``path`` with symlinks resolved, refused if that lands outside ``root``."""
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
@@ -244,7 +244,7 @@ def _paragraphs(path: Path) -> list[str]:
     return [chunk for chunk in chunks if chunk]
 
 
-def _jsonl_column(path: Path, column: str) -> list[str]:
+def jsonl_column(path: Path, column: str) -> list[str]:
     records = []
     for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -256,7 +256,7 @@ def _jsonl_column(path: Path, column: str) -> list[str]:
     return _column_texts(records, column, path.name)
 
 
-def _json_column(path: Path, column: str) -> list[str]:
+def json_column(path: Path, column: str) -> list[str]:
     try:
         records = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
@@ -266,7 +266,7 @@ def _json_column(path: Path, column: str) -> list[str]:
     return _column_texts(records, column, path.name)
 
 
-def _csv_column(path: Path, column: str) -> list[str]:
+def csv_column(path: Path, column: str) -> list[str]:
     with path.open(encoding="utf-8", newline="") as handle:
         try:
             records = list(csv.DictReader(handle))

@@ -22,10 +22,10 @@ import numpy as np
 from ray_module.data_handler import (
     DataError,
     DataRequest,
-    _csv_column,
-    _inside_root,
-    _json_column,
-    _jsonl_column,
+    csv_column,
+    inside_root,
+    json_column,
+    jsonl_column,
 )
 
 DIGITS = "digits"
@@ -277,7 +277,7 @@ def _local_file(request: DataRequest) -> Path:
     if not request.path:
         raise DataError("local data needs a path relative to the data root")
     root = Path(request.data_root).resolve()
-    target = _inside_root(root, root / request.path, shown_as=request.path)
+    target = inside_root(root, root / request.path, shown_as=request.path)
     if not target.is_file():
         raise DataError(f"local data file {request.path!r} does not exist under the data root")
     if target.suffix.lower() not in (".csv", ".jsonl", ".json"):
@@ -288,10 +288,10 @@ def _local_file(request: DataRequest) -> Path:
 def _read_column(path: Path, column: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _csv_column(path, column)
+        return csv_column(path, column)
     if suffix == ".jsonl":
-        return _jsonl_column(path, column)
-    return _json_column(path, column)
+        return jsonl_column(path, column)
+    return json_column(path, column)
 
 
 def _local_records(request: DataRequest, label_column: str) -> list[dict[str, Any]]:

@@ -60,6 +60,8 @@ def _checked(key: str, value: Any, rules: KnobRules) -> Any:
         if not low <= value <= high:
             raise ValueError(f"{key} must be >= {low:g} and <= {high:g}, got {value!r}")
         return float(value)
+    if key not in rules.positive:
+        raise ValueError(f"{key} cannot be set in training_config")
     low, high = rules.positive[key]
     if not low < value <= high:
         raise ValueError(f"{key} must be > {low:g} and <= {high:g}, got {value!r}")

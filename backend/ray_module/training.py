@@ -123,7 +123,17 @@ def describe(exc: BaseException) -> str:
     return f"{type(root).__name__}: {text}"[:500]
 
 
-NOT_RETRYABLE = ("DataError", "ModelError", "NotImplementedError", "ValueError", "TypeError")
+# Errors that retrying cannot fix (bad data, model or settings), by name: Ray re-raises
+# worker errors as its own types with the original's name in the text.
+NOT_RETRYABLE = (
+    "DataError",
+    "ModelError",
+    "PartitionError",
+    "StartupError",
+    "NotImplementedError",
+    "ValueError",
+    "TypeError",
+)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -141,6 +151,8 @@ def is_retryable(exc: BaseException) -> bool:
     text = " ".join(str(e) for e in chain)
     if "ActorDiedError" in text or "NodeDiedError" in text or "died" in text.lower():
         return True
+    if any(isinstance(e, ValueError | TypeError | NotImplementedError) for e in chain):
+        return False
     return not (names.intersection(NOT_RETRYABLE) or any(n in text for n in NOT_RETRYABLE))
 
 

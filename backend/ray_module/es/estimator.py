@@ -4,7 +4,7 @@ Fitness shaping (centered ranks) makes the update invariant to the loss's scale 
 to outliers; with antithetic pairs (theta + sigma*eps_i, theta - sigma*eps_i) the estimate
 of the loss gradient is
 
-    g = 1 / (n * sigma) * sum_i (r(L+_i) - r(L-_i)) * eps_i
+    g = 1 / (2 n sigma) * sum_i (r(L+_i) - r(L-_i)) * eps_i
 
 where r are the centered ranks of all 2n losses and n is the number of pairs.
 """
@@ -18,13 +18,17 @@ import numpy as np
 
 
 def centered_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks mapped linearly onto [-0.5, 0.5] (lowest value → -0.5); ties get distinct ranks
-    in index order, as in the reference implementation."""
+    """Ranks mapped linearly onto [-0.5, 0.5] (lowest value -> -0.5). Tied values share their
+    average rank, so a flat loss (every perturbation equal) gives no step at all."""
     flat = np.asarray(values, dtype=np.float64).ravel()
     if flat.size < 2:
         return np.zeros_like(flat).reshape(np.shape(values))
+    order = flat.argsort(kind="stable")
     ranks = np.empty(flat.size, dtype=np.float64)
-    ranks[flat.argsort(kind="stable")] = np.arange(flat.size)
+    ranks[order] = np.arange(flat.size)
+    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = sums[inverse] / counts[inverse]
     return (ranks / (flat.size - 1) - 0.5).reshape(np.shape(values))
 
 
@@ -44,7 +48,7 @@ def antithetic_gradient(
     for weight, index in zip(weights, indices, strict=True):
         if weight != 0.0:
             gradient += weight * perturbation(index)
-    return gradient / (n * sigma)
+    return gradient / (2 * n * sigma)
 
 
 @dataclass
@@ -86,5 +90,6 @@ class SGD:
 
 
 def with_weight_decay(gradient: np.ndarray, theta: np.ndarray, decay: float) -> np.ndarray:
-    """L2 weight decay as in the reference: pull every parameter toward zero."""
+    """L2 weight decay: ``decay * theta`` added to the loss gradient (the reference's
+    ``l2coeff``), pulling every parameter toward zero."""
     return gradient + decay * theta.astype(np.float64) if decay else gradient

@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ray_module.actor_pool import WAIT_SLICE_S, Credit, PoolMember, gather
+from ray_module.actor_pool import (
+    DETERMINISTIC_ERRORS,
+    WAIT_SLICE_S,
+    Credit,
+    PoolMember,
+    ask_available,
+    gather,
+    last_line,
+)
 from ray_module.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
 from ray_module.es.noise import NoiseTable
 from ray_module.es.settings import ESSettings
@@ -112,6 +120,11 @@ class ESServer:
             self.check_cancelled,
         )
         answers = [answer for _, answer in gathered.answers]
+        deterministic = [
+            text for _, text in gathered.errors if any(n in text for n in DETERMINISTIC_ERRORS)
+        ]
+        if deterministic and not answers:
+            raise ValueError(f"ES workers failed: {last_line(deterministic[0])}")
         evaluated = time.perf_counter()
         if not answers:
             raise NoLiveWorkersError(f"no ES worker answered step {step}")
@@ -158,16 +171,14 @@ class ESServer:
         import ray
 
         theta_ref = ray.put(theta)
-        for worker in [w for w in self.workers if w.is_available()]:
-            try:
-                answer = ray.get(
-                    worker.handle.validate.remote(theta_ref, self.settings.sample_length),
-                    timeout=self.settings.step_timeout_s,
-                )
-            except ray.exceptions.RayActorError:
-                worker.alive = False
-                continue
-            except ray.exceptions.GetTimeoutError:
-                continue
-            return worker.credit(float(answer["seconds"])), answer["metrics"]
-        return None
+        results = ask_available(
+            self.workers,
+            lambda worker: worker.handle.validate.remote(theta_ref, self.settings.sample_length),
+            everyone=False,
+            timeout_s=self.settings.step_timeout_s,
+            check_cancelled=self.check_cancelled,
+        )
+        if not results:
+            return None
+        worker, answer = results[0]
+        return worker.credit(float(answer["seconds"])), answer["metrics"]

@@ -25,6 +25,7 @@ from ray_module.char_rnn import (
     vocabulary_of,
 )
 from ray_module.data_handler import DataRequest, load_texts
+from ray_module.directories import replace_directory, staging_for
 from ray_module.es.noise import NoiseTable, pair_index
 from ray_module.es.settings import ESSettings
 from ray_module.model_sources import ModelRequest
@@ -61,6 +62,7 @@ class ESWorker:
             hidden_size=self.settings.hidden_size,
             num_layers=self.settings.num_layers,
             seed=self.settings.seed,
+            local_root=Path(config.data["data_root"]) if config.data.get("data_root") else None,
         )
         self.model.eval()
         stream = encode(DOCUMENT_BREAK.join(texts), self.model.config.vocabulary)
@@ -157,15 +159,9 @@ class ESWorker:
         }
 
     def save_model(self, theta: np.ndarray, directory: str) -> str:
-        import shutil
-
         set_flat_parameters(self.model, theta)
         target = Path(directory)
-        staging = target.with_name(target.name + ".tmp")
-        if staging.exists():
-            shutil.rmtree(staging)
+        staging = staging_for(target)
         save_char_rnn(self.model, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_directory(staging, target)
         return str(target)

@@ -4,11 +4,12 @@ safetensors, the round as JSON. Nothing is pickled: nodes write these files."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ray_module.directories import readable, replace_directory, staging_for
 
 WEIGHTS_FILE = "global.safetensors"
 MOMENTUM_FILE = "server_momentum.safetensors"
@@ -23,27 +24,26 @@ class FederatedCheckpoint:
 
 
 def save_checkpoint(directory: Path, checkpoint: FederatedCheckpoint) -> None:
-    """Write to a staging directory, then swap it in: a crash leaves the old one whole."""
+    """Write to a staging directory, then swap it in: a crash leaves one whole copy."""
     from safetensors.numpy import save_file
 
-    staging = directory.with_name(directory.name + ".tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = staging_for(directory)
     save_file(_named(checkpoint.weights), str(staging / WEIGHTS_FILE))
     if checkpoint.velocity is not None:
         save_file(_named(checkpoint.velocity), str(staging / MOMENTUM_FILE))
     (staging / STATE_FILE).write_text(
         json.dumps({"round": checkpoint.round, "arrays": len(checkpoint.weights)})
     )
-    if directory.exists():
-        shutil.rmtree(directory)
-    staging.rename(directory)
+    replace_directory(staging, directory)
 
 
 def load_checkpoint(directory: Path) -> FederatedCheckpoint | None:
     from safetensors.numpy import load_file
 
+    found = readable(directory)
+    if found is None:
+        return None
+    directory = found
     state_path = directory / STATE_FILE
     if not state_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         return None

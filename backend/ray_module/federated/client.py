@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ray_module.data_handler import DataError, DataRequest
+from ray_module.directories import replace_directory, staging_for
 from ray_module.example_data import LabelledData, PairData, load_labelled, load_pairs
 from ray_module.federated.partition import (
     dirichlet_partition,
@@ -73,9 +74,16 @@ def build_task(
 ) -> TorchTask:
     model = ModelRequest(**config.model)
     device = pick_device(config.gpu)
+    # Saved model directories are named relative to the data root, like data files.
+    root = Path(config.data["data_root"]) if config.data.get("data_root") else None
     if isinstance(examples, LabelledData):
         return ClassifierTask(
-            model, examples, hidden_size=settings.hidden_size, seed=settings.seed, device=device
+            model,
+            examples,
+            hidden_size=settings.hidden_size,
+            seed=settings.seed,
+            device=device,
+            local_root=root,
         )
     return TextToTextTask(
         model,
@@ -86,6 +94,7 @@ def build_task(
         eval_samples=settings.eval_samples,
         seed=settings.seed,
         device=device,
+        local_root=root,
     )
 
 
@@ -195,6 +204,7 @@ class ClientHost:
         merged, self.shards, self.validation = merge_client_examples(
             self.local, class_names, self.split, self.settings.seed
         )
+        self.local = {}  # merged now: do not hold the data twice
         self.task = build_task(self.config, self.settings, merged)
         self.start_training()
 
@@ -263,15 +273,7 @@ class ClientHost:
     def save_model(self, weights: list[np.ndarray], directory: str) -> str:
         self.task.set_weights(weights)
         target = Path(directory)
-        staging = target.with_name(target.name + ".tmp")
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging)
+        staging = staging_for(target)
         self.task.save(staging)
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_directory(staging, target)
         return str(target)

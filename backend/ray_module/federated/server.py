@@ -23,6 +23,7 @@ from ray_module.actor_pool import (
     WAIT_SLICE_S,
     Credit,
     PoolMember,
+    ask_available,
     gather,
     last_line,
 )
@@ -183,21 +184,13 @@ class FedAvgServer:
         import ray
 
         weights_ref = ray.put(weights)
-        federated = self.settings.partition == "node_local"
-        results: list[tuple[Host, dict[str, Any]]] = []
-        for host in [h for h in self.hosts if h.is_available()]:
-            try:
-                result = ray.get(
-                    host.handle.evaluate.remote(weights_ref), timeout=self.settings.round_timeout_s
-                )
-            except ray.exceptions.RayActorError:
-                host.alive = False
-                continue
-            except ray.exceptions.GetTimeoutError:
-                continue
-            results.append((host, result))
-            if not federated:
-                break
+        results = ask_available(
+            self.hosts,
+            lambda host: host.handle.evaluate.remote(weights_ref),
+            everyone=self.settings.partition == "node_local",
+            timeout_s=self.settings.round_timeout_s,
+            check_cancelled=self.check_cancelled,
+        )
         if not results:
             return None
         credits = [host.credit(float(result["seconds"])) for host, result in results]

@@ -147,6 +147,7 @@ class ClassifierTask(TorchTask):
         hidden_size: int | None,
         seed: int,
         device: torch.device,
+        local_root: Path | None = None,
     ) -> None:
         from ray_module.classifier_models import resolve_classifier
 
@@ -161,6 +162,7 @@ class ClassifierTask(TorchTask):
             num_classes=self.data.num_classes,
             class_names=self.data.class_names,
             seed=seed,
+            local_root=local_root,
         )
         self.device = device
         self.model.to(device)
@@ -216,11 +218,12 @@ class TextToTextTask(TorchTask):
         eval_samples: int,
         seed: int,
         device: torch.device,
+        local_root: Path | None = None,
     ) -> None:
         from ray_module.text_to_text_models import load_text_to_text
 
         self.pairs = pairs
-        self.model, self.tokenizer = load_text_to_text(model, seed=seed)
+        self.model, self.tokenizer = load_text_to_text(model, seed=seed, local_root=local_root)
         self.device = device
         self.model.to(device)
         self.num_beams = num_beams

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_module import events
+from ray_module.directories import readable, replace_directory, staging_for
 from ray_module.resource_manager import NODE_LABEL
 from ray_module.training import NAMESPACE, JobRunner, RunConfig, runner_name
 
@@ -98,13 +99,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
     checkpoint_dir = job_dir / "checkpoint"
     started = time.monotonic()
 
-    resume = _load_checkpoint_state(checkpoint_dir)
+    saved = readable(checkpoint_dir)  # the last checkpoint, even if a crash moved it aside
+    resume = _load_checkpoint_state(saved) if saved is not None else None
     request = ModelRequest(**cfg["model"])
     if resume is not None:
-        request = ModelRequest(
-            model_type=request.model_type, model_name=str(checkpoint_dir / "model")
-        )
-    model, tokenizer = load_causal_lm(request)
+        request = ModelRequest(model_type=request.model_type, model_name=str(saved / "model"))
+    data_root = cfg["data"].get("data_root")
+    model, tokenizer = load_causal_lm(request, local_root=Path(data_root) if data_root else None)
     texts = load_texts(DataRequest(**cfg["data"]))
     blocks = pack_blocks(texts, tokenizer, int(settings["seq_len"]))
     train_blocks, validation_blocks = split_blocks(blocks, float(settings["validation_split"]))
@@ -225,16 +226,11 @@ def _validation_loss(model: Any, blocks: Any, batch_size: int, device: Any) -> f
 
 def _save_checkpoint(model: Any, tokenizer: Any, directory: Path, step: int) -> None:
     """Weights as safetensors (save_pretrained) and the step as JSON: nothing is pickled."""
-    staging = directory.with_name(directory.name + ".tmp")
-    (staging / "model").mkdir(parents=True, exist_ok=True)
+    staging = staging_for(directory)
     _unwrap(model).save_pretrained(staging / "model")
     tokenizer.save_pretrained(staging / "model")
     (staging / "state.json").write_text(json.dumps({"step": step}))
-    if directory.exists():
-        import shutil
-
-        shutil.rmtree(directory)
-    staging.rename(directory)
+    replace_directory(staging, directory)
 
 
 def _load_checkpoint_state(directory: Path) -> dict[str, Any] | None:

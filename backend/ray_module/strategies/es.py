@@ -8,7 +8,6 @@ evaluations that were used), generated text, checkpoints and the final model.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 from ray_module import events
 from ray_module.actor_pool import StartupError, first_alive, startup_error
+from ray_module.directories import readable, replace_directory, staging_for
 from ray_module.es.estimator import SGD, Adam
 from ray_module.es.noise import NoiseTable
 from ray_module.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
@@ -104,6 +104,7 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
             worker.alive = False
         except ray.exceptions.GetTimeoutError:
             worker.alive = False
+            ray.kill(worker.handle, no_restart=True)  # free the slot it would hold
     if not infos:
         raise NoLiveWorkersError("no ES worker started")
     # Workers exchange only noise indices, so they must agree on model size and noise.
@@ -151,22 +152,19 @@ def save_es_checkpoint(directory: Path, step: int, theta: np.ndarray, optimizer:
         value = getattr(optimizer, name, None)
         if value is not None:
             arrays[name] = np.ascontiguousarray(value)
-    staging = directory.with_name(directory.name + ".tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = staging_for(directory)
     save_file(arrays, str(staging / "es.safetensors"))
     (staging / "state.json").write_text(json.dumps({"step": step, "optimizer_t": optimizer.t}))
-    if directory.exists():
-        shutil.rmtree(directory)
-    staging.rename(directory)
+    replace_directory(staging, directory)
 
 
 def load_es_checkpoint(directory: Path) -> ESCheckpoint | None:
     from safetensors.numpy import load_file
 
-    if not (directory / "state.json").is_file():
+    found = readable(directory)
+    if found is None or not (found / "state.json").is_file():
         return None
+    directory = found
     state = json.loads((directory / "state.json").read_text())
     arrays = load_file(str(directory / "es.safetensors"))
     theta = arrays.pop("theta")
