@@ -192,13 +192,18 @@ def _builtin_texts(name: str) -> list[str]:
     raise DataError(f"unknown built-in dataset {name!r}; built-in datasets are {known}")
 
 
-def _local_texts(request: DataRequest) -> list[str]:
+def local_target(request: DataRequest) -> tuple[Path, Path]:
+    """(data root, the requested path resolved inside it); refused if it leads outside."""
     if not request.data_root:
         raise DataError("local data needs a data root (DISTLM_DATA_ROOT) to read from")
     if not request.path:
         raise DataError("local data needs a path relative to the data root")
     root = Path(request.data_root).resolve()
-    target = inside_root(root, root / request.path, shown_as=request.path)
+    return root, inside_root(root, root / request.path, shown_as=request.path)
+
+
+def _local_texts(request: DataRequest) -> list[str]:
+    root, target = local_target(request)
     if not target.exists():
         raise DataError(f"local data path {request.path!r} does not exist under the data root")
     column = request.text_column or DEFAULT_TEXT_COLUMN

@@ -23,9 +23,9 @@ from ray_module.data_handler import (
     DataError,
     DataRequest,
     csv_column,
-    inside_root,
     json_column,
     jsonl_column,
+    local_target,
 )
 
 DIGITS = "digits"
@@ -272,12 +272,7 @@ def synthetic_t2t(size: int, seed: int = 0) -> PairData:
 
 
 def _local_file(request: DataRequest) -> Path:
-    if not request.data_root:
-        raise DataError("local data needs a data root (DISTLM_DATA_ROOT) to read from")
-    if not request.path:
-        raise DataError("local data needs a path relative to the data root")
-    root = Path(request.data_root).resolve()
-    target = inside_root(root, root / request.path, shown_as=request.path)
+    _, target = local_target(request)
     if not target.is_file():
         raise DataError(f"local data file {request.path!r} does not exist under the data root")
     if target.suffix.lower() not in (".csv", ".jsonl", ".json"):
