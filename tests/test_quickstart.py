@@ -107,7 +107,7 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"error"' not in result.stdout, result.stdout
@@ -118,6 +118,10 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
     assert '"invariant_ok":true' in result.stdout
     assert '"status":"succeeded"' in result.stdout  # the tiny-gpt2 job of "Running jobs"
     assert "model.safetensors" in result.stdout  # its downloaded model
+    # The federated and ES jobs of "Running jobs" ended well and showed their last records.
+    assert result.stdout.count('"status":"succeeded"') >= 3, result.stdout
+    assert "'validation_accuracy'" in result.stdout and "'clients_returned': 4" in result.stdout
+    assert "'evaluations_per_s'" in result.stdout and "'sample_text'" in result.stdout
 
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
     process.wait(timeout=60)
