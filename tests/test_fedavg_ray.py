@@ -263,10 +263,10 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
         "training_config": {
             **DIGITS_JOB["training_config"],
             "clients": 3,
-            "rounds": 25,
-            "local_epochs": 30,
+            "rounds": 30,
+            "local_epochs": 40,
             "min_fit_clients": 2,
-            "round_timeout_s": 20,
+            "round_timeout_s": 10,
         },
         "requirements": {"gpu": 0, "cpu_cores": 6, "memory": 3},
     }
@@ -289,7 +289,7 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
         assert done["attempts"] == 1  # finished with the other clients, no restart
 
         rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
-        assert len(rounds) == 25
+        assert len(rounds) == 30
         lost = next(
             i for i, r in enumerate(rounds) if r["clients_failed"] + r["clients_dropped"] > 0
         )
