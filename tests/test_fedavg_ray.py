@@ -212,6 +212,21 @@ def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
     assert f"job-{job['id']}-model/model.safetensors" in names
     assert f"job-{job['id']}-model/classifier_config.json" in names
 
+    # A second job continues from this one's model: its first round is already accurate.
+    more = {
+        **DIGITS_JOB,
+        "model_config": {"type": "classifier", "model_name": f"job:{job['id']}"},
+        "training_config": {**DIGITS_JOB["training_config"], "rounds": 1},
+    }
+    again = client.post("/jobs/submit", headers=user.headers, json=more).json()
+    finished_again = wait_for(
+        lambda: finished(client, user.headers, again["id"]),
+        what=lambda: job_state(client, user.headers, again["id"]),
+    )
+    assert finished_again["status"] == "succeeded", finished_again["status_reason"]
+    continued = rounds_of(client, user.headers, again["id"])[0]["values"]
+    assert continued["validation_accuracy"] >= 0.85 > rounds[0]["values"]["validation_accuracy"]
+
 
 def test_tiny_t5_on_synthetic_t2t_lowers_its_loss(
     ray_client: TestClient, two_nodes, make_account

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from compute.models import Job
@@ -212,3 +212,32 @@ def test_training_metrics_are_an_empty_series_before_the_job_runs(
     job = submit_job(client, user.headers)
     metrics = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
     assert metrics == {"job_id": job["id"], "status": "queued", "series": []}
+
+
+def test_a_job_continues_from_the_saved_model_of_one_of_its_owners_jobs(
+    client: TestClient, user: Account, other_user: Account, db: Session
+) -> None:
+    first = submit_job(client, user.headers)
+    continued = {**SEED_JOB, "model_config": {"type": "simple_transformer", "model_name": ""}}
+    continued["model_config"]["model_name"] = f"job:{first['id']}"
+
+    not_yet = client.post("/jobs/submit", headers=user.headers, json=continued)
+    assert not_yet.status_code == 409 and not_yet.json()["error"] == "no_artifact"
+    # Someone else's job, or one that does not exist, is not found (nothing leaks).
+    assert client.post("/jobs/submit", headers=other_user.headers, json=continued).status_code == (
+        404
+    )
+    missing = {**continued, "model_config": {**continued["model_config"], "model_name": "job:999"}}
+    assert client.post("/jobs/submit", headers=user.headers, json=missing).status_code == 404
+    other_type = {
+        "model_config": {"type": "classifier", "model_name": f"job:{first['id']}"},
+        "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+    }
+    wrong = client.post("/jobs/submit", headers=user.headers, json=other_type)
+    assert wrong.status_code == 422 and "simple_transformer model" in wrong.json()["detail"]
+
+    db.execute(update(Job).where(Job.id == first["id"]).values(artifact_path="/storage/m"))
+    db.commit()
+    accepted = client.post("/jobs/submit", headers=user.headers, json=continued)
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["spec"]["model_config"]["model_name"] == f"job:{first['id']}"

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compute.billing import UsageReport, job_estimate, metered_cost, rates_from
 from compute.job_state import JobStatus
-from compute.jobs import finish_job, transition_job
+from compute.jobs import finish_job, source_model_path, transition_job
 from compute.models import Job, JobMetric, Node
 from compute.scheduling import plan_queue
 from core.db import session_scope, utcnow
@@ -138,7 +138,7 @@ class Dispatcher:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.status != JobStatus.SCHEDULED.value:
                 return
-            config = self.run_config(job)
+            config = self.run_config(job, session)
             try:
                 training.launch_runner(config)
             except Exception as exc:  # Ray refused: back to the queue for the next round
@@ -150,7 +150,7 @@ class Dispatcher:
                 return
             transition_job(session, job, JobStatus.RUNNING, f"running (attempt {job.attempts})")
 
-    def run_config(self, job: Job) -> RunConfig:
+    def run_config(self, job: Job, session: Session) -> RunConfig:
         spec = job.spec
         model = spec["model_config"]
         data = {k: spec["data_config"].get(k) for k in DATA_FIELDS}
@@ -160,7 +160,7 @@ class Dispatcher:
             strategy=job.strategy,
             model={
                 "model_type": model["type"],
-                "model_name": model["model_name"],
+                "model_name": source_model_path(session, model["model_name"]),
                 "pretrained": model.get("pretrained"),
                 "overrides": model.get("overrides") or {},
             },

@@ -10,6 +10,7 @@ import enum
 import hashlib
 import json
 import math
+import re
 from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
@@ -258,6 +259,15 @@ class JobSpec(_Strict):
     def request_hash(self) -> str:
         canonical = json.dumps(self.normalised(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+SOURCE_JOB = re.compile(r"job:(\d{1,18})")
+
+
+def source_job_id(model_name: str) -> int | None:
+    """The job whose trained model ``model_name`` names (``job:<id>``), if it names one."""
+    match = SOURCE_JOB.fullmatch(model_name)
+    return int(match.group(1)) if match else None
 
 
 def tokens_to_micro(amount: Decimal) -> int:

@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session
 
 from auth.models import Role, User
 from compute.billing import UsageReport, estimate_cost, settle
-from compute.job_spec import JobSpec, tokens_to_micro
+from compute.job_spec import JobSpec, source_job_id, tokens_to_micro
 from compute.job_state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
-from core.errors import InvalidInputError, NotFoundError
+from core.errors import ConflictError, InvalidInputError, NotFoundError
 from ledger.flows import place_hold
 from ledger.pricing import Rates
 from ledger.settlement import SettlementResult
@@ -54,6 +54,7 @@ def submit_job(
         raise InvalidInputError(
             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
+    check_model_source(session, owner, spec)
     request_hash = spec.request_hash()
     if idempotency_key is not None:
         existing = _job_for_key(session, owner, idempotency_key, request_hash)
@@ -104,6 +105,36 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status.value)
     return page(session, query, order_by=Job.id.desc(), limit=limit, offset=offset)
+
+
+def check_model_source(session: Session, owner: User, spec: JobSpec) -> None:
+    """``model_name: job:<id>`` continues from the model of one of the owner's own jobs,
+    of the same model type, once that job has saved one."""
+    source_id = source_job_id(spec.model.model_name)
+    if source_id is None:
+        return
+    source = session.get(Job, source_id)
+    if source is None or source.owner_id != owner.id:
+        raise NotFoundError(f"job {source_id} not found")
+    if source.model_type != spec.model.type.value:
+        raise InvalidInputError(
+            f"job {source_id} trained a {source.model_type} model, not {spec.model.type.value}"
+        )
+    if not source.artifact_path:
+        raise ConflictError(
+            f"job {source_id} has no saved model to continue from yet (it is {source.status})",
+            code="no_artifact",
+        )
+
+
+def source_model_path(session: Session, model_name: str) -> str:
+    """What the runner loads for ``model_name``: a ``job:<id>`` becomes that job's saved
+    model directory (checked at submit); anything else is passed on as is."""
+    source_id = source_job_id(model_name)
+    if source_id is None:
+        return model_name
+    source = session.get(Job, source_id)
+    return source.artifact_path if source is not None and source.artifact_path else model_name
 
 
 def get_job_for(session: Session, viewer: User, job_id: int, *, lock: bool = False) -> Job:
