@@ -7,7 +7,6 @@ rounds, and emits metrics, usage (accepted work only), checkpoints and the final
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from ray_module.federated.server import FedAvgServer, Host, NotEnoughClientsErro
 from ray_module.federated.settings import FedAvgSettings, parse_fedavg_settings
 from ray_module.resource_manager import node_resource
 from ray_module.training import JobRunner, RunConfig, WorkerPlan
-
-log = logging.getLogger(__name__)
 
 HOST_START_TIMEOUT_S = 600
 
