@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from auth.models import Role
 from ray_module.federated.aggregate import server_optimizer
+from ray_module.federated.checkpoint import load_checkpoint
 from ray_module.federated.client import ClientHost, HostConfig
 from ray_module.federated.server import FedAvgServer, Host, NotEnoughClientsError
 from ray_module.federated.settings import parse_fedavg_settings
@@ -149,7 +150,8 @@ def test_a_run_resumes_from_its_last_round_checkpoint(ray_cluster, tmp_path: Pat
 
     assert rounds_of(first) == [1, 2]
     assert rounds_of(second) == [3, 4]  # rounds 1-2 came from the checkpoint
-    assert (tmp_path / "jobs" / "99" / "checkpoint" / "server_momentum.safetensors").is_file()
+    saved = load_checkpoint(tmp_path / "jobs" / "99" / "checkpoint")
+    assert saved is not None and saved.round == 4 and saved.velocity is not None  # FedAvgM
     assert (tmp_path / "jobs" / "99" / "model" / "classifier_config.json").is_file()
 
 

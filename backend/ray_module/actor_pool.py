@@ -19,7 +19,22 @@ WAIT_SLICE_S = 0.25  # how often a waiting server looks for a cancel request
 # Errors that retrying cannot fix (bad data, model or settings): they fail the job at once.
 DETERMINISTIC_ERRORS = NOT_RETRYABLE
 
-T = TypeVar("T")
+M = TypeVar("M", bound="PoolMember")
+
+
+class SharedWeights:
+    """Weights in Ray's object store, put once: the new model that a server validates is the
+    one its next round or step sends out, without a second ``ray.put``."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Any, Any] | None = None  # (the value, its object ref)
+
+    def ref(self, value: Any) -> Any:
+        import ray
+
+        if self._last is None or self._last[0] is not value:
+            self._last = (value, ray.put(value))
+        return self._last[1]
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,36 @@ def gather(
             member.late.append(ref)
             result.late.append(key)
     return result
+
+
+def wait_for_free(
+    members: list[M],
+    needed: int,
+    *,
+    unit: str,
+    error: type[Exception],
+    timeout_s: float,
+    check_cancelled: Callable[[], None],
+    size: Callable[[M], int] = lambda member: 1,
+) -> list[M]:
+    """The free members, once they count ``needed`` (members, or what ``size`` counts in
+    them). Raises ``error`` at once when the live ones cannot, or when busy ones have not
+    come free by ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        check_cancelled()
+        free = [m for m in members if m.is_available()]
+        alive = sum(size(m) for m in members if m.alive)
+        if alive < needed:
+            raise error(f"only {alive} {unit} are alive; {needed} are needed")
+        if sum(size(m) for m in free) >= needed:
+            return free
+        if time.monotonic() > deadline:
+            raise error(
+                f"only {sum(size(m) for m in free)} {unit} are free after {timeout_s:g} s; "
+                f"{needed} are needed"
+            )
+        time.sleep(WAIT_SLICE_S)
 
 
 def ask_available(

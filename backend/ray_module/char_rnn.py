@@ -16,8 +16,8 @@ from torch import nn
 from ray_module.model_sources import (
     ModelError,
     ModelRequest,
-    checked_overrides,
     local_model_directory,
+    preset_overrides,
 )
 
 CHAR_RNN_TYPE = "char_rnn"
@@ -102,9 +102,7 @@ def resolve_char_rnn(
         raise ModelError(f"model type {request.model_type!r} is not {CHAR_RNN_TYPE!r}")
     name = request.model_name.strip()
     if name == PRESET:
-        if request.pretrained:
-            raise ModelError("'rnn' is a built-in preset and has no pretrained weights")
-        sizes = checked_overrides(request.overrides, ALLOWED_OVERRIDES)
+        sizes = preset_overrides(request, ALLOWED_OVERRIDES)
         if hidden_size is not None:
             sizes.setdefault("hidden_size", hidden_size)
         if num_layers is not None:

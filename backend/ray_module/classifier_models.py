@@ -18,8 +18,8 @@ from torch import nn
 from ray_module.model_sources import (
     ModelError,
     ModelRequest,
-    checked_overrides,
     local_model_directory,
+    preset_overrides,
 )
 
 CLASSIFIER_TYPE = "classifier"
@@ -87,9 +87,7 @@ def resolve_classifier(
         raise ModelError(f"model type {request.model_type!r} is not a classifier")
     name = request.model_name.strip()
     if name in PRESETS:
-        if request.pretrained:
-            raise ModelError(f"{name!r} is a built-in preset and has no pretrained weights")
-        overrides = checked_overrides(request.overrides, ALLOWED_OVERRIDES)
+        overrides = preset_overrides(request, ALLOWED_OVERRIDES)
         config = ClassifierConfig(
             arch=name,
             input_shape=tuple(input_shape),

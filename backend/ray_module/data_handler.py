@@ -219,12 +219,8 @@ def _local_texts(request: DataRequest) -> list[str]:
     suffix = target.suffix.lower()
     if suffix == ".txt":
         return _paragraphs(target)
-    if suffix == ".jsonl":
-        return jsonl_column(target, column)
-    if suffix == ".json":
-        return json_column(target, column)
-    if suffix == ".csv":
-        return csv_column(target, column)
+    if suffix in RECORD_SUFFIXES:
+        return column_texts(target, column)
     raise DataError(f"cannot read {request.path!r}: use a .txt, .jsonl, .json or .csv file")
 
 
@@ -249,35 +245,40 @@ def _paragraphs(path: Path) -> list[str]:
     return [chunk for chunk in chunks if chunk]
 
 
-def jsonl_column(path: Path, column: str) -> list[str]:
-    records = []
-    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path.name} line {line_number} is not JSON: {error}") from error
-    return _column_texts(records, column, path.name)
+RECORD_SUFFIXES = (".jsonl", ".json", ".csv")
 
 
-def json_column(path: Path, column: str) -> list[str]:
+def read_records(path: Path) -> list[Any]:
+    """The rows of a .jsonl, .json (a list) or .csv file, as parsed; DataError if unreadable."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            try:
+                return list(csv.DictReader(handle))
+            except (UnicodeDecodeError, csv.Error) as error:
+                raise DataError(f"cannot read {path.name} as UTF-8 CSV: {error}") from error
+    if suffix == ".jsonl":
+        records = []
+        for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path.name} line {line_number} is not JSON: {error}") from error
+        return records
     try:
         records = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path.name} is not JSON: {error}") from error
     if not isinstance(records, list):
         raise DataError(f"{path.name} must hold a JSON list of objects")
-    return _column_texts(records, column, path.name)
+    return records
 
 
-def csv_column(path: Path, column: str) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        try:
-            records = list(csv.DictReader(handle))
-        except (UnicodeDecodeError, csv.Error) as error:
-            raise DataError(f"cannot read {path.name} as UTF-8 CSV: {error}") from error
-    return _column_texts(records, column, path.name)
+def column_texts(path: Path, column: str) -> list[str]:
+    """The texts of one column of a records file."""
+    return _column_texts(read_records(path), column, path.name)
 
 
 def _column_texts(records: list[Any], column: str, source: str) -> list[str]:

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from ray_module.data_handler import (
+    RECORD_SUFFIXES,
     DataError,
     DataRequest,
-    csv_column,
-    json_column,
-    jsonl_column,
+    column_texts,
     local_target,
+    read_records,
 )
 
 DIGITS = "digits"
@@ -86,7 +86,7 @@ def load_labelled(request: DataRequest, target_column: str | None = None) -> Lab
             )
         data = digits()
     elif request.data_source == "local":
-        data = labelled_from_records(_local_records(request, column), column)
+        data = labelled_from_records(_local_records(request), column)
     elif request.data_source == "huggingface":
         data = labelled_from_table(_huggingface_table(request), column)
     else:
@@ -220,7 +220,7 @@ def load_pairs(
         data = synthetic_t2t(request.max_samples or SYNTHETIC_T2T_SIZE)
     elif request.data_source == "local":
         path = _local_file(request)
-        data = PairData(tuple(_read_column(path, source_column)), tuple(_read_column(path, target)))
+        data = PairData(tuple(column_texts(path, source_column)), tuple(column_texts(path, target)))
     elif request.data_source == "huggingface":
         table = _huggingface_table(request)
         for name in (source_column, target):
@@ -275,37 +275,15 @@ def _local_file(request: DataRequest) -> Path:
     _, target = local_target(request)
     if not target.is_file():
         raise DataError(f"local data file {request.path!r} does not exist under the data root")
-    if target.suffix.lower() not in (".csv", ".jsonl", ".json"):
+    if target.suffix.lower() not in RECORD_SUFFIXES:
         raise DataError(f"cannot read {request.path!r}: use a .csv, .jsonl or .json file")
     return target
 
 
-def _read_column(path: Path, column: str) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return csv_column(path, column)
-    if suffix == ".jsonl":
-        return jsonl_column(path, column)
-    return json_column(path, column)
-
-
-def _local_records(request: DataRequest, label_column: str) -> list[dict[str, Any]]:
-    import csv
-    import json
-
-    path = _local_file(request)
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".csv":
-            return list(csv.DictReader(text.splitlines()))
-        if suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        records = json.loads(text)
-    except (UnicodeDecodeError, ValueError, csv.Error) as error:
-        raise DataError(f"cannot read {request.path!r}: {error}") from error
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise DataError(f"{request.path!r} must hold a JSON list of objects")
+def _local_records(request: DataRequest) -> list[dict[str, Any]]:
+    records = read_records(_local_file(request))
+    if not all(isinstance(record, dict) for record in records):
+        raise DataError(f"{request.path!r} must hold records with named fields")
     return records
 
 

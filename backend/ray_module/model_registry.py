@@ -36,6 +36,7 @@ from ray_module.model_sources import (
     ModelRequest,
     checked_overrides,
     local_model_directory,
+    preset_overrides,
 )
 
 __all__ = [
@@ -125,9 +126,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def _build_tiny_gpt2(request: ModelRequest) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if request.pretrained:
-        raise ModelError("'tiny-gpt2' is a built-in preset and has no pretrained weights")
-    sizes = {**TINY_GPT2_DEFAULTS, **checked_overrides(request.overrides, ALLOWED_OVERRIDES)}
+    sizes = {**TINY_GPT2_DEFAULTS, **preset_overrides(request, ALLOWED_OVERRIDES)}
     if sizes["n_embd"] % sizes["n_head"] != 0:
         raise ModelError(
             f"n_embd ({sizes['n_embd']}) must be divisible by n_head ({sizes['n_head']})"

@@ -61,6 +61,16 @@ def inside_root(name: str, local_root: Path) -> Path:
     return candidate
 
 
+def preset_overrides(request: ModelRequest, allowed: frozenset[str]) -> dict[str, int]:
+    """A built-in preset's size overrides; presets are built from code, so they have no
+    pretrained weights to ask for."""
+    if request.pretrained:
+        raise ModelError(
+            f"{request.model_name.strip()!r} is a built-in preset and has no pretrained weights"
+        )
+    return checked_overrides(request.overrides, allowed)
+
+
 def checked_overrides(overrides: dict[str, Any], allowed: frozenset[str]) -> dict[str, int]:
     """Architecture overrides: known keys with positive integer sizes, else ModelError."""
     unknown = sorted(set(overrides) - allowed)

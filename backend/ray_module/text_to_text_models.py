@@ -26,8 +26,8 @@ from ray_module.model_registry import build_byte_tokenizer
 from ray_module.model_sources import (
     ModelError,
     ModelRequest,
-    checked_overrides,
     local_model_directory,
+    preset_overrides,
 )
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,7 @@ def load_text_to_text(
         raise ModelError(f"model type {request.model_type!r} is not {TEXT_TO_TEXT_TYPE!r}")
     name = request.model_name.strip()
     if name in PRESETS:
-        if request.pretrained:
-            raise ModelError(f"{name!r} is a built-in preset and has no pretrained weights")
-        return _build_preset(name, request.overrides, seed)
+        return _build_preset(name, preset_overrides(request, ALLOWED_OVERRIDES), seed)
     directory = local_model_directory(name, local_root)
     source = str(directory) if directory is not None else name
     try:
@@ -72,7 +70,7 @@ def _build_preset(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     import torch
 
-    sizes = {**TINY_SIZES, **checked_overrides(overrides, ALLOWED_OVERRIDES)}
+    sizes = {**TINY_SIZES, **overrides}
     if sizes["d_model"] % sizes["heads"]:
         raise ModelError(f"d_model ({sizes['d_model']}) must be divisible by heads")
     tokenizer = build_byte_tokenizer()

@@ -27,12 +27,13 @@ import numpy as np
 
 from ray_module.actor_pool import (
     DETERMINISTIC_ERRORS,
-    WAIT_SLICE_S,
     Credit,
     PoolMember,
+    SharedWeights,
     ask_available,
     gather,
     last_line,
+    wait_for_free,
 )
 from ray_module.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
 from ray_module.es.noise import NoiseTable
@@ -87,19 +88,21 @@ class ESServer:
         self.noise = noise
         self.optimizer = optimizer
         self.check_cancelled = check_cancelled
+        self.shared = SharedWeights()
 
     def run_step(self, step: int, theta: np.ndarray) -> StepResult:
-        import ray
 
         started = time.perf_counter()
-        ready = [w for w in self.workers if w.is_available()]
-        if not ready:
-            alive = [w for w in self.workers if w.alive]
-            if not alive:
-                raise NoLiveWorkersError("every ES worker is gone")
-            ready = self.wait_for_free_workers()
+        ready = wait_for_free(
+            self.workers,
+            1,
+            unit="ES workers",
+            error=NoLiveWorkersError,
+            timeout_s=self.settings.step_timeout_s,
+            check_cancelled=self.check_cancelled,
+        )
         settings = self.settings
-        theta_ref = ray.put(theta)
+        theta_ref = self.shared.ref(theta)
         batch_id = (step - 1) // settings.new_tokens_interval
         shares = (
             split_population(settings.population, len(ready))
@@ -157,20 +160,9 @@ class ESServer:
         credits = [by_rank[a["rank"]].credit(float(a["seconds"])) for a in answers]
         return StepResult(new_theta, metrics, credits)
 
-    def wait_for_free_workers(self) -> list[Worker]:
-        deadline = time.monotonic() + self.settings.step_timeout_s
-        while time.monotonic() < deadline:
-            self.check_cancelled()
-            ready = [w for w in self.workers if w.is_available()]
-            if ready:
-                return ready
-            time.sleep(WAIT_SLICE_S)
-        raise NoLiveWorkersError("no ES worker became free within step_timeout_s")
-
     def validate(self, theta: np.ndarray) -> tuple[Credit, dict[str, Any]] | None:
-        import ray
 
-        theta_ref = ray.put(theta)
+        theta_ref = self.shared.ref(theta)
         results = ask_available(
             self.workers,
             lambda worker: worker.handle.validate.remote(theta_ref, self.settings.sample_length),

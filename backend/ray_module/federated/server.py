@@ -20,12 +20,13 @@ import numpy as np
 
 from ray_module.actor_pool import (
     DETERMINISTIC_ERRORS,
-    WAIT_SLICE_S,
     Credit,
     PoolMember,
+    SharedWeights,
     ask_available,
     gather,
     last_line,
+    wait_for_free,
 )
 from ray_module.federated.aggregate import ClientUpdate, ServerOptimizer, nbytes, weighted_average
 from ray_module.federated.settings import FedAvgSettings
@@ -74,13 +75,13 @@ class FedAvgServer:
         self.optimizer = optimizer
         self.check_cancelled = check_cancelled
         self.host_of = {client: host for host in hosts for client in host.clients}
+        self.shared = SharedWeights()
 
     # -- one round ----------------------------------------------------------------------
     def run_round(self, round_number: int, weights: Weights) -> RoundResult:
-        import ray
 
         started = time.perf_counter()
-        weights_ref = ray.put(weights)  # once per round; each node fetches it once
+        weights_ref = self.shared.ref(weights)  # each node fetches it once
         size = nbytes(weights)
         totals = {"sampled": 0, "returned": 0, "dropped": 0, "failed": 0, "bytes_down": 0}
         for attempt in range(1, self.settings.max_round_retries + 2):
@@ -134,25 +135,16 @@ class FedAvgServer:
         """Clients to ask this round: ``fraction_fit`` of the available ones, at least
         ``min_fit_clients``; waits (up to ``round_timeout_s``) for busy hosts if too few are
         free, and gives up if too few are alive."""
-        deadline = time.monotonic() + self.settings.round_timeout_s
-        while True:
-            self.check_cancelled()
-            available = [c for h in self.hosts if h.is_available() for c in h.clients]
-            alive = sum(len(h.clients) for h in self.hosts if h.alive)
-            if alive < self.settings.available_minimum:
-                raise NotEnoughClientsError(
-                    f"only {alive} clients are alive; min_available_clients is "
-                    f"{self.settings.available_minimum}"
-                )
-            if len(available) >= self.settings.available_minimum:
-                break
-            if time.monotonic() > deadline:
-                raise NotEnoughClientsError(
-                    f"only {len(available)} clients are free after "
-                    f"{self.settings.round_timeout_s:g} s; min_available_clients is "
-                    f"{self.settings.available_minimum}"
-                )
-            time.sleep(WAIT_SLICE_S)
+        free = wait_for_free(
+            self.hosts,
+            self.settings.available_minimum,
+            unit="clients",
+            error=NotEnoughClientsError,
+            timeout_s=self.settings.round_timeout_s,
+            check_cancelled=self.check_cancelled,
+            size=lambda host: len(host.clients),
+        )
+        available = [client for host in free for client in host.clients]
         count = sample_size(len(available), self.settings.fraction_fit, self.settings.fit_minimum)
         if count == len(available):
             return sorted(available)
@@ -181,9 +173,7 @@ class FedAvgServer:
         """Validation of the new global model. The held-out split is the same on every host,
         so one free host evaluates; with node-local data every free host evaluates its own
         clients' held-out examples and the metrics are averaged, weighted by examples."""
-        import ray
-
-        weights_ref = ray.put(weights)
+        weights_ref = self.shared.ref(weights)
         results = ask_available(
             self.hosts,
             lambda host: host.handle.evaluate.remote(weights_ref),

@@ -233,14 +233,16 @@ class TextToTextTask(TorchTask):
         if pad is None:
             raise ValueError("the tokenizer has no padding token")
         self.pad = pad
-        self.sources = [
-            self.tokenizer(text, truncation=True, max_length=max_source_length)["input_ids"]
-            for text in self.pairs.inputs
-        ]
-        self.targets = [self._target_ids(text, max_target_length) for text in self.pairs.targets]
+        # Tokenised once, in two batched calls, when the host starts.
+        self.sources = self.tokenizer(
+            list(self.pairs.inputs), truncation=True, max_length=max_source_length
+        )["input_ids"]
+        targets = self.tokenizer(
+            list(self.pairs.targets), truncation=True, max_length=max_target_length
+        )["input_ids"]
+        self.targets = [self._ending(ids, max_target_length) for ids in targets]
 
-    def _target_ids(self, text: str, limit: int) -> list[int]:
-        ids = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+    def _ending(self, ids: list[int], limit: int) -> list[int]:
         eos = self.tokenizer.eos_token_id
         if eos is not None and (not ids or ids[-1] != eos):
             ids = [*ids[: limit - 1], eos]  # the model must learn where an answer ends

@@ -7,7 +7,6 @@ evaluations that were used), generated text, checkpoints and the final model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 
 from ray_module import events
 from ray_module.actor_pool import StartupError, first_alive, startup_error
-from ray_module.directories import readable, replace_directory, staging_for
+from ray_module.checkpoints import load_arrays, save_arrays
 from ray_module.es.estimator import SGD, Adam
 from ray_module.es.noise import NoiseTable
 from ray_module.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
@@ -133,7 +132,7 @@ def save_final_model(workers: list[Worker], theta: np.ndarray, directory: Path) 
     return first_alive(workers, lambda w: w.handle.save_model.remote(theta_ref, str(directory)))
 
 
-# -- checkpoints: safetensors for arrays, JSON for the rest; nothing pickled ----------------
+# -- checkpoints ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -145,28 +144,19 @@ class ESCheckpoint:
 
 
 def save_es_checkpoint(directory: Path, step: int, theta: np.ndarray, optimizer: Any) -> None:
-    from safetensors.numpy import save_file
-
-    arrays = {"theta": np.ascontiguousarray(theta)}
-    for name in ("m", "v", "velocity"):
+    arrays = {"theta": theta}
+    for name in ("m", "v", "velocity"):  # Adam's moments or SGD's velocity, once they exist
         value = getattr(optimizer, name, None)
         if value is not None:
-            arrays[name] = np.ascontiguousarray(value)
-    staging = staging_for(directory)
-    save_file(arrays, str(staging / "es.safetensors"))
-    (staging / "state.json").write_text(json.dumps({"step": step, "optimizer_t": optimizer.t}))
-    replace_directory(staging, directory)
+            arrays[name] = value
+    save_arrays(directory, arrays, {"step": step, "optimizer_t": optimizer.t})
 
 
 def load_es_checkpoint(directory: Path) -> ESCheckpoint | None:
-    from safetensors.numpy import load_file
-
-    found = readable(directory)
-    if found is None or not (found / "state.json").is_file():
+    loaded = load_arrays(directory)
+    if loaded is None:
         return None
-    directory = found
-    state = json.loads((directory / "state.json").read_text())
-    arrays = load_file(str(directory / "es.safetensors"))
+    arrays, state = loaded
     theta = arrays.pop("theta")
     return ESCheckpoint(int(state["step"]), theta, arrays, int(state["optimizer_t"]))
 
