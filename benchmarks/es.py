@@ -27,11 +27,11 @@ TEXT = {"data_source": "builtin", "dataset_name": "stdlib-text"}
 def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from ray_module.es.noise import NoiseTable
-    from ray_module.es.server import ESServer, Worker, make_optimizer
-    from ray_module.es.settings import parse_es_settings
-    from ray_module.es.worker import ESWorker, WorkerConfig
-    from ray_module.resource_manager import node_resource
+    from ray_module.strategies.es.noise import NoiseTable
+    from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
+    from ray_module.strategies.es.settings import parse_es_settings
+    from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+    from ray_module.resources import node_resource
 
     training = {
         "population": args.population,
@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ray_module.cluster import ClusterConfig, connect, disconnect
-    from ray_module.resource_manager import node_resource
+    from ray_module.resources import node_resource
 
     connect(ClusterConfig(num_cpus=args.cpus, resources={node_resource(1): 1000}))
     print(

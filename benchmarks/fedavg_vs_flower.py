@@ -34,9 +34,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from ray_module.cluster import ClusterConfig, connect
-    from ray_module.resource_manager import node_resource
-    from ray_module.strategies.fedavg import run_fedavg
-    from ray_module.training import JobRunner, RunConfig, WorkerPlan
+    from ray_module.resources import node_resource
+    from ray_module.strategies.fedavg.run import run_fedavg
+    from ray_module.runner.job_runner import JobRunner, RunConfig, WorkerPlan
 
     started = time.perf_counter()
     # The gateway's own way of starting its local Ray (make run), with one DistLM node.

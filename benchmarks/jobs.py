@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from core.settings import Settings
 from ray_module.cluster import ClusterConfig, connect
-from ray_module.strategies.data_parallel import run_data_parallel
-from ray_module.training import NAMESPACE, JobRunner, RunConfig, WorkerPlan, runner_name
+from ray_module.strategies.data_parallel.run import run_data_parallel
+from ray_module.runner.job_runner import NAMESPACE, JobRunner, RunConfig, WorkerPlan, runner_name
 
 
 def job_body(steps: int, workers: int) -> dict:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +26,13 @@ import httpx
 import pytest
 
 from agent.cli import build_parser, config_from_args, main
-from agent.node import (
-    AgentConfig,
-    CredentialStore,
-    GatewayError,
-    JoinInfo,
-    NodeBannedError,
-    NodeIdentity,
-    NodeResources,
-    RayWorker,
-    error_from_response,
-    gateway_url,
-    run_agent,
-    sample_metrics,
-)
+from agent.credentials import CredentialStore
+from agent.errors import GatewayError, NodeBannedError
+from agent.gateway_client import JoinInfo, NodeIdentity, error_from_response, gateway_url
+from agent.loop import AgentConfig, run_agent
+from agent.machine import NodeResources, sample_metrics
+from agent.ray_worker import RayWorker
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -52,17 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def poll(condition: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.1) -> Any:
-    """The condition's first truthy value; fails after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def unique_hostname() -> str:
@@ -157,7 +139,7 @@ def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
             except httpx.HTTPError:
                 return False
 
-        poll(healthy, timeout_s=120, what="the gateway to be healthy", every_s=0.3)
+        wait_for(healthy, timeout_s=120, what="the gateway to be healthy", every_s=0.3)
         gateway.admin_token = login(gateway.base, "admin", "admin-change-me")
         gateway.as_admin(
             "POST",
@@ -403,7 +385,7 @@ def test_agent_waits_while_pending_and_goes_on_once_an_admin_approves(
             node = manual_gateway.node_named(hostname)
             return node if node and node["status"] == "online" else None
 
-        seen["pending"] = poll(pending_and_online, timeout_s=30, what="a pending, live node")
+        seen["pending"] = wait_for(pending_and_online, timeout_s=30, what="a pending, live node")
         time.sleep(0.3)  # the agent keeps waiting meanwhile
         manual_gateway.as_admin("POST", f"/nodes/{seen['pending']['id']}/approve")
 
@@ -452,7 +434,7 @@ def test_a_banned_node_stops_the_agent_with_an_error(
     args = agent_args(gateway, hostname, tmp_path / "node.json", *LOGIN)
 
     def ban_when_online() -> None:
-        node = poll(
+        node = wait_for(
             lambda: (n := gateway.node_named(hostname)) and n["status"] == "online" and n,
             timeout_s=30,
             what="the agent's node to be online",
@@ -552,7 +534,7 @@ def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
             assert agent.poll() is None, f"agent exited:\n{agent_log.read_text()}"
             return "Ray worker (pid" in agent_log.read_text()
 
-        poll(worker_started, timeout_s=60, what="the agent to start its Ray worker")
+        wait_for(worker_started, timeout_s=60, what="the agent to start its Ray worker")
         node_id = json.loads(credential_file.read_text())["node_id"]
         join = gateway.as_owner("GET", f"/nodes/{node_id}/join")
         resource = f"distlm_node_{node_id}"

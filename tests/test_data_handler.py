@@ -15,15 +15,10 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from ray_module.data_handler import (
-    DataError,
-    DataRequest,
-    load_texts,
-    pack_blocks,
-    split_blocks,
-    stdlib_corpus,
-)
-from ray_module.model_registry import build_byte_tokenizer
+from ray_module.data.request import DataRequest
+from ray_module.data.texts import load_texts, pack_blocks, split_blocks, stdlib_corpus
+from ray_module.errors import DataError
+from ray_module.models.causal_lm import build_byte_tokenizer
 
 
 def local(path: str, root: Path, **fields: object) -> DataRequest:
@@ -65,7 +60,7 @@ def test_stdlib_text_is_identical_in_a_fresh_interpreter() -> None:
     """Workers of one job each build the corpus; they must all get the same one."""
     script = (
         "import hashlib, json\n"
-        "from ray_module.data_handler import stdlib_corpus\n"
+        "from ray_module.data.texts import stdlib_corpus\n"
         "print(hashlib.sha256(json.dumps(stdlib_corpus()).encode()).hexdigest())\n"
     )
     backend = str(Path(__file__).resolve().parents[1] / "backend")

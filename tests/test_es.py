@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ray_module.char_rnn import (
+from ray_module.errors import ModelError
+from ray_module.models.char_rnn import (
     CharRNNConfig,
     beam_search,
     build_char_rnn,
@@ -23,12 +24,12 @@ from ray_module.char_rnn import (
     set_flat_parameters,
     vocabulary_of,
 )
-from ray_module.es.estimator import SGD, Adam, antithetic_gradient, centered_ranks
-from ray_module.es.noise import NoiseTable, pair_index
-from ray_module.es.server import payload_bytes, split_population
-from ray_module.es.settings import parse_es_settings
-from ray_module.model_sources import ModelError, ModelRequest
-from ray_module.strategies.es import load_es_checkpoint, restore_optimizer, save_es_checkpoint
+from ray_module.models.sources import ModelRequest
+from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, centered_ranks
+from ray_module.strategies.es.noise import NoiseTable, pair_index
+from ray_module.strategies.es.run import load_es_checkpoint, restore_optimizer, save_es_checkpoint
+from ray_module.strategies.es.server import payload_bytes, split_population
+from ray_module.strategies.es.settings import parse_es_settings
 
 # -- noise ------------------------------------------------------------------------------------
 

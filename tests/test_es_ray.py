@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ray_module.es.noise import NoiseTable
-from ray_module.es.server import ESServer, Worker, make_optimizer
-from ray_module.es.settings import parse_es_settings
-from ray_module.es.worker import ESWorker, WorkerConfig
-from ray_module.resource_manager import node_resource
-from ray_module.strategies.es import run_es
-from ray_module.training import JobRunner, RunConfig, WorkerPlan
-from tests.conftest import finished, job_state, wait_for
+from ray_module.resources import node_resource
+from ray_module.runner.job_runner import JobRunner, RunConfig, WorkerPlan
+from ray_module.strategies.es.noise import NoiseTable
+from ray_module.strategies.es.run import run_es
+from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
+from ray_module.strategies.es.settings import parse_es_settings
+from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+from tests.conftest import finished, job_state
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

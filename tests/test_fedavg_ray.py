@@ -13,15 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
-from ray_module.federated.aggregate import server_optimizer
-from ray_module.federated.checkpoint import load_checkpoint
-from ray_module.federated.client import ClientHost, HostConfig
-from ray_module.federated.server import FedAvgServer, Host, NotEnoughClientsError
-from ray_module.federated.settings import parse_fedavg_settings
-from ray_module.resource_manager import node_resource
-from ray_module.strategies.fedavg import run_fedavg
-from ray_module.training import JobRunner, RunConfig, WorkerPlan
-from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node, wait_for
+from ray_module.resources import node_resource
+from ray_module.runner.job_runner import JobRunner, RunConfig, WorkerPlan
+from ray_module.strategies.fedavg.aggregate import server_optimizer
+from ray_module.strategies.fedavg.checkpoint import load_checkpoint
+from ray_module.strategies.fedavg.client import ClientHost, HostConfig
+from ray_module.strategies.fedavg.run import run_fedavg
+from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
+from ray_module.strategies.fedavg.settings import parse_fedavg_settings
+from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -328,7 +329,7 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
 def test_node_local_files_train_one_model_over_every_clients_classes(
     ray_cluster, tmp_path: Path
 ) -> None:
-    from ray_module.example_data import digits
+    from ray_module.data.examples import digits
 
     data = digits()
     flat = data.features.reshape(len(data), 64)

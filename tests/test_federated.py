@@ -9,30 +9,31 @@ import numpy as np
 import pytest
 import torch
 
-from ray_module.data_handler import DataError, DataRequest
-from ray_module.example_data import digits, labelled_from_table, load_labelled, synthetic_t2t
-from ray_module.federated.aggregate import (
+from ray_module.data.examples import digits, labelled_from_table, load_labelled, synthetic_t2t
+from ray_module.data.request import DataRequest
+from ray_module.errors import DataError, ModelError
+from ray_module.models.sources import ModelRequest
+from ray_module.strategies.fedavg.aggregate import (
     AggregationError,
     ClientUpdate,
     server_optimizer,
     weighted_average,
 )
-from ray_module.federated.checkpoint import (
+from ray_module.strategies.fedavg.checkpoint import (
     FederatedCheckpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from ray_module.federated.partition import (
+from ray_module.strategies.fedavg.partition import (
     PartitionError,
     dirichlet_partition,
     iid_partition,
     split_validation,
 )
-from ray_module.federated.server import sample_size
-from ray_module.federated.settings import parse_fedavg_settings
-from ray_module.federated.tasks import ClassifierTask, LocalTraining, TextToTextTask
-from ray_module.model_sources import ModelError, ModelRequest
-from ray_module.strategies.fedavg import assign_clients
+from ray_module.strategies.fedavg.run import assign_clients
+from ray_module.strategies.fedavg.server import sample_size
+from ray_module.strategies.fedavg.settings import parse_fedavg_settings
+from ray_module.strategies.fedavg.tasks import ClassifierTask, LocalTraining, TextToTextTask
 
 DIGITS = digits()
 CPU = torch.device("cpu")
@@ -334,7 +335,7 @@ def test_text_to_text_hub_ids_fail_cleanly_offline(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from ray_module.text_to_text_models import load_text_to_text
+    from ray_module.models.text_to_text import load_text_to_text
 
     with pytest.raises(ModelError, match="could not load 'no-such-org/no-such-t5'"):
         load_text_to_text(ModelRequest("text_to_text", "no-such-org/no-such-t5"))
@@ -364,7 +365,7 @@ def test_builtin_digits_are_exactly_scikit_learns() -> None:
 
 
 def test_plain_sgd_matches_torch_sgd() -> None:
-    from ray_module.federated.tasks import PlainSGD
+    from ray_module.strategies.fedavg.tasks import PlainSGD
 
     def trained(make_optimizer) -> list[torch.Tensor]:
         torch.manual_seed(0)
@@ -382,8 +383,8 @@ def test_plain_sgd_matches_torch_sgd() -> None:
 
 
 def test_node_local_files_merge_onto_the_federations_classes() -> None:
-    from ray_module.example_data import LabelledData
-    from ray_module.federated.client import class_order, merge_client_examples
+    from ray_module.data.examples import LabelledData
+    from ray_module.strategies.fedavg.client import class_order, merge_client_examples
 
     def part(labels: list[str]) -> LabelledData:
         names = tuple(sorted(set(labels)))
@@ -410,7 +411,7 @@ def test_node_local_files_merge_onto_the_federations_classes() -> None:
 def test_a_crash_while_replacing_a_checkpoint_leaves_the_previous_one_readable(
     tmp_path: Path,
 ) -> None:
-    from ray_module.directories import readable, replace_directory, staging_for
+    from ray_module.storage.directories import readable, replace_directory, staging_for
 
     weights = [np.ones(3, np.float32)]
     target = tmp_path / "checkpoint"

@@ -241,3 +241,52 @@ def test_a_job_continues_from_the_saved_model_of_one_of_its_owners_jobs(
     accepted = client.post("/jobs/submit", headers=user.headers, json=continued)
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["spec"]["model_config"]["model_name"] == f"job:{first['id']}"
+
+
+TINY_GPT2 = {
+    "model_config": {"type": "simple_transformer", "model_name": "tiny-gpt2"},
+    "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+}
+MLP_DIGITS = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({**TINY_GPT2, "training_config": {"strategy": "split"}}, "strategy", "unknown strategy"),
+        (
+            {**MLP_DIGITS, "training_config": {"strategy": "data_parallel"}},
+            "strategy",
+            "cannot train model type 'classifier'",
+        ),
+        ({**TINY_GPT2, "training_config": {"epochz": 2}}, "epochz", "unknown data_parallel"),
+        ({**TINY_GPT2, "training_config": {"batch_size": 0}}, "batch_size", "from 1"),
+        ({**MLP_DIGITS, "training_config": {"roundz": 2}}, "roundz", "unknown fedavg"),
+        ({**ES_RNN, "training_config": {"stepz": 2}}, "stepz", "unknown es"),
+    ],
+)
+def test_what_no_registered_strategy_can_run_is_refused_at_submit(
+    client: TestClient, user: Account, db: Session, body: dict, field: str, words: str
+) -> None:
+    """422 naming the training_config field; nothing stored and no tokens held."""
+    before = client.get("/tokens/balance/me", headers=user.headers).json()
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == f"training_config.{field}"
+    assert words in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+    assert client.get("/tokens/balance/me", headers=user.headers).json() == before
+
+
+def test_a_flood_of_unknown_knobs_is_refused_not_stored(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    knobs = {f"knob_{i}": "x" * 100 for i in range(5000)}  # ~0.6 MB of made-up settings
+    body = {**TINY_GPT2, "training_config": knobs}
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422
+    assert "unknown data_parallel setting 'knob_0'" in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from ray_module.data_handler import DataRequest, load_texts, pack_blocks
-from ray_module.model_registry import (
-    ModelError,
+from ray_module.data.request import DataRequest
+from ray_module.data.texts import load_texts, pack_blocks
+from ray_module.errors import ModelError
+from ray_module.models.causal_lm import (
     ModelRequest,
     build_byte_tokenizer,
     count_parameters,

@@ -8,13 +8,14 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -36,18 +37,15 @@ def readme_block(heading: str) -> str:
 
 
 def wait_healthy(base: str, process: subprocess.Popen, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"launcher exited early with {process.returncode}")
+    def health() -> dict | None:
+        assert process.poll() is None, f"launcher exited early with {process.returncode}"
         try:
             response = httpx.get(f"{base}/health", timeout=2)
-            if response.status_code == 200:
-                return response.json()
         except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("gateway did not become healthy")
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    return wait_for(health, timeout_s=timeout_s, what="the gateway to be healthy", every_s=0.5)
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from tests.conftest import (
     finished,
     job_state,
     register_node,
-    wait_for,
 )
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,61 +1,92 @@
-"""The JobRunner as a plain class, and the small pure pieces of the run path (no Ray)."""
+"""The JobRunner as a plain class, typed run errors, and the small pure pieces of the run
+path (no Ray cluster)."""
 
 from __future__ import annotations
 
-import time
+import pickle
+
+import pytest
 
 from compute.dispatcher import add_usage, usage_reports
 from compute.models import Job
-from ray_module import events
-from ray_module.data_handler import DataError
-from ray_module.strategies.data_parallel import total_steps_for
-from ray_module.training import JobRunner, RunConfig, describe, is_retryable
+from ray_module.contract import RunConfig
+from ray_module.data.request import DataRequest
+from ray_module.errors import (
+    DataError,
+    LostWorkersError,
+    ModelError,
+    SettingsError,
+    describe,
+    is_retryable,
+)
+from ray_module.events import MetricEvent, RunState, StatusEvent, UsageEvent
+from ray_module.models.sources import ModelRequest
+from ray_module.runner.job_runner import JobRunner
+from ray_module.strategies.data_parallel.settings import DataParallelSettings
+from tests.polling import wait_for
 
 
 def config(strategy: str = "split") -> RunConfig:
     return RunConfig(
         job_id=7,
         strategy=strategy,
-        model={},
-        data={},
+        model=ModelRequest("classifier", "mlp"),
+        data=DataRequest("builtin", "digits"),
         training={},
         workers=(),
         storage_path="/tmp/distlm-unit",
     )
 
 
-def wait_state(runner: JobRunner, states: set[str]) -> str:
-    deadline = time.monotonic() + 10
-    while runner.state() not in states and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return runner.state()
-
-
 def test_events_are_numbered_and_read_from_a_cursor() -> None:
     runner = JobRunner(config())
-    runner.emit(events.metric(1, {"loss": 2.0}))
-    runner.emit(events.usage(3, gpu_seconds=0, cpu_core_seconds=10, memory_gb_seconds=5))
-    assert [e["seq"] for e in runner.events(0)] == [1, 2]
-    assert [e["type"] for e in runner.events(1)] == ["usage"]
+    runner.emit(MetricEvent(1, {"loss": 2.0}))
+    runner.emit(UsageEvent(3, cpu_core_seconds=10, memory_gb_seconds=5))
+    assert [e.seq for e in runner.events(0)] == [1, 2]
+    assert [type(e.event) for e in runner.events(1)] == [UsageEvent]
     assert runner.events(2) == []
 
 
-def test_an_unavailable_strategy_fails_the_run_without_retry() -> None:
+def test_an_unknown_strategy_fails_the_run_without_retry() -> None:
     runner = JobRunner(config("split"))
     runner.start()
-    assert wait_state(runner, {"failed"}) == "failed"
-    status = [e for e in runner.events(0) if e["type"] == "status"]
-    assert [s["state"] for s in status] == ["running", "failed"]
-    assert status[-1]["retryable"] is False
-    assert "not available" in status[-1]["reason"]
+    wait_for(lambda: runner.state() is RunState.FAILED, timeout_s=10, what="the run to fail")
+    status = [e.event for e in runner.events(0) if isinstance(e.event, StatusEvent)]
+    assert [s.state for s in status] == [RunState.RUNNING, RunState.FAILED]
+    assert status[-1].retryable is False
+    assert "unknown strategy 'split'" in status[-1].reason
 
 
-def test_retryable_failures_are_lost_workers_not_bad_input() -> None:
-    assert is_retryable(RuntimeError("The actor died unexpectedly before finishing this task"))
-    assert is_retryable(RuntimeError("connection reset"))
+def test_run_errors_survive_pickling_as_their_own_class() -> None:
+    for error in (DataError("no such column"), LostWorkersError("2 of 4 hosts died")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert is_retryable(copy) == is_retryable(error)
+
+
+def test_retryable_is_decided_by_type_through_ray_wrappers() -> None:
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    assert is_retryable(LostWorkersError("only 1 of 2 clients are alive"))
+    assert is_retryable(ActorDiedError())
+    assert is_retryable(RuntimeError("connection reset"))  # unknown: worth another attempt
     assert not is_retryable(DataError("unknown dataset"))
-    wrapped = RuntimeError("Training failed: ModelError('could not load gpt2')")
-    assert not is_retryable(wrapped)
+    assert not is_retryable(SettingsError("batch_size must be ..."))
+    # A worker's error reaches the runner wrapped by Ray, typed as well as wrapped.
+    task_error = RayTaskError("fit", "Traceback ...", ModelError("no gpt2")).as_instanceof_cause()
+    assert not is_retryable(task_error)
+    assert describe(task_error) == "ModelError: no gpt2"
+    # Ray Train reports each worker's failure; the lost node's is retryable, bad data not.
+    bad_data = WorkerGroupError(
+        "rank 0 failed", {0: UserExceptionWithTraceback(DataError("empty corpus"), "tb")}
+    )
+    assert not is_retryable(bad_data)
+    assert describe(bad_data) == "DataError: empty corpus"
+    assert is_retryable(WorkerGroupError("rank 1 died", {1: ActorDiedError()}))
+    # Text that merely mentions an error class no longer decides anything.
+    assert is_retryable(RuntimeError("Training failed: ModelError('could not load gpt2')"))
 
 
 def test_describe_gives_one_line_from_the_root_cause() -> None:
@@ -68,17 +99,19 @@ def test_describe_gives_one_line_from_the_root_cause() -> None:
         assert describe(exc) == "ValueError: bad column 'txt'"
 
 
-def test_max_steps_alone_sets_the_length_and_epochs_bound_it() -> None:
-    assert total_steps_for({"epochs": None, "max_steps": 500}, 50) == 500
-    assert total_steps_for({"epochs": 2, "max_steps": 500}, 50) == 100
-    assert total_steps_for({"epochs": 2, "max_steps": 30}, 50) == 30
-    assert total_steps_for({"epochs": None, "max_steps": None}, 50) == 50
+@pytest.mark.parametrize(
+    ("epochs", "max_steps", "steps"),
+    [(None, 500, 500), (2, 500, 100), (2, 30, 30), (None, None, 50)],
+)
+def test_max_steps_alone_sets_the_length_and_epochs_bound_it(epochs, max_steps, steps) -> None:
+    settings = DataParallelSettings(epochs=epochs, max_steps=max_steps)
+    assert settings.total_steps(batches_per_epoch=50) == steps
 
 
 def test_usage_accumulates_per_node() -> None:
     job = Job(usage=None)
     for node in (1, 2, 1):
-        add_usage(job, events.usage(node, gpu_seconds=1, cpu_core_seconds=2, memory_gb_seconds=3))
+        add_usage(job, UsageEvent(node, gpu_seconds=1, cpu_core_seconds=2, memory_gb_seconds=3))
     assert job.usage == {
         "1": {"gpu_seconds": 2.0, "cpu_core_seconds": 4.0, "memory_gb_seconds": 6.0},
         "2": {"gpu_seconds": 1.0, "cpu_core_seconds": 2.0, "memory_gb_seconds": 3.0},

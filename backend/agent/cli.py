@@ -20,16 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from agent.node import (
-    AgentConfig,
-    AgentError,
-    NodeBannedError,
-    default_credential_file,
-    detect_gpus,
-    detect_resources,
-    gateway_url,
-    run_agent,
-)
+from agent.credentials import default_credential_file
+from agent.errors import AgentError, NodeBannedError
+from agent.gateway_client import gateway_url
+from agent.loop import AgentConfig, run_agent
+from agent.machine import detect_gpus, detect_resources
 
 log = logging.getLogger("distlm.agent")
 

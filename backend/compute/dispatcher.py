@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,29 +21,28 @@ from compute.billing import UsageReport, job_estimate, metered_cost, rates_from
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
 from compute.models import Job, JobMetric, Node
-from compute.scheduling import plan_queue
+from compute.scheduling import plan_queue, strategy_knobs
 from core.db import session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import ResourceSeconds, tokens
-from ray_module import events, training
-from ray_module.es.settings import parse_es_settings
-from ray_module.federated.settings import parse_fedavg_settings
-from ray_module.resource_manager import live_nodes, resource_shortfall
-from ray_module.training import RunConfig, WorkerPlan
+from ray_module.contract import RunConfig, WorkerPlan
+from ray_module.data.request import DataRequest
+from ray_module.errors import SettingsError, describe
+from ray_module.events import (
+    ArtifactEvent,
+    CheckpointEvent,
+    MetricEvent,
+    RecordedEvent,
+    RunState,
+    StatusEvent,
+    UsageEvent,
+)
+from ray_module.models.sources import ModelRequest
+from ray_module.resources import live_nodes, resource_shortfall
+from ray_module.runner import client as runners
+from ray_module.strategies.registry import get_strategy
 
 log = logging.getLogger(__name__)
-
-DATA_FIELDS = (
-    "data_source",
-    "dataset_name",
-    "dataset_config",
-    "path",
-    "split",
-    "text_column",
-    "target_column",
-    "max_samples",
-    "validation_split",
-)
 
 
 class Dispatcher:
@@ -140,34 +138,29 @@ class Dispatcher:
                 return
             config = self.run_config(job, session)
             try:
-                training.launch_runner(config)
+                runners.launch_runner(config)
             except Exception as exc:  # Ray refused: back to the queue for the next round
                 log.exception("could not start the runner of job %s", job_id)
                 job.placement = None
-                transition_job(
-                    session, job, JobStatus.QUEUED, f"could not start: {training.describe(exc)}"
-                )
+                transition_job(session, job, JobStatus.QUEUED, f"could not start: {describe(exc)}")
                 return
             transition_job(session, job, JobStatus.RUNNING, f"running (attempt {job.attempts})")
 
     def run_config(self, job: Job, session: Session) -> RunConfig:
+        """The stored spec as the runner receives it: typed, data root and storage added."""
         spec = job.spec
         model = spec["model_config"]
-        data = {k: spec["data_config"].get(k) for k in DATA_FIELDS}
-        data["data_root"] = str(self.settings.data_root)
         return RunConfig(
             job_id=job.id,
             strategy=job.strategy,
-            model={
-                "model_type": model["type"],
-                "model_name": source_model_path(session, model["model_name"]),
-                "pretrained": model.get("pretrained"),
-                "overrides": model.get("overrides") or {},
-            },
-            data=data,
-            training={
-                k: v for k, v in (spec.get("training_config") or {}).items() if k != "strategy"
-            },
+            model=ModelRequest(
+                model_type=model["type"],
+                model_name=source_model_path(session, model["model_name"]),
+                pretrained=model.get("pretrained"),
+                overrides=model.get("overrides") or {},
+            ),
+            data=DataRequest(**spec["data_config"], data_root=str(self.settings.data_root)),
+            training=strategy_knobs(job),
             workers=tuple(WorkerPlan(**slot) for slot in job.placement or []),
             storage_path=str(self.settings.storage_path),
             attempt=job.attempts,
@@ -177,13 +170,13 @@ class Dispatcher:
     def poll(self, session: Session, job: Job) -> None:
         if job.status != JobStatus.RUNNING.value:
             return
-        fresh = training.fetch_events(job.id, job.event_cursor)
+        fresh = runners.fetch_events(job.id, job.event_cursor)
         if fresh is None:
             self.runner_lost(session, job)
             return
-        for event in fresh:
-            job.event_cursor = max(job.event_cursor, int(event["seq"]))
-            if self.apply(session, job, event):
+        for recorded in fresh:
+            job.event_cursor = max(job.event_cursor, recorded.seq)
+            if self.apply(session, job, recorded):
                 return
         now = utcnow()
         budget = job_estimate(job, self.rates).total
@@ -210,38 +203,34 @@ class Dispatcher:
                 f"it did not start training within {self.settings.job_start_timeout_s} s",
             )
 
-    def apply(self, session: Session, job: Job, event: dict[str, Any]) -> bool:
+    def apply(self, session: Session, job: Job, recorded: RecordedEvent) -> bool:
         """Store one runner event; True when it ended the job (or its attempt)."""
-        kind = event["type"]
-        if kind == events.METRIC:
-            step = int(event["step"])
-            session.add(JobMetric(job_id=job.id, step=step, values=event["values"]))
-            if job.first_step_at is None:
-                job.first_step_at = utcnow()
-            if step > 0:
-                job.status_reason = f"running (attempt {job.attempts}): {progress(job, step)}"
-        elif kind == events.USAGE:
-            add_usage(job, event)
-        elif kind == events.CHECKPOINT:
-            job.status_reason = (
-                f"running (attempt {job.attempts}): {progress(job, int(event['step']))}, "
-                "checkpointed"
-            )
-        elif kind == events.ARTIFACT:
-            job.artifact_path = str(event["path"])
-        elif kind == events.STATUS:
-            state = event["state"]
-            if state == "succeeded":
+        match recorded.event:
+            case MetricEvent(step=step, values=values):
+                session.add(JobMetric(job_id=job.id, step=step, values=values))
+                if job.first_step_at is None:
+                    job.first_step_at = utcnow()
+                if step > 0:
+                    job.status_reason = f"running (attempt {job.attempts}): {progress(job, step)}"
+            case UsageEvent() as usage:
+                add_usage(job, usage)
+            case CheckpointEvent(step=step):
+                job.status_reason = (
+                    f"running (attempt {job.attempts}): {progress(job, step)}, checkpointed"
+                )
+            case ArtifactEvent(path=path):
+                job.artifact_path = path
+            case StatusEvent(state=RunState.SUCCEEDED):
                 self.end(session, job, JobStatus.SUCCEEDED, "succeeded: training finished")
                 return True
-            if state == "cancelled":
+            case StatusEvent(state=RunState.CANCELLED):
                 self.end(session, job, JobStatus.CANCELLED, "cancelled while running")
                 return True
-            if state == "failed":
-                if event.get("retryable") and job.cancel_requested_at is None:
-                    self.retry_or_fail(session, job, str(event.get("reason", "")))
+            case StatusEvent(state=RunState.FAILED, reason=reason, retryable=retryable):
+                if retryable and job.cancel_requested_at is None:
+                    self.retry_or_fail(session, job, reason)
                 else:
-                    self.end(session, job, JobStatus.FAILED, f"failed: {event.get('reason')}")
+                    self.end(session, job, JobStatus.FAILED, f"failed: {reason}")
                 return True
         return False
 
@@ -254,7 +243,7 @@ class Dispatcher:
     def retry_or_fail(self, session: Session, job: Job, why: str) -> None:
         """A lost node or worker: resume from the last checkpoint on live nodes, a few times."""
         log.warning("job %s attempt %s lost: %s", job.id, job.attempts, why)
-        training.stop_runner(job.id)
+        runners.stop_runner(job.id)
         if job.attempts >= self.settings.job_max_attempts:
             self.end(session, job, JobStatus.FAILED, f"failed after {job.attempts} attempts: {why}")
             return
@@ -269,23 +258,18 @@ class Dispatcher:
 
     def end(self, session: Session, job: Job, status: JobStatus, reason: str) -> None:
         """Stop the runner (frees its placement) and settle with the metered usage."""
-        training.stop_runner(job.id)
+        runners.stop_runner(job.id)
         job.placement = None
         finish_job(session, job, status, reason, usage=usage_reports(job), rates=self.rates)
 
 
 def progress(job: Job, step: int) -> str:
     """ "round 4 of 10", "step 30 of 60": how far a running job is, in its strategy's unit."""
-    training = (job.spec or {}).get("training_config") or {}
     try:
-        if job.strategy == "fedavg":
-            return f"round {step} of {parse_fedavg_settings(training).rounds}"
-        if job.strategy == "es":
-            return f"step {step} of {parse_es_settings(training).steps}"
-    except ValueError:  # a spec stored under older rules: still say how far it is
+        strategy = get_strategy(job.strategy)
+        return strategy.progress(strategy.parse_settings(strategy_knobs(job)), step)
+    except SettingsError:  # a spec stored under older rules: still say how far it is
         return f"step {step}"
-    total = training.get("max_steps")
-    return f"step {step}" + (f" of {total}" if total else "")
 
 
 def attempt_stalled(job: Job, *, now: dt.datetime, timeout_s: int) -> bool:
@@ -298,14 +282,13 @@ def attempt_stalled(job: Job, *, now: dt.datetime, timeout_s: int) -> bool:
     return job.event_cursor <= 1 and now - job.updated_at > dt.timedelta(seconds=timeout_s)
 
 
-def add_usage(job: Job, event: dict[str, Any]) -> None:
-    usage = dict(job.usage or {})  # a new dict: JSON columns track assignment, not mutation
-    key = str(event["node_id"])
-    current = usage.get(
-        key, {"gpu_seconds": 0.0, "cpu_core_seconds": 0.0, "memory_gb_seconds": 0.0}
-    )
-    usage[key] = {name: current[name] + float(event[name]) for name in current}
-    job.usage = usage
+def add_usage(job: Job, usage: UsageEvent) -> None:
+    """Add a node's completed work to the job's metered usage (a JSON column by node id)."""
+    totals = dict(job.usage or {})  # a new dict: JSON columns track assignment, not mutation
+    key = str(usage.node_id)
+    current = totals.get(key) or {name: 0.0 for name in usage.figures()}
+    totals[key] = {name: current[name] + value for name, value in usage.figures().items()}
+    job.usage = totals
 
 
 def usage_reports(job: Job) -> list[UsageReport]:

@@ -15,10 +15,21 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ray_module.es.settings import parse_es_settings
-from ray_module.federated.settings import parse_fedavg_settings
+from ray_module.data.catalogue import BUILTIN_DATASETS, builtin_datasets_for
+from ray_module.errors import SettingsError
+from ray_module.models.catalogue import PRESETS
+from ray_module.strategies.base import SubmittedJob
+from ray_module.strategies.registry import default_strategy, get_strategy
 
 MICRO = 1_000_000  # ledger units per token
 
@@ -30,51 +41,11 @@ class ModelType(enum.StrEnum):
     CHAR_RNN = "char_rnn"
 
 
-class Strategy(enum.StrEnum):
-    DATA_PARALLEL = "data_parallel"
-    FEDAVG = "fedavg"
-    ES = "es"
-    SPLIT = "split"
-
-
 class DataSource(enum.StrEnum):
     HUGGINGFACE = "huggingface"
     LOCAL = "local"
     BUILTIN = "builtin"
 
-
-DEFAULT_STRATEGY: dict[ModelType, Strategy] = {
-    ModelType.SIMPLE_TRANSFORMER: Strategy.DATA_PARALLEL,
-    ModelType.TEXT_TO_TEXT: Strategy.FEDAVG,
-    ModelType.CLASSIFIER: Strategy.FEDAVG,
-    ModelType.CHAR_RNN: Strategy.ES,
-}
-
-# Which model types each strategy knows how to train.
-STRATEGY_MODEL_TYPES: dict[Strategy, frozenset[ModelType]] = {
-    Strategy.DATA_PARALLEL: frozenset({ModelType.SIMPLE_TRANSFORMER, ModelType.CLASSIFIER}),
-    Strategy.FEDAVG: frozenset({ModelType.TEXT_TO_TEXT, ModelType.CLASSIFIER}),
-    Strategy.ES: frozenset({ModelType.CHAR_RNN}),
-    Strategy.SPLIT: frozenset({ModelType.CLASSIFIER, ModelType.SIMPLE_TRANSFORMER}),
-}
-
-# Offline presets (random init, no download) and the model type each belongs to.
-PRESET_MODEL_TYPES: dict[str, ModelType] = {
-    "tiny-gpt2": ModelType.SIMPLE_TRANSFORMER,
-    "tiny-t5": ModelType.TEXT_TO_TEXT,
-    "tiny-bart": ModelType.TEXT_TO_TEXT,
-    "mlp": ModelType.CLASSIFIER,
-    "cnn": ModelType.CLASSIFIER,
-    "rnn": ModelType.CHAR_RNN,
-}
-
-# Built-in datasets and the model types that can train on them.
-BUILTIN_DATASET_TYPES: dict[str, frozenset[ModelType]] = {
-    "digits": frozenset({ModelType.CLASSIFIER}),
-    "stdlib-text": frozenset({ModelType.SIMPLE_TRANSFORMER, ModelType.CHAR_RNN}),
-    "synthetic-t2t": frozenset({ModelType.TEXT_TO_TEXT}),
-}
-BUILTIN_DATASETS = frozenset(BUILTIN_DATASET_TYPES)
 
 MAX_GPUS = 64
 MAX_CPU_CORES = 1024
@@ -139,17 +110,17 @@ class DataSpec(_Strict):
 
 
 class TrainingSpec(BaseModel):
-    """The strategy plus its knobs; strategy-specific fields are checked by the strategy."""
+    """The strategy plus its knobs. The knobs are the strategy's: its parser checks them
+    (unknown or out of range: 422 naming the field); only ``num_workers`` is common."""
 
     model_config = ConfigDict(extra="allow")
 
-    strategy: Strategy | None = None
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    max_steps: int | None = Field(None, ge=1, le=10_000_000)
-    batch_size: int | None = Field(None, ge=1, le=65_536)
-    learning_rate: float | None = Field(None, gt=0, le=10)
-    seq_len: int | None = Field(None, ge=2, le=65_536)
+    strategy: str | None = Field(None, max_length=64)
     num_workers: int | None = Field(None, ge=1, le=1024)
+
+    def knobs(self) -> dict[str, Any]:
+        """The strategy's own settings, as submitted."""
+        return dict(self.model_extra or {})
 
 
 class Requirements(_Strict):
@@ -190,62 +161,56 @@ class JobSpec(_Strict):
     max_runtime_s: int | None = Field(None, ge=1, le=MAX_RUNTIME_S)
 
     @model_validator(mode="after")
-    def _strategy_fits_model(self) -> JobSpec:
+    def _a_strategy_can_run_it(self) -> JobSpec:
+        """Only a combination a registered strategy can run is accepted: anything else is a
+        422 now, never a hold and a failure later."""
+        try:
+            self._strategy_accepts_it()
+        except SettingsError as error:
+            raise _at_training_config(error) from None
+        return self
+
+    def _strategy_accepts_it(self) -> None:
         if self.training_config.strategy is None:
-            self.training_config.strategy = DEFAULT_STRATEGY[self.model.type]
-        strategy = self.training_config.strategy
-        if self.model.type not in STRATEGY_MODEL_TYPES[strategy]:
-            allowed = ", ".join(sorted(t.value for t in STRATEGY_MODEL_TYPES[strategy]))
+            self.training_config.strategy = default_strategy(self.model.type.value).name
+        strategy = get_strategy(self.training_config.strategy)
+        strategy.check_model_type(self.model.type.value)
+        preset_type = PRESETS.get(self.model.model_name)
+        if preset_type is not None and preset_type != self.model.type.value:
             raise ValueError(
-                f"strategy '{strategy.value}' cannot train model type "
-                f"'{self.model.type.value}' (it trains: {allowed})"
-            )
-        preset_type = PRESET_MODEL_TYPES.get(self.model.model_name)
-        if preset_type is not None and preset_type is not self.model.type:
-            raise ValueError(
-                f"preset '{self.model.model_name}' is a {preset_type.value} model, "
+                f"preset '{self.model.model_name}' is a {preset_type} model, "
                 f"not {self.model.type.value}"
             )
         self._builtin_data_fits_model()
-        if strategy is Strategy.FEDAVG:
-            # Strategy knobs are checked here so a typo is a 422, not a failed run.
-            settings = parse_fedavg_settings(self.training_config.model_dump(exclude_none=True))
-            workers = self.training_config.num_workers
-            if workers is not None and workers > settings.clients:
-                raise ValueError(
-                    f"num_workers ({workers}) exceeds clients ({settings.clients}): "
-                    "each worker hosts at least one client"
-                )
-            if settings.partition == "node_local":
-                self._node_local_data_named()
-        elif strategy is Strategy.ES:
-            parse_es_settings(self.training_config.model_dump(exclude_none=True))
-        return self
+        settings = strategy.parse_settings(self.training_config.knobs())
+        strategy.check_job(self.submitted(), settings)
 
-    def _node_local_data_named(self) -> None:
-        data = self.data_config
-        if data.data_source is not DataSource.LOCAL or "{client}" not in (data.path or ""):
-            raise ValueError(
-                "partition 'node_local' reads each client's own file on its node: use "
-                "data_source 'local' with a path containing {client}, e.g. clients/{client}.csv"
-            )
+    def submitted(self) -> SubmittedJob:
+        return SubmittedJob(
+            model_type=self.model.type.value,
+            model_name=self.model.model_name,
+            data_source=self.data_config.data_source.value,
+            dataset_name=self.data_config.dataset_name,
+            data_path=self.data_config.path,
+            gpu=self.requirements.gpu,
+            cpu_cores=self.requirements.cpu_cores,
+            memory_gb=self.requirements.memory,
+            num_workers=self.training_config.num_workers,
+        )
 
     def _builtin_data_fits_model(self) -> None:
         data = self.data_config
         if data.data_source is not DataSource.BUILTIN:
             return
-        fits = BUILTIN_DATASET_TYPES[data.dataset_name]
-        if self.model.type not in fits:
-            suitable = sorted(
-                n for n, types in BUILTIN_DATASET_TYPES.items() if self.model.type in types
-            )
+        if self.model.type.value not in BUILTIN_DATASETS[data.dataset_name]:
+            suitable = builtin_datasets_for(self.model.type.value)
             raise ValueError(
                 f"built-in dataset '{data.dataset_name}' cannot train a {self.model.type.value} "
                 f"model (use {', '.join(suitable)})"
             )
 
     @property
-    def strategy(self) -> Strategy:
+    def strategy(self) -> str:
         assert self.training_config.strategy is not None
         return self.training_config.strategy
 
@@ -259,6 +224,18 @@ class JobSpec(_Strict):
     def request_hash(self) -> str:
         canonical = json.dumps(self.normalised(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _at_training_config(error: SettingsError) -> ValidationError:
+    """A strategy's refusal as a validation error located at the knob it names, so the 422
+    says ``training_config.<knob>``."""
+    location = ("training_config", error.field) if error.field else ("training_config",)
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", "{reason}", {"reason": str(error)}),
+        loc=location,
+        input=None,
+    )
+    return ValidationError.from_exception_data("JobSpec", [detail])
 
 
 SOURCE_JOB = re.compile(r"job:(\d{1,18})")

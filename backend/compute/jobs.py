@@ -68,7 +68,7 @@ def submit_job(
         status=JobStatus.QUEUED.value,
         status_reason=WAITING_FOR_DISPATCHER,
         model_type=spec.model.type.value,
-        strategy=spec.strategy.value,
+        strategy=spec.strategy,
         gpu=spec.requirements.gpu,
         cpu_cores=spec.requirements.cpu_cores,
         memory_gb=spec.requirements.memory,

@@ -9,8 +9,10 @@ from sqlalchemy.orm import Session
 from compute.job_state import JobStatus
 from compute.models import Job, Node
 from compute.nodes import NodeApproval
-from ray_module.federated.settings import FedAvgSettings
+from ray_module.errors import SettingsError
 from ray_module.scheduler import NodeCapacity, PendingJob, Plan, WorkerSlot, plan, subtract
+from ray_module.strategies.base import SubmittedJob
+from ray_module.strategies.registry import get_strategy
 
 ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
@@ -35,31 +37,50 @@ def slots_of(job: Job) -> list[WorkerSlot]:
 
 
 def pending_job(job: Job) -> PendingJob:
-    training = job.spec.get("training_config") or {}
     return PendingJob(
         job_id=job.id,
         gpu=job.gpu,
         cpu_cores=job.cpu_cores,
         memory_gb=job.memory_gb,
-        workers=worker_processes(job, training),
+        workers=worker_processes(job),
     )
 
 
-def worker_processes(job: Job, training: dict) -> int:
-    """How many worker actors a job asks for: ``num_workers`` when set. Otherwise a federated
-    job gets one client host per whole core (or GPU) of its requirements, at most one per
-    client (fractional-core actors would only contend for the same cores, and each actor
-    process costs a torch import; extra clients are dealt to the hosts), and an ES job one
-    evaluator per whole core (or GPU)."""
-    if training.get("num_workers"):
-        return int(training["num_workers"])
-    slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
-    if job.strategy == "fedavg":
-        clients = int(training.get("clients") or FedAvgSettings.clients)
-        return max(1, min(clients, slots))
-    if job.strategy == "es":  # ES scales with evaluators: one per core (or GPU)
-        return slots
-    return 1
+def submitted_job(job: Job) -> SubmittedJob:
+    """A stored job as its strategy sees it at submit."""
+    spec = job.spec or {}
+    model = spec.get("model_config") or {}
+    data = spec.get("data_config") or {}
+    return SubmittedJob(
+        model_type=str(model.get("type", "")),
+        model_name=str(model.get("model_name", "")),
+        data_source=str(data.get("data_source", "")),
+        dataset_name=str(data.get("dataset_name", "")),
+        data_path=data.get("path"),
+        gpu=job.gpu,
+        cpu_cores=job.cpu_cores,
+        memory_gb=job.memory_gb,
+        num_workers=(spec.get("training_config") or {}).get("num_workers"),
+    )
+
+
+def strategy_knobs(job: Job) -> dict:
+    """The strategy's own knobs of a stored job (as submitted)."""
+    training = (job.spec or {}).get("training_config") or {}
+    return {k: v for k, v in training.items() if k not in ("strategy", "num_workers")}
+
+
+def worker_processes(job: Job) -> int:
+    """How many worker actors the job's strategy gives its requirements."""
+    try:
+        strategy = get_strategy(job.strategy)
+    except SettingsError:  # stored under older rules: its run fails with the reason
+        return 1
+    try:
+        settings = strategy.parse_settings(strategy_knobs(job))
+    except SettingsError:  # a spec stored under older rules still gets placed
+        settings = strategy.parse_settings({})
+    return strategy.worker_count(submitted_job(job), settings)
 
 
 def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:

@@ -1,43 +1,84 @@
-"""The plain records a run emits. Dicts (JSON-safe) so they cross Ray and the database as is.
-
-Every event has ``type``; the runner adds ``seq`` (1, 2, ...) so a poller can resume from the
-last one it stored, and ``at`` (unix seconds).
-"""
+"""The records a run emits, typed end to end: a worker builds them, the runner buffers them
+(numbered), the dispatcher stores them. Frozen dataclasses of plain values, so they pickle
+across Ray as they are and a JSON column can hold their fields."""
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import Any
 
-STATUS = "status"  # state: running | succeeded | failed; reason; retryable (failed only)
-METRIC = "metric"  # step and values: {"loss": ..., "perplexity": ...}
-USAGE = "usage"  # node_id and resource-seconds of completed work
-CHECKPOINT = "checkpoint"  # step and path
-ARTIFACT = "artifact"  # path of the final model directory
+
+class RunState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 
 
-def status(state: str, reason: str = "", *, retryable: bool = False) -> dict[str, Any]:
-    return {"type": STATUS, "state": state, "reason": reason, "retryable": retryable}
+@dataclass(frozen=True)
+class StatusEvent:
+    state: RunState
+    reason: str = ""
+    retryable: bool = False  # for FAILED: resume from the last checkpoint on live nodes
 
 
-def metric(step: int, values: dict[str, float]) -> dict[str, Any]:
-    return {"type": METRIC, "step": step, "values": values}
+@dataclass(frozen=True)
+class MetricEvent:
+    """Values at one step (a round, an ES step, an optimiser step); step 0 describes the run."""
+
+    step: int
+    values: dict[str, Any]
 
 
-def usage(
-    node_id: int, *, gpu_seconds: float, cpu_core_seconds: float, memory_gb_seconds: float
-) -> dict[str, Any]:
-    return {
-        "type": USAGE,
-        "node_id": node_id,
-        "gpu_seconds": gpu_seconds,
-        "cpu_core_seconds": cpu_core_seconds,
-        "memory_gb_seconds": memory_gb_seconds,
-    }
+@dataclass(frozen=True)
+class UsageEvent:
+    """Completed, accepted work on one node: what the worker held there, times wall time."""
+
+    node_id: int
+    gpu_seconds: float = 0.0
+    cpu_core_seconds: float = 0.0
+    memory_gb_seconds: float = 0.0
+
+    @classmethod
+    def for_slot(
+        cls, node_id: int, *, gpu: float, cpu_cores: float, memory_gb: float, seconds: float
+    ) -> UsageEvent:
+        return cls(node_id, gpu * seconds, cpu_cores * seconds, memory_gb * seconds)
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "gpu_seconds": self.gpu_seconds,
+            "cpu_core_seconds": self.cpu_core_seconds,
+            "memory_gb_seconds": self.memory_gb_seconds,
+        }
 
 
-def checkpoint(step: int, path: str) -> dict[str, Any]:
-    return {"type": CHECKPOINT, "step": step, "path": path}
+@dataclass(frozen=True)
+class CheckpointEvent:
+    step: int
+    path: str
 
 
-def artifact(path: str) -> dict[str, Any]:
-    return {"type": ARTIFACT, "path": path}
+@dataclass(frozen=True)
+class ArtifactEvent:
+    """The final model directory."""
+
+    path: str
+
+
+Event = StatusEvent | MetricEvent | UsageEvent | CheckpointEvent | ArtifactEvent
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event as the runner buffered it: ``seq`` 1, 2, ... lets a poller resume after the
+    last one it stored; ``at`` is unix seconds."""
+
+    seq: int
+    at: float
+    event: Event

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, status
 
 from app.deps import AdminUser, CurrentUser, DbSession, PasswordContextDep, SettingsDep
-from app.schemas import AccessToken, RegisterUserIn, UserOut
+from app.schemas.auth import AccessToken, RegisterUserIn, UserOut
 from auth.service import authenticate
 from auth.tokens import create_access_token
 from compute.accounts import register_user, signup_grant_micro

@@ -9,7 +9,8 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from app.deps import CurrentUser, DbSession, JobId, RatesDep, SettingsDep
-from app.schemas import JobOut, Page, job_out
+from app.schemas.common import Page
+from app.schemas.jobs import JobOut, job_out
 from compute.artifacts import artifact_dir, pack_directory
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.deps import AdminUser, CurrentUser, DbSession, JobId, NodeId, NodeOwnerUser, SettingsDep
-from app.schemas import (
+from app.schemas.metrics import (
     HeartbeatSampleOut,
     NodeMetricsOut,
     ResourceSecondsOut,
     TrainingMetricsOut,
     TrainingPoint,
-    node_out,
 )
+from app.schemas.nodes import node_out
 from compute.jobs import get_job_for
 from compute.nodes import get_node_for
 from core.db import utcnow

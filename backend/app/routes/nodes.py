@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, status
 
 from app.deps import AdminUser, DbSession, NodeCallerDep, NodeId, NodeOwnerUser, SettingsDep
-from app.schemas import HeartbeatOut, JoinOut, NodeOut, NodeRegisteredOut, Page, node_out
+from app.schemas.common import Page
+from app.schemas.nodes import HeartbeatOut, JoinOut, NodeOut, NodeRegisteredOut, node_out
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.nodes import (
     NodeApproval,

@@ -7,14 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, status
 
 from app.deps import AdminUser, CurrentUser, DbSession, RatesDep, SettingsDep
-from app.schemas import (
-    BalanceOut,
-    CostBreakdownOut,
-    EstimateOut,
-    GrantIn,
-    HistoryEntryOut,
-    Page,
-)
+from app.schemas.common import Page
+from app.schemas.tokens import BalanceOut, CostBreakdownOut, EstimateOut, GrantIn, HistoryEntryOut
 from compute.accounts import admin_grant, resolve_user_for
 from compute.billing import estimate_for
 from compute.job_spec import tokens_to_micro

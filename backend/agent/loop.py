@@ -1,0 +1,187 @@
+"""The agent's run, free of argparse so tests can call it: register or reuse the node,
+wait for approval, start its Ray worker and send heartbeats until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from agent.credentials import CredentialStore
+from agent.errors import GatewayError, GatewayUnreachableError
+from agent.gateway_client import DEFAULT_HEARTBEAT_S, GatewayClient, JoinInfo, NodeIdentity
+from agent.machine import NodeResources, sample_metrics
+from agent.ray_worker import WorkerSupervisor
+from agent.registration import register_or_reuse, wait_for_approval
+
+log = logging.getLogger("distlm.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    gateway_url: str
+    hostname: str
+    resources: NodeResources
+    credential_file: Path
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    start_ray: bool = True
+    approval_timeout_s: float | None = None  # None: wait until approved or stopped
+    approval_poll_s: float = 5.0
+    heartbeat_interval_s: float | None = None  # None: what the gateway asks for
+    max_heartbeats: int | None = None  # None: until stopped
+    object_store_mb: int | None = None  # None: Ray's default share of memory
+    ray_auth_token_file: Path | None = None  # the cluster's Ray token, if it uses one
+    ray_log_file: Path | None = None  # None: next to the credential file
+    max_worker_restarts: int = 5
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    node_id: int
+    how: str
+    heartbeats: int
+
+
+def _heartbeat_loop(
+    client: GatewayClient,
+    identity: NodeIdentity,
+    config: AgentConfig,
+    *,
+    stop: threading.Event,
+    interval_s: float,
+    supervisor: WorkerSupervisor | None,
+) -> int:
+    sent = 0
+    while not stop.is_set():
+        if supervisor is not None:
+            supervisor.check()
+        sample = sample_metrics(config.resources.gpu)
+        try:
+            answer = client.heartbeat(identity, sample)
+        except (GatewayUnreachableError, GatewayError) as exc:
+            # Outages and server errors heal; a refusal (banned, bad credential) does not.
+            if isinstance(exc, GatewayError) and exc.status < 500 and exc.status != 429:
+                raise
+            log.warning("heartbeat failed, retrying in %g s: %s", interval_s, exc)
+        else:
+            sent += 1
+            log.debug("heartbeat %s: %s", sent, sample)
+            if config.heartbeat_interval_s is None:
+                interval_s = float(answer.get("next_heartbeat_in_s") or interval_s)
+            if sent == 1:
+                log.info(
+                    "node %s is %s; a heartbeat every %g s",
+                    identity.node_id,
+                    answer.get("status", "online"),
+                    interval_s,
+                )
+            if config.max_heartbeats is not None and sent >= config.max_heartbeats:
+                break
+        stop.wait(interval_s)
+    return sent
+
+
+def _warn_if_resources_differ(join: JoinInfo, wanted: NodeResources) -> None:
+    if join.num_gpus != wanted.gpu or join.num_cpus != max(1, int(wanted.cpu_cores)):
+        log.warning(
+            "the gateway has node %s as %s CPU / %s GPU, not %g CPU / %s GPU; register "
+            "under another --hostname to change what it offers",
+            join.node_id,
+            join.num_cpus,
+            join.num_gpus,
+            wanted.cpu_cores,
+            wanted.gpu,
+        )
+
+
+def run_agent(
+    config: AgentConfig,
+    *,
+    stop: threading.Event | None = None,
+    client: GatewayClient | None = None,
+) -> AgentResult:
+    """Register or reuse the node → wait for approval → start its Ray worker (unless
+    `start_ray` is off) → heartbeat until `stop` is set or `max_heartbeats` are sent. The
+    worker is always stopped on the way out, whatever ended the run."""
+    stop = stop or threading.Event()
+    own_client = client is None
+    if client is None:
+        client = GatewayClient(
+            config.gateway_url,
+            username=config.username,
+            password=config.password,
+            token=config.token,
+        )
+    psutil.cpu_percent(interval=None)  # the first reading only opens psutil's CPU window
+    supervisor: WorkerSupervisor | None = None
+    try:
+        registration = register_or_reuse(
+            client,
+            CredentialStore(config.credential_file),
+            hostname=config.hostname,
+            resources=config.resources,
+        )
+        identity = registration.identity
+        log.info(
+            "node %s ('%s', %s) at %s",
+            identity.node_id,
+            identity.hostname,
+            registration.how,
+            client.base_url,
+        )
+
+        def beat_while_pending() -> None:
+            # Lets the admin see that a pending node is alive before approving it.
+            try:
+                client.heartbeat(identity, sample_metrics(config.resources.gpu))
+            except GatewayUnreachableError:
+                pass
+            except GatewayError as exc:
+                if exc.status < 500:
+                    raise
+
+        try:
+            join = wait_for_approval(
+                client,
+                identity,
+                stop=stop,
+                timeout_s=config.approval_timeout_s,
+                poll_s=config.approval_poll_s,
+                while_pending=beat_while_pending,
+            )
+        except GatewayError as exc:
+            if exc.code != "no_cluster" or config.start_ray:
+                raise
+            join = None  # approved, and without Ray there is no cluster to join anyway
+        if stop.is_set():
+            return AgentResult(identity.node_id, registration.how, 0)
+        if join is not None:
+            _warn_if_resources_differ(join, config.resources)
+        if config.start_ray:
+            assert join is not None
+            supervisor = WorkerSupervisor(
+                client,
+                identity,
+                log_path=config.ray_log_file or config.credential_file.with_suffix(".ray.log"),
+                object_store_mb=config.object_store_mb,
+                auth_token_file=config.ray_auth_token_file,
+                max_restarts=config.max_worker_restarts,
+            )
+            supervisor.start(join)
+        interval_s = config.heartbeat_interval_s or (
+            join.heartbeat_interval_s if join is not None else DEFAULT_HEARTBEAT_S
+        )
+        sent = _heartbeat_loop(
+            client, identity, config, stop=stop, interval_s=interval_s, supervisor=supervisor
+        )
+        return AgentResult(identity.node_id, registration.how, sent)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        if own_client:
+            client.close()

@@ -1,0 +1,273 @@
+"""The node's Ray worker: `ray start --block` joining the gateway's cluster, stopped with
+nothing left behind, and restarted when it dies."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError, RayWorkerError
+from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.machine import GIB
+
+log = logging.getLogger("distlm.agent")
+
+# A worker that dies sooner than this after starting counts as a failed start.
+WORKER_QUICK_DEATH_S = 60.0
+RUN_MARKER = "--- distlm-node:"  # starts each run's section of the Ray worker's log
+
+
+def ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")  # the venv's, even if not activated
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ray")
+    if found is None:
+        raise RayWorkerError("the `ray` command is not installed: pip install 'ray[default]'")
+    return found
+
+
+def _load_libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, not in the forked child, where importing could deadlock.
+_LIBC = _load_libc()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent() -> None:
+    """Runs in the child before exec: should the agent die without stopping the worker
+    (SIGKILL, a crash), the kernel sends the worker SIGTERM, so no orphan keeps offering
+    the node to the cluster. Linux only; elsewhere `stop()` is the only way."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def labels_arg(labels: dict[str, str]) -> str:
+    """`ray start --labels` syntax: `k1=v1,k2=v2` (Ray's label rules exclude ',' and '=')."""
+    for key, value in labels.items():
+        if any(ch in key + value for ch in ",="):
+            raise ValueError(f"label {key}={value} cannot be passed to ray start")
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+class RayWorker:
+    """`ray start --block` joining the cluster with the node's resources, custom resource
+    and labels, in its own process group so that stopping it leaves nothing behind."""
+
+    def __init__(
+        self,
+        join: JoinInfo,
+        *,
+        log_path: Path,
+        object_store_mb: int | None = None,
+        auth_token_file: Path | None = None,
+        executable: str | None = None,
+    ) -> None:
+        self.join = join
+        self.log_path = log_path
+        self.object_store_mb = object_store_mb
+        self.auth_token_file = auth_token_file
+        self.executable = executable
+        self.started_at = 0.0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        join = self.join
+        # Whole quantities as integers: Ray reads either, people read `1000` more easily.
+        resources = {k: int(v) if float(v).is_integer() else v for k, v in join.resources.items()}
+        command = [
+            self.executable or ray_executable(),
+            "start",
+            f"--address={join.ray_address}",
+            f"--num-cpus={join.num_cpus}",
+            f"--num-gpus={join.num_gpus}",
+            f"--memory={int(join.memory_gb * GIB)}",
+            f"--resources={json.dumps(resources, separators=(',', ':'))}",
+            "--block",
+            "--disable-usage-stats",
+            "--log-style=record",
+        ]
+        if join.labels:
+            command.append(f"--labels={labels_arg(join.labels)}")
+        if self.object_store_mb:
+            command.append(f"--object-store-memory={self.object_store_mb * 1024 * 1024}")
+        return command
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def environment(self) -> dict[str, str]:
+        """Ray's token authentication, when the cluster uses it. Ray never sends a local
+        token to an explicit address on its own, so the agent opts in only with a token
+        from the gateway or a token file the owner named."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.join.ray_auth_token:
+            env.pop("RAY_AUTH_TOKEN_PATH", None)
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.join.ray_auth_token)
+        elif self.auth_token_file is not None:
+            env.pop("RAY_AUTH_TOKEN", None)
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.auth_token_file))
+        return env
+
+    def start(self, *, settle_s: float = 2.0) -> None:
+        """Start it and give it `settle_s` to fail fast (bad arguments, bad ray install)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        with open(self.log_path, "ab") as out:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            out.write(f"\n{RUN_MARKER} {stamp} {' '.join(command)}\n".encode())
+            out.flush()
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,  # Ctrl-C in the terminal reaches the agent only
+                preexec_fn=_die_with_agent,
+            )
+        self.started_at = time.monotonic()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(settle_s)
+        if not self.is_running():
+            raise RayWorkerError(self.exit_explanation())
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def stop(self, timeout_s: float = 45.0) -> None:
+        """SIGTERM makes `ray start --block` drain the node (up to 30 s with work running)
+        and stop what it started; then the whole process group is killed for stragglers."""
+        process = self._process
+        if process is None:
+            return
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("Ray worker did not stop within %g s; killing it", timeout_s)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of this run's output (earlier runs append to the same file)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        this_run = text.rsplit(RUN_MARKER, 1)[-1]
+        return "\n".join(this_run.splitlines()[-lines:])
+
+    def refused_by_cluster_auth(self) -> bool:
+        return "InvalidAuthToken" in self.log_tail(lines=200)
+
+    def exit_explanation(self) -> str:
+        if self.refused_by_cluster_auth():
+            return (
+                "the Ray cluster refused this node's authentication token. It uses Ray token "
+                "authentication: get its token from the cluster's admin and pass "
+                "--ray-auth-token-file PATH (or set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN)"
+            )
+        return (
+            f"ray start exited with {self.returncode}; last lines of {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
+
+
+class WorkerSupervisor:
+    """Keeps the node's Ray worker running. A worker that exits (the head restarted, the
+    network dropped) starts again with fresh join info, since the cluster address may have
+    changed; too many quick deaths in a row end the agent."""
+
+    def __init__(
+        self,
+        client: GatewayClient,
+        identity: NodeIdentity,
+        *,
+        log_path: Path,
+        object_store_mb: int | None,
+        auth_token_file: Path | None,
+        max_restarts: int,
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.log_path = log_path
+        self.object_store_mb = object_store_mb
+        self.auth_token_file = auth_token_file
+        self.max_restarts = max_restarts
+        self.worker: RayWorker | None = None
+        self.quick_deaths = 0
+
+    def start(self, join: JoinInfo) -> None:
+        worker = RayWorker(
+            join,
+            log_path=self.log_path,
+            object_store_mb=self.object_store_mb,
+            auth_token_file=self.auth_token_file,
+        )
+        self.worker = worker
+        worker.start()
+        log.info(
+            "Ray worker (pid %s) joining %s with %s CPU, %s GPU, %s; log: %s",
+            worker.pid,
+            join.ray_address,
+            join.num_cpus,
+            join.num_gpus,
+            ", ".join(f"{k}={v:g}" for k, v in join.resources.items()),
+            self.log_path,
+        )
+
+    def check(self) -> None:
+        worker = self.worker
+        if worker is None or worker.is_running():
+            return
+        if worker.refused_by_cluster_auth():
+            raise RayWorkerError(worker.exit_explanation())  # retrying cannot help
+        lived_s = time.monotonic() - worker.started_at
+        self.quick_deaths = self.quick_deaths + 1 if lived_s < WORKER_QUICK_DEATH_S else 1
+        log.warning("Ray worker died after %.0f s: %s", lived_s, worker.exit_explanation())
+        if self.quick_deaths > self.max_restarts:
+            raise RayWorkerError(
+                f"the Ray worker died {self.quick_deaths} times in a row; see {self.log_path}"
+            )
+        try:
+            self.start(self.client.join_info(self.identity))
+        except NodeBannedError:
+            raise
+        except (GatewayUnreachableError, GatewayError, RayWorkerError) as exc:
+            # Try again at the next heartbeat; the gateway may be restarting.
+            log.warning("cannot restart the Ray worker yet: %s", exc)
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            log.info("Ray worker stopped")
+            self.worker = None

@@ -1,0 +1,64 @@
+"""Bodies of /jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel
+
+from app.schemas.common import ResourcesOut
+from compute.job_spec import MICRO
+from compute.models import Job
+
+
+class JobOut(BaseModel):
+    id: int
+    owner_id: int
+    name: str
+    status: str
+    status_reason: str
+    model_type: str
+    strategy: str
+    requirements: ResourcesOut
+    max_runtime_s: int
+    max_tokens: float | None
+    spec: dict[str, Any]
+    placement: list[dict[str, Any]] | None
+    attempts: int
+    usage: dict[str, Any] | None
+    has_artifact: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    first_step_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+def micro_to_tokens(amount: int | None) -> float | None:
+    return None if amount is None else amount / MICRO
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        owner_id=job.owner_id,
+        name=job.name,
+        status=job.status,
+        status_reason=job.status_reason,
+        model_type=job.model_type,
+        strategy=job.strategy,
+        requirements=ResourcesOut(gpu=job.gpu, cpu_cores=job.cpu_cores, memory=job.memory_gb),
+        max_runtime_s=job.max_runtime_s,
+        max_tokens=micro_to_tokens(job.max_tokens_micro),
+        spec=job.spec,
+        placement=job.placement,
+        attempts=job.attempts,
+        usage=job.usage,
+        has_artifact=bool(job.artifact_path),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        first_step_at=job.first_step_at,
+        finished_at=job.finished_at,
+    )

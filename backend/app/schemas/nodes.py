@@ -1,0 +1,72 @@
+"""Bodies of /nodes: nodes as their owners and admins see them, joining and heartbeats."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+from app.schemas.common import ResourcesOut
+from compute.models import Node
+from compute.nodes import node_status
+
+
+class NodeOut(BaseModel):
+    id: int
+    owner_id: int
+    hostname: str
+    resources: ResourcesOut
+    status: str
+    approval: str
+    created_at: dt.datetime
+    last_heartbeat_at: dt.datetime | None
+    ray_alive: bool | None = Field(description="Ray's view: None until the node first joins")
+    flag_reason: str = Field(description="why the node is not scheduled, if it is flagged")
+
+
+class JoinOut(BaseModel):
+    node_id: int
+    ray_address: str
+    num_cpus: int
+    num_gpus: int
+    memory_gb: float
+    resources: dict[str, float]
+    labels: dict[str, str]
+    heartbeat_interval_s: int
+    ray_auth_token: str = Field(
+        description="Ray's cluster token for `ray start` (empty when Ray auth is off)"
+    )
+
+
+class NodeRegisteredOut(NodeOut):
+    credential: str = Field(
+        description="Secret for heartbeats ('Authorization: Bearer <credential>'). Shown once."
+    )
+
+
+class HeartbeatOut(BaseModel):
+    node_id: int
+    status: str
+    approval: str
+    received_at: dt.datetime
+    next_heartbeat_in_s: int
+
+
+def node_out(
+    node: Node, *, now: dt.datetime, timeout_s: int, credential: str | None = None
+) -> NodeOut:
+    fields = dict(
+        id=node.id,
+        owner_id=node.owner_id,
+        hostname=node.hostname,
+        resources=ResourcesOut(gpu=node.gpu, cpu_cores=node.cpu_cores, memory=node.memory_gb),
+        status=node_status(node, now=now, timeout_s=timeout_s).value,
+        approval=node.approval,
+        created_at=node.created_at,
+        last_heartbeat_at=node.last_heartbeat_at,
+        ray_alive=node.ray_alive,
+        flag_reason=node.flag_reason or "",
+    )
+    if credential is not None:
+        return NodeRegisteredOut(credential=credential, **fields)
+    return NodeOut(**fields)

@@ -1,0 +1,107 @@
+"""Resolve a text-to-text ``model_config`` into an encoder-decoder model and its tokenizer.
+
+Presets ``tiny-t5`` and ``tiny-bart`` are built from code with an offline byte-level
+tokenizer; a local directory or a hub id (``t5-small``, ``facebook/bart-base``) loads through
+``AutoModelForSeq2SeqLM`` as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from ray_module.errors import ModelError
+from ray_module.models.causal_lm import build_byte_tokenizer
+from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
+
+log = logging.getLogger(__name__)
+
+TEXT_TO_TEXT_TYPE = "text_to_text"
+PRESETS = ("tiny-t5", "tiny-bart")
+PAD = "<pad>"
+ALLOWED_OVERRIDES = frozenset({"d_model", "layers", "heads", "ffn_dim"})
+TINY_SIZES = {"d_model": 64, "layers": 2, "heads": 2, "ffn_dim": 128}
+MAX_POSITIONS = 256
+
+
+def load_text_to_text(
+    request: ModelRequest, *, local_root: Path | None = None, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if request.model_type != TEXT_TO_TEXT_TYPE:
+        raise ModelError(f"model type {request.model_type!r} is not {TEXT_TO_TEXT_TYPE!r}")
+    name = request.model_name.strip()
+    if name in PRESETS:
+        return _build_preset(name, preset_overrides(request, ALLOWED_OVERRIDES), seed)
+    directory = local_model_directory(name, local_root)
+    source = str(directory) if directory is not None else name
+    try:
+        if request.pretrained is False:
+            from transformers import AutoConfig
+
+            model = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(source))
+        else:
+            model = AutoModelForSeq2SeqLM.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # network, missing repo, not an encoder-decoder, bad files
+        where = "local directory" if directory is not None else "the Hugging Face hub"
+        raise ModelError(f"could not load {name!r} from {where}: {error}") from error
+    log.info("loaded text-to-text model %s", source)
+    return model, tokenizer
+
+
+def _build_preset(
+    name: str, overrides: dict[str, Any], seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    import torch
+
+    sizes = {**TINY_SIZES, **overrides}
+    if sizes["d_model"] % sizes["heads"]:
+        raise ModelError(f"d_model ({sizes['d_model']}) must be divisible by heads")
+    tokenizer = build_byte_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.model_max_length = MAX_POSITIONS
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    if name == "tiny-t5":
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=sizes["d_model"],
+            d_kv=sizes["d_model"] // sizes["heads"],
+            d_ff=sizes["ffn_dim"],
+            num_layers=sizes["layers"],
+            num_decoder_layers=sizes["layers"],
+            num_heads=sizes["heads"],
+            pad_token_id=pad,
+            eos_token_id=eos,
+            decoder_start_token_id=pad,
+        )
+        return T5ForConditionalGeneration(config), tokenizer
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=sizes["d_model"],
+        encoder_layers=sizes["layers"],
+        decoder_layers=sizes["layers"],
+        encoder_attention_heads=sizes["heads"],
+        decoder_attention_heads=sizes["heads"],
+        encoder_ffn_dim=sizes["ffn_dim"],
+        decoder_ffn_dim=sizes["ffn_dim"],
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=pad,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        decoder_start_token_id=eos,
+        forced_eos_token_id=eos,
+    )
+    return BartForConditionalGeneration(config), tokenizer

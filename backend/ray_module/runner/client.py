@@ -1,0 +1,72 @@
+"""The driver side of runners: launch one, fetch its new events, stop it. The dispatcher's
+whole interface to Ray's runner actors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray_module.contract import NAMESPACE, RunConfig, runner_name
+from ray_module.events import RecordedEvent
+from ray_module.runner.job_runner import JobRunner
+
+
+def launch_runner(config: RunConfig) -> None:
+    """Start (or find) the job's detached runner actor, pinned to this driver's node.
+
+    Hard affinity: with a soft one Ray may place the runner on a worker node (seen on a
+    multi-node cluster), and the job's server would then die with that node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    handle = (
+        ray.remote(JobRunner)
+        .options(
+            name=runner_name(config.job_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_concurrency=16,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            ),
+        )
+        .remote(config)
+    )
+    ray.get(handle.start.remote(), timeout=60)
+
+
+def _handle(job_id: int) -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(runner_name(job_id), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def fetch_events(job_id: int, after: int, timeout_s: float = 10) -> list[RecordedEvent] | None:
+    """New events of the job's runner; None when the runner is gone (died or never ran)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    handle = _handle(job_id)
+    if handle is None:
+        return None
+    try:
+        return ray.get(handle.events.remote(after), timeout=timeout_s)
+    except RayActorError:
+        return None
+    except GetTimeoutError:
+        return []
+
+
+def stop_runner(job_id: int) -> None:
+    """Kill the runner; the training actors it owns die with it and free their resources."""
+    import ray
+
+    handle = _handle(job_id)
+    if handle is not None:
+        ray.kill(handle, no_restart=True)

@@ -1,0 +1,32 @@
+"""data_parallel checkpoints: the model and tokenizer as ``save_pretrained`` writes them
+(safetensors) and the step as JSON. Nothing is pickled; the directory is swapped in whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ray_module.storage.checkpoints import STATE_FILE
+from ray_module.storage.directories import readable, replace_directory, staging_for
+
+
+def unwrap(model: Any) -> Any:
+    """The model inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint(model: Any, tokenizer: Any, directory: Path, step: int) -> None:
+    staging = staging_for(directory)
+    unwrap(model).save_pretrained(staging / "model")
+    tokenizer.save_pretrained(staging / "model")
+    (staging / STATE_FILE).write_text(json.dumps({"step": step}))
+    replace_directory(staging, directory)
+
+
+def load_checkpoint(directory: Path) -> tuple[Path, int] | None:
+    """(the saved model's directory, its step), even if a crash moved the last one aside."""
+    found = readable(directory)
+    if found is None or not (found / STATE_FILE).is_file():
+        return None
+    return found / "model", int(json.loads((found / STATE_FILE).read_text())["step"])

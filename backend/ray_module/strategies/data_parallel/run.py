@@ -1,0 +1,200 @@
+"""Data-parallel fine-tuning of a causal language model with Ray Train's TorchTrainer
+(gloo on CPU, NCCL on GPU), one worker per planned slot, pinned to its node by label."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ray_module.contract import NAMESPACE, RunConfig, RunContext, runner_name
+from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
+from ray_module.resources import NODE_LABEL
+from ray_module.strategies.base import CHECKPOINT_DIR
+from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from ray_module.strategies.data_parallel.settings import (
+    DataParallelSettings,
+    parse_data_parallel_settings,
+)
+
+
+def settings_of(config: RunConfig) -> DataParallelSettings:
+    settings = parse_data_parallel_settings(config.training)
+    if config.data.validation_split:
+        settings = replace(settings, validation_split=config.data.validation_split)
+    return settings
+
+
+def run_data_parallel(config: RunConfig, context: RunContext) -> None:
+    import torch
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    workers = config.workers
+    use_gpu = any(w.gpu for w in workers)
+    per_worker: dict[str, float] = {"CPU": workers[0].cpu_cores}
+    if use_gpu:
+        per_worker["GPU"] = workers[0].gpu
+    loop_config = {
+        "job_id": config.job_id,
+        "runner": runner_name(config.job_id),
+        "model": config.model,
+        "data": config.data,
+        "settings": settings_of(config),
+        "job_dir": config.job_dir,
+        "memory_gb": workers[0].memory_gb,
+        "cpu_cores": workers[0].cpu_cores,
+        "gpu": workers[0].gpu,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        # NCCL needs CUDA; logical GPUs (tests) and CPU-only clusters use gloo.
+        torch_config=TorchConfig(
+            backend="nccl" if use_gpu and torch.cuda.is_available() else "gloo"
+        ),
+        scaling_config=ScalingConfig(
+            num_workers=len(workers),
+            use_gpu=use_gpu,
+            resources_per_worker=per_worker,
+            label_selector=[{NODE_LABEL: str(w.node_id)} for w in workers],
+        ),
+        run_config=TrainRunConfig(
+            name=f"job-{config.job_id}-attempt-{config.attempt}",
+            storage_path=f"{config.job_dir}/ray-train",
+            # A lost worker fails the attempt; the dispatcher re-plans on live nodes and the
+            # next attempt resumes from our checkpoint.
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    context.check_cancelled()
+    trainer.fit()
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker."""
+    import ray
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+
+    from ray_module.data.texts import load_texts, pack_blocks, split_blocks
+    from ray_module.models.causal_lm import load_causal_lm
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    runner = ray.get_actor(cfg["runner"], namespace=NAMESPACE)
+    labels = ray.get_runtime_context().get_node_labels()
+    node_id = int(_first(labels.get(NODE_LABEL, "0")))
+    settings: DataParallelSettings = cfg["settings"]
+    job_dir = Path(cfg["job_dir"])
+    checkpoint_dir = job_dir / CHECKPOINT_DIR
+    started = time.monotonic()
+
+    resume = load_checkpoint(checkpoint_dir)
+    request = cfg["model"]
+    if resume is not None:
+        request = replace(request, model_name=str(resume[0]), pretrained=None, overrides={})
+    data_root = cfg["data"].data_root
+    model, tokenizer = load_causal_lm(request, local_root=Path(data_root) if data_root else None)
+    texts = load_texts(cfg["data"])
+    blocks = pack_blocks(texts, tokenizer, settings.seq_len)
+    train_blocks, validation_blocks = split_blocks(blocks, settings.validation_split)
+    shard = train_blocks[rank::world]
+    batch_size = settings.batch_size
+    batches_per_epoch = max(1, math.ceil(len(shard) / batch_size))
+    total_steps = settings.total_steps(batches_per_epoch)
+    checkpoint_every = settings.checkpoint_interval or batches_per_epoch
+
+    # A slot with a GPU on a machine without CUDA (a logical GPU) trains on the CPU.
+    model = prepare_model(model, move_to_device=torch.cuda.is_available())
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    step = resume[1] if resume else 0
+    generator = torch.Generator().manual_seed(1234)
+    last_report = started
+    model.train()
+    while step < total_steps:
+        epoch = step // batches_per_epoch
+        order = torch.randperm(len(shard), generator=generator.manual_seed(1234 + epoch))
+        first = step % batches_per_epoch
+        for batch_index in range(first, batches_per_epoch):
+            if step >= total_steps:
+                break
+            ids = shard[order[batch_index * batch_size : (batch_index + 1) * batch_size]].to(device)
+            tic = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if rank == 0:
+                elapsed = time.perf_counter() - tic
+                runner.emit.remote(
+                    MetricEvent(
+                        step,
+                        {
+                            "loss": float(loss.detach()),
+                            "perplexity": float(math.exp(min(float(loss.detach()), 50))),
+                            "epoch": epoch,
+                            "tokens_per_s": ids.numel() * world / max(elapsed, 1e-9),
+                        },
+                    )
+                )
+            end_of_epoch = step % batches_per_epoch == 0 or step == total_steps
+            if step % checkpoint_every == 0 or end_of_epoch:
+                if end_of_epoch and rank == 0:
+                    runner.emit.remote(
+                        MetricEvent(
+                            step,
+                            {
+                                "validation_loss": _validation_loss(
+                                    model, validation_blocks, batch_size, device
+                                ),
+                                "epoch": epoch,
+                            },
+                        )
+                    )
+                if rank == 0:
+                    save_checkpoint(model, tokenizer, checkpoint_dir, step)
+                    runner.emit.remote(CheckpointEvent(step, str(checkpoint_dir)))
+                now = time.monotonic()
+                _report_usage(runner, cfg, node_id, now - last_report)
+                last_report = now
+    if rank == 0:
+        final_dir = job_dir / "model"
+        unwrap(model).save_pretrained(final_dir)
+        tokenizer.save_pretrained(final_dir)
+        runner.emit.remote(ArtifactEvent(str(final_dir)))
+    ray.train.report({"step": step})
+
+
+def _first(value: Any) -> str:
+    return value[0] if isinstance(value, list | tuple) else str(value)
+
+
+def _report_usage(runner: Any, cfg: dict[str, Any], node_id: int, seconds: float) -> None:
+    """Completed work since the last checkpoint: what this worker held, times wall time."""
+    import ray
+
+    usage = UsageEvent.for_slot(
+        node_id, gpu=cfg["gpu"], cpu_cores=cfg["cpu_cores"], memory_gb=cfg["memory_gb"],
+        seconds=seconds,
+    )  # fmt: skip
+    ray.get(runner.emit.remote(usage))
+
+
+def _validation_loss(model: Any, blocks: Any, batch_size: int, device: Any) -> float:
+    import torch
+
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(blocks), batch_size):
+            ids = blocks[start : start + batch_size].to(device)
+            losses.append(float(unwrap(model)(input_ids=ids, labels=ids).loss))
+    model.train()
+    return sum(losses) / max(1, len(losses))

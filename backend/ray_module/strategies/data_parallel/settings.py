@@ -1,0 +1,55 @@
+"""The ``training_config`` knobs of strategy ``data_parallel``, checked once (at submit and
+in the run)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ray_module.strategies.knobs import KnobRules, parse_knobs
+
+
+@dataclass(frozen=True)
+class DataParallelSettings:
+    epochs: int | None = None  # with max_steps alone: as many epochs as it takes
+    max_steps: int | None = None  # neither: one epoch
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    seq_len: int = 64
+    validation_split: float = 0.1  # data_config.validation_split wins when set
+    checkpoint_interval: int | None = None  # None: once per epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """epochs and max_steps both bound the run; max_steps alone sets it."""
+        if self.epochs:
+            total = self.epochs * batches_per_epoch
+            return min(total, self.max_steps) if self.max_steps else total
+        return self.max_steps or batches_per_epoch
+
+
+RULES = KnobRules(
+    strategy="data_parallel",
+    ints={
+        "epochs": (1, 10_000),
+        "max_steps": (1, 10_000_000),
+        "batch_size": (1, 65_536),
+        "seq_len": (2, 65_536),
+        "checkpoint_interval": (1, 10_000_000),
+    },
+    positive={"learning_rate": (0.0, 10.0), "validation_split": (0.0, 0.9)},
+    elsewhere={
+        "rounds": "epochs or max_steps",
+        "steps": "max_steps",
+        "local_epochs": "epochs",
+        "clients": "num_workers",
+    },
+)
+
+
+def parse_data_parallel_settings(training: dict[str, Any]) -> DataParallelSettings:
+    return DataParallelSettings(
+        **parse_knobs(training, RULES, (f.name for f in fields(DataParallelSettings)))
+    )

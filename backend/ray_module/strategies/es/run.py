@@ -1,0 +1,168 @@
+"""Strategy ``es``: evolution strategies over worker actors on the placed nodes.
+
+The runner's thread is the server: it starts one ``ESWorker`` per planned slot, resumes from
+the job's checkpoint if there is one, runs the steps, and emits metrics, usage (for the
+evaluations that were used), generated text, checkpoints and the final model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_module.contract import RunConfig, RunContext
+from ray_module.errors import StartupError
+from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent
+from ray_module.resources import node_resource
+from ray_module.storage.checkpoints import load_arrays, save_arrays
+from ray_module.strategies.actor_pool import first_alive
+from ray_module.strategies.base import CHECKPOINT_DIR
+from ray_module.strategies.es.estimator import SGD, Adam
+from ray_module.strategies.es.noise import NoiseTable
+from ray_module.strategies.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
+from ray_module.strategies.es.settings import ESSettings, parse_es_settings
+from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+
+WORKER_START_TIMEOUT_S = 600
+
+
+def run_es(config: RunConfig, context: RunContext) -> None:
+    settings = parse_es_settings(config.training)
+    workers, info = start_workers(config, settings)
+    noise = NoiseTable.create(settings.seed, int(info["num_params"]))
+    if noise.digest() != info["noise_digest"]:
+        raise StartupError("the server's noise table differs from the workers'")
+    optimizer = make_optimizer(settings)
+    checkpoint_dir = Path(config.job_dir) / CHECKPOINT_DIR
+    resumed = load_es_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        theta, first_step = resumed.theta, resumed.step + 1
+        restore_optimizer(optimizer, resumed)
+    else:
+        theta, first_step = initial_theta(workers), 1
+    context.emit(MetricEvent(0, {"workers": [w.node_id for w in workers], **info}))
+    server = ESServer(workers, settings, noise, optimizer, check_cancelled=context.check_cancelled)
+    for step in range(first_step, settings.steps + 1):
+        context.check_cancelled()
+        result = server.run_step(step, theta)
+        theta = result.theta
+        credits = list(result.credits)
+        if step % settings.validation_interval == 0 or step == settings.steps:
+            validated = server.validate(theta)
+            if validated is not None:
+                credit, metrics = validated
+                result.metrics.update(metrics)
+                credits.append(credit)
+        context.emit(MetricEvent(step, result.metrics))
+        for credit in credits:
+            context.emit(credit.usage_event())
+        if step % settings.checkpoint_interval == 0 or step == settings.steps:
+            save_es_checkpoint(checkpoint_dir, step, theta, optimizer)
+            context.emit(CheckpointEvent(step, str(checkpoint_dir)))
+    context.emit(ArtifactEvent(save_final_model(workers, theta, Path(config.job_dir) / "model")))
+
+
+def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker], dict[str, Any]]:
+    import ray
+
+    if not config.workers:
+        raise StartupError("es needs at least one placed worker")
+    actor_class = ray.remote(ESWorker)
+    workers = []
+    for rank, plan in enumerate(config.workers):
+        handle = actor_class.options(
+            num_cpus=plan.cpu_cores,
+            num_gpus=plan.gpu,
+            resources={node_resource(plan.node_id): 0.001},
+            max_restarts=0,
+        ).remote(
+            WorkerConfig(
+                job_id=config.job_id,
+                rank=rank,
+                node_id=plan.node_id,
+                gpu=plan.gpu,
+                cpu_cores=plan.cpu_cores,
+                memory_gb=plan.memory_gb,
+                model=config.model,
+                data=config.data,
+                settings=settings,
+            )
+        )
+        workers.append(
+            Worker(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, rank=rank)
+        )
+    infos = []
+    for worker in workers:
+        try:
+            infos.append(ray.get(worker.handle.info.remote(), timeout=WORKER_START_TIMEOUT_S))
+        except ray.exceptions.RayTaskError:
+            raise  # the worker's own error, typed: the runner decides whether to retry
+        except ray.exceptions.RayActorError:
+            worker.alive = False  # lost with its node: the others go on
+        except ray.exceptions.GetTimeoutError:
+            worker.alive = False
+            ray.kill(worker.handle, no_restart=True)  # free the slot it would hold
+    if not infos:
+        raise NoLiveWorkersError("no ES worker started")
+    # Workers exchange only noise indices, so they must agree on model size and noise.
+    sizes = {info["num_params"] for info in infos}
+    if len(sizes) != 1:
+        raise StartupError(f"workers built models of different sizes: {sorted(sizes)}")
+    if len({info["noise_digest"] for info in infos}) != 1:
+        raise StartupError("workers built different noise tables from the same seed")
+    first = infos[0]
+    return workers, {
+        "num_params": first["num_params"],
+        "vocab_size": first["vocab_size"],
+        "train_characters": first["train_characters"],
+        "noise_digest": first["noise_digest"],
+    }
+
+
+def initial_theta(workers: list[Worker]) -> np.ndarray:
+    return first_alive(workers, lambda worker: worker.handle.initial_parameters.remote())
+
+
+def save_final_model(workers: list[Worker], theta: np.ndarray, directory: Path) -> str:
+    import ray
+
+    theta_ref = ray.put(theta)
+    return first_alive(workers, lambda w: w.handle.save_model.remote(theta_ref, str(directory)))
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ESCheckpoint:
+    step: int
+    theta: np.ndarray
+    state: dict[str, np.ndarray]
+    optimizer_t: int
+
+
+def save_es_checkpoint(directory: Path, step: int, theta: np.ndarray, optimizer: Any) -> None:
+    arrays = {"theta": theta}
+    for name in ("m", "v", "velocity"):  # Adam's moments or SGD's velocity, once they exist
+        value = getattr(optimizer, name, None)
+        if value is not None:
+            arrays[name] = value
+    save_arrays(directory, arrays, {"step": step, "optimizer_t": optimizer.t})
+
+
+def load_es_checkpoint(directory: Path) -> ESCheckpoint | None:
+    loaded = load_arrays(directory)
+    if loaded is None:
+        return None
+    arrays, state = loaded
+    theta = arrays.pop("theta")
+    return ESCheckpoint(int(state["step"]), theta, arrays, int(state["optimizer_t"]))
+
+
+def restore_optimizer(optimizer: Adam | SGD, checkpoint: ESCheckpoint) -> None:
+    for name, value in checkpoint.state.items():
+        setattr(optimizer, name, value)
+    optimizer.t = checkpoint.optimizer_t

@@ -1,0 +1,162 @@
+"""Strategy ``fedavg``: federated averaging over client host actors on the placed nodes.
+
+The runner's thread is the server: it starts one ``ClientHost`` per planned worker (clients
+are dealt to hosts round-robin), resumes from the job's checkpoint if there is one, runs the
+rounds, and emits metrics, usage (accepted work only), checkpoints and the final model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray_module.contract import RunConfig, RunContext, WorkerPlan
+from ray_module.errors import StartupError
+from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent
+from ray_module.resources import node_resource
+from ray_module.strategies.actor_pool import first_alive
+from ray_module.strategies.base import CHECKPOINT_DIR
+from ray_module.strategies.fedavg.aggregate import server_optimizer
+from ray_module.strategies.fedavg.checkpoint import (
+    FederatedCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ray_module.strategies.fedavg.client import ClientHost, HostConfig, class_order
+from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
+from ray_module.strategies.fedavg.settings import FedAvgSettings, parse_fedavg_settings
+
+HOST_START_TIMEOUT_S = 600
+
+
+def run_fedavg(config: RunConfig, context: RunContext) -> None:
+    settings = parse_fedavg_settings(config.training)
+    hosts = start_hosts(config, settings)
+    describe_clients(hosts, context)
+    checkpoint_dir = Path(config.job_dir) / CHECKPOINT_DIR
+    resumed = load_checkpoint(checkpoint_dir)
+    optimizer = server_optimizer(
+        settings.server_optimizer, settings.server_learning_rate, settings.server_momentum
+    )
+    if resumed is not None:
+        weights, first_round = resumed.weights, resumed.round + 1
+        optimizer.velocity = resumed.velocity
+    else:
+        weights, first_round = initial_weights(hosts), 1
+    server = FedAvgServer(hosts, settings, optimizer, check_cancelled=context.check_cancelled)
+    for round_number in range(first_round, settings.rounds + 1):
+        context.check_cancelled()
+        result = server.run_round(round_number, weights)
+        weights = result.weights
+        context.emit(MetricEvent(round_number, result.metrics))
+        for credit in result.credits:
+            context.emit(credit.usage_event())
+        if round_number % settings.checkpoint_interval == 0 or round_number == settings.rounds:
+            save_checkpoint(
+                checkpoint_dir, FederatedCheckpoint(round_number, weights, optimizer.velocity)
+            )
+            context.emit(CheckpointEvent(round_number, str(checkpoint_dir)))
+    context.emit(ArtifactEvent(save_final_model(hosts, weights, Path(config.job_dir) / "model")))
+
+
+def assign_clients(clients: int, workers: int) -> list[tuple[int, ...]]:
+    """Deal clients to hosts round-robin: host h serves clients h, h + workers, ..."""
+    return [tuple(range(h, clients, workers)) for h in range(min(workers, clients))]
+
+
+def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
+    import ray
+
+    if not config.workers:
+        raise StartupError("fedavg needs at least one placed worker")
+    actor_class = ray.remote(ClientHost)
+    hosts: list[Host] = []
+    for plan, clients in zip(
+        config.workers, assign_clients(settings.clients, len(config.workers)), strict=False
+    ):
+        handle = actor_class.options(
+            num_cpus=plan.cpu_cores,
+            num_gpus=plan.gpu,
+            resources={node_resource(plan.node_id): 0.001},
+            max_restarts=0,
+        ).remote(host_config(config, settings, plan, clients))
+        hosts.append(
+            Host(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, clients=clients)
+        )
+    wait_until_ready(hosts, settings)
+    return hosts
+
+
+def host_config(
+    config: RunConfig, settings: FedAvgSettings, plan: WorkerPlan, clients: tuple[int, ...]
+) -> HostConfig:
+    return HostConfig(
+        job_id=config.job_id,
+        node_id=plan.node_id,
+        gpu=plan.gpu,
+        cpu_cores=plan.cpu_cores,
+        memory_gb=plan.memory_gb,
+        clients=clients,
+        model=config.model,
+        data=config.data,
+        settings=settings,
+    )
+
+
+def wait_until_ready(hosts: list[Host], settings: FedAvgSettings) -> None:
+    """Every host has loaded its data and built its model. With node-local data the hosts
+    first report their files' classes and then build the model over all of them."""
+    import ray
+
+    alive = call_hosts(hosts, lambda host: host.handle.ping.remote())
+    if settings.partition == "node_local":
+        classes = call_hosts(alive, lambda host: host.handle.local_classes.remote())
+        union = sorted({name for names in classes.values() for name in names}, key=class_order)
+        call_hosts(alive, lambda host: host.handle.build.remote(union))
+    for host in hosts:
+        if host.alive:
+            host.ready = ray.get(host.handle.ready.remote())
+
+
+def call_hosts(hosts: list[Host], call: Callable[[Host], Any]) -> dict[Host, Any]:
+    """``call`` on every live host. A host's own error (its data or model) propagates typed;
+    one lost with its node is retryable."""
+    import ray
+
+    answers: dict[Host, Any] = {}
+    for host in [h for h in hosts if h.alive]:
+        try:
+            answers[host] = ray.get(call(host), timeout=HOST_START_TIMEOUT_S)
+        except ray.exceptions.RayTaskError:
+            raise  # the host's own error, typed: the runner decides whether to retry
+        except ray.exceptions.RayActorError as error:
+            raise NotEnoughClientsError(f"a client host on node {host.node_id} died") from error
+        except ray.exceptions.GetTimeoutError as error:
+            raise NotEnoughClientsError(
+                f"a client host on node {host.node_id} did not start in {HOST_START_TIMEOUT_S} s"
+            ) from error
+    return answers
+
+
+def describe_clients(hosts: list[Host], context: RunContext) -> None:
+    """A round-0 record of which node serves which client with how much data."""
+    clients: dict[str, Any] = {}
+    for host in hosts:
+        for client, shard in host.ready["clients"].items():
+            clients[str(client)] = {"node_id": host.node_id, **shard}
+    context.emit(MetricEvent(0, {"clients": clients}))
+
+
+def initial_weights(hosts: list[Host]) -> list[Any]:
+    """Every host builds the same initial model from the seed; ask the first live one."""
+    return first_alive(hosts, lambda host: host.handle.initial_weights.remote())
+
+
+def save_final_model(hosts: list[Host], weights: list[Any], directory: Path) -> str:
+    import ray
+
+    weights_ref = ray.put(weights)
+    return first_alive(
+        hosts, lambda host: host.handle.save_model.remote(weights_ref, str(directory))
+    )

@@ -1,0 +1,321 @@
+"""What a federated client trains: a classifier on labelled arrays or an encoder-decoder on
+(input, target) pairs. Both expose the same small interface to the client host:
+
+- ``examples`` (how many) and ``partition_labels`` (what a non-IID split skews over);
+- ``get_weights`` / ``set_weights``: the model's parameters as numpy arrays, in
+  ``named_parameters`` order (tied weights appear once);
+- ``train(indices, ...)``: local epochs on a shard, optionally with a FedProx term;
+- ``evaluate(indices)``: validation metrics; ``save(directory)``: the model artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ray_module.data.examples import LabelledData, PairData
+from ray_module.models.sources import ModelRequest
+
+Weights = list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """One client's round of local work."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str  # sgd | adam | adamw
+    proximal_mu: float
+    shuffle_seed: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: Weights
+    num_examples: int
+    loss: float
+    seconds: float
+
+
+class TorchTask:
+    """Weights, optimizer and the local loop shared by both tasks."""
+
+    model: nn.Module
+    device: torch.device
+    default_learning_rate: float
+    default_optimizer: str
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.model.named_parameters()]
+
+    def get_weights(self) -> Weights:
+        return [p.detach().cpu().numpy().copy() for p in self.parameters()]
+
+    def set_weights(self, weights: Weights) -> None:
+        params = self.parameters()
+        if len(weights) != len(params):
+            raise ValueError(f"expected {len(params)} arrays of weights, got {len(weights)}")
+        with torch.no_grad():
+            for param, array in zip(params, weights, strict=True):
+                param.copy_(
+                    torch.from_numpy(np.require(array, requirements=["C", "W"])).to(param.device)
+                )
+
+    def train(self, indices: np.ndarray, local: LocalTraining) -> TrainResult:
+        started = time.perf_counter()
+        self.model.train()
+        params = self.parameters()
+        anchor = [p.detach().clone() for p in params] if local.proximal_mu > 0 else None
+        optimizer = _optimizer(local.optimizer, params, local.learning_rate)
+        generator = torch.Generator().manual_seed(local.shuffle_seed)
+        epoch_loss = 0.0
+        for _ in range(local.epochs):
+            order = torch.randperm(len(indices), generator=generator)
+            total, seen = 0.0, 0
+            for start in range(0, len(indices), local.batch_size):
+                batch = indices[order[start : start + local.batch_size].numpy()]
+                loss = self.batch_loss(batch)
+                objective = loss
+                if anchor is not None:  # FedProx: stay near the global model
+                    drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                    objective = loss + 0.5 * local.proximal_mu * drift
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                seen += len(batch)
+            epoch_loss = total / max(1, seen)
+        return TrainResult(
+            self.get_weights(), len(indices), epoch_loss, time.perf_counter() - started
+        )
+
+    def batch_loss(self, batch: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PlainSGD:
+    """``torch.optim.SGD(params, lr)`` without momentum, written out: the first
+    ``torch.optim`` optimizer a process creates imports torch's compiler stack (0.8 s here),
+    which a short-lived client host would pay in its first round."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float) -> None:
+        self.params = params
+        self.lr = lr
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for param in self.params:
+            if param.grad is not None:
+                param.add_(param.grad, alpha=-self.lr)
+
+
+def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> Any:
+    if name == "sgd":
+        return PlainSGD(params, lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def pick_device(gpu: int) -> torch.device:
+    # A slot with a logical GPU on a machine without CUDA (tests) trains on the CPU.
+    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+
+
+class ClassifierTask(TorchTask):
+    default_learning_rate = 0.1
+    default_optimizer = "sgd"
+
+    def __init__(
+        self,
+        model: ModelRequest,
+        data: LabelledData,
+        *,
+        hidden_size: int | None,
+        seed: int,
+        device: torch.device,
+        local_root: Path | None = None,
+    ) -> None:
+        from ray_module.models.classifier import resolve_classifier
+
+        self.data = data
+        overrides = dict(model.overrides)
+        if hidden_size is not None:
+            overrides.setdefault("hidden_size", hidden_size)
+        request = ModelRequest(model.model_type, model.model_name, model.pretrained, overrides)
+        self.model, self.config = resolve_classifier(
+            request,
+            input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes,
+            class_names=self.data.class_names,
+            seed=seed,
+            local_root=local_root,
+        )
+        self.device = device
+        self.model.to(device)
+        self.features = torch.from_numpy(self.data.features)
+        self.labels = torch.from_numpy(self.data.labels)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    @property
+    def examples(self) -> int:
+        return len(self.data)
+
+    @property
+    def partition_labels(self) -> np.ndarray | None:
+        return self.data.labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def batch_loss(self, batch: np.ndarray) -> torch.Tensor:
+        x = self.features[batch].to(self.device)
+        y = self.labels[batch].to(self.device)
+        return self.loss_fn(self.model(x), y)
+
+    def evaluate(self, indices: np.ndarray) -> dict[str, Any]:
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(self.features[indices].to(self.device))
+            labels = self.labels[indices].to(self.device)
+            loss = float(self.loss_fn(logits, labels))
+            accuracy = float((logits.argmax(dim=1) == labels).float().mean())
+        return {"validation_loss": loss, "validation_accuracy": accuracy}
+
+    def save(self, directory: Path) -> None:
+        from ray_module.models.classifier import save_classifier
+
+        save_classifier(self.model.cpu(), self.config, directory)
+        self.model.to(self.device)
+
+
+class TextToTextTask(TorchTask):
+    default_learning_rate = 1e-3
+    default_optimizer = "adamw"
+
+    def __init__(
+        self,
+        model: ModelRequest,
+        pairs: PairData,
+        *,
+        max_source_length: int,
+        max_target_length: int,
+        num_beams: int,
+        eval_samples: int,
+        seed: int,
+        device: torch.device,
+        local_root: Path | None = None,
+    ) -> None:
+        from ray_module.models.text_to_text import load_text_to_text
+
+        self.pairs = pairs
+        self.model, self.tokenizer = load_text_to_text(model, seed=seed, local_root=local_root)
+        self.device = device
+        self.model.to(device)
+        self.num_beams = num_beams
+        self.eval_samples = eval_samples
+        self.max_target_length = max_target_length
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has no padding token")
+        self.pad = pad
+        # Tokenised once, in two batched calls, when the host starts.
+        self.sources = self.tokenizer(
+            list(self.pairs.inputs), truncation=True, max_length=max_source_length
+        )["input_ids"]
+        targets = self.tokenizer(
+            list(self.pairs.targets), truncation=True, max_length=max_target_length
+        )["input_ids"]
+        self.targets = [self._ending(ids, max_target_length) for ids in targets]
+
+    def _ending(self, ids: list[int], limit: int) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = [*ids[: limit - 1], eos]  # the model must learn where an answer ends
+        return ids
+
+    @property
+    def examples(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def partition_labels(self) -> np.ndarray | None:
+        return self.pairs.kind_labels()
+
+    @property
+    def num_classes(self) -> int:
+        labels = self.partition_labels
+        return int(labels.max()) + 1 if labels is not None else 0
+
+    def _padded(self, rows: list[list[int]], fill: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [fill] * (width - len(r)) for r in rows], device=self.device)
+
+    def _batch(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        sources = [self.sources[i] for i in batch]
+        input_ids = self._padded(sources, self.pad)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != self.pad).long(),
+            "labels": self._padded([self.targets[i] for i in batch], -100),
+        }
+
+    def batch_loss(self, batch: np.ndarray) -> torch.Tensor:
+        return self.model(**self._batch(batch)).loss
+
+    def evaluate(self, indices: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
+        self.model.eval()
+        losses, weights = [], []
+        with torch.no_grad():
+            for start in range(0, len(indices), batch_size):
+                batch = indices[start : start + batch_size]
+                losses.append(float(self.model(**self._batch(batch)).loss))
+                weights.append(len(batch))
+            sample = indices[: self.eval_samples]
+            predictions: list[str] = []
+            for start in range(0, len(sample), batch_size):
+                inputs = self._batch(sample[start : start + batch_size])
+                generated = self.model.generate(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    num_beams=self.num_beams,
+                    max_new_tokens=self.max_target_length,
+                    do_sample=False,
+                )
+                predictions.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
+        matches = [
+            prediction.strip() == self.pairs.targets[i].strip()
+            for prediction, i in zip(predictions, sample, strict=True)
+        ]
+        loss = float(np.average(losses, weights=weights))
+        return {
+            "validation_loss": loss,
+            "validation_perplexity": math.exp(min(loss, 50.0)),
+            "validation_exact_match": sum(matches) / max(1, len(matches)),
+            "samples": [
+                {
+                    "input": self.pairs.inputs[i],
+                    "target": self.pairs.targets[i],
+                    "prediction": prediction,
+                }
+                for prediction, i in list(zip(predictions, sample, strict=True))[:3]
+            ],
+        }
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)

@@ -1,0 +1,145 @@
+"""The layering ARCHITECTURE.md §3 promises, checked on the source: no import circle
+anywhere in backend/, and ray_module imports nothing of ours but itself (a worker machine
+needs only its dependencies)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+BACKEND = Path(__file__).resolve().parent.parent / "backend"
+OUR_PACKAGES = {p.name for p in BACKEND.iterdir() if (p / "__init__.py").is_file()}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(BACKEND).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in BACKEND.rglob("*.py")}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module of ours that ``path`` imports, at the top or inside a function, with the
+    packages whose ``__init__`` that import runs."""
+    found: set[str] = set()
+    this = module_name(path)
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for name in names:
+            if name.split(".")[0] not in OUR_PACKAGES:
+                continue
+            parts = name.split(".")
+            for end in range(1, len(parts) + 1):  # a.b.c runs a/__init__ and a/b/__init__
+                candidate = ".".join(parts[:end])
+                if candidate in MODULES and candidate != this:
+                    found.add(candidate)
+    return found
+
+
+GRAPH = {name: imported_modules(path) for name, path in MODULES.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_checker_finds_a_circle_and_package_inits() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    # importing ray_module.runner.client runs ray_module/runner/__init__ too
+    assert "ray_module.runner" in GRAPH["compute.dispatcher"]
+
+
+def test_no_import_circle_in_backend() -> None:
+    assert cycles(GRAPH) == []
+
+
+def test_ray_module_imports_nothing_of_ours_but_itself() -> None:
+    outside = {
+        (name, target)
+        for name, targets in GRAPH.items()
+        if name.split(".")[0] == "ray_module"
+        for target in targets
+        if target.split(".")[0] != "ray_module"
+    }
+    assert outside == set()
+
+
+def test_layers_point_one_way() -> None:
+    """core imports nothing of ours; auth and ledger only core; nothing imports app."""
+    allowed = {"core": {"core"}, "auth": {"auth", "core"}, "ledger": {"ledger", "core"}}
+    wrong = set()
+    for name, targets in GRAPH.items():
+        top = name.split(".")[0]
+        for target in targets:
+            target_top = target.split(".")[0]
+            if top in allowed and target_top not in allowed[top]:
+                wrong.add((name, target))
+            if target_top == "app" and top != "app":
+                wrong.add((name, target))
+    assert wrong == set()
+
+
+def test_the_gateway_side_of_the_registry_needs_no_torch_or_ray() -> None:
+    """job_spec, the scheduler and the dispatcher ask the registry in every request and
+    round: it must not pull torch or Ray into the gateway's import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import ray_module.strategies.registry, compute.job_spec; "
+        "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,94 @@
+"""The strategy registry: each mode's model types, settings, worker counts and progress, and
+the submit-time refusals that follow from them (422, nothing stored, nothing held)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_module.errors import SettingsError
+from ray_module.strategies.base import SubmittedJob
+from ray_module.strategies.registry import (
+    STRATEGIES,
+    default_strategy,
+    get_strategy,
+    trainable_model_types,
+)
+
+
+def submitted(model_type: str = "classifier", cpu: float = 2, gpu: int = 0, **kw) -> SubmittedJob:
+    fields = {
+        "model_name": "mlp",
+        "data_source": "builtin",
+        "dataset_name": "digits",
+        "data_path": None,
+        "memory_gb": 2.0,
+        **kw,
+    }
+    return SubmittedJob(model_type=model_type, gpu=gpu, cpu_cores=cpu, **fields)
+
+
+def test_every_model_type_has_one_default_strategy_that_trains_it() -> None:
+    for model_type in ("simple_transformer", "text_to_text", "classifier", "char_rnn"):
+        strategy = default_strategy(model_type)
+        assert model_type in strategy.model_types
+        defaults = [s for s in STRATEGIES.values() if model_type in s.default_for]
+        assert defaults == [strategy]
+    assert trainable_model_types() == {
+        "simple_transformer",
+        "text_to_text",
+        "classifier",
+        "char_rnn",
+    }
+
+
+def test_unknown_strategy_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(SettingsError, match=r"unknown strategy 'split'.*data_parallel, es, fedavg"):
+        get_strategy("split")
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_refuses_unknown_knobs_naming_them(name: str) -> None:
+    strategy = get_strategy(name)
+    with pytest.raises(SettingsError, match="'learning_rat'"):
+        strategy.parse_settings({"learning_rat": 0.1})
+    defaults = strategy.parse_settings({})
+    assert strategy.parse_settings(defaults.to_dict()) == defaults  # defaults round-trip
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_refuses_out_of_range_values(name: str) -> None:
+    with pytest.raises(SettingsError, match="batch_size"):
+        get_strategy(name).parse_settings({"batch_size": 0})
+
+
+def test_worker_counts_follow_each_strategys_rule() -> None:
+    fedavg, es, dp = get_strategy("fedavg"), get_strategy("es"), get_strategy("data_parallel")
+    clients4 = fedavg.parse_settings({"clients": 4})
+    assert fedavg.worker_count(submitted(cpu=2), clients4) == 2  # 2 hosts, 2 clients each
+    assert fedavg.worker_count(submitted(cpu=8), fedavg.parse_settings({"clients": 3})) == 3
+    assert fedavg.worker_count(submitted(cpu=8, gpu=1), clients4) == 1
+    assert fedavg.worker_count(submitted(cpu=2, num_workers=4), clients4) == 4
+    es_settings = es.parse_settings({})
+    assert es.worker_count(submitted("char_rnn", cpu=4), es_settings) == 4
+    assert es.worker_count(submitted("char_rnn", cpu=0.5), es_settings) == 1
+    assert dp.worker_count(submitted("simple_transformer", cpu=4), dp.parse_settings({})) == 1
+
+
+def test_progress_reads_in_each_strategys_unit() -> None:
+    fedavg, es, dp = get_strategy("fedavg"), get_strategy("es"), get_strategy("data_parallel")
+    assert fedavg.progress(fedavg.parse_settings({"rounds": 10}), 4) == "round 4 of 10"
+    assert es.progress(es.parse_settings({"steps": 60}), 30) == "step 30 of 60"
+    assert dp.progress(dp.parse_settings({"max_steps": 8}), 3) == "step 3 of 8"
+    assert dp.progress(dp.parse_settings({"epochs": 2}), 3) == "step 3"
+
+
+def test_cross_field_rules_belong_to_the_strategy() -> None:
+    fedavg = get_strategy("fedavg")
+    with pytest.raises(SettingsError, match="num_workers \\(3\\) exceeds clients \\(2\\)"):
+        fedavg.check_job(submitted(num_workers=3), fedavg.parse_settings({"clients": 2}))
+    node_local = fedavg.parse_settings({"partition": "node_local"})
+    with pytest.raises(SettingsError, match="node_local"):
+        fedavg.check_job(submitted(), node_local)
+    fedavg.check_job(submitted(data_source="local", data_path="c/{client}.csv"), node_local)
+    with pytest.raises(SettingsError, match="cannot train model type 'classifier'"):
+        get_strategy("data_parallel").check_model_type("classifier")
