@@ -30,10 +30,6 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    @property
-    def role_enum(self) -> Role:
-        return Role(self.role)
-
 
 class LoginThrottle(Base):
     """Failed logins per username, whether or not the user exists (so it reveals nothing)."""

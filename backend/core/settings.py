@@ -112,10 +112,6 @@ class Settings(BaseSettings):
         self.database_url = normalise_database_url(self.database_url)
         return self
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
