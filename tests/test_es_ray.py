@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from ray_module.data.request import DataRequest
+from ray_module.models.sources import ModelRequest
 from ray_module.resources import node_resource
-from ray_module.runner.job_runner import JobRunner, RunConfig, WorkerPlan
 from ray_module.strategies.es.noise import NoiseTable
-from ray_module.strategies.es.run import run_es
 from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
 from ray_module.strategies.es.settings import parse_es_settings
 from ray_module.strategies.es.worker import ESWorker, WorkerConfig
@@ -25,8 +24,8 @@ from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-RNN = {"model_type": "char_rnn", "model_name": "rnn", "pretrained": None, "overrides": {}}
-TEXT = {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 400}
+RNN = ModelRequest("char_rnn", "rnn")
+TEXT = DataRequest("builtin", "stdlib-text", max_samples=400)
 
 
 def start_workers(training: dict, nodes: list[int]) -> tuple[list[Worker], list[dict[str, Any]]]:
@@ -36,7 +35,7 @@ def start_workers(training: dict, nodes: list[int]) -> tuple[list[Worker], list[
     actor = ray.remote(ESWorker)
     workers = []
     for rank, node_id in enumerate(nodes):
-        config = WorkerConfig(0, rank, node_id, 0, 0.5, 0.5, RNN, TEXT, settings.to_dict())
+        config = WorkerConfig(0, rank, node_id, 0, 0.5, 0.5, RNN, TEXT, settings)
         handle = actor.options(num_cpus=0.5, resources={node_resource(node_id): 0.001}).remote(
             config
         )
@@ -97,31 +96,6 @@ def test_a_worker_killed_mid_step_is_left_out_and_the_run_goes_on(ray_cluster) -
     assert not np.array_equal(second.theta, theta)
     for worker in (workers[0], workers[2]):
         ray.kill(worker.handle)
-
-
-def test_a_run_resumes_from_its_checkpoint_with_the_optimizer_state(
-    ray_cluster, tmp_path: Path
-) -> None:
-    def run(steps: int) -> JobRunner:
-        config = RunConfig(
-            job_id=77,
-            strategy="es",
-            model=RNN,
-            data=TEXT,
-            training={"steps": steps, "population": 8, "seq_len": 32, "checkpoint_interval": 2},
-            workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
-            storage_path=str(tmp_path),
-        )
-        runner = JobRunner(config)
-        run_es(config, runner)
-        return runner
-
-    def steps_of(runner: JobRunner) -> list[int]:
-        return [e["step"] for e in runner.events() if e["type"] == "metric" and e["step"] > 0]
-
-    assert steps_of(run(4)) == [1, 2, 3, 4]
-    assert steps_of(run(6)) == [5, 6]
-    assert (tmp_path / "jobs" / "77" / "model" / "char_rnn_config.json").is_file()
 
 
 def test_char_rnn_with_es_on_stdlib_text_lowers_its_loss_by_10_percent_in_60_steps(

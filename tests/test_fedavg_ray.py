@@ -13,10 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
+from ray_module.contract import RunConfig, WorkerPlan
+from ray_module.data.request import DataRequest
+from ray_module.events import MetricEvent
+from ray_module.models.sources import ModelRequest
 from ray_module.resources import node_resource
-from ray_module.runner.job_runner import JobRunner, RunConfig, WorkerPlan
+from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.fedavg.aggregate import server_optimizer
-from ray_module.strategies.fedavg.checkpoint import load_checkpoint
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig
 from ray_module.strategies.fedavg.run import run_fedavg
 from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
@@ -26,8 +29,8 @@ from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-MLP = {"model_type": "classifier", "model_name": "mlp", "pretrained": None, "overrides": {}}
-DIGITS = {"data_source": "builtin", "dataset_name": "digits", "validation_split": 0.2}
+MLP = ModelRequest("classifier", "mlp")
+DIGITS = DataRequest("builtin", "digits", validation_split=0.2)
 
 
 def slow_host_class(slow_clients: tuple[int, ...], delay_s: float) -> Any:
@@ -59,7 +62,7 @@ def start_hosts(actor_class: Any, training: dict, nodes: list[int]) -> list[Host
             clients=(index,),
             model=MLP,
             data=DIGITS,
-            settings=settings.to_dict(),
+            settings=settings,
         )
         handle = actor_class.options(
             num_cpus=0.5, resources={node_resource(node_id): 0.001}
@@ -126,34 +129,6 @@ def test_a_client_that_dies_mid_round_is_data_and_too_few_clients_stop_the_run(
     with pytest.raises(NotEnoughClientsError, match="only 1 clients are alive"):
         server.run_round(2, result.weights)
     ray.kill(hosts[0].handle)
-
-
-def test_a_run_resumes_from_its_last_round_checkpoint(ray_cluster, tmp_path: Path) -> None:
-    def run(rounds: int) -> JobRunner:
-        config = RunConfig(
-            job_id=99,
-            strategy="fedavg",
-            model=MLP,
-            data=DIGITS,
-            training={"clients": 2, "rounds": rounds, "server_optimizer": "fedavgm"},
-            workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
-            storage_path=str(tmp_path),
-        )
-        runner = JobRunner(config)
-        run_fedavg(config, runner)
-        return runner
-
-    first = run(2)
-    second = run(4)
-
-    def rounds_of(runner: JobRunner) -> list[int]:
-        return [e["step"] for e in runner.events() if e["type"] == "metric" and e["step"] > 0]
-
-    assert rounds_of(first) == [1, 2]
-    assert rounds_of(second) == [3, 4]  # rounds 1-2 came from the checkpoint
-    saved = load_checkpoint(tmp_path / "jobs" / "99" / "checkpoint")
-    assert saved is not None and saved.round == 4 and saved.velocity is not None  # FedAvgM
-    assert (tmp_path / "jobs" / "99" / "model" / "classifier_config.json").is_file()
 
 
 # -- through the API ------------------------------------------------------------------------------
@@ -343,26 +318,26 @@ def test_node_local_files_train_one_model_over_every_clients_classes(
         job_id=55,
         strategy="fedavg",
         model=MLP,
-        data={
-            "data_source": "local",
-            "dataset_name": "mine",
-            "path": "clients/{client}.csv",
-            "data_root": str(tmp_path),
-            "validation_split": 0.2,
-        },
+        data=DataRequest(
+            "local",
+            "mine",
+            path="clients/{client}.csv",
+            data_root=str(tmp_path),
+            validation_split=0.2,
+        ),
         training={"clients": 2, "rounds": 6, "partition": "node_local", "local_epochs": 2},
         workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
         storage_path=str(tmp_path / "storage"),
     )
     runner = JobRunner(config)
     run_fedavg(config, runner)
-    metrics = [e for e in runner.events() if e["type"] == "metric"]
-    clients = metrics[0]["values"]["clients"]
+    metrics = [r.event for r in runner.events() if isinstance(r.event, MetricEvent)]
+    clients = metrics[0].values["clients"]
     # Each client trained on its own file: its label counts cover only its five digits.
     assert [i for i, n in enumerate(clients["0"]["label_counts"]) if n] == [0, 1, 2, 3, 4]
     assert [i for i, n in enumerate(clients["1"]["label_counts"]) if n] == [5, 6, 7, 8, 9]
     assert clients["0"]["node_id"] == 1 and clients["1"]["node_id"] == 2
-    rounds = [m["values"] for m in metrics[1:]]
+    rounds = [m.values for m in metrics[1:]]
     # Federated evaluation: both hosts' held-out examples (20% of each file) count.
     held_out = sum(round(0.2 * (c["examples"] / 0.8)) for c in clients.values())
     assert abs(rounds[-1]["validation_examples"] - held_out) <= 2

@@ -63,6 +63,13 @@ def fetch_events(job_id: int, after: int, timeout_s: float = 10) -> list[Recorde
         return []
 
 
+def cancel_runner(job_id: int) -> None:
+    """Ask the runner to stop at its next check (it reports CANCELLED); it stays alive."""
+    handle = _handle(job_id)
+    if handle is not None:
+        handle.cancel.remote()
+
+
 def stop_runner(job_id: int) -> None:
     """Kill the runner; the training actors it owns die with it and free their resources."""
     import ray

@@ -46,6 +46,9 @@ class JobRunner:
             self._finish(StatusEvent(RunState.CANCELLED, "stopped on request"))
             return
         except Exception as error:  # a failed run is data for the dispatcher, not a crash
+            if self._cancelled.is_set():  # workers stopped on request fail their group
+                self._finish(StatusEvent(RunState.CANCELLED, "stopped on request"))
+                return
             log.warning("job %s failed: %s", self.config.job_id, traceback.format_exc())
             retryable = is_retryable(error)
             self._finish(StatusEvent(RunState.FAILED, describe(error), retryable=retryable))
@@ -72,6 +75,10 @@ class JobRunner:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def cancel_requested(self) -> bool:
+        """Asked by workers that run outside the runner's thread (Ray Train's)."""
+        return self._cancelled.is_set()
 
     def check_cancelled(self) -> None:
         if self._cancelled.is_set():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_module.contract import NAMESPACE, RunConfig, RunContext, runner_name
+from ray_module.errors import RunCancelledError
 from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
 from ray_module.resources import NODE_LABEL
 from ray_module.strategies.base import CHECKPOINT_DIR
@@ -164,6 +165,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 now = time.monotonic()
                 _report_usage(runner, cfg, node_id, now - last_report)
                 last_report = now
+                if ray.get(runner.cancel_requested.remote()):
+                    raise RunCancelledError()  # every rank stops at the same checkpoint
     if rank == 0:
         final_dir = job_dir / "model"
         unwrap(model).save_pretrained(final_dir)
