@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-BACKEND = Path(__file__).resolve().parent.parent / "backend"
+from tests.paths import BACKEND
+
 OUR_PACKAGES = {p.name for p in BACKEND.iterdir() if (p / "__init__.py").is_file()}
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ray_module.data.catalogue import BUILTIN_DATASETS
 from ray_module.data.request import DataRequest
 from ray_module.errors import DataError
 
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 STDLIB_TEXT = "stdlib-text"
-# Built-in datasets of other model types; named so the error can say what to use instead.
-NON_TEXT_BUILTINS = {
-    "digits": "8x8 digit images for classifiers",
-    "synthetic-t2t": "input/target pairs for text-to-text models",
-}
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_HF_SPLIT = "train"
 # Seed configs ask for "wikitext" alone, which the hub refuses without a config name.
@@ -165,13 +161,15 @@ def _source_docstrings(module_name: str) -> list[str]:
 def _builtin_texts(name: str) -> list[str]:
     if name == STDLIB_TEXT:
         return list(stdlib_corpus())
-    if name in NON_TEXT_BUILTINS:
+    if name in BUILTIN_DATASETS:
         raise DataError(
-            f"built-in dataset {name!r} holds {NON_TEXT_BUILTINS[name]}, not a text corpus; "
+            f"built-in dataset {name!r} is not a text corpus (it trains "
+            f"{', '.join(sorted(BUILTIN_DATASETS[name]))} models); "
             f"language models train on {STDLIB_TEXT!r}"
         )
-    known = sorted([STDLIB_TEXT, *NON_TEXT_BUILTINS])
-    raise DataError(f"unknown built-in dataset {name!r}; built-in datasets are {known}")
+    raise DataError(
+        f"unknown built-in dataset {name!r}; built-in datasets are {sorted(BUILTIN_DATASETS)}"
+    )
 
 
 def local_target(request: DataRequest) -> tuple[Path, Path]:

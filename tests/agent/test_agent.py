@@ -32,9 +32,10 @@ from agent.gateway_client import JoinInfo, NodeIdentity, error_from_response, ga
 from agent.loop import AgentConfig, run_agent
 from agent.machine import NodeResources, sample_metrics
 from agent.ray_worker import RayWorker
+from tests.paths import REPO_ROOT
 from tests.polling import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 OWNER = "agent-owner"
 OWNER_PASSWORD = "agent-owner-password-1"

@@ -19,6 +19,7 @@ from ray_module.data.request import DataRequest
 from ray_module.data.texts import load_texts, pack_blocks, split_blocks, stdlib_corpus
 from ray_module.errors import DataError
 from ray_module.models.causal_lm import build_byte_tokenizer
+from tests.paths import BACKEND
 
 
 def local(path: str, root: Path, **fields: object) -> DataRequest:
@@ -63,7 +64,7 @@ def test_stdlib_text_is_identical_in_a_fresh_interpreter() -> None:
         "from ray_module.data.texts import stdlib_corpus\n"
         "print(hashlib.sha256(json.dumps(stdlib_corpus()).encode()).hexdigest())\n"
     )
-    backend = str(Path(__file__).resolve().parents[1] / "backend")
+    backend = str(BACKEND)
     digest = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,

@@ -15,9 +15,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.paths import REPO_ROOT
 from tests.polling import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
