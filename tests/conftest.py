@@ -82,6 +82,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         node_timeout=60,
         login_max_failures=5,
         login_lockout_s=300,
+        # Per-user submit limits have their own tests; others submit freely.
+        max_waiting_jobs_per_user=0,
+        submits_per_minute=0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

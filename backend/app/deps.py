@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from passlib.context import CryptContext
 from sqlalchemy.orm import Session
@@ -22,10 +22,13 @@ from core.errors import AuthenticationError, DistLMError, PermissionDeniedError
 from core.settings import Settings
 from ledger.pricing import Rates
 
-# Ids are 32-bit database keys; anything outside is bad input, not a database error.
+# Ids, offsets and steps meet 32-bit database integers (and SQLite's 64-bit ones): anything
+# outside is bad input (422), never an overflow in the database driver (500).
 MAX_ID = 2**31 - 1
+MAX_INT = 2**31 - 1
 NodeId = Annotated[int, Path(ge=1, le=MAX_ID, description="node id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
+Offset = Annotated[int, Query(ge=0, le=MAX_INT, description="items to skip")]
 
 # auto_error=False: a missing token becomes our own 401 JSON, not FastAPI's default.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -82,6 +85,9 @@ def get_current_user(token: BearerToken, session: DbSession, settings: SettingsD
     if token.startswith(CREDENTIAL_PREFIX):
         raise AuthenticationError("a node credential is only accepted for heartbeats")
     claims = decode_access_token(token, secret_key=settings.secret_key)
+    if not 1 <= claims.user_id <= MAX_ID:
+        # Signed by us, yet no user can have this id: refuse it before it reaches the database.
+        raise AuthenticationError("invalid access token")
     # The role is read from the database, so a changed role takes effect at once.
     return get_active_user(session, claims.user_id)
 
@@ -97,6 +103,7 @@ def require_roles(*roles: Role) -> Callable[[User], User]:
             raise PermissionDeniedError(f"this action needs the role: {allowed}")
         return user
 
+    check.required_roles = roles  # type: ignore[attr-defined]  # read by app.openapi
     return check
 
 

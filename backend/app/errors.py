@@ -9,10 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.responses import JSONLineResponse
+from app.schemas.errors import ErrorOut
 from core.errors import (
     AuthenticationError,
     ConflictError,
@@ -47,7 +48,31 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_input",
     429: "rate_limited",
+    431: "headers_too_large",
 }
+
+
+# What each status means on this API, for the OpenAPI document (`responses=` on routes).
+STATUS_DESCRIPTIONS = {
+    400: "The body cannot be read as its Content-Type says",
+    401: "No token, or an invalid or expired one",
+    402: "Not enough tokens",
+    403: "Your role, or this object, does not allow it",
+    404: "No such object (or it is not yours)",
+    409: "The object's state does not allow it",
+    413: "The request body is over 1 MB",
+    422: "Invalid input: the detail names each bad field",
+    429: "Too many requests: retry after `Retry-After` seconds",
+    431: "The request's headers are over 64 KB (e.g. an oversized Authorization header)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for error statuses, all in the one error shape."""
+    return {
+        status: {"model": ErrorOut, "description": STATUS_DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 def error_body(code: str, detail: str) -> dict[str, str]:
@@ -61,7 +86,7 @@ def status_for(exc: DistLMError) -> int:
     return 400
 
 
-def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+def _domain_error(_request: Request, exc: Exception) -> JSONLineResponse:
     assert isinstance(exc, DistLMError)
     status = status_for(exc)
     headers: dict[str, str] = {}
@@ -69,7 +94,7 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RateLimitedError):
         headers["Retry-After"] = str(exc.retry_after_s)
-    return JSONResponse(error_body(exc.code, exc.detail), status_code=status, headers=headers)
+    return JSONLineResponse(error_body(exc.code, exc.detail), status_code=status, headers=headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -91,36 +116,58 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
     return "; ".join(messages) + more
 
 
-def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+def json_error_message(error: dict[str, Any], document: object) -> str:
+    """Where a JSON text is broken and what the parser expected there, e.g. "not valid JSON:
+    Expecting ',' delimiter at line 2, column 5"."""
+    loc = tuple(error.get("loc", ()))
+    position = loc[-1] if loc and isinstance(loc[-1], int) else None
+    reason = str((error.get("ctx") or {}).get("error") or "it cannot be parsed")
+    if isinstance(document, bytes):
+        document = document.decode("utf-8", "replace")
+    if position is None or not isinstance(document, str):
+        return f"not valid JSON: {reason}"
+    line = document.count("\n", 0, position) + 1
+    column = position - document.rfind("\n", 0, position)
+    return f"not valid JSON: {reason} at line {line}, column {column}"
+
+
+def _validation_error(_request: Request, exc: Exception) -> JSONLineResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
+    errors = [
+        {**e, "loc": ("body",), "msg": json_error_message(e, exc.body)}
+        if e.get("type") == "json_invalid"
+        else e
+        for e in exc.errors()
+    ]
     body = error_body("invalid_input", describe_validation_errors(errors))
     body["fields"] = [  # type: ignore[assignment]
         {"field": _location(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
         for e in errors[:20]
     ]
-    return JSONResponse(body, status_code=422)
+    return JSONLineResponse(body, status_code=422)
 
 
-def _model_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+def _model_validation_error(_request: Request, exc: Exception) -> JSONLineResponse:
     """A body validated inside a service (e.g. one of two accepted shapes)."""
     assert isinstance(exc, ValidationError)
     errors = [dict(e) for e in exc.errors()]
-    return JSONResponse(
+    return JSONLineResponse(
         error_body("invalid_input", describe_validation_errors(errors)), status_code=422
     )
 
 
-def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _http_error(_request: Request, exc: Exception) -> JSONLineResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
+    return JSONLineResponse(
+        error_body(code, detail), status_code=exc.status_code, headers=exc.headers
+    )
 
 
-def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+def _unexpected_error(_request: Request, exc: Exception) -> JSONLineResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(
+    return JSONLineResponse(
         error_body("internal_error", "the server hit an unexpected error; it has been logged"),
         status_code=500,
     )

@@ -14,7 +14,9 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import install_error_handlers
-from app.json_body import LenientJSONBodyMiddleware
+from app.json_body import RequestLimitsMiddleware
+from app.openapi import document_error_responses
+from app.responses import JSONLineResponse
 from app.routes import auth, health, jobs, metrics, nodes, tokens
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
@@ -101,12 +103,14 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        default_response_class=JSONLineResponse,
     )
     app.state.manage_ray = manage_ray
     app.state.version = VERSION
     install_error_handlers(app)
-    app.add_middleware(LenientJSONBodyMiddleware)
+    app.add_middleware(RequestLimitsMiddleware)
     for module in (health, auth, nodes, jobs, tokens, metrics):
+        document_error_responses(module.router)
         app.include_router(module.router)
     return app
 

@@ -1,4 +1,4 @@
-"""User accounts and the per-username login throttle."""
+"""User accounts and the login throttle."""
 
 from __future__ import annotations
 
@@ -6,15 +6,23 @@ import datetime as dt
 import enum
 
 from sqlalchemy import Boolean, CheckConstraint, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from core.db import Base, UTCDateTime, utcnow
+
+USERNAME_MAX_LENGTH = 64
 
 
 class Role(enum.StrEnum):
     USER = "user"
     NODE_OWNER = "node_owner"
     ADMIN = "admin"
+
+
+def username_key(username: str) -> str:
+    """The form in which usernames are unique and looked up: case does not matter, so
+    `ALICE` and `alice` are one account. Usernames are ASCII, where `lower()` is SQL's."""
+    return username.lower()
 
 
 class User(Base):
@@ -24,18 +32,34 @@ class User(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(USERNAME_MAX_LENGTH), unique=True)
+    # Kept equal to username_key(username) by the validator below; its unique constraint is
+    # what makes case variants of a name one account, even under concurrent registrations.
+    username_key: Mapped[str] = mapped_column(String(USERNAME_MAX_LENGTH), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default=Role.USER.value)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    @validates("username")
+    def _keep_username_key(self, _field: str, username: str) -> str:
+        self.username_key = username_key(username)
+        return username
+
+
+# The throttle row that counts a client address's failures for every username together.
+ANY_USERNAME = ""
+
 
 class LoginThrottle(Base):
-    """Failed logins per username, whether or not the user exists (so it reveals nothing)."""
+    """Failed logins per (client address, username key), whether or not the user exists, so
+    it reveals nothing and an attacker's failures never lock the owner out from elsewhere;
+    the row with username_key ANY_USERNAME counts an address's failures across usernames."""
 
     __tablename__ = "login_throttle"
 
-    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username_key: Mapped[str] = mapped_column(String(USERNAME_MAX_LENGTH), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -6,11 +6,10 @@ import logging
 import uuid
 
 from passlib.context import CryptContext
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from auth.service import create_user
+from auth.service import create_user, find_user
 from core.errors import InvalidInputError, NotFoundError
 from ledger.flows import grant_tokens
 from ledger.models import MICRO, TransactionKind
@@ -54,7 +53,7 @@ def ensure_bootstrap_admin(
     if not password:
         log.warning("DISTLM_ADMIN_PASSWORD is empty: no bootstrap admin created")
         return None
-    existing = session.scalar(select(User).where(User.username == username))
+    existing = find_user(session, username)
     if existing is not None:
         return existing
     user = register_user(

@@ -227,12 +227,20 @@ class Dispatcher:
                 self.end(session, job, JobStatus.CANCELLED, "cancelled while running")
                 return True
             case StatusEvent(state=RunState.FAILED, reason=reason, retryable=retryable):
+                reason = self.without_server_paths(reason)
                 if retryable and job.cancel_requested_at is None:
                     self.retry_or_fail(session, job, reason)
                 else:
                     self.end(session, job, JobStatus.FAILED, f"failed: {reason}")
                 return True
         return False
+
+    def without_server_paths(self, reason: str) -> str:
+        """Users see paths relative to the data root or the storage, never where this
+        server keeps them (an absolute path also tells which machine and user run it)."""
+        for root in (self.settings.storage_path, self.settings.data_root):
+            reason = reason.replace(f"{root}/", "").replace(str(root), ".")
+        return reason
 
     def runner_lost(self, session: Session, job: Job) -> None:
         if job.cancel_requested_at is not None:

@@ -19,6 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ray_module.data.catalogue import BUILTIN_DATASETS, builtin_datasets_for
 from ray_module.errors import SettingsError
+from ray_module.hub import hub_id_problem, is_hub_id
 from ray_module.models.catalogue import PRESETS
 from ray_module.strategies.base import SubmittedJob
 from ray_module.strategies.registry import default_strategy, get_strategy
@@ -48,6 +51,8 @@ class DataSource(enum.StrEnum):
 
 
 MAX_GPUS = 64
+MIN_CPU_CORES = 0.1
+MIN_MEMORY_GB = 0.1
 MAX_CPU_CORES = 1024
 MAX_MEMORY_GB = 4096
 MAX_RUNTIME_S = 30 * 24 * 3600
@@ -66,16 +71,21 @@ class ModelSpec(_Strict):
 
     @field_validator("model_name")
     @classmethod
-    def _no_paths_outside_the_data_root(cls, value: str) -> str:
-        # A model directory is read on the nodes: an absolute path could name anything there,
-        # another user's job directory included.
+    def _a_preset_hub_id_job_or_data_root_path(cls, value: str) -> str:
+        """A model directory is read on the nodes: an absolute path, or a relative one that
+        a loader resolves against its working directory, could name anything there (another
+        user's job directory included). So: a hub id, ``job:<id>``, or ``./path`` under
+        DISTLM_DATA_ROOT."""
+        if source_job_id(value) is not None or is_hub_id(value):
+            return value
         path = PurePosixPath(value)
-        if path.is_absolute() or value.startswith("~") or ".." in path.parts:
-            raise ValueError(
-                "a local model directory is named relative to DISTLM_DATA_ROOT "
-                "(e.g. ./models/my-model), without '..'"
-            )
-        return value
+        if value.startswith("./") and ".." not in path.parts:
+            return value
+        raise ValueError(
+            f"model_name {value!r} is not a preset, a Hugging Face hub id ('name' or "
+            "'owner/name'), 'job:<id>' of one of your jobs, or a directory relative to "
+            "DISTLM_DATA_ROOT written as './models/my-model' (without '..')"
+        )
 
 
 class DataSpec(_Strict):
@@ -86,8 +96,8 @@ class DataSpec(_Strict):
     split: str | None = Field(None, max_length=64)
     text_column: str | None = Field(None, max_length=128)
     target_column: str | None = Field(None, max_length=128)
-    max_samples: int | None = Field(None, ge=1, le=100_000_000)
-    validation_split: float | None = Field(None, gt=0, lt=1)
+    max_samples: StrictInt | None = Field(None, ge=1, le=100_000_000)
+    validation_split: StrictFloat | None = Field(None, gt=0, lt=1)
 
     @field_validator("path")
     @classmethod
@@ -101,6 +111,10 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _source_fields(self) -> DataSpec:
+        if self.data_source is DataSource.HUGGINGFACE:
+            problem = hub_id_problem(self.dataset_name, "dataset_name")
+            if problem:
+                raise ValueError(problem)
         if self.data_source is DataSource.BUILTIN and self.dataset_name not in BUILTIN_DATASETS:
             known = ", ".join(sorted(BUILTIN_DATASETS))
             raise ValueError(f"unknown builtin dataset '{self.dataset_name}' (known: {known})")
@@ -116,7 +130,7 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     strategy: str | None = Field(None, max_length=64)
-    num_workers: int | None = Field(None, ge=1, le=1024)
+    num_workers: StrictInt | None = Field(None, ge=1, le=1024)
 
     def knobs(self) -> dict[str, Any]:
         """The strategy's own settings, as submitted."""
@@ -126,21 +140,30 @@ class TrainingSpec(BaseModel):
 class Requirements(_Strict):
     """The job's total resources; memory in GB, as in seed 003."""
 
-    gpu: int = Field(0, ge=0, le=MAX_GPUS)
-    cpu_cores: float = Field(1.0, gt=0, le=MAX_CPU_CORES)
-    memory: float = Field(2.0, gt=0, le=MAX_MEMORY_GB)
+    gpu: StrictInt = Field(0, ge=0, le=MAX_GPUS)
+    # Below a tenth of a core a job cannot do useful work, and Ray cannot place shares
+    # finer than 1e-4 once divided among workers.
+    cpu_cores: StrictFloat = Field(1.0, ge=MIN_CPU_CORES, le=MAX_CPU_CORES)
+    memory: StrictFloat = Field(2.0, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
 
 
 def _reject_non_finite(value: Any, where: str = "body") -> None:
-    """JSON parsers accept NaN and Infinity; nothing in a job spec may be either."""
+    """JSON parsers accept NaN and Infinity, and strings may carry control characters (a NUL
+    truncates a path in C libraries): nothing in a job spec may hold either."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where}: numbers must be finite")
+    if isinstance(value, str) and CONTROL_CHARACTERS.search(value):
+        raise ValueError(f"{where}: text must not contain control characters")
     if isinstance(value, dict):
         for key, item in value.items():
+            _reject_non_finite(key, where)
             _reject_non_finite(item, f"{where}.{key}" if where != "body" else str(key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _reject_non_finite(item, f"{where}[{index}]")
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class JobSpec(_Strict):
@@ -158,7 +181,7 @@ class JobSpec(_Strict):
     training_config: TrainingSpec = Field(default_factory=TrainingSpec)
     requirements: Requirements = Field(default_factory=Requirements)
     max_tokens: Decimal | None = Field(None, gt=0, le=MAX_TOKENS, decimal_places=6)
-    max_runtime_s: int | None = Field(None, ge=1, le=MAX_RUNTIME_S)
+    max_runtime_s: StrictInt | None = Field(None, ge=1, le=MAX_RUNTIME_S)
 
     @model_validator(mode="after")
     def _a_strategy_can_run_it(self) -> JobSpec:

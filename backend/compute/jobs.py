@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,12 +16,14 @@ from compute.billing import UsageReport, estimate_cost, settle
 from compute.job_spec import JobSpec, source_job_id, tokens_to_micro
 from compute.job_state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
+from compute.scheduling import capacity_and_free, pending_job
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
-from core.errors import ConflictError, InvalidInputError, NotFoundError
+from core.errors import ConflictError, InvalidInputError, NotFoundError, RateLimitedError
 from ledger.flows import place_hold
 from ledger.pricing import Rates
 from ledger.settlement import SettlementResult
+from ray_module.scheduler import plan
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a node"
@@ -26,6 +31,51 @@ WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a no
 
 class IdempotencyKeyReusedError(InvalidInputError):
     code = "idempotency_key_reused"
+
+
+@dataclass(frozen=True)
+class SubmitLimits:
+    """What one user may have waiting, and how fast they may submit (0: no limit). Counted
+    in the database, so every gateway process enforces the same limit."""
+
+    max_waiting_jobs: int = 0
+    submits_per_minute: int = 0
+
+
+RATE_WINDOW = dt.timedelta(seconds=60)
+WAITING = (JobStatus.QUEUED.value, JobStatus.SCHEDULED.value)
+
+
+def check_submit_limits(session: Session, owner: User, limits: SubmitLimits) -> None:
+    """429 with Retry-After before anything is stored or held."""
+    if limits.max_waiting_jobs:
+        waiting = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner.id, Job.status.in_(WAITING))
+        )
+        if waiting >= limits.max_waiting_jobs:
+            raise RateLimitedError(
+                f"you have {waiting} jobs waiting, the most one user may have queued "
+                f"({limits.max_waiting_jobs}); wait for some to start or cancel some",
+                retry_after_s=30,
+            )
+    if limits.submits_per_minute:
+        since = utcnow() - RATE_WINDOW
+        recent = list(
+            session.scalars(
+                select(Job.created_at)
+                .where(Job.owner_id == owner.id, Job.created_at > since)
+                .order_by(Job.created_at)
+            )
+        )
+        if len(recent) >= limits.submits_per_minute:
+            oldest = recent[-limits.submits_per_minute]
+            wait_s = max(1, math.ceil((oldest + RATE_WINDOW - utcnow()).total_seconds()))
+            raise RateLimitedError(
+                f"at most {limits.submits_per_minute} submits a minute; try again in {wait_s} s",
+                retry_after_s=wait_s,
+            )
 
 
 def _job_for_key(session: Session, owner: User, key: str, request_hash: str) -> Job | None:
@@ -46,6 +96,8 @@ def submit_job(
     idempotency_key: str | None,
     default_max_runtime_s: int,
     rates: Rates,
+    limits: SubmitLimits = SubmitLimits(),
+    accept_unplaceable: bool = True,
 ) -> tuple[Job, bool]:
     """Store a new queued job and hold its maximum cost in escrow, in one database
     transaction; return (job, created). A replayed key returns the first job and holds
@@ -59,7 +111,8 @@ def submit_job(
     if idempotency_key is not None:
         existing = _job_for_key(session, owner, idempotency_key, request_hash)
         if existing is not None:
-            return existing, False
+            return existing, False  # a replay is not a new submit: no limit applies
+    check_submit_limits(session, owner, limits)
 
     now = utcnow()
     job = Job(
@@ -80,6 +133,11 @@ def submit_job(
         created_at=now,
         updated_at=now,
     )
+    unplaceable = why_no_node_can_hold(session, job)
+    if unplaceable is not None:
+        if not accept_unplaceable:
+            raise InvalidInputError(f"no registered node can hold this job ({unplaceable})")
+        job.status_reason = f"queued, but no registered node can hold it yet ({unplaceable})"
     estimate = estimate_cost(
         spec.requirements, runtime_s=job.max_runtime_s, cap=job.max_tokens_micro, rates=rates
     )
@@ -96,6 +154,16 @@ def submit_job(
             raise
         return existing, False
     return job, True
+
+
+def why_no_node_can_hold(session: Session, job: Job) -> str | None:
+    """Why no eligible node could hold the job even if all were idle, or None if one could
+    (or none is online yet: nodes come and go, and the Quickstart submits before any joins)."""
+    capacity, _ = capacity_and_free(session)
+    if not capacity:
+        return None
+    decision = plan([pending_job(job)], capacity, capacity)
+    return decision.waiting[0].reason if decision.waiting else None
 
 
 def list_jobs(

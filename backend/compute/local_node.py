@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auth.models import User
+from auth.service import find_user
 from compute.models import Node
 from compute.nodes import NodeApproval, hash_credential
 
@@ -44,7 +44,7 @@ def register_local_node(
 ) -> Node | None:
     """Create or refresh the local machine's node: approved, owned by the bootstrap admin
     (None when there is no such admin, e.g. DISTLM_ADMIN_PASSWORD is empty)."""
-    owner = session.scalar(select(User).where(User.username == admin_username))
+    owner = find_user(session, admin_username)
     if owner is None:
         return None
     hostname = f"{socket.gethostname()}-gateway"

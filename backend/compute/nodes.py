@@ -26,7 +26,8 @@ CREDENTIAL_PREFIX = "dln_"
 
 class NodeStatus(enum.StrEnum):
     REGISTERED = "registered"  # no heartbeat yet
-    ONLINE = "online"
+    ONLINE = "online"  # heartbeats arrive and its Ray worker is in the cluster: it gets work
+    NOT_JOINED = "not_joined"  # heartbeats arrive, but no Ray worker joined: it gets no work
     OFFLINE = "offline"
 
 
@@ -45,6 +46,8 @@ def node_status(node: Node, *, now: dt.datetime, timeout_s: int) -> NodeStatus:
         return NodeStatus.REGISTERED
     if now - node.last_heartbeat_at > dt.timedelta(seconds=timeout_s):
         return NodeStatus.OFFLINE
+    if not node.ray_alive:  # a heartbeat alone (curl, an agent still joining) runs nothing
+        return NodeStatus.NOT_JOINED
     return NodeStatus.ONLINE
 
 

@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     default_max_runtime_s: int = Field(
         3600, ge=1, validation_alias=_env("DISTLM_DEFAULT_MAX_RUNTIME_S")
     )
+    max_waiting_jobs_per_user: int = Field(
+        100, ge=0, le=1_000_000, validation_alias=_env("DISTLM_MAX_WAITING_JOBS_PER_USER")
+    )
+    submits_per_minute: int = Field(
+        60, ge=0, le=1_000_000, validation_alias=_env("DISTLM_SUBMITS_PER_MINUTE")
+    )
+    queue_unplaceable_jobs: bool = Field(
+        True, validation_alias=_env("DISTLM_QUEUE_UNPLACEABLE_JOBS")
+    )
 
     job_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("DISTLM_JOB_MAX_ATTEMPTS"))
     job_start_timeout_s: int = Field(
@@ -89,12 +98,25 @@ class Settings(BaseSettings):
 
     node_timeout: int = Field(60, ge=1, validation_alias=_env("NODE_TIMEOUT"))
     node_heartbeat_interval: int = Field(10, ge=1, validation_alias=_env("NODE_HEARTBEAT_INTERVAL"))
-    node_auto_approve: bool = Field(True, validation_alias=_env("DISTLM_NODE_AUTO_APPROVE"))
+    # Approving a node hands it the cluster's keys (README, Security): "auto" approves at
+    # once in dev only; prod approves by hand unless this is explicitly "true".
+    node_auto_approve_mode: Literal["auto", "true", "false"] = Field(
+        "auto", validation_alias=_env("DISTLM_NODE_AUTO_APPROVE")
+    )
 
     login_max_failures: int = Field(5, ge=1, validation_alias=_env("DISTLM_LOGIN_MAX_FAILURES"))
     login_lockout_s: int = Field(300, ge=1, validation_alias=_env("DISTLM_LOGIN_LOCKOUT_S"))
+    login_max_failures_per_address: int = Field(
+        20, ge=1, validation_alias=_env("DISTLM_LOGIN_MAX_FAILURES_PER_ADDRESS")
+    )
     argon2_time_cost: int = Field(3, ge=1, validation_alias=_env("DISTLM_ARGON2_TIME_COST"))
     argon2_memory_kib: int = Field(65536, ge=8, validation_alias=_env("DISTLM_ARGON2_MEMORY_KIB"))
+
+    @property
+    def node_auto_approve(self) -> bool:
+        if self.node_auto_approve_mode == "auto":
+            return self.env == "dev"
+        return self.node_auto_approve_mode == "true"
 
     @model_validator(mode="after")
     def _check_and_resolve(self) -> Settings:

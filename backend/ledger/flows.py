@@ -29,7 +29,10 @@ def grant_tokens(
     key: str,
     memo: str = "",
 ) -> LedgerTransaction:
-    """Issue new tokens into a wallet: the only way tokens come into being."""
+    """Issue new tokens into a wallet: the only way tokens come into being.
+
+    Idempotent per `key`; a key reused for another grant (another user, amount or memo)
+    is refused (IdempotencyKeyReusedError) and issues nothing."""
     if kind not in (TransactionKind.SIGNUP_GRANT, TransactionKind.ADMIN_GRANT):
         raise InvalidInputError("grants are signup or admin grants only")
     if amount <= 0:
@@ -45,6 +48,7 @@ def grant_tokens(
             Posting(target.id, amount, EntryKind.GRANT),
         ],
         memo=memo,
+        replay_must_match=True,
     )
     return transaction
 

@@ -35,6 +35,12 @@ class UnbalancedTransactionError(InvalidInputError):
     code = "unbalanced_transaction"
 
 
+class IdempotencyKeyReusedError(InvalidInputError):
+    """A key already posted a different transaction: a retry must repeat its request."""
+
+    code = "idempotency_key_reused"
+
+
 @dataclass(frozen=True)
 class Posting:
     account_id: int
@@ -77,6 +83,29 @@ def find_transaction(session: Session, key: str) -> LedgerTransaction | None:
     return session.scalar(select(LedgerTransaction).where(LedgerTransaction.idempotency_key == key))
 
 
+def _same_request(
+    session: Session,
+    transaction: LedgerTransaction,
+    *,
+    kind: TransactionKind,
+    postings: list[Posting],
+    job_id: int | None,
+    node_id: int | None,
+    memo: str,
+) -> bool:
+    entries = session.scalars(
+        select(LedgerEntry).where(LedgerEntry.transaction_id == transaction.id)
+    ).all()
+    posted = sorted((e.account_id, e.kind, e.amount, e.node_id or 0) for e in entries)
+    asked = sorted((p.account_id, p.kind.value, p.amount, p.node_id or 0) for p in postings)
+    return (transaction.kind, transaction.job_id, transaction.node_id, transaction.memo) == (
+        kind.value,
+        job_id,
+        node_id,
+        memo,
+    ) and posted == asked
+
+
 def _apply(session: Session, account_id: int, delta: int) -> None:
     statement = update(LedgerAccount).where(LedgerAccount.id == account_id)
     if delta < 0:
@@ -101,11 +130,36 @@ def post_transaction(
     job_id: int | None = None,
     node_id: int | None = None,
     memo: str = "",
+    replay_must_match: bool = False,
 ) -> tuple[LedgerTransaction, bool]:
-    """Post a balanced transaction once per key; returns (transaction, created)."""
+    """Post a balanced transaction once per key; returns (transaction, created).
+
+    A key that was already posted returns its first transaction. With `replay_must_match`
+    (keys that come from a client) the replay must also ask for the same postings, kind,
+    references and memo, or IdempotencyKeyReusedError is raised and nothing is posted;
+    internal keys (a hold, a settlement) are derived from the job, and a late concurrent
+    duplicate computed from a changed balance must still just get the first result.
+    """
+
+    def first_result(existing: LedgerTransaction) -> tuple[LedgerTransaction, bool]:
+        if replay_must_match and not _same_request(
+            session,
+            existing,
+            kind=kind,
+            postings=postings,
+            job_id=job_id,
+            node_id=node_id,
+            memo=memo,
+        ):
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was already used with a different request body; "
+                "use a new key for a new request"
+            )
+        return existing, False
+
     existing = find_transaction(session, key)
     if existing is not None:
-        return existing, False
+        return first_result(existing)
     if sum(p.amount for p in postings) != 0:
         raise UnbalancedTransactionError("a transaction's entries must sum to zero")
     if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in postings):
@@ -139,7 +193,7 @@ def post_transaction(
         existing = find_transaction(session, key)
         if existing is None:
             raise
-        return existing, False
+        return first_result(existing)
     for account_id in deltas:  # balances changed under the ORM's feet: reload on next access
         account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         if account is not None:

@@ -112,17 +112,36 @@ def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
     gpu, cpu, memory = worker_share(job)
     if not capacity:
         return "waiting for an online, approved node"
+    # The reason describes the whole job and what the largest node offers, not one share.
+    workers = worker_count(job)
+    each = f" ({workers} workers of {{}} each)" if workers > 1 else ""
     if gpu and not any(n.gpu >= gpu for n in capacity):
-        plural = "s" if gpu > 1 else ""
-        return f"waiting for a node with {gpu} GPU{plural}"
+        largest = max(n.gpu for n in capacity)
+        return (
+            f"waiting for a node with {_count(gpu, 'GPU')}: the job needs "
+            f"{_count(job.gpu, 'GPU')}{each.format(gpu)}; the largest node has {largest}"
+        )
     if not any(n.cpu_cores + EPSILON >= cpu for n in capacity):
-        return f"waiting for a node with {cpu:g} CPU cores"
+        largest_cpu = max(n.cpu_cores for n in capacity)
+        return (
+            f"waiting for a node with {cpu:g} CPU cores: the job needs {job.cpu_cores:g}"
+            f"{each.format(f'{cpu:g}')}; the largest node has {largest_cpu:g}"
+        )
     if not any(n.memory_gb + EPSILON >= memory for n in capacity):
-        return f"waiting for a node with {memory:g} GB of memory"
+        largest_memory = max(n.memory_gb for n in capacity)
+        return (
+            f"waiting for a node with {memory:g} GB of memory: the job needs "
+            f"{job.memory_gb:g} GB{each.format(f'{memory:g} GB')}; the largest node has "
+            f"{largest_memory:g} GB"
+        )
     return (
-        f"waiting for more nodes: {worker_count(job)} workers of {gpu} GPU, {cpu:g} cores and "
+        f"waiting for more nodes: {workers} workers of {gpu} GPU, {cpu:g} cores and "
         f"{memory:g} GB each do not fit the online nodes"
     )
+
+
+def _count(amount: int, unit: str) -> str:
+    return f"{amount} {unit}{'s' if amount != 1 else ''}"
 
 
 def plan(

@@ -381,10 +381,11 @@ def test_agent_waits_while_pending_and_goes_on_once_an_admin_approves(
     seen: dict[str, Any] = {}
 
     def approve_when_alive() -> None:
-        # A pending agent heartbeats, so the admin sees a live node before approving it.
+        # A pending agent heartbeats, so the admin sees a live node (not in Ray until it is
+        # approved: not_joined) before approving it.
         def pending_and_online() -> dict[str, Any] | None:
             node = manual_gateway.node_named(hostname)
-            return node if node and node["status"] == "online" else None
+            return node if node and node["status"] == "not_joined" else None
 
         seen["pending"] = wait_for(pending_and_online, timeout_s=30, what="a pending, live node")
         time.sleep(0.3)  # the agent keeps waiting meanwhile

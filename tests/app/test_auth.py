@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from auth.models import Role
-from tests.conftest import TEST_SECRET, Account, bearer
+from auth.models import LoginThrottle, Role, User
+from auth.service import client_address_key
+from tests.conftest import PASSWORD, TEST_SECRET, Account, bearer
 
 
 def login(client: TestClient, username: str, password: str):
@@ -50,6 +55,151 @@ def test_repeated_failures_lock_the_username(
     assert int(locked.headers["Retry-After"]) > 0
     # Other usernames are unaffected.
     assert login(client, "bob-not-locked", "whatever-pass").status_code == 401
+
+
+def client_at(client: TestClient, address: str) -> TestClient:
+    """A second client of the same running app, connecting from another address."""
+    return TestClient(client.app, client=(address, 50000))
+
+
+ATTACKER = "203.0.113.66"
+OWNER = "198.51.100.7"
+
+
+def test_an_attacker_cannot_lock_the_owner_out_from_elsewhere(
+    client: TestClient, user: Account
+) -> None:
+    """Issue 11 item 7: failures were counted per username only, so anyone could lock
+    `alice` (or the admin) out by failing to log in as her."""
+    attacker, owner = client_at(client, ATTACKER), client_at(client, OWNER)
+    for name in ["alice", "ALICE", "Alice"] * 10:
+        assert login(attacker, name, "wrong-password").status_code in (401, 429)
+    locked = login(attacker, "alice", user.password)
+    assert locked.status_code == 429
+    assert locked.json()["error"] == "rate_limited"
+    # The owner, from her own address, is not locked out.
+    response = login(owner, "alice", user.password)
+    assert response.status_code == 200, response.text
+
+
+def test_the_lock_is_per_address_and_username_case_blind(
+    client: TestClient, user: Account, other_user: Account
+) -> None:
+    attacker = client_at(client, ATTACKER)
+    for name in ["ALICE", "alice", "Alice", "aLiCe", "ALICE"]:
+        assert login(attacker, name, "wrong-password").status_code == 401
+    # Case variants are one username: all five count against `alice` from this address.
+    assert login(attacker, "alice", user.password).status_code == 429
+    # Another username from the same address is not locked by them.
+    assert login(attacker, "bob", other_user.password).status_code == 200
+
+
+def test_one_address_cannot_spray_passwords_over_many_usernames(
+    client: TestClient, user: Account, settings
+) -> None:
+    attacker, owner = client_at(client, ATTACKER), client_at(client, OWNER)
+    limit = settings.login_max_failures_per_address
+    assert limit < 100
+    for index in range(limit):
+        name = f"victim-{index}"  # each username stays below its own limit
+        assert login(attacker, name, "guess-123456").status_code == 401
+    sprayed = login(attacker, "alice", user.password)
+    assert sprayed.status_code == 429
+    assert "address" in sprayed.json()["detail"]
+    assert int(sprayed.headers["Retry-After"]) > 0
+    assert login(owner, "alice", user.password).status_code == 200
+
+
+def test_the_address_count_survives_a_successful_login(
+    client: TestClient, user: Account, settings
+) -> None:
+    """An attacker with an account of their own cannot reset their spraying allowance by
+    logging in to it."""
+    attacker = client_at(client, ATTACKER)
+    for index in range(settings.login_max_failures_per_address - 1):
+        assert login(attacker, f"victim-{index}", "guess-123456").status_code == 401
+        if index % 4 == 3:
+            assert login(attacker, "alice", user.password).status_code == 200
+    assert login(attacker, "victim-x", "guess-123456").status_code == 401
+    assert login(attacker, "alice", user.password).status_code == 429
+
+
+def test_locked_answers_do_not_reveal_whether_the_user_exists(
+    client: TestClient, user: Account
+) -> None:
+    attacker = client_at(client, ATTACKER)
+    answers = {}
+    for name in ("alice", "ghost-user"):
+        for _ in range(5):
+            assert login(attacker, name, "wrong-password").status_code == 401
+        answers[name] = login(attacker, name, "wrong-password")
+    assert answers["alice"].status_code == answers["ghost-user"].status_code == 429
+    # The same answer, but for the seconds left (which may tick between the two).
+    assert len({re.sub(r"\d+", "N", answer.text) for answer in answers.values()}) == 1
+
+
+def test_failures_are_forgotten_after_the_lockout_period(
+    client: TestClient, user: Account, db: Session, settings
+) -> None:
+    attacker = client_at(client, ATTACKER)
+    for _ in range(settings.login_max_failures - 1):
+        assert login(attacker, "alice", "wrong-password").status_code == 401
+    db.add(LoginThrottle(client="192.0.2.1", username_key="ghost", failures=3))
+    db.commit()
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.login_lockout_s + 60)
+    db.execute(update(LoginThrottle).values(window_started_at=long_ago))
+    db.commit()
+    for _ in range(settings.login_max_failures - 1):
+        assert login(attacker, "alice", "wrong-password").status_code == 401
+    assert login(attacker, "alice", user.password).status_code == 200
+    # Rows that count nothing any more are deleted, not kept forever.
+    db.expire_all()
+    assert db.scalars(select(LoginThrottle.client).distinct()).all() == [ATTACKER]
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        (None, "unknown"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_client_addresses_are_counted_by_subscriber(host: str | None, key: str) -> None:
+    """An IPv6 client can rotate through its /64 at will, so the /64 is what is counted."""
+    assert client_address_key(host) == key
+
+
+def test_login_ignores_the_case_of_the_username(client: TestClient, user: Account) -> None:
+    for name in ("ALICE", "Alice", "alice"):
+        response = login(client, name, user.password)
+        assert response.status_code == 200, (name, response.text)
+        me = client.get(
+            "/auth/me", headers={"Authorization": f"Bearer {response.json()['access_token']}"}
+        )
+        assert me.json()["id"] == user.id and me.json()["username"] == "alice"
+
+
+def test_usernames_differing_only_in_case_are_one_account(
+    client: TestClient, admin: Account, user: Account
+) -> None:
+    for name in ("ALICE", "Alice"):
+        response = client.post(
+            "/auth/register", headers=admin.headers, json={"username": name, "password": PASSWORD}
+        )
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "username_taken"
+    assert login(client, "ALICE", user.password).status_code == 200
+
+
+def test_the_database_refuses_case_variants_of_a_username(db: Session, user: Account) -> None:
+    """The rule holds below the service too, e.g. for two concurrent registrations."""
+    db.add(User(username="ALICE", password_hash="-", role=Role.USER.value))
+    with pytest.raises(IntegrityError):
+        db.flush()
 
 
 def test_a_successful_login_resets_the_failure_count(client: TestClient, user: Account) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
+import jwt
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
@@ -170,3 +172,38 @@ def test_random_job_spec_sections_never_500(
     assert response.status_code in (200, 201, 402, 422), response.text  # 402: tokens ran out
     if response.status_code == 422:
         assert response.json()["error"] == "invalid_input"
+
+
+HUGE = "100000000000000000000"  # 1e20, past every database integer
+
+
+@pytest.mark.parametrize("path", ["/jobs?offset={n}", "/nodes?offset={n}"])
+def test_huge_offsets_are_422_not_overflow(client: TestClient, admin: Account, path: str) -> None:
+    submit_job(client, admin.headers)
+    register_node(client, admin.headers)
+    response = client.get(path.format(n=HUGE), headers=admin.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == "offset"
+
+
+def test_huge_after_step_is_422_not_overflow(client: TestClient, user: Account) -> None:
+    job = submit_job(client, user.headers)
+    response = client.get(f"/metrics/training/{job['id']}?after_step={HUGE}", headers=user.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == "after_step"
+    ok = client.get(f"/metrics/training/{job['id']}?after_step=2147483647", headers=user.headers)
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("sub", [HUGE, "-1", "0", str(2**31), str(2**63)])
+def test_a_signed_token_for_an_impossible_user_id_is_401(
+    client: TestClient, settings, sub: str
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    claims = {"sub": sub, "role": "admin", "iat": now, "exp": now + dt.timedelta(minutes=5)}
+    token = jwt.encode(claims, settings.secret_key, algorithm="HS256")
+    for path in ("/auth/me", "/jobs", "/nodes/1/heartbeat"):
+        method = client.post if path.endswith("heartbeat") else client.get
+        response = method(path, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, (path, response.text)
+        assert response.json() == {"error": "not_authenticated", "detail": "invalid access token"}

@@ -290,3 +290,122 @@ def test_a_flood_of_unknown_knobs_is_refused_not_stored(
     assert response.status_code == 422
     assert "unknown data_parallel setting 'knob_0'" in response.json()["detail"]
     assert db.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (
+            {"data_config": {"data_source": "huggingface", "dataset_name": "/tmp/x/secret"}},
+            "data_config",
+            "not a Hugging Face hub id",
+        ),
+        (
+            {"data_config": {"data_source": "huggingface", "dataset_name": "../x/secret"}},
+            "data_config",
+            "not a Hugging Face hub id",
+        ),
+        (
+            {"model_config": {"type": "simple_transformer", "model_name": "var/jobs/26/model"}},
+            "model_config.model_name",
+            "not a preset, a Hugging Face hub id",
+        ),
+        (
+            {"data_config": {"data_source": "local", "dataset_name": "d", "path": "a\x00.txt"}},
+            "body",
+            "control characters",
+        ),
+        ({"requirements": {"gpu": True}}, "requirements.gpu", "valid integer"),
+        ({"requirements": {"gpu": "1"}}, "requirements.gpu", "valid integer"),
+        ({"requirements": {"cpu_cores": "2"}}, "requirements.cpu_cores", "valid number"),
+        ({"requirements": {"cpu_cores": 1e-9}}, "requirements.cpu_cores", "0.1"),
+        ({"requirements": {"memory": 0.0001}}, "requirements.memory", "0.1"),
+    ],
+)
+def test_names_outside_a_users_reach_and_loose_types_are_refused(
+    client: TestClient, user: Account, db: Session, change: dict, field: str, words: str
+) -> None:
+    """Issue 11 (1, 2, 4, 11): a hub name is a hub id, a model is a preset, hub id, job:<id>
+    or ./path under the data root; no control characters; numbers are numbers."""
+    body = {**TINY_GPT2, **change}
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == field, response.json()
+    assert words in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def limited_client(settings, **limits: int) -> TestClient:
+    from app.main import create_app
+
+    limited = settings.model_copy(update=limits)
+    return TestClient(create_app(limited, manage_ray=False, run_migrations=False))
+
+
+def test_one_user_cannot_flood_the_queue(client: TestClient, settings, make_account) -> None:
+    """Issue 11 (6): waiting jobs per user are capped (429, Retry-After); nothing stored or
+    held beyond the cap; another user is not affected."""
+    alice, bob = make_account("alice"), make_account("bob")
+    with limited_client(settings, max_waiting_jobs_per_user=3) as limited:
+        for _ in range(3):
+            assert (
+                limited.post("/jobs/submit", headers=alice.headers, json=TINY_GPT2).status_code
+                == 201
+            )
+        held = limited.get("/tokens/balance/me", headers=alice.headers).json()
+        refused = limited.post("/jobs/submit", headers=alice.headers, json=TINY_GPT2)
+        assert refused.status_code == 429, refused.text
+        assert (
+            refused.json()["error"] == "rate_limited"
+            and "3 jobs waiting" in refused.json()["detail"]
+        )
+        assert int(refused.headers["Retry-After"]) > 0
+        assert limited.get("/tokens/balance/me", headers=alice.headers).json() == held
+        assert limited.post("/jobs/submit", headers=bob.headers, json=TINY_GPT2).status_code == 201
+        first = limited.get("/jobs", headers=alice.headers).json()["items"][0]["id"]
+        limited.post(f"/jobs/{first}/cancel", headers=alice.headers)
+        assert (
+            limited.post("/jobs/submit", headers=alice.headers, json=TINY_GPT2).status_code == 201
+        )
+
+
+def test_submits_per_minute_are_capped(client: TestClient, settings, make_account) -> None:
+    alice = make_account("alice")
+    with limited_client(settings, submits_per_minute=4) as limited:
+        codes = [
+            limited.post("/jobs/submit", headers=alice.headers, json=TINY_GPT2).status_code
+            for _ in range(6)
+        ]
+        assert codes == [201, 201, 201, 201, 429, 429]
+        refused = limited.post("/jobs/submit", headers=alice.headers, json=TINY_GPT2)
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert "4 submits a minute" in refused.json()["detail"]
+
+
+def test_a_job_no_registered_node_can_hold_says_so_at_submit(
+    client: TestClient, settings, make_account, node_owner: Account, db: Session
+) -> None:
+    """Issue 11 (9): the reason is given at submit and describes the whole job; with
+    DISTLM_QUEUE_UNPLACEABLE_JOBS=false such a job is refused and nothing is held."""
+    from compute.models import Node
+    from tests.conftest import register_node
+
+    register_node(client, node_owner.headers, "small-box")  # 1 GPU, 8 cores
+    db.execute(update(Node).values(ray_alive=True))  # its Ray worker joined
+    db.commit()
+    alice = make_account("alice")
+    body = {**TINY_GPT2, "requirements": {"gpu": 64, "cpu_cores": 2, "memory": 2}, "max_tokens": 5}
+    response = client.post("/jobs/submit", headers=alice.headers, json=body)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["status_reason"] == (
+        "queued, but no registered node can hold it yet (waiting for a node with 64 GPUs: "
+        "the job needs 64 GPUs; the largest node has 1)"
+    )
+    with limited_client(settings, queue_unplaceable_jobs=False) as strict:
+        before = strict.get("/tokens/balance/me", headers=alice.headers).json()
+        refused = strict.post("/jobs/submit", headers=alice.headers, json=body)
+        assert refused.status_code == 422
+        assert "no registered node can hold this job" in refused.json()["detail"]
+        assert strict.get("/tokens/balance/me", headers=alice.headers).json() == before

@@ -54,10 +54,11 @@ def test_heartbeat_with_credential_turns_node_online_and_stores_sample(
         json={"cpu_percent": 37.5, "memory_used_gb": 12.0, "gpu_utilization": 80},
     )
     assert response.status_code == 200
-    assert response.json()["status"] == "online"
+    # A heartbeat alone makes a node live, not schedulable: no Ray worker has joined.
+    assert response.json()["status"] == "not_joined"
     assert response.json()["next_heartbeat_in_s"] > 0
     metrics = client.get(f"/metrics/node/{node['id']}", headers=node_owner.headers).json()
-    assert metrics["node"]["status"] == "online"
+    assert metrics["node"]["status"] == "not_joined"
     (sample,) = metrics["samples"]
     assert sample["cpu_percent"] == 37.5
     assert sample["memory_used_gb"] == 12.0
@@ -70,7 +71,7 @@ def test_heartbeat_with_owner_token_and_without_body(
     node = register_node(client, node_owner.headers)
     response = client.post(f"/nodes/{node['id']}/heartbeat", headers=node_owner.headers)
     assert response.status_code == 200
-    assert response.json()["status"] == "online"
+    assert response.json()["status"] == "not_joined"
 
 
 def test_node_goes_offline_after_node_timeout(
@@ -79,7 +80,9 @@ def test_node_goes_offline_after_node_timeout(
     node = register_node(client, node_owner.headers)
     client.post(f"/nodes/{node['id']}/heartbeat", headers=node_owner.headers)
     stale = utcnow() - dt.timedelta(seconds=settings.node_timeout + 1)
-    db.execute(update(Node).where(Node.id == node["id"]).values(last_heartbeat_at=stale))
+    db.execute(
+        update(Node).where(Node.id == node["id"]).values(last_heartbeat_at=stale, ray_alive=True)
+    )
     db.commit()
     assert client.get(f"/nodes/{node['id']}", headers=node_owner.headers).json()["status"] == (
         "offline"
@@ -122,7 +125,7 @@ def test_banned_node_heartbeats_are_refused_until_approved_again(
 def test_nodes_wait_for_approval_when_auto_approve_is_off(
     app, node_owner: Account, admin: Account, client: TestClient
 ) -> None:
-    app.state.settings = app.state.settings.model_copy(update={"node_auto_approve": False})
+    app.state.settings = app.state.settings.model_copy(update={"node_auto_approve_mode": "false"})
     node = register_node(client, node_owner.headers)
     assert node["approval"] == "pending"
     approved = client.post(f"/nodes/{node['id']}/approve", headers=admin.headers).json()
@@ -155,7 +158,7 @@ def test_unknown_node_is_404(client: TestClient, admin: Account) -> None:
 
 
 def test_system_metrics_count_users_nodes_jobs_and_online_resources(
-    client: TestClient, admin: Account, node_owner: Account, user: Account
+    client: TestClient, admin: Account, node_owner: Account, user: Account, db: Session
 ) -> None:
     online = register_node(client, node_owner.headers, "online-box")
     register_node(client, node_owner.headers, "silent-box")
@@ -165,7 +168,18 @@ def test_system_metrics_count_users_nodes_jobs_and_online_resources(
     submit_job(client, user.headers)
     metrics = client.get("/metrics/system", headers=admin.headers).json()
     assert metrics["users_by_role"] == {"user": 1, "node_owner": 1, "admin": 1}
-    assert metrics["nodes_by_status"] == {"registered": 1, "online": 1, "offline": 0}
+    # Issue 11 (14): heartbeats without a Ray worker count as not joined, offering nothing.
+    assert metrics["nodes_by_status"] == {
+        "registered": 1,
+        "online": 0,
+        "not_joined": 1,
+        "offline": 0,
+    }
+    assert metrics["online_resources"]["gpu"] == 0
+    db.execute(update(Node).where(Node.id == online["id"]).values(ray_alive=True))
+    db.commit()  # as the dispatcher's reconciler does once Ray reports the node's worker
+    metrics = client.get("/metrics/system", headers=admin.headers).json()
+    assert metrics["nodes_by_status"]["online"] == 1
     assert metrics["jobs_by_status"]["queued"] == 1
     assert metrics["online_resources"] == {
         "nodes": 1,
@@ -198,7 +212,7 @@ def test_pending_node_cannot_join_yet(
     node_owner: Account,
     admin: Account,
 ) -> None:
-    app.state.settings = app.state.settings.model_copy(update={"node_auto_approve": False})
+    app.state.settings = app.state.settings.model_copy(update={"node_auto_approve_mode": "false"})
     app.state.ray_address = "10.1.2.3:6379"
     node = register_node(client, node_owner.headers)
     waiting = client.get(f"/nodes/{node['id']}/join", headers=node_owner.headers)

@@ -116,7 +116,7 @@ def test_gpu_job_waits_for_a_gpu_node_and_starts_when_one_joins(
     waiting = wait_for(
         lambda: (
             (j := job_state(client, user.headers, job["id"]))["status_reason"]
-            == "waiting for a node with 1 GPU"
+            == "waiting for a node with 1 GPU: the job needs 1 GPU; the largest node has 0"
             and j
         ),
         what="the GPU job to wait",
@@ -324,3 +324,44 @@ def test_max_runtime_is_enforced_and_what_ran_is_settled(
     balance = client.get("/tokens/balance/me", headers=user.headers).json()
     assert balance["held"] == 0
     assert balance["available"] == pytest.approx(100 - balance["spent"])
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"model_config": {"type": "classifier", "model_name": "mlp"}},
+            "DataError: local data path 'nothing/here.csv' does not exist under the data root",
+        ),
+        (
+            {"model_config": {"type": "simple_transformer", "model_name": "./models/missing"}},
+            "ModelError: model directory './models/missing' does not exist",
+        ),
+    ],
+)
+def test_a_job_that_cannot_succeed_fails_at_once_with_its_cause_and_no_server_paths(
+    ray_client: TestClient, two_nodes, make_account, ray_settings, change: dict, reason: str
+) -> None:
+    """Issue 11 (12, 13): a missing file or model is final on the first attempt (no retries
+    burning tokens), and the reason keeps the root cause, in the user's own terms."""
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        **TINY_JOB,
+        "data_config": {"data_source": "local", "dataset_name": "mine", "path": "nothing/here.csv"},
+        "training_config": {},
+        **change,
+    }
+    if body["model_config"]["type"] == "simple_transformer":
+        body["data_config"] = TINY_JOB["data_config"]
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "failed" and done["attempts"] == 1, done
+    assert reason in done["status_reason"]
+    for server_path in (str(ray_settings.data_root), str(ray_settings.storage_path), "/tmp/"):
+        assert server_path not in done["status_reason"]
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert balance["held"] == 0

@@ -101,3 +101,23 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTLM_PORT", "not-a-port")
     with pytest.raises(ValueError):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_prod_approves_nodes_by_hand_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 (3): approval hands a node the cluster's keys, so prod never auto-approves
+    by default; dev does; an explicit setting wins in both."""
+    prod = {
+        "DISTLM_ENV": "prod",
+        "DISTLM_SECRET_KEY": "k" * 40,
+        "DISTLM_ADMIN_PASSWORD": "a-strong-password-for-prod",
+    }
+    for key, value in prod.items():
+        monkeypatch.setenv(key, value)
+    assert Settings().node_auto_approve is False
+    monkeypatch.setenv("DISTLM_NODE_AUTO_APPROVE", "true")
+    assert Settings().node_auto_approve is True
+    monkeypatch.setenv("DISTLM_ENV", "dev")
+    monkeypatch.delenv("DISTLM_NODE_AUTO_APPROVE")
+    assert Settings().node_auto_approve is True
+    monkeypatch.setenv("DISTLM_NODE_AUTO_APPROVE", "false")
+    assert Settings().node_auto_approve is False

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from auth.models import Role
 from compute.models import Job
 from ledger.models import LedgerTransaction
 from tests.conftest import SEED_JOB, Account, submit_job
@@ -105,6 +106,84 @@ def test_admin_grant_is_issuance_and_idempotent(
     system = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
     assert system["issued"] == pytest.approx(200 + 12.345678)  # two signups + one grant
     assert system["invariant_ok"] is True
+
+
+def issued(client: TestClient, admin: Account) -> float:
+    return client.get("/metrics/system", headers=admin.headers).json()["ledger"]["issued"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"amount": 7}, {"memo": "another memo"}, {"user": "other"}],
+    ids=["amount", "memo", "user"],
+)
+def test_a_grant_key_reused_with_another_body_is_422_like_submit(
+    client: TestClient, admin: Account, user: Account, other_user: Account, change: dict
+) -> None:
+    """Issue 11 item 8: it answered 201 and silently granted nothing."""
+    headers = {**admin.headers, "Idempotency-Key": "grant-once"}
+    body = {"user_id": user.id, "amount": 5, "memo": "welcome"}
+    assert client.post("/tokens/grant", headers=headers, json=body).status_code == 201
+    before = issued(client, admin)
+    if change.pop("user", None):
+        change["user_id"] = other_user.id
+    reused = client.post("/tokens/grant", headers=headers, json={**body, **change})
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["error"] == "idempotency_key_reused"
+    assert set(reused.json()) == {"error", "detail"}
+    assert "Idempotency-Key" in reused.json()["detail"]
+    assert issued(client, admin) == before
+    assert balance(client, user)["available"] == 105.0
+    assert balance(client, other_user)["available"] == 100.0
+    # The first body with its key is still a harmless replay.
+    replay = client.post("/tokens/grant", headers=headers, json=body)
+    assert replay.status_code == 201 and replay.json()["available"] == 105.0
+
+
+def test_grant_keys_are_per_admin(
+    client: TestClient, admin: Account, make_account, user: Account
+) -> None:
+    second_admin = make_account("root2", Role.ADMIN)
+    body = {"user_id": user.id, "amount": 1}
+    for account, amount in ((admin, 1), (second_admin, 2)):
+        headers = {**account.headers, "Idempotency-Key": "same-key"}
+        response = client.post("/tokens/grant", headers=headers, json={**body, "amount": amount})
+        assert response.status_code == 201, response.text
+    assert balance(client, user)["available"] == 103.0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "offset=1e20",
+        "offset=100000000000000000000",
+        "offset=9223372036854775808",
+        "offset=1000000001",
+        "offset=-1",
+        "offset=1.5",
+        "offset=abc",
+        "offset=nan",
+        "offset=1e400",
+        "limit=1e20",
+        "limit=0",
+        "limit=501",
+        "limit=2.5",
+    ],
+)
+def test_history_refuses_out_of_range_pages(client: TestClient, user: Account, query: str) -> None:
+    """Issue 11 item 10: a huge offset overflowed the database integer and answered 500."""
+    response = client.get(f"/tokens/history/me?{query}", headers=user.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_input"
+    assert isinstance(response.json()["detail"], str)
+    name = query.split("=")[0]
+    assert name in response.json()["detail"]
+
+
+def test_history_accepts_the_largest_offset(client: TestClient, user: Account) -> None:
+    page = client.get("/tokens/history/me?offset=1000000000&limit=500", headers=user.headers)
+    assert page.status_code == 200, page.text
+    assert page.json()["items"] == [] and page.json()["total"] == 1
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,9 @@ def test_gpu_job_waits_with_a_clear_reason_when_only_cpu_nodes_are_online() -> N
     job = PendingJob(1, gpu=1, cpu_cores=2, memory_gb=4)
     result = plan([job], [CPU_A, CPU_B])
     assert result.placements == ()
-    assert result.waiting[0].reason == "waiting for a node with 1 GPU"
+    assert result.waiting[0].reason == (
+        "waiting for a node with 1 GPU: the job needs 1 GPU; the largest node has 0"
+    )
     assert plan([job], [CPU_A, GPU_C]).placements[0].slots[0].node_id == 3
 
 
@@ -108,3 +110,18 @@ def test_stored_jobs_get_their_strategys_worker_count() -> None:
     # A spec stored under older rules is still placed (its run reports what is wrong).
     assert worker_processes(job("fedavg", 2, {"no_such_knob": 1})) == 2
     assert worker_processes(job("split", 2, {})) == 1
+
+
+def test_an_impossible_job_says_what_the_whole_job_needs_and_the_largest_node_has() -> None:
+    """Issue 11 (9): the reason names the job's total, not one client's share."""
+    six = PendingJob(5, gpu=6, cpu_cores=2, memory_gb=8, workers=2)
+    (waiting,) = plan([six], [CPU_A, GPU_C]).waiting
+    assert waiting.reason == (
+        "waiting for a node with 3 GPUs: the job needs 6 GPUs (2 workers of 3 each); "
+        "the largest node has 2"
+    )
+    huge = PendingJob(6, gpu=0, cpu_cores=64, memory_gb=4)
+    (waiting,) = plan([huge], [CPU_A, CPU_B]).waiting
+    assert waiting.reason == (
+        "waiting for a node with 64 CPU cores: the job needs 64; the largest node has 4"
+    )

@@ -12,7 +12,10 @@ from ray_module.cluster import is_connected
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={503: {"description": "The database or Ray is down (same body, `degraded`)"}},
+)
 def health(request: Request, response: Response) -> dict[str, Any]:
     state = request.app.state
     db_ok = database_ok(state.engine)

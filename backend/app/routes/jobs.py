@@ -4,30 +4,40 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from app.deps import CurrentUser, DbSession, JobId, RatesDep, SettingsDep
+from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDep
+from app.errors import error_responses
 from app.schemas.common import Page
-from app.schemas.jobs import JobOut, job_out
+from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out
 from compute.artifacts import artifact_dir, pack_directory
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
-from compute.jobs import cancel_job, get_job_for, list_jobs, submit_job
+from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("/submit", response_model=JobOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/submit",
+    response_model=JobOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": JobOut, "description": "A replay of an earlier submit (same key, body)"},
+        # 404/409: `model_name: job:<id>` names no job of yours, or one with no saved model.
+        **error_responses(402, 404, 409, 429),
+    },
+)
 def submit(
-    spec: JobSpec,
+    spec: Annotated[JobSpec, Body(openapi_examples=JOB_SPEC_EXAMPLES)],
     user: CurrentUser,
     session: DbSession,
     settings: SettingsDep,
     rates: RatesDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobOut:
     """Queue a training job and hold its maximum cost in escrow (402 if your balance cannot
     cover it). Retrying with the same `Idempotency-Key` and body returns the same job (200);
@@ -39,6 +49,8 @@ def submit(
         idempotency_key=idempotency_key,
         default_max_runtime_s=settings.default_max_runtime_s,
         rates=rates,
+        limits=SubmitLimits(settings.max_waiting_jobs_per_user, settings.submits_per_minute),
+        accept_unplaceable=settings.queue_unplaceable_jobs,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -52,7 +64,7 @@ def list_(
     session: DbSession,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[JobOut]:
     """Your jobs, newest first (admins see every job)."""
     jobs, total = list_jobs(session, viewer, status=status_filter, limit=limit, offset=offset)
@@ -67,7 +79,8 @@ def get(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
 @router.get(
     "/{job_id}/artifacts",
     response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}}},
+    # 409: the job has not saved a model (yet).
+    responses={200: {"content": {"application/gzip": {}}}, **error_responses(409)},
 )
 def artifacts(
     job_id: JobId, viewer: CurrentUser, session: DbSession, settings: SettingsDep
@@ -83,7 +96,7 @@ def artifacts(
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(409))
 def cancel(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep) -> JobOut:
     """Cancel a job. A queued job is cancelled at once and fully refunded; a running one is
     stopped within a dispatcher round and charged only for what it used. Cancelling a

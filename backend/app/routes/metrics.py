@@ -6,7 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.deps import AdminUser, CurrentUser, DbSession, JobId, NodeId, NodeOwnerUser, SettingsDep
+from app.deps import (
+    MAX_INT,
+    AdminUser,
+    CurrentUser,
+    DbSession,
+    JobId,
+    NodeId,
+    NodeOwnerUser,
+    SettingsDep,
+)
 from app.schemas.metrics import (
     HeartbeatSampleOut,
     NodeMetricsOut,
@@ -61,7 +70,7 @@ def training(
     job_id: JobId,
     viewer: CurrentUser,
     session: DbSession,
-    after_step: Annotated[int | None, Query(ge=-1)] = None,
+    after_step: Annotated[int | None, Query(ge=-1, le=MAX_INT)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> TrainingMetricsOut:
     """The job's training series (step, loss, ...), oldest first; poll with `after_step`."""

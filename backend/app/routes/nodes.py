@@ -6,7 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, status
 
-from app.deps import AdminUser, DbSession, NodeCallerDep, NodeId, NodeOwnerUser, SettingsDep
+from app.deps import (
+    AdminUser,
+    DbSession,
+    NodeCallerDep,
+    NodeId,
+    NodeOwnerUser,
+    Offset,
+    SettingsDep,
+)
+from app.errors import error_responses
 from app.schemas.common import Page
 from app.schemas.nodes import HeartbeatOut, JoinOut, NodeOut, NodeRegisteredOut, node_out
 from compute.node_spec import HeartbeatSample, NodeRegistration
@@ -26,7 +35,12 @@ from core.db import utcnow
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
 
-@router.post("/register", response_model=NodeRegisteredOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/register",
+    response_model=NodeRegisteredOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(409),  # you already registered a node of that name
+)
 def register(
     body: NodeRegistration, owner: NodeOwnerUser, session: DbSession, settings: SettingsDep
 ) -> NodeOut:
@@ -41,7 +55,7 @@ def list_(
     session: DbSession,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[NodeOut]:
     """Your nodes (admins see every node)."""
     nodes, total = list_nodes(session, viewer, limit=limit, offset=offset)
@@ -58,7 +72,8 @@ def get(
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
 
 
-@router.post("/{node_id}/heartbeat", response_model=HeartbeatOut)
+# 403: the node is banned, or the caller is neither the node nor its owner.
+@router.post("/{node_id}/heartbeat", response_model=HeartbeatOut, responses=error_responses(403))
 def heartbeat(
     node_id: NodeId,
     caller: NodeCallerDep,
@@ -79,7 +94,8 @@ def heartbeat(
     )
 
 
-@router.get("/{node_id}/join", response_model=JoinOut)
+# 403 as for heartbeats; 409: the node is not approved yet, or the gateway has no Ray cluster.
+@router.get("/{node_id}/join", response_model=JoinOut, responses=error_responses(403, 409))
 def join(
     node_id: NodeId,
     caller: NodeCallerDep,

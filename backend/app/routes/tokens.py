@@ -17,6 +17,11 @@ from ledger.pricing import tokens
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
+# Far beyond any real history, far below what a database integer holds: a huge offset is
+# refused as bad input (422) instead of overflowing in the query.
+MAX_HISTORY_OFFSET = 10**9
+MAX_HISTORY_LIMIT = 500
+
 
 def balance_out(user_id: int, summary: BalanceSummary) -> BalanceOut:
     return BalanceOut(
@@ -41,8 +46,8 @@ def compute_history(
     user_id: str,
     viewer: CurrentUser,
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_HISTORY_OFFSET)] = 0,
 ) -> Page[HistoryEntryOut]:
     """Ledger entries on your wallet and your jobs' escrows, newest first: grants, holds,
     charges per node, refunds, and credits earned by your nodes."""
@@ -85,7 +90,8 @@ def grant(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> BalanceOut:
     """Issue tokens to a user (admins only: with the signup grant, the only way tokens come
-    into being). Retrying with the same `Idempotency-Key` grants once. Returns the balance."""
+    into being). Retrying with the same `Idempotency-Key` and body grants once; the same key
+    with another body is refused (422 `idempotency_key_reused`). Returns the balance."""
     user = admin_grant(
         session,
         admin,

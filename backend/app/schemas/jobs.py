@@ -11,6 +11,28 @@ from app.schemas.common import ResourcesOut
 from compute.job_spec import MICRO
 from compute.models import Job
 
+# Shown in /docs, and the fuzzer's first inputs: seed 003's job as typed, and one that runs
+# offline on built-in data.
+JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
+    "seed": {
+        "summary": "Seed 003's job (GPT-2 on wikitext from the hub)",
+        "value": {
+            "model_config": {"type": "simple_transformer", "model_name": "gpt2"},
+            "data_config": {"data_source": "huggingface", "dataset_name": "wikitext"},
+            "requirements": {"gpu": 1, "cpu_cores": 4, "memory": 16},
+        },
+    },
+    "offline": {
+        "summary": "A char-RNN on built-in text, no hub needed",
+        "value": {
+            "name": "char-rnn on docstrings",
+            "model_config": {"type": "char_rnn", "model_name": "rnn"},
+            "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+            "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+        },
+    },
+}
+
 
 class JobOut(BaseModel):
     id: int

@@ -26,6 +26,7 @@ import torch
 from ray_module.data.catalogue import BUILTIN_DATASETS
 from ray_module.data.request import DataRequest
 from ray_module.errors import DataError
+from ray_module.hub import away_from_local_disk, hub_id_problem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -287,12 +288,16 @@ def _huggingface_texts(request: DataRequest) -> list[str]:
     import datasets
 
     name = request.dataset_name
+    problem = hub_id_problem(name, "dataset_name")
+    if problem:
+        raise DataError(problem)
     config = request.dataset_config or DEFAULT_HF_CONFIGS.get(name)
     split = request.split or DEFAULT_HF_SPLIT
     column = request.text_column or DEFAULT_TEXT_COLUMN
     described = f"{name!r}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
     try:
-        dataset = datasets.load_dataset(name, config, split=split)
+        with away_from_local_disk():
+            dataset = datasets.load_dataset(name, config, split=split)
     except Exception as error:  # network, missing dataset or config, offline mode, bad split
         raise DataError(
             f"could not load dataset {described} from the Hugging Face hub: {error}"

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from ray_module.errors import ModelError
+from ray_module.hub import away_from_local_disk, hub_id_problem
 from ray_module.models.sources import (
     ModelRequest,
     checked_overrides,
@@ -161,9 +162,13 @@ def _load_local(
 def _load_from_hub(
     name: str, request: ModelRequest
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    problem = hub_id_problem(name, "model_name")
+    if problem:
+        raise ModelError(problem)
     try:
-        model = _model_from(name, request)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        with away_from_local_disk():
+            model = _model_from(name, request)
+            tokenizer = AutoTokenizer.from_pretrained(name)
     except ModelError:
         raise
     except Exception as error:  # network, missing repo, gated repo, offline mode, bad config

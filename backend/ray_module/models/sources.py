@@ -42,10 +42,10 @@ def local_model_directory(name: str, local_root: Path | None) -> Path | None:
     else:
         return None
     if not candidate.is_dir():
-        raise ModelError(f"model directory {str(candidate)!r} does not exist")
+        raise ModelError(f"model directory {name!r} does not exist")
     if not (candidate / "config.json").is_file():
         raise ModelError(
-            f"{str(candidate)!r} is not a saved model: it has no config.json "
+            f"{name!r} is not a saved model: it has no config.json "
             "(save one with model.save_pretrained(directory))"
         )
     return candidate

@@ -7,6 +7,7 @@ tokenizer; a local directory or a hub id (``t5-small``, ``facebook/bart-base``) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from transformers import (
 )
 
 from ray_module.errors import ModelError
+from ray_module.hub import away_from_local_disk, hub_id_problem
 from ray_module.models.causal_lm import build_byte_tokenizer
 from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
 
@@ -46,14 +48,20 @@ def load_text_to_text(
         return _build_preset(name, preset_overrides(request, ALLOWED_OVERRIDES), seed)
     directory = local_model_directory(name, local_root)
     source = str(directory) if directory is not None else name
+    problem = hub_id_problem(name, "model_name") if directory is None else None
+    if problem:
+        raise ModelError(problem)
+    # A local directory is an absolute path; a hub id is loaded away from local files.
+    place = contextlib.nullcontext() if directory is not None else away_from_local_disk()
     try:
-        if request.pretrained is False:
-            from transformers import AutoConfig
+        with place:
+            if request.pretrained is False:
+                from transformers import AutoConfig
 
-            model = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(source))
-        else:
-            model = AutoModelForSeq2SeqLM.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(source))
+            else:
+                model = AutoModelForSeq2SeqLM.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as error:  # network, missing repo, not an encoder-decoder, bad files
         where = "local directory" if directory is not None else "the Hugging Face hub"
         raise ModelError(f"could not load {name!r} from {where}: {error}") from error

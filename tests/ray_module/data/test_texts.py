@@ -263,3 +263,25 @@ def test_split_blocks_keeps_one_block_on_each_side() -> None:
             split_blocks(blocks, fraction)
     with pytest.raises(DataError, match="at least two blocks"):
         split_blocks(torch.zeros(1, 4, dtype=torch.long), 0.5)
+
+
+@pytest.mark.usefixtures("offline_hub")
+@pytest.mark.parametrize("name", ["secret.txt", "x/secret.txt"])
+def test_a_hub_dataset_name_never_reads_a_local_file_of_that_name(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """datasets tries a name as a local path first: a file the worker's directory happens
+    to hold (another user's data, a secret) must not be read as the 'hub dataset'."""
+    (tmp_path / "x").mkdir()
+    for path in (tmp_path / "secret.txt", tmp_path / "x" / "secret.txt"):
+        path.write_text("the gateway's secret key\n" * 50)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="Hugging Face hub") as caught:
+        load_texts(DataRequest("huggingface", name))
+    assert "secret key" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["/tmp/x/secret", "../x/secret", "var/storage/jobs/26", "a b"])
+def test_a_hub_dataset_name_must_look_like_a_hub_id(name: str) -> None:
+    with pytest.raises(DataError, match="is not a Hugging Face hub id"):
+        load_texts(DataRequest("huggingface", name))

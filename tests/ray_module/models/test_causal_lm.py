@@ -225,3 +225,31 @@ def test_tiny_gpt2_learns_from_stdlib_text() -> None:
         losses.append(loss.item())
     assert losses[0] > 5.0  # about ln(257): uniform over the vocabulary
     assert sum(losses[-5:]) / 5 < losses[0] - 1.0
+
+
+@pytest.mark.usefixtures("offline_hub")
+def test_a_hub_model_name_never_loads_a_local_directory_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """from_pretrained tries a name as a local path first: another user's saved model under
+    the worker's directory must not load as a 'hub id', whatever its shape."""
+    from ray_module.models.text_to_text import load_text_to_text
+
+    model, tokenizer = load_causal_lm(tiny())
+    for where in ("var/storage/jobs/26/model", "jobs26/model"):
+        model.save_pretrained(tmp_path / where)
+        tokenizer.save_pretrained(tmp_path / where)
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="is not a Hugging Face hub id"):
+        load_causal_lm(ModelRequest(CAUSAL, "var/storage/jobs/26/model"), local_root=data_root)
+    with pytest.raises(ModelError, match="could not load 'jobs26/model' from the Hugging Face"):
+        load_causal_lm(ModelRequest(CAUSAL, "jobs26/model"), local_root=data_root)
+    with pytest.raises(ModelError, match="could not load 'jobs26/model' from the Hugging Face"):
+        load_text_to_text(ModelRequest("text_to_text", "jobs26/model"), local_root=data_root)
+    # Under the data root the same name is a local directory, as documented.
+    model.save_pretrained(data_root / "jobs26/model")
+    tokenizer.save_pretrained(data_root / "jobs26/model")
+    loaded, _ = load_causal_lm(ModelRequest(CAUSAL, "jobs26/model"), local_root=data_root)
+    assert isinstance(loaded, GPT2LMHeadModel)
