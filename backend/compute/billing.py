@@ -25,6 +25,7 @@ def rates_from(settings: Settings) -> Rates:
         cpu_core_hour=settings.tokens_per_cpu_core_hour,
         memory_gb_hour=settings.tokens_per_memory_gb_hour,
         fee_percent=settings.platform_fee_percent,
+        min_job_charge=settings.min_job_charge,
     )
 
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     platform_fee_percent: float = Field(
         5.0, ge=0, le=100, validation_alias=_env("DISTLM_PLATFORM_FEE_PERCENT")
     )
+    min_job_charge: float = Field(
+        0.01, ge=0, le=1_000_000, validation_alias=_env("DISTLM_MIN_JOB_CHARGE")
+    )
     signup_grant: float = Field(100.0, ge=0, validation_alias=_env("DISTLM_SIGNUP_GRANT"))
     default_max_runtime_s: int = Field(
         3600, ge=1, validation_alias=_env("DISTLM_DEFAULT_MAX_RUNTIME_S")

@@ -18,10 +18,18 @@ class Rates:
     cpu_core_hour: Decimal
     memory_gb_hour: Decimal
     fee_percent: Decimal
+    # Tokens a job that ran on others' nodes pays at least (capped by its hold): however
+    # small its requirements, a run is never free.
+    min_job_charge: Decimal = Decimal(0)
 
     @classmethod
     def of(
-        cls, gpu_hour: float, cpu_core_hour: float, memory_gb_hour: float, fee_percent: float
+        cls,
+        gpu_hour: float,
+        cpu_core_hour: float,
+        memory_gb_hour: float,
+        fee_percent: float,
+        min_job_charge: float = 0.0,
     ) -> Rates:
         # str() first: Decimal(0.1) would carry the float's binary error.
         return cls(
@@ -29,6 +37,7 @@ class Rates:
             Decimal(str(cpu_core_hour)),
             Decimal(str(memory_gb_hour)),
             Decimal(str(fee_percent)),
+            Decimal(str(min_job_charge)),
         )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.models import (
+    MICRO,
     AccountKind,
     EntryKind,
     LedgerAccount,
@@ -66,10 +67,26 @@ def node_charges(
         if item.owner_id == job_owner_id:
             continue
         costs[item.node_id] = costs.get(item.node_id, 0) + price_usage(item.usage, rates).total
+    costs = with_minimum(costs, int(rates.min_job_charge * MICRO))
     total = sum(costs.values())
     if total > held:  # scale down proportionally, rounding down
         costs = {node: cost * held // total for node, cost in costs.items()}
     return {node: cost for node, cost in costs.items() if cost > 0}
+
+
+def with_minimum(costs: dict[int, int], minimum: int) -> dict[int, int]:
+    """Raise a run's total to ``minimum``, shared by the nodes in proportion to their cost
+    (equally where nothing was priced yet); the remainder of the rounding to the first."""
+    total = sum(costs.values())
+    if not costs or total >= minimum:
+        return costs
+    nodes = sorted(costs)
+    if total:
+        raised = {node: costs[node] * minimum // total for node in nodes}
+    else:
+        raised = {node: minimum // len(nodes) for node in nodes}
+    raised[nodes[0]] += minimum - sum(raised.values())
+    return raised
 
 
 def settle_job(

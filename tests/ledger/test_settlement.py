@@ -211,3 +211,16 @@ def test_metered_cost_counts_other_owners_nodes_only(
     assert job_estimate(job, rates).total == 1_000_000  # the budget the dispatcher enforces
     assert metered_cost(session, own_job, used, rates) == 0  # own nodes are free
     session.commit()
+
+
+def test_a_run_on_others_nodes_is_never_free(
+    client: TestClient, session, settings, user: Account, node_owner: Account
+) -> None:
+    """Issue 11 (4): near-zero requirements priced at nothing still pay the minimum
+    (DISTLM_MIN_JOB_CHARGE, 0.01 token), credited to the node that did the work."""
+    node = register_node(client, node_owner.headers)
+    job = submit_job(client, user.headers)
+    result = run_to_end(session, settings, job["id"], [usage(node["id"], cpu_s=0.0001)])
+    assert result.charged == 10_000  # 0.01 token, not the 0.00000003 the usage priced at
+    assert result.credits == {node["id"]: 10_000 - result.fees}
+    assert result.charged + result.refunded == result.held
