@@ -331,7 +331,7 @@ def test_max_runtime_is_enforced_and_what_ran_is_settled(
     [
         (
             {"model_config": {"type": "classifier", "model_name": "mlp"}},
-            "DataError: local data path 'nothing/here.csv' does not exist under the data root",
+            "DataError: local data file 'nothing/here.csv' does not exist under the data root",
         ),
         (
             {"model_config": {"type": "simple_transformer", "model_name": "./models/missing"}},
@@ -350,6 +350,7 @@ def test_a_job_that_cannot_succeed_fails_at_once_with_its_cause_and_no_server_pa
         **TINY_JOB,
         "data_config": {"data_source": "local", "dataset_name": "mine", "path": "nothing/here.csv"},
         "training_config": {},
+        "requirements": {"gpu": 0, "cpu_cores": 2, "memory": 2},  # fits one test node
         **change,
     }
     if body["model_config"]["type"] == "simple_transformer":

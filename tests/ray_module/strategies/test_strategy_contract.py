@@ -88,24 +88,40 @@ def config(name: str, length: int, storage: Path, job_id: int | None = None) -> 
     )
 
 
+class Watched:
+    """A launched run and the events it has emitted so far."""
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+        self.seen: list[Event] = []
+        launch_runner(run)
+
+    def poll(self) -> list[Event]:
+        fresh = fetch_events(self.run.job_id, len(self.seen))
+        assert fresh is not None, "the runner died"
+        self.seen.extend(recorded.event for recorded in fresh)
+        return self.seen
+
+    def ended(self) -> StatusEvent | None:
+        ends = [e for e in self.poll() if isinstance(e, StatusEvent) and e.state.is_terminal()]
+        return ends[-1] if ends else None
+
+    def wait_until_ended(self, timeout_s: float = 300) -> StatusEvent:
+        return wait_for(
+            self.ended,
+            timeout_s=timeout_s,
+            what=lambda: f"the end of {self.run.strategy}: {self.seen[-3:]}",
+        )
+
+
 def run_to_the_end(run: RunConfig, timeout_s: float = 300) -> list[Event]:
     """Launch the runner actor and collect its events until it reports a final state."""
-    launch_runner(run)
-    seen: list[Event] = []
-
-    def finished() -> bool:
-        fresh = fetch_events(run.job_id, len(seen))
-        assert fresh is not None, "the runner died"
-        seen.extend(recorded.event for recorded in fresh)
-        return any(isinstance(e, StatusEvent) and e.state.is_terminal() for e in seen)
-
+    watched = Watched(run)
     try:
-        wait_for(
-            finished, timeout_s=timeout_s, what=lambda: f"the end of {run.strategy}: {seen[-3:]}"
-        )
+        watched.wait_until_ended(timeout_s)
     finally:
         stop_runner(run.job_id)
-    return seen
+    return watched.seen
 
 
 def steps(seen: list[Event]) -> list[int]:
@@ -145,22 +161,11 @@ def test_a_run_stops_when_asked_and_its_runner_frees_the_nodes(
     import ray
 
     run = config(name, 10_000, tmp_path)
-    launch_runner(run)
-    seen: list[Event] = []
-
-    def progressed() -> bool:
-        seen.extend(r.event for r in fetch_events(run.job_id, len(seen)) or [])
-        return bool(steps(seen))
-
-    wait_for(progressed, timeout_s=240, what=f"{name}'s first step")
+    watched = Watched(run)
+    wait_for(lambda: steps(watched.poll()), timeout_s=240, what=f"{name}'s first step")
     cancel_runner(run.job_id)
-
-    def stopped() -> StatusEvent | None:
-        seen.extend(r.event for r in fetch_events(run.job_id, len(seen)) or [])
-        ends = [e for e in seen if isinstance(e, StatusEvent) and e.state.is_terminal()]
-        return ends[-1] if ends else None
-
-    assert wait_for(stopped, timeout_s=120, what=f"{name} to stop").state is RunState.CANCELLED
+    assert watched.wait_until_ended(timeout_s=120).state is RunState.CANCELLED
+    seen = watched.seen
     assert steps(seen)[-1] < 10_000
     stop_runner(run.job_id)
     wait_for(
@@ -187,26 +192,19 @@ def test_a_lost_worker_is_data_or_a_retryable_failure_never_a_final_one(
     _, nodes = ray_cluster
     case = CASES[name]
     run = config(name, 30, tmp_path)
-    launch_runner(run)
-    seen: list[Event] = []
+    watched = Watched(run)
 
-    def started() -> list[int]:
-        seen.extend(r.event for r in fetch_events(run.job_id, len(seen)) or [])
-        started_steps = [e for e in seen if isinstance(e, MetricEvent)]
-        return worker_pids_on(nodes[2].node_id, case.worker_class) if started_steps else []
+    def workers_on_node_2() -> list[int]:
+        started = any(isinstance(e, MetricEvent) for e in watched.poll())
+        return worker_pids_on(nodes[2].node_id, case.worker_class) if started else []
 
-    pids = wait_for(started, timeout_s=240, what=f"{name}'s workers on node 2")
+    pids = wait_for(workers_on_node_2, timeout_s=240, what=f"{name}'s workers on node 2")
     os.kill(pids[0], signal.SIGKILL)  # the worker process dies, as with its machine
-
-    def ended() -> StatusEvent | None:
-        seen.extend(r.event for r in fetch_events(run.job_id, len(seen)) or [])
-        ends = [e for e in seen if isinstance(e, StatusEvent) and e.state.is_terminal()]
-        return ends[-1] if ends else None
-
     try:
-        status = wait_for(ended, timeout_s=240, what=f"{name} to finish or fail")
+        status = watched.wait_until_ended(timeout_s=240)
     finally:
         stop_runner(run.job_id)
+    seen = watched.seen
     if status.state is RunState.SUCCEEDED:  # the mode went on without the lost worker
         assert steps(seen)[-1] == 30
     else:
