@@ -331,7 +331,8 @@ def test_agent_registers_heartbeats_and_a_restart_reuses_its_node(
     assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
     node_id = stored["node_id"]
     node = gateway.as_owner("GET", f"/nodes/{node_id}")
-    assert (node["status"], node["approval"]) == ("online", "approved")
+    # --no-ray: heartbeats only, so the node is live but has not joined the cluster.
+    assert (node["status"], node["approval"]) == ("not_joined", "approved")
     assert node["resources"] == {"gpu": 0, "cpu_cores": 2.0, "memory": 1.5}
     samples = gateway.as_owner("GET", f"/metrics/node/{node_id}")["samples"]
     assert len(samples) == 2
@@ -370,7 +371,7 @@ def test_agent_without_credential_file_reuses_the_hostname_with_the_owner_token(
     stored = json.loads(credential_file.read_text())
     assert stored["node_id"] == registered["id"] and stored["credential"] is None
     metrics = gateway.as_owner("GET", f"/metrics/node/{registered['id']}")
-    assert metrics["node"]["status"] == "online" and len(metrics["samples"]) == 1
+    assert metrics["node"]["status"] == "not_joined" and len(metrics["samples"]) == 1
 
 
 @pytest.mark.ray
@@ -437,9 +438,9 @@ def test_a_banned_node_stops_the_agent_with_an_error(
 
     def ban_when_online() -> None:
         node = wait_for(
-            lambda: (n := gateway.node_named(hostname)) and n["status"] == "online" and n,
+            lambda: (n := gateway.node_named(hostname)) and n["status"] == "not_joined" and n,
             timeout_s=30,
-            what="the agent's node to be online",
+            what="the agent's node to be live (--no-ray: not joined)",
         )
         gateway.as_admin("POST", f"/nodes/{node['id']}/ban")
 
@@ -559,7 +560,12 @@ def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
         assert ray_node["resources"][resource] == 1000
         assert ray_node["resources"]["CPU"] == 1
         assert ray_node["labels"]["distlm-node-id"] == str(node_id)
-        assert gateway.as_owner("GET", f"/nodes/{node_id}")["status"] == "online"
+        # Online (schedulable) once the gateway's reconciler has seen its Ray worker.
+        wait_for(
+            lambda: gateway.as_owner("GET", f"/nodes/{node_id}")["status"] == "online",
+            timeout_s=30,
+            what="the gateway to see the node's Ray worker",
+        )
 
         agent.send_signal(signal.SIGINT)  # Ctrl-C
         assert agent.wait(timeout=60) == 0, agent_log.read_text()

@@ -256,7 +256,7 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
         "training_config": {
             **DIGITS_JOB["training_config"],
             "clients": 3,
-            "rounds": 30,
+            "rounds": 16,
             "local_epochs": 40,
             "min_fit_clients": 2,
             "round_timeout_s": 10,
@@ -282,9 +282,13 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
         assert done["attempts"] == 1  # finished with the other clients, no restart
 
         rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
-        assert len(rounds) == 30
+        assert len(rounds) == 16
+        # The round that lost node 2's client: one with a failed or dropped client that credits
+        # node 2 nothing (a straggler dropped on another node under load does not count).
         lost = next(
-            i for i, r in enumerate(rounds) if r["clients_failed"] + r["clients_dropped"] > 0
+            i
+            for i, r in enumerate(rounds)
+            if r["clients_failed"] + r["clients_dropped"] > 0 and "2" not in r["node_seconds"]
         )
         # The round that lost node 2's client, and every round after, credit node 2 nothing.
         assert all("2" not in r["node_seconds"] for r in rounds[lost:])
