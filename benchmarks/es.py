@@ -20,18 +20,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "backend"))
 
-RNN = {"model_type": "char_rnn", "model_name": "rnn", "pretrained": None, "overrides": {}}
-TEXT = {"data_source": "builtin", "dataset_name": "stdlib-text"}
-
 
 def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
+    from ray_module.data.request import DataRequest
+    from ray_module.models.sources import ModelRequest
+    from ray_module.resources import node_resource
     from ray_module.strategies.es.noise import NoiseTable
     from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
     from ray_module.strategies.es.settings import parse_es_settings
     from ray_module.strategies.es.worker import ESWorker, WorkerConfig
-    from ray_module.resources import node_resource
 
     training = {
         "population": args.population,
@@ -43,7 +42,17 @@ def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     actor = ray.remote(ESWorker)
     handles = [
         actor.options(num_cpus=1, resources={node_resource(1): 0.001}).remote(
-            WorkerConfig(0, rank, 1, 0, 1.0, 0.5, RNN, TEXT, settings.to_dict())
+            WorkerConfig(
+                0,
+                rank,
+                1,
+                0,
+                1.0,
+                0.5,
+                ModelRequest("char_rnn", "rnn"),
+                DataRequest("builtin", "stdlib-text"),
+                settings,
+            )
         )
         for rank in range(workers)
     ]

@@ -34,9 +34,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from ray_module.cluster import ClusterConfig, connect
+    from ray_module.contract import RunConfig, WorkerPlan
+    from ray_module.data.request import DataRequest
+    from ray_module.events import MetricEvent
+    from ray_module.models.sources import ModelRequest
     from ray_module.resources import node_resource
+    from ray_module.runner.job_runner import JobRunner
     from ray_module.strategies.fedavg.run import run_fedavg
-    from ray_module.runner.job_runner import JobRunner, RunConfig, WorkerPlan
 
     started = time.perf_counter()
     # The gateway's own way of starting its local Ray (make run), with one DistLM node.
@@ -46,12 +50,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         config = RunConfig(
             job_id=1,
             strategy="fedavg",
-            model={"model_type": "classifier", "model_name": "mlp", "overrides": {}},
-            data={
-                "data_source": "builtin",
-                "dataset_name": "digits",
-                "validation_split": args.validation_split,
-            },
+            model=ModelRequest("classifier", "mlp"),
+            data=DataRequest("builtin", "digits", validation_split=args.validation_split),
             training={
                 "rounds": args.rounds,
                 "clients": args.clients,
@@ -70,10 +70,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     trained = time.perf_counter()
     ray.shutdown()  # counted: Flower's figure includes shutting its Ray down too
     finished = time.perf_counter()
-    metrics = [e for e in runner.events() if e["type"] == "metric"]
-    rounds = [e for e in metrics if e["step"] > 0]
-    accuracies = [e["values"]["validation_accuracy"] for e in rounds]
-    hosts_ready = metrics[0]["at"] - (time.time() - (time.perf_counter() - ray_up))
+    metrics = [r for r in runner.events() if isinstance(r.event, MetricEvent)]
+    rounds = [r.event for r in metrics if r.event.step > 0]
+    accuracies = [e.values["validation_accuracy"] for e in rounds]
+    hosts_ready = metrics[0].at - (time.time() - (time.perf_counter() - ray_up))
     return {
         "engine": "distlm",
         "wall_s": finished - started,

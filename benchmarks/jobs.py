@@ -24,8 +24,12 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from core.settings import Settings
 from ray_module.cluster import ClusterConfig, connect
+from ray_module.contract import NAMESPACE, RunConfig, WorkerPlan, runner_name
+from ray_module.data.request import DataRequest
+from ray_module.events import MetricEvent
+from ray_module.models.sources import ModelRequest
+from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.data_parallel.run import run_data_parallel
-from ray_module.runner.job_runner import NAMESPACE, JobRunner, RunConfig, WorkerPlan, runner_name
 
 
 def job_body(steps: int, workers: int) -> dict:
@@ -90,9 +94,9 @@ def directly(tmp: Path, steps: int, workers: int, node_id: int) -> dict[str, flo
     config = RunConfig(
         job_id=999_999,
         strategy="data_parallel",
-        model={"model_type": "simple_transformer", "model_name": "tiny-gpt2"},
-        data={"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 400},
-        training={k: v for k, v in body["training_config"].items()},
+        model=ModelRequest("simple_transformer", "tiny-gpt2"),
+        data=DataRequest("builtin", "stdlib-text", max_samples=400),
+        training={k: v for k, v in body["training_config"].items() if k != "num_workers"},
         workers=tuple(WorkerPlan(node_id, 0, 1 / workers, 1 / workers) for _ in range(workers)),
         storage_path=str(tmp / "direct"),
     )
@@ -108,7 +112,7 @@ def directly(tmp: Path, steps: int, workers: int, node_id: int) -> dict[str, flo
     wall = time.perf_counter() - started
     events = ray.get(sink.events.remote(0))
     ray.kill(sink)
-    assert any(e["type"] == "metric" for e in events)
+    assert any(isinstance(r.event, MetricEvent) for r in events)
     return {"wall_s": wall}
 
 
