@@ -71,18 +71,18 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     ray.shutdown()  # counted: Flower's figure includes shutting its Ray down too
     finished = time.perf_counter()
     metrics = [r for r in runner.events() if isinstance(r.event, MetricEvent)]
-    rounds = [r.event for r in metrics if r.event.step > 0]
-    accuracies = [e.values["validation_accuracy"] for e in rounds]
+    rounds = [r for r in metrics if r.event.step > 0]
+    accuracies = [r.event.values["validation_accuracy"] for r in rounds]
     hosts_ready = metrics[0].at - (time.time() - (time.perf_counter() - ray_up))
     return {
         "engine": "distlm",
         "wall_s": finished - started,
         "ray_start_s": ray_up - started,
         "hosts_ready_s": hosts_ready,
-        "rounds_s": rounds[-1]["at"] - metrics[0]["at"],
+        "rounds_s": rounds[-1].at - metrics[0].at,
         "shutdown_s": finished - trained,
         "wall_s_after_ray_start": finished - ray_up,
-        "round_s_mean": sum(e["values"]["round_seconds"] for e in rounds) / len(rounds),
+        "round_s_mean": sum(r.event.values["round_seconds"] for r in rounds) / len(rounds),
         "final_accuracy": accuracies[-1],
         "accuracies": accuracies,
     }
