@@ -147,7 +147,7 @@ class Requirements(_Strict):
     memory: StrictFloat = Field(2.0, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
 
 
-def _reject_non_finite(value: Any, where: str = "body") -> None:
+def _reject_unsafe_values(value: Any, where: str = "body") -> None:
     """JSON parsers accept NaN and Infinity, and strings may carry control characters (a NUL
     truncates a path in C libraries): nothing in a job spec may hold either."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -156,11 +156,11 @@ def _reject_non_finite(value: Any, where: str = "body") -> None:
         raise ValueError(f"{where}: text must not contain control characters")
     if isinstance(value, dict):
         for key, item in value.items():
-            _reject_non_finite(key, where)
-            _reject_non_finite(item, f"{where}.{key}" if where != "body" else str(key))
+            _reject_unsafe_values(key, where)
+            _reject_unsafe_values(item, f"{where}.{key}" if where != "body" else str(key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _reject_non_finite(item, f"{where}[{index}]")
+            _reject_unsafe_values(item, f"{where}[{index}]")
 
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -171,8 +171,8 @@ class JobSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _finite_numbers(cls, data: Any) -> Any:
-        _reject_non_finite(data)
+    def _safe_values(cls, data: Any) -> Any:
+        _reject_unsafe_values(data)
         return data
 
     name: str | None = Field(None, min_length=1, max_length=128)

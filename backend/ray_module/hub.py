@@ -36,6 +36,13 @@ def hub_id_problem(name: str, what: str) -> str | None:
     )
 
 
+def require_hub_id(name: str, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` (the loader's DataError or ModelError) unless ``name`` is a hub id."""
+    problem = hub_id_problem(name, what)
+    if problem:
+        raise error(problem)
+
+
 @contextlib.contextmanager
 def away_from_local_disk() -> Iterator[None]:
     """Run a hub loader from an empty directory: a relative name cannot match a local file.

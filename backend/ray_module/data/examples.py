@@ -22,7 +22,7 @@ import numpy as np
 from ray_module.data.request import DataRequest
 from ray_module.data.texts import RECORD_SUFFIXES, column_texts, local_target, read_records
 from ray_module.errors import DataError
-from ray_module.hub import away_from_local_disk, hub_id_problem
+from ray_module.hub import away_from_local_disk, require_hub_id
 
 DIGITS = "digits"
 SYNTHETIC_T2T = "synthetic-t2t"
@@ -290,9 +290,7 @@ def _huggingface_table(request: DataRequest) -> Any:
     described = f"{request.dataset_name!r}" + (
         f" (config {request.dataset_config!r})" if request.dataset_config else ""
     )
-    problem = hub_id_problem(request.dataset_name, "dataset_name")
-    if problem:
-        raise DataError(problem)
+    require_hub_id(request.dataset_name, "dataset_name", DataError)
     try:
         with away_from_local_disk():
             table = datasets.load_dataset(request.dataset_name, request.dataset_config, split=split)

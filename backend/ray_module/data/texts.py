@@ -26,7 +26,7 @@ import torch
 from ray_module.data.catalogue import BUILTIN_DATASETS
 from ray_module.data.request import DataRequest
 from ray_module.errors import DataError
-from ray_module.hub import away_from_local_disk, hub_id_problem
+from ray_module.hub import away_from_local_disk, require_hub_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -288,9 +288,7 @@ def _huggingface_texts(request: DataRequest) -> list[str]:
     import datasets
 
     name = request.dataset_name
-    problem = hub_id_problem(name, "dataset_name")
-    if problem:
-        raise DataError(problem)
+    require_hub_id(name, "dataset_name", DataError)
     config = request.dataset_config or DEFAULT_HF_CONFIGS.get(name)
     split = request.split or DEFAULT_HF_SPLIT
     column = request.text_column or DEFAULT_TEXT_COLUMN

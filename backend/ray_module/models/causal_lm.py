@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from ray_module.errors import ModelError
-from ray_module.hub import away_from_local_disk, hub_id_problem
+from ray_module.hub import away_from_local_disk, require_hub_id
 from ray_module.models.sources import (
     ModelRequest,
     checked_overrides,
@@ -162,9 +162,7 @@ def _load_local(
 def _load_from_hub(
     name: str, request: ModelRequest
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    problem = hub_id_problem(name, "model_name")
-    if problem:
-        raise ModelError(problem)
+    require_hub_id(name, "model_name", ModelError)
     try:
         with away_from_local_disk():
             model = _model_from(name, request)

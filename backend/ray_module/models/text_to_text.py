@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from ray_module.errors import ModelError
-from ray_module.hub import away_from_local_disk, hub_id_problem
+from ray_module.hub import away_from_local_disk, require_hub_id
 from ray_module.models.causal_lm import build_byte_tokenizer
 from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
 
@@ -48,9 +48,8 @@ def load_text_to_text(
         return _build_preset(name, preset_overrides(request, ALLOWED_OVERRIDES), seed)
     directory = local_model_directory(name, local_root)
     source = str(directory) if directory is not None else name
-    problem = hub_id_problem(name, "model_name") if directory is None else None
-    if problem:
-        raise ModelError(problem)
+    if directory is None:
+        require_hub_id(name, "model_name", ModelError)
     # A local directory is an absolute path; a hub id is loaded away from local files.
     place = contextlib.nullcontext() if directory is not None else away_from_local_disk()
     try:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ray_module.storage.checkpoints import STATE_FILE
+from ray_module.storage.checkpoints import STATE_FILE, saved_state
 from ray_module.storage.directories import readable, replace_directory, staging_for
 
 
@@ -26,7 +26,8 @@ def save_checkpoint(model: Any, tokenizer: Any, directory: Path, step: int) -> N
 
 def load_checkpoint(directory: Path) -> tuple[Path, int] | None:
     """(the saved model's directory, its step), even if a crash moved the last one aside."""
+    state = saved_state(directory)
     found = readable(directory)
-    if found is None or not (found / STATE_FILE).is_file():
+    if state is None or found is None:
         return None
-    return found / "model", int(json.loads((found / STATE_FILE).read_text())["step"])
+    return found / "model", int(state["step"])
