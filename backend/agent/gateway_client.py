@@ -54,6 +54,8 @@ class JoinInfo:
     # Ray's cluster token, should the gateway hand it out (Ray >= 2.5x enables token auth on
     # new local clusters; a node on another machine cannot join without it).
     ray_auth_token: str | None = field(default=None, repr=False)
+    # Names the token; heartbeat answers carry the current one (see WorkerSupervisor.follow).
+    cluster_fingerprint: str = ""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> JoinInfo:
@@ -67,6 +69,7 @@ class JoinInfo:
             labels={str(k): str(v) for k, v in body.get("labels", {}).items()},
             heartbeat_interval_s=float(body.get("heartbeat_interval_s") or DEFAULT_HEARTBEAT_S),
             ray_auth_token=body.get("ray_auth_token") or None,
+            cluster_fingerprint=str(body.get("cluster_fingerprint") or ""),
         )
 
 

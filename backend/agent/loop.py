@@ -73,6 +73,8 @@ def _heartbeat_loop(
             log.debug("heartbeat %s: %s", sent, sample)
             if config.heartbeat_interval_s is None:
                 interval_s = float(answer.get("next_heartbeat_in_s") or interval_s)
+            if supervisor is not None:
+                supervisor.follow(str(answer.get("cluster_fingerprint") or ""))
             if sent == 1:
                 log.info(
                     "node %s is %s; a heartbeat every %g s",

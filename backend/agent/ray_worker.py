@@ -116,10 +116,13 @@ class RayWorker:
         return self._process.pid if self._process else None
 
     def environment(self) -> dict[str, str]:
-        """Ray's token authentication, when the cluster uses it. Ray never sends a local
-        token to an explicit address on its own, so the agent opts in only with a token
-        from the gateway or a token file the owner named."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        """The worker's environment, with Ray's token authentication when the cluster uses
+        it. Ray never sends a local token to an explicit address on its own, so the agent
+        opts in only with a token from the gateway or a token file the owner named."""
+        # Every job that lands on this node runs in this environment: the owner's password
+        # or token (DISTLM_NODE_*) and any other DistLM setting stay with the agent.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTLM_")}
+        env["PYTHONUNBUFFERED"] = "1"
         if self.join.ray_auth_token:
             env.pop("RAY_AUTH_TOKEN_PATH", None)
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.join.ray_auth_token)
@@ -247,10 +250,11 @@ class WorkerSupervisor:
 
     def check(self) -> None:
         worker = self.worker
-        if worker is None or worker.is_running():
+        if worker is not None and worker.is_running():
             return
-        if worker.refused_by_cluster_auth():
-            raise RayWorkerError(worker.exit_explanation())  # retrying cannot help
+        if worker is None:  # a rejoin that could not start yet
+            self.restart()
+            return
         lived_s = time.monotonic() - worker.started_at
         self.quick_deaths = self.quick_deaths + 1 if lived_s < WORKER_QUICK_DEATH_S else 1
         log.warning("Ray worker died after %.0f s: %s", lived_s, worker.exit_explanation())
@@ -258,12 +262,41 @@ class WorkerSupervisor:
             raise RayWorkerError(
                 f"the Ray worker died {self.quick_deaths} times in a row; see {self.log_path}"
             )
+        self.restart(after_refusal=worker if worker.refused_by_cluster_auth() else None)
+
+    def follow(self, fingerprint: str) -> None:
+        """The gateway rotated the cluster's credentials (it restarted its Ray to shut out
+        a banned node): rejoin with the new token instead of waiting for Ray to notice."""
+        worker = self.worker
+        if worker is None or not fingerprint or not worker.join.cluster_fingerprint:
+            return
+        if fingerprint == worker.join.cluster_fingerprint:
+            return
+        log.info("the cluster's credentials changed; rejoining with the new ones")
+        worker.stop(timeout_s=3)  # its cluster is gone: nothing left to drain
+        self.worker = None
+        self.restart()
+
+    def restart(self, *, after_refusal: RayWorker | None = None) -> None:
+        """Start again with fresh join info (the address and token may have changed). A
+        worker the cluster refused restarts only with a new token from the gateway: the
+        same token would be refused again."""
         try:
-            self.start(self.client.join_info(self.identity))
+            join = self.client.join_info(self.identity)
         except NodeBannedError:
             raise
-        except (GatewayUnreachableError, GatewayError, RayWorkerError) as exc:
+        except (GatewayUnreachableError, GatewayError) as exc:
             # Try again at the next heartbeat; the gateway may be restarting.
+            log.warning("cannot restart the Ray worker yet: %s", exc)
+            return
+        if after_refusal is not None and join.ray_auth_token in (
+            None,
+            after_refusal.join.ray_auth_token,
+        ):
+            raise RayWorkerError(after_refusal.exit_explanation())  # retrying cannot help
+        try:
+            self.start(join)
+        except RayWorkerError as exc:
             log.warning("cannot restart the Ray worker yet: %s", exc)
 
     def stop(self) -> None:

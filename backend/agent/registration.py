@@ -112,6 +112,9 @@ def wait_for_approval(
             # Approval can take hours; a gateway restart meanwhile is no reason to quit.
             log.warning("%s; still waiting", exc)
         except GatewayError as exc:
+            if exc.code == "cluster_restarting":  # new credentials in a few seconds
+                stop.wait(1.0)
+                continue
             if exc.code != "node_not_approved":
                 raise
         if not announced:

@@ -20,6 +20,7 @@ from app.responses import JSONLineResponse
 from app.routes import auth, health, jobs, metrics, nodes, tokens
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
+from compute.cluster_access import ClusterAccess
 from compute.dispatcher import start_dispatcher
 from compute.local_node import detect_local_resources, register_local_node
 from compute.nodes import NODE_LABEL, RAY_RESOURCE_UNITS, node_resource_name
@@ -27,7 +28,7 @@ from core.db import get_engine, make_session_factory, session_scope
 from core.logging import configure_logging
 from core.migrations import upgrade_to_head
 from core.settings import Settings, get_settings
-from ray_module.cluster import ClusterConfig, cluster_auth_token, connect, disconnect
+from ray_module.cluster import ClusterConfig
 
 VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -79,23 +80,19 @@ def create_app(
                 password=resolved.admin_password,
                 signup_grant=signup_grant_micro(resolved.signup_grant),
             )
-        app.state.ray_address = ""
-        app.state.ray_auth_token = ""
+        app.state.cluster = ClusterAccess()
         stop_dispatcher = None
-        owns_ray = False
         if manage_ray:
-            info = connect(cluster_config(resolved, app.state.session_factory))
-            app.state.ray_address = info.address
-            app.state.ray_auth_token = cluster_auth_token()
-            owns_ray = info.owned
-            stop_dispatcher = start_dispatcher(app.state.session_factory, resolved)
+            cluster = ClusterAccess(cluster_config(resolved, app.state.session_factory))
+            cluster.start()
+            app.state.cluster = cluster
+            stop_dispatcher = start_dispatcher(app.state.session_factory, resolved, cluster)
         try:
             yield
         finally:
             if stop_dispatcher is not None:
                 stop_dispatcher()
-            if owns_ray:
-                disconnect()
+            app.state.cluster.stop()
 
     app = FastAPI(
         title="DistLM",

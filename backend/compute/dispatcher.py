@@ -18,9 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from compute.billing import UsageReport, job_estimate, metered_cost, rates_from
+from compute.cluster_access import ClusterAccess
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
 from compute.models import Job, JobMetric, Node
+from compute.nodes import banned_since
 from compute.scheduling import plan_queue, strategy_knobs
 from core.db import session_scope, utcnow
 from core.settings import Settings
@@ -45,11 +47,22 @@ from ray_module.strategies.registry import get_strategy
 log = logging.getLogger(__name__)
 
 
+ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
+
+
 class Dispatcher:
-    def __init__(self, session_factory: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        cluster: ClusterAccess | None = None,
+    ) -> None:
         self.session_factory = session_factory
         self.settings = settings
         self.rates = rates_from(settings)
+        self.cluster = cluster
+        # Bans up to here are handled: shut out by the running cluster's start, or reported.
+        self.bans_handled_until = cluster.started_at if cluster is not None else None
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -61,6 +74,7 @@ class Dispatcher:
             stop.wait(self.settings.dispatch_interval_s)
 
     def tick(self) -> None:
+        self.shut_out_banned_nodes()
         with session_scope(self.session_factory) as session:
             self.reconcile_nodes(session)
         self.schedule()
@@ -83,6 +97,41 @@ class Dispatcher:
                 log.exception("polling job %s failed", job_id)
 
     # -- nodes ----------------------------------------------------------------------------
+    def shut_out_banned_nodes(self) -> None:
+        """A node banned after the cluster started may still hold its token: restart the
+        gateway's own Ray with a new one, then re-queue the jobs whose runners it took down
+        (they resume from their last checkpoint). No transaction is open while Ray restarts."""
+        cluster, since = self.cluster, self.bans_handled_until
+        if cluster is None or since is None:
+            return
+        with session_scope(self.session_factory) as session:
+            banned = [(node.id, node.banned_at) for node in banned_since(session, since)]
+            active = session.scalars(select(Job.id).where(Job.status.in_(ACTIVE))).all()
+        if not banned:
+            return
+        names = ", ".join(str(node_id) for node_id, _ in banned)
+        self.bans_handled_until = max(at for _, at in banned if at is not None)
+        if not cluster.rotatable:
+            log.warning(
+                "node %s banned, but this gateway does not own its Ray cluster: restart the "
+                "cluster with a new RAY_AUTH_TOKEN to shut the node out of it",
+                names,
+            )
+            return
+        log.warning("shutting out banned node %s: restarting Ray with a new token", names)
+        cluster.rotate()  # every runner and worker goes down with the old cluster
+        reason = (
+            f"the cluster restarted to shut out banned node {names}; "
+            "will resume from its last checkpoint"
+        )
+        with session_scope(self.session_factory) as session:
+            for job_id in active:
+                job = session.get(Job, job_id, with_for_update=True)
+                if job is not None and job.status in ACTIVE:
+                    job.placement = None
+                    job.event_cursor = 0
+                    transition_job(session, job, JobStatus.QUEUED, reason)
+
     def reconcile_nodes(self, session: Session) -> None:
         """Ray's node table is the truth about which machines are really there."""
         live = live_nodes()
@@ -307,11 +356,13 @@ def usage_reports(job: Job) -> list[UsageReport]:
 
 
 def start_dispatcher(
-    session_factory: sessionmaker[Session], settings: Settings
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    cluster: ClusterAccess | None = None,
 ) -> Callable[[], None]:
     """Run the dispatcher in a daemon thread; return the function that stops it."""
     stop = threading.Event()
-    dispatcher = Dispatcher(session_factory, settings)
+    dispatcher = Dispatcher(session_factory, settings, cluster)
     thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher", daemon=True)
     thread.start()
 

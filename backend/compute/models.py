@@ -46,6 +46,9 @@ class Node(Base):
     ray_alive: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # Non-empty when the Ray node offers more than was registered: never scheduled then.
     flag_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # When an admin banned it: a Ray cluster started before then must be restarted with a
+    # new token to shut the node out.
+    banned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class NodeHeartbeat(Base):

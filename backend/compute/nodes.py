@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
+from compute.cluster_access import ClusterAccess
 from compute.models import Node, NodeHeartbeat
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.visibility import owned_or_missing, page, visible_to
@@ -152,11 +153,10 @@ class JoinInfo:
     labels: dict[str, str]
     heartbeat_interval_s: int
     ray_auth_token: str
+    cluster_fingerprint: str
 
 
-def join_info(
-    node: Node, *, ray_address: str, ray_auth_token: str, heartbeat_interval_s: int
-) -> JoinInfo:
+def join_info(node: Node, *, cluster: ClusterAccess, heartbeat_interval_s: int) -> JoinInfo:
     """What a node's agent needs to join the Ray cluster: given only to approved nodes,
     since the cluster is a trusted zone."""
     if node.approval == NodeApproval.BANNED:
@@ -165,18 +165,24 @@ def join_info(
         raise ConflictError(
             f"node {node.id} is waiting for an admin's approval", code="node_not_approved"
         )
-    if not ray_address:
+    if cluster.restarting:
+        raise ConflictError(
+            "the Ray cluster is restarting with new credentials; ask again in a few seconds",
+            code="cluster_restarting",
+        )
+    if not cluster.address:
         raise ConflictError("this gateway is not connected to a Ray cluster", code="no_cluster")
     return JoinInfo(
         node_id=node.id,
-        ray_address=ray_address,
+        ray_address=cluster.address,
         num_cpus=max(1, int(node.cpu_cores)),
         num_gpus=node.gpu,
         memory_gb=node.memory_gb,
         resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
         labels={NODE_LABEL: str(node.id)},
         heartbeat_interval_s=heartbeat_interval_s,
-        ray_auth_token=ray_auth_token,
+        ray_auth_token=cluster.auth_token,
+        cluster_fingerprint=cluster.fingerprint,
     )
 
 
@@ -184,6 +190,13 @@ def set_node_approval(session: Session, node_id: int, approval: NodeApproval) ->
     node = session.get(Node, node_id)
     if node is None:
         raise NotFoundError(f"node {node_id} not found")
+    if approval == NodeApproval.BANNED and node.approval != NodeApproval.BANNED:
+        node.banned_at = utcnow()  # the dispatcher shuts it out of the Ray cluster
     node.approval = approval.value
     session.flush()
     return node
+
+
+def banned_since(session: Session, since: dt.datetime) -> list[Node]:
+    """Nodes banned after `since`: still inside a Ray cluster started before their ban."""
+    return list(session.scalars(select(Node).where(Node.banned_at > since).order_by(Node.id)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class ClusterConfig:
     num_gpus: int = 0
     resources: dict[str, float] = field(default_factory=dict)  # custom, e.g. distlm_node_1
     labels: dict[str, str] = field(default_factory=dict)
+    # Ray token authentication for a local Ray: the token nodes must present to join it.
+    auth_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ def connect(config: ClusterConfig) -> ClusterInfo:
         # PYTHONPATH here instead of in a runtime_env: a job-level runtime_env keeps Ray from
         # using its prestarted workers and costs every new actor about a second.
         inherit_code_root()
+        if config.auth_token:
+            use_auth_token(config.auth_token)
         ray.init(
             # "local": always start a new Ray here, never join one another process left
             # running on this machine (ray.init would otherwise pick it up).
@@ -87,6 +92,23 @@ def inherit_code_root() -> None:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if CODE_ROOT not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *paths])
+
+
+def new_auth_token() -> str:
+    return secrets.token_hex(32)
+
+
+def use_auth_token(token: str) -> None:
+    """Run the next local Ray (and this process's connection to it) with token
+    authentication and this token. Ray reads both from the environment once and caches
+    them, so the caches are refreshed: a restarted Ray can take a new token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = token
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def cluster_auth_token() -> str:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from compute.cluster_access import ClusterAccess
 from compute.models import Node
 from core.db import utcnow
 from tests.conftest import SEED_NODE, Account, register_node
@@ -192,7 +193,7 @@ def test_system_metrics_count_users_nodes_jobs_and_online_resources(
 def test_join_info_is_given_to_approved_nodes_only(
     client: TestClient, node_owner: Account, admin: Account
 ) -> None:
-    client.app.state.ray_address = "10.1.2.3:6379"  # type: ignore[attr-defined]
+    client.app.state.cluster = ClusterAccess.fixed("10.1.2.3:6379")  # type: ignore[attr-defined]
     node = register_node(client, node_owner.headers)
     auth = {"Authorization": f"Bearer {node['credential']}"}
     info = client.get(f"/nodes/{node['id']}/join", headers=auth).json()
@@ -213,7 +214,7 @@ def test_pending_node_cannot_join_yet(
     admin: Account,
 ) -> None:
     app.state.settings = app.state.settings.model_copy(update={"node_auto_approve_mode": "false"})
-    app.state.ray_address = "10.1.2.3:6379"
+    app.state.cluster = ClusterAccess.fixed("10.1.2.3:6379")
     node = register_node(client, node_owner.headers)
     waiting = client.get(f"/nodes/{node['id']}/join", headers=node_owner.headers)
     assert waiting.status_code == 409 and waiting.json()["error"] == "node_not_approved"

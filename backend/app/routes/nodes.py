@@ -79,6 +79,7 @@ def heartbeat(
     caller: NodeCallerDep,
     session: DbSession,
     settings: SettingsDep,
+    request: Request,
     sample: Annotated[HeartbeatSample | None, Body()] = None,
 ) -> HeartbeatOut:
     """Report liveness (and optional figures). Authenticate with the node's credential or
@@ -91,10 +92,12 @@ def heartbeat(
         approval=node.approval,
         received_at=beat.received_at,
         next_heartbeat_in_s=settings.node_heartbeat_interval,
+        cluster_fingerprint=request.app.state.cluster.fingerprint,
     )
 
 
-# 403 as for heartbeats; 409: the node is not approved yet, or the gateway has no Ray cluster.
+# 403 as for heartbeats; 409: the node is not approved yet, the gateway has no Ray cluster,
+# or the cluster is restarting with new credentials.
 @router.get("/{node_id}/join", response_model=JoinOut, responses=error_responses(403, 409))
 def join(
     node_id: NodeId,
@@ -108,8 +111,7 @@ def join(
     node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
     info = join_info(
         node,
-        ray_address=request.app.state.ray_address,
-        ray_auth_token=request.app.state.ray_auth_token,
+        cluster=request.app.state.cluster,
         heartbeat_interval_s=settings.node_heartbeat_interval,
     )
     return JoinOut(**info.__dict__)
@@ -125,6 +127,9 @@ def approve(
 
 @router.post("/{node_id}/ban", response_model=NodeOut)
 def ban(node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
-    """Ban a node: its heartbeats are refused and it is never scheduled."""
+    """Ban a node: its heartbeats and joins are refused, it is never scheduled, and the
+    gateway's own Ray cluster restarts with a new token that the node never gets (running
+    jobs resume from their last checkpoint; approved nodes rejoin on their own). A cluster
+    joined through RAY_ADDRESS must be restarted with a new token by its operator."""
     node = set_node_approval(session, node_id, NodeApproval.BANNED)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)

@@ -36,6 +36,10 @@ class JoinOut(BaseModel):
     ray_auth_token: str = Field(
         description="Ray's cluster token for `ray start` (empty when Ray auth is off)"
     )
+    cluster_fingerprint: str = Field(
+        description="names the token without revealing it; heartbeat answers carry the "
+        "current one, and a change means: fetch this again and rejoin"
+    )
 
 
 class NodeRegisteredOut(NodeOut):
@@ -50,6 +54,10 @@ class HeartbeatOut(BaseModel):
     approval: str
     received_at: dt.datetime
     next_heartbeat_in_s: int
+    cluster_fingerprint: str = Field(
+        description="the Ray cluster's current credential; when it differs from the one "
+        "the node joined with, GET /nodes/{id}/join again and restart its Ray worker"
+    )
 
 
 def node_out(
