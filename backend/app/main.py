@@ -21,12 +21,12 @@ from app.routes import auth, health, jobs, metrics, nodes, tokens
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
 from compute.cluster_access import ClusterAccess
-from compute.dispatcher import start_dispatcher
+from compute.dispatcher import RayPort, start_dispatcher
 from compute.local_node import detect_local_resources, register_local_node
 from compute.nodes import NODE_LABEL, RAY_RESOURCE_UNITS, node_resource_name
 from core.db import get_engine, make_session_factory, session_scope
 from core.logging import configure_logging
-from core.migrations import upgrade_to_head
+from core.migrations import migration_lock, upgrade_to_head
 from core.settings import Settings, get_settings
 from ray_module.cluster import ClusterConfig
 
@@ -37,6 +37,11 @@ DESCRIPTION = """
 DistLM pools GPU and CPU machines lent by **node owners** into one Ray cluster; **users**
 spend tokens to train models on it. Use **Authorize** with your username and password
 (OAuth2 password flow) to try the endpoints here.
+
+**Trust.** An approved node joins the Ray cluster, and Ray trusts every member: code on an
+approved node can run on every other node, the gateway's machine included. Approve only
+machines you would give a shell on the gateway. A ban refuses the node's heartbeats and
+joins and restarts the gateway's own Ray with a new token that the node never gets.
 """
 
 
@@ -60,33 +65,48 @@ def cluster_config(settings: Settings, session_factory: sessionmaker[Session]) -
 
 
 def create_app(
-    settings: Settings | None = None, *, manage_ray: bool = True, run_migrations: bool = True
+    settings: Settings | None = None,
+    *,
+    manage_ray: bool = True,
+    run_migrations: bool = True,
+    dispatcher_ray: RayPort | None = None,
 ) -> FastAPI:
+    """The gateway. ``manage_ray`` connects Ray and runs the dispatcher; tests without Ray
+    may run the dispatcher against a stand-in for Ray (``dispatcher_ray``) instead."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         configure_logging(resolved.log_level)
-        if run_migrations:
-            upgrade_to_head(resolved.database_url)
         engine = get_engine(resolved.database_url)
         app.state.settings = resolved
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
-        with session_scope(app.state.session_factory) as session:
-            ensure_bootstrap_admin(
-                session,
-                password_context(resolved.argon2_time_cost, resolved.argon2_memory_kib),
-                username=resolved.admin_username,
-                password=resolved.admin_password,
-                signup_grant=signup_grant_micro(resolved.signup_grant),
-            )
+        # Several gateway processes may start at once: one at a time migrates, creates the
+        # bootstrap admin and registers the local node; the others find them done.
+        with migration_lock(resolved.database_url):
+            if run_migrations:
+                upgrade_to_head(resolved.database_url, locked=True)
+            with session_scope(app.state.session_factory) as session:
+                ensure_bootstrap_admin(
+                    session,
+                    password_context(resolved.argon2_time_cost, resolved.argon2_memory_kib),
+                    username=resolved.admin_username,
+                    password=resolved.admin_password,
+                    signup_grant=signup_grant_micro(resolved.signup_grant),
+                )
+            config = cluster_config(resolved, app.state.session_factory) if manage_ray else None
         app.state.cluster = ClusterAccess()
         stop_dispatcher = None
         if manage_ray:
-            cluster = ClusterAccess(cluster_config(resolved, app.state.session_factory))
+            cluster = ClusterAccess(config, head_dir=resolved.storage_path / "ray-head")
             cluster.start()
             app.state.cluster = cluster
             stop_dispatcher = start_dispatcher(app.state.session_factory, resolved, cluster)
+        elif dispatcher_ray is not None:
+            stop_dispatcher = start_dispatcher(
+                app.state.session_factory, resolved, ray=dispatcher_ray
+            )
         try:
             yield
         finally:

@@ -15,7 +15,7 @@ from compute.job_spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, t
 from compute.models import Job, Node
 from core.errors import InvalidInputError
 from core.settings import Settings
-from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation, price_usage
+from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation
 from ledger.settlement import NodeUsage, SettlementResult, settle_job
 
 
@@ -90,20 +90,6 @@ class UsageReport:
 
     node_id: int
     usage: ResourceSeconds
-
-
-def metered_cost(session: Session, job: Job, usage: Sequence[UsageReport], rates: Rates) -> int:
-    """What the usage so far would cost the job's owner (before the cap), in micro-tokens."""
-    owners = dict(
-        session.execute(
-            select(Node.id, Node.owner_id).where(Node.id.in_({r.node_id for r in usage}))
-        ).all()
-    )
-    return sum(
-        price_usage(r.usage, rates).total
-        for r in usage
-        if owners.get(r.node_id) not in (None, job.owner_id)
-    )
 
 
 def settle(

@@ -1,10 +1,13 @@
 """The dispatcher: the gateway's background loop and the single writer of job state.
 
-Each round: reconcile registered nodes with Ray's node table, place queued jobs (pure
-scheduler), start a runner per placed job, then collect every running job's events —
-metrics, metered usage, checkpoints, status — and enforce cancellation and runtime limits.
-A terminal state settles the ledger once. Runner state lives in Ray and event cursors in the
-database, so a restarted gateway picks up where the last one stopped.
+Each round: shut banned nodes out of the cluster, reconcile registered nodes with Ray's node
+table, place queued jobs (pure scheduler, only when its inputs changed), start a runner per
+placed job, then collect every running job's events and act on them (``dispatch_policy``
+decides: store metrics and usage, stop for cancel, budget or max_runtime_s, re-plan a lost
+attempt, settle). Every round reads in a short transaction, talks to Ray with none open, and
+writes each outcome in a short transaction guarded by the state it read. Runner state lives
+in Ray and event cursors in the database, so a restarted gateway picks up where the last
+one stopped.
 """
 
 from __future__ import annotations
@@ -13,41 +16,58 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.billing import UsageReport, job_estimate, metered_cost, rates_from
+from compute.billing import UsageReport, job_estimate, rates_from
 from compute.cluster_access import ClusterAccess
+from compute.dispatch_policy import Decision, DispatchLimits, RunningJob, add_usage, decide
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
+from compute.leadership import hold_lease, holder_name, release_lease
 from compute.models import Job, JobMetric, Node
 from compute.nodes import banned_since
-from compute.scheduling import plan_queue, strategy_knobs
+from compute.scheduling import eligible_nodes, plan_queue, strategy_knobs
 from core.db import session_scope, utcnow
 from core.settings import Settings
-from ledger.pricing import ResourceSeconds, tokens
+from ledger.pricing import Rates, ResourceSeconds
 from ray_module.contract import RunConfig, WorkerPlan
 from ray_module.data.request import DataRequest
 from ray_module.errors import SettingsError, describe
-from ray_module.events import (
-    ArtifactEvent,
-    CheckpointEvent,
-    MetricEvent,
-    RecordedEvent,
-    RunState,
-    StatusEvent,
-    UsageEvent,
-)
+from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, RecordedEvent, UsageEvent
 from ray_module.models.sources import ModelRequest
-from ray_module.resources import live_nodes, resource_shortfall
-from ray_module.runner import client as runners
+from ray_module.resources import LiveNode, live_nodes, resource_shortfall
+from ray_module.runner import client as runner_client
 from ray_module.strategies.registry import get_strategy
 
 log = logging.getLogger(__name__)
 
-
 ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
+
+
+class RayPort(Protocol):
+    """Everything the dispatcher asks of Ray (tests substitute a slow or failing one)."""
+
+    def live_nodes(self) -> dict[int, LiveNode]: ...
+    def launch_runner(self, config: RunConfig) -> None: ...
+    def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None: ...
+    def stop_runner(self, job_id: int) -> None: ...
+
+
+class RayRunners:
+    def live_nodes(self) -> dict[int, LiveNode]:
+        return live_nodes()
+
+    def launch_runner(self, config: RunConfig) -> None:
+        runner_client.launch_runner(config)
+
+    def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
+        return runner_client.fetch_events(job_id, after)
+
+    def stop_runner(self, job_id: int) -> None:
+        runner_client.stop_runner(job_id)
 
 
 class Dispatcher:
@@ -56,45 +76,65 @@ class Dispatcher:
         session_factory: sessionmaker[Session],
         settings: Settings,
         cluster: ClusterAccess | None = None,
+        ray: RayPort | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.settings = settings
         self.rates = rates_from(settings)
         self.cluster = cluster
+        self.ray = ray or RayRunners()
+        self.limits = DispatchLimits(
+            max_attempts=settings.job_max_attempts,
+            start_timeout_s=settings.job_start_timeout_s,
+            hidden_roots=(str(settings.storage_path), str(settings.data_root)),
+        )
         # Bans up to here are handled: shut out by the running cluster's start, or reported.
-        self.bans_handled_until = cluster.started_at if cluster is not None else None
+        self.bans_handled_until: dt.datetime | None = None
+        self.planned_for: tuple | None = None  # the scheduler's inputs at its last run
+        self.holder = holder_name()
+        self.leading = False
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad round must not stop the platform
-                log.exception("dispatcher round failed")
-            stop.wait(self.settings.dispatch_interval_s)
+        try:
+            while not stop.is_set():
+                try:
+                    if self.lead():
+                        self.tick()
+                except Exception:  # one bad round must not stop the platform
+                    log.exception("dispatcher round failed")
+                stop.wait(self.settings.dispatch_interval_s)
+        finally:
+            self.resign()
+
+    def lead(self) -> bool:
+        """Hold the dispatcher lease (one leader per database); True while this process
+        dispatches. Renewed every round and between the Ray calls of a long round."""
+        with session_scope(self.session_factory) as session:
+            leading = hold_lease(session, self.holder, ttl_s=self.settings.leader_lease_s)
+        if leading and not self.leading:
+            log.info("this process dispatches now (%s)", self.holder)
+            if self.cluster is not None:
+                self.cluster.connect_driver()  # only the leader talks to Ray
+                self.bans_handled_until = self.cluster.started_at
+            self.planned_for = None
+        elif self.leading and not leading:
+            log.warning("another process took the dispatcher lease; this one stops dispatching")
+        self.leading = leading
+        return leading
+
+    def resign(self) -> None:
+        if self.leading:
+            with session_scope(self.session_factory) as session:
+                release_lease(session, self.holder)
+            self.leading = False
 
     def tick(self) -> None:
         self.shut_out_banned_nodes()
-        with session_scope(self.session_factory) as session:
-            self.reconcile_nodes(session)
+        self.reconcile_nodes(self.ray.live_nodes())
         self.schedule()
-        with session_scope(self.session_factory) as session:
-            scheduled = session.scalars(
-                select(Job.id).where(Job.status == JobStatus.SCHEDULED.value)
-            ).all()
-            running = session.scalars(
-                select(Job.id).where(Job.status == JobStatus.RUNNING.value)
-            ).all()
-        for job_id in scheduled:  # placed but not started (e.g. the gateway stopped between)
-            self.launch(job_id)
-        for job_id in running:
-            try:
-                with session_scope(self.session_factory) as session:
-                    job = session.get(Job, job_id, with_for_update=True)
-                    if job is not None:
-                        self.poll(session, job)
-            except Exception:  # one job's bad event must not stall the others
-                log.exception("polling job %s failed", job_id)
+        self.start_placed()
+        self.poll_running()
 
     # -- nodes ----------------------------------------------------------------------------
     def shut_out_banned_nodes(self) -> None:
@@ -132,37 +172,42 @@ class Dispatcher:
                     job.event_cursor = 0
                     transition_job(session, job, JobStatus.QUEUED, reason)
 
-    def reconcile_nodes(self, session: Session) -> None:
-        """Ray's node table is the truth about which machines are really there."""
-        live = live_nodes()
+    def reconcile_nodes(self, live: dict[int, LiveNode]) -> None:
+        """Ray's node table (read before this transaction) is the truth about which
+        machines are really there."""
         now = utcnow()
         # Refresh liveness once per heartbeat interval, not every round: fewer writes.
         fresh_enough = dt.timedelta(seconds=self.settings.node_heartbeat_interval)
-        for node in session.scalars(select(Node)):
-            seen = live.get(node.id)
-            if seen is None:
-                if node.ray_alive:
-                    node.ray_alive = False
-                continue
-            node.ray_node_id = seen.ray_node_id
-            node.ray_alive = seen.alive
-            if seen.alive:
-                last = node.last_heartbeat_at
-                if last is None or now - last >= fresh_enough:
-                    node.last_heartbeat_at = now  # a live raylet is a heartbeat
-                shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
-                node.flag_reason = f"its Ray worker offers {shortfall}" if shortfall else ""
+        with session_scope(self.session_factory) as session:
+            for node in session.scalars(select(Node)):
+                seen = live.get(node.id)
+                if seen is None:
+                    if node.ray_alive:
+                        node.ray_alive = False
+                    continue
+                node.ray_node_id = seen.ray_node_id
+                node.ray_alive = seen.alive
+                if seen.alive:
+                    last = node.last_heartbeat_at
+                    if last is None or now - last >= fresh_enough:
+                        node.last_heartbeat_at = now  # a live raylet is a heartbeat
+                    shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
+                    node.flag_reason = f"its Ray worker offers {shortfall}" if shortfall else ""
 
     # -- scheduling -----------------------------------------------------------------------
     def schedule(self) -> None:
+        """Place queued jobs, only when what the scheduler looks at has changed since it
+        last ran: jobs queued or re-queued, jobs that ended (freed capacity), nodes."""
         with session_scope(self.session_factory) as session:
+            inputs = scheduling_inputs(session)
+            if inputs == self.planned_for:
+                return
             decision, jobs = plan_queue(session)
             for waiting in decision.waiting:
                 job = jobs[waiting.job_id]
                 if job.status_reason != waiting.reason:
                     job.status_reason = waiting.reason
                     job.updated_at = utcnow()
-            placed: list[int] = []
             for placement in decision.placements:
                 job = jobs[placement.job_id]
                 job.placement = [slot.__dict__ for slot in placement.slots]
@@ -176,24 +221,38 @@ class Dispatcher:
                     f"placed on node{'s' if len(nodes) > 1 else ''} "
                     f"{', '.join(map(str, nodes))} (attempt {job.attempts})",
                 )
-                placed.append(job.id)
-        for job_id in placed:
-            self.launch(job_id)
+            session.flush()
+            self.planned_for = scheduling_inputs(session)
 
-    def launch(self, job_id: int) -> None:
+    def start_placed(self) -> None:
+        """Start a runner for each placed job (placed this round, or before a restart)."""
         with session_scope(self.session_factory) as session:
-            job = session.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != JobStatus.SCHEDULED.value:
+            placed = session.scalars(
+                select(Job).where(Job.status == JobStatus.SCHEDULED.value).order_by(Job.id)
+            ).all()
+            configs = [(job.id, job.attempts, self.run_config(job, session)) for job in placed]
+        for job_id, attempt, config in configs:
+            if not self.lead():
                 return
-            config = self.run_config(job, session)
+            error = ""
             try:
-                runners.launch_runner(config)
+                self.ray.launch_runner(config)
             except Exception as exc:  # Ray refused: back to the queue for the next round
                 log.exception("could not start the runner of job %s", job_id)
-                job.placement = None
-                transition_job(session, job, JobStatus.QUEUED, f"could not start: {describe(exc)}")
-                return
-            transition_job(session, job, JobStatus.RUNNING, f"running (attempt {job.attempts})")
+                error = describe(exc)
+            with session_scope(self.session_factory) as session:
+                job = session.get(Job, job_id, with_for_update=True)
+                if job is None or job.status != JobStatus.SCHEDULED.value:
+                    continue
+                if job.attempts != attempt:
+                    continue
+                if error:
+                    job.placement = None
+                    transition_job(session, job, JobStatus.QUEUED, f"could not start: {error}")
+                else:
+                    transition_job(
+                        session, job, JobStatus.RUNNING, f"running (attempt {job.attempts})"
+                    )
 
     def run_config(self, job: Job, session: Session) -> RunConfig:
         """The stored spec as the runner receives it: typed, data root and storage added."""
@@ -216,44 +275,60 @@ class Dispatcher:
         )
 
     # -- running jobs ---------------------------------------------------------------------
-    def poll(self, session: Session, job: Job) -> None:
-        if job.status != JobStatus.RUNNING.value:
-            return
-        fresh = runners.fetch_events(job.id, job.event_cursor)
-        if fresh is None:
-            self.runner_lost(session, job)
-            return
-        for recorded in fresh:
-            job.event_cursor = max(job.event_cursor, recorded.seq)
-            if self.apply(session, job, recorded):
+    def poll_running(self) -> None:
+        with session_scope(self.session_factory) as session:
+            running = running_jobs(session, self.rates)
+        for job in running:
+            if not self.lead():
                 return
-        now = utcnow()
-        budget = job_estimate(job, self.rates).total
-        if job.cancel_requested_at is not None:
-            self.end(session, job, JobStatus.CANCELLED, "cancelled while running")
-        elif metered_cost(session, job, usage_reports(job), self.rates) >= budget > 0:
-            self.end(
-                session,
-                job,
-                JobStatus.FAILED,
-                f"stopped: its budget of {tokens(budget)} tokens is used up",
-            )
-        elif job.started_at and now - job.started_at > dt.timedelta(seconds=job.max_runtime_s):
-            self.end(
-                session,
-                job,
-                JobStatus.FAILED,
-                f"stopped: exceeded max_runtime_s ({job.max_runtime_s} s)",
-            )
-        elif attempt_stalled(job, now=now, timeout_s=self.settings.job_start_timeout_s):
-            self.retry_or_fail(
-                session,
-                job,
-                f"it did not start training within {self.settings.job_start_timeout_s} s",
-            )
+            try:
+                self.poll(job)
+            except Exception:  # one job's bad event must not stall the others
+                log.exception("polling job %s failed", job.job_id)
 
-    def apply(self, session: Session, job: Job, recorded: RecordedEvent) -> bool:
-        """Store one runner event; True when it ended the job (or its attempt)."""
+    def poll(self, job: RunningJob) -> None:
+        fresh = self.ray.fetch_events(job.job_id, job.event_cursor)
+        decision = decide(job, fresh, now=utcnow(), limits=self.limits, rates=self.rates)
+        if decision.status is not None:
+            if decision.status is JobStatus.QUEUED:
+                log.warning("job %s: %s", job.job_id, decision.reason)
+            self.ray.stop_runner(job.job_id)  # frees its placement before anyone re-plans
+        with session_scope(self.session_factory) as session:
+            self.record(session, job, decision)
+
+    def record(self, session: Session, seen: RunningJob, decision: Decision) -> None:
+        """Write a decision, if the job is still as it was read (another leader or a
+        stale round may have moved it on)."""
+        job = session.get(Job, seen.job_id, with_for_update=True)
+        if (
+            job is None
+            or job.status != JobStatus.RUNNING.value
+            or job.attempts != seen.attempt
+            or job.event_cursor != seen.event_cursor
+        ):
+            log.info("job %s changed while its events were fetched; round skipped", seen.job_id)
+            return
+        for recorded in decision.events:
+            job.event_cursor = max(job.event_cursor, recorded.seq)
+            self.store(session, job, recorded)
+        if decision.status is None:
+            return
+        if decision.status is JobStatus.QUEUED:
+            job.placement = None
+            job.event_cursor = 0
+            transition_job(session, job, JobStatus.QUEUED, decision.reason)
+            return
+        job.placement = None
+        finish_job(
+            session,
+            job,
+            decision.status,
+            decision.reason,
+            usage=usage_reports(job),
+            rates=self.rates,
+        )
+
+    def store(self, session: Session, job: Job, recorded: RecordedEvent) -> None:
         match recorded.event:
             case MetricEvent(step=step, values=values):
                 session.add(JobMetric(job_id=job.id, step=step, values=values))
@@ -261,63 +336,60 @@ class Dispatcher:
                     job.first_step_at = utcnow()
                 if step > 0:
                     job.status_reason = f"running (attempt {job.attempts}): {progress(job, step)}"
-            case UsageEvent() as usage:
-                add_usage(job, usage)
+            case UsageEvent():
+                job.usage = add_usage(job.usage or {}, [recorded])
             case CheckpointEvent(step=step):
                 job.status_reason = (
                     f"running (attempt {job.attempts}): {progress(job, step)}, checkpointed"
                 )
             case ArtifactEvent(path=path):
                 job.artifact_path = path
-            case StatusEvent(state=RunState.SUCCEEDED):
-                self.end(session, job, JobStatus.SUCCEEDED, "succeeded: training finished")
-                return True
-            case StatusEvent(state=RunState.CANCELLED):
-                self.end(session, job, JobStatus.CANCELLED, "cancelled while running")
-                return True
-            case StatusEvent(state=RunState.FAILED, reason=reason, retryable=retryable):
-                reason = self.without_server_paths(reason)
-                if retryable and job.cancel_requested_at is None:
-                    self.retry_or_fail(session, job, reason)
-                else:
-                    self.end(session, job, JobStatus.FAILED, f"failed: {reason}")
-                return True
-        return False
 
-    def without_server_paths(self, reason: str) -> str:
-        """Users see paths relative to the data root or the storage, never where this
-        server keeps them (an absolute path also tells which machine and user run it)."""
-        for root in (self.settings.storage_path, self.settings.data_root):
-            reason = reason.replace(f"{root}/", "").replace(str(root), ".")
-        return reason
 
-    def runner_lost(self, session: Session, job: Job) -> None:
-        if job.cancel_requested_at is not None:
-            self.end(session, job, JobStatus.CANCELLED, "cancelled while running")
-        else:
-            self.retry_or_fail(session, job, "its runner was lost")
-
-    def retry_or_fail(self, session: Session, job: Job, why: str) -> None:
-        """A lost node or worker: resume from the last checkpoint on live nodes, a few times."""
-        log.warning("job %s attempt %s lost: %s", job.id, job.attempts, why)
-        runners.stop_runner(job.id)
-        if job.attempts >= self.settings.job_max_attempts:
-            self.end(session, job, JobStatus.FAILED, f"failed after {job.attempts} attempts: {why}")
-            return
-        job.placement = None
-        job.event_cursor = 0
-        transition_job(
-            session,
-            job,
-            JobStatus.QUEUED,
-            f"attempt {job.attempts} lost ({why}); will resume from its last checkpoint",
+def scheduling_inputs(session: Session) -> tuple:
+    """What the scheduler's plan depends on, in a few cheap queries: the queue (count and
+    newest id, so new, cancelled and re-queued jobs all show), the placed jobs (count: an
+    ended job frees capacity) and the eligible nodes with their resources."""
+    queued = session.execute(
+        select(func.count(), func.max(Job.id)).where(
+            Job.status == JobStatus.QUEUED.value, Job.cancel_requested_at.is_(None)
         )
+    ).one()
+    placed = session.scalar(select(func.count()).where(Job.status.in_(ACTIVE)))
+    nodes = tuple((n.id, n.gpu, n.cpu_cores, n.memory_gb) for n in eligible_nodes(session))
+    return (tuple(queued), placed, nodes)
 
-    def end(self, session: Session, job: Job, status: JobStatus, reason: str) -> None:
-        """Stop the runner (frees its placement) and settle with the metered usage."""
-        runners.stop_runner(job.id)
-        job.placement = None
-        finish_job(session, job, status, reason, usage=usage_reports(job), rates=self.rates)
+
+def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
+    """Snapshots of the running jobs, for decisions made with no transaction open."""
+    owners = node_owners(session)
+    jobs = session.scalars(
+        select(Job).where(Job.status == JobStatus.RUNNING.value).order_by(Job.id)
+    ).all()
+    return [
+        RunningJob(
+            job_id=job.id,
+            attempt=job.attempts,
+            event_cursor=job.event_cursor,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            max_runtime_s=job.max_runtime_s,
+            cancel_requested=job.cancel_requested_at is not None,
+            budget=job_estimate(job, rates).total,
+            usage=dict(job.usage or {}),
+            charged_nodes=charged_nodes(owners, job),
+        )
+        for job in jobs
+    ]
+
+
+def node_owners(session: Session) -> dict[int, int]:
+    return dict(session.execute(select(Node.id, Node.owner_id)).all())
+
+
+def charged_nodes(owners: dict[int, int], job: Job) -> frozenset[int]:
+    """The nodes whose usage the job's owner pays for: everyone's but their own."""
+    return frozenset(node for node, owner in owners.items() if owner != job.owner_id)
 
 
 def progress(job: Job, step: int) -> str:
@@ -327,25 +399,6 @@ def progress(job: Job, step: int) -> str:
         return strategy.progress(strategy.parse_settings(strategy_knobs(job)), step)
     except SettingsError:  # a spec stored under older rules: still say how far it is
         return f"step {step}"
-
-
-def attempt_stalled(job: Job, *, now: dt.datetime, timeout_s: int) -> bool:
-    """An attempt that has sent nothing but its start event for too long (e.g. it waits for
-    the resources of a node that died before Ray noticed) is given up and re-planned.
-
-    The event cursor restarts with every attempt and ``updated_at`` is set when the attempt
-    starts running; training events move the cursor past 1.
-    """
-    return job.event_cursor <= 1 and now - job.updated_at > dt.timedelta(seconds=timeout_s)
-
-
-def add_usage(job: Job, usage: UsageEvent) -> None:
-    """Add a node's completed work to the job's metered usage (a JSON column by node id)."""
-    totals = dict(job.usage or {})  # a new dict: JSON columns track assignment, not mutation
-    key = str(usage.node_id)
-    current = totals.get(key) or {name: 0.0 for name in usage.figures()}
-    totals[key] = {name: current[name] + value for name, value in usage.figures().items()}
-    job.usage = totals
 
 
 def usage_reports(job: Job) -> list[UsageReport]:
@@ -359,10 +412,11 @@ def start_dispatcher(
     session_factory: sessionmaker[Session],
     settings: Settings,
     cluster: ClusterAccess | None = None,
+    ray: RayPort | None = None,
 ) -> Callable[[], None]:
     """Run the dispatcher in a daemon thread; return the function that stops it."""
     stop = threading.Event()
-    dispatcher = Dispatcher(session_factory, settings, cluster)
+    dispatcher = Dispatcher(session_factory, settings, cluster, ray)
     thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher", daemon=True)
     thread.start()
 

@@ -118,3 +118,14 @@ class JobMetric(Base):
     step: Mapped[int] = mapped_column(Integer)
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Lease(Base):
+    """A named lease held by one process at a time (the dispatcher's leadership)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

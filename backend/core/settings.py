@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     dispatch_interval_s: float = Field(
         1.0, gt=0, le=60, validation_alias=_env("DISTLM_DISPATCH_INTERVAL_S")
     )
+    # Another gateway process takes the dispatcher over this long after its leader died.
+    leader_lease_s: float = Field(
+        10.0, ge=1, le=600, validation_alias=_env("DISTLM_LEADER_LEASE_S")
+    )
+    workers: int = Field(1, ge=1, le=64, validation_alias=_env("DISTLM_WORKERS"))
 
     node_timeout: int = Field(60, ge=1, validation_alias=_env("NODE_TIMEOUT"))
     node_heartbeat_interval: int = Field(10, ge=1, validation_alias=_env("NODE_HEARTBEAT_INTERVAL"))

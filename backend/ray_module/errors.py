@@ -135,3 +135,7 @@ def describe(error: BaseException) -> str:
     text = str(root).strip()
     first = text.splitlines()[0] if text else type(root).__name__
     return f"{type(root).__name__}: {first}"[:500]
+
+
+class ClusterStartError(RuntimeError):
+    """The local Ray head could not be started (the gateway cannot run jobs without it)."""

@@ -45,6 +45,7 @@ class Gateway:
     ray_tmpdir: str  # RAY_TMPDIR of its Ray, and of agents joining it
     admin_token: str = ""
     owner_token: str = ""
+    probe_node_id: int = 0  # a node of the owner's whose join info tells the cluster token
 
     @property
     def base(self) -> str:
@@ -66,6 +67,36 @@ class Gateway:
 
     def as_admin(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, self.admin_token, **kwargs)
+
+    def cluster_fingerprint(self) -> str | None:
+        """The Ray cluster's current credential, as a node of the owner's is told it (None
+        while the cluster restarts)."""
+        if not self.probe_node_id:
+            node = self.as_owner(
+                "POST",
+                "/nodes/register",
+                json={
+                    "hostname": unique_hostname(),
+                    "resources": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+                },
+            )
+            self.probe_node_id = node["id"]
+        answer = httpx.get(
+            f"{self.base}/nodes/{self.probe_node_id}/join",
+            headers={"Authorization": f"Bearer {self.owner_token}"},
+            timeout=10,
+        )
+        if answer.status_code == 409 and answer.json()["error"] == "cluster_restarting":
+            return None
+        assert answer.status_code == 200, answer.text
+        return answer.json()["cluster_fingerprint"]
+
+    def wait_for_new_cluster_token(self, before: str | None) -> str:
+        return wait_for(
+            lambda: (now := self.cluster_fingerprint()) not in (None, before) and now,
+            timeout_s=60,
+            what="the gateway's Ray to restart with a new token",
+        )
 
     def node_named(self, hostname: str) -> dict[str, Any] | None:
         nodes = self.as_admin("GET", "/nodes", params={"limit": 500})["items"]

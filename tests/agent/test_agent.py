@@ -313,6 +313,7 @@ def test_a_banned_node_stops_the_agent_with_an_error(
 ) -> None:
     hostname = unique_hostname()
     args = agent_args(gateway, hostname, tmp_path / "node.json", *LOGIN)
+    fingerprint_before = gateway.cluster_fingerprint()
 
     def ban_when_online() -> None:
         node = wait_for(
@@ -331,6 +332,9 @@ def test_a_banned_node_stops_the_agent_with_an_error(
 
     # A banned node does not start again either.
     assert main([*args, "--once"]) == 3
+    # The gateway restarted its Ray with a new token (test_cluster_access shows what that
+    # does to the node's old token); the tests after this one join the new cluster.
+    gateway.wait_for_new_cluster_token(fingerprint_before)
 
 
 # --- with a Ray worker -------------------------------------------------------------------

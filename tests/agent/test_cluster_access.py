@@ -190,19 +190,24 @@ def test_a_ban_restarts_the_cluster_with_a_token_only_approved_nodes_get(tmp_pat
             beat = gateway.as_owner("POST", f"/nodes/{staying_id}/heartbeat")
             assert beat["cluster_fingerprint"] == fresh["cluster_fingerprint"]
 
-            # The approved agent rejoins on its own.
+            # The approved agent rejoins on its own: the new token runs a task on its node
+            # (the probe waits for the node to be back); the banned node's old token runs
+            # nothing on the new cluster.
+            wait_for(
+                lambda: "rejoining with the new ones" in agent_log.read_text(),
+                timeout_s=60,
+                what="the agent to see the new fingerprint",
+            )
+            with_new = run_task_probe(fresh, fresh["ray_auth_token"], staying_resource)
+            assert with_new.returncode == 0, with_new.stderr[-2000:] + agent_log.read_text()
+            assert json.loads(with_new.stdout)["secret_in_env"] is False
             wait_for(
                 lambda: gateway.as_owner("GET", f"/nodes/{staying_id}")["status"] == "online",
-                timeout_s=90,
-                what="the approved agent to rejoin with the new token",
+                timeout_s=30,
+                what="the gateway to see the rejoined node",
             )
-            assert "rejoining with the new ones" in agent_log.read_text()
-
-            # The banned node's old token runs nothing on the new cluster; the new one does.
             after = run_task_probe(fresh, old_join["ray_auth_token"], staying_resource)
             assert after.returncode != 0, after.stdout
-            with_new = run_task_probe(fresh, fresh["ray_auth_token"], staying_resource)
-            assert with_new.returncode == 0, with_new.stderr[-2000:]
 
             # The job running at the ban resumed from its checkpoint and finished.
             done = wait_for(

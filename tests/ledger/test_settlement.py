@@ -196,7 +196,9 @@ def test_metered_cost_counts_other_owners_nodes_only(
     user: Account,
     node_owner: Account,
 ) -> None:
-    from compute.billing import job_estimate, metered_cost, rates_from
+    from compute.billing import job_estimate, rates_from
+    from compute.dispatch_policy import metered
+    from compute.dispatcher import charged_nodes, node_owners
     from compute.models import Job
 
     theirs = register_node(client, node_owner.headers, "theirs")
@@ -206,10 +208,12 @@ def test_metered_cost_counts_other_owners_nodes_only(
     # API calls first: a SQLite session holds the write lock until it commits.
     job, own_job = session.get(Job, job_id), session.get(Job, own_job_id)
     rates = rates_from(settings)
-    used = [usage(theirs["id"], cpu_s=1800), usage(second["id"], cpu_s=1800)]  # 0.5 + 0.5 token
-    assert metered_cost(session, job, used, rates) == 1_000_000
+    half_hour = {"gpu_seconds": 0.0, "cpu_core_seconds": 1800.0, "memory_gb_seconds": 0.0}
+    used = {str(theirs["id"]): half_hour, str(second["id"]): half_hour}  # 0.5 + 0.5 token
+    owners = node_owners(session)
+    assert metered(used, charged_nodes(owners, job), rates) == 1_000_000
     assert job_estimate(job, rates).total == 1_000_000  # the budget the dispatcher enforces
-    assert metered_cost(session, own_job, used, rates) == 0  # own nodes are free
+    assert metered(used, charged_nodes(owners, own_job), rates) == 0  # own nodes are free
     session.commit()
 
 

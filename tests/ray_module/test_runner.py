@@ -7,7 +7,6 @@ import pickle
 
 import pytest
 
-from compute.dispatcher import add_usage, usage_reports
 from compute.models import Job
 from ray_module.contract import RunConfig
 from ray_module.data.request import DataRequest
@@ -106,30 +105,6 @@ def test_describe_gives_one_line_from_the_root_cause() -> None:
 def test_max_steps_alone_sets_the_length_and_epochs_bound_it(epochs, max_steps, steps) -> None:
     settings = DataParallelSettings(epochs=epochs, max_steps=max_steps)
     assert settings.total_steps(batches_per_epoch=50) == steps
-
-
-def test_usage_accumulates_per_node() -> None:
-    job = Job(usage=None)
-    for node in (1, 2, 1):
-        add_usage(job, UsageEvent(node, gpu_seconds=1, cpu_core_seconds=2, memory_gb_seconds=3))
-    assert job.usage == {
-        "1": {"gpu_seconds": 2.0, "cpu_core_seconds": 4.0, "memory_gb_seconds": 6.0},
-        "2": {"gpu_seconds": 1.0, "cpu_core_seconds": 2.0, "memory_gb_seconds": 3.0},
-    }
-    assert sorted(r.node_id for r in usage_reports(job)) == [1, 2]
-
-
-def test_an_attempt_that_never_starts_training_is_stalled() -> None:
-    import datetime as dt
-
-    from compute.dispatcher import attempt_stalled
-
-    started = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    job = Job(event_cursor=1, updated_at=started)
-    assert not attempt_stalled(job, now=started + dt.timedelta(seconds=599), timeout_s=600)
-    assert attempt_stalled(job, now=started + dt.timedelta(seconds=601), timeout_s=600)
-    job.event_cursor = 5  # training events arrived: not stalled, however long it runs
-    assert not attempt_stalled(job, now=started + dt.timedelta(hours=5), timeout_s=600)
 
 
 def test_progress_names_the_strategys_unit_and_total() -> None:

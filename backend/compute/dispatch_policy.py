@@ -1,0 +1,145 @@
+"""What the dispatcher does with a running job, decided purely.
+
+From a snapshot of the job (read in a short transaction), the runner's new events (fetched
+from Ray with no transaction open) and the clock, ``decide`` says what to store and whether
+the job goes on, ends or is re-planned. The executor in ``dispatcher.py`` carries the
+decision out: it stops the runner if the job leaves RUNNING, then writes the outcome in one
+short transaction guarded by the status, attempt and event cursor it read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from compute.job_state import JobStatus
+from ledger.pricing import Rates, ResourceSeconds, price_usage, tokens
+from ray_module.events import RecordedEvent, RunState, StatusEvent, UsageEvent
+
+UsageTotals = Mapping[str, Mapping[str, float]]  # node id -> resource seconds, as stored
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """What a decision needs to know of a running job."""
+
+    job_id: int
+    attempt: int
+    event_cursor: int
+    updated_at: dt.datetime  # set when the attempt started running
+    started_at: dt.datetime | None
+    max_runtime_s: int
+    cancel_requested: bool
+    budget: int  # micro-tokens the job may cost (its hold); 0: no limit
+    usage: UsageTotals = field(default_factory=dict)
+    # Nodes of other owners: their usage is charged (running on your own node is free).
+    charged_nodes: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class DispatchLimits:
+    max_attempts: int
+    start_timeout_s: int
+    hidden_roots: tuple[str, ...] = ()  # server paths users never see in a reason
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Store ``events`` (in order); then the job goes on (``status`` None), is re-queued to
+    resume from its checkpoint (QUEUED) or ends (a terminal status), with ``reason``."""
+
+    events: tuple[RecordedEvent, ...] = ()
+    status: JobStatus | None = None
+    reason: str = ""
+
+    @property
+    def stops_runner(self) -> bool:
+        return self.status is not None
+
+
+def decide(
+    job: RunningJob,
+    fresh: Sequence[RecordedEvent] | None,
+    *,
+    now: dt.datetime,
+    limits: DispatchLimits,
+    rates: Rates,
+) -> Decision:
+    if fresh is None:  # the runner is gone: died with its node, or never started
+        if job.cancel_requested:
+            return Decision(status=JobStatus.CANCELLED, reason="cancelled while running")
+        return _lost(job, (), "its runner was lost", limits)
+    kept: list[RecordedEvent] = []
+    for recorded in fresh:
+        kept.append(recorded)
+        event = recorded.event
+        if not isinstance(event, StatusEvent):
+            continue
+        if event.state is RunState.SUCCEEDED:
+            return Decision(tuple(kept), JobStatus.SUCCEEDED, "succeeded: training finished")
+        if event.state is RunState.CANCELLED:
+            return Decision(tuple(kept), JobStatus.CANCELLED, "cancelled while running")
+        if event.state is RunState.FAILED:
+            reason = without_roots(event.reason, limits.hidden_roots)
+            if event.retryable and not job.cancel_requested:
+                return _lost(job, kept, reason, limits)
+            return Decision(tuple(kept), JobStatus.FAILED, f"failed: {reason}")
+    events = tuple(kept)
+    cursor = max([job.event_cursor, *(r.seq for r in events)])
+    if job.cancel_requested:
+        return Decision(events, JobStatus.CANCELLED, "cancelled while running")
+    spent = metered(add_usage(job.usage, events), job.charged_nodes, rates)
+    if job.budget > 0 and spent >= job.budget:
+        reason = f"stopped: its budget of {tokens(job.budget)} tokens is used up"
+        return Decision(events, JobStatus.FAILED, reason)
+    if job.started_at and now - job.started_at > dt.timedelta(seconds=job.max_runtime_s):
+        reason = f"stopped: exceeded max_runtime_s ({job.max_runtime_s} s)"
+        return Decision(events, JobStatus.FAILED, reason)
+    # An attempt that has sent nothing but its start event for too long (it waits for the
+    # resources of a node that died before Ray noticed) is given up and re-planned.
+    timeout = dt.timedelta(seconds=limits.start_timeout_s)
+    if cursor <= 1 and now - job.updated_at > timeout:
+        why = f"it did not start training within {limits.start_timeout_s} s"
+        return _lost(job, events, why, limits)
+    return Decision(events)
+
+
+def _lost(
+    job: RunningJob, events: Sequence[RecordedEvent], why: str, limits: DispatchLimits
+) -> Decision:
+    """A lost node or worker: resume from the last checkpoint on live nodes, a few times."""
+    if job.attempt >= limits.max_attempts:
+        reason = f"failed after {job.attempt} attempts: {why}"
+        return Decision(tuple(events), JobStatus.FAILED, reason)
+    reason = f"attempt {job.attempt} lost ({why}); will resume from its last checkpoint"
+    return Decision(tuple(events), JobStatus.QUEUED, reason)
+
+
+def without_roots(reason: str, roots: Sequence[str]) -> str:
+    """Users see paths relative to the data root or the storage, never where this server
+    keeps them (an absolute path also tells which machine and user run it)."""
+    for root in roots:
+        reason = reason.replace(f"{root}/", "").replace(root, ".")
+    return reason
+
+
+def add_usage(totals: UsageTotals, events: Sequence[RecordedEvent]) -> dict[str, dict[str, float]]:
+    """The job's metered usage by node after these events (a new mapping)."""
+    result = {node: dict(figures) for node, figures in totals.items()}
+    for recorded in events:
+        usage = recorded.event
+        if isinstance(usage, UsageEvent):
+            key = str(usage.node_id)
+            current = result.get(key) or {name: 0.0 for name in usage.figures()}
+            result[key] = {name: current[name] + value for name, value in usage.figures().items()}
+    return result
+
+
+def metered(totals: UsageTotals, charged_nodes: frozenset[int], rates: Rates) -> int:
+    """What the usage would cost the owner so far (before the cap), in micro-tokens."""
+    return sum(
+        price_usage(ResourceSeconds(**figures), rates).total
+        for node, figures in totals.items()
+        if int(node) in charged_nodes
+    )

@@ -1,0 +1,220 @@
+"""The embedded default's Ray head, shared by every gateway process on the machine.
+
+The head runs as its own process group (`ray start --head --block`), not inside one gateway
+process: several gateway workers then use one Ray, and the death of any of them (the
+dispatcher's leader included) takes no running job down with it. Its address and token
+are published in a private file beside an exclusive lock, so whichever process comes first
+starts it and the others adopt it; the last process to leave stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ray_module.cluster import CODE_ROOT, ClusterConfig
+from ray_module.errors import ClusterStartError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """What the processes sharing a head know of it (the file is mode 0600)."""
+
+    pid: int  # of `ray start --block`, the leader of the head's process group
+    address: str
+    auth_token: str
+    started_at: float  # epoch seconds
+
+
+class HeadDirectory:
+    """The files through which the gateway processes of one deployment share a head."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.record_file = path / "head.json"
+        self.log_file = path / "head.log"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive: one process at a time starts, adopts, rotates or stops the head."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path / "head.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def read(self) -> HeadRecord | None:
+        try:
+            return HeadRecord(**json.loads(self.record_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, record: HeadRecord) -> None:
+        temporary = self.record_file.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(record), handle)
+        os.replace(temporary, self.record_file)
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.record_file.unlink()
+
+
+class HeadUsers:
+    """A shared lock per process using the head: the last one out gets it exclusively."""
+
+    def __init__(self, directory: HeadDirectory) -> None:
+        self.file = directory.path / "users.lock"
+        self.handle: object | None = None
+
+    def join(self) -> None:
+        handle = open(self.file, "a")  # noqa: SIM115 - held for the process's life
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        self.handle = handle
+
+    def leave(self) -> bool:
+        """Stop using the head; True when no other process uses it any more."""
+        handle = self.handle
+        if handle is None:
+            return False
+        self.handle = None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            handle.close()  # type: ignore[attr-defined]
+        return True
+
+
+def head_alive(record: HeadRecord) -> bool:
+    """The head's `ray start` is still running and its GCS port still answers."""
+    try:
+        os.kill(record.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    host, port = record.address.rsplit(":", 1)
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
+        return True
+    return False
+
+
+def start_head(config: ClusterConfig, directory: HeadDirectory) -> HeadRecord:
+    """Start a head with this config's resources and token; wait until it serves."""
+    port = _free_port()
+    host = _node_ip()
+    command = [
+        _ray_executable(),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--node-ip-address={host}",
+        f"--num-cpus={config.num_cpus or os.cpu_count() or 1}",
+        f"--num-gpus={config.num_gpus}",
+        f"--object-store-memory={config.object_store_mb * 1024 * 1024}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--log-style=record",
+    ]
+    if config.resources:
+        resources = {k: int(v) if float(v).is_integer() else v for k, v in config.resources.items()}
+        command.append(f"--resources={json.dumps(resources, separators=(',', ':'))}")
+    if config.labels:
+        command.append("--labels=" + ",".join(f"{k}={v}" for k, v in config.labels.items()))
+    # Ray settings of this process (an address, a token of another cluster) are not the
+    # head's; where Ray keeps its files (RAY_TMPDIR) is.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_TMPDIR"}
+    # The head's workers run our strategies: our code on their path, Ray's token in force.
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *[p for p in paths if p != CODE_ROOT]])
+    if config.auth_token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=config.auth_token)
+    directory.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    started = time.time()
+    with open(directory.log_file, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own group: outlives the process that started it
+        )
+    record = HeadRecord(
+        pid=process.pid, address=f"{host}:{port}", auth_token=config.auth_token, started_at=started
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not head_alive(record):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_head(record)
+            tail = directory.log_file.read_text(errors="replace").splitlines()[-15:]
+            raise ClusterStartError("the local Ray head did not start:\n" + "\n".join(tail))
+        time.sleep(0.2)
+    log.info("ray head started at %s (pid %s)", record.address, record.pid)
+    return record
+
+
+def stop_head(record: HeadRecord, *, grace_s: float = 3.0) -> None:
+    """SIGTERM the head's process group, then SIGKILL what is left: a head that stops
+    takes every job with it anyway, so there is nothing to drain."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(record.pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(record.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(record.pid, os.WNOHANG)  # reap it when this process started it
+    log.info("ray head at %s stopped", record.address)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")  # the venv's, even if not activated
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ray")
+    if found is None:
+        raise ClusterStartError("the `ray` command is not installed: pip install 'ray[default]'")
+    return found
