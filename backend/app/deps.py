@@ -56,8 +56,13 @@ RatesDep = Annotated[Rates, Depends(get_rates)]
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    """One session per request: commit when the handler returns, roll back if it raised."""
-    session: Session = request.app.state.session_factory()
+    """One session per request: commit when the handler returns, roll back if it raised.
+    GET and HEAD requests read in a read-only session (on SQLite: no write lock)."""
+    reads_only = request.method in ("GET", "HEAD")
+    factory = (
+        request.app.state.read_session_factory if reads_only else request.app.state.session_factory
+    )
+    session: Session = factory()
     try:
         yield session
         session.commit()

@@ -16,7 +16,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        workers=1,  # the gateway is the single writer of job state
+        # Worker processes share the database and one local Ray head; one of them at a time
+        # dispatches (a lease in the database).
+        workers=settings.workers,
         # h11 answers a header block over 16 KB with a plain-text 400 before the app sees it;
         # let it through so the app refuses it in the one JSON error shape (431).
         h11_max_incomplete_event_size=SERVER_MAX_HEADER_BYTES,

@@ -1,7 +1,8 @@
 """create_app() and its lifespan: migrate, bootstrap the admin, connect Ray, serve.
 
-``app`` below lets ``cd backend && uvicorn app.main:app`` (seed 003) work; run a single
-worker process, since the gateway is the single writer of job state.
+``app`` below lets ``cd backend && uvicorn app.main:app [--workers N]`` (seed 003) work:
+worker processes share the database and the local Ray head, and one of them at a time
+dispatches (a lease in the database).
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ from app.json_body import RequestLimitsMiddleware
 from app.openapi import document_error_responses
 from app.responses import JSONLineResponse
 from app.routes import auth, health, jobs, metrics, nodes, tokens
+from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
 from compute.cluster_access import ClusterAccess
 from compute.dispatcher import RayPort, start_dispatcher
 from compute.local_node import detect_local_resources, register_local_node
 from compute.nodes import NODE_LABEL, RAY_RESOURCE_UNITS, node_resource_name
-from core.db import get_engine, make_session_factory, session_scope
+from core.db import get_engine, make_session_factory, read_only_factory, session_scope
 from core.logging import configure_logging
 from core.migrations import migration_lock, upgrade_to_head
 from core.settings import Settings, get_settings
 from ray_module.cluster import ClusterConfig
+
+enable_tcp_nodelay()  # uvicorn --workers N would leave Nagle on (see app/tcp_nodelay.py)
 
 VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ def create_app(
         app.state.settings = resolved
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
+        app.state.read_session_factory = read_only_factory(app.state.session_factory)
         # Several gateway processes may start at once: one at a time migrates, creates the
         # bootstrap admin and registers the local node; the others find them done.
         with migration_lock(resolved.database_url):

@@ -30,7 +30,7 @@ from compute.leadership import hold_lease, holder_name, release_lease
 from compute.models import Job, JobMetric, Node
 from compute.nodes import banned_since
 from compute.scheduling import eligible_nodes, plan_queue, strategy_knobs
-from core.db import session_scope, utcnow
+from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates, ResourceSeconds
 from ray_module.contract import RunConfig, WorkerPlan
@@ -79,6 +79,7 @@ class Dispatcher:
         ray: RayPort | None = None,
     ) -> None:
         self.session_factory = session_factory
+        self.read_factory = read_only_factory(session_factory)
         self.settings = settings
         self.rates = rates_from(settings)
         self.cluster = cluster
@@ -144,7 +145,7 @@ class Dispatcher:
         cluster, since = self.cluster, self.bans_handled_until
         if cluster is None or since is None:
             return
-        with session_scope(self.session_factory) as session:
+        with session_scope(self.read_factory) as session:
             banned = [(node.id, node.banned_at) for node in banned_since(session, since)]
             active = session.scalars(select(Job.id).where(Job.status.in_(ACTIVE))).all()
         if not banned:
@@ -173,35 +174,34 @@ class Dispatcher:
                     transition_job(session, job, JobStatus.QUEUED, reason)
 
     def reconcile_nodes(self, live: dict[int, LiveNode]) -> None:
-        """Ray's node table (read before this transaction) is the truth about which
-        machines are really there."""
+        """Ray's node table (read before any transaction) is the truth about which
+        machines are really there. Written only where something changed."""
         now = utcnow()
         # Refresh liveness once per heartbeat interval, not every round: fewer writes.
         fresh_enough = dt.timedelta(seconds=self.settings.node_heartbeat_interval)
+        with session_scope(self.read_factory) as session:
+            changes = {
+                node.id: change
+                for node in session.scalars(select(Node))
+                if (change := node_changes(node, live.get(node.id), now, fresh_enough))
+            }
+        if not changes:
+            return
         with session_scope(self.session_factory) as session:
-            for node in session.scalars(select(Node)):
-                seen = live.get(node.id)
-                if seen is None:
-                    if node.ray_alive:
-                        node.ray_alive = False
-                    continue
-                node.ray_node_id = seen.ray_node_id
-                node.ray_alive = seen.alive
-                if seen.alive:
-                    last = node.last_heartbeat_at
-                    if last is None or now - last >= fresh_enough:
-                        node.last_heartbeat_at = now  # a live raylet is a heartbeat
-                    shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
-                    node.flag_reason = f"its Ray worker offers {shortfall}" if shortfall else ""
+            for node_id, change in changes.items():
+                node = session.get(Node, node_id)
+                if node is not None:
+                    for name, value in change.items():
+                        setattr(node, name, value)
 
     # -- scheduling -----------------------------------------------------------------------
     def schedule(self) -> None:
         """Place queued jobs, only when what the scheduler looks at has changed since it
         last ran: jobs queued or re-queued, jobs that ended (freed capacity), nodes."""
-        with session_scope(self.session_factory) as session:
-            inputs = scheduling_inputs(session)
-            if inputs == self.planned_for:
+        with session_scope(self.read_factory) as session:
+            if scheduling_inputs(session) == self.planned_for:
                 return
+        with session_scope(self.session_factory) as session:
             decision, jobs = plan_queue(session)
             for waiting in decision.waiting:
                 job = jobs[waiting.job_id]
@@ -226,7 +226,7 @@ class Dispatcher:
 
     def start_placed(self) -> None:
         """Start a runner for each placed job (placed this round, or before a restart)."""
-        with session_scope(self.session_factory) as session:
+        with session_scope(self.read_factory) as session:
             placed = session.scalars(
                 select(Job).where(Job.status == JobStatus.SCHEDULED.value).order_by(Job.id)
             ).all()
@@ -276,7 +276,7 @@ class Dispatcher:
 
     # -- running jobs ---------------------------------------------------------------------
     def poll_running(self) -> None:
-        with session_scope(self.session_factory) as session:
+        with session_scope(self.read_factory) as session:
             running = running_jobs(session, self.rates)
         for job in running:
             if not self.lead():
@@ -344,6 +344,22 @@ class Dispatcher:
                 )
             case ArtifactEvent(path=path):
                 job.artifact_path = path
+
+
+def node_changes(
+    node: Node, seen: LiveNode | None, now: dt.datetime, fresh_enough: dt.timedelta
+) -> dict[str, object]:
+    """What Ray's view of a node changes in its row (nothing, mostly)."""
+    if seen is None:
+        return {"ray_alive": False} if node.ray_alive else {}
+    wanted: dict[str, object] = {"ray_node_id": seen.ray_node_id, "ray_alive": seen.alive}
+    if seen.alive:
+        last = node.last_heartbeat_at
+        if last is None or now - last >= fresh_enough:
+            wanted["last_heartbeat_at"] = now  # a live raylet is a heartbeat
+        shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
+        wanted["flag_reason"] = f"its Ray worker offers {shortfall}" if shortfall else ""
+    return {name: value for name, value in wanted.items() if getattr(node, name) != value}
 
 
 def scheduling_inputs(session: Session) -> tuple:

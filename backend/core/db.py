@@ -1,9 +1,11 @@
 """Engine, sessions and the declarative base shared by every model.
 
-SQLite note: pysqlite's own transaction handling is turned off and every transaction starts
-with ``BEGIN IMMEDIATE``. SQLAlchemy silently drops ``FOR UPDATE`` on SQLite, so taking the
-write lock up front is what makes read-check-write sequences (idempotency keys, balances)
-safe there; WAL keeps readers of other connections unblocked.
+SQLite note: pysqlite's own transaction handling is turned off and every transaction that
+may write starts with ``BEGIN IMMEDIATE``. SQLAlchemy silently drops ``FOR UPDATE`` on
+SQLite, so taking the write lock up front is what makes read-check-write sequences
+(idempotency keys, balances) safe there. Read-only sessions (``read_only_factory``: GET
+requests, /health, the dispatcher's reads) begin with a plain deferred ``BEGIN``: in WAL
+mode they never wait for a writer and never hold up one.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -86,8 +89,29 @@ def get_engine(url: str) -> Engine:
     return make_engine(url)
 
 
+READ_ONLY_OPTION = "distlm_read_only"
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+def read_only_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for reads only: a deferred transaction on SQLite, and a flush that would
+    write raises (a read path that writes is a bug: it would hold SQLite's lock)."""
+    engine = factory.kw["bind"]
+    read_only = sessionmaker(
+        bind=engine.execution_options(**{READ_ONLY_OPTION: True}),
+        expire_on_commit=False,
+        autoflush=True,
+    )
+
+    @event.listens_for(read_only, "before_flush")
+    def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("a read-only session tried to write")
+
+    return read_only
 
 
 @contextmanager
@@ -109,7 +133,7 @@ def database_ok(engine: Engine) -> bool:
     from sqlalchemy import text
 
     try:
-        with engine.connect() as connection:
+        with engine.execution_options(**{READ_ONLY_OPTION: True}).connect() as connection:
             connection.execute(text("SELECT 1"))
         return True
     except Exception:
