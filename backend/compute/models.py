@@ -74,6 +74,8 @@ class Job(Base):
             name="status_known",
         ),
         Index("ix_jobs_owner_status", "owner_id", "status"),
+        # A user's jobs newest first (GET /jobs) as one index range, not a sort of them all.
+        Index("ix_jobs_owner_id_id", "owner_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ledger.models import AccountKind, LedgerAccount, LedgerEntry
+from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ def ledger_report(session: Session, *, terminal_job_ids: Collection[int]) -> Led
             )
         ).all()
     )
+    problems.extend(wallet_counter_problems(session))
     totals = {kind.value: 0 for kind in AccountKind}
     for account in session.scalars(select(LedgerAccount)):
         from_entries = int(sums.get(account.id, 0))
@@ -71,3 +72,41 @@ def ledger_report(session: Session, *, terminal_job_ids: Collection[int]) -> Led
         fees=totals[AccountKind.PLATFORM_FEE.value],
         problems=tuple(problems),
     )
+
+
+def wallet_counter_problems(session: Session) -> list[str]:
+    """Each wallet's counters equal what the entries say: node credits into the wallet,
+    charges out of the same user's escrows, entries on the user's accounts."""
+    credited = dict(
+        session.execute(
+            select(LedgerEntry.account_id, func.sum(LedgerEntry.amount))
+            .where(LedgerEntry.kind == EntryKind.NODE_CREDIT.value)
+            .group_by(LedgerEntry.account_id)
+        ).all()
+    )
+    charged = dict(
+        session.execute(
+            select(LedgerAccount.user_id, -func.sum(LedgerEntry.amount))
+            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+            .where(
+                LedgerEntry.kind == EntryKind.CHARGE.value,
+                LedgerAccount.kind == AccountKind.ESCROW.value,
+            )
+            .group_by(LedgerAccount.user_id)
+        ).all()
+    )
+    entries = dict(
+        session.execute(
+            select(LedgerEntry.user_id, func.count()).group_by(LedgerEntry.user_id)
+        ).all()
+    )
+    problems = []
+    wallets = select(LedgerAccount).where(LedgerAccount.kind == AccountKind.WALLET.value)
+    for wallet in session.scalars(wallets):
+        if wallet.earned != int(credited.get(wallet.id, 0)):
+            problems.append(f"wallet {wallet.id} earned {wallet.earned} != its node credits")
+        if wallet.spent != int(charged.get(wallet.user_id, 0)):
+            problems.append(f"wallet {wallet.id} spent {wallet.spent} != its user's charges")
+        if wallet.history_entries != int(entries.get(wallet.user_id, 0)):
+            problems.append(f"wallet {wallet.id} counts {wallet.history_entries} entries, wrongly")
+    return problems

@@ -59,6 +59,13 @@ class LedgerAccount(Base):
             sqlite_where=text("kind = 'escrow'"),
             postgresql_where=text("kind = 'escrow'"),
         ),
+        # Held tokens are the balances of a user's open escrows: few, whatever the history.
+        Index(
+            "ix_ledger_accounts_open_escrows",
+            "user_id",
+            sqlite_where=text("kind = 'escrow' AND balance > 0"),
+            postgresql_where=text("kind = 'escrow' AND balance > 0"),
+        ),
         Index(
             "uq_ledger_accounts_singleton",
             "kind",
@@ -75,6 +82,12 @@ class LedgerAccount(Base):
     # Kept equal to the sum of the account's entries (checked by the invariant), so a
     # debit can be one conditional UPDATE ... WHERE balance >= amount.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Wallets only, kept by every posting (checked by the invariant) so that a balance or
+    # history read costs the same whatever the history: node credits into this wallet,
+    # charges out of this user's escrows, and the entries on this user's accounts.
+    earned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    history_entries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -95,6 +108,7 @@ class LedgerEntry(Base):
     __table_args__ = (
         CheckConstraint("amount <> 0", name="nonzero"),
         Index("ix_ledger_entries_account_id_id", "account_id", "id"),
+        Index("ix_ledger_entries_user_id_id", "user_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -105,3 +119,6 @@ class LedgerEntry(Base):
     kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(BigInteger)
     node_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The user whose wallet or escrow the entry is on (None for system accounts): a
+    # user's history is one index range, newest first, however many jobs they ran.
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

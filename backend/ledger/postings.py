@@ -106,19 +106,59 @@ def _same_request(
     ) and posted == asked
 
 
-def _apply(session: Session, account_id: int, delta: int) -> None:
+@dataclass
+class WalletCounters:
+    """What a transaction adds to a wallet's counters (see LedgerAccount)."""
+
+    earned: int = 0
+    spent: int = 0
+    entries: int = 0
+
+
+def _apply(
+    session: Session, account_id: int, delta: int, counters: WalletCounters | None = None
+) -> None:
     statement = update(LedgerAccount).where(LedgerAccount.id == account_id)
     if delta < 0:
         statement = statement.where(
             or_(LedgerAccount.kind == AccountKind.ISSUANCE.value, LedgerAccount.balance >= -delta)
         )
-    result = session.execute(
-        statement.values(balance=LedgerAccount.balance + delta).execution_options(
-            synchronize_session=False
+    changes: dict[str, object] = {"balance": LedgerAccount.balance + delta}
+    if counters is not None:
+        changes.update(
+            earned=LedgerAccount.earned + counters.earned,
+            spent=LedgerAccount.spent + counters.spent,
+            history_entries=LedgerAccount.history_entries + counters.entries,
         )
-    )
+    result = session.execute(statement.values(changes).execution_options(synchronize_session=False))
     if result.rowcount != 1:
         raise InsufficientFundsError(f"account {account_id} cannot cover {-delta} micro-tokens")
+
+
+def _wallet_counters(
+    session: Session, postings: list[Posting], owners: dict[int, tuple[str, int | None]]
+) -> dict[int, WalletCounters]:
+    """What to add per wallet id: node credits into a wallet, charges out of an escrow
+    (counted on its user's wallet), and the entries on the user's accounts."""
+    by_user: dict[int, WalletCounters] = defaultdict(WalletCounters)
+    for posting in postings:
+        kind, user_id = owners[posting.account_id]
+        if user_id is None:
+            continue
+        counters = by_user[user_id]
+        counters.entries += 1
+        if posting.kind is EntryKind.NODE_CREDIT and kind == AccountKind.WALLET.value:
+            counters.earned += posting.amount
+        elif posting.kind is EntryKind.CHARGE and kind == AccountKind.ESCROW.value:
+            counters.spent -= posting.amount
+    if not by_user:
+        return {}
+    wallets = session.execute(
+        select(LedgerAccount.user_id, LedgerAccount.id).where(
+            LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id.in_(by_user)
+        )
+    ).all()
+    return {wallet_id: by_user[user_id] for user_id, wallet_id in wallets}
 
 
 def post_transaction(
@@ -168,6 +208,15 @@ def post_transaction(
     deltas: dict[int, int] = defaultdict(int)
     for posting in postings:
         deltas[posting.account_id] += posting.amount
+    owners: dict[int, tuple[str, int | None]] = {
+        account_id: (kind, user_id)
+        for account_id, kind, user_id in session.execute(
+            select(LedgerAccount.id, LedgerAccount.kind, LedgerAccount.user_id).where(
+                LedgerAccount.id.in_(deltas)
+            )
+        )
+    }
+    counters = _wallet_counters(session, postings, owners)
     try:
         with session.begin_nested():
             transaction = LedgerTransaction(
@@ -175,9 +224,8 @@ def post_transaction(
             )
             session.add(transaction)
             session.flush()  # a duplicate key fails here, before any balance moves
-            for account_id in sorted(deltas):  # one lock order for every posting
-                if deltas[account_id]:
-                    _apply(session, account_id, deltas[account_id])
+            for account_id in sorted(set(deltas) | set(counters)):  # one lock order
+                _apply(session, account_id, deltas.get(account_id, 0), counters.get(account_id))
             session.add_all(
                 LedgerEntry(
                     transaction_id=transaction.id,
@@ -185,6 +233,7 @@ def post_transaction(
                     kind=p.kind.value,
                     amount=p.amount,
                     node_id=p.node_id,
+                    user_id=owners[p.account_id][1],
                 )
                 for p in postings
             )
@@ -194,8 +243,8 @@ def post_transaction(
         if existing is None:
             raise
         return first_result(existing)
-    for account_id in deltas:  # balances changed under the ORM's feet: reload on next access
+    for account_id in set(deltas) | set(counters):  # changed under the ORM's feet: reload
         account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         if account is not None:
-            session.expire(account, ["balance"])
+            session.expire(account, ["balance", "earned", "spent", "history_entries"])
     return transaction, True

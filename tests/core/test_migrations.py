@@ -218,3 +218,69 @@ def test_constraint_names_follow_the_naming_convention(tmp_path: Path) -> None:
     assert [fk["name"] for fk in foreign_keys] == ["fk_jobs_owner_id_users"]
     uniques = {u["name"] for u in inspector.get_unique_constraints("users")}
     assert "uq_users_username" in uniques
+
+
+def test_0007_backfills_the_wallet_counters_from_existing_entries(tmp_path: Path) -> None:
+    """A database with history from before 0007: after the upgrade the counters and the
+    entries' owners say what the entries say, and the ledger invariant holds."""
+    from sqlalchemy import text
+
+    from core.db import make_session_factory
+    from ledger.invariants import wallet_counter_problems
+
+    url = f"sqlite:///{tmp_path / 'backfill.db'}"
+    command.upgrade(alembic_config(url), "0006")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, username, username_key, password_hash, role, "
+                "is_active, created_at) VALUES (1, 'payer', 'payer', 'x', 'user', 1, "
+                "'2026-01-01'), (2, 'owner', 'owner', 'x', 'node_owner', 1, '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO ledger_accounts (id, kind, user_id, job_id, balance, created_at) "
+                "VALUES (1, 'wallet', 1, NULL, 70, '2026-01-01'), "
+                "(2, 'wallet', 2, NULL, 27, '2026-01-01'), "
+                "(3, 'escrow', 1, 9, 0, '2026-01-01'), "
+                "(4, 'platform_fee', NULL, NULL, 3, '2026-01-01'), "
+                "(5, 'issuance', NULL, NULL, -100, '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO ledger_transactions (id, kind, idempotency_key, job_id, memo, "
+                "created_at) VALUES (1, 'signup_grant', 'g', NULL, '', '2026-01-01'), "
+                "(2, 'hold', 'h', 9, '', '2026-01-01'), (3, 'settlement', 's', 9, '', "
+                "'2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO ledger_entries (transaction_id, account_id, kind, amount) VALUES "
+                "(1, 5, 'grant', -100), (1, 1, 'grant', 100), "
+                "(2, 1, 'hold', -40), (2, 3, 'hold', 40), "
+                "(3, 3, 'charge', -30), (3, 2, 'node_credit', 27), (3, 4, 'platform_fee', 3), "
+                "(3, 3, 'refund', -10), (3, 1, 'refund', 10)"
+            )
+        )
+    engine.dispose()
+    upgrade_to_head(url)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        counters = connection.execute(
+            text(
+                "SELECT user_id, earned, spent, history_entries FROM ledger_accounts "
+                "WHERE kind = 'wallet' ORDER BY user_id"
+            )
+        ).all()
+        owners = connection.execute(
+            text("SELECT COUNT(*) FROM ledger_entries WHERE user_id IS NULL")
+        ).scalar_one()
+    assert [tuple(row) for row in counters] == [(1, 0, 30, 6), (2, 27, 0, 1)]
+    assert owners == 2  # the issuance and platform-fee entries
+    with make_session_factory(engine)() as session:
+        assert wallet_counter_problems(session) == []
+    engine.dispose()
