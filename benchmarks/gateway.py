@@ -305,6 +305,9 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--running-jobs", type=int, default=3)
+    parser.add_argument(
+        "--soak-rounds", type=int, default=3, help="rounds of mixed load, RSS after each"
+    )
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     print("| setup | call | clients | req/s | p50 ms | p99 ms | errors | vs baseline")

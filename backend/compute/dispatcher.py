@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -29,7 +29,7 @@ from compute.jobs import finish_job, source_model_path, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
 from compute.models import Job, JobMetric, Node
 from compute.nodes import banned_since
-from compute.scheduling import eligible_nodes, plan_queue, strategy_knobs
+from compute.scheduling import QueueView, eligible_nodes, strategy_knobs
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates, ResourceSeconds
@@ -92,6 +92,8 @@ class Dispatcher:
         # Bans up to here are handled: shut out by the running cluster's start, or reported.
         self.bans_handled_until: dt.datetime | None = None
         self.planned_for: tuple | None = None  # the scheduler's inputs at its last run
+        self.queue = QueueView()
+        self.reasons: dict[int, str] = {}  # the waiting reasons last written
         self.holder = holder_name()
         self.leading = False
 
@@ -119,6 +121,7 @@ class Dispatcher:
                 self.cluster.connect_driver()  # only the leader talks to Ray
                 self.bans_handled_until = self.cluster.started_at
             self.planned_for = None
+            self.reasons = {}  # written by another leader meanwhile, perhaps
         elif self.leading and not leading:
             log.warning("another process took the dispatcher lease; this one stops dispatching")
         self.leading = leading
@@ -202,14 +205,20 @@ class Dispatcher:
             if scheduling_inputs(session) == self.planned_for:
                 return
         with session_scope(self.session_factory) as session:
-            decision, jobs = plan_queue(session)
-            for waiting in decision.waiting:
-                job = jobs[waiting.job_id]
-                if job.status_reason != waiting.reason:
-                    job.status_reason = waiting.reason
+            decision = self.queue.plan(session)
+            changed = {
+                waiting.job_id: waiting.reason
+                for waiting in decision.waiting
+                if self.reasons.get(waiting.job_id) != waiting.reason
+            }
+            for job in jobs_by_id(session, changed):
+                if job.status == JobStatus.QUEUED.value and job.status_reason != changed[job.id]:
+                    job.status_reason = changed[job.id]
                     job.updated_at = utcnow()
-            for placement in decision.placements:
-                job = jobs[placement.job_id]
+            self.reasons = {waiting.job_id: waiting.reason for waiting in decision.waiting}
+            placements = {placement.job_id: placement for placement in decision.placements}
+            for job in jobs_by_id(session, placements):
+                placement = placements[job.id]
                 job.placement = [slot.__dict__ for slot in placement.slots]
                 job.attempts += 1
                 job.event_cursor = 0
@@ -360,6 +369,15 @@ def node_changes(
         shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
         wanted["flag_reason"] = f"its Ray worker offers {shortfall}" if shortfall else ""
     return {name: value for name, value in wanted.items() if getattr(node, name) != value}
+
+
+def jobs_by_id(session: Session, ids: Collection[int]) -> list[Job]:
+    found: list[Job] = []
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
+        found.extend(session.scalars(select(Job).where(Job.id.in_(chunk)).order_by(Job.id)))
+    return found
 
 
 def scheduling_inputs(session: Session) -> tuple:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -25,18 +27,36 @@ class LocalResources:
 def detect_local_resources(num_cpus: int = 0) -> LocalResources:
     import psutil
 
-    gpus = 0
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        gpus = 0
     return LocalResources(
         cpus=num_cpus or os.cpu_count() or 1,
         memory_gb=round(psutil.virtual_memory().total / 1024**3, 1),
-        gpus=gpus,
+        gpus=local_gpu_count(),
     )
+
+
+def local_gpu_count() -> int:
+    """NVIDIA GPUs of this machine, from nvidia-smi (the driver's own tool), within
+    CUDA_VISIBLE_DEVICES. Not through torch: importing it costs every gateway process
+    ~200 MB for the sake of one number."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return 0
+    try:
+        listed = subprocess.run(
+            [executable, "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    count = sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return count
+    entries = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry or entry == "-1":
+            break  # CUDA stops at the first invalid entry
+        entries.append(entry)
+    return min(count, len(entries))
 
 
 def register_local_node(

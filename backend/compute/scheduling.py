@@ -95,14 +95,25 @@ def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCa
     return capacity, subtract(capacity, used)
 
 
-def plan_queue(session: Session) -> tuple[Plan, dict[int, Job]]:
-    capacity, free = capacity_and_free(session)
-    queued = list(
-        session.scalars(
-            select(Job)
+class QueueView:
+    """The queue as the scheduler sees it, kept across rounds: a queued job's requirements
+    and worker count never change, so each is read once, not every time the queue is
+    planned (thousands of queued jobs would otherwise be reloaded whenever one arrives)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, PendingJob] = {}
+
+    def plan(self, session: Session) -> Plan:
+        capacity, free = capacity_and_free(session)
+        queued = session.scalars(
+            select(Job.id)
             .where(Job.status == JobStatus.QUEUED.value, Job.cancel_requested_at.is_(None))
             .order_by(Job.id)
-        )
-    )
-    decisions = plan([pending_job(j) for j in queued], free, capacity)
-    return decisions, {j.id: j for j in queued}
+        ).all()
+        missing = [job_id for job_id in queued if job_id not in self.pending]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            for job in session.scalars(select(Job).where(Job.id.in_(chunk))):
+                self.pending[job.id] = pending_job(job)
+        self.pending = {job_id: self.pending[job_id] for job_id in queued}
+        return plan([self.pending[job_id] for job_id in queued], free, capacity)

@@ -25,7 +25,8 @@ def page(
 ) -> tuple[list[Owned], int]:
     """One page of a query, with the total number of rows it matches."""
     # Count the matching rows alone: a subquery of whole rows would read every job's spec.
-    total = session.scalar(query.with_only_columns(func.count()).order_by(None)) or 0
+    counted = query.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    total = session.scalar(counted) or 0
     rows = session.scalars(query.order_by(order_by).limit(limit).offset(offset)).all()
     return list(rows), total
 

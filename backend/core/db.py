@@ -11,6 +11,7 @@ mode they never wait for a writer and never hold up one.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -55,6 +56,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+WRITER_QUEUE_TIMEOUT_S = 30.0
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,10 +69,33 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    # Writers of this process queue on a lock before BEGIN IMMEDIATE instead of in SQLite's
+    # busy handler, which sleeps in growing steps (up to 100 ms) while the lock is free
+    # again: with 8 concurrent writers that put a p99 of 0.6 s on a 5 ms heartbeat. Only
+    # a fast path: SQLite's own lock stays what guarantees correctness, so a lock not
+    # released in time (it never should be) costs a wait, never a wrong answer.
+    writers = threading.Lock()
+    held = "distlm_holds_writer_lock"
+
+    def release(connection_info: dict[str, Any]) -> None:
+        if connection_info.pop(held, False):
+            writers.release()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        if not read_only and writers.acquire(timeout=WRITER_QUEUE_TIMEOUT_S):
+            connection.info[held] = True
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(connection: Any) -> None:
+        release(connection.info)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        release(record.info)  # a transaction that ended without commit or rollback
 
 
 def make_engine(url: str) -> Engine:

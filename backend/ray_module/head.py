@@ -205,9 +205,13 @@ def _free_port() -> int:
 
 
 def _node_ip() -> str:
-    from ray._private.services import get_node_ip_address
-
-    return get_node_ip_address()
+    """The address other machines reach this one at, found as Ray finds it (the source
+    address of a route outwards; a UDP connect sends nothing), without importing Ray
+    into the gateway process."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("8.8.8.8", 80))
+        return udp.getsockname()[0]
+    return "127.0.0.1"
 
 
 def _ray_executable() -> str:
