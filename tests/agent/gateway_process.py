@@ -174,3 +174,28 @@ def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
+def start_agent_process(
+    gateway: Gateway, tmp: Path, hostname: str
+) -> tuple[subprocess.Popen, Path]:
+    """`distlm-node` with a real Ray worker for the gateway's owner (1 CPU, heartbeats every
+    second), in an environment without the gateway's settings, as on another machine.
+    Returns the process and its log; the credential file is `tmp / "node.json"`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTLM_"))}
+    env.update(
+        PYTHONPATH=str(ROOT / "backend"),
+        DISTLM_NODE_USERNAME=OWNER,
+        DISTLM_NODE_PASSWORD=OWNER_PASSWORD,
+        RAY_TMPDIR=gateway.ray_tmpdir,
+    )
+    log = tmp / "agent.log"
+    command = [
+        PYTHON, "-m", "agent", "--coordinator-address", gateway.address,
+        "--hostname", hostname, "--cpu", "--cpus", "1", "--memory-gb", "0.5",
+        "--object-store-mb", "80", "--credential-file", str(tmp / "node.json"),
+        "--heartbeat-interval", "1",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        agent = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return agent, log

@@ -30,9 +30,9 @@ from tests.agent.gateway_process import (
     OWNER,
     OWNER_PASSWORD,
     PYTHON,
-    ROOT,
     Gateway,
     running_gateway,
+    start_agent_process,
     unique_hostname,
 )
 from tests.polling import wait_for
@@ -370,44 +370,10 @@ if nodes:
 def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    hostname = unique_hostname()
     credential_file = tmp_path / "node.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "backend"),
-        "DISTLM_NODE_USERNAME": OWNER,
-        "DISTLM_NODE_PASSWORD": OWNER_PASSWORD,
-        "RAY_TMPDIR": gateway.ray_tmpdir,
-    }
+    agent, agent_log = start_agent_process(gateway, tmp_path, unique_hostname())
+    env = {**os.environ, "RAY_TMPDIR": gateway.ray_tmpdir}
     env.pop("RAY_ADDRESS", None)
-    agent_log = tmp_path / "agent.log"
-    with open(agent_log, "wb") as out:
-        agent = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "agent",
-                "--coordinator-address",
-                gateway.address,
-                "--hostname",
-                hostname,
-                "--cpu",
-                "--cpus",
-                "1",
-                "--memory-gb",
-                "0.5",
-                "--object-store-mb",
-                "80",
-                "--credential-file",
-                str(credential_file),
-                "--heartbeat-interval",
-                "1",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     probe: subprocess.Popen | None = None
     try:
 

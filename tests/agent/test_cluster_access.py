@@ -16,12 +16,10 @@ import httpx
 import pytest
 
 from tests.agent.gateway_process import (
-    OWNER,
-    OWNER_PASSWORD,
     PYTHON,
     ROOT,
-    Gateway,
     running_gateway,
+    start_agent_process,
     unique_hostname,
 )
 from tests.polling import wait_for
@@ -61,47 +59,6 @@ def run_task_probe(join: dict[str, Any], token: str, resource: str) -> subproces
     )
 
 
-def start_agent(gateway: Gateway, tmp: Path, hostname: str) -> tuple[subprocess.Popen, Path]:
-    """A node owner's agent with a real Ray worker, in an environment without the
-    gateway's settings (as on another machine)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTLM_"))}
-    env.update(
-        PYTHONPATH=str(ROOT / "backend"),
-        DISTLM_NODE_USERNAME=OWNER,
-        DISTLM_NODE_PASSWORD=OWNER_PASSWORD,
-        RAY_TMPDIR=gateway.ray_tmpdir,
-    )
-    log = tmp / "agent.log"
-    with open(log, "wb") as out:
-        agent = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "agent",
-                "--coordinator-address",
-                gateway.address,
-                "--hostname",
-                hostname,
-                "--cpu",
-                "--cpus",
-                "1",
-                "--memory-gb",
-                "0.5",
-                "--object-store-mb",
-                "80",
-                "--credential-file",
-                str(tmp / "node.json"),
-                "--heartbeat-interval",
-                "1",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return agent, log
-
-
 ES_JOB = {
     "model_config": {"type": "char_rnn", "model_name": "rnn"},
     "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
@@ -122,7 +79,7 @@ def test_a_ban_restarts_the_cluster_with_a_token_only_approved_nodes_get(tmp_pat
     (tmp_path / "gateway").mkdir()
     with running_gateway(tmp_path / "gateway", DISTLM_SECRET_KEY=SECRET_KEY) as gateway:
         (tmp_path / "staying").mkdir()
-        agent, agent_log = start_agent(gateway, tmp_path / "staying", unique_hostname())
+        agent, agent_log = start_agent_process(gateway, tmp_path / "staying", unique_hostname())
         try:
             staying_id = wait_for(
                 lambda: (
