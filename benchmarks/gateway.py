@@ -344,9 +344,15 @@ def main() -> None:
                                         figures,
                                         idle[(name, clients)],
                                     )
+                        after = [gateway.rss_mb()]
+                        for _ in range(args.soak_rounds):  # does memory level off?
+                            for name in ("GET /jobs", "balance", "heartbeat", "submit"):
+                                load(endpoints[name], gateway.base, 8, args.seconds)
+                            after.append(gateway.rss_mb())
+                        rss = ", ".join(f"{mb:.0f}" for mb in after)
                         print(
-                            f"<!-- {label}: gateway RSS {rss_before:.0f} MB before load, "
-                            f"{gateway.rss_mb():.0f} MB after -->",
+                            f"<!-- {label}: gateway RSS {rss_before:.0f} MB before load; after "
+                            f"the matrix, then after each soak round: {rss} MB -->",
                             flush=True,
                         )
 
