@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Protocol
 
@@ -96,6 +97,7 @@ class Dispatcher:
         self.reasons: dict[int, str] = {}  # the waiting reasons last written
         self.holder = holder_name()
         self.leading = False
+        self.renewed_at = 0.0  # time.monotonic() of the last renewal
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -115,6 +117,8 @@ class Dispatcher:
         dispatches. Renewed every round and between the Ray calls of a long round."""
         with session_scope(self.session_factory) as session:
             leading = hold_lease(session, self.holder, ttl_s=self.settings.leader_lease_s)
+        if leading:
+            self.renewed_at = time.monotonic()
         if leading and not self.leading:
             log.info("this process dispatches now (%s)", self.holder)
             if self.cluster is not None:
@@ -126,6 +130,13 @@ class Dispatcher:
             log.warning("another process took the dispatcher lease; this one stops dispatching")
         self.leading = leading
         return leading
+
+    def still_leading(self) -> bool:
+        """Between the Ray calls of a round: renew once a third of the lease has passed
+        (not once per job: each renewal is a write)."""
+        if time.monotonic() - self.renewed_at < self.settings.leader_lease_s / 3:
+            return self.leading
+        return self.lead()
 
     def resign(self) -> None:
         if self.leading:
@@ -241,7 +252,7 @@ class Dispatcher:
             ).all()
             configs = [(job.id, job.attempts, self.run_config(job, session)) for job in placed]
         for job_id, attempt, config in configs:
-            if not self.lead():
+            if not self.still_leading():
                 return
             error = ""
             try:
@@ -288,7 +299,7 @@ class Dispatcher:
         with session_scope(self.read_factory) as session:
             running = running_jobs(session, self.rates)
         for job in running:
-            if not self.lead():
+            if not self.still_leading():
                 return
             try:
                 self.poll(job)
