@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,6 +84,9 @@ def environment(tmp: Path, database_url: str) -> dict[str, str]:
         DISTLM_LEADER_LEASE_S="3",
         DISTLM_DISPATCH_INTERVAL_S="0.5",
         DISTLM_WORKERS=str(WORKERS),
+        # The head's files (and its "current cluster" note) away from other tests' Ray;
+        # short, for Ray's socket paths.
+        RAY_TMPDIR=tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
     )
     return env
 

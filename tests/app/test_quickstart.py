@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         "DISTLM_ADMIN_USERNAME": "admin",
         "DISTLM_ADMIN_PASSWORD": "admin-change-me",
         "DISTLM_HOST": "127.0.0.1",
+        # Its Ray head's files (and its "current cluster" note) away from other tests' Ray.
+        # Short: Ray's socket paths live under it and must stay under 108 characters.
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
     }
     env.pop("RAY_ADDRESS", None)
     # The same command `make run` runs, in its own process group as a terminal would.

@@ -176,11 +176,15 @@ def test_a_run_stops_when_asked_and_its_runner_frees_the_nodes(
 
 
 def worker_pids_on(node_hex: str, class_name: str) -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
+    # This test session's cluster, by address: without one the state API asks whichever
+    # cluster /tmp/ray/ray_current_cluster names (a gateway test's Ray head, perhaps gone).
+    address = ray.get_runtime_context().gcs_address
     return [
         actor.pid
-        for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
         if actor.class_name.endswith(class_name) and actor.node_id == node_hex and actor.pid
     ]
 
