@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -30,7 +30,7 @@ from compute.jobs import finish_job, source_model_path, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
 from compute.models import Job, JobMetric, Node
 from compute.nodes import banned_since
-from compute.scheduling import QueueView, eligible_nodes, strategy_knobs
+from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates, ResourceSeconds
@@ -309,7 +309,7 @@ class Dispatcher:
     def poll(self, job: RunningJob) -> None:
         fresh = self.ray.fetch_events(job.job_id, job.event_cursor)
         decision = decide(job, fresh, now=utcnow(), limits=self.limits, rates=self.rates)
-        if decision.status is not None:
+        if decision.stops_runner:
             if decision.status is JobStatus.QUEUED:
                 log.warning("job %s: %s", job.job_id, decision.reason)
             self.ray.stop_runner(job.job_id)  # frees its placement before anyone re-plans
@@ -380,15 +380,6 @@ def node_changes(
         shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
         wanted["flag_reason"] = f"its Ray worker offers {shortfall}" if shortfall else ""
     return {name: value for name, value in wanted.items() if getattr(node, name) != value}
-
-
-def jobs_by_id(session: Session, ids: Collection[int]) -> list[Job]:
-    found: list[Job] = []
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 500):
-        chunk = ordered[start : start + 500]
-        found.extend(session.scalars(select(Job).where(Job.id.in_(chunk)).order_by(Job.id)))
-    return found
 
 
 def scheduling_inputs(session: Session) -> tuple:

@@ -3,6 +3,8 @@ and queued jobs as the scheduler sees them."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -95,6 +97,16 @@ def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCa
     return capacity, subtract(capacity, used)
 
 
+def jobs_by_id(session: Session, ids: Collection[int]) -> list[Job]:
+    """The jobs with these ids, in id order, read in chunks (IN lists stay short)."""
+    found: list[Job] = []
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
+        found.extend(session.scalars(select(Job).where(Job.id.in_(chunk)).order_by(Job.id)))
+    return found
+
+
 class QueueView:
     """The queue as the scheduler sees it, kept across rounds: a queued job's requirements
     and worker count never change, so each is read once, not every time the queue is
@@ -111,9 +123,7 @@ class QueueView:
             .order_by(Job.id)
         ).all()
         missing = [job_id for job_id in queued if job_id not in self.pending]
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
-            for job in session.scalars(select(Job).where(Job.id.in_(chunk))):
-                self.pending[job.id] = pending_job(job)
+        for job in jobs_by_id(session, missing):
+            self.pending[job.id] = pending_job(job)
         self.pending = {job_id: self.pending[job_id] for job_id in queued}
         return plan([self.pending[job_id] for job_id in queued], free, capacity)

@@ -24,7 +24,8 @@ class ClusterConfig:
     num_gpus: int = 0
     resources: dict[str, float] = field(default_factory=dict)  # custom, e.g. distlm_node_1
     labels: dict[str, str] = field(default_factory=dict)
-    # Ray token authentication: the token nodes (and this driver) present to the cluster.
+    # Ray token authentication: the token this driver presents to the cluster at `address`
+    # (a local head gets its token from ray_module.head).
     auth_token: str = field(default="", repr=False)
     # The address is the embedded default's head on this machine, whose workers already
     # have our code on their path: no job-level runtime_env (it costs each actor ~1 s).
@@ -66,8 +67,6 @@ def connect(config: ClusterConfig) -> ClusterInfo:
         # PYTHONPATH here instead of in a runtime_env: a job-level runtime_env keeps Ray from
         # using its prestarted workers and costs every new actor about a second.
         inherit_code_root()
-        if config.auth_token:
-            use_auth_token(config.auth_token)
         ray.init(
             # "local": always start a new Ray here, never join one another process left
             # running on this machine (ray.init would otherwise pick it up).
