@@ -130,8 +130,19 @@ def test_a_ban_restarts_the_cluster_with_a_token_only_approved_nodes_get(tmp_pat
             refused = httpx.get(f"{gateway.base}/nodes/{banned['id']}/join", headers=node_auth)
             assert refused.status_code == 403 and refused.json()["error"] == "node_banned"
 
-            gateway.wait_for_new_cluster_token(old_join["cluster_fingerprint"])
-            fresh = gateway.as_owner("GET", f"/nodes/{staying_id}/join")
+            def new_join() -> dict[str, Any] | None:
+                answer = httpx.get(
+                    f"{gateway.base}/nodes/{staying_id}/join",
+                    headers={"Authorization": f"Bearer {gateway.owner_token}"},
+                )
+                if answer.status_code != 200:
+                    assert answer.json()["error"] == "cluster_restarting", answer.text
+                    return None
+                body = answer.json()
+                changed = body["cluster_fingerprint"] != old_join["cluster_fingerprint"]
+                return body if changed else None
+
+            fresh = wait_for(new_join, timeout_s=60, what="the cluster to get a new token")
             assert fresh["ray_auth_token"] != old_join["ray_auth_token"]
             beat = gateway.as_owner("POST", f"/nodes/{staying_id}/heartbeat")
             assert beat["cluster_fingerprint"] == fresh["cluster_fingerprint"]
