@@ -7,7 +7,7 @@ so the gateway, the runner and every worker agree on one definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ray_module.data.request import DataRequest
@@ -30,6 +30,7 @@ class WorkerPlan:
     gpu: int
     cpu_cores: float
     memory_gb: float
+    role: str = "worker"  # "worker", or the role of a strategy's extra part ("loader")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class RunConfig:
     workers: tuple[WorkerPlan, ...]
     storage_path: str
     attempt: int = 1
+    task: str = "train"  # train | validate | infer (strategies that list them in ``tasks``)
+    inference: dict = field(default_factory=dict)  # inference_config of an infer task
 
     @property
     def job_dir(self) -> str:

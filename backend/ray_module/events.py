@@ -43,12 +43,20 @@ class UsageEvent:
     gpu_seconds: float = 0.0
     cpu_core_seconds: float = 0.0
     memory_gb_seconds: float = 0.0
+    stage: str = ""  # the part of the job that did it, where a job has several ("loader")
 
     @classmethod
     def for_slot(
-        cls, node_id: int, *, gpu: float, cpu_cores: float, memory_gb: float, seconds: float
+        cls,
+        node_id: int,
+        *,
+        gpu: float,
+        cpu_cores: float,
+        memory_gb: float,
+        seconds: float,
+        stage: str = "",
     ) -> UsageEvent:
-        return cls(node_id, gpu * seconds, cpu_cores * seconds, memory_gb * seconds)
+        return cls(node_id, gpu * seconds, cpu_cores * seconds, memory_gb * seconds, stage)
 
     def figures(self) -> dict[str, float]:
         return {

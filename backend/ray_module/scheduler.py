@@ -23,14 +23,27 @@ class NodeCapacity:
 
 
 @dataclass(frozen=True)
+class ExtraShare:
+    """A part of a job placed beside its requirements' workers, with its own shape: split's
+    data stage (``count`` loaders of this size each), priced and placed like the rest."""
+
+    role: str
+    gpu: int
+    cpu_cores: float
+    memory_gb: float
+    count: int = 1
+
+
+@dataclass(frozen=True)
 class PendingJob:
-    """A queued job's total requirements and how many workers share them."""
+    """A queued job's total requirements, how many workers share them, and its extra parts."""
 
     job_id: int
     gpu: int
     cpu_cores: float
     memory_gb: float
     workers: int = 1
+    extra: tuple[ExtraShare, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,7 @@ class WorkerSlot:
     gpu: int
     cpu_cores: float
     memory_gb: float
+    role: str = "worker"
 
 
 @dataclass(frozen=True)
@@ -86,22 +100,32 @@ def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
 
 
 def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
-    """First-fit every worker of the job into the nodes (packing workers together)."""
+    """First-fit every worker of the job into the nodes (packing workers together), then its
+    extra parts (CPU-only parts prefer CPU-only nodes, so a GPU node keeps its cores for the
+    part that needs its GPU)."""
     gpu, cpu, memory = worker_share(job)
+    shapes = [WorkerSlot(0, gpu, cpu, memory)] * worker_count(job) + [
+        WorkerSlot(0, part.gpu, part.cpu_cores, part.memory_gb, part.role)
+        for part in job.extra
+        for _ in range(max(1, part.count))
+    ]
     free = {n.node_id: n for n in nodes}
     slots: list[WorkerSlot] = []
-    for _ in range(worker_count(job)):
-        candidates = sorted(free.values(), key=lambda n: _node_order(n, gpu > 0))
-        chosen = next((n for n in candidates if _fits(n, gpu, cpu, memory)), None)
+    for shape in shapes:
+        candidates = sorted(free.values(), key=lambda n: _node_order(n, shape.gpu > 0))
+        chosen = next(
+            (n for n in candidates if _fits(n, shape.gpu, shape.cpu_cores, shape.memory_gb)),
+            None,
+        )
         if chosen is None:
             return None
         free[chosen.node_id] = replace(
             chosen,
-            gpu=chosen.gpu - gpu,
-            cpu_cores=chosen.cpu_cores - cpu,
-            memory_gb=chosen.memory_gb - memory,
+            gpu=chosen.gpu - shape.gpu,
+            cpu_cores=chosen.cpu_cores - shape.cpu_cores,
+            memory_gb=chosen.memory_gb - shape.memory_gb,
         )
-        slots.append(WorkerSlot(chosen.node_id, gpu, cpu, memory))
+        slots.append(replace(shape, node_id=chosen.node_id))
     return tuple(slots)
 
 
@@ -134,9 +158,16 @@ def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
             f"{job.memory_gb:g} GB{each.format(f'{memory:g} GB')}; the largest node has "
             f"{largest_memory:g} GB"
         )
+    for part in job.extra:
+        if not any(_fits(n, part.gpu, part.cpu_cores, part.memory_gb) for n in capacity):
+            return (
+                f"waiting for a node for its {part.role}s: each needs {part.cpu_cores:g} CPU "
+                f"cores and {part.memory_gb:g} GB, which no online node offers"
+            )
+    parts = "".join(f" plus {p.count} {p.role}(s)" for p in job.extra)
     return (
         f"waiting for more nodes: {workers} workers of {gpu} GPU, {cpu:g} cores and "
-        f"{memory:g} GB each do not fit the online nodes"
+        f"{memory:g} GB each{parts} do not fit the online nodes"
     )
 
 

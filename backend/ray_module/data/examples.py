@@ -81,6 +81,8 @@ def load_labelled(request: DataRequest, target_column: str | None = None) -> Lab
                 f"classifiers train on {DIGITS!r}"
             )
         data = digits()
+    elif request.data_source == "local" and _suffix(request) in ARRAY_SUFFIXES:
+        data = labelled_from_arrays(_local_file(request, ARRAY_SUFFIXES), column)
     elif request.data_source == "local":
         data = labelled_from_records(_local_records(request), column)
     elif request.data_source == "huggingface":
@@ -113,6 +115,44 @@ def digits() -> LabelledData:
         num_classes=10,
         class_names=tuple(str(d) for d in range(10)),
     )
+
+
+ARRAY_SUFFIXES = (".npz", ".npy")
+FEATURE_ARRAY_NAMES = ("features", "x", "X", "images", "data")
+
+
+def labelled_from_arrays(path: Path, label_column: str) -> LabelledData:
+    """A NumPy file, read with ``allow_pickle=False`` (an object array could carry code):
+    ``.npz`` with a features array (``features``/``x``/``images``/``data``) and a labels array
+    (``label``/``labels``/``y``, or ``target_column``); ``.npy`` is features alone (every label
+    0, for inference)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise DataError(f"cannot read {path.name} as NumPy data: {error}") from error
+    if isinstance(loaded, np.ndarray):
+        features, labels = loaded, np.zeros(len(loaded), dtype=np.int64)
+    else:
+        with loaded:
+            names = set(loaded.files)
+            feature_name = next((n for n in FEATURE_ARRAY_NAMES if n in names), None)
+            label_name = next((n for n in (label_column, "labels", "y") if n in names), None)
+            if feature_name is None or label_name is None:
+                raise DataError(
+                    f"{path.name} must hold a features array "
+                    f"({', '.join(FEATURE_ARRAY_NAMES)}) and a labels array "
+                    f"({label_column!r}, 'labels' or 'y'); it has {sorted(names)}"
+                )
+            features, labels = loaded[feature_name], loaded[label_name]
+    if not np.issubdtype(features.dtype, np.number) or features.ndim < 2:
+        raise DataError(f"{path.name}: features must be a numeric array of shape [n, ...]")
+    if len(labels) != len(features):
+        raise DataError(f"{path.name}: {len(features)} feature rows but {len(labels)} labels")
+    features = features.astype(np.float32)
+    if not np.isfinite(features).all():
+        raise DataError("the features hold NaN or infinite values")
+    encoded, class_names = _encode_labels(labels.tolist())
+    return LabelledData(features, encoded, len(class_names), class_names)
 
 
 def labelled_from_records(records: list[dict[str, Any]], label_column: str) -> LabelledData:
@@ -267,12 +307,16 @@ def synthetic_t2t(size: int, seed: int = 0) -> PairData:
 # -- sources ---------------------------------------------------------------------------------
 
 
-def _local_file(request: DataRequest) -> Path:
+def _suffix(request: DataRequest) -> str:
+    return Path(request.path or "").suffix.lower()
+
+
+def _local_file(request: DataRequest, suffixes: tuple[str, ...] = RECORD_SUFFIXES) -> Path:
     _, target = local_target(request)
     if not target.is_file():
         raise DataError(f"local data file {request.path!r} does not exist under the data root")
-    if target.suffix.lower() not in RECORD_SUFFIXES:
-        raise DataError(f"cannot read {request.path!r}: use a .csv, .jsonl or .json file")
+    if target.suffix.lower() not in suffixes:
+        raise DataError(f"cannot read {request.path!r}: use a {', '.join(suffixes)} file")
     return target
 
 

@@ -202,7 +202,9 @@ def _local_texts(request: DataRequest) -> list[str]:
         return _paragraphs(target)
     if suffix in RECORD_SUFFIXES:
         return column_texts(target, column)
-    raise DataError(f"cannot read {request.path!r}: use a .txt, .jsonl, .json or .csv file")
+    raise DataError(
+        f"cannot read {request.path!r}: use a .txt, .jsonl, .json, .csv or .parquet file"
+    )
 
 
 def inside_root(root: Path, path: Path, *, shown_as: str) -> Path:
@@ -226,12 +228,20 @@ def _paragraphs(path: Path) -> list[str]:
     return [chunk for chunk in chunks if chunk]
 
 
-RECORD_SUFFIXES = (".jsonl", ".json", ".csv")
+RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def read_records(path: Path) -> list[Any]:
-    """The rows of a .jsonl, .json (a list) or .csv file, as parsed; DataError if unreadable."""
+    """The rows of a .jsonl, .json (a list), .csv or .parquet file, as parsed; DataError if
+    unreadable."""
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as error:  # not Parquet, truncated, unsupported types
+            raise DataError(f"cannot read {path.name} as Parquet: {error}") from error
     if suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             try:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from ray_module.contract import RunConfig, RunContext
 from ray_module.errors import SettingsError
+from ray_module.scheduler import ExtraShare
 from ray_module.storage.checkpoints import saved_state
 
 CHECKPOINT_DIR = "checkpoint"  # under the job's directory, for every strategy
@@ -35,6 +36,8 @@ class SubmittedJob:
     cpu_cores: float
     memory_gb: float
     num_workers: int | None = None  # the user's explicit worker count, if any
+    task: str = "train"
+    data_split: str | None = None
 
 
 class TrainingStrategy(ABC):
@@ -45,6 +48,7 @@ class TrainingStrategy(ABC):
     model_types: ClassVar[frozenset[str]]  # the model types it trains
     default_for: ClassVar[frozenset[str]] = frozenset()  # model types it is the default for
     progress_unit: ClassVar[str] = "step"  # also the key of the step in checkpoint state
+    tasks: ClassVar[frozenset[str]] = frozenset({"train"})  # the job tasks it can run
 
     @abstractmethod
     def parse_settings(self, training: dict[str, Any]) -> Any:
@@ -64,6 +68,23 @@ class TrainingStrategy(ABC):
     def check_job(self, job: SubmittedJob, settings: Any) -> None:
         """Cross-field rules (data the mode cannot use, worker counts): ``SettingsError``.
         The default has none."""
+        return None
+
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            allowed = ", ".join(sorted(self.tasks))
+            raise SettingsError(
+                f"strategy '{self.name}' cannot run task '{task}' (it runs: {allowed})", "task"
+            )
+
+    def extra_shares(self, job: SubmittedJob, settings: Any) -> tuple[ExtraShare, ...]:
+        """Parts of the job beside its requirements' workers (split's data stage): placed,
+        priced and metered like them. The default has none."""
+        return ()
+
+    def progress_note(self, values: dict[str, Any]) -> str | None:
+        """What a metric point says about what limits the run, for the job's status reason
+        ("trainer waits for data 40% of the time: ..."); None when it says nothing."""
         return None
 
     def worker_count(self, job: SubmittedJob, settings: Any) -> int:

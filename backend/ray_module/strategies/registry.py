@@ -7,9 +7,11 @@ from ray_module.strategies.base import TrainingStrategy
 from ray_module.strategies.data_parallel.strategy import DataParallelStrategy
 from ray_module.strategies.es.strategy import ESStrategy
 from ray_module.strategies.fedavg.strategy import FedAvgStrategy
+from ray_module.strategies.split.strategy import SplitStrategy
 
 STRATEGIES: dict[str, TrainingStrategy] = {
-    strategy.name: strategy for strategy in (DataParallelStrategy(), FedAvgStrategy(), ESStrategy())
+    strategy.name: strategy
+    for strategy in (DataParallelStrategy(), FedAvgStrategy(), ESStrategy(), SplitStrategy())
 }
 
 
@@ -21,11 +23,16 @@ def get_strategy(name: str) -> TrainingStrategy:
         raise SettingsError(f"unknown strategy '{name}' (known: {known})", "strategy") from None
 
 
-def default_strategy(model_type: str) -> TrainingStrategy:
+def default_strategy(model_type: str, task: str = "train") -> TrainingStrategy:
+    """The mode a job runs in when it names none: its model type's default for training,
+    otherwise the first strategy that runs the task for that model type."""
     for strategy in STRATEGIES.values():
-        if model_type in strategy.default_for:
+        if task == "train" and model_type in strategy.default_for:
             return strategy
-    raise SettingsError(f"no strategy trains model type '{model_type}'", "strategy")
+    for strategy in STRATEGIES.values():
+        if task != "train" and task in strategy.tasks and model_type in strategy.model_types:
+            return strategy
+    raise SettingsError(f"no strategy runs task '{task}' for model type '{model_type}'", "strategy")
 
 
 def trainable_model_types() -> frozenset[str]:

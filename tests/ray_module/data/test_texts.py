@@ -160,12 +160,14 @@ def test_local_path_cannot_escape_the_data_root(data_root: Path, tmp_path: Path)
 
 def test_local_errors_name_the_problem(data_root: Path) -> None:
     (data_root / "table.parquet").write_bytes(b"PAR1")
+    (data_root / "table.xlsx").write_bytes(b"PK")
     (data_root / "broken.jsonl").write_text('{"text": "ok"}\n{not json\n')
     (data_root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (data_root / "empty.txt").write_text("\n\n  \n")
     cases = {
         "missing.txt": "does not exist",
-        "table.parquet": "use a .txt, .jsonl, .json or .csv",
+        "table.parquet": "cannot read table.parquet as Parquet",
+        "table.xlsx": "use a .txt, .jsonl, .json, .csv or .parquet",
         "broken.jsonl": "line 2 is not JSON",
         "latin1.txt": "not UTF-8",
         "empty.txt": "no text found",

@@ -1,0 +1,164 @@
+"""Strategy ``split``'s run, in the runner's thread: start the loader actors on the data
+stage's nodes and the worker (trainer, evaluator or predictor) on the trainer's node, let
+the worker pull batches from the loaders until its task is done, and stop everything on
+cancel. A lost loader or worker fails the attempt as retryable; the next attempt resumes
+from the checkpoint on live nodes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ray_module.contract import RunConfig, RunContext, WorkerPlan, runner_name
+from ray_module.errors import LostWorkersError, StartupError
+from ray_module.resources import node_resource
+from ray_module.strategies.actor_pool import raise_startup_failure
+from ray_module.strategies.split.loader import BatchLoader, DataShape, LoaderConfig
+from ray_module.strategies.split.results import InferenceSettings
+from ray_module.strategies.split.samples import part_ids, split_ids
+from ray_module.strategies.split.settings import SplitSettings, parse_split_settings
+from ray_module.strategies.split.worker import SplitWorker, WorkerConfig
+
+LOADER_ROLE = "loader"
+START_TIMEOUT_S = 600
+POLL_S = 1.0
+
+
+def settings_of(config: RunConfig) -> SplitSettings:
+    settings = parse_split_settings(config.training)
+    if config.data.validation_split:
+        settings = replace(settings, validation_split=config.data.validation_split)
+    return settings
+
+
+def loader_plans(config: RunConfig) -> list[WorkerPlan]:
+    """One plan per loader actor: each loader slot runs one actor per whole core."""
+    plans = []
+    for slot in (w for w in config.workers if w.role == LOADER_ROLE):
+        actors = max(1, int(slot.cpu_cores))
+        share = replace(slot, cpu_cores=slot.cpu_cores / actors, memory_gb=slot.memory_gb / actors)
+        plans.extend([share] * actors)
+    return plans
+
+
+def trainer_plan(config: RunConfig) -> WorkerPlan:
+    trainers = [w for w in config.workers if w.role != LOADER_ROLE]
+    if len(trainers) != 1:
+        raise StartupError(f"split needs one trainer slot, the placement has {len(trainers)}")
+    return trainers[0]
+
+
+def run_split(config: RunConfig, context: RunContext) -> None:
+    import ray
+
+    settings = settings_of(config)
+    plans = loader_plans(config)
+    if not plans:
+        raise StartupError("split needs at least one loader slot in its placement")
+    trainer = trainer_plan(config)
+    loaders = start_loaders(config, settings, plans)
+    try:
+        shape = data_shape(loaders)
+        context.check_cancelled()
+        worker = start_worker(config, settings, shape, trainer, plans)
+        done = worker.run.remote(loaders)
+        while not ray.wait([done], timeout=POLL_S)[0]:
+            if _cancelled(context):
+                ray.kill(worker, no_restart=True)
+                context.check_cancelled()
+        ray.get(done)
+    finally:
+        for loader in loaders:
+            ray.kill(loader, no_restart=True)
+
+
+def _cancelled(context: RunContext) -> bool:
+    try:
+        context.check_cancelled()
+    except Exception:
+        return True
+    return False
+
+
+def start_loaders(config: RunConfig, settings: SplitSettings, plans: list[WorkerPlan]) -> list:
+    import ray
+
+    actor = ray.remote(BatchLoader)
+    return [
+        actor.options(
+            num_cpus=plan.cpu_cores,
+            resources={node_resource(plan.node_id): 0.001},
+            max_restarts=0,
+        ).remote(
+            LoaderConfig(
+                node_id=plan.node_id,
+                model_type=config.model.model_type,
+                data=config.data,
+                model=config.model,
+                seq_len=settings.seq_len,
+                seed=settings.seed,
+            )
+        )
+        for plan in plans
+    ]
+
+
+def data_shape(loaders: list[Any]) -> DataShape:
+    """Every loader has read the data (they must agree on its size)."""
+    import ray
+
+    try:
+        shapes = ray.get([loader.describe.remote() for loader in loaders], timeout=START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError as error:
+        raise LostWorkersError(f"the loaders did not start in {START_TIMEOUT_S} s") from error
+    except Exception as error:
+        raise_startup_failure(error, "a loader")
+        raise
+    if len({shape.size for shape in shapes}) != 1:
+        raise StartupError(
+            f"the loaders read different amounts of data ({sorted({s.size for s in shapes})}):"
+            " every loader node needs the same file"
+        )
+    return shapes[0]
+
+
+def start_worker(
+    config: RunConfig,
+    settings: SplitSettings,
+    shape: DataShape,
+    trainer: WorkerPlan,
+    plans: list[WorkerPlan],
+) -> Any:
+    import ray
+
+    train_ids, validation_ids = split_ids(shape.size, settings.validation_split, settings.seed)
+    # data_config.split picks the rows of a validate/infer job: for hub datasets it is the
+    # hub's split (already applied when loading), otherwise a side of the training split.
+    part = config.data.split if config.data.data_source != "huggingface" else "all"
+    worker_config = WorkerConfig(
+        job_id=config.job_id,
+        runner=runner_name(config.job_id),
+        task=config.task,
+        model=config.model,
+        model_type=config.model.model_type,
+        shape=shape,
+        settings=settings,
+        inference=InferenceSettings.of(config.inference),
+        job_dir=config.job_dir,
+        data_root=config.data.data_root,
+        trainer=trainer,
+        loaders=tuple(plans),
+        train_ids=train_ids,
+        validation_ids=validation_ids,
+        task_ids=part_ids(shape.size, part, settings.validation_split, settings.seed),
+    )
+    return (
+        ray.remote(SplitWorker)
+        .options(
+            num_cpus=trainer.cpu_cores,
+            num_gpus=trainer.gpu,
+            resources={node_resource(trainer.node_id): 0.001},
+            max_restarts=0,
+        )
+        .remote(worker_config)
+    )

@@ -1,0 +1,118 @@
+"""The ``training_config`` knobs of strategy ``split``, and its data stage's share
+(``training_config.loader``), checked once (at submit and in the run)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ray_module.errors import SettingsError
+from ray_module.strategies.knobs import KnobRules, parse_knobs
+
+MAX_LOADER_NODES = 64
+
+
+@dataclass(frozen=True)
+class LoaderShare:
+    """The data stage: ``nodes`` loader slots of ``cpu_cores`` and ``memory`` GB each; a slot
+    runs one loader actor per whole core it holds."""
+
+    cpu_cores: float = 1.0
+    memory: float = 1.0
+    nodes: int = 1
+
+    @property
+    def actors_per_node(self) -> int:
+        return max(1, int(self.cpu_cores))
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    epochs: int | None = None  # neither epochs nor max_steps: 3 epochs
+    max_steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float | None = None  # None: 3e-3 for classifiers, 5e-4 for language models
+    prefetch_batches: int = 2  # ready batches pulled to the trainer's node ahead of use
+    max_in_flight_batches: int = 8  # asked of loaders and not yet consumed: the bound
+    shuffle: bool = True
+    augment: bool = False  # images: random shifts, rotations and noise on the loaders
+    seed: int = 0
+    checkpoint_interval: int | None = None  # steps; None: once per epoch
+    validation_split: float = 0.1  # data_config.validation_split wins when set
+    seq_len: int = 64  # language models: tokens per sample
+    step_delay_s: float = 0.0  # a slow trainer on purpose (tests, benchmarks)
+    loader: LoaderShare = LoaderShare()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        if self.epochs:
+            total = self.epochs * batches_per_epoch
+            return min(total, self.max_steps) if self.max_steps else total
+        return self.max_steps or 3 * batches_per_epoch
+
+    def rate_for(self, model_type: str) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 3e-3 if model_type == "classifier" else 5e-4
+
+
+RULES = KnobRules(
+    strategy="split",
+    ints={
+        "epochs": (1, 10_000),
+        "max_steps": (1, 10_000_000),
+        "batch_size": (1, 65_536),
+        "prefetch_batches": (0, 1024),
+        "max_in_flight_batches": (1, 4096),
+        "seed": (0, 2**31 - 1),
+        "checkpoint_interval": (1, 10_000_000),
+        "seq_len": (2, 65_536),
+    },
+    positive={"learning_rate": (0.0, 10.0), "validation_split": (0.0, 0.9)},
+    non_negative={"step_delay_s": (0.0, 10.0)},
+    choices={"shuffle": (True, False), "augment": (True, False)},
+    elsewhere={"rounds": "epochs or max_steps", "clients": "loader.nodes", "steps": "max_steps"},
+)
+
+LOADER_RULES = KnobRules(
+    strategy="split loader",
+    ints={"nodes": (1, MAX_LOADER_NODES)},
+    positive={"cpu_cores": (0.0, 1024.0), "memory": (0.0, 4096.0)},
+)
+
+
+def parse_split_settings(training: dict[str, Any]) -> SplitSettings:
+    knobs = dict(training)
+    loader = knobs.pop("loader", None)
+    names = (f.name for f in fields(SplitSettings) if f.name != "loader")
+    values = parse_knobs(knobs, RULES, names)
+    for flag in ("shuffle", "augment"):
+        if flag in values and not isinstance(values[flag], bool):
+            raise SettingsError(f"{flag} must be true or false, got {values[flag]!r}", flag)
+    if values.get("prefetch_batches", 2) > values.get("max_in_flight_batches", 8):
+        raise SettingsError(
+            "prefetch_batches cannot exceed max_in_flight_batches (prefetched batches are in "
+            "flight)",
+            "prefetch_batches",
+        )
+    return SplitSettings(**values, loader=parse_loader(loader))
+
+
+def parse_loader(loader: Any) -> LoaderShare:
+    if loader is None:
+        return LoaderShare()
+    if not isinstance(loader, dict):
+        raise SettingsError(
+            "loader must be an object {cpu_cores, memory, nodes}, e.g. "
+            '{"cpu_cores": 2, "memory": 1}',
+            "loader",
+        )
+    try:
+        values = parse_knobs(loader, LOADER_RULES, ("cpu_cores", "memory", "nodes"))
+    except SettingsError as error:
+        raise SettingsError(f"loader: {error}", "loader") from None
+    if values.get("cpu_cores", 1.0) < 0.1 or values.get("memory", 1.0) < 0.1:
+        raise SettingsError("loader: cpu_cores and memory must each be at least 0.1", "loader")
+    return LoaderShare(**values)

@@ -1,0 +1,461 @@
+"""The GPU stage: one actor on the trainer's node that trains, validates or predicts on the
+batches the loaders stream to it, and reports metrics, flow figures, usage by stage,
+checkpoints, the model and results straight to the job's runner.
+
+A plain class, wrapped with ``ray.remote`` by ``run``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_module.contract import NAMESPACE, WorkerPlan
+from ray_module.errors import ModelError, RunCancelledError
+from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
+from ray_module.models.sources import ModelRequest
+from ray_module.storage.checkpoints import load_arrays, save_arrays
+from ray_module.strategies.base import CHECKPOINT_DIR
+from ray_module.strategies.split import evaluation, results
+from ray_module.strategies.split.loader import LABELLED, PAIRS, TEXT, DataShape
+from ray_module.strategies.split.samples import EpochPlan
+from ray_module.strategies.split.settings import SplitSettings
+from ray_module.strategies.split.stream import BatchStream, Flow
+
+FLOW_EVERY = 10  # steps between flow figures
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    job_id: int
+    runner: str  # the runner actor's name
+    task: str
+    model: ModelRequest
+    model_type: str
+    shape: DataShape
+    settings: SplitSettings
+    inference: results.InferenceSettings
+    job_dir: str
+    data_root: str | None
+    trainer: WorkerPlan
+    loaders: tuple[WorkerPlan, ...]  # one per loader actor (its share of its node's slot)
+    train_ids: np.ndarray
+    validation_ids: np.ndarray
+    task_ids: np.ndarray  # validate / infer: the rows to score or predict
+
+
+class SplitWorker:
+    def __init__(self, config: WorkerConfig) -> None:
+        import ray
+        import torch
+
+        self.config = config
+        self.runner = ray.get_actor(config.runner, namespace=NAMESPACE)
+        torch.set_num_threads(max(1, int(config.trainer.cpu_cores)))
+        use_cuda = config.trainer.gpu > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.job_dir = Path(config.job_dir)
+        self.checkpoint_dir = self.job_dir / CHECKPOINT_DIR
+        self.flow = Flow(loader_cores=sum(p.cpu_cores for p in config.loaders))
+        self._plans: dict[str, EpochPlan] = {}
+        self._tokenizer_of_model: Any = None
+
+    # -- the three tasks ----------------------------------------------------------------
+    def run(self, loaders: list[Any]) -> dict[str, Any]:
+        self.loaders = loaders
+        self.stream = BatchStream(
+            loaders,
+            self._ask,
+            max_in_flight=self.config.settings.max_in_flight_batches,
+            prefetch=self.config.settings.prefetch_batches,
+            flow=self.flow,
+        )
+        task = self.config.task
+        if task == "train":
+            return self.train()
+        if task == "validate":
+            return self.validate()
+        return self.infer()
+
+    def train(self) -> dict[str, Any]:
+        import torch
+
+        config, settings = self.config, self.config.settings
+        plan = EpochPlan(config.train_ids, settings.batch_size, settings.shuffle, settings.seed)
+        per_epoch = plan.batches
+        total = settings.total_steps(per_epoch)
+        checkpoint_every = settings.checkpoint_interval or per_epoch
+        model, extra = self._load_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.rate_for(config.model_type))
+        step, epoch_ids = self._resume(model, optimizer)
+        described = {
+            "total_steps": total,
+            "batches_per_epoch": per_epoch,
+            "train_samples": len(config.train_ids),
+            "validation_samples": len(config.validation_ids),
+        }
+        self._emit(MetricEvent(0, described))
+        self._plans = {"train": plan}
+        last_usage = time.monotonic()
+        # One stream per epoch: it drains before the epoch's validation, so validation
+        # batches never add to the training batches in flight.
+        while step < total:
+            epoch, first = divmod(step, per_epoch)
+            last = min(per_epoch, first + total - step)
+            model.train()
+            for _key, batch in self.stream([("train", epoch, i) for i in range(first, last)]):
+                loss = self._train_step(model, optimizer, batch)
+                step += 1
+                epoch_ids.append(batch["ids"])
+                if settings.step_delay_s:
+                    time.sleep(settings.step_delay_s)
+                values: dict[str, Any] = {"loss": loss, "epoch": epoch}
+                end_of_epoch = step % per_epoch == 0 or step == total
+                if step % FLOW_EVERY == 0 or end_of_epoch:
+                    values.update(self._flow_figures())
+                if end_of_epoch:
+                    values.update(self._epoch_figures(epoch_ids))
+                    epoch_ids = []
+                    values.update(self._validation_figures(model))
+                self._emit(MetricEvent(step, values))
+                if step % checkpoint_every == 0 or end_of_epoch:
+                    self._save_checkpoint(model, optimizer, step, epoch_ids)
+                    self._emit(CheckpointEvent(step, str(self.checkpoint_dir)))
+                    last_usage = self._report_usage(last_usage)
+                    if self._cancel_requested():
+                        raise RunCancelledError()
+        final = self.job_dir / "model"
+        self._save_model(model, extra, final)
+        self._emit(ArtifactEvent(str(final)))
+        self._report_usage(last_usage)
+        return {"step": step}
+
+    def validate(self) -> dict[str, Any]:
+        model, _ = self._load_model()
+        started = time.monotonic()
+        scores = self._score(model, self.config.task_ids, "task")
+        scores.update(self._flow_figures())
+        results.write_json(self.job_dir / results.RESULTS_DIR / results.VALIDATION_FILE, scores)
+        self._emit(MetricEvent(1, scores))
+        self._report_usage(started)
+        return scores
+
+    def infer(self) -> dict[str, Any]:
+        import torch
+
+        config, inference = self.config, self.config.inference
+        model, _ = self._load_model()
+        model.eval()
+        ids = config.task_ids
+        if config.model_type == LABELLED:
+            names = list(config.shape.class_names) or [
+                str(i) for i in range(config.shape.num_classes)
+            ]
+            estimate = results.classifier_estimates(len(ids), names, inference)
+        else:
+            estimate = results.text_estimates(len(ids), 4.0 * config.settings.seq_len, inference)
+        self._emit(MetricEvent(0, {"samples": len(ids), **estimate}))
+        started = time.monotonic()
+        writer = results.ResultWriter(self.job_dir / results.RESULTS_DIR)
+        plan = EpochPlan(ids, inference.batch_size, False, 0)
+        self._plans = {"task": plan}
+        with torch.no_grad():
+            for done, (_key, batch) in enumerate(
+                self.stream([("task", 0, i) for i in range(plan.batches)]), start=1
+            ):
+                if config.model_type == LABELLED:
+                    rows = self._classify(model, batch, names)
+                else:
+                    rows = self._generate(model, batch)
+                writer.write(rows, len(batch["ids"]))
+                if done % FLOW_EVERY == 0 and self._cancel_requested():
+                    raise RunCancelledError()
+        summary = writer.close(
+            {"estimated_memory_mb": estimate["estimated_memory_mb"], **self._flow_figures()}
+        )
+        self._emit(MetricEvent(1, summary))
+        self._report_usage(started)
+        return summary
+
+    # -- the stream -----------------------------------------------------------------------
+    def _ask(self, loader: Any, key: tuple[str, int, int]) -> Any:
+        part, epoch, index = key
+        plan = self._plans[part]
+        augment = part == "train" and self.config.settings.augment
+        order = self._order(part, epoch)
+        return loader.batch.remote(epoch, index, plan.batch(epoch, index, order), augment)
+
+    def _order(self, part: str, epoch: int) -> np.ndarray:
+        cached = getattr(self, "_orders", {})
+        if (part, epoch) not in cached:
+            cached = {(part, epoch): self._plans[part].order(epoch)}
+            self._orders = cached
+        return cached[(part, epoch)]
+
+    def _flow_figures(self) -> dict[str, float]:
+        figures = self.flow.take()
+        gpu = _gpu_utilisation(self.device)
+        if gpu is not None:
+            figures["trainer_gpu_utilisation"] = gpu
+        return figures
+
+    def _epoch_figures(self, epoch_ids: list[np.ndarray]) -> dict[str, Any]:
+        """Proof that the epoch saw each of its samples once: count, distinct, digest."""
+        seen = np.concatenate(epoch_ids) if epoch_ids else np.array([], dtype=np.int64)
+        return {
+            "epoch_samples": len(seen),
+            "epoch_unique_samples": len(np.unique(seen)),
+            "epoch_ids_sha256": ids_digest(seen),
+        }
+
+    def _validation_figures(self, model: Any) -> dict[str, Any]:
+        if not len(self.config.validation_ids):
+            return {}
+        scores = self._score(model, self.config.validation_ids, "validation")
+        keep = ("accuracy", "loss", "perplexity", "exact_match")
+        return {f"validation_{k}": v for k, v in scores.items() if k in keep}
+
+    # -- models ---------------------------------------------------------------------------
+    def _load_model(self) -> tuple[Any, Any]:
+        config = self.config
+        root = Path(config.data_root) if config.data_root else None
+        if config.model_type == LABELLED:
+            from ray_module.models.classifier import resolve_classifier
+
+            model, extra = resolve_classifier(
+                config.model,
+                input_shape=config.shape.input_shape,
+                num_classes=config.shape.num_classes,
+                class_names=config.shape.class_names,
+                seed=config.settings.seed,
+                local_root=root,
+            )
+        elif config.model_type == TEXT:
+            from ray_module.models.causal_lm import load_causal_lm
+
+            model, extra = load_causal_lm(config.model, local_root=root)
+        elif config.model_type == PAIRS:
+            from ray_module.models.text_to_text import load_text_to_text
+
+            model, extra = load_text_to_text(config.model, local_root=root)
+        else:
+            raise ModelError(f"split cannot run model type {config.model_type!r}")
+        if config.model_type != LABELLED:
+            self._tokenizer_of_model = extra
+        return model.to(self.device), extra
+
+    def _save_model(self, model: Any, extra: Any, directory: Path) -> None:
+        from ray_module.storage.directories import replace_directory, staging_for
+
+        staging = staging_for(directory)
+        if self.config.model_type == LABELLED:
+            from ray_module.models.classifier import save_classifier
+
+            save_classifier(model, extra, staging)
+        else:
+            model.save_pretrained(staging)
+            extra.save_pretrained(staging)
+        replace_directory(staging, directory)
+
+    def _train_step(self, model: Any, optimizer: Any, batch: dict) -> float:
+        loss = self._loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def _loss(self, model: Any, batch: dict, reduction: str = "mean") -> Any:
+        import torch
+
+        if self.config.model_type == LABELLED:
+            features = torch.from_numpy(batch["features"]).to(self.device)
+            labels = torch.from_numpy(batch["labels"]).to(self.device)
+            return torch.nn.functional.cross_entropy(model(features), labels, reduction=reduction)
+        ids = torch.from_numpy(batch["input_ids"]).to(self.device)
+        mask = torch.from_numpy(batch["attention_mask"]).to(self.device)
+        if self.config.model_type == TEXT:
+            labels = ids.masked_fill(mask == 0, -100)
+        else:
+            labels = torch.from_numpy(batch["labels"]).to(self.device)
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def _score(self, model: Any, ids: np.ndarray, part: str) -> dict[str, Any]:
+        import torch
+
+        config = self.config
+        plan = EpochPlan(ids, config.inference.batch_size, False, 0)
+        self._plans[part] = plan
+        model.eval()
+        if config.model_type == LABELLED:
+            score: Any = evaluation.ClassifierScore(
+                config.shape.num_classes, config.shape.class_names
+            )
+        elif config.model_type == TEXT:
+            score = evaluation.LanguageModelScore()
+        else:
+            score = evaluation.ExactMatchScore()
+        with torch.no_grad():
+            for _key, batch in self.stream([(part, 0, i) for i in range(plan.batches)]):
+                if config.model_type == LABELLED:
+                    features = torch.from_numpy(batch["features"]).to(self.device)
+                    logits = model(features)
+                    labels = torch.from_numpy(batch["labels"]).to(self.device)
+                    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+                    score.add(losses.cpu().numpy(), logits.argmax(1).cpu().numpy(), batch["labels"])
+                elif config.model_type == TEXT:
+                    predicted = int(batch["attention_mask"][:, 1:].sum())
+                    score.add(float(self._loss(model, batch)), predicted, len(batch["ids"]))
+                else:
+                    targets = [str(t) for t in batch["targets"]]
+                    score.add(self._generated(model, batch), targets)
+                    tokens = int((batch["labels"] != -100).sum())
+                    score.loss.add(float(self._loss(model, batch)), tokens, len(targets))
+        return score.metrics()
+
+    def _classify(self, model: Any, batch: dict, names: list[str]) -> list[dict[str, Any]]:
+        import torch
+
+        features = torch.from_numpy(batch["features"]).to(self.device)
+        probabilities = torch.softmax(model(features).float(), dim=1).cpu().numpy()
+        threshold = self.config.inference.confidence_threshold
+        return [
+            results.classifier_row(sample_id, p, names, self.config.inference)
+            for sample_id, p in zip(batch["ids"], probabilities, strict=True)
+            if p.max() >= threshold
+        ]
+
+    def _generate(self, model: Any, batch: dict) -> list[dict[str, Any]]:
+        outputs = self._generated(model, batch)
+        inputs = self._inputs_of(batch)
+        return [
+            {"id": int(i), "input": text, "output": out}
+            for i, text, out in zip(batch["ids"], inputs, outputs, strict=True)
+        ]
+
+    def _inputs_of(self, batch: dict) -> list[str]:
+        tokenizer = self._tokenizer()
+        return [
+            tokenizer.decode(row[mask == 1], skip_special_tokens=True)
+            for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        ]
+
+    def _tokenizer(self) -> Any:
+        return self._tokenizer_of_model
+
+    def _generated(self, model: Any, batch: dict) -> list[str]:
+        import torch
+
+        inference, tokenizer = self.config.inference, self._tokenizer()
+        texts = []
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            # One row at a time: no padding side to get wrong for decoder-only models.
+            prompt = torch.from_numpy(row[mask == 1][None, :]).to(self.device)
+            generated = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=inference.max_new_tokens,
+                num_beams=inference.num_beams,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            start = 0 if self.config.model_type == PAIRS else prompt.shape[1]
+            new = generated[0, start:]
+            texts.append(tokenizer.decode(new, skip_special_tokens=True))
+        return texts
+
+    # -- checkpoints, usage, events ---------------------------------------------------------
+    def _resume(self, model: Any, optimizer: Any) -> tuple[int, list[np.ndarray]]:
+        import torch
+
+        saved = load_arrays(self.checkpoint_dir)
+        if saved is None:
+            return 0, []
+        arrays, state = saved
+        model.load_state_dict(
+            {k[6:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("model.")}
+        )
+        optimizer.load_state_dict(_optimizer_state(arrays, state["optimizer"]))
+        epoch_ids = [arrays["epoch_ids"]] if len(arrays.get("epoch_ids", ())) else []
+        return int(state["step"]), epoch_ids
+
+    def _save_checkpoint(
+        self, model: Any, optimizer: Any, step: int, epoch_ids: list[np.ndarray]
+    ) -> None:
+        arrays = {f"model.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        optimizer_state = optimizer.state_dict()
+        for index, values in optimizer_state["state"].items():
+            for name, tensor in values.items():
+                arrays[f"optim.{index}.{name}"] = tensor.detach().cpu().numpy()
+        seen = np.concatenate(epoch_ids) if epoch_ids else np.array([], dtype=np.int64)
+        arrays["epoch_ids"] = seen.astype(np.int64)
+        state = {
+            "step": step,
+            "optimizer": {
+                "param_groups": optimizer_state["param_groups"],
+                "state_keys": {str(i): sorted(v) for i, v in optimizer_state["state"].items()},
+            },
+        }
+        save_arrays(self.checkpoint_dir, arrays, state)
+
+    def _report_usage(self, since: float) -> float:
+        """Completed work: the trainer's slot for the wall time since ``since``; each loader
+        node for the CPU-seconds of the batches the trainer consumed, and its memory for
+        the time they took to make."""
+        now = time.monotonic()
+        trainer = self.config.trainer
+        slot = {"gpu": trainer.gpu, "cpu_cores": trainer.cpu_cores, "memory_gb": trainer.memory_gb}
+        events = [
+            UsageEvent.for_slot(trainer.node_id, **slot, seconds=now - since, stage="trainer")
+        ]
+        cpu, wall = self.flow.take_credit()
+        memory = {p.node_id: p.memory_gb for p in self.config.loaders}
+        for node, seconds in cpu.items():
+            events.append(
+                UsageEvent(node, 0.0, seconds, memory.get(node, 0.0) * wall[node], "loader")
+            )
+        import ray
+
+        ray.get([self.runner.emit.remote(event) for event in events])
+        return now
+
+    def _emit(self, event: Any) -> None:
+        self.runner.emit.remote(event)
+
+    def _cancel_requested(self) -> bool:
+        import ray
+
+        return bool(ray.get(self.runner.cancel_requested.remote()))
+
+
+def _optimizer_state(arrays: dict[str, np.ndarray], saved: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    state = {
+        int(index): {
+            name: torch.from_numpy(np.array(arrays[f"optim.{index}.{name}"])) for name in names
+        }
+        for index, names in saved["state_keys"].items()
+    }
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """A digest of a set of sample ids (order does not matter): equal sets, equal digests."""
+    canonical = json.dumps(sorted(int(i) for i in ids))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _gpu_utilisation(device: Any) -> float | None:
+    if device.type != "cuda":
+        return None
+    import torch
+
+    try:
+        return float(torch.cuda.utilization(device)) / 100.0
+    except Exception:  # no NVML on this machine: the figure is unknown, not zero
+        return None
