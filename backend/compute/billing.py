@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session
 
 from compute.job_spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
 from compute.models import Job, Node
+from compute.scheduling import extra_shares
 from core.errors import InvalidInputError
 from core.settings import Settings
 from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation
 from ledger.settlement import NodeUsage, SettlementResult, settle_job
+from ray_module.scheduler import ExtraShare
 
 
 def rates_from(settings: Settings) -> Rates:
@@ -43,11 +45,18 @@ class Estimate:
 
 
 def estimate_cost(
-    requirements: Requirements, *, runtime_s: int, cap: int | None, rates: Rates
+    requirements: Requirements,
+    *,
+    runtime_s: int,
+    cap: int | None,
+    rates: Rates,
+    extra: Sequence[ExtraShare] = (),
 ) -> Estimate:
-    breakdown = price_reservation(
-        requirements.gpu, requirements.cpu_cores, requirements.memory, runtime_s, rates
-    )
+    """The hold: the requirements and every extra part (split's loaders) for the runtime."""
+    gpu = requirements.gpu + sum(part.gpu * part.count for part in extra)
+    cpu = requirements.cpu_cores + sum(part.cpu_cores * part.count for part in extra)
+    memory = requirements.memory + sum(part.memory_gb * part.count for part in extra)
+    breakdown = price_reservation(gpu, cpu, memory, runtime_s, rates)
     return Estimate(breakdown=breakdown, runtime_s=runtime_s, cap=cap)
 
 
@@ -74,13 +83,18 @@ def estimate_for(body: dict[str, Any], *, default_runtime_s: int, rates: Rates) 
         runtime_s=request.max_runtime_s or default_runtime_s,
         cap=cap,
         rates=rates,
+        extra=request.extra_shares() if isinstance(request, JobSpec) else (),
     )
 
 
 def job_estimate(job: Job, rates: Rates) -> Estimate:
     requirements = Requirements(gpu=job.gpu, cpu_cores=job.cpu_cores, memory=job.memory_gb)
     return estimate_cost(
-        requirements, runtime_s=job.max_runtime_s, cap=job.max_tokens_micro, rates=rates
+        requirements,
+        runtime_s=job.max_runtime_s,
+        cap=job.max_tokens_micro,
+        rates=rates,
+        extra=extra_shares(job),
     )
 
 

@@ -124,22 +124,56 @@ def without_roots(reason: str, roots: Sequence[str]) -> str:
     return reason
 
 
-def add_usage(totals: UsageTotals, events: Sequence[RecordedEvent]) -> dict[str, dict[str, float]]:
-    """The job's metered usage by node after these events (a new mapping)."""
-    result = {node: dict(figures) for node, figures in totals.items()}
+RESOURCE_KEYS = ("gpu_seconds", "cpu_core_seconds", "memory_gb_seconds")
+
+
+def add_usage(totals: UsageTotals, events: Sequence[RecordedEvent]) -> dict[str, dict]:
+    """The job's metered usage by node after these events (a new mapping). A node's figures
+    are its totals; where events name a stage ("trainer", "loader"), ``stages`` breaks the
+    totals down by it."""
+    result = {node: _copied(figures) for node, figures in totals.items()}
     for recorded in events:
         usage = recorded.event
         if isinstance(usage, UsageEvent):
-            key = str(usage.node_id)
-            current = result.get(key) or {name: 0.0 for name in usage.figures()}
-            result[key] = {name: current[name] + value for name, value in usage.figures().items()}
+            current = result.setdefault(str(usage.node_id), dict.fromkeys(RESOURCE_KEYS, 0.0))
+            _add(current, usage.figures())
+            if usage.stage:
+                stages = current.setdefault("stages", {})
+                stage = stages.setdefault(usage.stage, dict.fromkeys(RESOURCE_KEYS, 0.0))
+                _add(stage, usage.figures())
     return result
+
+
+def _copied(figures: Mapping) -> dict:
+    copy = dict(figures)
+    if "stages" in copy:
+        copy["stages"] = {stage: dict(values) for stage, values in copy["stages"].items()}
+    return copy
+
+
+def _add(into: dict, figures: Mapping[str, float]) -> None:
+    for name, value in figures.items():
+        into[name] = float(into.get(name, 0.0)) + value
+
+
+def resource_seconds(figures: Mapping) -> ResourceSeconds:
+    """A node's stored usage as the ledger prices it (its stage breakdown aside)."""
+    return ResourceSeconds(**{name: float(figures.get(name, 0.0)) for name in RESOURCE_KEYS})
+
+
+def usage_by_stage(usage: UsageTotals | None) -> dict[str, dict[str, float]]:
+    """The job's usage summed per stage over its nodes (empty for single-stage modes)."""
+    stages: dict[str, dict[str, float]] = {}
+    for figures in (usage or {}).values():
+        for stage, values in (figures.get("stages") or {}).items():
+            _add(stages.setdefault(stage, dict.fromkeys(RESOURCE_KEYS, 0.0)), values)
+    return stages
 
 
 def metered(totals: UsageTotals, charged_nodes: frozenset[int], rates: Rates) -> int:
     """What the usage would cost the owner so far (before the cap), in micro-tokens."""
     return sum(
-        price_usage(ResourceSeconds(**figures), rates).total
+        price_usage(resource_seconds(figures), rates).total
         for node, figures in totals.items()
         if int(node) in charged_nodes
     )

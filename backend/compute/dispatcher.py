@@ -24,7 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compute.billing import UsageReport, job_estimate, rates_from
 from compute.cluster_access import ClusterAccess
-from compute.dispatch_policy import Decision, DispatchLimits, RunningJob, add_usage, decide
+from compute.dispatch_policy import (
+    Decision,
+    DispatchLimits,
+    RunningJob,
+    add_usage,
+    decide,
+    resource_seconds,
+)
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
@@ -33,7 +40,7 @@ from compute.nodes import banned_since
 from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
-from ledger.pricing import Rates, ResourceSeconds
+from ledger.pricing import Rates
 from ray_module.contract import RunConfig, WorkerPlan
 from ray_module.data.request import DataRequest
 from ray_module.errors import SettingsError, describe
@@ -292,6 +299,8 @@ class Dispatcher:
             workers=tuple(WorkerPlan(**slot) for slot in job.placement or []),
             storage_path=str(self.settings.storage_path),
             attempt=job.attempts,
+            task=spec.get("task") or "train",
+            inference=spec.get("inference_config") or {},
         )
 
     # -- running jobs ---------------------------------------------------------------------
@@ -356,6 +365,9 @@ class Dispatcher:
                     job.first_step_at = utcnow()
                 if step > 0:
                     job.status_reason = f"running (attempt {job.attempts}): {progress(job, step)}"
+                    note = progress_note(job, values)
+                    if note:
+                        job.status_reason += f"; {note}"
             case UsageEvent():
                 job.usage = add_usage(job.usage or {}, [recorded])
             case CheckpointEvent(step=step):
@@ -437,9 +449,17 @@ def progress(job: Job, step: int) -> str:
         return f"step {step}"
 
 
+def progress_note(job: Job, values: dict) -> str | None:
+    """What the strategy reads in a metric point about what limits the run."""
+    try:
+        return get_strategy(job.strategy).progress_note(values)
+    except SettingsError:
+        return None
+
+
 def usage_reports(job: Job) -> list[UsageReport]:
     return [
-        UsageReport(int(node_id), ResourceSeconds(**figures))
+        UsageReport(int(node_id), resource_seconds(figures))
         for node_id, figures in (job.usage or {}).items()
     ]
 

@@ -31,6 +31,7 @@ from ray_module.data.catalogue import BUILTIN_DATASETS, builtin_datasets_for
 from ray_module.errors import SettingsError
 from ray_module.hub import hub_id_problem, is_hub_id
 from ray_module.models.catalogue import PRESETS
+from ray_module.scheduler import ExtraShare
 from ray_module.strategies.base import SubmittedJob
 from ray_module.strategies.registry import default_strategy, get_strategy
 
@@ -42,6 +43,14 @@ class ModelType(enum.StrEnum):
     TEXT_TO_TEXT = "text_to_text"
     CLASSIFIER = "classifier"
     CHAR_RNN = "char_rnn"
+
+
+class JobTask(enum.StrEnum):
+    """What a job does with its model (seed 004's services beside training)."""
+
+    TRAIN = "train"
+    VALIDATE = "validate"
+    INFER = "infer"
 
 
 class DataSource(enum.StrEnum):
@@ -147,6 +156,17 @@ class Requirements(_Strict):
     memory: StrictFloat = Field(2.0, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
 
 
+class InferenceSpec(_Strict):
+    """How an ``infer`` job predicts (``batch_size`` also sets a ``validate`` job's)."""
+
+    top_k: StrictInt = Field(1, ge=1, le=1000)
+    confidence_threshold: StrictFloat | StrictInt = Field(0.0, ge=0, le=1)
+    return_full_probabilities: bool = False
+    batch_size: StrictInt = Field(64, ge=1, le=65_536)
+    max_new_tokens: StrictInt = Field(32, ge=1, le=4096)
+    num_beams: StrictInt = Field(1, ge=1, le=64)
+
+
 def _reject_unsafe_values(value: Any, where: str = "body") -> None:
     """JSON parsers accept NaN and Infinity, and strings may carry control characters (a NUL
     truncates a path in C libraries): nothing in a job spec may hold either."""
@@ -180,6 +200,8 @@ class JobSpec(_Strict):
     data_config: DataSpec
     training_config: TrainingSpec = Field(default_factory=TrainingSpec)
     requirements: Requirements = Field(default_factory=Requirements)
+    task: JobTask = JobTask.TRAIN
+    inference_config: InferenceSpec | None = None
     max_tokens: Decimal | None = Field(None, gt=0, le=MAX_TOKENS, decimal_places=6)
     max_runtime_s: StrictInt | None = Field(None, ge=1, le=MAX_RUNTIME_S)
 
@@ -193,11 +215,21 @@ class JobSpec(_Strict):
             raise _at_training_config(error) from None
         return self
 
+    @model_validator(mode="after")
+    def _inference_config_for_a_task_that_uses_it(self) -> JobSpec:
+        if self.inference_config is not None and self.task is JobTask.TRAIN:
+            raise ValueError("inference_config is for jobs with task 'infer' or 'validate'")
+        if self.task is not JobTask.TRAIN and self.inference_config is None:
+            self.inference_config = InferenceSpec()
+        return self
+
     def _strategy_accepts_it(self) -> None:
+        task = self.task.value
         if self.training_config.strategy is None:
-            self.training_config.strategy = default_strategy(self.model.type.value).name
+            self.training_config.strategy = default_strategy(self.model.type.value, task).name
         strategy = get_strategy(self.training_config.strategy)
         strategy.check_model_type(self.model.type.value)
+        strategy.check_task(task)
         preset_type = PRESETS.get(self.model.model_name)
         if preset_type is not None and preset_type != self.model.type.value:
             raise ValueError(
@@ -219,7 +251,15 @@ class JobSpec(_Strict):
             cpu_cores=self.requirements.cpu_cores,
             memory_gb=self.requirements.memory,
             num_workers=self.training_config.num_workers,
+            task=self.task.value,
+            data_split=self.data_config.split,
         )
+
+    def extra_shares(self) -> tuple[ExtraShare, ...]:
+        """The job's parts beside its requirements (split's loaders), for the price."""
+        strategy = get_strategy(self.strategy)
+        settings = strategy.parse_settings(self.training_config.knobs())
+        return strategy.extra_shares(self.submitted(), settings)
 
     def _builtin_data_fits_model(self) -> None:
         data = self.data_config
@@ -249,10 +289,16 @@ class JobSpec(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Fields a strategy checks that are not its knobs: where the 422 points for them.
+OUTSIDE_TRAINING_CONFIG = {"task": ("task",), "split": ("data_config", "split")}
+
+
 def _at_training_config(error: SettingsError) -> ValidationError:
     """A strategy's refusal as a validation error located at the knob it names, so the 422
     says ``training_config.<knob>``."""
-    location = ("training_config", error.field) if error.field else ("training_config",)
+    location = OUTSIDE_TRAINING_CONFIG.get(error.field or "") or (
+        ("training_config", error.field) if error.field else ("training_config",)
+    )
     detail = InitErrorDetails(
         type=PydanticCustomError("value_error", "{reason}", {"reason": str(error)}),
         loc=location,

@@ -139,7 +139,11 @@ def submit_job(
             raise InvalidInputError(f"no registered node can hold this job ({unplaceable})")
         job.status_reason = f"queued, but no registered node can hold it yet ({unplaceable})"
     estimate = estimate_cost(
-        spec.requirements, runtime_s=job.max_runtime_s, cap=job.max_tokens_micro, rates=rates
+        spec.requirements,
+        runtime_s=job.max_runtime_s,
+        cap=job.max_tokens_micro,
+        rates=rates,
+        extra=spec.extra_shares(),
     )
     try:
         with session.begin_nested():

@@ -12,8 +12,16 @@ from compute.job_state import JobStatus
 from compute.models import Job, Node
 from compute.nodes import NodeApproval
 from ray_module.errors import SettingsError
-from ray_module.scheduler import NodeCapacity, PendingJob, Plan, WorkerSlot, plan, subtract
-from ray_module.strategies.base import SubmittedJob
+from ray_module.scheduler import (
+    ExtraShare,
+    NodeCapacity,
+    PendingJob,
+    Plan,
+    WorkerSlot,
+    plan,
+    subtract,
+)
+from ray_module.strategies.base import SubmittedJob, TrainingStrategy
 from ray_module.strategies.registry import get_strategy
 
 ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
@@ -45,6 +53,7 @@ def pending_job(job: Job) -> PendingJob:
         cpu_cores=job.cpu_cores,
         memory_gb=job.memory_gb,
         workers=worker_processes(job),
+        extra=extra_shares(job),
     )
 
 
@@ -63,6 +72,8 @@ def submitted_job(job: Job) -> SubmittedJob:
         cpu_cores=job.cpu_cores,
         memory_gb=job.memory_gb,
         num_workers=(spec.get("training_config") or {}).get("num_workers"),
+        task=str(spec.get("task") or "train"),
+        data_split=data.get("split"),
     )
 
 
@@ -74,15 +85,32 @@ def strategy_knobs(job: Job) -> dict:
 
 def worker_processes(job: Job) -> int:
     """How many worker actors the job's strategy gives its requirements."""
+    found = _strategy_and_settings(job)
+    if found is None:  # stored under older rules: its run fails with the reason
+        return 1
+    strategy, settings = found
+    return strategy.worker_count(submitted_job(job), settings)
+
+
+def extra_shares(job: Job) -> tuple[ExtraShare, ...]:
+    """The job's parts beside its requirements' workers (split's loaders)."""
+    found = _strategy_and_settings(job)
+    if found is None:
+        return ()
+    strategy, settings = found
+    return strategy.extra_shares(submitted_job(job), settings)
+
+
+def _strategy_and_settings(job: Job) -> tuple[TrainingStrategy, object] | None:
     try:
         strategy = get_strategy(job.strategy)
-    except SettingsError:  # stored under older rules: its run fails with the reason
-        return 1
+    except SettingsError:
+        return None
     try:
         settings = strategy.parse_settings(strategy_knobs(job))
     except SettingsError:  # a spec stored under older rules still gets placed
         settings = strategy.parse_settings({})
-    return strategy.worker_count(submitted_job(job), settings)
+    return strategy, settings
 
 
 def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:

@@ -42,6 +42,8 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/jobs/{job}", None, ALL),
     ("POST", "/jobs/{job}/cancel", None, ALL),
     ("GET", "/jobs/{job}/artifacts", None, ALL),  # 409 while the job has no model
+    ("GET", "/jobs/{job}/results", None, ALL),  # 409: a training job has no results
+    ("GET", "/jobs/{job}/results/summary", None, ALL),
     ("GET", "/metrics/system", None, ADMIN),
     ("GET", "/metrics/node/{node}", None, OWNERS),
     ("GET", "/metrics/training/{job}", None, ALL),
@@ -107,7 +109,8 @@ def test_role_gets_success_or_403(
     account, node, job = callers[role]
     status = _call(client, method, template.format(node=node, job=job), body, account.headers)
     if role in allowed:
-        no_model_yet = template.endswith("/artifacts") and status == 409
+        no_output_yet = template.endswith(("/artifacts", "/results", "/summary"))
+        no_model_yet = no_output_yet and status == 409
         assert 200 <= status < 300 or no_model_yet, (role, method, template, status)
     else:
         assert status == 403, (role, method, template, status)

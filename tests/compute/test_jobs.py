@@ -256,7 +256,7 @@ MLP_DIGITS = {
 @pytest.mark.parametrize(
     ("body", "field", "words"),
     [
-        ({**TINY_GPT2, "training_config": {"strategy": "split"}}, "strategy", "unknown strategy"),
+        ({**TINY_GPT2, "training_config": {"strategy": "pipe"}}, "strategy", "unknown strategy"),
         (
             {**MLP_DIGITS, "training_config": {"strategy": "data_parallel"}},
             "strategy",

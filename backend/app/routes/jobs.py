@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import FileResponse
@@ -16,6 +16,7 @@ from compute.artifacts import artifact_dir, pack_directory
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
+from compute.results import MEDIA_TYPES, ResultFormat, results_file, results_summary
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -94,6 +95,42 @@ def artifacts(
         filename=f"job-{job_id}-model.tar.gz",
         background=BackgroundTask(archive.unlink, missing_ok=True),
     )
+
+
+@router.get(
+    "/{job_id}/results",
+    response_class=FileResponse,
+    # 409: a training job, or one that has not succeeded (yet).
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}},
+            "description": "An infer job's predictions, or a validate job's scores (JSON)",
+        },
+        **error_responses(409),
+    },
+)
+def results(
+    job_id: JobId,
+    viewer: CurrentUser,
+    session: DbSession,
+    settings: SettingsDep,
+    fmt: Annotated[ResultFormat | None, Query(alias="format")] = None,
+) -> FileResponse:
+    """An `infer` job's predictions (`format=jsonl`, the default, or `parquet`), streamed
+    from disk, or a `validate` job's scores (`json`); the job's owner or an admin."""
+    path, served = results_file(session, viewer, job_id, fmt, storage_root=settings.storage_path)
+    return FileResponse(
+        path, media_type=MEDIA_TYPES[served], filename=f"job-{job_id}-results.{served.value}"
+    )
+
+
+@router.get("/{job_id}/results/summary", responses=error_responses(409))
+def results_summary_(
+    job_id: JobId, viewer: CurrentUser, session: DbSession, settings: SettingsDep
+) -> dict[str, Any]:
+    """An infer job's `total_samples`, `kept`, `filtered_out`, the estimated and real sizes;
+    a validate job's scores."""
+    return results_summary(session, viewer, job_id, storage_root=settings.storage_path)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(409))

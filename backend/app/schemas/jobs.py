@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.schemas.common import ResourcesOut
+from compute.dispatch_policy import usage_by_stage
 from compute.job_spec import MICRO
 from compute.models import Job
 
@@ -49,6 +50,7 @@ class JobOut(BaseModel):
     placement: list[dict[str, Any]] | None
     attempts: int
     usage: dict[str, Any] | None
+    usage_by_stage: dict[str, dict[str, float]]  # split: the trainer's and loaders' totals
     has_artifact: bool
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -77,6 +79,7 @@ def job_out(job: Job) -> JobOut:
         placement=job.placement,
         attempts=job.attempts,
         usage=job.usage,
+        usage_by_stage=usage_by_stage(job.usage),
         has_artifact=bool(job.artifact_path),
         created_at=job.created_at,
         updated_at=job.updated_at,

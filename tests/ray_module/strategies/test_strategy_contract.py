@@ -41,7 +41,8 @@ class Case:
     data: DataRequest
     knobs: dict
     length_key: str
-    worker_class: str  # the Ray actor class of its workers
+    worker_class: str  # the Ray actor class of its workers (the one killed on node 2)
+    workers: tuple[WorkerPlan, ...] | None = None  # None: one worker on each node
 
 
 CASES = {
@@ -66,6 +67,15 @@ CASES = {
         "steps",
         "ESWorker",
     ),
+    "split": Case(
+        ModelRequest("classifier", "mlp"),
+        DataRequest("builtin", "digits", max_samples=400),
+        {"batch_size": 32, "checkpoint_interval": 1, "augment": True},
+        "max_steps",
+        "BatchLoader",
+        # The trainer on node 1, the data stage on node 2.
+        (WorkerPlan(1, 0, 1.0, 0.5), WorkerPlan(2, 0, 1.0, 0.5, role="loader")),
+    ),
 }
 TWO_NODES = (WorkerPlan(1, 0, 1.0, 0.5), WorkerPlan(2, 0, 1.0, 0.5))
 job_ids = itertools.count(9000)  # runner names are per job id and outlive a test
@@ -83,7 +93,7 @@ def config(name: str, length: int, storage: Path, job_id: int | None = None) -> 
         model=case.model,
         data=case.data,
         training={**case.knobs, case.length_key: length},
-        workers=TWO_NODES,
+        workers=case.workers or TWO_NODES,
         storage_path=str(storage),
     )
 

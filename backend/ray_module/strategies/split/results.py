@@ -112,8 +112,14 @@ class ResultWriter:
         self.parquet.write_table(table.cast(self.schema))
 
     def close(self, extra: dict[str, Any]) -> dict[str, Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         self.jsonl.close()
-        if self.parquet is not None:
+        if self.parquet is None:  # no row kept: an empty table, so both formats exist
+            empty = pa.table({"id": pa.array([], pa.int64())})
+            pq.write_table(empty, self.directory / PARQUET_FILE)
+        else:
             self.parquet.close()
         jsonl_bytes = (self.directory / JSONL_FILE).stat().st_size
         parquet = self.directory / PARQUET_FILE
