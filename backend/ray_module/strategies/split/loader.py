@@ -142,15 +142,15 @@ class BatchLoader(DeferredStart):
 
 
 def augment_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random affine shifts (up to a tenth of the side), rotations (up to 12 degrees) and
+    """Random affine shifts (up to a sixteenth of the side), rotations (up to 8 degrees) and
     Gaussian noise, per image: the CPU work that makes a data stage worth its own node."""
     from scipy import ndimage
 
     out = np.empty_like(images)
     height, width = images.shape[-2:]
     for i, image in enumerate(images):
-        angle = np.deg2rad(rng.uniform(-12, 12))
-        shift = rng.uniform(-0.1, 0.1, size=2) * (height, width)
+        angle = np.deg2rad(rng.uniform(-8, 8))
+        shift = rng.uniform(-0.0625, 0.0625, size=2) * (height, width)
         cos, sin = np.cos(angle), np.sin(angle)
         matrix = np.array([[cos, -sin], [sin, cos]])
         centre = np.array([(height - 1) / 2, (width - 1) / 2])
@@ -159,5 +159,5 @@ def augment_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             out[i, channel] = ndimage.affine_transform(
                 image[channel], matrix, offset=offset, order=1, mode="constant"
             )
-    out += rng.normal(0.0, 0.03, size=out.shape).astype(out.dtype)
+    out += rng.normal(0.0, 0.02, size=out.shape).astype(out.dtype)
     return np.clip(out, 0.0, 1.0)

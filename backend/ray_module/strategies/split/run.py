@@ -6,10 +6,11 @@ from the checkpoint on live nodes."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from typing import Any
 
-from ray_module.contract import RunConfig, RunContext, WorkerPlan, runner_name
+from ray_module.contract import NAMESPACE, RunConfig, RunContext, WorkerPlan, runner_name
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.resources import node_resource
 from ray_module.strategies.actor_pool import raise_startup_failure
@@ -72,6 +73,12 @@ def run_split(config: RunConfig, context: RunContext) -> None:
             ray.kill(loader, no_restart=True)
 
 
+def part_name(config: RunConfig, part: str) -> str:
+    """``distlm-job-7-a1-loader-<unique>``: which job, attempt and part an actor is, in Ray's
+    own records (unique: a name is only freed some time after its actor is killed)."""
+    return f"{runner_name(config.job_id)}-a{config.attempt}-{part}-{uuid.uuid4().hex[:8]}"
+
+
 def _cancelled(context: RunContext) -> bool:
     try:
         context.check_cancelled()
@@ -86,6 +93,9 @@ def start_loaders(config: RunConfig, settings: SplitSettings, plans: list[Worker
     actor = ray.remote(BatchLoader)
     return [
         actor.options(
+            # Named per attempt, so Ray's own records say where each part ran.
+            name=f"{part_name(config, 'loader')}-{number}",
+            namespace=NAMESPACE,
             num_cpus=plan.cpu_cores,
             resources={node_resource(plan.node_id): 0.001},
             max_restarts=0,
@@ -99,7 +109,7 @@ def start_loaders(config: RunConfig, settings: SplitSettings, plans: list[Worker
                 seed=settings.seed,
             )
         )
-        for plan in plans
+        for number, plan in enumerate(plans)
     ]
 
 
@@ -155,6 +165,8 @@ def start_worker(
     return (
         ray.remote(SplitWorker)
         .options(
+            name=part_name(config, config.task),
+            namespace=NAMESPACE,
             num_cpus=trainer.cpu_cores,
             num_gpus=trainer.gpu,
             resources={node_resource(trainer.node_id): 0.001},

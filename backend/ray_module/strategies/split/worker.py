@@ -262,6 +262,13 @@ class SplitWorker:
             extra.save_pretrained(staging)
         replace_directory(staging, directory)
 
+    def _tensor(self, array: np.ndarray) -> Any:
+        """A batch array on the device. Arrays from the object store are read-only: torch
+        wants its own copy of those."""
+        import torch
+
+        return torch.from_numpy(np.require(array, requirements="W")).to(self.device)
+
     def _train_step(self, model: Any, optimizer: Any, batch: dict) -> float:
         loss = self._loss(model, batch)
         optimizer.zero_grad()
@@ -273,15 +280,15 @@ class SplitWorker:
         import torch
 
         if self.config.model_type == LABELLED:
-            features = torch.from_numpy(batch["features"]).to(self.device)
-            labels = torch.from_numpy(batch["labels"]).to(self.device)
+            features = self._tensor(batch["features"])
+            labels = self._tensor(batch["labels"])
             return torch.nn.functional.cross_entropy(model(features), labels, reduction=reduction)
-        ids = torch.from_numpy(batch["input_ids"]).to(self.device)
-        mask = torch.from_numpy(batch["attention_mask"]).to(self.device)
+        ids = self._tensor(batch["input_ids"])
+        mask = self._tensor(batch["attention_mask"])
         if self.config.model_type == TEXT:
             labels = ids.masked_fill(mask == 0, -100)
         else:
-            labels = torch.from_numpy(batch["labels"]).to(self.device)
+            labels = self._tensor(batch["labels"])
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
     def _score(self, model: Any, ids: np.ndarray, part: str) -> dict[str, Any]:
@@ -302,9 +309,9 @@ class SplitWorker:
         with torch.no_grad():
             for _key, batch in self.stream([(part, 0, i) for i in range(plan.batches)]):
                 if config.model_type == LABELLED:
-                    features = torch.from_numpy(batch["features"]).to(self.device)
+                    features = self._tensor(batch["features"])
                     logits = model(features)
-                    labels = torch.from_numpy(batch["labels"]).to(self.device)
+                    labels = self._tensor(batch["labels"])
                     losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
                     score.add(losses.cpu().numpy(), logits.argmax(1).cpu().numpy(), batch["labels"])
                 elif config.model_type == TEXT:
@@ -320,7 +327,7 @@ class SplitWorker:
     def _classify(self, model: Any, batch: dict, names: list[str]) -> list[dict[str, Any]]:
         import torch
 
-        features = torch.from_numpy(batch["features"]).to(self.device)
+        features = self._tensor(batch["features"])
         probabilities = torch.softmax(model(features).float(), dim=1).cpu().numpy()
         threshold = self.config.inference.confidence_threshold
         return [

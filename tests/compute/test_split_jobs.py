@@ -1,0 +1,305 @@
+"""Strategy split through the API on the session's multi-node Ray cluster: the data stage on
+one owner's CPU node, the trainer on another owner's GPU node; validate and infer jobs on
+the trained model; a slow trainer; a loader node that dies mid-epoch."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from auth.models import Role
+from ray_module.strategies.split.samples import split_ids
+from ray_module.strategies.split.worker import ids_digest
+from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
+from tests.polling import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+DIGITS = 1797  # rows of the built-in digits dataset
+
+SPLIT_DIGITS = {
+    "name": "digits, split",
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+    "training_config": {
+        "strategy": "split",
+        "epochs": 12,
+        "batch_size": 32,
+        "augment": True,
+        "loader": {"cpu_cores": 1, "memory": 1},
+    },
+    "requirements": {"gpu": 1, "cpu_cores": 1, "memory": 1},
+    "max_runtime_s": 900,
+}
+
+
+def run_job(client: TestClient, headers: dict, body: dict) -> dict:
+    response = client.post("/jobs/submit", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    done = wait_for(
+        lambda: finished(client, headers, job_id),
+        timeout_s=600,
+        what=lambda: job_state(client, headers, job_id),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    return done
+
+
+def series(client: TestClient, headers: dict, job_id: int) -> list[dict]:
+    body = client.get(f"/metrics/training/{job_id}?limit=5000", headers=headers).json()
+    return body["series"]
+
+
+def last_value(points: list[dict], key: str) -> object:
+    return [p["values"][key] for p in points if key in p["values"]][-1]
+
+
+def actors_of(job_id: int) -> list:
+    """Ray's own records of the job's actors (alive or dead)."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address
+    prefix = f"distlm-job-{job_id}-"
+    return [a for a in list_actors(address=address, limit=10_000) if a.name.startswith(prefix)]
+
+
+def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_model(
+    ray_client: TestClient, ray_cluster, make_account
+) -> None:
+    client, (cluster, ray_nodes) = ray_client, ray_cluster
+    cpu_owner = make_account("carla", Role.NODE_OWNER)
+    gpu_owner = make_account("gustav", Role.NODE_OWNER)
+    user, other = make_account("alice"), make_account("bob")
+    ops = make_account("ops", Role.ADMIN)
+    for number in (1, 2):
+        register_node(client, cpu_owner.headers, f"cpu-{number}", CPU_NODE)
+    gpu_ray_node = add_ray_node(cluster, 3, num_cpus=2, num_gpus=1)
+    try:
+        gpu_node = register_node(
+            client, gpu_owner.headers, "gpu-box", {"gpu": 1, "cpu_cores": 2, "memory": 4}
+        )
+        assert gpu_node["id"] == 3
+        wait_for(
+            lambda: all(
+                client.get(f"/nodes/{n}", headers=ops.headers)
+                .json()["status"] == "online"
+                for n in (1, 2, 3)
+            ),
+            what="nodes online via Ray",
+        )  # fmt: skip
+
+        estimate = client.post("/tokens/estimate", headers=user.headers, json=SPLIT_DIGITS)
+        trainer_only = client.post(
+            "/tokens/estimate",
+            headers=user.headers,
+            json={"requirements": SPLIT_DIGITS["requirements"], "max_runtime_s": 900},
+        )
+        assert estimate.json()["total"] > trainer_only.json()["total"]  # the loaders are priced
+
+        trained = run_job(client, user.headers, SPLIT_DIGITS)
+        job_id = trained["id"]
+        roles = {(p["role"], p["node_id"]) for p in trained["placement"] or []} or None
+        points = series(client, user.headers, job_id)
+        accuracy = last_value(points, "validation_accuracy")
+        assert accuracy >= 0.90, accuracy
+
+        # Where Ray says the parts ran: the loader on the CPU node, the trainer on the GPU one.
+        ran = {a.name.split("-")[4]: a.node_id for a in actors_of(job_id)}
+        assert ran["loader"] == ray_nodes[1].node_id, (ran, roles)
+        assert ran["train"] == gpu_ray_node.node_id
+        # Each owner was paid for its own stage.
+        stages = trained["usage_by_stage"]
+        assert stages["loader"]["cpu_core_seconds"] > 0 and stages["trainer"]["gpu_seconds"] > 0
+        assert set(trained["usage"]["1"]["stages"]) == {"loader"}
+        assert set(trained["usage"]["3"]["stages"]) == {"trainer"}
+        for owner in (cpu_owner, gpu_owner):
+            assert client.get("/tokens/balance/me", headers=owner.headers).json()["earned"] > 0
+        flow = [p["values"] for p in points if "data_wait_fraction" in p["values"]]
+        assert flow and all(0 <= f["data_wait_fraction"] <= 1 for f in flow)
+        assert all(f["batches_in_flight"] <= 8 for f in flow)
+
+        # validate on the trained model's held-out split: the accuracy it ended training with.
+        validate = {
+            "model_config": {"type": "classifier", "model_name": f"job:{job_id}"},
+            "data_config": {
+                "data_source": "builtin",
+                "dataset_name": "digits",
+                "split": "validation",
+            },
+            "task": "validate",
+            "training_config": {"loader": {"cpu_cores": 1, "memory": 1}},
+            "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+        }  # fmt: skip
+        validated = run_job(client, user.headers, validate)
+        scores = client.get(f"/jobs/{validated['id']}/results", headers=user.headers).json()
+        assert scores["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        assert scores["samples"] == len(split_ids(DIGITS, 0.1, 0)[1])
+        assert len(scores["confusion_matrix"]) == 10
+        assert sum(map(sum, scores["confusion_matrix"])) == scores["samples"]
+        assert set(scores["per_class"]["3"]) == {"precision", "recall", "support"}
+        validated_points = series(client, user.headers, validated["id"])
+        assert last_value(validated_points, "accuracy") == scores["accuracy"]
+
+        # infer: top 3 labels, rows under 0.8 left out and counted.
+        infer = {
+            **validate,
+            "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+            "task": "infer",
+            "inference_config": {"top_k": 3, "confidence_threshold": 0.8},
+        }
+        inferred = run_job(client, user.headers, infer)
+        summary = client.get(f"/jobs/{inferred['id']}/results/summary", headers=user.headers)
+        summary = summary.json()
+        assert summary["total_samples"] == DIGITS
+        assert summary["kept"] + summary["filtered_out"] == DIGITS and summary["kept"] > 0
+        lines = client.get(f"/jobs/{inferred['id']}/results", headers=user.headers)
+        assert lines.headers["content-type"].startswith("application/x-ndjson")
+        rows = [json.loads(line) for line in lines.text.splitlines()]
+        assert len(rows) == summary["kept"]
+        assert all(r["probability"] >= 0.8 and len(r["top_k"]) == 3 for r in rows)
+        assert all("probabilities" not in r for r in rows)
+        assert all(r["top_k"][0]["probability"] >= r["top_k"][1]["probability"] for r in rows)
+        infer_points = series(client, user.headers, inferred["id"])
+        estimated = next(p["values"] for p in infer_points if p["step"] == 0)
+        assert estimated["estimated_memory_mb"] == pytest.approx(
+            summary["result_memory_mb"], rel=0.25
+        )
+        assert (
+            estimated["estimated_memory_mb_predictions_only"]
+            < estimated["estimated_memory_mb_top_k"]
+            < estimated["estimated_memory_mb_full_probabilities"]
+        )
+        parquet = client.get(f"/jobs/{inferred['id']}/results?format=parquet", headers=user.headers)
+        assert pq.read_table(io.BytesIO(parquet.content)).num_rows == summary["kept"]
+        for path in ("results", "results/summary"):
+            assert (
+                client.get(f"/jobs/{inferred['id']}/{path}", headers=other.headers).status_code
+                == 404
+            )
+        assert client.get(f"/jobs/{job_id}/results", headers=user.headers).status_code == 409
+
+        full = run_job(
+            client,
+            user.headers,
+            {**infer, "inference_config": {"top_k": 1, "return_full_probabilities": True}},
+        )
+        full_rows = client.get(f"/jobs/{full['id']}/results", headers=user.headers).text
+        vectors = [json.loads(line)["probabilities"] for line in full_rows.splitlines()]
+        assert len(vectors) == DIGITS
+        assert all(len(v) == 10 and math.isclose(sum(v), 1.0, abs_tol=1e-4) for v in vectors)
+    finally:
+        cluster.remove_node(gpu_ray_node)
+
+
+def test_a_slow_trainer_bounds_batches_in_flight_and_sees_each_sample_once(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        **SPLIT_DIGITS,
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
+        "training_config": {
+            "strategy": "split",
+            "epochs": 2,
+            "batch_size": 32,
+            "max_in_flight_batches": 3,
+            "prefetch_batches": 1,
+            "step_delay_s": 0.05,
+            "loader": {"cpu_cores": 1, "memory": 1},
+        },
+        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+    }
+    done = run_job(client, user.headers, body)
+    points = series(client, user.headers, done["id"])
+    flow = [p["values"] for p in points if "batches_in_flight" in p["values"]]
+    assert flow and max(f["batches_in_flight"] for f in flow) <= 3
+    batch_mb = 32 * (64 * 4 + 8 + 8) / 2**20  # features, label and id of 32 samples
+    assert max(f["in_flight_mb"] for f in flow) <= 3 * batch_mb * 1.01
+    # A slow trainer is the limit, and the status reason said so while it ran.
+    assert flow[-1]["data_wait_fraction"] < 0.5
+    train_ids = split_ids(400, 0.1, 0)[0]
+    epochs = [p["values"] for p in points if "epoch_samples" in p["values"]]
+    assert len(epochs) == 2
+    for epoch in epochs:
+        assert epoch["epoch_samples"] == epoch["epoch_unique_samples"] == len(train_ids)
+        assert epoch["epoch_ids_sha256"] == ids_digest(train_ids)
+
+
+def test_validate_reports_perplexity_for_a_causal_lm(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        "model_config": {"type": "simple_transformer", "model_name": "tiny-gpt2"},
+        "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 60},
+        "task": "validate",
+        "training_config": {"seq_len": 32},
+        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+    }  # fmt: skip
+    done = run_job(client, user.headers, body)
+    assert done["strategy"] == "split"  # the one strategy that validates
+    scores = client.get(f"/jobs/{done['id']}/results", headers=user.headers).json()
+    assert scores["samples"] == 60 and scores["tokens"] > 60
+    assert scores["perplexity"] == pytest.approx(math.exp(scores["loss"]))
+    assert 1 < scores["perplexity"] < 1e6
+
+
+def test_a_loader_node_dying_mid_epoch_resumes_from_the_checkpoint_and_completes(
+    ray_client: TestClient, ray_cluster, two_nodes, make_account
+) -> None:
+    client, (cluster, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
+    user = make_account("alice")
+    spare = add_ray_node(cluster, 3)
+    register_node(client, owner.headers, "spare", CPU_NODE)
+    body = {
+        **SPLIT_DIGITS,
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 640},
+        "training_config": {
+            "strategy": "split",
+            "epochs": 2,
+            "batch_size": 16,
+            "checkpoint_interval": 5,
+            "step_delay_s": 0.05,
+            "loader": {"cpu_cores": 1, "memory": 1},
+        },
+        # The trainer fills node 1, so the loader goes to node 2.
+        "requirements": {"gpu": 0, "cpu_cores": 2, "memory": 1},
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    running = wait_for(
+        lambda: (
+            (j := job_state(client, user.headers, job["id"]))["usage"] and "2" in j["usage"] and j
+        ),
+        what="the loader on node 2 to be credited for a checkpoint's batches",
+    )
+    assert {(p["role"], p["node_id"]) for p in running["placement"]} == {
+        ("worker", 1),
+        ("loader", 2),
+    }
+    cluster.remove_node(ray_nodes[2])  # the loader's machine dies mid-epoch
+    try:
+        done = wait_for(
+            lambda: finished(client, user.headers, job["id"]),
+            timeout_s=600,
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert done["attempts"] == 2
+        points = series(client, user.headers, job["id"])
+        steps = [p["step"] for p in points if "loss" in p["values"]]
+        per_epoch = math.ceil(len(split_ids(640, 0.1, 0)[0]) / 16)
+        assert set(steps) == set(range(1, 2 * per_epoch + 1))
+        assert steps.count(1) == 1  # the second attempt resumed, it did not start over
+        assert "3" in done["usage"]  # the spare node took over the data stage
+    finally:
+        cluster.remove_node(spare)
+        ray_nodes[2] = add_ray_node(cluster, 2)
