@@ -101,8 +101,7 @@ def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
 
 def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
     """First-fit every worker of the job into the nodes (packing workers together), then its
-    extra parts (CPU-only parts prefer CPU-only nodes, so a GPU node keeps its cores for the
-    part that needs its GPU)."""
+    extra parts, on other nodes than the workers' where there is room."""
     gpu, cpu, memory = worker_share(job)
     shapes = [WorkerSlot(0, gpu, cpu, memory)] * worker_count(job) + [
         WorkerSlot(0, part.gpu, part.cpu_cores, part.memory_gb, part.role)
@@ -112,7 +111,17 @@ def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot,
     free = {n.node_id: n for n in nodes}
     slots: list[WorkerSlot] = []
     for shape in shapes:
-        candidates = sorted(free.values(), key=lambda n: _node_order(n, shape.gpu > 0))
+        workers_on = {slot.node_id for slot in slots if slot.role == "worker"}
+
+        def order(
+            node: NodeCapacity, shape: WorkerSlot = shape, workers_on: set[int] = workers_on
+        ) -> tuple:
+            # An extra part goes beside the workers only when no other node has room: the
+            # data stage on its own node leaves the trainer's cores to the trainer.
+            beside = shape.role != "worker" and node.node_id in workers_on
+            return (beside, *_node_order(node, shape.gpu > 0))
+
+        candidates = sorted(free.values(), key=order)
         chosen = next(
             (n for n in candidates if _fits(n, shape.gpu, shape.cpu_cores, shape.memory_gb)),
             None,

@@ -281,6 +281,69 @@ def test_what_no_registered_strategy_can_run_is_refused_at_submit(
     assert client.get("/tokens/balance/me", headers=user.headers).json() == before
 
 
+SPLIT_MLP = {**MLP_DIGITS, "training_config": {"strategy": "split"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (
+            {**SPLIT_MLP, "training_config": {"strategy": "split", "loader": {"cpu": 2}}},
+            "training_config.loader",
+            "unknown split loader setting 'cpu'",
+        ),
+        ({**MLP_DIGITS, "task": "infer"} | {"training_config": {"strategy": "fedavg"}}, "task",
+         "strategy 'fedavg' cannot run task 'infer'"),
+        ({**SPLIT_MLP, "inference_config": {"top_k": 3}}, "body",
+         "inference_config is for jobs with task 'infer'"),
+        ({**SPLIT_MLP, "task": "infer", "inference_config": {"top_k": 0}},
+         "inference_config.top_k", "greater than or equal to 1"),
+        ({**SPLIT_MLP, "data_config": {**MLP_DIGITS["data_config"], "split": "test"}},
+         "data_config.split", "must be one of all, train, validation"),
+        ({**SPLIT_MLP, "model_config": {"type": "text_to_text", "model_name": "tiny-t5"},
+          "data_config": {"data_source": "builtin", "dataset_name": "synthetic-t2t"}},
+         "training_config.strategy", "train text_to_text models with fedavg"),
+    ],
+)  # fmt: skip
+def test_split_jobs_with_bad_tasks_or_knobs_are_refused_at_submit(
+    client: TestClient, user: Account, db: Session, body: dict, field: str, words: str
+) -> None:
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == field, response.json()
+    assert words in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_a_split_job_holds_for_its_trainer_and_its_loaders(
+    client: TestClient, user: Account
+) -> None:
+    def hold(loader: dict) -> float:
+        body = {
+            **SPLIT_MLP,
+            "training_config": {"strategy": "split", "loader": loader},
+            "requirements": {"gpu": 1, "cpu_cores": 1, "memory": 1},
+            "max_runtime_s": 3600,
+        }
+        return client.post("/tokens/estimate", headers=user.headers, json=body).json()["total"]
+
+    one, three = (
+        hold({"cpu_cores": 1, "memory": 1}),
+        hold({"cpu_cores": 1, "memory": 1, "nodes": 3}),
+    )
+    # An hour of 1 GPU + 1 core + 1 GB, plus an hour of each loader's core and GB.
+    assert one == pytest.approx(10 + 1 + 0.1 + 1 + 0.1)
+    assert three - one == pytest.approx(2 * (1 + 0.1))
+    job = client.post(
+        "/jobs/submit", headers=user.headers,
+        json={**SPLIT_MLP, "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+              "max_runtime_s": 3600},
+    )  # fmt: skip
+    assert job.status_code == 201, job.text
+    held = client.get("/tokens/balance/me", headers=user.headers).json()["held"]
+    assert held == pytest.approx(1 + 0.1 + 1 + 1 * 0.1)  # trainer and the default loader
+
+
 def test_a_flood_of_unknown_knobs_is_refused_not_stored(
     client: TestClient, user: Account, db: Session
 ) -> None:
