@@ -303,3 +303,44 @@ def test_a_loader_node_dying_mid_epoch_resumes_from_the_checkpoint_and_completes
     finally:
         cluster.remove_node(spare)
         ray_nodes[2] = add_ray_node(cluster, 2)
+
+
+def test_text_models_validate_with_exact_match_and_generate_in_infer_jobs(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    small = {"gpu": 0, "cpu_cores": 1, "memory": 1}
+    validated = run_job(
+        client,
+        user.headers,
+        {
+            "model_config": {"type": "text_to_text", "model_name": "tiny-t5"},
+            "data_config": {"data_source": "builtin", "dataset_name": "synthetic-t2t",
+                            "max_samples": 24},
+            "task": "validate",
+            "inference_config": {"batch_size": 8, "max_new_tokens": 8},
+            "requirements": small,
+        },
+    )  # fmt: skip
+    scores = client.get(f"/jobs/{validated['id']}/results", headers=user.headers).json()
+    assert scores["samples"] == 24 and 0 <= scores["exact_match"] <= 1
+    assert scores["perplexity"] == pytest.approx(math.exp(scores["loss"]))
+
+    inferred = run_job(
+        client,
+        user.headers,
+        {
+            "model_config": {"type": "simple_transformer", "model_name": "tiny-gpt2"},
+            "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text",
+                            "max_samples": 6},
+            "task": "infer",
+            "inference_config": {"max_new_tokens": 5, "num_beams": 2},
+            "training_config": {"seq_len": 16},
+            "requirements": small,
+        },
+    )  # fmt: skip
+    lines = client.get(f"/jobs/{inferred['id']}/results", headers=user.headers).text
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert [r["id"] for r in rows] == list(range(6))
+    assert all(r["input"] and isinstance(r["output"], str) for r in rows)
