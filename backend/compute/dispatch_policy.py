@@ -77,7 +77,8 @@ def decide(
         if not isinstance(event, StatusEvent):
             continue
         if event.state is RunState.SUCCEEDED:
-            return Decision(tuple(kept), JobStatus.SUCCEEDED, "succeeded: training finished")
+            done = event.reason or "training finished"
+            return Decision(tuple(kept), JobStatus.SUCCEEDED, f"succeeded: {done}")
         if event.state is RunState.CANCELLED:
             return Decision(tuple(kept), JobStatus.CANCELLED, "cancelled while running")
         if event.state is RunState.FAILED:

@@ -80,6 +80,8 @@ def _results_dir(
 
 
 def _existing(path: Path, job_id: int) -> Path:
-    if not path.is_file():
+    """The file, if it is one inside its results directory (a link out is refused)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(path.parent.resolve()) or not resolved.is_file():
         raise NotFoundError(f"the results of job {job_id} are no longer stored")
-    return path
+    return resolved

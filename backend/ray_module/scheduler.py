@@ -111,14 +111,13 @@ def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot,
     free = {n.node_id: n for n in nodes}
     slots: list[WorkerSlot] = []
     for shape in shapes:
-        workers_on = {slot.node_id for slot in slots if slot.role == "worker"}
+        taken = {slot.node_id for slot in slots}
 
-        def order(
-            node: NodeCapacity, shape: WorkerSlot = shape, workers_on: set[int] = workers_on
-        ) -> tuple:
-            # An extra part goes beside the workers only when no other node has room: the
-            # data stage on its own node leaves the trainer's cores to the trainer.
-            beside = shape.role != "worker" and node.node_id in workers_on
+        def order(node: NodeCapacity, shape: WorkerSlot = shape, taken: set[int] = taken) -> tuple:
+            # An extra part goes where none of the job's parts is yet, while there is room:
+            # the data stage on nodes of its own leaves the trainer's cores to the trainer,
+            # and spreads the loaders over as many machines as are free.
+            beside = shape.role != "worker" and node.node_id in taken
             return (beside, *_node_order(node, shape.gpu > 0))
 
         candidates = sorted(free.values(), key=order)

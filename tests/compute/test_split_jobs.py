@@ -7,12 +7,15 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
+from ray_module.data.examples import digits
 from ray_module.strategies.split.samples import split_ids
 from ray_module.strategies.split.worker import ids_digest
 from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
@@ -194,6 +197,22 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         vectors = [json.loads(line)["probabilities"] for line in full_rows.splitlines()]
         assert len(vectors) == DIGITS
         assert all(len(v) == 10 and math.isclose(sum(v), 1.0, abs_tol=1e-4) for v in vectors)
+
+        # Features alone (a .npy under the data root): labelled with the model's own classes.
+        data_root = Path(client.app.state.settings.data_root)
+        data_root.mkdir(parents=True, exist_ok=True)
+        np.save(data_root / "unlabelled.npy", digits().features[:50])
+        unlabelled = run_job(
+            client,
+            user.headers,
+            {**infer, "data_config": {"data_source": "local", "dataset_name": "mine",
+                                      "path": "unlabelled.npy"}, "inference_config": {}},
+        )  # fmt: skip
+        text = client.get(f"/jobs/{unlabelled['id']}/results", headers=user.headers).text
+        rows = [json.loads(line) for line in text.splitlines()]
+        assert [r["id"] for r in rows] == list(range(50))
+        truth = digits().labels
+        assert sum(r["label"] == str(truth[r["id"]]) for r in rows) >= 40
     finally:
         cluster.remove_node(gpu_ray_node)
 

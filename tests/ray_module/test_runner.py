@@ -47,13 +47,13 @@ def test_events_are_numbered_and_read_from_a_cursor() -> None:
 
 
 def test_an_unknown_strategy_fails_the_run_without_retry() -> None:
-    runner = JobRunner(config("split"))
+    runner = JobRunner(config("pipe"))
     runner.start()
     wait_for(lambda: runner.state() is RunState.FAILED, timeout_s=10, what="the run to fail")
     status = [e.event for e in runner.events(0) if isinstance(e.event, StatusEvent)]
     assert [s.state for s in status] == [RunState.RUNNING, RunState.FAILED]
     assert status[-1].retryable is False
-    assert "unknown strategy 'split'" in status[-1].reason
+    assert "unknown strategy 'pipe'" in status[-1].reason
 
 
 def test_run_errors_survive_pickling_as_their_own_class() -> None:

@@ -127,23 +127,9 @@ def labelled_from_arrays(path: Path, label_column: str) -> LabelledData:
     (``label``/``labels``/``y``, or ``target_column``); ``.npy`` is features alone (every label
     0, for inference)."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        features, labels = _numpy_arrays(path, label_column)
+    except (ValueError, OSError) as error:  # object arrays (would need pickle), bad files
         raise DataError(f"cannot read {path.name} as NumPy data: {error}") from error
-    if isinstance(loaded, np.ndarray):
-        features, labels = loaded, np.zeros(len(loaded), dtype=np.int64)
-    else:
-        with loaded:
-            names = set(loaded.files)
-            feature_name = next((n for n in FEATURE_ARRAY_NAMES if n in names), None)
-            label_name = next((n for n in (label_column, "labels", "y") if n in names), None)
-            if feature_name is None or label_name is None:
-                raise DataError(
-                    f"{path.name} must hold a features array "
-                    f"({', '.join(FEATURE_ARRAY_NAMES)}) and a labels array "
-                    f"({label_column!r}, 'labels' or 'y'); it has {sorted(names)}"
-                )
-            features, labels = loaded[feature_name], loaded[label_name]
     if not np.issubdtype(features.dtype, np.number) or features.ndim < 2:
         raise DataError(f"{path.name}: features must be a numeric array of shape [n, ...]")
     if len(labels) != len(features):
@@ -153,6 +139,22 @@ def labelled_from_arrays(path: Path, label_column: str) -> LabelledData:
         raise DataError("the features hold NaN or infinite values")
     encoded, class_names = _encode_labels(labels.tolist())
     return LabelledData(features, encoded, len(class_names), class_names)
+
+
+def _numpy_arrays(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded, np.zeros(len(loaded), dtype=np.int64)
+    with loaded:
+        names = set(loaded.files)
+        feature_name = next((n for n in FEATURE_ARRAY_NAMES if n in names), None)
+        label_name = next((n for n in (label_column, "labels", "y") if n in names), None)
+        if feature_name is None or label_name is None:
+            raise DataError(
+                f"{path.name} must hold a features array ({', '.join(FEATURE_ARRAY_NAMES)}) "
+                f"and a labels array ({label_column!r}, 'labels' or 'y'); it has {sorted(names)}"
+            )
+        return loaded[feature_name], loaded[label_name]
 
 
 def labelled_from_records(records: list[dict[str, Any]], label_column: str) -> LabelledData:

@@ -13,6 +13,7 @@ answer 422 instead of leaking a library traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,32 @@ def load_causal_lm(
     if directory is not None:
         return _load_local(directory, request)
     return _load_from_hub(name, request)
+
+
+def load_causal_lm_tokenizer(
+    request: ModelRequest, *, local_root: Path | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model ``request`` names, without its weights (a split job's CPU
+    loaders tokenise; only the trainer needs the model)."""
+    name = request.model_name.strip()
+    if name == "tiny-gpt2":
+        tokenizer = build_byte_tokenizer()
+        sizes = {**TINY_GPT2_DEFAULTS, **preset_overrides(request, ALLOWED_OVERRIDES)}
+        tokenizer.model_max_length = sizes["n_positions"]
+        return tokenizer
+    if name in OTHER_TYPE_PRESETS or not name:
+        return load_causal_lm(request, local_root=local_root)[1]  # its error, as usual
+    directory = local_model_directory(name, local_root)
+    if directory is None:
+        require_hub_id(name, "model_name", ModelError)
+    source = str(directory) if directory is not None else name
+    place = contextlib.nullcontext() if directory is not None else away_from_local_disk()
+    try:
+        with place:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # network, missing repo, offline mode, bad files
+        raise ModelError(f"could not load the tokenizer of {name!r}: {error}") from error
+    return _with_padding(tokenizer)
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:

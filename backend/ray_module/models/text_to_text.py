@@ -68,6 +68,33 @@ def load_text_to_text(
     return model, tokenizer
 
 
+def load_text_to_text_tokenizer(
+    request: ModelRequest, *, local_root: Path | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model ``request`` names, without its weights."""
+    name = request.model_name.strip()
+    if name in PRESETS:
+        preset_overrides(request, ALLOWED_OVERRIDES)
+        return _preset_tokenizer()
+    directory = local_model_directory(name, local_root)
+    if directory is None:
+        require_hub_id(name, "model_name", ModelError)
+    source = str(directory) if directory is not None else name
+    place = contextlib.nullcontext() if directory is not None else away_from_local_disk()
+    try:
+        with place:
+            return AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # network, missing repo, offline mode, bad files
+        raise ModelError(f"could not load the tokenizer of {name!r}: {error}") from error
+
+
+def _preset_tokenizer() -> PreTrainedTokenizerBase:
+    tokenizer = build_byte_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.model_max_length = MAX_POSITIONS
+    return tokenizer
+
+
 def _build_preset(
     name: str, overrides: dict[str, Any], seed: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -76,9 +103,7 @@ def _build_preset(
     sizes = {**TINY_SIZES, **overrides}
     if sizes["d_model"] % sizes["heads"]:
         raise ModelError(f"d_model ({sizes['d_model']}) must be divisible by heads")
-    tokenizer = build_byte_tokenizer()
-    tokenizer.add_special_tokens({"pad_token": PAD})
-    tokenizer.model_max_length = MAX_POSITIONS
+    tokenizer = _preset_tokenizer()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     torch.manual_seed(seed)
     if name == "tiny-t5":

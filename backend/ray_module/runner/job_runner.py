@@ -19,6 +19,12 @@ from ray_module.strategies.registry import get_strategy
 
 log = logging.getLogger(__name__)
 
+FINISHED = {
+    "train": "training finished",
+    "validate": "validation finished",
+    "infer": "inference finished",
+}
+
 
 class JobRunner:
     def __init__(self, config: RunConfig) -> None:
@@ -53,7 +59,7 @@ class JobRunner:
             retryable = is_retryable(error)
             self._finish(StatusEvent(RunState.FAILED, describe(error), retryable=retryable))
             return
-        self._finish(StatusEvent(RunState.SUCCEEDED, "training finished"))
+        self._finish(StatusEvent(RunState.SUCCEEDED, FINISHED.get(self.config.task, "finished")))
 
     def _finish(self, status: StatusEvent) -> None:
         self._state = status.state

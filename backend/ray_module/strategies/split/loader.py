@@ -64,17 +64,17 @@ class BatchLoader(DeferredStart):
             )
         elif config.model_type == TEXT:
             from ray_module.data.texts import load_texts
-            from ray_module.models.causal_lm import load_causal_lm
+            from ray_module.models.causal_lm import load_causal_lm_tokenizer
 
             self.texts = load_texts(config.data)
-            self.tokenizer = load_causal_lm(config.model, local_root=root)[1]
+            self.tokenizer = load_causal_lm_tokenizer(config.model, local_root=root)
             self.shape = DataShape(len(self.texts))
         elif config.model_type == PAIRS:
             from ray_module.data.examples import load_pairs
-            from ray_module.models.text_to_text import load_text_to_text
+            from ray_module.models.text_to_text import load_text_to_text_tokenizer
 
             self.pairs = load_pairs(config.data, config.data.text_column, config.data.target_column)
-            self.tokenizer = load_text_to_text(config.model, local_root=root)[1]
+            self.tokenizer = load_text_to_text_tokenizer(config.model, local_root=root)
             self.shape = DataShape(len(self.pairs))
         else:
             raise DataError(f"the split pipeline cannot load data for {config.model_type!r}")
@@ -148,6 +148,7 @@ def augment_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     out = np.empty_like(images)
     height, width = images.shape[-2:]
+    low, high = float(images.min()), float(images.max())  # pixels in [0, 1] or [0, 255]
     for i, image in enumerate(images):
         angle = np.deg2rad(rng.uniform(-8, 8))
         shift = rng.uniform(-0.0625, 0.0625, size=2) * (height, width)
@@ -157,7 +158,7 @@ def augment_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         offset = centre - matrix @ centre - shift
         for channel in range(image.shape[0]):
             out[i, channel] = ndimage.affine_transform(
-                image[channel], matrix, offset=offset, order=1, mode="constant"
+                image[channel], matrix, offset=offset, order=1, mode="constant", cval=low
             )
-    out += rng.normal(0.0, 0.02, size=out.shape).astype(out.dtype)
-    return np.clip(out, 0.0, 1.0)
+    out += rng.normal(0.0, 0.02 * (high - low), size=out.shape).astype(out.dtype)
+    return np.clip(out, low, high)

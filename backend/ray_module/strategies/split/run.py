@@ -58,19 +58,20 @@ def run_split(config: RunConfig, context: RunContext) -> None:
         raise StartupError("split needs at least one loader slot in its placement")
     trainer = trainer_plan(config)
     loaders = start_loaders(config, settings, plans)
+    actors = list(loaders)
     try:
         shape = data_shape(loaders)
         context.check_cancelled()
         worker = start_worker(config, settings, shape, trainer, plans)
+        actors.append(worker)
         done = worker.run.remote(loaders)
         while not ray.wait([done], timeout=POLL_S)[0]:
             if _cancelled(context):
-                ray.kill(worker, no_restart=True)
                 context.check_cancelled()
         ray.get(done)
     finally:
-        for loader in loaders:
-            ray.kill(loader, no_restart=True)
+        for actor in actors:  # their slots are free the moment the run ends, however
+            ray.kill(actor, no_restart=True)
 
 
 def part_name(config: RunConfig, part: str) -> str:

@@ -18,7 +18,8 @@ PARTS = ("all", "train", "validation")
 def split_ids(size: int, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train ids, validation ids): a seeded permutation, its last fraction held out."""
     order = np.random.default_rng(seed).permutation(size)
-    held = max(1, round(size * validation_split)) if size > 1 else 0
+    # At least one sample held out and at least one left to train on.
+    held = min(max(1, round(size * validation_split)), size - 1) if size > 1 else 0
     return np.sort(order[: size - held]), np.sort(order[size - held :])
 
 

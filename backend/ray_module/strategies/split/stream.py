@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +74,6 @@ class BatchStream:
         prefetch: int,
         flow: Flow,
         fetch: Callable[[Any], dict] | None = None,
-        prefetch_local: Callable[[list[Any]], None] | None = None,
     ) -> None:
         if not loaders:
             raise LostWorkersError("the data stage has no loaders")
@@ -83,35 +83,41 @@ class BatchStream:
         self.prefetch = prefetch
         self.flow = flow
         self.fetch = fetch or _ray_get
-        self.prefetch_local = prefetch_local or _ray_prefetch
-        self.in_flight_now = 0
 
     def __call__(self, keys: Sequence[Any]) -> Iterator[tuple[Any, dict]]:
-        pending: deque[tuple[Any, Any]] = deque()
+        # Each pending entry: [key, ref, the prefetching future or None].
+        pending: deque[list[Any]] = deque()
         upcoming = iter(keys)
         turn = 0
-        self.in_flight_now = 0
         exhausted = False
-        while True:
-            while not exhausted and len(pending) < self.max_in_flight:
-                key = next(upcoming, None)
-                if key is None:
-                    exhausted = True
-                    break
-                pending.append((key, self.ask(self.loaders[turn % len(self.loaders)], key)))
-                turn += 1
-            if not pending:
-                return
-            self.in_flight_now = len(pending)
-            self.flow.max_in_flight = max(self.flow.max_in_flight, len(pending))
-            if self.prefetch:
-                self.prefetch_local([ref for _, ref in list(pending)[: self.prefetch]])
-            key, ref = pending.popleft()
-            waited = time.perf_counter()
-            batch = self.fetch(ref)
-            self.flow.wait_s += time.perf_counter() - waited
-            self._account(batch, len(pending) + 1)
-            yield key, batch
+        with ThreadPoolExecutor(max_workers=max(1, self.prefetch)) as pool:
+            try:
+                while True:
+                    while not exhausted and len(pending) < self.max_in_flight:
+                        key = next(upcoming, None)
+                        if key is None:
+                            exhausted = True
+                            break
+                        loader = self.loaders[turn % len(self.loaders)]
+                        pending.append([key, self.ask(loader, key), None])
+                        turn += 1
+                    if not pending:
+                        return
+                    self.flow.max_in_flight = max(self.flow.max_in_flight, len(pending))
+                    # The next batches are pulled to this node while the current one trains.
+                    for entry in list(pending)[: self.prefetch]:
+                        if entry[2] is None:
+                            entry[2] = pool.submit(self.fetch, entry[1])
+                    key, ref, future = pending.popleft()
+                    waited = time.perf_counter()
+                    batch = future.result() if future is not None else self.fetch(ref)
+                    self.flow.wait_s += time.perf_counter() - waited
+                    self._account(batch, len(pending) + 1)
+                    yield key, batch
+            finally:
+                for entry in pending:  # an abandoned stream leaves no fetch behind
+                    if entry[2] is not None:
+                        entry[2].cancel()
 
     def _account(self, batch: dict, in_flight: int) -> None:
         node = int(batch["node_id"])
@@ -135,9 +141,3 @@ def _ray_get(ref: Any) -> dict:
         raise  # the loader's own error (bad data): final or not, as it says
     except (RayActorError, ray.exceptions.ObjectLostError) as error:
         raise LostWorkersError(f"a loader was lost: {type(error).__name__}") from error
-
-
-def _ray_prefetch(refs: list[Any]) -> None:
-    import ray
-
-    ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)

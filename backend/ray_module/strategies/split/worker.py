@@ -63,6 +63,9 @@ class SplitWorker:
         self.checkpoint_dir = self.job_dir / CHECKPOINT_DIR
         self.flow = Flow(loader_cores=sum(p.cpu_cores for p in config.loaders))
         self._plans: dict[str, EpochPlan] = {}
+        self._label_map: np.ndarray | None = None
+        self.class_names: list[str] = []
+        self.num_classes = 0
         self._tokenizer_of_model: Any = None
 
     # -- the three tasks ----------------------------------------------------------------
@@ -138,6 +141,9 @@ class SplitWorker:
     def validate(self) -> dict[str, Any]:
         model, _ = self._load_model()
         started = time.monotonic()
+        # Step 0 tells the dispatcher the run has started (an attempt silent for too long
+        # is given up), and the user what will be scored.
+        self._emit(MetricEvent(0, {"samples": len(self.config.task_ids)}))
         scores = self._score(model, self.config.task_ids, "task")
         scores.update(self._flow_figures())
         results.write_json(self.job_dir / results.RESULTS_DIR / results.VALIDATION_FILE, scores)
@@ -153,9 +159,7 @@ class SplitWorker:
         model.eval()
         ids = config.task_ids
         if config.model_type == LABELLED:
-            names = list(config.shape.class_names) or [
-                str(i) for i in range(config.shape.num_classes)
-            ]
+            names = self.class_names
             estimate = results.classifier_estimates(len(ids), names, inference)
         else:
             estimate = results.text_estimates(len(ids), 4.0 * config.settings.seq_len, inference)
@@ -225,16 +229,7 @@ class SplitWorker:
         config = self.config
         root = Path(config.data_root) if config.data_root else None
         if config.model_type == LABELLED:
-            from ray_module.models.classifier import resolve_classifier
-
-            model, extra = resolve_classifier(
-                config.model,
-                input_shape=config.shape.input_shape,
-                num_classes=config.shape.num_classes,
-                class_names=config.shape.class_names,
-                seed=config.settings.seed,
-                local_root=root,
-            )
+            model, extra = self._classifier(root)
         elif config.model_type == TEXT:
             from ray_module.models.causal_lm import load_causal_lm
 
@@ -248,6 +243,55 @@ class SplitWorker:
         if config.model_type != LABELLED:
             self._tokenizer_of_model = extra
         return model.to(self.device), extra
+
+    def _classifier(self, root: Path | None) -> tuple[Any, Any]:
+        """Training: a preset sized to the data (or a saved model that fits it). Validate and
+        infer: the model as saved, its classes its own; the data's labels are mapped onto
+        them by name (a .npy file for inference has no labels to map)."""
+        from ray_module.models.classifier import PRESETS, load_classifier, resolve_classifier
+        from ray_module.models.sources import local_model_directory
+
+        config, shape = self.config, self.config.shape
+        directory = None
+        if config.task != "train" and config.model.model_name.strip() not in PRESETS:
+            directory = local_model_directory(config.model.model_name.strip(), root)
+        if directory is None:
+            model, extra = resolve_classifier(
+                config.model,
+                input_shape=shape.input_shape,
+                num_classes=shape.num_classes,
+                class_names=shape.class_names,
+                seed=config.settings.seed,
+                local_root=root,
+            )
+        else:
+            model, extra = load_classifier(directory)
+            if tuple(extra.input_shape) != tuple(shape.input_shape):
+                raise ModelError(
+                    f"the classifier takes {list(extra.input_shape)} inputs; the data has "
+                    f"{list(shape.input_shape)}"
+                )
+        self.class_names = list(extra.class_names) or [str(i) for i in range(extra.num_classes)]
+        self.num_classes = extra.num_classes
+        validating = config.task == "validate"
+        self._label_map = self._labels_onto(shape.class_names) if validating else None
+        return model, extra
+
+    def _labels_onto(self, data_names: tuple[str, ...]) -> np.ndarray | None:
+        """Data label index -> model class index, by class name; None when they agree."""
+        if list(data_names) == self.class_names[: len(data_names)]:
+            return None
+        unknown = sorted(set(data_names) - set(self.class_names))
+        if unknown:
+            raise ModelError(
+                f"the data has classes the model does not know: {unknown[:10]} (the model's: "
+                f"{self.class_names[:10]})"
+            )
+        return np.array([self.class_names.index(name) for name in data_names], dtype=np.int64)
+
+    def _labels(self, batch: dict) -> np.ndarray:
+        labels = batch["labels"]
+        return labels if self._label_map is None else self._label_map[labels]
 
     def _save_model(self, model: Any, extra: Any, directory: Path) -> None:
         from ray_module.storage.directories import replace_directory, staging_for
@@ -299,9 +343,7 @@ class SplitWorker:
         self._plans[part] = plan
         model.eval()
         if config.model_type == LABELLED:
-            score: Any = evaluation.ClassifierScore(
-                config.shape.num_classes, config.shape.class_names
-            )
+            score: Any = evaluation.ClassifierScore(self.num_classes, tuple(self.class_names))
         elif config.model_type == TEXT:
             score = evaluation.LanguageModelScore()
         else:
@@ -311,9 +353,11 @@ class SplitWorker:
                 if config.model_type == LABELLED:
                     features = self._tensor(batch["features"])
                     logits = model(features)
-                    labels = self._tensor(batch["labels"])
-                    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-                    score.add(losses.cpu().numpy(), logits.argmax(1).cpu().numpy(), batch["labels"])
+                    labels = self._labels(batch)
+                    losses = torch.nn.functional.cross_entropy(
+                        logits, self._tensor(labels), reduction="none"
+                    )
+                    score.add(losses.cpu().numpy(), logits.argmax(1).cpu().numpy(), labels)
                 elif config.model_type == TEXT:
                     predicted = int(batch["attention_mask"][:, 1:].sum())
                     score.add(float(self._loss(model, batch)), predicted, len(batch["ids"]))
@@ -393,11 +437,11 @@ class SplitWorker:
     def _save_checkpoint(
         self, model: Any, optimizer: Any, step: int, epoch_ids: list[np.ndarray]
     ) -> None:
-        arrays = {f"model.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        arrays = {f"model.{k}": _numpy(v) for k, v in model.state_dict().items()}
         optimizer_state = optimizer.state_dict()
         for index, values in optimizer_state["state"].items():
             for name, tensor in values.items():
-                arrays[f"optim.{index}.{name}"] = tensor.detach().cpu().numpy()
+                arrays[f"optim.{index}.{name}"] = _numpy(tensor)
         seen = np.concatenate(epoch_ids) if epoch_ids else np.array([], dtype=np.int64)
         arrays["epoch_ids"] = seen.astype(np.int64)
         state = {
@@ -449,6 +493,17 @@ def _optimizer_state(arrays: dict[str, np.ndarray], saved: dict[str, Any]) -> di
         for index, names in saved["state_keys"].items()
     }
     return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    """A tensor as numpy for safetensors; bfloat16 (numpy has none) as float32, which
+    ``load_state_dict`` casts back."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
 def ids_digest(ids: np.ndarray) -> str:

@@ -4,6 +4,7 @@ bound and order, placement of the data stage, scores and result files."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,32 +62,34 @@ def test_the_split_and_the_epochs_cover_every_sample_once() -> None:
 
 
 class FakeLoaders:
-    """Batches made at once; counts what was asked and not yet fetched."""
+    """Batches made at once; counts what was asked and not yet consumed."""
 
     def __init__(self) -> None:
-        self.outstanding = 0
+        self.asked = 0
+        self.consumed = 0
         self.most = 0
 
     def ask(self, loader: int, key: int) -> dict:
-        self.outstanding += 1
-        self.most = max(self.most, self.outstanding)
+        self.asked += 1
+        self.most = max(self.most, self.asked - self.consumed)
         ids = np.arange(key * 4, key * 4 + 4)
         return {"ids": ids, "node_id": loader, "cpu_s": 0.01, "wall_s": 0.02, "nbytes": 100}
 
     def fetch(self, ref: dict) -> dict:
-        self.outstanding -= 1
+        time.sleep(0.001)  # fetched on the prefetch threads, out of the consumer's way
         return ref
 
 
 def test_the_stream_keeps_its_bound_and_its_order_and_credits_each_loader() -> None:
     fake = FakeLoaders()
     flow = Flow(loader_cores=2)
-    stream = BatchStream(
-        [1, 2], fake.ask, max_in_flight=3, prefetch=2, flow=flow,
-        fetch=fake.fetch, prefetch_local=lambda refs: None,
-    )  # fmt: skip
-    seen = [key for key, _ in stream(list(range(10)))]
-    assert seen == list(range(10)) and fake.most == 3 and fake.outstanding == 0
+    stream = BatchStream([1, 2], fake.ask, max_in_flight=3, prefetch=2, flow=flow, fetch=fake.fetch)
+    seen = []
+    for key, batch in stream(list(range(10))):
+        assert list(batch["ids"]) == list(range(key * 4, key * 4 + 4))
+        seen.append(key)
+        fake.consumed += 1
+    assert seen == list(range(10)) and fake.most == 3 and fake.asked == 10
     assert flow.max_in_flight == 3 and flow.samples == 40
     cpu, wall = flow.take_credit()
     assert cpu == pytest.approx({1: 0.05, 2: 0.05}) and wall == pytest.approx({1: 0.1, 2: 0.1})
