@@ -149,7 +149,7 @@ class GatewayClient:
         try:
             return self._send(method, path, bearer=token, **kwargs)
         except GatewayError as exc:
-            # Access tokens expire (an hour by default); a long-running agent logs in again.
+            # Access tokens expire (15 minutes by default); a long-running agent logs in again.
             if exc.status != 401 or not self.can_log_in:
                 raise
         return self._send(method, path, bearer=self.login(), **kwargs)
@@ -181,3 +181,11 @@ class GatewayClient:
     def heartbeat(self, identity: NodeIdentity, sample: dict[str, float]) -> dict[str, Any]:
         path = f"/nodes/{identity.node_id}/heartbeat"
         return self._as_node(identity, "POST", path, json=sample)
+
+    def leave(self, identity: NodeIdentity) -> None:
+        """Tell the gateway this node is going away (it shows offline at once)."""
+        self._as_node(identity, "POST", f"/nodes/{identity.node_id}/leave")
+
+    def new_credential(self, node_id: int) -> str:
+        """A new credential for the owner's node (the old one stops working)."""
+        return str(self._as_owner("POST", f"/nodes/{node_id}/credential")["credential"])

@@ -47,6 +47,21 @@ class AgentResult:
     heartbeats: int
 
 
+def _new_credential(
+    client: GatewayClient, store: CredentialStore, identity: NodeIdentity
+) -> NodeIdentity:
+    """The node's credential was reset (by its owner or an admin): with the owner's login,
+    fetch a fresh one and keep it, as the README's Administration section says."""
+    fresh = NodeIdentity(
+        identity.node_id, identity.hostname, client.new_credential(identity.node_id)
+    )
+    store.save(fresh, gateway=client.base_url)
+    log.warning(
+        "node %s's credential was reset; fetched a new one into %s", fresh.node_id, store.path
+    )
+    return fresh
+
+
 def _heartbeat_loop(
     client: GatewayClient,
     identity: NodeIdentity,
@@ -55,6 +70,7 @@ def _heartbeat_loop(
     stop: threading.Event,
     interval_s: float,
     supervisor: WorkerSupervisor | None,
+    store: CredentialStore,
 ) -> int:
     sent = 0
     while not stop.is_set():
@@ -64,6 +80,12 @@ def _heartbeat_loop(
         try:
             answer = client.heartbeat(identity, sample)
         except (GatewayUnreachableError, GatewayError) as exc:
+            reset = isinstance(exc, GatewayError) and exc.code == "bad_node_credential"
+            if reset and identity.credential and client.can_log_in:
+                identity = _new_credential(client, store, identity)
+                if supervisor is not None:
+                    supervisor.identity = identity
+                continue
             # Outages and server errors heal; a refusal (banned, bad credential) does not.
             if isinstance(exc, GatewayError) and exc.status < 500 and exc.status != 429:
                 raise
@@ -75,6 +97,11 @@ def _heartbeat_loop(
                 interval_s = float(answer.get("next_heartbeat_in_s") or interval_s)
             if supervisor is not None:
                 supervisor.follow(str(answer.get("cluster_fingerprint") or ""))
+                offered = answer.get("resources") or {}
+                if offered:
+                    supervisor.follow_resources(
+                        float(offered.get("cpu_cores", 1)), int(offered.get("gpu", 0))
+                    )
             if sent == 1:
                 log.info(
                     "node %s is %s; a heartbeat every %g s",
@@ -86,6 +113,16 @@ def _heartbeat_loop(
                 break
         stop.wait(interval_s)
     return sent
+
+
+def _say_goodbye(client: GatewayClient, identity: NodeIdentity) -> None:
+    """Asked to stop (Ctrl-C): the node shows offline at once instead of after the
+    gateway's NODE_TIMEOUT. Best effort: a gateway that is down learns it from the timeout."""
+    try:
+        client.leave(identity)
+        log.info("told the gateway node %s is leaving", identity.node_id)
+    except (GatewayUnreachableError, GatewayError) as exc:
+        log.warning("could not tell the gateway node %s is leaving: %s", identity.node_id, exc)
 
 
 def _warn_if_resources_differ(join: JoinInfo, wanted: NodeResources) -> None:
@@ -121,10 +158,12 @@ def run_agent(
         )
     psutil.cpu_percent(interval=None)  # the first reading only opens psutil's CPU window
     supervisor: WorkerSupervisor | None = None
+    store = CredentialStore(config.credential_file)
+    identity: NodeIdentity | None = None
     try:
         registration = register_or_reuse(
             client,
-            CredentialStore(config.credential_file),
+            store,
             hostname=config.hostname,
             resources=config.resources,
         )
@@ -179,10 +218,18 @@ def run_agent(
             join.heartbeat_interval_s if join is not None else DEFAULT_HEARTBEAT_S
         )
         sent = _heartbeat_loop(
-            client, identity, config, stop=stop, interval_s=interval_s, supervisor=supervisor
+            client,
+            identity,
+            config,
+            stop=stop,
+            interval_s=interval_s,
+            supervisor=supervisor,
+            store=store,
         )
         return AgentResult(identity.node_id, registration.how, sent)
     finally:
+        if stop.is_set() and identity is not None:
+            _say_goodbye(client, supervisor.identity if supervisor else identity)
         if supervisor is not None:
             supervisor.stop()
         if own_client:

@@ -277,6 +277,19 @@ class WorkerSupervisor:
         self.worker = None
         self.restart()
 
+    def follow_resources(self, cpu_cores: float, gpu: int) -> None:
+        """The owner changed what the node offers: restart the Ray worker with the new
+        figures (the scheduler plans no more than Ray reports until then)."""
+        worker = self.worker
+        if worker is None:
+            return
+        if (worker.join.num_cpus, worker.join.num_gpus) == (max(1, int(cpu_cores)), gpu):
+            return
+        log.info("the node now offers %g CPU / %s GPU; restarting its Ray worker", cpu_cores, gpu)
+        worker.stop(timeout_s=10)
+        self.worker = None
+        self.restart()
+
     def restart(self, *, after_refusal: RayWorker | None = None) -> None:
         """Start again with fresh join info (the address and token may have changed). A
         worker the cluster refused restarts only with a new token from the gateway: the

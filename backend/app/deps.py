@@ -28,6 +28,7 @@ MAX_ID = 2**31 - 1
 MAX_INT = 2**31 - 1
 NodeId = Annotated[int, Path(ge=1, le=MAX_ID, description="node id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
+UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="user id")]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT, description="items to skip")]
 
 # auto_error=False: a missing token becomes our own 401 JSON, not FastAPI's default.
@@ -93,8 +94,12 @@ def get_current_user(token: BearerToken, session: DbSession, settings: SettingsD
     if not 1 <= claims.user_id <= MAX_ID:
         # Signed by us, yet no user can have this id: refuse it before it reaches the database.
         raise AuthenticationError("invalid access token")
-    # The role is read from the database, so a changed role takes effect at once.
-    return get_active_user(session, claims.user_id)
+    # The role is read from the database, so a changed role takes effect at once; a token
+    # from before a password change or a disable is refused.
+    user = get_active_user(session, claims.user_id)
+    if claims.version != user.token_version:
+        raise AuthenticationError("this access token was revoked; log in again")
+    return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +37,9 @@ from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
 from compute.models import Job, JobMetric, Node
-from compute.nodes import banned_since
+from compute.nodes import shut_out_since
 from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
+from compute.storage import expire_storage
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates
@@ -105,6 +107,7 @@ class Dispatcher:
         self.holder = holder_name()
         self.leading = False
         self.renewed_at = 0.0  # time.monotonic() of the last renewal
+        self.expired_at = -math.inf  # time.monotonic() of the last retention sweep
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -157,6 +160,20 @@ class Dispatcher:
         self.schedule()
         self.start_placed()
         self.poll_running()
+        self.expire_storage()
+
+    def expire_storage(self) -> None:
+        """The artifact retention, once a minute: files of jobs finished too long ago."""
+        now = time.monotonic()
+        if self.settings.artifact_retention_days <= 0 or now - self.expired_at < 60:
+            return
+        self.expired_at = now
+        with session_scope(self.session_factory) as session:
+            expire_storage(
+                session,
+                storage_root=self.settings.storage_path,
+                retention_days=self.settings.artifact_retention_days,
+            )
 
     # -- nodes ----------------------------------------------------------------------------
     def shut_out_banned_nodes(self) -> None:
@@ -167,7 +184,7 @@ class Dispatcher:
         if cluster is None or since is None:
             return
         with session_scope(self.read_factory) as session:
-            banned = [(node.id, node.banned_at) for node in banned_since(session, since)]
+            banned = shut_out_since(session, since)
             active = session.scalars(select(Job.id).where(Job.status.in_(ACTIVE))).all()
         if not banned:
             return
@@ -180,10 +197,14 @@ class Dispatcher:
                 names,
             )
             return
-        log.warning("shutting out banned node %s: restarting Ray with a new token", names)
+        log.warning(
+            "shutting out node %s (banned, or its credential reset): restarting Ray with a "
+            "new token",
+            names,
+        )
         cluster.rotate()  # every runner and worker goes down with the old cluster
         reason = (
-            f"the cluster restarted to shut out banned node {names}; "
+            f"the cluster restarted to shut out node {names} (banned or credential reset); "
             "will resume from its last checkpoint"
         )
         with session_scope(self.session_factory) as session:

@@ -49,6 +49,12 @@ class Node(Base):
     # When an admin banned it: a Ray cluster started before then must be restarted with a
     # new token to shut the node out.
     banned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    drained_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deregistered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The agent said it is leaving (Ctrl-C): offline until its next heartbeat.
+    left_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The old credential may have leaked: the Ray cluster's token is rotated as after a ban.
+    credential_reset_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class NodeHeartbeat(Base):
@@ -107,6 +113,8 @@ class Job(Base):
     event_cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_step_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Its model, results and checkpoints were deleted (by its owner, or the retention).
+    storage_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class JobMetric(Base):

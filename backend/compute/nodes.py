@@ -9,7 +9,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
@@ -30,6 +30,7 @@ class NodeStatus(enum.StrEnum):
     ONLINE = "online"  # heartbeats arrive and its Ray worker is in the cluster: it gets work
     NOT_JOINED = "not_joined"  # heartbeats arrive, but no Ray worker joined: it gets no work
     OFFLINE = "offline"
+    DEREGISTERED = "deregistered"  # retired by its owner; its history stays
 
 
 class NodeApproval(enum.StrEnum):
@@ -41,7 +42,9 @@ class NodeApproval(enum.StrEnum):
 def node_status(node: Node, *, now: dt.datetime, timeout_s: int) -> NodeStatus:
     """Derived from the last heartbeat (and Ray's word that the node's worker died), so it
     can never disagree with them."""
-    if node.ray_alive is False:
+    if node.deregistered_at is not None:
+        return NodeStatus.DEREGISTERED
+    if node.ray_alive is False or has_left(node):
         return NodeStatus.OFFLINE
     if node.last_heartbeat_at is None:
         return NodeStatus.REGISTERED
@@ -50,6 +53,13 @@ def node_status(node: Node, *, now: dt.datetime, timeout_s: int) -> NodeStatus:
     if not node.ray_alive:  # a heartbeat alone (curl, an agent still joining) runs nothing
         return NodeStatus.NOT_JOINED
     return NodeStatus.ONLINE
+
+
+def has_left(node: Node) -> bool:
+    """Its agent said goodbye, and no heartbeat came since."""
+    return node.left_at is not None and (
+        node.last_heartbeat_at is None or node.last_heartbeat_at <= node.left_at
+    )
 
 
 def hash_credential(credential: str) -> str:
@@ -126,11 +136,20 @@ def node_for_heartbeat(
     return target
 
 
+def refuse_retired(node: Node) -> None:
+    if node.deregistered_at is not None:
+        raise ConflictError(
+            f"node {node.id} was deregistered; register the machine again to lend it",
+            code="node_deregistered",
+        )
+
+
 def record_heartbeat(session: Session, node: Node, sample: HeartbeatSample) -> NodeHeartbeat:
     if node.approval == NodeApproval.BANNED:
         raise PermissionDeniedError(
             f"node {node.id} is banned; its heartbeats are refused", code="node_banned"
         )
+    refuse_retired(node)
     now = utcnow()
     heartbeat = NodeHeartbeat(node_id=node.id, received_at=now, **sample.model_dump())
     node.last_heartbeat_at = now
@@ -161,6 +180,7 @@ def join_info(node: Node, *, cluster: ClusterAccess, heartbeat_interval_s: int) 
     since the cluster is a trusted zone."""
     if node.approval == NodeApproval.BANNED:
         raise PermissionDeniedError(f"node {node.id} is banned", code="node_banned")
+    refuse_retired(node)
     if node.approval != NodeApproval.APPROVED:
         raise ConflictError(
             f"node {node.id} is waiting for an admin's approval", code="node_not_approved"
@@ -197,6 +217,16 @@ def set_node_approval(session: Session, node_id: int, approval: NodeApproval) ->
     return node
 
 
-def banned_since(session: Session, since: dt.datetime) -> list[Node]:
-    """Nodes banned after `since`: still inside a Ray cluster started before their ban."""
-    return list(session.scalars(select(Node).where(Node.banned_at > since).order_by(Node.id)))
+def shut_out_since(session: Session, since: dt.datetime) -> list[tuple[int, dt.datetime]]:
+    """Nodes banned, or given a new credential (the old one may have leaked), after `since`:
+    what they could reach may include the token of a Ray cluster started before then.
+    (node id, when) pairs."""
+    nodes = session.scalars(
+        select(Node)
+        .where(or_(Node.banned_at > since, Node.credential_reset_at > since))
+        .order_by(Node.id)
+    ).all()
+    return [
+        (node.id, max(at for at in (node.banned_at, node.credential_reset_at) if at and at > since))
+        for node in nodes
+    ]

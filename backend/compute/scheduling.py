@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from auth.models import User
 from compute.job_state import JobStatus
 from compute.models import Job, Node
 from compute.nodes import NodeApproval
@@ -28,14 +29,20 @@ ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
 
 def eligible_nodes(session: Session) -> list[Node]:
-    """Approved, unflagged nodes whose Ray worker is alive: the only ones work goes to."""
+    """The only nodes new work goes to: approved, unflagged, not drained or retired, their
+    Ray worker alive, their agent not gone, their owner's account enabled."""
     return list(
         session.scalars(
             select(Node)
+            .join(User, User.id == Node.owner_id)
             .where(
                 Node.approval == NodeApproval.APPROVED.value,
                 Node.flag_reason == "",
                 Node.ray_alive.is_(True),
+                Node.drained_at.is_(None),
+                Node.deregistered_at.is_(None),
+                or_(Node.left_at.is_(None), Node.last_heartbeat_at > Node.left_at),
+                User.is_active.is_(True),
             )
             .order_by(Node.id)
         )

@@ -42,7 +42,15 @@ class Settings(BaseSettings):
     env: Literal["dev", "prod"] = Field("dev", validation_alias=_env("DISTLM_ENV"))
     secret_key: str = Field(DEFAULT_SECRET_KEY, validation_alias=_env("DISTLM_SECRET_KEY"))
     access_token_expire_minutes: int = Field(
-        60, ge=1, le=60 * 24 * 30, validation_alias=_env("DISTLM_ACCESS_TOKEN_EXPIRE_MINUTES")
+        15, ge=1, le=60 * 24 * 30, validation_alias=_env("DISTLM_ACCESS_TOKEN_EXPIRE_MINUTES")
+    )
+    refresh_token_expire_days: int = Field(
+        30, ge=1, le=365, validation_alias=_env("DISTLM_REFRESH_TOKEN_EXPIRE_DAYS")
+    )
+    # Finished jobs' models, results and checkpoints are deleted this many days after the
+    # job ended; 0 keeps them until their owner deletes them.
+    artifact_retention_days: int = Field(
+        0, ge=0, le=36_500, validation_alias=_env("DISTLM_ARTIFACT_RETENTION_DAYS")
     )
     database_url: str = Field(
         "sqlite:///var/distlm.db", validation_alias=_env("DISTLM_DATABASE_URL")

@@ -16,9 +16,32 @@ OWNERS = {"node_owner", "admin"}
 ADMIN = {"admin"}
 _counter = itertools.count()
 
-# (method, path template, body factory, roles allowed). {node} and {job} are the caller's own.
+# (method, path template, body factory, roles allowed). {node}, {job} and {me} are the
+# caller's own; {user} is another account (the target of admin routes). A body factory may
+# take the caller's Account.
 MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/auth/me", None, ALL),
+    (
+        "POST",
+        "/auth/password",
+        lambda account: {"current_password": account.password, "new_password": "a-new-long-pw"},
+        ALL,
+    ),
+    ("GET", "/users", None, ADMIN),
+    ("GET", "/users/{user}", None, ADMIN),
+    ("PATCH", "/users/{user}", lambda: {"role": "user"}, ADMIN),
+    ("POST", "/users/{user}/disable", lambda: {"running_jobs": "cancel"}, ADMIN),
+    ("POST", "/users/{user}/enable", None, ADMIN),
+    ("POST", "/users/{user}/password", lambda: {"new_password": "reset-long-pw"}, ADMIN),
+    ("GET", "/users/{me}/storage", None, ALL),
+    ("PATCH", "/nodes/{node}", lambda: {"resources": {"cpu_cores": 2, "memory": 4}}, OWNERS),
+    ("POST", "/nodes/{node}/credential", None, OWNERS),
+    ("POST", "/nodes/{node}/drain", None, OWNERS),
+    ("POST", "/nodes/{node}/undrain", None, OWNERS),
+    ("POST", "/nodes/{node}/leave", None, OWNERS),
+    ("POST", "/nodes/{node}/unban", None, ADMIN),  # 409: the node is not banned
+    ("DELETE", "/nodes/{node}", None, OWNERS),
+    ("DELETE", "/jobs/{job}/artifacts", None, ALL),  # 409: the job has not finished
     (
         "POST",
         "/auth/register",
@@ -47,12 +70,19 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/metrics/system", None, ADMIN),
     ("GET", "/metrics/node/{node}", None, OWNERS),
     ("GET", "/metrics/training/{job}", None, ALL),
-    ("GET", "/tokens/balance/me", None, ALL),
-    ("GET", "/tokens/history/me", None, ALL),
+    ("GET", "/tokens/balance/{me}", None, ALL),
+    ("GET", "/tokens/history/{me}", None, ALL),
     ("POST", "/tokens/estimate", lambda: {"requirements": {"cpu_cores": 1, "memory": 1}}, ALL),
     ("POST", "/tokens/grant", lambda: {"user_id": 1, "amount": 1}, ADMIN),
 ]
-PUBLIC = {("GET", "/health"), ("POST", "/auth/token")}
+PUBLIC = {
+    ("GET", "/health"),
+    ("POST", "/auth/token"),
+    ("POST", "/auth/refresh"),  # the refresh token is the credential
+    ("POST", "/auth/logout"),
+}
+# Allowed, and the caller's objects are in a state where the answer is a conflict.
+CONFLICT_OK = ("/artifacts", "/results", "/summary", "/unban")
 
 
 def test_matrix_covers_every_route(client: TestClient) -> None:
@@ -60,36 +90,55 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
     routes = set()
     for path, operations in client.get("/openapi.json").json()["paths"].items():
         path = path.replace("{node_id}", "{node}").replace("{job_id}", "{job}")
-        path = path.replace("{user_id}", "me")
+        path = path.replace("{user_id}", "{me}" if path.startswith("/tokens") else "{user}")
+        path = path.replace("/users/{user}/storage", "/users/{me}/storage")
         routes.update((method.upper(), path) for method in operations)
     assert routes == documented
 
 
 @pytest.fixture
-def callers(admin: Account, user: Account, node_owner: Account, client: TestClient) -> dict:
+def callers(
+    admin: Account, user: Account, node_owner: Account, client: TestClient, make_account
+) -> dict:
     """Each role with a node and a job of its own (a plain user borrows the owner's node)."""
     client.app.state.cluster = ClusterAccess.fixed("127.0.0.1:6379")  # type: ignore[attr-defined]  # no Ray here
     owner_node = register_node(client, node_owner.headers, "owner-node")["id"]
     admin_node = register_node(client, admin.headers, "admin-node")["id"]
+    target = make_account("target-user").id
     return {
-        "user": (user, owner_node, submit_job(client, user.headers)["id"]),
-        "node_owner": (node_owner, owner_node, submit_job(client, node_owner.headers)["id"]),
-        "admin": (admin, admin_node, submit_job(client, admin.headers)["id"]),
+        "user": (user, owner_node, submit_job(client, user.headers)["id"], target),
+        "node_owner": (
+            node_owner,
+            owner_node,
+            submit_job(client, node_owner.headers)["id"],
+            target,
+        ),
+        "admin": (admin, admin_node, submit_job(client, admin.headers)["id"], target),
     }
 
 
-def _call(client: TestClient, method: str, path: str, body: object, headers: dict) -> int:
-    json_body = body() if callable(body) else None
-    return client.request(method, path, headers=headers, json=json_body).status_code
+def _body(body: object, account: Account) -> object:
+    if not callable(body):
+        return None
+    return body(account) if body.__code__.co_argcount else body()
+
+
+def _path(template: str, account: Account, node: int, job: int, target: int) -> str:
+    return template.format(node=node, job=job, me=account.id, user=target)
+
+
+def _call(client: TestClient, method: str, path: str, body: object, account: Account) -> int:
+    json_body = _body(body, account)
+    return client.request(method, path, headers=account.headers, json=json_body).status_code
 
 
 @pytest.mark.parametrize(("method", "template", "body", "allowed"), MATRIX)
 def test_anonymous_is_401(
     client: TestClient, callers: dict, method: str, template: str, body: object, allowed: set
 ) -> None:
-    _, node, job = callers["admin"]
-    path = template.format(node=node, job=job)
-    response = client.request(method, path, json=body() if callable(body) else None)
+    account, node, job, target = callers["admin"]
+    path = _path(template, account, node, job, target)
+    response = client.request(method, path, json=_body(body, account))
     assert response.status_code == 401
     assert response.json()["error"] == "not_authenticated"
     assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -106,12 +155,11 @@ def test_role_gets_success_or_403(
     body: object,
     allowed: set,
 ) -> None:
-    account, node, job = callers[role]
-    status = _call(client, method, template.format(node=node, job=job), body, account.headers)
+    account, node, job, target = callers[role]
+    status = _call(client, method, _path(template, account, node, job, target), body, account)
     if role in allowed:
-        no_output_yet = template.endswith(("/artifacts", "/results", "/summary"))
-        no_model_yet = no_output_yet and status == 409
-        assert 200 <= status < 300 or no_model_yet, (role, method, template, status)
+        conflict_ok = template.endswith(CONFLICT_OK) and status == 409
+        assert 200 <= status < 300 or conflict_ok, (role, method, template, status)
     else:
         assert status == 403, (role, method, template, status)
 

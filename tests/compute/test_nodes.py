@@ -175,6 +175,7 @@ def test_system_metrics_count_users_nodes_jobs_and_online_resources(
         "online": 0,
         "not_joined": 1,
         "offline": 0,
+        "deregistered": 0,
     }
     assert metrics["online_resources"]["gpu"] == 0
     db.execute(update(Node).where(Node.id == online["id"]).values(ray_alive=True))

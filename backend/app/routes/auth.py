@@ -1,18 +1,28 @@
-"""POST /auth/token, POST /auth/register, GET /auth/me."""
+"""Logging in and out: POST /auth/token, /auth/refresh, /auth/logout, /auth/password;
+POST /auth/register (admin), GET /auth/me."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Form, Request, Response, status
 
 from app.deps import AdminUser, CurrentUser, DbSession, PasswordContextDep, SettingsDep
 from app.errors import error_responses
-from app.schemas.auth import AccessToken, RegisterUserIn, UserOut
+from app.schemas.auth import AccessToken, PasswordChangeIn, RefreshIn, RegisterUserIn, UserOut
+from auth.models import User
+from auth.refresh import (
+    IssuedRefreshToken,
+    issue_refresh_token,
+    revoke_refresh_token,
+    rotate_refresh_token,
+)
 from auth.service import LoginLimits, authenticate, client_address_key
 from auth.tokens import create_access_token
 from compute.accounts import register_user, signup_grant_micro
+from compute.users import change_password
+from core.settings import Settings
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -48,11 +58,61 @@ def login(
             lockout=dt.timedelta(seconds=settings.login_lockout_s),
         ),
     )
+    lifetime = dt.timedelta(days=settings.refresh_token_expire_days)
+    return token_pair(user, settings, issue_refresh_token(session, user, lifetime=lifetime))
+
+
+@router.post("/refresh", response_model=AccessToken, responses=error_responses(401))
+def refresh(body: RefreshIn, session: DbSession, settings: SettingsDep) -> AccessToken:
+    """Swap a refresh token for a new access token and a new refresh token (the old one is
+    used up). Presenting a used refresh token again revokes every token of its login: 401
+    `refresh_token_reused`."""
+    lifetime = dt.timedelta(days=settings.refresh_token_expire_days)
+    user, issued = rotate_refresh_token(session, body.refresh_token, lifetime=lifetime)
+    return token_pair(user, settings, issued)
+
+
+def token_pair(user: User, settings: Settings, refresh: IssuedRefreshToken) -> AccessToken:
+    """A new access token for the user beside the refresh token just issued."""
     expires = dt.timedelta(minutes=settings.access_token_expire_minutes)
     token = create_access_token(
-        user_id=user.id, role=user.role, secret_key=settings.secret_key, expires_in=expires
+        user_id=user.id,
+        role=user.role,
+        secret_key=settings.secret_key,
+        expires_in=expires,
+        version=user.token_version,
     )
-    return AccessToken(access_token=token, expires_in=int(expires.total_seconds()))
+    return AccessToken(
+        access_token=token,
+        expires_in=int(expires.total_seconds()),
+        refresh_token=refresh.token,
+        refresh_expires_in=int(
+            dt.timedelta(days=settings.refresh_token_expire_days).total_seconds()
+        ),
+    )
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+def logout(body: RefreshIn, session: DbSession) -> Response:
+    """Revoke the refresh token (and every token of its login). Logging out twice, or with
+    an unknown token, is not an error. Access tokens already issued expire on their own
+    within `DISTLM_ACCESS_TOKEN_EXPIRE_MINUTES`; change the password to end them at once."""
+    revoke_refresh_token(session, body.refresh_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(403),  # the current password is wrong
+)
+def change_password_(
+    body: PasswordChangeIn, user: CurrentUser, session: DbSession, context: PasswordContextDep
+) -> Response:
+    """Change your password. Every session of yours ends, this one included: every refresh
+    token is revoked and every access token refused; log in again with the new password."""
+    change_password(session, context, user, current=body.current_password, new=body.new_password)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

@@ -12,11 +12,13 @@ from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDe
 from app.errors import error_responses
 from app.schemas.common import Page
 from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out
+from app.schemas.storage import StorageFreedOut
 from compute.artifacts import artifact_dir, pack_directory
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
 from compute.results import MEDIA_TYPES, ResultFormat, results_file, results_summary
+from compute.storage import delete_job_storage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -95,6 +97,20 @@ def artifacts(
         filename=f"job-{job_id}-model.tar.gz",
         background=BackgroundTask(archive.unlink, missing_ok=True),
     )
+
+
+@router.delete(
+    "/{job_id}/artifacts",
+    response_model=StorageFreedOut,
+    responses=error_responses(409),  # the job has not finished
+)
+def delete_artifacts(
+    job_id: JobId, viewer: CurrentUser, session: DbSession, settings: SettingsDep
+) -> StorageFreedOut:
+    """Delete a finished job's stored model, results and checkpoints (its owner or an
+    admin). The job's record, metrics and ledger entries stay."""
+    job, freed = delete_job_storage(session, viewer, job_id, storage_root=settings.storage_path)
+    return StorageFreedOut(job_id=job.id, freed_bytes=freed)
 
 
 @router.get(

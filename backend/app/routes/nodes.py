@@ -1,4 +1,5 @@
-"""Node registry: register, list, read, heartbeat, approve, ban."""
+"""Node registry: register, list, read, heartbeat, approve, ban; over a node's life:
+update, new credential, drain, deregister, unban, leave."""
 
 from __future__ import annotations
 
@@ -16,8 +17,25 @@ from app.deps import (
     SettingsDep,
 )
 from app.errors import error_responses
-from app.schemas.common import Page
-from app.schemas.nodes import HeartbeatOut, JoinOut, NodeOut, NodeRegisteredOut, node_out
+from app.schemas.common import Page, ResourcesOut
+from app.schemas.nodes import (
+    CredentialOut,
+    HeartbeatOut,
+    JoinOut,
+    NodeOut,
+    NodeRegisteredOut,
+    NodeUpdateIn,
+    node_out,
+)
+from compute.node_lifecycle import (
+    PICK_UP_NEW_CREDENTIAL,
+    deregister,
+    leave,
+    reset_credential,
+    set_drained,
+    unban,
+    update_resources,
+)
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.nodes import (
     NodeApproval,
@@ -93,6 +111,7 @@ def heartbeat(
         received_at=beat.received_at,
         next_heartbeat_in_s=settings.node_heartbeat_interval,
         cluster_fingerprint=request.app.state.cluster.fingerprint,
+        resources=ResourcesOut(gpu=node.gpu, cpu_cores=node.cpu_cores, memory=node.memory_gb),
     )
 
 
@@ -132,4 +151,77 @@ def ban(node_id: NodeId, _admin: AdminUser, session: DbSession, settings: Settin
     jobs resume from their last checkpoint; approved nodes rejoin on their own). A cluster
     joined through RAY_ADDRESS must be restarted with a new token by its operator."""
     node = set_node_approval(session, node_id, NodeApproval.BANNED)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+# 409: the node was deregistered.
+@router.patch("/{node_id}", response_model=NodeOut, responses=error_responses(409))
+def update(
+    node_id: NodeId,
+    body: NodeUpdateIn,
+    viewer: NodeOwnerUser,
+    session: DbSession,
+    settings: SettingsDep,
+) -> NodeOut:
+    """Change what the node offers. It takes effect when its agent restarts Ray (a running
+    agent does so by itself at its next heartbeat); until then the scheduler plans no more
+    than Ray reports (a node that claims more than its Ray worker offers is flagged)."""
+    node = update_resources(session, viewer, node_id, body.resources)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+@router.post("/{node_id}/credential", response_model=CredentialOut, responses=error_responses(409))
+def new_credential(node_id: NodeId, viewer: NodeOwnerUser, session: DbSession) -> CredentialOut:
+    """A new credential for the node, shown once; the old one is refused from now on. The
+    gateway's own Ray cluster restarts with a new token, as after a ban (the old credential
+    could fetch the old token); running jobs resume from their last checkpoint."""
+    node, credential = reset_credential(session, viewer, node_id)
+    return CredentialOut(node_id=node.id, credential=credential, how_to_use=PICK_UP_NEW_CREDENTIAL)
+
+
+@router.post("/{node_id}/drain", response_model=NodeOut, responses=error_responses(409))
+def drain(
+    node_id: NodeId, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
+    """No new work for the node; jobs already running there finish."""
+    node = set_drained(session, viewer, node_id, True)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+@router.post("/{node_id}/undrain", response_model=NodeOut, responses=error_responses(409))
+def undrain(
+    node_id: NodeId, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
+    node = set_drained(session, viewer, node_id, False)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+# 409: jobs are running on it (drain it first), or it was deregistered already.
+@router.delete("/{node_id}", response_model=NodeOut, responses=error_responses(409))
+def deregister_(
+    node_id: NodeId, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
+    """Retire an idle node: no more work, heartbeats or joins, its credential void. Its
+    record, usage history and earnings stay (`status: deregistered`)."""
+    node = deregister(session, viewer, node_id)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+@router.post("/{node_id}/unban", response_model=NodeOut, responses=error_responses(409))
+def unban_(
+    node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep
+) -> NodeOut:
+    """Lift a ban: the node is approved again and may rejoin (409 if it is not banned)."""
+    node = unban(session, node_id)
+    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+
+
+@router.post("/{node_id}/leave", response_model=NodeOut, responses=error_responses(403))
+def leave_(
+    node_id: NodeId, caller: NodeCallerDep, session: DbSession, settings: SettingsDep
+) -> NodeOut:
+    """The node's agent is shutting down (its Ctrl-C): the node is `offline` now rather than
+    after `NODE_TIMEOUT`, and gets no new work until its next heartbeat. Authenticate as for
+    heartbeats."""
+    node = leave(session, node_for_heartbeat(session, node_id, node=caller.node, user=caller.user))
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import ResourcesOut
 from compute.models import Node
+from compute.node_spec import NodeResources
 from compute.nodes import node_status
 
 
@@ -22,6 +23,14 @@ class NodeOut(BaseModel):
     last_heartbeat_at: dt.datetime | None
     ray_alive: bool | None = Field(description="Ray's view: None until the node first joins")
     flag_reason: str = Field(description="why the node is not scheduled, if it is flagged")
+    drained: bool = Field(description="gets no new work; what runs there finishes")
+    deregistered_at: dt.datetime | None = None
+
+
+class NodeUpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resources: NodeResources
 
 
 class JoinOut(BaseModel):
@@ -58,6 +67,10 @@ class HeartbeatOut(BaseModel):
         description="the Ray cluster's current credential; when it differs from the one "
         "the node joined with, GET /nodes/{id}/join again and restart its Ray worker"
     )
+    resources: ResourcesOut = Field(
+        description="what the node offers now; when its owner changed it, the agent restarts "
+        "its Ray worker with these figures"
+    )
 
 
 def node_out(
@@ -74,7 +87,15 @@ def node_out(
         last_heartbeat_at=node.last_heartbeat_at,
         ray_alive=node.ray_alive,
         flag_reason=node.flag_reason or "",
+        drained=node.drained_at is not None,
+        deregistered_at=node.deregistered_at,
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)
     return NodeOut(**fields)
+
+
+class CredentialOut(BaseModel):
+    node_id: int
+    credential: str = Field(description="the node's new secret; shown once")
+    how_to_use: str
