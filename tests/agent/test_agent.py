@@ -414,7 +414,16 @@ def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
         )
 
         agent.send_signal(signal.SIGINT)  # Ctrl-C
+        # The agent says goodbye: offline within one heartbeat interval (1 s here), not after
+        # NODE_TIMEOUT (60 s).
+        wait_for(
+            lambda: gateway.as_owner("GET", f"/nodes/{node_id}")["status"] == "offline",
+            timeout_s=2,
+            every_s=0.1,
+            what="the node to be offline after Ctrl-C",
+        )
         assert agent.wait(timeout=60) == 0, agent_log.read_text()
+        assert f"told the gateway node {node_id} is leaving" in agent_log.read_text()
         gone = json.loads(probe.stdout.readline() or "{}").get("gone")
         assert gone, f"the agent's Ray node is still alive:\n{agent_log.read_text()}"
         assert probe.wait(timeout=30) == 0
