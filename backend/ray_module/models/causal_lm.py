@@ -111,6 +111,12 @@ def load_causal_lm_tokenizer(
         return tokenizer
     if name in OTHER_TYPE_PRESETS or not name:
         return load_causal_lm(request, local_root=local_root)[1]  # its error, as usual
+    return _with_padding(saved_tokenizer(name, local_root))
+
+
+def saved_tokenizer(name: str, local_root: Path | None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model: a directory under the data root, or a hub id (read
+    away from local disk)."""
     directory = local_model_directory(name, local_root)
     if directory is None:
         require_hub_id(name, "model_name", ModelError)
@@ -118,10 +124,9 @@ def load_causal_lm_tokenizer(
     place = contextlib.nullcontext() if directory is not None else away_from_local_disk()
     try:
         with place:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            return AutoTokenizer.from_pretrained(source)
     except Exception as error:  # network, missing repo, offline mode, bad files
         raise ModelError(f"could not load the tokenizer of {name!r}: {error}") from error
-    return _with_padding(tokenizer)
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:

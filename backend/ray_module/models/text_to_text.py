@@ -25,7 +25,7 @@ from transformers import (
 
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
-from ray_module.models.causal_lm import build_byte_tokenizer
+from ray_module.models.causal_lm import build_byte_tokenizer, saved_tokenizer
 from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,7 @@ def load_text_to_text_tokenizer(
     if name in PRESETS:
         preset_overrides(request, ALLOWED_OVERRIDES)
         return _preset_tokenizer()
-    directory = local_model_directory(name, local_root)
-    if directory is None:
-        require_hub_id(name, "model_name", ModelError)
-    source = str(directory) if directory is not None else name
-    place = contextlib.nullcontext() if directory is not None else away_from_local_disk()
-    try:
-        with place:
-            return AutoTokenizer.from_pretrained(source)
-    except Exception as error:  # network, missing repo, offline mode, bad files
-        raise ModelError(f"could not load the tokenizer of {name!r}: {error}") from error
+    return saved_tokenizer(name, local_root)
 
 
 def _preset_tokenizer() -> PreTrainedTokenizerBase:

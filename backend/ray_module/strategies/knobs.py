@@ -75,3 +75,14 @@ def _checked(key: str, value: Any, rules: KnobRules) -> Any:
     if not low < value <= high:
         raise SettingsError(f"{key} must be > {low:g} and <= {high:g}, got {value!r}")
     return float(value)
+
+
+def run_length(
+    epochs: int | None, max_steps: int | None, batches_per_epoch: int, default_epochs: int
+) -> int:
+    """Steps of a run: epochs and max_steps both bound it, max_steps alone sets it, neither
+    means ``default_epochs``."""
+    if epochs:
+        total = epochs * batches_per_epoch
+        return min(total, max_steps) if max_steps else total
+    return max_steps or default_epochs * batches_per_epoch

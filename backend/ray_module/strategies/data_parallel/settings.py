@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ray_module.strategies.knobs import KnobRules, parse_knobs
+from ray_module.strategies.knobs import KnobRules, parse_knobs, run_length
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,7 @@ class DataParallelSettings:
         return asdict(self)
 
     def total_steps(self, batches_per_epoch: int) -> int:
-        """epochs and max_steps both bound the run; max_steps alone sets it."""
-        if self.epochs:
-            total = self.epochs * batches_per_epoch
-            return min(total, self.max_steps) if self.max_steps else total
-        return self.max_steps or batches_per_epoch
+        return run_length(self.epochs, self.max_steps, batches_per_epoch, default_epochs=1)
 
 
 RULES = KnobRules(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ray_module.errors import SettingsError
-from ray_module.strategies.knobs import KnobRules, parse_knobs
+from ray_module.strategies.knobs import KnobRules, parse_knobs, run_length
 
 MAX_LOADER_NODES = 64
 
@@ -47,10 +47,7 @@ class SplitSettings:
         return asdict(self)
 
     def total_steps(self, batches_per_epoch: int) -> int:
-        if self.epochs:
-            total = self.epochs * batches_per_epoch
-            return min(total, self.max_steps) if self.max_steps else total
-        return self.max_steps or 3 * batches_per_epoch
+        return run_length(self.epochs, self.max_steps, batches_per_epoch, default_epochs=3)
 
     def rate_for(self, model_type: str) -> float:
         if self.learning_rate is not None:
