@@ -18,7 +18,7 @@ from app.errors import install_error_handlers
 from app.json_body import RequestLimitsMiddleware
 from app.openapi import document_error_responses
 from app.responses import JSONLineResponse
-from app.routes import auth, health, jobs, metrics, nodes, tokens, users
+from app.routes import auth, health, job_stream, jobs, metrics, nodes, status, tokens, users
 from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
@@ -131,7 +131,7 @@ def create_app(
     app.state.version = VERSION
     install_error_handlers(app)
     app.add_middleware(RequestLimitsMiddleware)
-    for module in (health, auth, users, nodes, jobs, tokens, metrics):
+    for module in (health, auth, users, nodes, jobs, job_stream, tokens, metrics, status):
         document_error_responses(module.router)
         app.include_router(module.router)
     return app

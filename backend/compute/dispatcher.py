@@ -32,7 +32,9 @@ from compute.dispatch_policy import (
     add_usage,
     decide,
     resource_seconds,
+    without_roots,
 )
+from compute.job_events import add_log, record_event
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
@@ -46,7 +48,14 @@ from ledger.pricing import Rates
 from ray_module.contract import RunConfig, WorkerPlan
 from ray_module.data.request import DataRequest
 from ray_module.errors import SettingsError, describe
-from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, RecordedEvent, UsageEvent
+from ray_module.events import (
+    ArtifactEvent,
+    CheckpointEvent,
+    LogEvent,
+    MetricEvent,
+    RecordedEvent,
+    UsageEvent,
+)
 from ray_module.models.sources import ModelRequest
 from ray_module.resources import LiveNode, live_nodes, resource_shortfall
 from ray_module.runner import client as runner_client
@@ -262,13 +271,12 @@ class Dispatcher:
                 job.attempts += 1
                 job.event_cursor = 0
                 nodes = sorted({slot.node_id for slot in placement.slots})
-                transition_job(
-                    session,
-                    job,
-                    JobStatus.SCHEDULED,
+                where = (
                     f"placed on node{'s' if len(nodes) > 1 else ''} "
-                    f"{', '.join(map(str, nodes))} (attempt {job.attempts})",
+                    f"{', '.join(map(str, nodes))} (attempt {job.attempts})"
                 )
+                transition_job(session, job, JobStatus.SCHEDULED, where)
+                add_log(session, job, where)
             session.flush()
             self.planned_for = scheduling_inputs(session)
 
@@ -367,8 +375,11 @@ class Dispatcher:
             job.placement = None
             job.event_cursor = 0
             transition_job(session, job, JobStatus.QUEUED, decision.reason)
+            add_log(session, job, decision.reason, level="warning")
             return
         job.placement = None
+        level = "error" if decision.status is JobStatus.FAILED else "info"
+        add_log(session, job, decision.reason, level=level)
         finish_job(
             session,
             job,
@@ -391,12 +402,18 @@ class Dispatcher:
                         job.status_reason += f"; {note}"
             case UsageEvent():
                 job.usage = add_usage(job.usage or {}, [recorded])
+                usage = recorded.event
+                figures = {"node_id": usage.node_id, "stage": usage.stage, **usage.figures()}
+                record_event(session, job, "usage", figures)
             case CheckpointEvent(step=step):
                 job.status_reason = (
                     f"running (attempt {job.attempts}): {progress(job, step)}, checkpointed"
                 )
             case ArtifactEvent(path=path):
                 job.artifact_path = path
+            case LogEvent(message=message, level=level, source=source):
+                text = without_roots(message, self.limits.hidden_roots)
+                add_log(session, job, text, level=level, source=source)
 
 
 def node_changes(

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from auth.models import Role, User
 from compute.billing import UsageReport, estimate_cost, settle
+from compute.job_events import record_status
 from compute.job_spec import JobSpec, source_job_id, tokens_to_micro
 from compute.job_state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
@@ -241,6 +242,7 @@ def _move(session: Session, job: Job, target: JobStatus, reason: str) -> Job:
     if target.is_terminal():
         job.finished_at = now
     session.flush()
+    record_status(session, job)
     return job
 
 

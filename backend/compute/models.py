@@ -115,6 +115,7 @@ class Job(Base):
     artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Its model, results and checkpoints were deleted (by its owner, or the retention).
     storage_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    logs_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobMetric(Base):
@@ -128,6 +129,20 @@ class JobMetric(Base):
     step: Mapped[int] = mapped_column(Integer)
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class JobEvent(Base):
+    """What happened to a job besides its metric points: a status change, usage, a log
+    line. The id orders the job's event stream."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_kind_id", "job_id", "kind", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # status | usage | log
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class Lease(Base):

@@ -79,7 +79,17 @@ class ArtifactEvent:
     path: str
 
 
-Event = StatusEvent | MetricEvent | UsageEvent | CheckpointEvent | ArtifactEvent
+@dataclass(frozen=True)
+class LogEvent:
+    """A line of the job's log: what the runner or a worker says, warnings, a failure's
+    cause in words a user can act on."""
+
+    message: str
+    level: str = "info"  # debug | info | warning | error
+    source: str = "runner"  # runner | worker | loader | ...
+
+
+Event = StatusEvent | MetricEvent | UsageEvent | CheckpointEvent | ArtifactEvent | LogEvent
 
 
 @dataclass(frozen=True)

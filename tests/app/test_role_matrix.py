@@ -42,6 +42,9 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("POST", "/nodes/{node}/unban", None, ADMIN),  # 409: the node is not banned
     ("DELETE", "/nodes/{node}", None, OWNERS),
     ("DELETE", "/jobs/{job}/artifacts", None, ALL),  # 409: the job has not finished
+    ("GET", "/jobs/{job}/events", None, ALL),  # a stream: only its status is read
+    ("GET", "/jobs/{job}/logs", None, ALL),
+    ("GET", "/status", None, ALL),
     (
         "POST",
         "/auth/register",
@@ -129,6 +132,9 @@ def _path(template: str, account: Account, node: int, job: int, target: int) -> 
 
 def _call(client: TestClient, method: str, path: str, body: object, account: Account) -> int:
     json_body = _body(body, account)
+    if path.endswith("/events"):  # the job is queued: its stream would go on
+        with client.stream(method, path, headers=account.headers) as response:
+            return response.status_code
     return client.request(method, path, headers=account.headers, json=json_body).status_code
 
 

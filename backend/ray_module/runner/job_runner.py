@@ -13,8 +13,8 @@ import time
 import traceback
 
 from ray_module.contract import RunConfig
-from ray_module.errors import RunCancelledError, describe, is_retryable
-from ray_module.events import Event, RecordedEvent, RunState, StatusEvent
+from ray_module.errors import RunCancelledError, causes, describe, is_retryable
+from ray_module.events import Event, LogEvent, RecordedEvent, RunState, StatusEvent
 from ray_module.strategies.registry import get_strategy
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,21 @@ class JobRunner:
     def _run(self) -> None:
         self._state = RunState.RUNNING
         self.emit(StatusEvent(RunState.RUNNING, f"attempt {self.config.attempt} started"))
+        handler = _EventLogHandler(self)
+        logging.getLogger("ray_module").addHandler(handler)
+        try:
+            self._run_strategy()
+        finally:
+            logging.getLogger("ray_module").removeHandler(handler)
+
+    def _run_strategy(self) -> None:
+        config = self.config
+        self.emit(
+            LogEvent(
+                f"attempt {config.attempt}: {config.task} with strategy {config.strategy} on "
+                f"node(s) {', '.join(str(w.node_id) for w in config.workers) or '-'}"
+            )
+        )
         try:
             get_strategy(self.config.strategy).run(self.config, self)
         except RunCancelledError:
@@ -57,6 +72,7 @@ class JobRunner:
                 return
             log.warning("job %s failed: %s", self.config.job_id, traceback.format_exc())
             retryable = is_retryable(error)
+            self.emit(LogEvent(failure_story(error, retryable), level="error"))
             self._finish(StatusEvent(RunState.FAILED, describe(error), retryable=retryable))
             return
         self._finish(StatusEvent(RunState.SUCCEEDED, FINISHED.get(self.config.task, "finished")))
@@ -89,3 +105,38 @@ class JobRunner:
     def check_cancelled(self) -> None:
         if self._cancelled.is_set():
             raise RunCancelledError()
+
+
+def failure_story(error: BaseException, retryable: bool) -> str:
+    """Why the run failed, for the job's log: the cause and its chain, one line each, and
+    what happens next."""
+    seen: list[str] = []
+    for cause in causes(error):
+        text = str(cause).strip()
+        line = f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+        if line not in seen and not line.startswith(("RayTaskError", "RayActorError:")):
+            seen.append(line[:500])
+    what_next = (
+        "the work was lost with a worker or node: the job resumes from its last checkpoint"
+        if retryable
+        else "retrying cannot help: fix the job's spec (data, model or settings) and submit again"
+    )
+    return "failed: " + " <- ".join(seen[:5] or [describe(error)]) + f"; {what_next}"
+
+
+class _EventLogHandler(logging.Handler):
+    """Warnings and errors that our code logs in the runner's process become job log lines
+    (a detached runner owns its process, so they are this job's)."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        super().__init__(level=logging.WARNING)
+        self.runner = runner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == __name__:
+            return  # the runner's own traceback: the failure story says it in words
+        try:
+            level = "error" if record.levelno >= logging.ERROR else "warning"
+            self.runner.emit(LogEvent(record.getMessage()[:2000], level=level, source="runner"))
+        except Exception:  # a log line must never break the run
+            pass

@@ -1,0 +1,122 @@
+"""A job as it happens: GET /jobs/{id}/events (Server-Sent Events) and GET /jobs/{id}/logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import CurrentUser, DbSession, JobId
+from compute.job_events import Cursor, StreamItem, events_after, job_logs
+from compute.job_state import JobStatus
+from compute.jobs import get_job_for
+from compute.models import Job
+from core.db import session_scope
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+POLL_S = 0.5
+KEEP_ALIVE_S = 15.0
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def events(
+    job_id: JobId,
+    viewer: CurrentUser,
+    session: DbSession,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> StreamingResponse:
+    """The job's events as Server-Sent Events, oldest first: `status`, `metric`, `usage` and
+    `log`, each with an `id`; a final `end` once the job has finished. Reconnect with
+    `Last-Event-ID` (the last id you saw) to go on with no gap and no duplicate. Owner or
+    admin. From a terminal: `curl -N -H "Authorization: Bearer $TOKEN" .../events`."""
+    get_job_for(session, viewer, job_id)  # 404 for another user's job, before streaming
+    cursor = Cursor.parse(last_event_id)
+    factory = request.app.state.read_session_factory
+    return StreamingResponse(
+        _stream(request, lambda c: _read(factory, job_id, c), cursor),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+@router.get("/{job_id}/logs", responses={200: {"content": {"text/event-stream": {}}}})
+def logs(
+    job_id: JobId,
+    viewer: CurrentUser,
+    session: DbSession,
+    request: Request,
+    follow: bool = False,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> Any:
+    """The job's log lines (runner, workers, dispatcher: starts, retries, resumes, warnings,
+    and why it failed), oldest first; at most 2000 are kept per job (`dropped` counts the
+    older ones). `follow=true` streams new lines as Server-Sent Events until the job ends."""
+    job = get_job_for(session, viewer, job_id)
+    if not follow:
+        lines = job_logs(session, job, after=after, limit=limit)
+        return {
+            "job_id": job.id,
+            "dropped": job.logs_dropped,
+            "items": [{"id": line.id, "at": line.at.isoformat(), **line.payload} for line in lines],
+        }
+    factory = request.app.state.read_session_factory
+
+    def read(cursor: Cursor) -> tuple[list[StreamItem], bool]:
+        items, finished = _read(factory, job_id, cursor)
+        return [item for item in items if item.kind == "log"] + [
+            StreamItem(item.cursor, "skip", item.at, {}) for item in items[-1:]
+        ], finished
+
+    return StreamingResponse(
+        _stream(request, read, Cursor(after, 2**62)), media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )  # fmt: skip
+
+
+def _read(factory: Any, job_id: int, cursor: Cursor) -> tuple[list[StreamItem], bool]:
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        finished = job is None or JobStatus(job.status).is_terminal()
+        return events_after(session, job_id, cursor), finished
+
+
+async def _stream(
+    request: Request,
+    read: Callable[[Cursor], tuple[list[StreamItem], bool]],
+    cursor: Cursor,
+) -> AsyncIterator[str]:
+    quiet_since = time.monotonic()
+    while True:
+        if await request.is_disconnected():
+            return
+        items, finished = await run_in_threadpool(read, cursor)
+        for item in items:
+            cursor = item.cursor
+            if item.kind == "skip":  # moves the cursor past what a filtered stream left out
+                continue
+            data = json.dumps({"at": item.at.isoformat(), **item.data}, separators=(",", ":"))
+            yield f"id: {item.cursor}\nevent: {item.kind}\ndata: {data}\n\n"
+        if items:
+            quiet_since = time.monotonic()
+            continue  # there may be more right away
+        if finished:
+            yield f"id: {cursor}\nevent: end\ndata: {{}}\n\n"
+            return
+        if time.monotonic() - quiet_since > KEEP_ALIVE_S:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"  # proxies close silent connections
+        await asyncio.sleep(POLL_S)
