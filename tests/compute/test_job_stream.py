@@ -1,0 +1,122 @@
+"""A job's event stream and logs, on the session's Ray cluster: events arrive in order while
+a job runs, a reconnect with Last-Event-ID resumes with no gap and no duplicate, another
+user gets 404; a failed job's logs say why; a chatty job's logs stay within their bound."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from compute.job_events import add_log
+from compute.models import Job
+from tests.conftest import Account, finished, job_state, submit_job
+from tests.polling import wait_for
+
+SMALL_SPLIT = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 300},
+    "training_config": {"strategy": "split", "epochs": 2, "batch_size": 32,
+                        "loader": {"cpu_cores": 0.5, "memory": 0.5}},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+}  # fmt: skip
+
+
+def read_stream(client: TestClient, headers: dict, job_id: int, last: str | None = None) -> list:
+    """Every event of the stream until its `end`: (id, kind, data)."""
+    if last is not None:
+        headers = {**headers, "Last-Event-ID": last}
+    items, current = [], {}
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(("id:", "event:", "data:")):
+                key, _, value = line.partition(":")
+                current[key] = value.strip()
+            elif not line and current:
+                items.append((current["id"], current["event"], json.loads(current["data"])))
+                if current["event"] == "end":
+                    break
+                current = {}
+    return items
+
+
+def cursor(event_id: str) -> tuple[int, int]:
+    first, second = event_id.split("-")
+    return int(first), int(second)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_event_stream_is_in_order_and_resumes_without_gap_or_duplicate(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user, other = make_account("alice"), make_account("bob")
+    job = client.post("/jobs/submit", headers=user.headers, json=SMALL_SPLIT).json()
+    assert client.get(f"/jobs/{job['id']}/events", headers=other.headers).status_code == 404
+    items = read_stream(client, user.headers, job["id"])  # opened while the job runs
+    assert items[-1][1] == "end"
+    cursors = [cursor(item[0]) for item in items[:-1]]
+    assert all(b > a for a, b in itertools.pairwise(cursors))  # strictly in order
+    statuses = [data["status"] for _, kind, data in items if kind == "status"]
+    assert statuses == ["scheduled", "running", "succeeded"]
+    steps = [data["step"] for _, kind, data in items if kind == "metric" and data["step"] > 0]
+    assert steps == sorted(steps) and steps[-1] == 2 * 9  # 270 train rows, batches of 32
+    kinds = {kind for _, kind, _ in items}
+    assert {"status", "metric", "usage", "log"} <= kinds
+
+    middle = len(items) // 2
+    resumed = read_stream(client, user.headers, job["id"], last=items[middle][0])
+    assert [i[0] for i in resumed[:-1]] == [i[0] for i in items[middle + 1 : -1]]
+    assert resumed[:-1] == items[middle + 1 : -1]
+    bad = client.get(f"/jobs/{job['id']}/events", headers={**user.headers, "Last-Event-ID": "x"})
+    assert bad.status_code == 422
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_failed_jobs_logs_say_why(ray_client: TestClient, two_nodes, make_account) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        **SMALL_SPLIT,
+        "data_config": {"data_source": "local", "dataset_name": "mine", "path": "no/such.npz"},
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "failed"
+    logs = client.get(f"/jobs/{job['id']}/logs", headers=user.headers).json()
+    messages = [line["message"] for line in logs["items"]]
+    assert any("placed on node" in m for m in messages)
+    story = [m for m in messages if "does not exist under the data root" in m]
+    assert story and any("fix the job's spec" in m for m in story), messages
+    assert all(str(client.app.state.settings.data_root) not in m for m in messages)
+    errors = [line for line in logs["items"] if line["level"] == "error"]
+    assert errors and logs["dropped"] == 0
+
+
+def test_a_chatty_jobs_logs_stay_within_their_bound(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    job_id = submit_job(client, user.headers)["id"]
+    job = db.get(Job, job_id)
+    for number in range(120):
+        add_log(db, job, f"line {number}", limit=50)
+    db.commit()
+    logs = client.get(f"/jobs/{job_id}/logs?limit=5000", headers=user.headers).json()
+    assert logs["dropped"] == 70 and len(logs["items"]) == 50
+    assert [line["message"] for line in logs["items"]][-1] == "line 119"
+    assert logs["items"][0]["message"] == "line 70"  # the oldest went first
+    long = "x" * 5000
+    add_log(db, job, long, limit=50)
+    db.commit()
+    last = client.get(f"/jobs/{job_id}/logs?after={logs['items'][-1]['id']}", headers=user.headers)
+    assert len(last.json()["items"][0]["message"]) <= 2001
