@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/backend
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean chromium
 
 # Stamp files make a repeat run skip installs that are already done.
 $(VENV)/.runtime-installed: backend/requirements.txt pyproject.toml
@@ -16,7 +16,15 @@ $(VENV)/.runtime-installed: backend/requirements.txt pyproject.toml
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed backend/requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r backend/requirements-dev.txt
+	# The dashboard's browser test drives Debian's Chromium (Playwright cannot download one).
+	command -v chromium >/dev/null 2>&1 || $(MAKE) --no-print-directory chromium
 	touch $@
+
+# root needs no sudo; anyone else needs it for apt-get.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+chromium:
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 run: $(VENV)/.runtime-installed
 	$(BIN)/python -m app.launcher

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.dashboard.pages import install_dashboard
 from app.errors import install_error_handlers
 from app.json_body import RequestLimitsMiddleware
 from app.openapi import document_error_responses
@@ -134,6 +135,7 @@ def create_app(
     for module in (health, auth, users, nodes, jobs, job_stream, tokens, metrics, status):
         document_error_responses(module.router)
         app.include_router(module.router)
+    install_dashboard(app)
     return app
 
 

@@ -1,0 +1,153 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against the real
+launcher: log in through the page, watch a real job's loss chart gain points without a
+reload, open a node page, cancel a running job from its page and see the refund, and find
+another user's job answering 404. A screenshot of the job page goes to var/test-artifacts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.agent.gateway_process import OWNER, OWNER_PASSWORD, Gateway, running_gateway
+from tests.paths import REPO_ROOT as ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "var" / "test-artifacts"
+
+
+def split_job(epochs: int, delay_s: float) -> dict:
+    return {
+        "name": f"digits for {epochs} epochs",
+        "model_config": {"type": "classifier", "model_name": "mlp"},
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
+        "training_config": {"strategy": "split", "epochs": epochs, "step_delay_s": delay_s,
+                            "loader": {"cpu_cores": 0.5, "memory": 0.5}},
+        "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.5},
+        "max_runtime_s": 600,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    with running_gateway(tmp_path_factory.mktemp("dashboard")) as running:
+        yield running
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def log_in(page, gateway: Gateway, username: str, password: str) -> None:
+    page.goto(gateway.base + "/")  # the root sends a browser to the dashboard
+    assert page.url.endswith("/dashboard")
+    page.wait_for_selector("form#login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#jobs")
+
+
+def chart_points(page, name: str) -> int:
+    chart = page.query_selector(f'[data-chart="{name}"]')
+    return int(chart.get_attribute("data-points") or 0) if chart else 0
+
+
+def test_the_dashboard_shows_a_job_live_cancels_one_and_hides_others_jobs(
+    gateway: Gateway, browser
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    log_in(page, gateway, "admin", "admin-change-me")
+    assert "token" not in page.url  # never in a URL
+
+    job = gateway.as_admin("POST", "/jobs/submit", json=split_job(epochs=4, delay_s=0.15))
+    page.wait_for_selector(f'tr[data-job="{job["id"]}"]', timeout=30_000)  # the list updates
+    page.click(f'tr[data-job="{job["id"]}"] a')
+    page.wait_for_selector("#job-status")
+    page.wait_for_function(
+        "() => +(document.querySelector('[data-chart=\"loss\"]')?.dataset.points || 0) >= 3",
+        timeout=120_000,
+    )
+    first = chart_points(page, "loss")
+    page.wait_for_function(
+        f"() => +(document.querySelector('[data-chart=\"loss\"]')?.dataset.points || 0) > {first}",
+        timeout=60_000,
+    )  # more points, no reload
+    page.wait_for_function(
+        "() => document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000
+    )
+    assert "placed on node" in page.inner_text("#logs")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+
+    page.goto(gateway.base + "/dashboard#/nodes/1")
+    page.wait_for_selector("#node-info")
+    page.wait_for_function(
+        "() => /jobs served: [1-9]/.test(document.querySelector('#node-info').textContent)"
+    )
+
+    long = gateway.as_admin("POST", "/jobs/submit", json=split_job(epochs=200, delay_s=0.2))
+    page.goto(gateway.base + f"/dashboard#/jobs/{long['id']}")
+    page.wait_for_function(
+        "() => document.querySelector('#job-status')?.textContent === 'running'", timeout=120_000
+    )
+    page.wait_for_function(
+        "() => +(document.querySelector('[data-chart=\"loss\"]')?.dataset.points || 0) >= 1",
+        timeout=120_000,
+    )
+    page.click("#cancel")
+    page.wait_for_function(
+        "() => document.querySelector('#job-status').textContent === 'cancelled'", timeout=120_000
+    )
+    page.goto(gateway.base + "/dashboard#/tokens")
+    page.wait_for_selector("#history tbody tr")
+    refunds = [
+        row for row in page.query_selector_all("#history tbody tr")
+        if "refund" in row.inner_text() and f"\t{long['id']}\t" in f"\t{row.inner_text()}\t"
+    ]  # fmt: skip
+    assert refunds, page.inner_text("#history")
+    assert "held 0" in page.inner_text("#balance")
+
+    # Another user: the admin's job page answers 404.
+    page.click("#logout")
+    page.wait_for_selector("form#login")
+    page.fill("input[name=username]", OWNER)
+    page.fill("input[name=password]", OWNER_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_function(
+        f"() => document.querySelector('#who').textContent.startsWith('{OWNER}')"
+    )
+    page.goto(gateway.base + f"/dashboard#/jobs/{job['id']}")
+    page.wait_for_selector("#not-found")
+    assert not page.query_selector("#job-status")
+    assert errors == [], errors
+
+
+def test_the_page_itself_holds_no_data_and_is_locked_down(gateway: Gateway) -> None:
+    page = httpx.get(gateway.base + "/dashboard")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "admin" not in page.text  # no data in the page: it comes from the API, per caller
+    script = httpx.get(gateway.base + "/dashboard/static/app.js")
+    assert script.status_code == 200 and "sessionStorage" in script.text
+    licence = httpx.get(gateway.base + "/dashboard/static/vendor/LICENSE.uPlot.txt")
+    assert licence.status_code == 200 and "MIT" in licence.text
