@@ -63,14 +63,27 @@ def last_value(points: list[dict], key: str) -> object:
     return [p["values"][key] for p in points if key in p["values"]][-1]
 
 
-def actors_of(job_id: int) -> list:
-    """Ray's own records of the job's actors (alive or dead)."""
+def actors_of(job_id: int, before: set[str] = frozenset()) -> list:
+    """Ray's own records of the job's actors (alive or dead), less those in ``before`` (job
+    ids start again in every test, the session's Ray keeps earlier tests' actors)."""
     import ray
     from ray.util.state import list_actors
 
     address = ray.get_runtime_context().gcs_address
     prefix = f"distlm-job-{job_id}-"
-    return [a for a in list_actors(address=address, limit=10_000) if a.name.startswith(prefix)]
+    return [
+        a
+        for a in list_actors(address=address, limit=10_000)
+        if a.name.startswith(prefix) and a.actor_id not in before
+    ]
+
+
+def actor_ids() -> set[str]:
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address
+    return {a.actor_id for a in list_actors(address=address, limit=10_000)}
 
 
 def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_model(
@@ -106,6 +119,7 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         )
         assert estimate.json()["total"] > trainer_only.json()["total"]  # the loaders are priced
 
+        earlier = actor_ids()
         trained = run_job(client, user.headers, SPLIT_DIGITS)
         job_id = trained["id"]
         roles = {(p["role"], p["node_id"]) for p in trained["placement"] or []} or None
@@ -114,7 +128,7 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         assert accuracy >= 0.90, accuracy
 
         # Where Ray says the parts ran: the loader on the CPU node, the trainer on the GPU one.
-        ran = {a.name.split("-")[4]: a.node_id for a in actors_of(job_id)}
+        ran = {a.name.split("-")[4]: a.node_id for a in actors_of(job_id, earlier)}
         assert ran["loader"] == ray_nodes[1].node_id, (ran, roles)
         assert ran["train"] == gpu_ray_node.node_id
         # Each owner was paid for its own stage.
