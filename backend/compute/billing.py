@@ -125,3 +125,21 @@ def settle(
         rates=rates,
         memo=f"settlement of job {job.id} ({job.status})",
     )
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """What a job has cost so far (metered usage on others' nodes, before the cap) and the
+    most it can cost (its hold), in micro-tokens."""
+
+    so_far: int
+    hold: int
+
+
+def job_cost(session: Session, job: Job, rates: Rates) -> JobCost:
+    from compute.dispatch_policy import metered
+
+    owners = dict(session.execute(select(Node.id, Node.owner_id)).all())
+    charged = frozenset(node for node, owner in owners.items() if owner != job.owner_id)
+    hold = job_estimate(job, rates).total
+    return JobCost(min(metered(job.usage or {}, charged, rates), hold), hold)

@@ -69,6 +69,9 @@ def test_the_event_stream_is_in_order_and_resumes_without_gap_or_duplicate(
     assert steps == sorted(steps) and steps[-1] == 2 * 9  # 270 train rows, batches of 32
     kinds = {kind for _, kind, _ in items}
     assert {"status", "metric", "usage", "log"} <= kinds
+    said = [data["message"] for _, kind, data in items if kind == "log"]
+    assert any(m.startswith("training on 270 samples") for m in said), said
+    assert any(m.startswith("epoch 2 done: loss") for m in said), said
 
     middle = len(items) // 2
     resumed = read_stream(client, user.headers, job["id"], last=items[middle][0])

@@ -472,3 +472,14 @@ def test_a_job_no_registered_node_can_hold_says_so_at_submit(
         assert refused.status_code == 422
         assert "no registered node can hold this job" in refused.json()["detail"]
         assert strict.get("/tokens/balance/me", headers=alice.headers).json() == before
+
+
+def test_a_job_shows_what_it_cost_so_far_against_its_hold(
+    client: TestClient, user: Account
+) -> None:
+    job = client.post("/jobs/submit", headers=user.headers, json=SPLIT_MLP).json()
+    seen = client.get(f"/jobs/{job['id']}", headers=user.headers).json()
+    held = client.get("/tokens/balance/me", headers=user.headers).json()["held"]
+    assert seen["cost_so_far"] == 0 and seen["hold"] == pytest.approx(held)
+    listed = client.get("/jobs", headers=user.headers).json()["items"][0]
+    assert listed["cost_so_far"] is None  # only on the job's own page

@@ -138,6 +138,7 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         assert set(trained["usage"]["3"]["stages"]) == {"trainer"}
         for owner in (cpu_owner, gpu_owner):
             assert client.get("/tokens/balance/me", headers=owner.headers).json()["earned"] > 0
+        assert 0 < trained["cost_so_far"] <= trained["hold"]
         flow = [p["values"] for p in points if "data_wait_fraction" in p["values"]]
         assert flow and all(0 <= f["data_wait_fraction"] <= 1 for f in flow)
         assert all(f["batches_in_flight"] <= 8 for f in flow)

@@ -11,9 +11,10 @@ from starlette.background import BackgroundTask
 from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDep
 from app.errors import error_responses
 from app.schemas.common import Page
-from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out
+from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, micro_to_tokens
 from app.schemas.storage import StorageFreedOut
 from compute.artifacts import artifact_dir, pack_directory
+from compute.billing import job_cost
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
@@ -75,8 +76,13 @@ def list_(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get(job_id: JobId, viewer: CurrentUser, session: DbSession) -> JobOut:
-    return job_out(get_job_for(session, viewer, job_id))
+def get(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep) -> JobOut:
+    """The job, with what it has cost so far against its hold (in tokens)."""
+    job = get_job_for(session, viewer, job_id)
+    cost = job_cost(session, job, rates)
+    return job_out(job).model_copy(
+        update={"cost_so_far": micro_to_tokens(cost.so_far), "hold": micro_to_tokens(cost.hold)}
+    )
 
 
 @router.get(

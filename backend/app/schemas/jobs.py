@@ -51,6 +51,8 @@ class JobOut(BaseModel):
     attempts: int
     usage: dict[str, Any] | None
     usage_by_stage: dict[str, dict[str, float]]  # split: the trainer's and loaders' totals
+    cost_so_far: float | None = None  # tokens (GET /jobs/{id} only): metered, capped by the hold
+    hold: float | None = None  # tokens: the most the job can cost
     has_artifact: bool
     created_at: dt.datetime
     updated_at: dt.datetime

@@ -230,7 +230,6 @@ async function jobPage(id) {
     h("div", { class: "card" }, h("h3", {}, "Logs"), logs),
     h("div", { class: "card" }, h("h3", {}, "Spec"), h("pre", {}, JSON.stringify(job.spec, null, 2))));
 
-  const hold = await api("/tokens/estimate", { method: "POST", json: job.spec }).catch(() => null);
   const byKey = new Map();
   let total = null;
   function showJob(j) {
@@ -245,7 +244,8 @@ async function jobPage(id) {
         h("td", {}, fmt(f.gpu_seconds, 1)), h("td", {}, fmt(f.cpu_core_seconds, 1)), h("td", {}, fmt(f.memory_gb_seconds, 1))));
     }
     usage.replaceChildren(...rows);
-    cost.textContent = hold ? `Hold: ${fmt(hold.total, 4)} tokens (the most this job can cost; it is charged what it uses).` : "";
+    cost.textContent = `Cost so far: ${fmt(j.cost_so_far, 6)} of a hold of ${fmt(j.hold, 6)} tokens ` +
+      "(charged for what ran on others' nodes; the rest of the hold is refunded).";
   }
   function addPoint(point) {
     const values = point.values || {};

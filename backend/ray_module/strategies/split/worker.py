@@ -17,7 +17,7 @@ import numpy as np
 
 from ray_module.contract import NAMESPACE, WorkerPlan
 from ray_module.errors import ModelError, RunCancelledError
-from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
+from ray_module.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
 from ray_module.models.sources import ModelRequest
 from ray_module.storage.checkpoints import load_arrays, save_arrays
 from ray_module.strategies.base import CHECKPOINT_DIR
@@ -103,6 +103,13 @@ class SplitWorker:
             "validation_samples": len(config.validation_ids),
         }
         self._emit(MetricEvent(0, described))
+        self._log(
+            f"resumed from the checkpoint at step {step} of {total}"
+            if step
+            else f"training on {len(config.train_ids)} samples ({per_epoch} batches of "
+            f"{settings.batch_size} per epoch, {total} steps), validating on "
+            f"{len(config.validation_ids)}"
+        )
         self._plans = {"train": plan}
         last_usage = time.monotonic()
         # One stream per epoch: it drains before the epoch's validation, so validation
@@ -125,6 +132,7 @@ class SplitWorker:
                     values.update(self._epoch_figures(epoch_ids))
                     epoch_ids = []
                     values.update(self._validation_figures(model))
+                    self._log(_epoch_line(epoch, values))
                 self._emit(MetricEvent(step, values))
                 if step % checkpoint_every == 0 or end_of_epoch:
                     self._save_checkpoint(model, optimizer, step, epoch_ids)
@@ -477,6 +485,9 @@ class SplitWorker:
     def _emit(self, event: Any) -> None:
         self.runner.emit.remote(event)
 
+    def _log(self, message: str, level: str = "info") -> None:
+        self._emit(LogEvent(message, level=level, source="trainer"))
+
     def _cancel_requested(self) -> bool:
         import ray
 
@@ -493,6 +504,17 @@ def _optimizer_state(arrays: dict[str, np.ndarray], saved: dict[str, Any]) -> di
         for index, names in saved["state_keys"].items()
     }
     return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _epoch_line(epoch: int, values: dict[str, Any]) -> str:
+    """One epoch in words: its loss, validation score and what limited it."""
+    parts = [f"epoch {epoch + 1} done: loss {values['loss']:.4f}"]
+    for key in ("validation_accuracy", "validation_loss", "validation_perplexity"):
+        if key in values:
+            parts.append(f"{key.replace('_', ' ')} {values[key]:.4f}")
+    if "data_wait_fraction" in values:
+        parts.append(f"trainer waited for data {values['data_wait_fraction']:.0%} of the time")
+    return ", ".join(parts)
 
 
 def _numpy(tensor: Any) -> np.ndarray:
