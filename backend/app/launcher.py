@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -26,7 +28,18 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def main() -> None:
-    uvicorn.run("app.main:app", **server_options(get_settings()))
+    settings = get_settings()
+    if settings.workers > 1:
+        share_prometheus_figures()
+    uvicorn.run("app.main:app", **server_options(settings))
+
+
+def share_prometheus_figures() -> None:
+    """Several worker processes: prometheus-client's multiprocess mode, so GET /metrics on any
+    of them counts the requests of all. A fresh directory each start (stale files would add
+    a previous run's counts); set before the workers start, which inherit it."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="distlm-prometheus-")
 
 
 if __name__ == "__main__":

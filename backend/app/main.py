@@ -18,8 +18,20 @@ from app.dashboard.pages import install_dashboard
 from app.errors import install_error_handlers
 from app.json_body import RequestLimitsMiddleware
 from app.openapi import document_error_responses
+from app.request_metrics import RequestMetricsMiddleware
 from app.responses import JSONLineResponse
-from app.routes import auth, health, job_stream, jobs, metrics, nodes, status, tokens, users
+from app.routes import (
+    auth,
+    health,
+    job_stream,
+    jobs,
+    metrics,
+    nodes,
+    prometheus,
+    status,
+    tokens,
+    users,
+)
 from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
@@ -132,7 +144,10 @@ def create_app(
     app.state.version = VERSION
     install_error_handlers(app)
     app.add_middleware(RequestLimitsMiddleware)
-    for module in (health, auth, users, nodes, jobs, job_stream, tokens, metrics, status):
+    app.add_middleware(RequestMetricsMiddleware)
+    for module in (
+        health, auth, users, nodes, jobs, job_stream, tokens, metrics, prometheus, status
+    ):  # fmt: skip
         document_error_responses(module.router)
         app.include_router(module.router)
     install_dashboard(app)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compute.billing import UsageReport, job_estimate, rates_from
 from compute.cluster_access import ClusterAccess
+from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
 from compute.dispatch_policy import (
     Decision,
     DispatchLimits,
@@ -124,8 +125,10 @@ class Dispatcher:
             while not stop.is_set():
                 try:
                     if self.lead():
-                        self.tick()
+                        with DISPATCHER_ROUNDS.time():
+                            self.tick()
                 except Exception:  # one bad round must not stop the platform
+                    DISPATCHER_ERRORS.inc()
                     log.exception("dispatcher round failed")
                 stop.wait(self.settings.dispatch_interval_s)
         finally:

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     access_token_expire_minutes: int = Field(
         15, ge=1, le=60 * 24 * 30, validation_alias=_env("DISTLM_ACCESS_TOKEN_EXPIRE_MINUTES")
     )
+    # A bearer token a Prometheus server scrapes GET /metrics with; empty: only admins may.
+    metrics_token: str = Field("", validation_alias=_env("DISTLM_METRICS_TOKEN"))
     refresh_token_expire_days: int = Field(
         30, ge=1, le=365, validation_alias=_env("DISTLM_REFRESH_TOKEN_EXPIRE_DAYS")
     )

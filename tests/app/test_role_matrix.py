@@ -45,6 +45,7 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/jobs/{job}/events", None, ALL),  # a stream: only its status is read
     ("GET", "/jobs/{job}/logs", None, ALL),
     ("GET", "/status", None, ALL),
+    ("GET", "/metrics", None, ADMIN),  # or the scrape token (tests/app/test_prometheus.py)
     (
         "POST",
         "/auth/register",
