@@ -175,7 +175,26 @@ def test_four_make_run_workers_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     command = [PYTHON, "-m", "app.launcher"]
     with gateway_processes(command, ROOT, env) as (base, _process, _log):
         exercise(base, database_url, started)
+        requests_counted_across_workers(base)
     wait_for(lambda: not heads_started_since(started), timeout_s=60, what="the head to stop")
+
+
+def requests_counted_across_workers(base: str) -> None:
+    """The launcher's workers share their Prometheus figures: GET /metrics, on whichever
+    worker answers it, counts the requests that every worker served."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    admin = {"Authorization": f"Bearer {login(base, 'admin', 'admin-change-me')}"}
+    for _ in range(24):  # new connections: uvicorn spreads them over the workers
+        assert httpx.get(f"{base}/auth/me", headers=admin, timeout=10).status_code == 200
+    text = httpx.get(f"{base}/metrics", headers=admin, timeout=30).text
+    counted = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "distlm_http_requests_total" and sample.labels["route"] == "/auth/me"
+    )
+    assert counted == 24
 
 
 @pytest.mark.postgres

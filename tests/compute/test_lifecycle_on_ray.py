@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from auth.models import Role
+from tests.app.test_prometheus import scrape, value
 from tests.conftest import finished, job_state
 from tests.polling import wait_for
 
@@ -28,6 +30,8 @@ def test_a_drained_node_gets_no_new_job_and_a_finished_jobs_files_can_be_deleted
     drained = client.post(f"/nodes/{nodes[0]}/drain", headers=owner.headers)
     assert drained.status_code == 200 and drained.json()["drained"] is True
 
+    admin = make_account("root", Role.ADMIN)
+    before = scrape(client, admin.headers)
     job = client.post("/jobs/submit", headers=user.headers, json=SMALL_JOB).json()
     running = wait_for(
         lambda: (j := job_state(client, user.headers, job["id"]))["status"] == "running" and j,
@@ -42,6 +46,23 @@ def test_a_drained_node_gets_no_new_job_and_a_finished_jobs_files_can_be_deleted
     )
     assert done["status"] == "succeeded", done["status_reason"]
     assert set(done["usage"]) == {str(nodes[1])}  # nothing ran on the drained node
+
+    # Prometheus saw it: one more succeeded job, the charge and the owner's credit.
+    after = scrape(client, admin.headers)
+    assert value(after, "distlm_jobs", status="succeeded") == 1 + value(
+        before, "distlm_jobs", status="succeeded"
+    )
+    spent = client.get("/tokens/balance/me", headers=user.headers).json()["spent"]
+    earned = client.get("/tokens/balance/me", headers=owner.headers).json()["earned"]
+    charged = value(after, "distlm_tokens_charged_total") - value(
+        before, "distlm_tokens_charged_total"
+    )
+    assert charged == pytest.approx(spent)
+    credited = value(after, "distlm_tokens_credited_total") - value(
+        before, "distlm_tokens_credited_total"
+    )
+    assert credited == pytest.approx(earned) and 0 < earned < spent
+    assert value(after, "distlm_ledger_invariant_ok") == 1
 
     used = client.get("/users/me/storage", headers=user.headers).json()
     assert [j["job_id"] for j in used["jobs"]] == [job["id"]] and used["total_bytes"] > 0
