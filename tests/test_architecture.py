@@ -111,6 +111,18 @@ def test_ray_module_imports_nothing_of_ours_but_itself() -> None:
     assert outside == set()
 
 
+def test_the_client_imports_nothing_of_the_gateway() -> None:
+    """distlm (client and CLI) talks HTTP only: a user's machine needs none of the server."""
+    outside = {
+        (name, target)
+        for name, targets in GRAPH.items()
+        if name.split(".")[0] == "distlm"
+        for target in targets
+        if target.split(".")[0] != "distlm"
+    }
+    assert outside == set()
+
+
 def test_layers_point_one_way() -> None:
     """core imports nothing of ours; auth and ledger only core; nothing imports app."""
     allowed = {"core": {"core"}, "auth": {"auth", "core"}, "ledger": {"ledger", "core"}}
