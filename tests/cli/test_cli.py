@@ -1,0 +1,166 @@
+"""The `distlm` command line and the Python client against the real launcher, as a user runs
+them: subprocesses, a pseudo-terminal for the progress bar, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.agent.gateway_process import OWNER, OWNER_PASSWORD, Gateway, running_gateway
+
+pytestmark = [pytest.mark.slow]
+
+DISTLM = str(Path(sys.executable).with_name("distlm"))
+
+
+def split_job(epochs: int, delay_s: float = 0.0, **changes: object) -> dict:
+    return {
+        "name": f"digits, {epochs} epochs",
+        "model_config": {"type": "classifier", "model_name": "mlp"},
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 300},
+        "training_config": {"strategy": "split", "epochs": epochs, "step_delay_s": delay_s,
+                            "loader": {"cpu_cores": 0.5, "memory": 0.5}},
+        "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.5},
+        "max_runtime_s": 600,
+        **changes,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    with running_gateway(tmp_path_factory.mktemp("cli")) as running:
+        yield running
+
+
+@pytest.fixture
+def home(tmp_path: Path, gateway: Gateway) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTLM_", "RAY_"))}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"),
+               DISTLM_URL=gateway.base, COLUMNS="120")  # fmt: skip
+    return env
+
+
+def distlm(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [DISTLM, *args], env=env, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def logged_in(env: dict) -> dict:
+    done = distlm(env, "login", "--username", OWNER, "--password", OWNER_PASSWORD)
+    assert done.returncode == 0, done.stderr
+    return env
+
+
+def spec_file(tmp_path: Path, body: dict, name: str = "job.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(body))
+    return str(path)
+
+
+def test_login_keeps_a_private_token_file_and_bad_tokens_exit_4(home: dict) -> None:
+    logged_in(home)
+    stored = Path(home["XDG_CONFIG_HOME"]) / "distlm" / "credentials.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert distlm(home, "whoami").stdout.startswith(OWNER)
+    assert distlm({**home, "DISTLM_TOKEN": "not-a-token"}, "jobs").returncode == 4
+    wrong = distlm(home, "login", "--username", OWNER, "--password", "wrong-password")
+    assert wrong.returncode == 4
+    assert distlm(home, "logout").returncode == 0 and not stored.exists()
+    assert distlm(home, "jobs").returncode == 4  # not logged in
+
+
+def test_submit_and_watch_exits_by_how_the_job_ended(
+    home: dict, gateway: Gateway, tmp_path: Path
+) -> None:
+    logged_in(home)
+    done = distlm(home, "submit", spec_file(tmp_path, split_job(2)), "--yes", "--watch")
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout and "validation_accuracy:" in done.stdout
+    assert "holds up to" in done.stderr  # cost and balance shown before submitting
+
+    missing = split_job(1, data_config={"data_source": "local", "dataset_name": "mine",
+                                        "path": "no/such.npz"})  # fmt: skip
+    failed = distlm(home, "submit", spec_file(tmp_path, missing, "bad.json"), "--yes", "--watch")
+    assert failed.returncode == 1 and "failed" in failed.stdout
+
+    long_spec = spec_file(tmp_path, split_job(300, 0.2), "long.json")
+    long = distlm(home, "--json", "submit", long_spec, "--yes")
+    job_id = json.loads(long.stdout)["id"]
+    assert distlm(home, "cancel", str(job_id)).returncode == 0
+    assert distlm(home, "watch", str(job_id)).returncode == 2
+
+    rich = split_job(1, requirements={"gpu": 0, "cpu_cores": 64, "memory": 64},
+                     max_runtime_s=30 * 24 * 3600)  # fmt: skip
+    poor = distlm(home, "submit", spec_file(tmp_path, rich, "rich.json"), "--yes")
+    assert poor.returncode == 3 and "short by" in poor.stderr
+
+    listed = distlm(home, "--json", "jobs")
+    assert listed.returncode == 0
+    owner = {"Authorization": f"Bearer {gateway.owner_token}"}
+    api = httpx.get(f"{gateway.base}/jobs", headers=owner).json()
+    assert [j["id"] for j in json.loads(listed.stdout)] == [j["id"] for j in api["items"]]
+    assert json.loads(distlm(home, "--json", "balance").stdout)["held"] == 0
+    logs = distlm(home, "logs", str(job_id))
+    assert logs.returncode == 0 and "placed on node" in logs.stdout
+
+
+def test_watch_draws_a_progress_bar_that_advances_in_a_terminal(home: dict, tmp_path: Path) -> None:
+    logged_in(home)
+    submitted = distlm(home, "--json", "submit", spec_file(tmp_path, split_job(3, 0.1)), "--yes")
+    job_id = json.loads(submitted.stdout)["id"]
+    parent, child = pty.openpty()
+    process = subprocess.Popen([DISTLM, "watch", str(job_id)], env=home, stdin=child,
+                               stdout=child, stderr=child, close_fds=True)  # fmt: skip
+    os.close(child)
+    screen = b""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([parent], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        if process.poll() is not None and not ready:
+            break
+    process.wait(timeout=30)
+    os.close(parent)
+    text = screen.decode(errors="replace")
+    shown = [int(m) for m in re.findall(r"step (\d+)/\d+", text)]
+    assert process.returncode == 0, text[-2000:]
+    assert len(set(shown)) >= 3 and shown[-1] > shown[0], text[-2000:]  # it advanced
+    assert "\x1b[" in text  # drawn for a terminal
+
+
+def test_the_python_client_as_a_notebook_uses_it(gateway: Gateway, tmp_path: Path) -> None:
+    from distlm.client import Client
+    from distlm.errors import NotFoundError
+
+    with Client(gateway.base) as client:
+        client.login(OWNER, OWNER_PASSWORD)
+        job = client.submit(split_job(2))
+        job.wait(progress=True, timeout_s=300)
+        assert job.status == "succeeded", job.reason
+        final = [p for p in job.metrics() if "validation_accuracy" in p["values"]][-1]
+        assert final["values"]["validation_accuracy"] > 0.5
+        model = job.download_model(tmp_path / "model.tar.gz")
+        assert model.stat().st_size > 0
+        with pytest.raises(NotFoundError) as missing:
+            client.job(999_999)
+        assert missing.value.code == "not_found" and missing.value.status == 404
