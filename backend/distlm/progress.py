@@ -47,35 +47,49 @@ def watch(job: Job, *, timeout_s: float | None = None, console: Console | None =
     columns = (
         TextColumn("[bold]job {task.fields[job]}[/] {task.fields[status]}"),
         BarColumn(),
-        TextColumn("{task.fields[unit]} {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[where]}"),
         TextColumn("{task.fields[figures]}"),
         TextColumn("tokens {task.fields[spent]}"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("", total=None, job=job.id, status=job.status, unit="step",
+        task = bar.add_task("", total=None, job=job.id, status=job.status, where="",
                             figures="", spent="")  # fmt: skip
         last_cost = 0.0
+        unit = "step"
+
+        def show(done: int | None = None, total: int | None = None) -> None:
+            if total:
+                bar.update(task, total=total)
+            if done is not None:  # events and the status reason may arrive out of step
+                bar.update(task, completed=max(done, bar.tasks[0].completed))
+            current = bar.tasks[0]
+            of = f"/{current.total:.0f}" if current.total else ""
+            bar.update(task, where=f"{unit} {current.completed:.0f}{of}")
+
         for event in job.events():
             kind, data = event["event"], event["data"]
             if kind == "metric":
                 values = data.get("values") or {}
                 if data.get("step") == 0 and isinstance(values.get("total_steps"), int):
-                    bar.update(task, total=values["total_steps"])
+                    show(total=values["total_steps"])
                 elif data.get("step", 0) > 0:
-                    bar.update(task, completed=data["step"], figures=describe(values))
+                    show(done=data["step"])
+                    if describe(values):
+                        bar.update(task, figures=describe(values))
             if kind == "status":
                 match = PROGRESS.search(data.get("reason", ""))
                 if match:
-                    bar.update(task, unit=match.group(1), total=int(match.group(3)))
+                    unit = match.group(1)
+                    show(total=int(match.group(3)))
                 bar.update(task, status=data.get("status", ""))
             if time.monotonic() - last_cost > 1.0 or kind in ("status", "end"):
                 last_cost = time.monotonic()
                 job.refresh()
                 match = PROGRESS.search(job.reason)
                 if match:
-                    unit, done, total = match.group(1), int(match.group(2)), int(match.group(3))
-                    bar.update(task, unit=unit, completed=done, total=total)
+                    unit = match.group(1)
+                    show(done=int(match.group(2)), total=int(match.group(3)))
                 spent = f"{job.data.get('cost_so_far') or 0:.4g} of {job.data.get('hold') or 0:.4g}"
                 bar.update(task, status=job.status, spent=spent)
             if timeout_s is not None and time.monotonic() - started > timeout_s:
