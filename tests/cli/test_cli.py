@@ -113,7 +113,8 @@ def test_submit_and_watch_exits_by_how_the_job_ended(
     api = httpx.get(f"{gateway.base}/jobs", headers=owner).json()
     assert [j["id"] for j in json.loads(listed.stdout)] == [j["id"] for j in api["items"]]
     assert json.loads(distlm(home, "--json", "balance").stdout)["held"] == 0
-    logs = distlm(home, "logs", str(job_id))
+    first = api["items"][-1]  # the job that ran to its end
+    logs = distlm(home, "logs", str(first["id"]))
     assert logs.returncode == 0 and "placed on node" in logs.stdout
 
 
