@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDep
@@ -18,8 +19,10 @@ from compute.billing import job_cost
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
+from compute.models import Job
 from compute.results import MEDIA_TYPES, ResultFormat, results_file, results_summary
 from compute.storage import delete_job_storage
+from ledger.pricing import Rates
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -59,7 +62,7 @@ def submit(
     if not created:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
-    return job_out(job)
+    return job_detail(session, job, rates)
 
 
 @router.get("", response_model=Page[JobOut])
@@ -78,7 +81,11 @@ def list_(
 @router.get("/{job_id}", response_model=JobOut)
 def get(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep) -> JobOut:
     """The job, with what it has cost so far against its hold (in tokens)."""
-    job = get_job_for(session, viewer, job_id)
+    return job_detail(session, get_job_for(session, viewer, job_id), rates)
+
+
+def job_detail(session: Session, job: Job, rates: Rates) -> JobOut:
+    """A job with what it has cost so far against its hold (the list leaves these out)."""
     cost = job_cost(session, job, rates)
     return job_out(job).model_copy(
         update={"cost_so_far": micro_to_tokens(cost.so_far), "hold": micro_to_tokens(cost.hold)}
@@ -160,4 +167,4 @@ def cancel(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesD
     """Cancel a job. A queued job is cancelled at once and fully refunded; a running one is
     stopped within a dispatcher round and charged only for what it used. Cancelling a
     finished job, or cancelling twice, is 409."""
-    return job_out(cancel_job(session, viewer, job_id, rates=rates))
+    return job_detail(session, cancel_job(session, viewer, job_id, rates=rates), rates)
