@@ -64,6 +64,7 @@ class SplitWorker:
         self.flow = Flow(loader_cores=sum(p.cpu_cores for p in config.loaders))
         self._plans: dict[str, EpochPlan] = {}
         self._label_map: np.ndarray | None = None
+        self._last_emit: Any = None
         self.class_names: list[str] = []
         self.num_classes = 0
         self._tokenizer_of_model: Any = None
@@ -479,11 +480,19 @@ class SplitWorker:
             )
         import ray
 
-        ray.get([self.runner.emit.remote(event) for event in events])
+        for event in events:
+            self._emit(event)
+        ray.get(self._last_emit)
         return now
 
     def _emit(self, event: Any) -> None:
-        self.runner.emit.remote(event)
+        """Send an event, in order: the runner serves calls on several threads, so a call is
+        sent only once the one before it has been buffered (one in flight, no reordering)."""
+        import ray
+
+        if self._last_emit is not None:
+            ray.get(self._last_emit)
+        self._last_emit = self.runner.emit.remote(event)
 
     def _log(self, message: str, level: str = "info") -> None:
         self._emit(LogEvent(message, level=level, source="trainer"))
