@@ -23,7 +23,7 @@ from typing import Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.billing import UsageReport, job_estimate, rates_from
+from compute.billing import UsageReport, charged_nodes, job_estimate, node_owners, rates_from
 from compute.cluster_access import ClusterAccess
 from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
 from compute.dispatch_policy import (
@@ -470,15 +470,6 @@ def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
         )
         for job in jobs
     ]
-
-
-def node_owners(session: Session) -> dict[int, int]:
-    return dict(session.execute(select(Node.id, Node.owner_id)).all())
-
-
-def charged_nodes(owners: dict[int, int], job: Job) -> frozenset[int]:
-    """The nodes whose usage the job's owner pays for: everyone's but their own."""
-    return frozenset(node for node, owner in owners.items() if owner != job.owner_id)
 
 
 def progress(job: Job, step: int) -> str:

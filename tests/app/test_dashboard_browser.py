@@ -12,24 +12,13 @@ import httpx
 import pytest
 
 from tests.agent.gateway_process import OWNER, OWNER_PASSWORD, Gateway, running_gateway
+from tests.job_specs import small_split_job
 from tests.paths import REPO_ROOT as ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "var" / "test-artifacts"
-
-
-def split_job(epochs: int, delay_s: float) -> dict:
-    return {
-        "name": f"digits for {epochs} epochs",
-        "model_config": {"type": "classifier", "model_name": "mlp"},
-        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
-        "training_config": {"strategy": "split", "epochs": epochs, "step_delay_s": delay_s,
-                            "loader": {"cpu_cores": 0.5, "memory": 0.5}},
-        "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.5},
-        "max_runtime_s": 600,
-    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +68,7 @@ def test_the_dashboard_shows_a_job_live_cancels_one_and_hides_others_jobs(
     log_in(page, gateway, "admin", "admin-change-me")
     assert "token" not in page.url  # never in a URL
 
-    job = gateway.as_admin("POST", "/jobs/submit", json=split_job(epochs=4, delay_s=0.15))
+    job = gateway.as_admin("POST", "/jobs/submit", json=small_split_job(4, 0.15, max_samples=400))
     page.wait_for_selector(f'tr[data-job="{job["id"]}"]', timeout=30_000)  # the list updates
     page.click(f'tr[data-job="{job["id"]}"] a')
     page.wait_for_selector("#job-status")
@@ -104,7 +93,7 @@ def test_the_dashboard_shows_a_job_live_cancels_one_and_hides_others_jobs(
         "() => /jobs served: [1-9]/.test(document.querySelector('#node-info').textContent)"
     )
 
-    long = gateway.as_admin("POST", "/jobs/submit", json=split_job(epochs=200, delay_s=0.2))
+    long = gateway.as_admin("POST", "/jobs/submit", json=small_split_job(200, 0.2, max_samples=400))
     page.goto(gateway.base + f"/dashboard#/jobs/{long['id']}")
     page.wait_for_function(
         "() => document.querySelector('#job-status')?.textContent === 'running'", timeout=120_000

@@ -18,23 +18,11 @@ import httpx
 import pytest
 
 from tests.agent.gateway_process import OWNER, OWNER_PASSWORD, Gateway, running_gateway
+from tests.job_specs import small_split_job
 
 pytestmark = [pytest.mark.slow]
 
 DISTLM = str(Path(sys.executable).with_name("distlm"))
-
-
-def split_job(epochs: int, delay_s: float = 0.0, **changes: object) -> dict:
-    return {
-        "name": f"digits, {epochs} epochs",
-        "model_config": {"type": "classifier", "model_name": "mlp"},
-        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 300},
-        "training_config": {"strategy": "split", "epochs": epochs, "step_delay_s": delay_s,
-                            "loader": {"cpu_cores": 0.5, "memory": 0.5}},
-        "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.5},
-        "max_runtime_s": 600,
-        **changes,
-    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +74,23 @@ def test_submit_and_watch_exits_by_how_the_job_ended(
     home: dict, gateway: Gateway, tmp_path: Path
 ) -> None:
     logged_in(home)
-    done = distlm(home, "submit", spec_file(tmp_path, split_job(2)), "--yes", "--watch")
+    done = distlm(home, "submit", spec_file(tmp_path, small_split_job(2)), "--yes", "--watch")
     assert done.returncode == 0, done.stderr
     assert "succeeded" in done.stdout and "validation_accuracy:" in done.stdout
     assert "holds up to" in done.stderr  # cost and balance shown before submitting
 
-    missing = split_job(1, data_config={"data_source": "local", "dataset_name": "mine",
+    missing = small_split_job(1, data_config={"data_source": "local", "dataset_name": "mine",
                                         "path": "no/such.npz"})  # fmt: skip
     failed = distlm(home, "submit", spec_file(tmp_path, missing, "bad.json"), "--yes", "--watch")
     assert failed.returncode == 1 and "failed" in failed.stdout
 
-    long_spec = spec_file(tmp_path, split_job(300, 0.2), "long.json")
+    long_spec = spec_file(tmp_path, small_split_job(300, 0.2), "long.json")
     long = distlm(home, "--json", "submit", long_spec, "--yes")
     job_id = json.loads(long.stdout)["id"]
     assert distlm(home, "cancel", str(job_id)).returncode == 0
     assert distlm(home, "watch", str(job_id)).returncode == 2
 
-    rich = split_job(1, requirements={"gpu": 0, "cpu_cores": 64, "memory": 64},
+    rich = small_split_job(1, requirements={"gpu": 0, "cpu_cores": 64, "memory": 64},
                      max_runtime_s=30 * 24 * 3600)  # fmt: skip
     poor = distlm(home, "submit", spec_file(tmp_path, rich, "rich.json"), "--yes")
     assert poor.returncode == 3 and "short by" in poor.stderr
@@ -120,7 +108,9 @@ def test_submit_and_watch_exits_by_how_the_job_ended(
 
 def test_watch_draws_a_progress_bar_that_advances_in_a_terminal(home: dict, tmp_path: Path) -> None:
     logged_in(home)
-    submitted = distlm(home, "--json", "submit", spec_file(tmp_path, split_job(3, 0.1)), "--yes")
+    submitted = distlm(
+        home, "--json", "submit", spec_file(tmp_path, small_split_job(3, 0.1)), "--yes"
+    )
     job_id = json.loads(submitted.stdout)["id"]
     parent, child = pty.openpty()
     process = subprocess.Popen([DISTLM, "watch", str(job_id)], env=home, stdin=child,
@@ -155,7 +145,7 @@ def test_the_python_client_as_a_notebook_uses_it(gateway: Gateway, tmp_path: Pat
 
     with Client(gateway.base) as client:
         client.login(OWNER, OWNER_PASSWORD)
-        job = client.submit(split_job(2))
+        job = client.submit(small_split_job(2))
         job.wait(progress=True, timeout_s=300)
         assert job.status == "succeeded", job.reason
         final = [p for p in job.metrics() if "validation_accuracy" in p["values"]][-1]
