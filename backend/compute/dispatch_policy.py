@@ -10,7 +10,7 @@ short transaction guarded by the status, attempt and event cursor it read.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from compute.job_state import JobStatus
@@ -32,7 +32,8 @@ class RunningJob:
     max_runtime_s: int
     cancel_requested: bool
     budget: int  # micro-tokens the job may cost (its hold); 0: no limit
-    usage: UsageTotals = field(default_factory=dict)
+    usage: UsageTotals = field(default_factory=dict)  # saved by checkpoints: what is paid
+    unsaved: tuple[UsageEvent, ...] = ()  # the attempt's work that no checkpoint covers yet
     # Nodes of other owners: their usage is charged (running on your own node is free).
     charged_nodes: frozenset[int] = frozenset()
 
@@ -90,7 +91,9 @@ def decide(
     cursor = max([job.event_cursor, *(r.seq for r in events)])
     if job.cancel_requested:
         return Decision(events, JobStatus.CANCELLED, "cancelled while running")
-    spent = metered(add_usage(job.usage, events), job.charged_nodes, rates)
+    # The budget counts unsaved work too: it stops a job before it can run past its hold.
+    so_far = add_usage(add_usages(job.usage, job.unsaved), events)
+    spent = metered(so_far, job.charged_nodes, rates)
     if job.budget > 0 and spent >= job.budget:
         reason = f"stopped: its budget of {tokens(job.budget)} tokens is used up"
         return Decision(events, JobStatus.FAILED, reason)
@@ -129,19 +132,21 @@ RESOURCE_KEYS = ("gpu_seconds", "cpu_core_seconds", "memory_gb_seconds")
 
 
 def add_usage(totals: UsageTotals, events: Sequence[RecordedEvent]) -> dict[str, dict]:
-    """The job's metered usage by node after these events (a new mapping). A node's figures
-    are its totals; where events name a stage ("trainer", "loader"), ``stages`` breaks the
-    totals down by it."""
+    """The job's usage by node after the usage among these events (a new mapping)."""
+    return add_usages(totals, [r.event for r in events if isinstance(r.event, UsageEvent)])
+
+
+def add_usages(totals: UsageTotals, usages: Iterable[UsageEvent]) -> dict[str, dict]:
+    """``totals`` plus ``usages`` by node (a new mapping). A node's figures are its totals;
+    where usage names a stage ("trainer", "loader"), ``stages`` breaks them down by it."""
     result = {node: _copied(figures) for node, figures in totals.items()}
-    for recorded in events:
-        usage = recorded.event
-        if isinstance(usage, UsageEvent):
-            current = result.setdefault(str(usage.node_id), dict.fromkeys(RESOURCE_KEYS, 0.0))
-            _add(current, usage.figures())
-            if usage.stage:
-                stages = current.setdefault("stages", {})
-                stage = stages.setdefault(usage.stage, dict.fromkeys(RESOURCE_KEYS, 0.0))
-                _add(stage, usage.figures())
+    for usage in usages:
+        current = result.setdefault(str(usage.node_id), dict.fromkeys(RESOURCE_KEYS, 0.0))
+        _add(current, usage.figures())
+        if usage.stage:
+            stages = current.setdefault("stages", {})
+            stage = stages.setdefault(usage.stage, dict.fromkeys(RESOURCE_KEYS, 0.0))
+            _add(stage, usage.figures())
     return result
 
 

@@ -30,7 +30,7 @@ from compute.dispatch_policy import (
     Decision,
     DispatchLimits,
     RunningJob,
-    add_usage,
+    add_usages,
     decide,
     resource_seconds,
     without_roots,
@@ -39,6 +39,7 @@ from compute.job_events import add_log, record_event
 from compute.job_state import JobStatus
 from compute.jobs import finish_job, source_model_path, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
+from compute.metering import describe_unsaved, is_saved, saved_by, unsaved_events, with_unsaved
 from compute.models import Job, JobMetric, Node
 from compute.nodes import shut_out_since
 from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
@@ -223,9 +224,7 @@ class Dispatcher:
             for job_id in active:
                 job = session.get(Job, job_id, with_for_update=True)
                 if job is not None and job.status in ACTIVE:
-                    job.placement = None
-                    job.event_cursor = 0
-                    transition_job(session, job, JobStatus.QUEUED, reason)
+                    requeue(session, job, reason)
 
     def reconcile_nodes(self, live: dict[int, LiveNode]) -> None:
         """Ray's node table (read before any transaction) is the truth about which
@@ -375,11 +374,14 @@ class Dispatcher:
         if decision.status is None:
             return
         if decision.status is JobStatus.QUEUED:
-            job.placement = None
-            job.event_cursor = 0
-            transition_job(session, job, JobStatus.QUEUED, decision.reason)
+            requeue(session, job, decision.reason)
             add_log(session, job, decision.reason, level="warning")
             return
+        if decision.status is JobStatus.SUCCEEDED:
+            save_usage(session, job, unsaved_events(job.unsaved_usage))  # in the final model
+            job.unsaved_usage, job.saved_step = None, None
+        else:
+            drop_unsaved_usage(session, job)
         job.placement = None
         level = "error" if decision.status is JobStatus.FAILED else "info"
         add_log(session, job, decision.reason, level=level)
@@ -403,12 +405,16 @@ class Dispatcher:
                     note = progress_note(job, values)
                     if note:
                         job.status_reason += f"; {note}"
-            case UsageEvent():
-                job.usage = add_usage(job.usage or {}, [recorded])
-                usage = recorded.event
-                figures = {"node_id": usage.node_id, "stage": usage.stage, **usage.figures()}
-                record_event(session, job, "usage", figures)
+            case UsageEvent() as usage:
+                if is_saved(usage, job.saved_step):
+                    save_usage(session, job, [usage])
+                else:
+                    job.unsaved_usage = with_unsaved(job.unsaved_usage, usage)
             case CheckpointEvent(step=step):
+                job.saved_step = max(step, job.saved_step or 0)
+                saved, job.unsaved_usage = saved_by(job.unsaved_usage, step)
+                record_event(session, job, "checkpoint", {"step": step, "attempt": job.attempts})
+                save_usage(session, job, saved)
                 job.status_reason = (
                     f"running (attempt {job.attempts}): {progress(job, step)}, checkpointed"
                 )
@@ -417,6 +423,55 @@ class Dispatcher:
             case LogEvent(message=message, level=level, source=source):
                 text = without_roots(message, self.limits.hidden_roots)
                 add_log(session, job, text, level=level, source=source)
+
+
+def save_usage(session: Session, job: Job, usages: list[UsageEvent]) -> None:
+    """Usage a checkpoint (or the final model) saved: from now on it is charged and credited;
+    each part goes into the job's event stream."""
+    if not usages:
+        return
+    job.usage = add_usages(job.usage or {}, usages)
+    for usage in usages:
+        record_event(
+            session,
+            job,
+            "usage",
+            {
+                "node_id": usage.node_id,
+                "stage": usage.stage,
+                "step": usage.step,
+                "attempt": job.attempts,
+                **usage.figures(),
+            },
+        )
+
+
+def requeue(session: Session, job: Job, reason: str) -> None:
+    """The attempt is lost: back to the queue, to resume from its last checkpoint."""
+    drop_unsaved_usage(session, job)
+    job.placement = None
+    job.event_cursor = 0
+    transition_job(session, job, JobStatus.QUEUED, reason)
+
+
+def drop_unsaved_usage(session: Session, job: Job) -> None:
+    """An attempt ends without saving its last work: that work is neither charged nor
+    credited (a resumed attempt redoes it from the checkpoint, and is paid for it once)."""
+    lost = unsaved_events(job.unsaved_usage)
+    if lost:
+        since = (
+            f"since its last checkpoint (step {job.saved_step})"
+            if job.saved_step
+            else "before its first checkpoint"
+        )
+        add_log(
+            session,
+            job,
+            f"attempt {job.attempts}: the work {since} is not charged or credited "
+            f"({describe_unsaved(lost)})",
+            level="warning",
+        )
+    job.unsaved_usage, job.saved_step = None, None
 
 
 def node_changes(
@@ -466,6 +521,7 @@ def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
             cancel_requested=job.cancel_requested_at is not None,
             budget=job_estimate(job, rates).total,
             usage=dict(job.usage or {}),
+            unsaved=tuple(unsaved_events(job.unsaved_usage)),
             charged_nodes=charged_nodes(owners, job),
         )
         for job in jobs

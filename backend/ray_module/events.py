@@ -37,13 +37,18 @@ class MetricEvent:
 
 @dataclass(frozen=True)
 class UsageEvent:
-    """Completed, accepted work on one node: what the worker held there, times wall time."""
+    """Completed work on one node: what the worker held there, times wall time.
+
+    ``step`` is the step (round, ES step, optimiser step) the work went into. The gateway
+    charges and credits it only once a checkpoint at that step or later is saved (or the run
+    succeeds), so work that a lost attempt did after its last checkpoint is never paid."""
 
     node_id: int
     gpu_seconds: float = 0.0
     cpu_core_seconds: float = 0.0
     memory_gb_seconds: float = 0.0
     stage: str = ""  # the part of the job that did it, where a job has several ("loader")
+    step: int = 0
 
     @classmethod
     def for_slot(
@@ -55,8 +60,9 @@ class UsageEvent:
         memory_gb: float,
         seconds: float,
         stage: str = "",
+        step: int = 0,
     ) -> UsageEvent:
-        return cls(node_id, gpu * seconds, cpu_cores * seconds, memory_gb * seconds, stage)
+        return cls(node_id, gpu * seconds, cpu_cores * seconds, memory_gb * seconds, stage, step)
 
     def figures(self) -> dict[str, float]:
         return {

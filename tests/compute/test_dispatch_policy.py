@@ -140,6 +140,15 @@ def test_usage_already_stored_counts_toward_the_budget() -> None:
     assert run(job, events(UsageEvent(2, cpu_core_seconds=200))).status is JobStatus.FAILED
 
 
+def test_work_no_checkpoint_saved_yet_counts_toward_the_budget() -> None:
+    """The budget stops a job before it can run past its hold, saved or not."""
+    job = dataclasses.replace(JOB, unsaved=(UsageEvent(2, cpu_core_seconds=7000, step=3),))
+    assert run(job, events(UsageEvent(2, cpu_core_seconds=200, step=4))).status is (
+        JobStatus.FAILED
+    )
+    assert run(job, events(UsageEvent(1, cpu_core_seconds=200, step=4))).status is None
+
+
 def test_a_job_without_a_budget_is_never_stopped_for_cost() -> None:
     job = dataclasses.replace(JOB, budget=0)
     assert run(job, events(UsageEvent(2, cpu_core_seconds=1e7))).status is None

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.schemas.common import ResourcesOut
-from compute.dispatch_policy import usage_by_stage
+from compute.dispatch_policy import add_usages, usage_by_stage
 from compute.job_spec import MICRO
+from compute.metering import unsaved_events
 from compute.models import Job
 
 # Shown in /docs, and the fuzzer's first inputs: seed 003's job as typed, and one that runs
@@ -49,7 +50,10 @@ class JobOut(BaseModel):
     spec: dict[str, Any]
     placement: list[dict[str, Any]] | None
     attempts: int
-    usage: dict[str, Any] | None
+    usage: dict[str, Any] | None  # by node: work saved by checkpoints, what is charged
+    # by node: the running attempt's work since its last checkpoint (charged once saved,
+    # dropped if the attempt is lost)
+    unsaved_usage: dict[str, Any]
     usage_by_stage: dict[str, dict[str, float]]  # split: the trainer's and loaders' totals
     cost_so_far: float | None = None  # tokens (GET /jobs/{id} only): metered, capped by the hold
     hold: float | None = None  # tokens: the most the job can cost
@@ -81,6 +85,7 @@ def job_out(job: Job) -> JobOut:
         placement=job.placement,
         attempts=job.attempts,
         usage=job.usage,
+        unsaved_usage=add_usages({}, unsaved_events(job.unsaved_usage)),
         usage_by_stage=usage_by_stage(job.usage),
         has_artifact=bool(job.artifact_path),
         created_at=job.created_at,

@@ -45,13 +45,15 @@ class Credit:
     cpu_cores: float
     memory_gb: float
 
-    def usage_event(self) -> UsageEvent:
+    def usage_event(self, step: int) -> UsageEvent:
+        """The work as usage of ``step`` (paid once a checkpoint covers that step)."""
         return UsageEvent.for_slot(
             self.node_id,
             gpu=self.gpu,
             cpu_cores=self.cpu_cores,
             memory_gb=self.memory_gb,
             seconds=self.seconds,
+            step=step,
         )
 
 

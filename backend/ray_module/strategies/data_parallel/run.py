@@ -163,7 +163,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                     save_checkpoint(model, tokenizer, checkpoint_dir, step)
                     runner.emit.remote(CheckpointEvent(step, str(checkpoint_dir)))
                 now = time.monotonic()
-                _report_usage(runner, cfg, node_id, now - last_report)
+                _report_usage(runner, cfg, node_id, now - last_report, step)
                 last_report = now
                 if ray.get(runner.cancel_requested.remote()):
                     raise RunCancelledError()  # every rank stops at the same checkpoint
@@ -179,13 +179,16 @@ def _first(value: Any) -> str:
     return value[0] if isinstance(value, list | tuple) else str(value)
 
 
-def _report_usage(runner: Any, cfg: dict[str, Any], node_id: int, seconds: float) -> None:
-    """Completed work since the last checkpoint: what this worker held, times wall time."""
+def _report_usage(
+    runner: Any, cfg: dict[str, Any], node_id: int, seconds: float, step: int
+) -> None:
+    """Completed work since the last checkpoint, up to ``step``: what this worker held,
+    times wall time."""
     import ray
 
     usage = UsageEvent.for_slot(
         node_id, gpu=cfg["gpu"], cpu_cores=cfg["cpu_cores"], memory_gb=cfg["memory_gb"],
-        seconds=seconds,
+        seconds=seconds, step=step,
     )  # fmt: skip
     ray.get(runner.emit.remote(usage))
 

@@ -58,7 +58,7 @@ def run_es(config: RunConfig, context: RunContext) -> None:
                 credits.append(credit)
         context.emit(MetricEvent(step, result.metrics))
         for credit in credits:
-            context.emit(credit.usage_event())
+            context.emit(credit.usage_event(step))
         if step % settings.checkpoint_interval == 0 or step == settings.steps:
             save_es_checkpoint(checkpoint_dir, step, theta, optimizer)
             context.emit(CheckpointEvent(step, str(checkpoint_dir)))

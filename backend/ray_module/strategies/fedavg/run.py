@@ -51,7 +51,7 @@ def run_fedavg(config: RunConfig, context: RunContext) -> None:
         weights = result.weights
         context.emit(MetricEvent(round_number, result.metrics))
         for credit in result.credits:
-            context.emit(credit.usage_event())
+            context.emit(credit.usage_event(round_number))
         if round_number % settings.checkpoint_interval == 0 or round_number == settings.rounds:
             save_checkpoint(
                 checkpoint_dir, FederatedCheckpoint(round_number, weights, optimizer.velocity)

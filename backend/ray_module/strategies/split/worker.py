@@ -138,13 +138,13 @@ class SplitWorker:
                 if step % checkpoint_every == 0 or end_of_epoch:
                     self._save_checkpoint(model, optimizer, step, epoch_ids)
                     self._emit(CheckpointEvent(step, str(self.checkpoint_dir)))
-                    last_usage = self._report_usage(last_usage)
+                    last_usage = self._report_usage(last_usage, step)
                     if self._cancel_requested():
                         raise RunCancelledError()
         final = self.job_dir / "model"
         self._save_model(model, extra, final)
         self._emit(ArtifactEvent(str(final)))
-        self._report_usage(last_usage)
+        self._report_usage(last_usage, step)
         return {"step": step}
 
     def validate(self) -> dict[str, Any]:
@@ -157,7 +157,7 @@ class SplitWorker:
         scores.update(self._flow_figures())
         results.write_json(self.job_dir / results.RESULTS_DIR / results.VALIDATION_FILE, scores)
         self._emit(MetricEvent(1, scores))
-        self._report_usage(started)
+        self._report_usage(started, 1)
         return scores
 
     def infer(self) -> dict[str, Any]:
@@ -192,7 +192,7 @@ class SplitWorker:
             {"estimated_memory_mb": estimate["estimated_memory_mb"], **self._flow_figures()}
         )
         self._emit(MetricEvent(1, summary))
-        self._report_usage(started)
+        self._report_usage(started, 1)
         return summary
 
     # -- the stream -----------------------------------------------------------------------
@@ -462,21 +462,23 @@ class SplitWorker:
         }
         save_arrays(self.checkpoint_dir, arrays, state)
 
-    def _report_usage(self, since: float) -> float:
-        """Completed work: the trainer's slot for the wall time since ``since``; each loader
-        node for the CPU-seconds of the batches the trainer consumed, and its memory for
-        the time they took to make."""
+    def _report_usage(self, since: float, step: int) -> float:
+        """Completed work up to ``step``: the trainer's slot for the wall time since
+        ``since``; each loader node for the CPU-seconds of the batches the trainer consumed,
+        and its memory for the time they took to make."""
         now = time.monotonic()
         trainer = self.config.trainer
         slot = {"gpu": trainer.gpu, "cpu_cores": trainer.cpu_cores, "memory_gb": trainer.memory_gb}
         events = [
-            UsageEvent.for_slot(trainer.node_id, **slot, seconds=now - since, stage="trainer")
+            UsageEvent.for_slot(
+                trainer.node_id, **slot, seconds=now - since, stage="trainer", step=step
+            )
         ]
         cpu, wall = self.flow.take_credit()
         memory = {p.node_id: p.memory_gb for p in self.config.loaders}
         for node, seconds in cpu.items():
             events.append(
-                UsageEvent(node, 0.0, seconds, memory.get(node, 0.0) * wall[node], "loader")
+                UsageEvent(node, 0.0, seconds, memory.get(node, 0.0) * wall[node], "loader", step)
             )
         import ray
 

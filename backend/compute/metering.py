@@ -1,0 +1,78 @@
+"""Only work that a checkpoint saved is charged and credited, in every mode.
+
+A run reports usage per step (``UsageEvent.step``). The dispatcher keeps the running
+attempt's usage *unsaved* until a checkpoint at that step or later is saved; then it moves
+into the job's usage, which settlement prices. Usage that arrives for a step an earlier
+checkpoint already covers (a worker reporting after rank 0 saved) is saved at once. When the
+attempt is lost, its unsaved usage is dropped: the next attempt redoes that work from the
+checkpoint and is paid for it once. A run that succeeds saved everything (its final model).
+
+Unsaved usage is stored in a JSON column, summed by ``"<step>/<node>/<stage>"``, so it
+survives a gateway restart and stays small (a few keys per step between checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from compute.dispatch_policy import RESOURCE_KEYS
+from ray_module.events import UsageEvent
+
+UnsavedUsage = Mapping[str, Mapping[str, float]]  # "<step>/<node>/<stage>" -> figures
+
+
+def with_unsaved(unsaved: UnsavedUsage | None, usage: UsageEvent) -> dict[str, dict]:
+    """``unsaved`` plus ``usage`` (a new mapping)."""
+    result = {key: dict(figures) for key, figures in (unsaved or {}).items()}
+    figures = result.setdefault(
+        f"{usage.step}/{usage.node_id}/{usage.stage}", dict.fromkeys(RESOURCE_KEYS, 0.0)
+    )
+    for name, value in usage.figures().items():
+        figures[name] = float(figures.get(name, 0.0)) + value
+    return result
+
+
+def unsaved_events(unsaved: UnsavedUsage | None) -> list[UsageEvent]:
+    """The unsaved usage as usage events, oldest step first."""
+    events = []
+    for key, figures in (unsaved or {}).items():
+        step, node, stage = key.split("/", 2)
+        amounts = [float(figures.get(name, 0.0)) for name in RESOURCE_KEYS]
+        events.append(UsageEvent(int(node), *amounts, stage=stage, step=int(step)))
+    return sorted(events, key=lambda event: (event.step, event.node_id, event.stage))
+
+
+def saved_by(
+    unsaved: UnsavedUsage | None, checkpoint_step: int
+) -> tuple[list[UsageEvent], dict[str, dict]]:
+    """What a checkpoint at ``checkpoint_step`` saves (usage of that step and earlier), and
+    what stays unsaved."""
+    saved, rest = [], {}
+    for event in unsaved_events(unsaved):
+        if event.step <= checkpoint_step:
+            saved.append(event)
+        else:
+            rest = with_unsaved(rest, event)
+    return saved, rest
+
+
+def is_saved(usage: UsageEvent, saved_step: int | None) -> bool:
+    """Whether the attempt's last checkpoint already covers this usage's step."""
+    return saved_step is not None and usage.step <= saved_step
+
+
+def describe_unsaved(events: Iterable[UsageEvent]) -> str:
+    """ "3.1 CPU-core-seconds on node 2 and 1.5 on node 3" — for the log line that says
+    what a lost attempt's unpaid work was."""
+    by_node: dict[int, float] = {}
+    gpu_by_node: dict[int, float] = {}
+    for event in events:
+        by_node[event.node_id] = by_node.get(event.node_id, 0.0) + event.cpu_core_seconds
+        gpu_by_node[event.node_id] = gpu_by_node.get(event.node_id, 0.0) + event.gpu_seconds
+    parts = []
+    for node in sorted(by_node):
+        part = f"{by_node[node]:.1f} CPU-core-seconds"
+        if gpu_by_node[node]:
+            part += f" and {gpu_by_node[node]:.1f} GPU-seconds"
+        parts.append(f"{part} on node {node}")
+    return ", ".join(parts)

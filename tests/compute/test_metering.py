@@ -1,0 +1,205 @@
+"""Only work a checkpoint saved is charged and credited (issue 26): the pure rules of
+``compute/metering.py``, then the dispatcher against a scripted stand-in for Ray whose first
+attempt is lost between checkpoints, on SQLite and PostgreSQL.
+
+Before this rule ES and FedAvg were paid per step or round: the steps a lost attempt ran
+after its last checkpoint were paid, redone by the next attempt, and paid again."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from auth.models import Role
+from compute.billing import rates_from
+from compute.metering import is_saved, saved_by, unsaved_events, with_unsaved
+from core.settings import Settings
+from ledger.pricing import ResourceSeconds, platform_fee, tokens
+from ledger.settlement import NodeUsage, node_charges
+from ray_module.contract import RunConfig
+from ray_module.events import (
+    CheckpointEvent,
+    Event,
+    MetricEvent,
+    RecordedEvent,
+    RunState,
+    StatusEvent,
+    UsageEvent,
+)
+from ray_module.resources import LiveNode
+from tests.conftest import clear_tables, make_settings, register_node
+from tests.polling import wait_for
+
+# -- the pure rules ----------------------------------------------------------------------
+
+
+def test_usage_stays_unsaved_until_a_checkpoint_at_its_step_or_later() -> None:
+    unsaved: dict = {}
+    for step in (9, 10, 11):
+        unsaved = with_unsaved(unsaved, UsageEvent(2, cpu_core_seconds=5.0, step=step))
+    unsaved = with_unsaved(unsaved, UsageEvent(2, cpu_core_seconds=1.0, step=10))
+    saved, rest = saved_by(unsaved, 10)
+    assert [(u.step, u.cpu_core_seconds) for u in saved] == [(9, 5.0), (10, 6.0)]
+    assert [(u.step, u.cpu_core_seconds) for u in unsaved_events(rest)] == [(11, 5.0)]
+
+
+def test_stages_and_nodes_are_kept_apart_and_survive_json() -> None:
+    unsaved = with_unsaved({}, UsageEvent(1, 2.0, 3.0, 4.0, stage="trainer", step=4))
+    unsaved = with_unsaved(unsaved, UsageEvent(2, 0.0, 7.0, 1.0, stage="loader", step=4))
+    assert unsaved_events(unsaved) == [
+        UsageEvent(1, 2.0, 3.0, 4.0, stage="trainer", step=4),
+        UsageEvent(2, 0.0, 7.0, 1.0, stage="loader", step=4),
+    ]
+
+
+def test_usage_a_checkpoint_already_covers_is_saved_at_once() -> None:
+    late = UsageEvent(2, cpu_core_seconds=5.0, step=10)  # a worker reporting after rank 0 saved
+    assert is_saved(late, saved_step=10)
+    assert not is_saved(late, saved_step=None)  # nothing saved yet in this attempt
+    assert not is_saved(UsageEvent(2, step=11), saved_step=10)
+
+
+# -- the dispatcher, against a scripted Ray --------------------------------------------------
+
+CPU_BOX = {"gpu": 0, "cpu_cores": 8, "memory": 32}  # what the stand-in's Ray nodes offer
+WORK_S = 10.0  # CPU-core-seconds each worker reports per step
+
+
+class ScriptedRay:
+    """Ray as the dispatcher sees it: each attempt's runner plays its script of events
+    (per step: usage of each worker, a metric, a checkpoint every ``every`` steps), then is
+    lost (``None``) or succeeds, as the test says."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = {n: LiveNode(n, f"ray-{n}", True, cpus=8, gpus=0) for n in nodes}
+        self.scripts: dict[int, list[Event]] = {}
+        self.ends: dict[int, str] = {}  # attempt -> "lost" | "succeeded"
+        self.attempt: dict[int, int] = {}
+        self.launched = threading.Event()
+
+    def live_nodes(self) -> dict[int, LiveNode]:
+        return dict(self.nodes)
+
+    def launch_runner(self, config: RunConfig) -> None:
+        self.attempt[config.job_id] = config.attempt
+        workers = [plan.node_id for plan in config.workers]
+        first = 1 if config.attempt == 1 else 11  # the second resumes from checkpoint 10
+        last = 13 if config.attempt == 1 else 20
+        script: list[Event] = [StatusEvent(RunState.RUNNING, "started")]
+        for step in range(first, last + 1):
+            script += [UsageEvent(n, cpu_core_seconds=WORK_S, step=step) for n in workers]
+            script.append(MetricEvent(step, {"loss": 1.0 / step}))
+            if step % 10 == 0:
+                script.append(CheckpointEvent(step, "checkpoint"))
+        if config.attempt == 2:
+            script.append(StatusEvent(RunState.SUCCEEDED, "done"))
+        self.scripts[config.attempt] = script
+        self.launched.set()
+
+    def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
+        script = self.scripts[self.attempt[job_id]]
+        if after >= len(script):
+            return None  # attempt 1's runner is lost once it has said everything
+        return [RecordedEvent(seq, 0.0, e) for seq, e in enumerate(script, 1) if seq > after]
+
+    def stop_runner(self, job_id: int) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted_ray() -> ScriptedRay:
+    return ScriptedRay([1, 2])
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url, dispatch_interval_s=0.05)
+
+
+@pytest.fixture
+def app(settings: Settings, scripted_ray: ScriptedRay) -> Iterator[object]:
+    clear_tables(settings.database_url)
+    yield create_app(settings, manage_ray=False, run_migrations=False, dispatcher_ray=scripted_ray)
+    clear_tables(settings.database_url)
+
+
+ES_JOB = {
+    "model_config": {"type": "char_rnn", "model_name": "rnn"},
+    "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+    "training_config": {"steps": 20, "checkpoint_interval": 10, "num_workers": 2},
+    "requirements": {"gpu": 0, "cpu_cores": 12, "memory": 2},  # a worker of 6 per 8-core node
+    "max_runtime_s": 3600,
+}
+
+
+def test_a_lost_attempts_work_after_its_checkpoint_is_neither_charged_nor_credited(
+    client: TestClient, settings: Settings, make_account
+) -> None:
+    owner = make_account("olivia", Role.NODE_OWNER)
+    user = make_account("alice")
+    nodes = [register_node(client, owner.headers, f"m{i}", CPU_BOX)["id"] for i in (1, 2)]
+    assert nodes == [1, 2]
+    response = client.post("/jobs/submit", headers=user.headers, json=ES_JOB)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    done = wait_for(
+        lambda: (
+            (j := client.get(f"/jobs/{job_id}", headers=user.headers).json())["status"]
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        timeout_s=60,
+        what=lambda: client.get(f"/jobs/{job_id}", headers=user.headers).json(),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 2
+
+    # Steps 1-20 once per worker: attempt 1's steps 11-13 (after its checkpoint) are not paid.
+    saved = 20 * WORK_S
+    for node in ("1", "2"):
+        assert done["usage"][node]["cpu_core_seconds"] == pytest.approx(saved)
+    assert done["unsaved_usage"] == {}
+
+    rates = rates_from(settings)
+    work = [NodeUsage(n, owner.id, ResourceSeconds(cpu_core_seconds=saved)) for n in (1, 2)]
+    charges = node_charges(work, job_owner_id=user.id, held=10**15, rates=rates)
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert balance["spent"] == tokens(sum(charges.values())) > 0
+    assert balance["held"] == 0
+    earned = client.get("/tokens/balance/me", headers=owner.headers).json()["earned"]
+    assert earned == tokens(sum(c - platform_fee(c, rates) for c in charges.values()))
+
+    # The stream shows each saved part once, with its step and attempt, and the log says
+    # what was not paid for and why.
+    records = [
+        (r["data"]["attempt"], r["data"]["step"])
+        for r in stream(client, user.headers, job_id)
+        if r["event"] == "usage"
+    ]
+    assert sorted(records) == sorted(
+        [(1, s) for s in range(1, 11)] * 2 + [(2, s) for s in range(11, 21)] * 2
+    )
+    logs = client.get(f"/jobs/{job_id}/logs", headers=user.headers).json()["items"]
+    dropped = [line["message"] for line in logs if "not charged or credited" in line["message"]]
+    assert dropped == [
+        "attempt 1: the work since its last checkpoint (step 10) is not charged or credited "
+        "(30.0 CPU-core-seconds on node 1, 30.0 CPU-core-seconds on node 2)"
+    ]
+
+
+def stream(client: TestClient, headers: dict, job_id: int) -> list[dict]:
+    """The job's whole event stream (it has ended, so the stream closes)."""
+    import json
+
+    items, event = [], None
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                items.append({"event": event, "data": json.loads(line.removeprefix("data: "))})
+    return items
