@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from ray_module.data.examples import load_labelled
 from ray_module.data.request import DataRequest
@@ -20,11 +22,11 @@ from ray_module.strategies.split.results import (
     InferenceSettings,
     ResultWriter,
     classifier_estimates,
-    classifier_row,
 )
 from ray_module.strategies.split.samples import EpochPlan, part_ids, split_ids
 from ray_module.strategies.split.settings import parse_split_settings
 from ray_module.strategies.split.stream import BatchStream, Flow
+from ray_module.strategies.split.worker import SplitWorker
 
 
 @pytest.mark.parametrize(
@@ -119,21 +121,32 @@ def test_classifier_scores_count_precision_recall_and_confusion() -> None:
     assert metrics["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "support": 2}
 
 
+def classifier_worker(settings: InferenceSettings) -> SplitWorker:
+    """The split worker's predicting half, on the CPU, without Ray: only what it reads."""
+    worker = SplitWorker.__new__(SplitWorker)
+    worker.config = SimpleNamespace(inference=settings)
+    worker.device = torch.device("cpu")
+    return worker
+
+
 def test_results_are_written_as_they_come_in_both_formats(tmp_path: Path) -> None:
     settings = InferenceSettings(top_k=2, confidence_threshold=0.6)
     names = ["x", "y", "z"]
     writer = ResultWriter(tmp_path)
-    probabilities = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.05, 0.15, 0.8]])
-    rows = [
-        classifier_row(i, p, names, settings)
-        for i, p in enumerate(probabilities)
-        if p.max() >= settings.confidence_threshold
-    ]
-    writer.write(rows, considered=3)
+    probabilities = np.array([[0.7, 0.1, 0.2], [0.4, 0.35, 0.25], [0.05, 0.15, 0.8]])
+    batch = {"ids": np.array([10, 11, 12]), "features": probabilities}
+    # A "model" whose logits softmax back to these probabilities, so the worker's own
+    # filter (confidence_threshold) and top-k decide what is written.
+    rows = classifier_worker(settings)._classify(torch.log, batch, names)
+    writer.write(rows, considered=len(batch["ids"]))
     summary = writer.close({})
     assert (summary["total_samples"], summary["kept"], summary["filtered_out"]) == (3, 2, 1)
-    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
-    assert [json.loads(line)["label"] for line in lines] == ["x", "z"]
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [(row["id"], row["label"]) for row in lines] == [(10, "x"), (12, "z")]
+    assert [[t["label"] for t in row["top_k"]] for row in lines] == [["x", "z"], ["z", "y"]]
+    for row in lines:
+        shown = [t["probability"] for t in row["top_k"]]
+        assert shown == sorted(shown, reverse=True) and shown[0] == row["probability"]
     assert pq.read_table(tmp_path / "predictions.parquet").num_rows == 2
     assert summary["result_bytes"] == (tmp_path / "predictions.jsonl").stat().st_size
     sizes = classifier_estimates(1000, names * 10, settings)
