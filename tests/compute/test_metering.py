@@ -7,7 +7,6 @@ after its last checkpoint were paid, redone by the next attempt, and paid again.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +31,7 @@ from ray_module.events import (
 )
 from ray_module.resources import LiveNode
 from tests.conftest import clear_tables, make_settings, register_node
+from tests.metering_checks import stream
 from tests.polling import wait_for
 
 # -- the pure rules ----------------------------------------------------------------------
@@ -79,7 +79,6 @@ class ScriptedRay:
         self.scripts: dict[int, list[Event]] = {}
         self.ends: dict[int, str] = {}  # attempt -> "lost" | "succeeded"
         self.attempt: dict[int, int] = {}
-        self.launched = threading.Event()
 
     def live_nodes(self) -> dict[int, LiveNode]:
         return dict(self.nodes)
@@ -98,7 +97,6 @@ class ScriptedRay:
         if config.attempt == 2:
             script.append(StatusEvent(RunState.SUCCEEDED, "done"))
         self.scripts[config.attempt] = script
-        self.launched.set()
 
     def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
         script = self.scripts[self.attempt[job_id]]
@@ -190,16 +188,3 @@ def test_a_lost_attempts_work_after_its_checkpoint_is_neither_charged_nor_credit
         "(30.0 CPU-core-seconds on node 1, 30.0 CPU-core-seconds on node 2)"
     ]
 
-
-def stream(client: TestClient, headers: dict, job_id: int) -> list[dict]:
-    """The job's whole event stream (it has ended, so the stream closes)."""
-    import json
-
-    items, event = [], None
-    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                items.append({"event": event, "data": json.loads(line.removeprefix("data: "))})
-    return items

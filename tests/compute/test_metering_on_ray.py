@@ -1,0 +1,86 @@
+"""Paid once, on Ray, through the API (issue 26): an ES and a FedAvg job lose the node they
+run on between two checkpoints, resume on the other node from the last checkpoint and finish.
+The work the lost attempt did after its checkpoint is neither charged nor credited; every
+step is paid by exactly one attempt; the ledger balances. (Split and data_parallel make the
+same check in their own lost-node tests.)"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from auth.models import Role
+from tests.conftest import add_ray_node, finished, job_state
+from tests.metering_checks import assert_each_step_paid_once, work_dropped
+from tests.polling import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ES_JOB = {
+    "model_config": {"type": "char_rnn", "model_name": "rnn"},
+    "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 200},
+    "training_config": {"steps": 60, "population": 32, "checkpoint_interval": 20},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},  # one worker on one node
+    "max_runtime_s": 900,
+}
+
+FEDAVG_JOB = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits", "validation_split": 0.2},
+    "training_config": {
+        "strategy": "fedavg",
+        "rounds": 24,
+        "clients": 2,
+        "num_workers": 1,  # both clients on one node: losing it loses the attempt
+        "local_epochs": 4,
+        "checkpoint_interval": 8,
+    },
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+    "max_runtime_s": 900,
+}
+
+
+@pytest.mark.parametrize("body", [ES_JOB, FEDAVG_JOB], ids=["es", "fedavg"])
+def test_a_node_lost_between_checkpoints_is_paid_only_for_saved_work_and_the_job_once(
+    ray_client: TestClient, ray_cluster, two_nodes, make_account, body: dict
+) -> None:
+    client, (cluster, ray_nodes) = ray_client, ray_cluster
+    user = make_account("alice")
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    every = body["training_config"]["checkpoint_interval"]
+    # A checkpoint has saved some work and the attempt is early in the next interval.
+    wait_for(
+        lambda: last_step(client, user.headers, job["id"]) % every in range(1, every // 2)
+        and last_step(client, user.headers, job["id"]) > every,
+        every_s=0.05,
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    running = job_state(client, user.headers, job["id"])
+    (lost_node,) = {p["node_id"] for p in running["placement"]}
+    cluster.remove_node(ray_nodes[lost_node])  # the machine it runs on dies
+    try:
+        done = wait_for(
+            lambda: finished(client, user.headers, job["id"]),
+            timeout_s=600,
+            what=lambda: job_state(client, user.headers, job["id"]),
+        )
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert done["attempts"] == 2
+        saved_step = assert_each_step_paid_once(client, user.headers, done)
+        # The lost attempt did work past that checkpoint, and the log says it is not paid.
+        series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+        redone = [p["step"] for p in series["series"] if p["step"] > saved_step]
+        assert len(redone) > len(set(redone))  # some steps ran in both attempts
+        assert len(work_dropped(client, user.headers, job["id"])) == 1
+
+        admin = make_account("root", Role.ADMIN)
+        ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+        assert ledger["invariant_ok"], ledger["problems"]
+        assert ledger["in_escrow"] == 0
+    finally:
+        ray_nodes[lost_node] = add_ray_node(cluster, lost_node)
+
+
+def last_step(client: TestClient, headers: dict, job_id: int) -> int:
+    series = client.get(f"/metrics/training/{job_id}", headers=headers).json()["series"]
+    return max((p["step"] for p in series), default=0)
