@@ -19,6 +19,7 @@ from tests.conftest import (
     job_state,
     register_node,
 )
+from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -257,6 +258,7 @@ def test_losing_a_node_mid_job_resumes_elsewhere_and_pays_the_dead_node_only_for
         assert done["status"] == "succeeded", done["status_reason"]
         assert done["attempts"] == 2
         assert done["usage"]["2"] == node2_usage  # nothing more for the dead node
+        assert_each_step_paid_once(client, user.headers, done)
         assert client.get("/nodes/2", headers=owner.headers).json()["status"] == "offline"
 
         series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()

@@ -19,6 +19,7 @@ from ray_module.data.examples import digits
 from ray_module.strategies.split.samples import split_ids
 from ray_module.strategies.split.worker import ids_digest
 from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
+from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -334,6 +335,7 @@ def test_a_loader_node_dying_mid_epoch_resumes_from_the_checkpoint_and_completes
         assert set(steps) == set(range(1, 2 * per_epoch + 1))
         assert steps.count(1) == 1  # the second attempt resumed, it did not start over
         assert "3" in done["usage"]  # the spare node took over the data stage
+        assert_each_step_paid_once(client, user.headers, done)
     finally:
         cluster.remove_node(spare)
         ray_nodes[2] = add_ray_node(cluster, 2)
