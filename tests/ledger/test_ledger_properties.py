@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,21 +21,24 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from auth.models import Role, User
-from compute.billing import rates_from
+from compute.billing import estimate_cost, rates_from
 from compute.job_spec import JobSpec
 from compute.job_state import InvalidTransitionError, JobStatus
 from compute.jobs import cancel_job, submit_job
 from compute.models import Job, Node
 from core.db import get_engine, make_session_factory, session_scope
 from core.errors import InsufficientFundsError
-from ledger.flows import grant_tokens
+from ledger.flows import balance_summary, grant_tokens
 from ledger.invariants import ledger_report
 from ledger.models import MICRO, TransactionKind
 from tests.conftest import clear_tables, make_settings
 from tests.ledger_helpers import run_to_end, usage
+
+T = TypeVar("T")
 
 
 def spec(runtime_s: int, cores: float) -> JobSpec:
@@ -44,6 +50,20 @@ def spec(runtime_s: int, cores: float) -> JobSpec:
             "max_runtime_s": runtime_s,
         }
     )
+
+
+def at_once(count: int, call: Callable[[], T]) -> list[T]:
+    """``call``'s answers on ``count`` threads released together. An exception raised on a
+    thread is raised here, not lost (a bare ``threading.Thread`` only prints it)."""
+    start = threading.Barrier(count)
+
+    def released() -> T:
+        start.wait(timeout=60)
+        return call()
+
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(released) for _ in range(count)]
+        return [future.result() for future in futures]
 
 
 def make_machine(database_url: str) -> type[RuleBasedStateMachine]:
@@ -188,35 +208,49 @@ def make_machine(database_url: str) -> type[RuleBasedStateMachine]:
 
         @rule(user=st.integers(0, 2))
         def concurrent_duplicates(self, user: int) -> None:
-            """Three threads submit with one fresh key at once: one job, one hold."""
+            """Three threads submit with one fresh key at once: one job and one hold when the
+            wallet can pay it, else three 402s and nothing stored."""
             key = f"dup-{self.grant_count}-{self._jobs_count()}"
             owner = self._owner(user)
+            request = spec(60, 0.25)
+            hold = estimate_cost(
+                request.requirements,
+                runtime_s=60,
+                cap=None,
+                rates=rates,
+                extra=request.extra_shares(),
+            ).total
             before = self._jobs_count()
-            results: list[object] = []
+            with session_scope(factory) as session:
+                wallet_before = balance_summary(session, owner.id)
+            affordable = wallet_before.available >= hold
 
-            def go() -> None:
+            def submit_once() -> int | InsufficientFundsError:
                 try:
                     with session_scope(factory) as session:
                         job, _ = submit_job(
                             session,
                             owner,
-                            spec(60, 0.25),
+                            request,
                             idempotency_key=key,
                             default_max_runtime_s=3600,
                             rates=rates,
                         )
-                        results.append(job.id)
+                        return job.id
                 except InsufficientFundsError as exc:
-                    results.append(exc)
+                    return exc
 
-            threads = [threading.Thread(target=go) for _ in range(3)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            ids = {r for r in results if isinstance(r, int)}
-            assert len(ids) <= 1
-            assert self._jobs_count() == before + len(ids)
+            answers = at_once(3, submit_once)
+            with session_scope(factory) as session:
+                wallet_after = balance_summary(session, owner.id)
+            if affordable:
+                assert len(set(answers)) == 1 and isinstance(answers[0], int), answers
+                assert self._jobs_count() == before + 1
+                assert wallet_after.held - wallet_before.held == hold  # held once
+            else:
+                assert all(isinstance(a, InsufficientFundsError) for a in answers), answers
+                assert self._jobs_count() == before
+                assert wallet_after == wallet_before
 
         @invariant()
         def books_balance(self) -> None:
@@ -245,6 +279,17 @@ def test_ledger_state_machine(database_url: str) -> None:
     clear_tables(database_url)
 
 
+def test_concurrent_duplicates_with_and_without_tokens(database_url: str) -> None:
+    """The race rule on its own, both ways, whatever the state machine happens to draw."""
+    machine = make_machine(database_url)()
+    machine.grant(0, 50 * MICRO)
+    machine.concurrent_duplicates(0)  # can pay: one job, one hold
+    machine.concurrent_duplicates(1)  # no tokens: three 402s
+    assert machine._jobs_count() == 1
+    machine.books_balance()
+    clear_tables(database_url)
+
+
 def test_amount_conversions_are_exact() -> None:
     from compute.job_spec import tokens_to_micro
     from ledger.pricing import tokens
@@ -252,5 +297,10 @@ def test_amount_conversions_are_exact() -> None:
     for text in ["0.000001", "1", "12.345678", "999999999.999999"]:
         assert tokens_to_micro(Decimal(text)) == int(Decimal(text) * MICRO)
         assert str(Decimal(str(tokens(tokens_to_micro(Decimal(text)))))) in (text, text + ".0")
-    with pytest.raises(AssertionError):
-        assert tokens(1) == 0.0000011
+    assert tokens(1) == 0.000001 and tokens(MICRO) == 1 and tokens(12_345_678) == 12.345678
+    for micro in [1, 11, 999_999, 12_345_678, 999_999_999_999_999]:
+        assert tokens_to_micro(Decimal(str(tokens(micro)))) == micro  # there and back
+    # A finer amount than a micro-token cannot enter.
+    body = spec(60, 1).model_dump(by_alias=True)
+    with pytest.raises(ValidationError, match="decimal places"):
+        JobSpec.model_validate({**body, "max_tokens": "0.0000011"})
