@@ -4,6 +4,7 @@ and many processes racing for it get exactly one winner (SQLite and PostgreSQL).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -35,19 +36,18 @@ def test_one_holder_until_it_expires_or_resigns(client: TestClient) -> None:
 
 
 def test_racing_processes_get_exactly_one_leader(client: TestClient) -> None:
-    winners: list[str] = []
-    start = threading.Barrier(8)
+    racers = [f"p{i}" for i in range(8)]
+    start = threading.Barrier(len(racers))
 
-    def race(name: str) -> None:
-        start.wait()
-        if take(client, name):
-            winners.append(name)
+    def race(name: str) -> bool:
+        start.wait(timeout=60)
+        return take(client, name)
 
-    threads = [threading.Thread(target=race, args=(f"p{i}",)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(winners) == 1
+    with ThreadPoolExecutor(len(racers)) as pool:
+        # result() raises here whatever a racer raised (a bare thread would only print it),
+        # so a racer that crashed instead of answering "not mine" fails the test.
+        taken = [future.result() for future in [pool.submit(race, name) for name in racers]]
+    winners = [name for name, won in zip(racers, taken, strict=True) if won]
+    assert len(winners) == 1, winners
     with session_scope(factory(client)) as session:
         assert session.scalars(select(Lease.holder)).all() == winners
