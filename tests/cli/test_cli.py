@@ -3,6 +3,7 @@ them: subprocesses, a pseudo-terminal for the progress bar, no mocks."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -136,7 +137,61 @@ def test_watch_draws_a_progress_bar_that_advances_in_a_terminal(home: dict, tmp_
     shown = [int(m) for m in re.findall(r"step (\d+)/\d+", text)]
     assert process.returncode == 0, text[-2000:]
     assert len(set(shown)) >= 3 and shown[-1] > shown[0], text[-2000:]  # it advanced
+    assert shown == sorted(shown), shown  # and never went back
     assert "\x1b[" in text  # drawn for a terminal
+
+
+class ScriptedJob:
+    """A job whose event stream and status reason follow a script: each event comes with
+    the reason the job reads from then on (what a refresh sees)."""
+
+    id = 7
+    status = "running"
+
+    def __init__(self, script: list[tuple[str, dict, str]]) -> None:
+        self.script, self.reason = script, ""
+        self.data = {"cost_so_far": 0.5, "hold": 2.0}
+
+    def refresh(self) -> ScriptedJob:
+        return self
+
+    def events(self):
+        for kind, data, reason in self.script:
+            self.reason = reason
+            yield {"event": kind, "data": data}
+
+
+def test_watch_never_goes_backwards_nor_formats_a_missing_total(monkeypatch) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from distlm import progress
+
+    shown: list[str] = []
+
+    class RecordingProgress(Progress):  # the real bar, noting each text of its position
+        def update(self, task_id, **fields) -> None:
+            super().update(task_id, **fields)
+            if "where" in fields:
+                shown.append(fields["where"])
+
+    monkeypatch.setattr(progress, "Progress", RecordingProgress)
+    script = [
+        ("metric", {"step": 3, "values": {"loss": 2.0}}, ""),  # before any total is known
+        ("metric", {"step": 0, "values": {"samples": 40}}, ""),  # step 0 without a total
+        ("metric", {"step": 0, "values": {"total_steps": 10}}, ""),
+        ("metric", {"step": 5, "values": {"loss": 1.5}}, ""),
+        ("status", {"status": "running", "reason": "step 4 of 10"}, "running: step 2 of 10"),
+        ("metric", {"step": 4, "values": {"loss": 1.6}}, ""),  # late and out of order
+        ("metric", {"step": 7, "values": {"loss": 1.2}}, ""),
+        ("end", {}, "succeeded at step 7 of 10"),
+    ]
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    progress.watch(ScriptedJob(script), console=console)
+    assert shown[0] == "step 3" and shown[-1] == "step 7/10", shown
+    assert all(re.fullmatch(r"step \d+(/10)?", text) for text in shown), shown
+    steps = [int(re.match(r"step (\d+)", text)[1]) for text in shown]
+    assert steps == sorted(steps), shown  # the lower steps (4, and 2 in a reason) never shown
 
 
 def test_the_python_client_as_a_notebook_uses_it(gateway: Gateway, tmp_path: Path) -> None:
