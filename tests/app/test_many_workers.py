@@ -1,7 +1,8 @@
 """The gateway as 4 real uvicorn worker processes (issue 12): `make run` with
 DISTLM_WORKERS=4 on a fresh SQLite file, and seed 003's `uvicorn app.main:app --workers 4`
 on a fresh PostgreSQL database. The workers race on start-up (migrations, bootstrap admin,
-local node, Ray head) and must all come up; exactly one local Ray head serves them; two
+local node, Ray head) and must all come up; more than one of them serves requests (each
+process's own Prometheus file), counted by all; exactly one local Ray head serves them; two
 small jobs each run once, are charged and settled once; then the dispatching process is
 killed and a job submitted afterwards still runs."""
 
@@ -87,7 +88,11 @@ def environment(tmp: Path, database_url: str) -> dict[str, str]:
         # The head's files (and its "current cluster" note) away from other tests' Ray;
         # short, for Ray's socket paths.
         RAY_TMPDIR=tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
+        # Where the workers keep their Prometheus files, one per process, so the test can
+        # read which process served what (the launcher keeps a directory it is given).
+        PROMETHEUS_MULTIPROC_DIR=str(tmp / "prometheus"),
     )
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
     return env
 
 
@@ -173,20 +178,57 @@ def test_four_make_run_workers_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     env = environment(tmp_path, database_url)
     started = time.time()
     command = [PYTHON, "-m", "app.launcher"]
-    with gateway_processes(command, ROOT, env) as (base, _process, _log):
+    with gateway_processes(command, ROOT, env) as (base, process, _log):
+        requests_served_by_several_workers_and_counted_by_all(base, process, env)
         exercise(base, database_url, started)
-        requests_counted_across_workers(base)
     wait_for(lambda: not heads_started_since(started), timeout_s=60, what="the head to stop")
 
 
-def requests_counted_across_workers(base: str) -> None:
-    """The launcher's workers share their Prometheus figures: GET /metrics, on whichever
-    worker answers it, counts the requests that every worker served."""
+def requests_by_process(figures: Path, route: str) -> dict[int, float]:
+    """How many requests for ``route`` each worker process counted, from its own file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for path in figures.glob("counter_*.db"):
+        counted = sum(
+            sample.value
+            for family in MultiProcessCollector.merge([str(path)])
+            for sample in family.samples
+            if sample.name == "distlm_http_requests_total" and sample.labels["route"] == route
+        )
+        if counted:
+            counts[int(path.stem.removeprefix("counter_"))] = counted
+    return counts
+
+
+def requests_served_by_several_workers_and_counted_by_all(
+    base: str, server: subprocess.Popen, env: dict[str, str]
+) -> None:
+    """More than one of the server's worker processes serves requests, and they share
+    their Prometheus figures: GET /metrics, on whichever worker answers it, counts the
+    requests that every worker served."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    figures = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     admin = {"Authorization": f"Bearer {login(base, 'admin', 'admin-change-me')}"}
-    for _ in range(24):  # new connections: uvicorn spreads them over the workers
-        assert httpx.get(f"{base}/auth/me", headers=admin, timeout=10).status_code == 200
+    sent = 0
+
+    def two_workers_answered() -> bool:
+        nonlocal sent
+        for _ in range(8):  # new connections: uvicorn spreads them over the workers
+            assert httpx.get(f"{base}/auth/me", headers=admin, timeout=10).status_code == 200
+            sent += 1
+        return len(requests_by_process(figures, "/auth/me")) >= 2
+
+    wait_for(
+        two_workers_answered,
+        timeout_s=120,
+        what=lambda: f"a second worker to answer: {requests_by_process(figures, '/auth/me')}",
+    )
+    served = requests_by_process(figures, "/auth/me")
+    workers = {child.pid for child in psutil.Process(server.pid).children(recursive=True)}
+    assert set(served) <= workers, (served, workers)  # the server's own workers
+    assert sum(served.values()) == sent
     text = httpx.get(f"{base}/metrics", headers=admin, timeout=30).text
     counted = sum(
         sample.value
@@ -194,7 +236,7 @@ def requests_counted_across_workers(base: str) -> None:
         for sample in family.samples
         if sample.name == "distlm_http_requests_total" and sample.labels["route"] == "/auth/me"
     )
-    assert counted == 24
+    assert counted == sent
 
 
 @pytest.mark.postgres
@@ -210,7 +252,8 @@ def test_seed_uvicorn_with_four_workers_on_a_fresh_postgresql(tmp_path: Path) ->
         started = time.time()
         uvicorn = str(Path(PYTHON).with_name("uvicorn"))
         command = [uvicorn, "app.main:app", "--workers", str(WORKERS), "--port", env["DISTLM_PORT"]]
-        with gateway_processes(command, ROOT / "backend", env) as (base, _process, _log):
+        with gateway_processes(command, ROOT / "backend", env) as (base, process, _log):
+            requests_served_by_several_workers_and_counted_by_all(base, process, env)
             exercise(base, database_url, started)
         wait_for(lambda: not heads_started_since(started), timeout_s=60, what="the head to stop")
     finally:
