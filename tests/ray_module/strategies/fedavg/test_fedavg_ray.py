@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,24 @@ MLP = ModelRequest("classifier", "mlp")
 DIGITS = DataRequest("builtin", "digits", validation_split=0.2)
 
 
-def slow_host_class(slow_clients: tuple[int, ...], delay_s: float) -> Any:
-    """A real client host whose listed clients take ``delay_s`` longer to answer (defined in
-    a function so Ray ships the class by value to its workers)."""
+# Longer than any test runs: a client that sleeps this long never answers while it is watched
+# (its actor is killed at the end of the test).
+NEVER_S = 3600
+
+
+def slow_host_class(
+    slow_clients: tuple[int, ...], delay_s: float, started_dir: Path | None = None
+) -> Any:
+    """A real client host whose listed clients take ``delay_s`` longer to answer, and leave a
+    file ``client-<c>-round-<r>`` in ``started_dir`` when they start (defined in a function
+    so Ray ships the class by value to its workers; the test's nodes share this machine)."""
     import ray
 
     class SlowClientHost(ClientHost):
         def fit(self, client: int, round_number: int, weights: list) -> dict[str, Any]:
             if client in slow_clients:
+                if started_dir is not None:
+                    (started_dir / f"client-{client}-round-{round_number}").touch()
                 time.sleep(delay_s)
             return super().fit(client, round_number, weights)
 
@@ -78,57 +89,69 @@ def test_a_straggler_beyond_the_round_timeout_is_dropped_and_the_round_completes
     import ray
 
     training = {"clients": 3, "min_fit_clients": 2, "round_timeout_s": 4, "local_epochs": 1}
-    hosts = start_hosts(slow_host_class((2,), delay_s=12), training, [1, 2, 1])
-    settings = parse_fedavg_settings(training)
-    server = FedAvgServer(hosts, settings, server_optimizer("fedavg", 1.0, 0.0))
-    weights = ray.get(hosts[0].handle.initial_weights.remote())
+    # Client 2 answers after 120 s: a round that waited for it would take that long, and
+    # one that did not is over long before, on however busy a machine.
+    hosts = start_hosts(slow_host_class((2,), delay_s=120), training, [1, 2, 1])
+    try:
+        settings = parse_fedavg_settings(training)
+        server = FedAvgServer(hosts, settings, server_optimizer("fedavg", 1.0, 0.0))
+        weights = ray.get(hosts[0].handle.initial_weights.remote())
 
-    started = time.monotonic()
-    first = server.run_round(1, weights)
-    assert time.monotonic() - started < 10  # did not wait the straggler's 12 s
-    metrics = first.metrics
-    assert (metrics["clients_sampled"], metrics["clients_returned"]) == (3, 2)
-    assert metrics["clients_dropped"] == 1 and metrics["clients_accepted"] == 2
-    assert "validation_accuracy" in metrics
-    # Only the two clients that answered are credited (plus the evaluation).
-    assert len(first.credits) == 3  # two accepted fits and the evaluation
-    assert metrics["node_seconds"].keys() == {"1", "2"}
+        started = time.monotonic()
+        first = server.run_round(1, weights)
+        # It waited the round timeout for the straggler, and no longer.
+        assert 4 <= time.monotonic() - started < 60
+        metrics = first.metrics
+        assert (metrics["clients_sampled"], metrics["clients_returned"]) == (3, 2)
+        assert metrics["clients_dropped"] == 1 and metrics["clients_accepted"] == 2
+        assert "validation_accuracy" in metrics
+        # Only the two clients that answered are credited (plus the evaluation).
+        assert len(first.credits) == 3  # two accepted fits and the evaluation
+        assert metrics["node_seconds"].keys() == {"1", "2"}
 
-    # Next round the straggler is still busy: the others carry on without it.
-    second = server.run_round(2, first.weights)
-    assert second.metrics["clients_sampled"] == 2 and second.metrics["clients_dropped"] == 0
-    for host in hosts:
-        ray.kill(host.handle)
+        # Next round (well within its 120 s) the straggler is still busy: the others carry
+        # on without it.
+        second = server.run_round(2, first.weights)
+        assert second.metrics["clients_sampled"] == 2 and second.metrics["clients_dropped"] == 0
+    finally:
+        for host in hosts:
+            ray.kill(host.handle)
 
 
 def test_a_client_that_dies_mid_round_is_data_and_too_few_clients_stop_the_run(
-    ray_cluster,
+    ray_cluster, tmp_path: Path
 ) -> None:
     import ray
 
     training = {"clients": 3, "min_fit_clients": 2, "round_timeout_s": 60}
-    hosts = start_hosts(slow_host_class((1,), delay_s=30), training, [1, 2, 1])
-    server = FedAvgServer(
-        hosts, parse_fedavg_settings(training), server_optimizer("fedavg", 1.0, 0.0)
-    )
-    weights = ray.get(hosts[0].handle.initial_weights.remote())
+    hosts = start_hosts(slow_host_class((1,), NEVER_S, started_dir=tmp_path), training, [1, 2, 1])
+    try:
+        server = FedAvgServer(
+            hosts, parse_fedavg_settings(training), server_optimizer("fedavg", 1.0, 0.0)
+        )
+        weights = ray.get(hosts[0].handle.initial_weights.remote())
 
-    def kill_soon() -> None:
-        time.sleep(3)
-        ray.kill(hosts[1].handle)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            round_one = pool.submit(server.run_round, 1, weights)
+            # Client 1's host dies while it trains in the round.
+            wait_for(
+                lambda: (tmp_path / "client-1-round-1").exists() or round_one.done(),
+                timeout_s=120,
+                what="client 1 to start training in round 1",
+            )
+            assert not round_one.done(), round_one.result()
+            ray.kill(hosts[1].handle)
+            result = round_one.result(timeout=120)
+        assert result.metrics["clients_failed"] == 1 and result.metrics["clients_accepted"] == 2
+        assert hosts[1].alive is False
+        assert "2" not in result.metrics["node_seconds"]  # the dead client's node earns nothing
 
-    import threading
-
-    threading.Thread(target=kill_soon, daemon=True).start()
-    result = server.run_round(1, weights)
-    assert result.metrics["clients_failed"] == 1 and result.metrics["clients_accepted"] == 2
-    assert hosts[1].alive is False
-    assert "2" not in result.metrics["node_seconds"]  # the dead client's node earns nothing
-
-    ray.kill(hosts[2].handle)
-    with pytest.raises(NotEnoughClientsError, match="only 1 clients are alive"):
-        server.run_round(2, result.weights)
-    ray.kill(hosts[0].handle)
+        ray.kill(hosts[2].handle)
+        with pytest.raises(NotEnoughClientsError, match="only 1 clients are alive"):
+            server.run_round(2, result.weights)
+    finally:
+        for host in hosts:
+            ray.kill(host.handle)
 
 
 # -- through the API ------------------------------------------------------------------------------
@@ -154,18 +177,55 @@ def rounds_of(client: TestClient, headers: dict, job_id: int) -> list[dict]:
     return [p for p in series if p["step"] > 0]
 
 
+def client_nodes(client: TestClient, headers: dict, job_id: int) -> dict[str, int]:
+    """Each client's node, as the job's step-0 record lists them."""
+    series = client.get(f"/metrics/training/{job_id}", headers=headers).json()["series"]
+    clients = next(p["values"]["clients"] for p in series if p["step"] == 0)
+    return {name: shard["node_id"] for name, shard in clients.items()}
+
+
+def client_host_actors() -> dict[str, str]:
+    """Ray's own record of every client host actor in the session: its id and its Ray node."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address
+    hosts_only = [("class_name", "=", "ClientHost")]
+
+    def listed() -> list | None:
+        try:  # in a one-item list: truthy even when there is no actor yet
+            return [list_actors(address=address, filters=hosts_only, limit=10_000)]
+        except ConnectionError:  # the dashboard, which answers for the state API, is starting
+            return None
+
+    (actors,) = wait_for(listed, timeout_s=180, what="Ray's state API to answer")
+    return {actor.actor_id: actor.node_id for actor in actors}
+
+
 def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
-    ray_client: TestClient, two_nodes, make_account
+    ray_client: TestClient, ray_cluster, two_nodes, make_account
 ) -> None:
-    client, (owner, _) = ray_client, two_nodes
+    client, (_, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
     user = make_account("alice")
+    earlier = client_host_actors()
     job = client.post("/jobs/submit", headers=user.headers, json=DIGITS_JOB).json()
     done = wait_for(
         lambda: finished(client, user.headers, job["id"]),
         what=lambda: job_state(client, user.headers, job["id"]),
     )
     assert done["status"] == "succeeded", done["status_reason"]
-    assert sorted(p["node_id"] for p in done["placement"] or []) in ([], [1, 1, 2, 2])
+    # Where the clients ran (step 0 names each client's node): four, two on each machine.
+    nodes = client_nodes(client, user.headers, job["id"])
+    assert sorted(nodes) == ["0", "1", "2", "3"], nodes
+    assert sorted(nodes.values()) == [1, 1, 2, 2], nodes
+    # ...and where Ray ran them: one host actor per client, two on each machine.
+    distlm_node = {ray_node.node_id: node_id for node_id, ray_node in ray_nodes.items()}
+    ran = [
+        distlm_node.get(ray_node)
+        for actor, ray_node in client_host_actors().items()
+        if actor not in earlier
+    ]
+    assert sorted(ran, key=str) == [1, 1, 2, 2], ran
 
     rounds = rounds_of(client, user.headers, job["id"])
     assert [p["step"] for p in rounds] == list(range(1, 11))
