@@ -307,9 +307,10 @@ CPU_NODE = {"gpu": 0, "cpu_cores": 2, "memory": 4}  # what each Ray test node of
 
 
 @pytest.fixture
-def ray_settings(ray_cluster, database_url: str, tmp_path):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("Ray tests run once, on SQLite")
+def ray_settings(request: pytest.FixtureRequest, ray_cluster, database_url: str, tmp_path):
+    # Ray tests take minutes: those whose promise involves the database run on both.
+    if not database_url.startswith("sqlite") and not request.node.get_closest_marker("database"):
+        pytest.skip("Ray test not marked 'database': runs once, on SQLite")
     cluster, _ = ray_cluster
     return make_settings(
         database_url,

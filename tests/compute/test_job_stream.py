@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,8 +26,15 @@ SMALL_SPLIT = {
 }  # fmt: skip
 
 
-def read_stream(client: TestClient, headers: dict, job_id: int, last: str | None = None) -> list:
-    """Every event of the stream until its `end`: (id, kind, data)."""
+def read_stream(
+    client: TestClient,
+    headers: dict,
+    job_id: int,
+    last: str | None = None,
+    until: Callable[[tuple], bool] | None = None,
+) -> list:
+    """The stream's events, (id, kind, data), until its `end` or the first ``until`` accepts
+    (then the client disconnects)."""
     if last is not None:
         headers = {**headers, "Last-Event-ID": last}
     items, current = [], {}
@@ -39,7 +47,7 @@ def read_stream(client: TestClient, headers: dict, job_id: int, last: str | None
                 current[key] = value.strip()
             elif not line and current:
                 items.append((current["id"], current["event"], json.loads(current["data"])))
-                if current["event"] == "end":
+                if current["event"] == "end" or (until and until(items[-1])):
                     break
                 current = {}
     return items
@@ -52,14 +60,24 @@ def cursor(event_id: str) -> tuple[int, int]:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.database
 def test_the_event_stream_is_in_order_and_resumes_without_gap_or_duplicate(
     ray_client: TestClient, two_nodes, make_account
 ) -> None:
     client = ray_client
     user, other = make_account("alice"), make_account("bob")
-    job = client.post("/jobs/submit", headers=user.headers, json=SMALL_SPLIT).json()
+    slowed = {**SMALL_SPLIT, "training_config": {**SMALL_SPLIT["training_config"],
+                                                 "step_delay_s": 0.2}}  # fmt: skip
+    job = client.post("/jobs/submit", headers=user.headers, json=slowed).json()
     assert client.get(f"/jobs/{job['id']}/events", headers=other.headers).status_code == 404
-    items = read_stream(client, user.headers, job["id"])  # opened while the job runs
+    # Disconnect while the job runs, then resume from the last id seen.
+    before = read_stream(
+        client, user.headers, job["id"], until=lambda i: i[1] == "metric" and i[2]["step"] >= 3
+    )
+    assert job_state(client, user.headers, job["id"])["status"] == "running"
+    after = read_stream(client, user.headers, job["id"], last=before[-1][0])
+    items = read_stream(client, user.headers, job["id"])  # the whole stream, once it ended
+    assert before + after == items  # no gap, no duplicate
     assert items[-1][1] == "end"
     cursors = [cursor(item[0]) for item in items[:-1]]
     assert all(b > a for a, b in itertools.pairwise(cursors))  # strictly in order

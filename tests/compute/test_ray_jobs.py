@@ -179,6 +179,7 @@ def test_cancel_mid_run_frees_the_nodes_and_refunds_what_was_not_used(
     assert {(n["node_id"], n["cpu_cores"]) for n in free} == {(1, 2.0), (2, 2.0)}
 
 
+@pytest.mark.database
 def test_gateway_restart_mid_job_reattaches_and_settles_once(
     ray_settings,
     two_nodes,
