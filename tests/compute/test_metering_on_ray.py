@@ -84,3 +84,40 @@ def test_a_node_lost_between_checkpoints_is_paid_only_for_saved_work_and_the_job
 def last_step(client: TestClient, headers: dict, job_id: int) -> int:
     series = client.get(f"/metrics/training/{job_id}", headers=headers).json()["series"]
     return max((p["step"] for p in series), default=0)
+
+
+@pytest.mark.database
+def test_a_job_is_stopped_at_its_budget_and_charged_no_more_than_it(
+    ray_client: TestClient, two_nodes, make_account
+) -> None:
+    client = ray_client
+    user = make_account("alice")
+    body = {
+        **FEDAVG_JOB,
+        "training_config": {**FEDAVG_JOB["training_config"], "rounds": 2000, "num_workers": 2},
+        "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 1},  # 4 core-seconds a second
+        "max_tokens": 0.02,  # 72 CPU-core-seconds at 1 token a core-hour: ~20 s of work
+    }
+    job = client.post("/jobs/submit", headers=user.headers, json=body).json()
+    assert job["hold"] == pytest.approx(0.02)
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        timeout_s=600,
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "failed"
+    assert done["status_reason"] == "stopped: its budget of 0.02 tokens is used up"
+    series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()["series"]
+    assert 1 < last_step(client, user.headers, job["id"]) < 2000  # it trained, then stopped
+    assert len(series) > 2
+
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert 0 < balance["spent"] <= 0.02
+    assert balance["held"] == 0 and balance["available"] == pytest.approx(100 - balance["spent"])
+    assert done["cost_so_far"] == pytest.approx(balance["spent"])
+    earned = client.get("/tokens/balance/me", headers=two_nodes[0].headers).json()["earned"]
+    assert 0 < earned < balance["spent"]  # the platform kept its fee
+    admin = make_account("root", Role.ADMIN)
+    ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+    assert ledger["invariant_ok"], ledger["problems"]
+    assert ledger["in_escrow"] == 0
