@@ -11,7 +11,7 @@ import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ray_module.data.request import DataRequest
-from ray_module.data.texts import load_texts, pack_blocks
+from ray_module.data.texts import load_texts, pack_blocks, split_blocks
 from ray_module.errors import ModelError
 from ray_module.models.causal_lm import (
     ModelRequest,
@@ -19,6 +19,7 @@ from ray_module.models.causal_lm import (
     count_parameters,
     load_causal_lm,
 )
+from tests.baselines import causal_lm_unigram
 
 CAUSAL = "simple_transformer"
 ROUND_TRIP_TEXTS = [
@@ -207,24 +208,32 @@ def test_overrides_on_pretrained_hub_weights_are_refused_before_any_download() -
         load_causal_lm(ModelRequest(CAUSAL, "gpt2", overrides={"n_layer": 1}))
 
 
-def test_tiny_gpt2_learns_from_stdlib_text() -> None:
-    """End to end on CPU: 30 Adam steps on packed docstrings must lower the loss clearly."""
+def test_tiny_gpt2_learns_more_than_byte_frequencies_from_stdlib_text() -> None:
+    """End to end on CPU: Adam steps on packed docstrings must beat, on held-out blocks, a
+    unigram model of the same bytes: what learning the bytes' frequencies alone reaches
+    (3.23 nats here; 300 steps reach about 2.9, 30 steps only the unigram's 3.2-3.3)."""
     torch.manual_seed(0)
     model, tokenizer = load_causal_lm(tiny())
-    texts = load_texts(DataRequest("builtin", "stdlib-text", max_samples=200))
-    blocks = pack_blocks(texts, tokenizer, seq_len=64)
+    data = DataRequest("builtin", "stdlib-text", max_samples=200)
+    blocks = pack_blocks(load_texts(data), tokenizer, seq_len=64)
+    train, validation = split_blocks(blocks, 0.1)
+    unigram = causal_lm_unigram(data, tokenizer, seq_len=64, validation_split=0.1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     losses = []
-    for step in range(30):
-        batch = blocks[(step * 8) % (len(blocks) - 8) :][:8]
+    for step in range(300):
+        batch = train[(step * 8) % (len(train) - 8) :][:8]
         loss = model(input_ids=batch, attention_mask=torch.ones_like(batch), labels=batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        mask = torch.ones_like(validation)
+        held_out = model(input_ids=validation, attention_mask=mask, labels=validation).loss.item()
     assert losses[0] > 5.0  # about ln(257): uniform over the vocabulary
-    assert sum(losses[-5:]) / 5 < losses[0] - 1.0
+    assert held_out < unigram.validation - 0.2, (held_out, unigram)
 
 
 @pytest.mark.usefixtures("offline_hub")

@@ -4,8 +4,9 @@ the API."""
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
 from ray_module.strategies.es.settings import parse_es_settings
 from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+from tests.baselines import char_unigram
 from tests.conftest import finished, job_state
 from tests.polling import wait_for
 
@@ -28,11 +30,13 @@ RNN = ModelRequest("char_rnn", "rnn")
 TEXT = DataRequest("builtin", "stdlib-text", max_samples=400)
 
 
-def start_workers(training: dict, nodes: list[int]) -> tuple[list[Worker], list[dict[str, Any]]]:
+def start_workers(
+    training: dict, nodes: list[int], actor: Any = None
+) -> tuple[list[Worker], list[dict[str, Any]]]:
     import ray
 
     settings = parse_es_settings(training)
-    actor = ray.remote(ESWorker)
+    actor = actor or ray.remote(ESWorker)
     workers = []
     for rank, node_id in enumerate(nodes):
         config = WorkerConfig(0, rank, node_id, 0, 0.5, 0.5, RNN, TEXT, settings)
@@ -75,37 +79,63 @@ def test_workers_on_two_nodes_build_the_same_noise_and_send_scalars_whatever_the
     assert sent[small] < 32 * 2 * 16 + 100  # scalars: an index and two losses per pair
 
 
-def test_a_worker_killed_mid_step_is_left_out_and_the_run_goes_on(ray_cluster) -> None:
+def stalling_worker_class(stalled_rank: int, started_dir: Path) -> Any:
+    """A real ES worker, but the one of rank ``stalled_rank`` leaves a file ``step-<n>`` in
+    ``started_dir`` when it starts evaluating and then never answers: whenever it is killed,
+    it dies mid-step (defined in a function so Ray ships the class by value)."""
+    import ray
+
+    class StallingESWorker(ESWorker):
+        def evaluate(self, step: int, *args: Any) -> dict[str, Any]:
+            if self.config.rank == stalled_rank:
+                (started_dir / f"step-{step}").touch()
+                time.sleep(3600)
+            return super().evaluate(step, *args)
+
+    return ray.remote(StallingESWorker)
+
+
+def test_a_worker_killed_mid_step_is_left_out_and_the_run_goes_on(
+    ray_cluster, tmp_path: Path
+) -> None:
     import ray
 
     training = {"time_per_step_s": 3.0, "step_timeout_s": 20, "seq_len": 32}
-    workers, infos = start_workers(training, [1, 2, 1])
-    server = server_for(workers, training, infos[0]["num_params"])
-    theta = ray.get(workers[0].handle.initial_parameters.remote())
+    actor = stalling_worker_class(1, tmp_path)
+    workers, infos = start_workers(training, [1, 2, 1], actor)
+    try:
+        server = server_for(workers, training, infos[0]["num_params"])
+        theta = ray.get(workers[0].handle.initial_parameters.remote())
 
-    def kill_soon() -> None:
-        time.sleep(1.0)
-        ray.kill(workers[1].handle)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            step_one = pool.submit(server.run_step, 1, theta)
+            wait_for(
+                lambda: (tmp_path / "step-1").exists() or step_one.done(),
+                timeout_s=120,
+                what="the worker of rank 1 to start step 1",
+            )
+            assert not step_one.done(), step_one.result()
+            ray.kill(workers[1].handle)  # mid-step: it never answers by itself
+            first = step_one.result(timeout=120)
+        assert first.metrics["workers_answered"] == 2 and first.metrics["live_workers"] == 2
+        assert {c.node_id for c in first.credits} == {1}  # the dead worker's node earns nothing
+        second = server.run_step(2, first.theta)
+        assert second.metrics["workers_answered"] == 2
+        assert not np.array_equal(second.theta, theta)
+    finally:
+        for worker in workers:
+            ray.kill(worker.handle)
 
-    threading.Thread(target=kill_soon, daemon=True).start()
-    first = server.run_step(1, theta)
-    assert first.metrics["workers_answered"] == 2 and first.metrics["live_workers"] == 2
-    assert {c.node_id for c in first.credits} == {1}  # the dead worker's node earns nothing
-    second = server.run_step(2, first.theta)
-    assert second.metrics["workers_answered"] == 2
-    assert not np.array_equal(second.theta, theta)
-    for worker in (workers[0], workers[2]):
-        ray.kill(worker.handle)
 
-
-def test_char_rnn_with_es_on_stdlib_text_lowers_its_loss_by_10_percent_in_60_steps(
+def test_char_rnn_with_es_on_stdlib_text_learns_more_than_character_frequencies(
     ray_client: TestClient, two_nodes, make_account
 ) -> None:
     client = ray_client
     user = make_account("alice")
+    corpus = {"data_source": "builtin", "dataset_name": "stdlib-text"}
     body = {
         "model_config": {"type": "char_rnn", "model_name": "rnn"},
-        "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+        "data_config": corpus,
         "training_config": {"steps": 60, "population": 48},
         # Four cores: one evaluator per core by default, two on each node.
         "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},
@@ -121,8 +151,13 @@ def test_char_rnn_with_es_on_stdlib_text_lowers_its_loss_by_10_percent_in_60_ste
     series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()["series"]
     steps = [p["values"] for p in series if p["step"] > 0]
     assert len(steps) == 60
-    first, last = steps[0]["loss"], np.mean([s["loss"] for s in steps[-5:]])
-    assert last <= 0.9 * first, (first, last)
+    # Learning the characters' frequencies alone scores the unigram's 3.37 nats on the
+    # held-out text (from about ln(100) = 4.6 untrained); 60 steps reach about 3.2.
+    unigram = char_unigram(DataRequest(**corpus), validation_split=0.1)
+    assert steps[0]["loss"] > unigram.train + 1.0
+    validation = [s["validation_loss"] for s in steps if "validation_loss" in s]
+    assert len(validation) == 6, validation  # every 10 steps
+    assert validation[-1] < unigram.validation - 0.1, (validation, unigram)
     assert all(s["bytes_from_workers"] == steps[0]["bytes_from_workers"] for s in steps)
     assert {"evaluations_per_s", "live_workers", "validation_loss", "sample_text"} <= (
         steps[-1].keys()
