@@ -33,10 +33,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     """Our engine in this process: a local Ray with one DistLM node, one host per client."""
     import ray
 
+    from protocol.events import MetricEvent
     from ray_module.cluster import ClusterConfig, connect
     from ray_module.contract import RunConfig, WorkerPlan
     from ray_module.data.request import DataRequest
-    from ray_module.events import MetricEvent
     from ray_module.models.sources import ModelRequest
     from ray_module.resources import node_resource
     from ray_module.runner.job_runner import JobRunner

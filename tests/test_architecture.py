@@ -1,6 +1,6 @@
 """The layering ARCHITECTURE.md §3 promises, checked on the source: no import circle
-anywhere in backend/, and ray_module imports nothing of ours but itself (a worker machine
-needs only its dependencies)."""
+anywhere in backend/, ray_module imports nothing of ours but itself and the protocol (a
+worker machine needs only its dependencies), and the protocol imports nothing of ours."""
 
 from __future__ import annotations
 
@@ -100,13 +100,25 @@ def test_no_import_circle_in_backend() -> None:
     assert cycles(GRAPH) == []
 
 
-def test_ray_module_imports_nothing_of_ours_but_itself() -> None:
+def test_ray_module_imports_nothing_of_ours_but_itself_and_the_protocol() -> None:
     outside = {
         (name, target)
         for name, targets in GRAPH.items()
         if name.split(".")[0] == "ray_module"
         for target in targets
-        if target.split(".")[0] != "ray_module"
+        if target.split(".")[0] not in ("ray_module", "protocol")
+    }
+    assert outside == set()
+
+
+def test_the_protocol_imports_nothing_of_ours() -> None:
+    """Both sides take the protocol: it must not bring either side along."""
+    outside = {
+        (name, target)
+        for name, targets in GRAPH.items()
+        if name.split(".")[0] == "protocol"
+        for target in targets
+        if target.split(".")[0] != "protocol"
     }
     assert outside == set()
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from compute.job_state import JobStatus
 from ledger.pricing import Rates, ResourceSeconds, price_usage, tokens
-from ray_module.events import RecordedEvent, RunState, StatusEvent, UsageEvent
+from protocol.events import RecordedEvent, RunState, StatusEvent, UsageEvent
 
 UsageTotals = Mapping[str, Mapping[str, float]]  # node id -> resource seconds, as stored
 

@@ -47,10 +47,7 @@ from compute.storage import expire_storage
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates
-from ray_module.contract import RunConfig, WorkerPlan
-from ray_module.data.request import DataRequest
-from ray_module.errors import SettingsError, describe
-from ray_module.events import (
+from protocol.events import (
     ArtifactEvent,
     CheckpointEvent,
     LogEvent,
@@ -58,6 +55,9 @@ from ray_module.events import (
     RecordedEvent,
     UsageEvent,
 )
+from ray_module.contract import RunConfig, WorkerPlan
+from ray_module.data.request import DataRequest
+from ray_module.errors import SettingsError, describe
 from ray_module.models.sources import ModelRequest
 from ray_module.resources import LiveNode, live_nodes, resource_shortfall
 from ray_module.runner import client as runner_client

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from compute.dispatch_policy import RESOURCE_KEYS
-from ray_module.events import UsageEvent
+from protocol.events import UsageEvent
 
 UnsavedUsage = Mapping[str, Mapping[str, float]]  # "<step>/<node>/<stage>" -> figures
 

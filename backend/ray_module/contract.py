@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from protocol.events import Event
 from ray_module.data.request import DataRequest
-from ray_module.events import Event
 from ray_module.models.sources import ModelRequest
 
 NAMESPACE = "distlm"  # the Ray namespace of every runner actor

@@ -18,7 +18,7 @@ from compute.dispatch_policy import (
 )
 from compute.job_state import JobStatus
 from ledger.pricing import Rates
-from ray_module.events import (
+from protocol.events import (
     CheckpointEvent,
     MetricEvent,
     RecordedEvent,

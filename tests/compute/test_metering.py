@@ -19,8 +19,7 @@ from compute.metering import is_saved, saved_by, unsaved_events, with_unsaved
 from core.settings import Settings
 from ledger.pricing import ResourceSeconds, platform_fee, tokens
 from ledger.settlement import NodeUsage, node_charges
-from ray_module.contract import RunConfig
-from ray_module.events import (
+from protocol.events import (
     CheckpointEvent,
     Event,
     MetricEvent,
@@ -29,6 +28,7 @@ from ray_module.events import (
     StatusEvent,
     UsageEvent,
 )
+from ray_module.contract import RunConfig
 from ray_module.resources import LiveNode
 from tests.conftest import clear_tables, make_settings, register_node
 from tests.metering_checks import stream
@@ -187,4 +187,3 @@ def test_a_lost_attempts_work_after_its_checkpoint_is_neither_charged_nor_credit
         "attempt 1: the work since its last checkpoint (step 10) is not charged or credited "
         "(30.0 CPU-core-seconds on node 1, 30.0 CPU-core-seconds on node 2)"
     ]
-

@@ -50,8 +50,10 @@ def test_a_node_lost_between_checkpoints_is_paid_only_for_saved_work_and_the_job
     every = body["training_config"]["checkpoint_interval"]
     # A checkpoint has saved some work and the attempt is early in the next interval.
     wait_for(
-        lambda: last_step(client, user.headers, job["id"]) % every in range(1, every // 2)
-        and last_step(client, user.headers, job["id"]) > every,
+        lambda: (
+            last_step(client, user.headers, job["id"]) % every in range(1, every // 2)
+            and last_step(client, user.headers, job["id"]) > every
+        ),
         every_s=0.05,
         what=lambda: job_state(client, user.headers, job["id"]),
     )

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from compute.models import Job
+from protocol.events import MetricEvent, RunState, StatusEvent, UsageEvent
 from ray_module.contract import RunConfig
 from ray_module.data.request import DataRequest
 from ray_module.errors import (
@@ -18,7 +19,6 @@ from ray_module.errors import (
     describe,
     is_retryable,
 )
-from ray_module.events import MetricEvent, RunState, StatusEvent, UsageEvent
 from ray_module.models.sources import ModelRequest
 from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.data_parallel.settings import DataParallelSettings

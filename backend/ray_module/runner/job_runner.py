@@ -12,9 +12,9 @@ import threading
 import time
 import traceback
 
+from protocol.events import Event, LogEvent, RecordedEvent, RunState, StatusEvent
 from ray_module.contract import RunConfig
 from ray_module.errors import RunCancelledError, causes, describe, is_retryable
-from ray_module.events import Event, LogEvent, RecordedEvent, RunState, StatusEvent
 from ray_module.strategies.registry import get_strategy
 
 log = logging.getLogger(__name__)

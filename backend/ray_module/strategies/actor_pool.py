@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from protocol.events import UsageEvent
 from ray_module.errors import LostWorkersError, describe, is_retryable
-from ray_module.events import UsageEvent
 
 WAIT_SLICE_S = 0.25  # how often a waiting server looks for a cancel request
 

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_module.contract import RunConfig, WorkerPlan
-from ray_module.data.request import DataRequest
-from ray_module.events import (
+from protocol.events import (
     ArtifactEvent,
     CheckpointEvent,
     Event,
@@ -25,6 +23,8 @@ from ray_module.events import (
     StatusEvent,
     UsageEvent,
 )
+from ray_module.contract import RunConfig, WorkerPlan
+from ray_module.data.request import DataRequest
 from ray_module.models.sources import ModelRequest
 from ray_module.runner.client import cancel_runner, fetch_events, launch_runner, stop_runner
 from ray_module.strategies.registry import STRATEGIES, get_strategy

@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
 from ray_module.contract import NAMESPACE, RunConfig, RunContext, runner_name
 from ray_module.errors import RunCancelledError
-from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
 from ray_module.resources import NODE_LABEL
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint, unwrap

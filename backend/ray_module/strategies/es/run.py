@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from ray_module.contract import RunConfig, RunContext
 from ray_module.errors import StartupError
-from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from ray_module.resources import node_resource
 from ray_module.storage.checkpoints import load_arrays, save_arrays
 from ray_module.strategies.actor_pool import first_alive

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from ray_module.contract import RunConfig, RunContext, WorkerPlan
 from ray_module.errors import StartupError
-from ray_module.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from ray_module.resources import node_resource
 from ray_module.strategies.actor_pool import first_alive
 from ray_module.strategies.base import CHECKPOINT_DIR

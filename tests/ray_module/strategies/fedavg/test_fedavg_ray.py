@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
+from protocol.events import MetricEvent
 from ray_module.contract import RunConfig, WorkerPlan
 from ray_module.data.request import DataRequest
-from ray_module.events import MetricEvent
 from ray_module.models.sources import ModelRequest
 from ray_module.resources import node_resource
 from ray_module.runner.job_runner import JobRunner

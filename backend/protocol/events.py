@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class RunState(enum.StrEnum):
@@ -49,6 +49,12 @@ class UsageEvent:
     memory_gb_seconds: float = 0.0
     stage: str = ""  # the part of the job that did it, where a job has several ("loader")
     step: int = 0
+
+    RESOURCE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "gpu_seconds",
+        "cpu_core_seconds",
+        "memory_gb_seconds",
+    )
 
     @classmethod
     def for_slot(
