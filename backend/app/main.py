@@ -28,6 +28,7 @@ from app.routes import (
     metrics,
     nodes,
     prometheus,
+    runs,
     status,
     tokens,
     users,
@@ -146,7 +147,7 @@ def create_app(
     app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(RequestMetricsMiddleware)
     for module in (
-        health, auth, users, nodes, jobs, job_stream, tokens, metrics, prometheus, status
+        health, auth, users, nodes, jobs, job_stream, runs, tokens, metrics, prometheus, status
     ):  # fmt: skip
         document_error_responses(module.router)
         app.include_router(module.router)

@@ -158,3 +158,22 @@ class Lease(Base):
     holder: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     renewed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class RunEvent(Base):
+    """An event a job's driver sent over HTTP (the run inbox), kept per attempt in the order
+    the driver numbered them; the dispatcher reads them from its cursor."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "seq", name="uq_run_events_job_attempt_seq"),
+        Index("ix_run_events_job_attempt_kind", "job_id", "attempt", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the event's wire form
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

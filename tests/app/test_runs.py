@@ -1,0 +1,164 @@
+"""POST /runs/{job_id}/events: a job's driver reports over HTTP with a credential scoped to
+the job and attempt (issue 20 item 3). Refused for another job or attempt, after the attempt
+ended, with a user's or a node's token; a usage claim beyond the node's slot for the
+attempt's wall time is refused with nothing stored; a resent event is stored once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from auth.models import Role
+from auth.run_tokens import RunClaims, create_run_token
+from compute.models import Job, RunEvent
+from compute.run_inbox import run_events_after
+from core.db import utcnow
+from core.settings import Settings
+from protocol.events import MetricEvent, RecordedEvent, UsageEvent
+from protocol.wire import recorded_to_wire
+from tests.conftest import register_node, submit_job
+
+SLOT = {"node_id": 1, "gpu": 0, "cpu_cores": 2.0, "memory_gb": 1.0}
+
+
+@pytest.fixture
+def running_job(client: TestClient, db: Session, make_account) -> dict:
+    """A job running its second attempt on node 1 (2 cores), started 100 s ago."""
+    owner = make_account("olivia", Role.NODE_OWNER)
+    user = make_account("alice")
+    register_node(client, owner.headers, "m1")
+    job = submit_job(client, user.headers)
+    row = db.get(Job, job["id"])
+    row.status, row.attempts, row.placement = "running", 2, [SLOT]
+    row.started_at = row.updated_at = utcnow() - dt.timedelta(seconds=100)
+    db.commit()
+    return {**job, "user": user}
+
+
+def credential(settings: Settings, job_id: int, attempt: int = 2, **expiry) -> dict:
+    claims = RunClaims(job_id=job_id, attempt=attempt, node_id=1)
+    token = create_run_token(
+        claims,
+        secret_key=settings.secret_key,
+        expires_in=dt.timedelta(**(expiry or {"hours": 1})),
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wire(*events, start: int = 1) -> list[dict]:
+    return [recorded_to_wire(RecordedEvent(start + i, 0.0, e)) for i, e in enumerate(events)]
+
+
+def post(client: TestClient, job_id: int, headers: dict, events: list, attempt: int = 2):
+    return client.post(
+        f"/runs/{job_id}/events", headers=headers, json={"attempt": attempt, "events": events}
+    )
+
+
+def stored(db: Session, job_id: int) -> int:
+    db.rollback()  # see what the gateway committed since
+    return db.scalar(select(func.count()).where(RunEvent.job_id == job_id)) or 0
+
+
+def test_a_drivers_events_are_kept_in_its_order_and_a_resend_is_stored_once(
+    client: TestClient, db: Session, settings: Settings, running_job: dict
+) -> None:
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    events = wire(MetricEvent(1, {"loss": 2.0}), UsageEvent(1, 0, 20.0, 10.0, step=1))
+    answer = post(client, job_id, auth, events)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"accepted": 2, "cancel_requested": False}
+    again = post(client, job_id, auth, [*events, *wire(MetricEvent(2, {"loss": 1.5}), start=3)])
+    assert again.json()["accepted"] == 1
+    db.rollback()
+    kept = run_events_after(db, job_id, 2, after=0)
+    assert [(r.seq, type(r.event).__name__) for r in kept] == [
+        (1, "MetricEvent"),
+        (2, "UsageEvent"),
+        (3, "MetricEvent"),
+    ]
+    assert [r.seq for r in run_events_after(db, job_id, 2, after=2)] == [3]
+
+    client.post(f"/jobs/{job_id}/cancel", headers=running_job["user"].headers)
+    assert post(client, job_id, auth, []).json()["cancel_requested"] is True
+
+
+def test_credentials_for_another_job_or_attempt_or_of_another_kind_are_refused(
+    client: TestClient, db: Session, settings: Settings, running_job: dict, make_account
+) -> None:
+    job_id = running_job["id"]
+    events = wire(MetricEvent(1, {"loss": 2.0}))
+    other_job = submit_job(client, running_job["user"].headers)["id"]
+    owner_node = register_node(client, make_account("oscar", Role.NODE_OWNER).headers, "m2")
+    refusals = {
+        "another job": (credential(settings, other_job), 403),
+        "an older attempt": (credential(settings, job_id, attempt=1), 403),
+        "an expired credential": (credential(settings, job_id, seconds=-1), 401),
+        "a user's token": (running_job["user"].headers, 401),
+        "a node's credential": ({"Authorization": f"Bearer {owner_node['credential']}"}, 401),
+        "no credential": ({}, 401),
+        "a forged signature": (
+            {"Authorization": credential(settings, job_id)["Authorization"][:-4] + "AAAA"},
+            401,
+        ),
+    }
+    for what, (headers, status) in refusals.items():
+        answer = post(client, job_id, headers, events)
+        assert answer.status_code == status, (what, answer.text)
+        assert answer.json()["error"], what
+    # An older attempt's events, even with this attempt's credential, are refused too.
+    assert post(client, job_id, credential(settings, job_id), events, attempt=1).status_code == 403
+    assert stored(db, job_id) == 0
+
+
+def test_a_driver_of_an_attempt_that_ended_is_refused(
+    client: TestClient, db: Session, settings: Settings, running_job: dict
+) -> None:
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    row = db.get(Job, job_id)
+    row.status, row.attempts = "running", 3  # the dispatcher gave attempt 2 up
+    db.commit()
+    answer = post(client, job_id, auth, wire(MetricEvent(1, {"loss": 2.0})))
+    assert answer.status_code == 409
+    assert "attempt 2" in answer.json()["detail"]
+    assert stored(db, job_id) == 0
+
+
+@pytest.mark.parametrize(
+    ("usage", "why"),
+    [
+        (UsageEvent(1, 0.0, 2.0 * 100 * 1.2, 0.0, step=1), "more than its slot allows"),
+        (UsageEvent(1, 5.0 * 100, 1.0, 0.0, step=1), "gpu_seconds"),  # no GPU in the slot
+        (UsageEvent(7, 0.0, 1.0, 0.0, step=1), "node 7, which is not in the placement"),
+    ],
+)
+def test_a_usage_claim_beyond_the_slot_is_refused_and_nothing_is_stored(
+    client: TestClient,
+    db: Session,
+    settings: Settings,
+    running_job: dict,
+    usage: UsageEvent,
+    why: str,
+) -> None:
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    fine = UsageEvent(1, 0.0, 2.0 * 50, 1.0 * 50, step=1)  # half the attempt's wall time
+    assert post(client, job_id, auth, wire(fine)).status_code == 200
+    answer = post(client, job_id, auth, wire(MetricEvent(2, {}), usage, start=2))
+    assert answer.status_code == 422, answer.text
+    assert why in answer.json()["detail"]
+    assert stored(db, job_id) == 1  # the whole request was refused
+
+
+def test_a_malformed_event_is_a_422_naming_it(
+    client: TestClient, db: Session, settings: Settings, running_job: dict
+) -> None:
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    bad = [*wire(MetricEvent(1, {})), {"seq": 2, "at": 0, "kind": "shell", "cmd": "rm -rf /"}]
+    answer = post(client, job_id, auth, bad)
+    assert answer.status_code == 422
+    assert "unknown event kind 'shell'" in answer.json()["detail"]
+    assert stored(db, job_id) == 0
