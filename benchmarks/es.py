@@ -24,8 +24,7 @@ sys.path.insert(0, str(ROOT / "backend"))
 def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from ray_module.data.request import DataRequest
-    from ray_module.models.sources import ModelRequest
+    from protocol.run import DataRequest, ModelRequest
     from ray_module.resources import node_resource
     from ray_module.strategies.es.noise import NoiseTable
     from ray_module.strategies.es.server import ESServer, Worker, make_optimizer

@@ -34,10 +34,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from protocol.events import MetricEvent
+    from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
     from ray_module.cluster import ClusterConfig, connect
-    from ray_module.contract import RunConfig, WorkerPlan
-    from ray_module.data.request import DataRequest
-    from ray_module.models.sources import ModelRequest
     from ray_module.resources import node_resource
     from ray_module.runner.job_runner import JobRunner
     from ray_module.strategies.fedavg.run import run_fedavg

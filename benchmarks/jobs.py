@@ -24,10 +24,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from core.settings import Settings
 from protocol.events import MetricEvent
+from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.cluster import ClusterConfig, connect
-from ray_module.contract import NAMESPACE, RunConfig, WorkerPlan, runner_name
-from ray_module.data.request import DataRequest
-from ray_module.models.sources import ModelRequest
+from ray_module.contract import NAMESPACE, runner_name
 from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.data_parallel.run import run_data_parallel
 

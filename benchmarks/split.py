@@ -26,9 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 import numpy as np
 
 from protocol.events import MetricEvent, StatusEvent
-from ray_module.contract import RunConfig, WorkerPlan
-from ray_module.data.request import DataRequest
-from ray_module.models.sources import ModelRequest
+from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.runner.client import fetch_events, launch_runner, stop_runner
 
 

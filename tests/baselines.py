@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest
 from ray_module.data.texts import load_texts, pack_blocks, split_blocks
 
 # Added to every token's count, so a token seen only in validation has a finite loss.

@@ -55,10 +55,8 @@ from protocol.events import (
     RecordedEvent,
     UsageEvent,
 )
-from ray_module.contract import RunConfig, WorkerPlan
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.errors import SettingsError, describe
-from ray_module.models.sources import ModelRequest
 from ray_module.resources import LiveNode, live_nodes, resource_shortfall
 from ray_module.runner import client as runner_client
 from ray_module.strategies.registry import get_strategy

@@ -28,7 +28,7 @@ from protocol.events import (
     StatusEvent,
     UsageEvent,
 )
-from ray_module.contract import RunConfig
+from protocol.run import RunConfig
 from ray_module.resources import LiveNode
 from tests.conftest import clear_tables, make_settings, register_node
 from tests.metering_checks import stream

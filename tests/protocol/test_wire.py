@@ -67,3 +67,29 @@ def test_what_a_node_may_not_send_is_refused_with_the_reason(data, problem: str)
     with pytest.raises(WireError, match=None) as refused:
         recorded_from_wire(data)
     assert problem in str(refused.value)
+
+
+def test_the_job_as_a_node_receives_it_survives_json_unchanged() -> None:
+    from protocol.run import (
+        DataRequest,
+        ModelRequest,
+        RunConfig,
+        WorkerPlan,
+        run_config_from_wire,
+        run_config_to_wire,
+    )
+
+    config = RunConfig(
+        job_id=4,
+        strategy="split",
+        model=ModelRequest("classifier", "mlp", pretrained=False, overrides={"hidden": 32}),
+        data=DataRequest("builtin", "digits", max_samples=300, validation_split=0.1),
+        training={"epochs": 2, "loader": {"cpu_cores": 1, "memory": 1}},
+        workers=(WorkerPlan(1, 0, 1.0, 1.0), WorkerPlan(2, 0, 1.0, 1.0, role="loader")),
+        storage_path="/srv/storage",
+        attempt=2,
+        task="infer",
+        inference={"top_k": 3},
+    )
+    sent = json.loads(json.dumps(run_config_to_wire(config)))
+    assert run_config_from_wire(sent) == config

@@ -9,8 +9,7 @@ import pytest
 
 from compute.models import Job
 from protocol.events import MetricEvent, RunState, StatusEvent, UsageEvent
-from ray_module.contract import RunConfig
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest, ModelRequest, RunConfig
 from ray_module.errors import (
     DataError,
     LostWorkersError,
@@ -19,7 +18,6 @@ from ray_module.errors import (
     describe,
     is_retryable,
 )
-from ray_module.models.sources import ModelRequest
 from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.data_parallel.settings import DataParallelSettings
 from tests.polling import wait_for

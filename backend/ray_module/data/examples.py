@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest
 from ray_module.data.texts import RECORD_SUFFIXES, column_texts, local_target, read_records
 from ray_module.errors import DataError
 from ray_module.hub import away_from_local_disk, require_hub_id

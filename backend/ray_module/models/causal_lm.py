@@ -32,10 +32,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
 from ray_module.models.sources import (
-    ModelRequest,
     checked_overrides,
     local_model_directory,
     preset_overrides,

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.run import ModelRequest
 from ray_module.errors import ModelError
-from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
+from ray_module.models.sources import local_model_directory, preset_overrides
 
 CHAR_RNN_TYPE = "char_rnn"
 PRESET = "rnn"

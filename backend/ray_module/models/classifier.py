@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from protocol.run import ModelRequest
 from ray_module.errors import ModelError
-from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
+from ray_module.models.sources import local_model_directory, preset_overrides
 
 CLASSIFIER_TYPE = "classifier"
 PRESETS = ("mlp", "cnn")

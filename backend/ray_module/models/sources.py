@@ -5,23 +5,11 @@ Kept free of transformers so that model types that do not need it (classifiers) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.run import ModelRequest
 from ray_module.errors import ModelError
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """The model part of a job spec. ``pretrained=None`` means the source's natural default:
-    weights for a hub id or a local directory, random initialisation for a preset. The dict
-    field makes instances unhashable; they are compared, never used as keys."""
-
-    model_type: str
-    model_name: str
-    pretrained: bool | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def local_model_directory(name: str, local_root: Path | None) -> Path | None:

@@ -23,10 +23,11 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
 from ray_module.models.causal_lm import build_byte_tokenizer, saved_tokenizer
-from ray_module.models.sources import ModelRequest, local_model_directory, preset_overrides
+from ray_module.models.sources import local_model_directory, preset_overrides
 
 log = logging.getLogger(__name__)
 

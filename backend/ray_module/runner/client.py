@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.events import RecordedEvent
-from ray_module.contract import NAMESPACE, RunConfig, runner_name
+from protocol.run import RunConfig
+from ray_module.contract import NAMESPACE, runner_name
 from ray_module.runner.job_runner import JobRunner
 
 

@@ -13,7 +13,7 @@ import time
 import traceback
 
 from protocol.events import Event, LogEvent, RecordedEvent, RunState, StatusEvent
-from ray_module.contract import RunConfig
+from protocol.run import RunConfig
 from ray_module.errors import RunCancelledError, causes, describe, is_retryable
 from ray_module.strategies.registry import get_strategy
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ray_module.contract import RunConfig, RunContext
+from protocol.run import RunConfig
+from ray_module.contract import RunContext
 from ray_module.errors import SettingsError
 from ray_module.scheduler import ExtraShare
 from ray_module.storage.checkpoints import saved_state

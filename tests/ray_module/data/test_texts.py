@@ -15,7 +15,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest
 from ray_module.data.texts import load_texts, pack_blocks, split_blocks, stdlib_corpus
 from ray_module.errors import DataError
 from ray_module.models.causal_lm import build_byte_tokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest
 from ray_module.data.texts import load_texts, pack_blocks, split_blocks
 from ray_module.errors import ModelError
 from ray_module.models.causal_lm import (

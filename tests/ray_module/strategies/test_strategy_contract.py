@@ -23,9 +23,7 @@ from protocol.events import (
     StatusEvent,
     UsageEvent,
 )
-from ray_module.contract import RunConfig, WorkerPlan
-from ray_module.data.request import DataRequest
-from ray_module.models.sources import ModelRequest
+from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.runner.client import cancel_runner, fetch_events, launch_runner, stop_runner
 from ray_module.strategies.registry import STRATEGIES, get_strategy
 from tests.polling import wait_for

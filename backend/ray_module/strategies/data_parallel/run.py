@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
-from ray_module.contract import NAMESPACE, RunConfig, RunContext, runner_name
+from protocol.run import RunConfig
+from ray_module.contract import NAMESPACE, RunContext, runner_name
 from ray_module.errors import RunCancelledError
 from ray_module.resources import NODE_LABEL
 from ray_module.strategies.base import CHECKPOINT_DIR

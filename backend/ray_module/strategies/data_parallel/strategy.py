@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_module.contract import RunConfig, RunContext
+from protocol.run import RunConfig
+from ray_module.contract import RunContext
 from ray_module.strategies.base import TrainingStrategy
 from ray_module.strategies.data_parallel.settings import (
     DataParallelSettings,

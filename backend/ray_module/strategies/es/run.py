@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
-from ray_module.contract import RunConfig, RunContext
+from protocol.run import RunConfig
+from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
 from ray_module.storage.checkpoints import load_arrays, save_arrays

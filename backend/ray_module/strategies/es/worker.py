@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest, ModelRequest
 from ray_module.data.texts import load_texts
 from ray_module.errors import DataError
 from ray_module.models.char_rnn import (
@@ -27,7 +27,6 @@ from ray_module.models.char_rnn import (
     set_flat_parameters,
     vocabulary_of,
 )
-from ray_module.models.sources import ModelRequest
 from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.es.noise import NoiseTable, pair_index

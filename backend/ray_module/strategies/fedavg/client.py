@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from protocol.run import DataRequest, ModelRequest
 from ray_module.data.examples import LabelledData, PairData, load_labelled, load_pairs
-from ray_module.data.request import DataRequest
 from ray_module.errors import DataError, StartupError
-from ray_module.models.sources import ModelRequest
 from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.fedavg.partition import (

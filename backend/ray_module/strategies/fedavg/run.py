@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
-from ray_module.contract import RunConfig, RunContext, WorkerPlan
+from protocol.run import RunConfig, WorkerPlan
+from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
 from ray_module.strategies.actor_pool import first_alive

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.run import ModelRequest
 from ray_module.data.examples import LabelledData, PairData
-from ray_module.models.sources import ModelRequest
 
 Weights = list[np.ndarray]
 

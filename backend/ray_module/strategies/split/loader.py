@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest, ModelRequest
 from ray_module.errors import DataError
-from ray_module.models.sources import ModelRequest
 from ray_module.strategies.actor_pool import DeferredStart
 
 LABELLED = "classifier"

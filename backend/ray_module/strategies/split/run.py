@@ -10,7 +10,8 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from ray_module.contract import NAMESPACE, RunConfig, RunContext, WorkerPlan, runner_name
+from protocol.run import RunConfig, WorkerPlan
+from ray_module.contract import NAMESPACE, RunContext, runner_name
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.resources import node_resource
 from ray_module.strategies.actor_pool import raise_startup_failure

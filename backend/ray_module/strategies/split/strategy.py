@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_module.contract import RunConfig, RunContext
+from protocol.run import RunConfig
+from ray_module.contract import RunContext
 from ray_module.errors import SettingsError
 from ray_module.scheduler import ExtraShare
 from ray_module.strategies.base import SubmittedJob, TrainingStrategy

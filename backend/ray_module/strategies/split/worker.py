@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
-from ray_module.contract import NAMESPACE, WorkerPlan
+from protocol.run import ModelRequest, WorkerPlan
+from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
-from ray_module.models.sources import ModelRequest
 from ray_module.storage.checkpoints import load_arrays, save_arrays
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.split import evaluation, results

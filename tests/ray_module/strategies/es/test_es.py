@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.models.char_rnn import (
     CharRNNConfig,
@@ -24,7 +25,6 @@ from ray_module.models.char_rnn import (
     set_flat_parameters,
     vocabulary_of,
 )
-from ray_module.models.sources import ModelRequest
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, centered_ranks
 from ray_module.strategies.es.noise import NoiseTable, pair_index
 from ray_module.strategies.es.run import load_es_checkpoint, restore_optimizer, save_es_checkpoint

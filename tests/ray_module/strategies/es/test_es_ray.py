@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ray_module.data.request import DataRequest
-from ray_module.models.sources import ModelRequest
+from protocol.run import DataRequest, ModelRequest
 from ray_module.resources import node_resource
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, Worker, make_optimizer

@@ -15,9 +15,7 @@ from fastapi.testclient import TestClient
 
 from auth.models import Role
 from protocol.events import MetricEvent
-from ray_module.contract import RunConfig, WorkerPlan
-from ray_module.data.request import DataRequest
-from ray_module.models.sources import ModelRequest
+from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.resources import node_resource
 from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.fedavg.aggregate import server_optimizer

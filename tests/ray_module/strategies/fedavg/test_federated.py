@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from protocol.run import DataRequest, ModelRequest
 from ray_module.data.examples import digits, labelled_from_table, load_labelled, synthetic_t2t
-from ray_module.data.request import DataRequest
 from ray_module.errors import DataError, ModelError
-from ray_module.models.sources import ModelRequest
 from ray_module.strategies.fedavg.aggregate import (
     AggregationError,
     ClientUpdate,

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from protocol.run import DataRequest
 from ray_module.data.examples import load_labelled
-from ray_module.data.request import DataRequest
 from ray_module.errors import DataError, SettingsError
 from ray_module.scheduler import ExtraShare, NodeCapacity, PendingJob, fit_job, plan
 from ray_module.strategies.split.evaluation import ClassifierScore
