@@ -21,6 +21,7 @@ from core.errors import (
     InsufficientFundsError,
     InvalidInputError,
     NotFoundError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
 )
@@ -33,6 +34,7 @@ STATUS_BY_FAMILY: list[tuple[type[DistLMError], int]] = [
     (PermissionDeniedError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (PayloadTooLargeError, 413),  # before its family, InvalidInputError
     (InvalidInputError, 422),
     (RateLimitedError, 429),
 ]
@@ -60,7 +62,7 @@ STATUS_DESCRIPTIONS = {
     403: "Your role, or this object, does not allow it",
     404: "No such object (or it is not yours)",
     409: "The object's state does not allow it",
-    413: "The request body is over 1 MB",
+    413: "The request body is over its limit (1 MB; a driver's uploads: DISTLM_MAX_UPLOAD_MB)",
     422: "Invalid input: the detail names each bad field",
     429: "Too many requests: retry after `Retry-After` seconds",
     431: "The request's headers are over 64 KB (e.g. an oversized Authorization header)",

@@ -5,7 +5,9 @@
   ``SERVER_MAX_HEADER_BYTES`` so that this answer, not the server's plain-text 400, is what a
   client sees.
 - **Size.** One limit (``MAX_BODY_BYTES``) for every body, whatever its Content-Type and
-  whether or not it declares a Content-Length (chunked uploads are counted as they arrive).
+  whether or not it declares a Content-Length (chunked uploads are counted as they arrive),
+  except a job driver's uploads of checkpoints, models and results, which their route
+  streams to disk under ``DISTLM_MAX_UPLOAD_MB``.
   The body is read here, before routing, so no route or parser ever sees more than the limit.
 - **JSON.** A JSON body that is not UTF-8, or nests deeper than ``MAX_JSON_DEPTH``, is
   refused (422) before any parser meets it: otherwise the parser's RecursionError or
@@ -29,6 +31,7 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 SERVER_MAX_HEADER_BYTES = 2 * 1024 * 1024  # uvicorn's own limit, far above ours
 MAX_JSON_DEPTH = 64
+STREAMED_UPLOAD = re.compile(r"/runs/[0-9]+/(checkpoint|model|results)")
 _RELABELLED = {b"", b"application/x-www-form-urlencoded", b"text/plain"}
 # Strings are skipped when counting nesting: brackets inside them are text. The closing quote
 # is optional so an unterminated string ends the scan instead of restarting it at every quote.
@@ -58,6 +61,9 @@ class RequestLimitsMiddleware:
                 "headers_too_large",
                 f"the request's headers are over {MAX_HEADER_BYTES} bytes in all",
             )
+            return
+        if is_streamed_upload(scope):  # the route streams it to disk under its own limit
+            await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         try:
@@ -94,6 +100,12 @@ class RequestLimitsMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def is_streamed_upload(scope: Scope) -> bool:
+    """A driver's upload (``PUT /runs/{id}/checkpoint|model|results``): gigabytes, streamed
+    to disk by its route, never buffered here."""
+    return scope["method"] == "PUT" and STREAMED_UPLOAD.fullmatch(scope["path"]) is not None
 
 
 def _declared_length(headers: dict[bytes, bytes]) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO
 
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, PayloadTooLargeError
 
 COPY_CHUNK_BYTES = 1024 * 1024
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -44,7 +44,7 @@ class UploadRejectedError(InvalidInputError):
     code = "upload_rejected"
 
 
-class UploadTooLargeError(UploadRejectedError):
+class UploadTooLargeError(UploadRejectedError, PayloadTooLargeError):
     """The upload, or what its archive would unpack to, is over its limit."""
 
     code = "upload_too_large"

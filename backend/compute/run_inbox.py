@@ -53,15 +53,9 @@ def accept_run_events(
     *,
     now: dt.datetime,
 ) -> InboxAnswer:
-    if claims.job_id != job_id:
-        raise PermissionDeniedError("this run credential is for another job")
-    if claims.attempt != attempt:
-        raise PermissionDeniedError(f"this run credential is for attempt {claims.attempt}")
     if len(events) > MAX_EVENTS_PER_POST:
         raise InvalidInputError(f"at most {MAX_EVENTS_PER_POST} events per request")
-    job = session.get(Job, job_id)
-    if job is None or job.status != JobStatus.RUNNING.value or job.attempts != attempt:
-        raise ConflictError(f"attempt {attempt} of job {job_id} is not running; events refused")
+    job = running_attempt(session, claims, job_id, attempt)
     seqs = [recorded.seq for recorded in events]
     if len(set(seqs)) != len(seqs):
         raise InvalidInputError("an event's sequence number appears twice in one request")
@@ -89,6 +83,19 @@ def accept_run_events(
         )
     session.flush()
     return InboxAnswer(len(fresh), job.cancel_requested_at is not None)
+
+
+def running_attempt(session: Session, claims: RunClaims, job_id: int, attempt: int) -> Job:
+    """The job, when ``claims`` are for it and this attempt, and it is running that attempt:
+    a driver may act only for its own job, and only while its attempt is the current one."""
+    if claims.job_id != job_id:
+        raise PermissionDeniedError("this run credential is for another job")
+    if claims.attempt != attempt:
+        raise PermissionDeniedError(f"this run credential is for attempt {claims.attempt}")
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.RUNNING.value or job.attempts != attempt:
+        raise ConflictError(f"attempt {attempt} of job {job_id} is not running; refused")
+    return job
 
 
 def check_usage_claims(

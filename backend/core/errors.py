@@ -35,6 +35,12 @@ class InvalidInputError(DistLMError):
     code = "invalid_input"
 
 
+class PayloadTooLargeError(InvalidInputError):
+    """An upload over its limit (413)."""
+
+    code = "payload_too_large"
+
+
 class ConflictError(DistLMError):
     """The object exists but is in a state that forbids the request."""
 

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     artifact_retention_days: int = Field(
         0, ge=0, le=36_500, validation_alias=_env("DISTLM_ARTIFACT_RETENTION_DAYS")
     )
+    # The largest checkpoint, model or results archive a job's driver may upload.
+    max_upload_mb: int = Field(
+        4096, ge=1, le=1_048_576, validation_alias=_env("DISTLM_MAX_UPLOAD_MB")
+    )
     database_url: str = Field(
         "sqlite:///var/distlm.db", validation_alias=_env("DISTLM_DATABASE_URL")
     )

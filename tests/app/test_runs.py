@@ -20,9 +20,14 @@ from core.db import utcnow
 from core.settings import Settings
 from protocol.events import MetricEvent, RecordedEvent, UsageEvent
 from protocol.wire import recorded_to_wire
-from tests.conftest import register_node, submit_job
+from tests.conftest import make_settings, register_node, submit_job
 
 SLOT = {"node_id": 1, "gpu": 0, "cpu_cores": 2.0, "memory_gb": 1.0}
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path) -> Settings:
+    return make_settings(database_url, storage_path=tmp_path / "storage", max_upload_mb=1)
 
 
 @pytest.fixture
@@ -162,3 +167,125 @@ def test_a_malformed_event_is_a_422_naming_it(
     assert answer.status_code == 422
     assert "unknown event kind 'shell'" in answer.json()["detail"]
     assert stored(db, job_id) == 0
+
+
+# -- uploads: no shared filesystem ------------------------------------------------------------
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """A directory of ``files`` as the uncompressed tar a driver uploads."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def upload(client, job_id, headers, kind, body: bytes, *, digest=None, attempt=2):
+    import hashlib
+
+    return client.put(
+        f"/runs/{job_id}/{kind}",
+        params={"attempt": attempt},
+        headers={**headers, "X-Content-SHA256": digest or hashlib.sha256(body).hexdigest()},
+        content=body,
+    )
+
+
+def test_a_checkpoint_uploaded_by_the_driver_is_what_a_resume_downloads(
+    client: TestClient, db: Session, settings: Settings, running_job: dict, tmp_path
+) -> None:
+    import hashlib
+    import io
+    import tarfile
+
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    assert (
+        client.get(f"/runs/{job_id}/checkpoint", params={"attempt": 2}, headers=auth).status_code
+        == 404
+    )
+    first = tar_of({"state.json": b'{"step": 10}', "arrays.safetensors": b"\x00" * 5000})
+    answer = upload(client, job_id, auth, "checkpoint", first)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"kind": "checkpoint", "size": len(first),
+                             "sha256": hashlib.sha256(first).hexdigest()}  # fmt: skip
+    # A later checkpoint replaces it whole: no file of the first survives.
+    second = tar_of({"state.json": b'{"step": 20}', "weights.safetensors": b"\x01" * 3000})
+    assert upload(client, job_id, auth, "checkpoint", second).status_code == 200
+
+    # The next attempt (on another node) downloads exactly what was accepted.
+    row = db.get(Job, job_id)
+    row.attempts = 3
+    db.commit()
+    resume = credential(settings, job_id, attempt=3)
+    got = client.get(f"/runs/{job_id}/checkpoint", params={"attempt": 3}, headers=resume)
+    assert got.status_code == 200
+    assert got.headers["x-content-sha256"] == hashlib.sha256(got.content).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(got.content)) as archive:
+        files = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+    assert files == {"state.json": b'{"step": 20}', "weights.safetensors": b"\x01" * 3000}
+    # The old attempt's driver can no longer download, nor upload over it.
+    assert (
+        client.get(f"/runs/{job_id}/checkpoint", params={"attempt": 2}, headers=auth).status_code
+        == 409
+    )
+    assert upload(client, job_id, auth, "checkpoint", first).status_code == 409
+
+
+def test_a_models_upload_lands_where_its_owner_downloads_it(
+    client: TestClient, settings: Settings, running_job: dict
+) -> None:
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    model = tar_of({"config.json": b"{}", "model.safetensors": b"\x02" * 100})
+    assert upload(client, job_id, auth, "model", model).status_code == 200
+    stored = settings.storage_path / "jobs" / str(job_id) / "model"
+    assert sorted(p.name for p in stored.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"digest": "0" * 64}, 422, "sha256_mismatch"),
+        ({"digest": "not-a-hash"}, 422, "bad_sha256"),
+        ({"files": {"../escape.txt": b"x"}}, 422, "bad_archive_member"),
+        ({"files": {"/etc/cron.d/x": b"x"}}, 422, "bad_archive_member"),
+        ({"body": b"this is not a tar"}, 422, "bad_archive"),
+        ({"kind": "secrets"}, 422, "invalid_input"),
+    ],
+)
+def test_a_bad_upload_is_refused_and_the_accepted_checkpoint_stays(
+    client: TestClient, settings: Settings, running_job: dict, change: dict, status: int, code: str
+) -> None:
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    good = tar_of({"state.json": b'{"step": 10}'})
+    assert upload(client, job_id, auth, "checkpoint", good).status_code == 200
+    body = change.get("body") or tar_of(change.get("files") or {"state.json": b'{"step": 99}'})
+    answer = upload(client, job_id, auth, change.get("kind", "checkpoint"), body,
+                    digest=change.get("digest"))  # fmt: skip
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"] == code
+    checkpoint = settings.storage_path / "jobs" / str(job_id) / "checkpoint"
+    assert (checkpoint / "state.json").read_bytes() == b'{"step": 10}'
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json"]
+    assert not (settings.storage_path / "escape.txt").exists()
+
+
+def test_an_upload_over_the_limit_of_1_mb_is_a_413_and_another_jobs_credential_a_403(
+    client: TestClient, settings: Settings, running_job: dict
+) -> None:
+    job_id = running_job["id"]
+    big = tar_of({"weights.safetensors": b"\x00" * (1024 * 1024 + 1)})
+    answer = upload(client, job_id, credential(settings, job_id), "checkpoint", big)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"] == "upload_too_large"
+    assert not (settings.storage_path / "jobs" / str(job_id) / "checkpoint").exists()
+    small = tar_of({"state.json": b"{}"})
+    other = credential(settings, job_id + 1)
+    assert upload(client, job_id, other, "checkpoint", small).status_code == 403
+    leftovers = list((settings.storage_path / "jobs" / str(job_id)).rglob("*.part"))
+    assert leftovers == []

@@ -1,18 +1,25 @@
 """/runs: where a job's driver, running on one of the job's nodes, reports to the gateway
-with its run credential (scoped to the job and attempt), not a user's token."""
+with its run credential (scoped to the job and attempt), not a user's token: its events, and
+its checkpoints, final model and results (there is no shared filesystem)."""
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 from app.deps import BearerToken, DbSession, JobId, SettingsDep
 from app.errors import error_responses
 from auth.run_tokens import RunClaims, decode_run_token
+from compute.artifact_store import IncomingFile
 from compute.run_inbox import MAX_EVENTS_PER_POST, accept_run_events
-from core.db import utcnow
+from compute.run_uploads import accept_archive, checkpoint_archive, upload_place
+from core.db import session_scope, utcnow
 from core.errors import AuthenticationError, InvalidInputError
 from protocol.wire import WireError, recorded_from_wire
 
@@ -26,6 +33,12 @@ def get_run_claims(token: BearerToken, settings: SettingsDep) -> RunClaims:
 
 
 RunCaller = Annotated[RunClaims, Depends(get_run_claims)]
+
+
+class UploadKind(enum.StrEnum):
+    CHECKPOINT = "checkpoint"
+    MODEL = "model"
+    RESULTS = "results"
 
 
 class RunEventsIn(BaseModel):
@@ -57,3 +70,93 @@ def post_run_events(
         raise InvalidInputError(f"bad event: {error}") from None
     answer = accept_run_events(session, caller, job_id, body.attempt, events, now=utcnow())
     return RunEventsOut(accepted=answer.accepted, cancel_requested=answer.cancel_requested)
+
+
+class UploadOut(BaseModel):
+    kind: str  # checkpoint | model | results
+    size: int  # bytes of the archive received
+    sha256: str
+
+
+@router.put(
+    "/{job_id}/{kind}",
+    response_model=UploadOut,
+    responses=error_responses(403, 409, 413, 422),
+)
+async def put_upload(
+    job_id: JobId,
+    kind: UploadKind,
+    request: Request,
+    caller: RunCaller,
+    settings: SettingsDep,
+    attempt: Annotated[int, Query(ge=1, le=2**31 - 1)],
+    x_content_sha256: Annotated[str, Header(description="sha256 (hex) of the body")],
+) -> UploadOut:
+    """A driver's checkpoint, final model or results directory, as a tar (plain or gzip)
+    streamed in the body, at most `DISTLM_MAX_UPLOAD_MB`. Accepted only from the current
+    attempt's driver and when the body hashes to `X-Content-SHA256`; it then replaces what
+    was accepted before, whole. A wrong hash, an oversize body (413), an archive member that
+    is not a plain file or directory inside it, another job's or a stale attempt's credential:
+    refused, with nothing changed."""
+    storage, factory = settings.storage_path, request.app.state.read_session_factory
+    place = await run_in_threadpool(
+        _with_session, factory, upload_place, caller, job_id, attempt, kind.value, storage
+    )
+    max_bytes = settings.max_upload_mb * 1024 * 1024
+    with IncomingFile(
+        place.incoming,
+        f"{kind.value}-{attempt}.tar",
+        expected_sha256=x_content_sha256,
+        max_bytes=max_bytes,
+    ) as incoming:
+        async for chunk in request.stream():
+            incoming.write(chunk)
+        stored = await run_in_threadpool(incoming.commit)
+    try:  # the attempt may have ended while its bytes arrived
+        await run_in_threadpool(
+            _with_session, factory, upload_place, caller, job_id, attempt, kind.value, storage
+        )
+        await run_in_threadpool(accept_archive, place, stored.path, max_bytes=max_bytes)
+    finally:
+        stored.path.unlink(missing_ok=True)
+    return UploadOut(kind=kind.value, size=stored.size, sha256=stored.sha256)
+
+
+@router.get(
+    "/{job_id}/checkpoint",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "the checkpoint, as a tar"},
+        **error_responses(403, 404, 409),
+    },
+)
+async def get_checkpoint(
+    job_id: JobId,
+    request: Request,
+    caller: RunCaller,
+    settings: SettingsDep,
+    attempt: Annotated[int, Query(ge=1, le=2**31 - 1)],
+) -> FileResponse:
+    """The job's last accepted checkpoint (a tar; its sha256 in `X-Content-SHA256`), for the
+    current attempt's driver to resume from, on whichever node saved it."""
+    path, digest = await run_in_threadpool(
+        _with_session,
+        request.app.state.read_session_factory,
+        checkpoint_archive,
+        caller,
+        job_id,
+        attempt,
+        settings.storage_path,
+    )
+    return FileResponse(
+        path,
+        media_type="application/x-tar",
+        headers={"X-Content-SHA256": digest},
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )
+
+
+def _with_session(factory: Any, call: Any, *args: Any) -> Any:
+    """A short read transaction of its own: no transaction stays open while bytes flow."""
+    with session_scope(factory) as session:
+        return call(session, *args)

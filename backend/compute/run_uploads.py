@@ -1,0 +1,95 @@
+"""No shared filesystem: what a job's driver saves (its checkpoint, the final model, results)
+it uploads to the gateway's storage, and a resume on another node downloads the last
+accepted checkpoint from there.
+
+An upload is accepted only from the current attempt's driver, is size-limited and
+sha256-checked (``artifact_store``), and replaces what was accepted before whole: an accepted
+checkpoint is never overwritten by a partial one. Uploads to one place are serialized with a
+file lock, which holds across gateway processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from auth.run_tokens import RunClaims
+from compute.artifact_store import accepted_directory, pack_directory, unpack_directory_archive
+from compute.run_inbox import running_attempt
+from core.errors import NotFoundError
+
+UPLOAD_KINDS = ("checkpoint", "model", "results")
+MAX_ARCHIVE_MEMBERS = 100_000
+UPLOADS_DIR = ".uploads"  # where archives land before they are unpacked
+
+
+@dataclass(frozen=True)
+class UploadPlace:
+    job_id: int
+    attempt: int
+    kind: str
+    job_dir: Path
+
+    @property
+    def destination(self) -> Path:
+        return self.job_dir / self.kind
+
+    @property
+    def incoming(self) -> Path:
+        return self.job_dir / UPLOADS_DIR
+
+
+def job_dir(storage_root: Path, job_id: int) -> Path:
+    return storage_root / "jobs" / str(job_id)
+
+
+def upload_place(
+    session: Session, claims: RunClaims, job_id: int, attempt: int, kind: str, storage_root: Path
+) -> UploadPlace:
+    """Where the current attempt's driver may put its ``kind`` (checked before a byte is read,
+    and again before the upload is swapped in)."""
+    running_attempt(session, claims, job_id, attempt)
+    return UploadPlace(job_id, attempt, kind, job_dir(storage_root, job_id))
+
+
+def accept_archive(place: UploadPlace, archive: Path, *, max_bytes: int) -> None:
+    """Unpack a received, hash-checked archive over the kind's directory, whole or not at all."""
+    with locked(place.destination):
+        unpack_directory_archive(
+            archive, place.destination, max_bytes=max_bytes, max_members=MAX_ARCHIVE_MEMBERS
+        )
+
+
+def checkpoint_archive(
+    session: Session, claims: RunClaims, job_id: int, attempt: int, storage_root: Path
+) -> tuple[Path, str]:
+    """The last accepted checkpoint as a tar in a temporary file (the caller deletes it) and
+    its sha256, for the current attempt's driver to resume from, whichever node saved it."""
+    running_attempt(session, claims, job_id, attempt)
+    checkpoint = job_dir(storage_root, job_id) / "checkpoint"
+    with locked(checkpoint):
+        directory = accepted_directory(checkpoint)
+        if directory is None:
+            raise NotFoundError(f"job {job_id} has no checkpoint yet")
+        descriptor, name = tempfile.mkstemp(prefix="distlm-checkpoint-", suffix=".tar")
+        with os.fdopen(descriptor, "wb") as out:
+            digest = pack_directory(directory, out)
+    return Path(name), digest
+
+
+@contextmanager
+def locked(destination: Path) -> Iterator[None]:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with open(destination.parent / f".{destination.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
