@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from app.main import create_app
 from auth.models import Role
 from ledger.models import LedgerTransaction
-from ray_module.data.request import DataRequest
+from protocol.run import DataRequest
 from ray_module.models.causal_lm import ModelRequest, load_causal_lm
 from tests.baselines import causal_lm_unigram
 from tests.conftest import (
