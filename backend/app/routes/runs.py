@@ -54,7 +54,7 @@ class RunEventsOut(BaseModel):
 @router.post(
     "/{job_id}/events",
     response_model=RunEventsOut,
-    responses=error_responses(403, 409, 422),
+    responses=error_responses(401, 403, 409, 422),
 )
 def post_run_events(
     job_id: JobId, body: RunEventsIn, caller: RunCaller, session: DbSession
@@ -81,7 +81,7 @@ class UploadOut(BaseModel):
 @router.put(
     "/{job_id}/{kind}",
     response_model=UploadOut,
-    responses=error_responses(403, 409, 413, 422),
+    responses=error_responses(401, 403, 409, 413, 422),
 )
 async def put_upload(
     job_id: JobId,
@@ -127,7 +127,7 @@ async def put_upload(
     response_class=FileResponse,
     responses={
         200: {"content": {"application/x-tar": {}}, "description": "the checkpoint, as a tar"},
-        **error_responses(403, 404, 409),
+        **error_responses(401, 403, 404, 409),
     },
 )
 async def get_checkpoint(
