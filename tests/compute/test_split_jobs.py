@@ -21,6 +21,7 @@ from ray_module.strategies.split.worker import ids_digest
 from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
 from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
+from tests.ray_state import list_actors
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -67,24 +68,22 @@ def last_value(points: list[dict], key: str) -> object:
 def actors_of(job_id: int, before: set[str] = frozenset()) -> list:
     """Ray's own records of the job's actors (alive or dead), less those in ``before`` (job
     ids start again in every test, the session's Ray keeps earlier tests' actors)."""
-    import ray
-    from ray.util.state import list_actors
-
-    address = ray.get_runtime_context().gcs_address
     prefix = f"distlm-job-{job_id}-"
-    return [
-        a
-        for a in list_actors(address=address, limit=10_000)
-        if a.name.startswith(prefix) and a.actor_id not in before
-    ]
+    return [a for a in list_actors() if a.name.startswith(prefix) and a.actor_id not in before]
 
 
 def actor_ids() -> set[str]:
-    import ray
-    from ray.util.state import list_actors
+    return {a.actor_id for a in list_actors()}
 
-    address = ray.get_runtime_context().gcs_address
-    return {a.actor_id for a in list_actors(address=address, limit=10_000)}
+
+def threshold_leaving_out(top_probabilities: list[float], at_least: int) -> float:
+    """A confidence threshold under which at least ``at_least`` of these rows fall, midway
+    between two rows' top probabilities (so their rounding cannot move a row across it)."""
+    ranked = sorted(top_probabilities)
+    for i in range(at_least, len(ranked)):
+        if ranked[i] - ranked[i - 1] > 1e-4:
+            return (ranked[i - 1] + ranked[i]) / 2
+    raise AssertionError(f"no gap between the rows' top probabilities above row {at_least}")
 
 
 def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_model(
@@ -166,25 +165,52 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         validated_points = series(client, user.headers, validated["id"])
         assert last_value(validated_points, "accuracy") == scores["accuracy"]
 
-        # infer: top 3 labels, rows under 0.8 left out and counted.
+        # infer: first every row's full probabilities, to know what a threshold leaves out.
         infer = {
             **validate,
             "data_config": {"data_source": "builtin", "dataset_name": "digits"},
             "task": "infer",
-            "inference_config": {"top_k": 3, "confidence_threshold": 0.8},
         }
-        inferred = run_job(client, user.headers, infer)
+        full = run_job(
+            client,
+            user.headers,
+            {**infer, "inference_config": {"top_k": 1, "return_full_probabilities": True}},
+        )
+        full_rows = client.get(f"/jobs/{full['id']}/results", headers=user.headers).text
+        vectors = {
+            row["id"]: row["probabilities"] for row in map(json.loads, full_rows.splitlines())
+        }
+        assert len(vectors) == DIGITS
+        assert all(
+            len(v) == 10 and math.isclose(sum(v), 1.0, abs_tol=1e-4) for v in vectors.values()
+        )
+
+        # Top 3 labels, and a threshold that must leave out the least confident tenth of the
+        # rows: exactly those are counted out, every other row is kept.
+        threshold = threshold_leaving_out([max(v) for v in vectors.values()], DIGITS // 10)
+        kept_ids = {i for i, v in vectors.items() if max(v) >= threshold}
+        inferred = run_job(
+            client,
+            user.headers,
+            {**infer, "inference_config": {"top_k": 3, "confidence_threshold": threshold}},
+        )
         summary = client.get(f"/jobs/{inferred['id']}/results/summary", headers=user.headers)
         summary = summary.json()
         assert summary["total_samples"] == DIGITS
-        assert summary["kept"] + summary["filtered_out"] == DIGITS and summary["kept"] > 0
+        assert summary["filtered_out"] == DIGITS - len(kept_ids) >= DIGITS // 10
+        assert summary["kept"] == len(kept_ids)
         lines = client.get(f"/jobs/{inferred['id']}/results", headers=user.headers)
         assert lines.headers["content-type"].startswith("application/x-ndjson")
         rows = [json.loads(line) for line in lines.text.splitlines()]
-        assert len(rows) == summary["kept"]
-        assert all(r["probability"] >= 0.8 and len(r["top_k"]) == 3 for r in rows)
+        assert {r["id"] for r in rows} == kept_ids and len(rows) == len(kept_ids)
         assert all("probabilities" not in r for r in rows)
-        assert all(r["top_k"][0]["probability"] >= r["top_k"][1]["probability"] for r in rows)
+        for row in rows:
+            top = [entry["probability"] for entry in row["top_k"]]
+            # k of them, most probable first, the row's label first of all
+            assert len(top) == 3 and top == sorted(top, reverse=True), row
+            assert (row["top_k"][0]["label"], top[0]) == (row["label"], row["probability"]), row
+            assert row["probability"] >= threshold
+            assert top == pytest.approx(sorted(vectors[row["id"]], reverse=True)[:3], abs=2e-6)
         infer_points = series(client, user.headers, inferred["id"])
         estimated = next(p["values"] for p in infer_points if p["step"] == 0)
         assert estimated["estimated_memory_mb"] == pytest.approx(
@@ -203,16 +229,6 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
                 == 404
             )
         assert client.get(f"/jobs/{job_id}/results", headers=user.headers).status_code == 409
-
-        full = run_job(
-            client,
-            user.headers,
-            {**infer, "inference_config": {"top_k": 1, "return_full_probabilities": True}},
-        )
-        full_rows = client.get(f"/jobs/{full['id']}/results", headers=user.headers).text
-        vectors = [json.loads(line)["probabilities"] for line in full_rows.splitlines()]
-        assert len(vectors) == DIGITS
-        assert all(len(v) == 10 and math.isclose(sum(v), 1.0, abs_tol=1e-4) for v in vectors)
 
         # Features alone (a .npy under the data root): labelled with the model's own classes.
         data_root = Path(client.app.state.settings.data_root)
@@ -255,9 +271,11 @@ def test_a_slow_trainer_bounds_batches_in_flight_and_sees_each_sample_once(
     done = run_job(client, user.headers, body)
     points = series(client, user.headers, done["id"])
     flow = [p["values"] for p in points if "batches_in_flight" in p["values"]]
-    assert flow and max(f["batches_in_flight"] for f in flow) <= 3
+    # The bound was reached, and never passed: three batches asked and not yet consumed.
+    in_flight = [f["batches_in_flight"] for f in flow]
+    assert in_flight and max(in_flight) == 3, in_flight
     batch_mb = 32 * (64 * 4 + 8 + 8) / 2**20  # features, label and id of 32 samples
-    assert max(f["in_flight_mb"] for f in flow) <= 3 * batch_mb * 1.01
+    assert max(f["in_flight_mb"] for f in flow) == pytest.approx(3 * batch_mb, rel=0.01)
     # A slow trainer is the limit, and the status reason said so while it ran.
     assert flow[-1]["data_wait_fraction"] < 0.5
     train_ids = split_ids(400, 0.1, 0)[0]

@@ -25,6 +25,7 @@ from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughCli
 from ray_module.strategies.fedavg.settings import parse_fedavg_settings
 from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
 from tests.polling import wait_for
+from tests.ray_state import list_actors
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -184,20 +185,8 @@ def client_nodes(client: TestClient, headers: dict, job_id: int) -> dict[str, in
 
 def client_host_actors() -> dict[str, str]:
     """Ray's own record of every client host actor in the session: its id and its Ray node."""
-    import ray
-    from ray.util.state import list_actors
-
-    address = ray.get_runtime_context().gcs_address
-    hosts_only = [("class_name", "=", "ClientHost")]
-
-    def listed() -> list | None:
-        try:  # in a one-item list: truthy even when there is no actor yet
-            return [list_actors(address=address, filters=hosts_only, limit=10_000)]
-        except ConnectionError:  # the dashboard, which answers for the state API, is starting
-            return None
-
-    (actors,) = wait_for(listed, timeout_s=180, what="Ray's state API to answer")
-    return {actor.actor_id: actor.node_id for actor in actors}
+    hosts = list_actors(("class_name", "=", "ClientHost"))
+    return {actor.actor_id: actor.node_id for actor in hosts}
 
 
 def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
