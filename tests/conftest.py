@@ -293,7 +293,13 @@ def ray_cluster():
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": 80 * 1024 * 1024},
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 80 * 1024 * 1024,
+            # A port of its own: when another Ray on the machine (a launcher's) holds Ray's
+            # default 8265, the head starts without a dashboard and Ray's state API fails.
+            "dashboard_port": free_port(),
+        },
     )
     nodes = {1: add_ray_node(cluster, 1), 2: add_ray_node(cluster, 2)}
     ray.init(address=cluster.address, namespace="distlm", runtime_env=RUNTIME_ENV)
@@ -301,6 +307,14 @@ def ray_cluster():
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 CPU_NODE = {"gpu": 0, "cpu_cores": 2, "memory": 4}  # what each Ray test node offers
