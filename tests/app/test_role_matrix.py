@@ -85,12 +85,19 @@ PUBLIC = {
     ("POST", "/auth/refresh"),  # the refresh token is the credential
     ("POST", "/auth/logout"),
 }
+# A job driver's routes: only its run credential gets in (tests/app/test_runs.py), never a
+# role's access token.
+RUN_CREDENTIAL = {
+    ("POST", "/runs/{job}/events"),
+    ("PUT", "/runs/{job}/{kind}"),
+    ("GET", "/runs/{job}/checkpoint"),
+}
 # Allowed, and the caller's objects are in a state where the answer is a conflict.
 CONFLICT_OK = ("/artifacts", "/results", "/summary", "/unban")
 
 
 def test_matrix_covers_every_route(client: TestClient) -> None:
-    documented = {(m, p) for m, p, _, _ in MATRIX} | PUBLIC
+    documented = {(m, p) for m, p, _, _ in MATRIX} | PUBLIC | RUN_CREDENTIAL
     routes = set()
     for path, operations in client.get("/openapi.json").json()["paths"].items():
         path = path.replace("{node_id}", "{node}").replace("{job_id}", "{job}")
@@ -175,3 +182,17 @@ def test_public_routes_need_no_token(client: TestClient, admin: Account) -> None
     assert client.get("/health").status_code == 200
     response = client.post("/auth/token", data={"username": "admin", "password": admin.password})
     assert response.status_code == 200
+
+
+def test_no_roles_token_gets_into_a_drivers_routes(client: TestClient, callers: dict) -> None:
+    for role, (account, _, job, _) in callers.items():
+        for method, template in sorted(RUN_CREDENTIAL):
+            path = template.replace("{job}", str(job)).replace("{kind}", "checkpoint")
+            answer = client.request(
+                method,
+                path,
+                params={"attempt": 1},
+                headers={**account.headers, "X-Content-SHA256": "0" * 64},
+                json={"attempt": 1, "events": []},
+            )
+            assert answer.status_code == 401, (role, method, path, answer.text)
