@@ -270,20 +270,27 @@ def unpack_directory_archive(
 
 
 def extract_checked(archive: Path, into: Path, *, max_bytes: int, max_members: int) -> None:
-    overhead = TAR_OVERHEAD_FIXED + TAR_OVERHEAD_PER_MEMBER * (max_members + 1)
     with open(archive, "rb") as raw:
         compressed = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
         raw.seek(0)
-        source: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
-        bounded = BoundedReader(source, limit=max_bytes + overhead)
-        try:
-            # Stream mode: one pass, no seeking (a gzip would be inflated again per seek).
-            with tarfile.open(fileobj=bounded, mode="r|") as tar:
-                extract_members(tar, into, max_bytes=max_bytes, max_members=max_members)
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:
-            raise UploadRejectedError(
-                f"the upload is not a valid tar archive: {error}", code="bad_archive"
-            ) from None
+        extract_stream(raw, compressed, into, max_bytes=max_bytes, max_members=max_members)
+
+
+def extract_stream(
+    raw: BinaryIO, compressed: bool, into: Path, *, max_bytes: int, max_members: int
+) -> None:
+    """Extract a tar read once from ``raw`` (no seeking: a file, or bytes still arriving)."""
+    overhead = TAR_OVERHEAD_FIXED + TAR_OVERHEAD_PER_MEMBER * (max_members + 1)
+    source: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+    bounded = BoundedReader(source, limit=max_bytes + overhead)
+    try:
+        # Stream mode: one pass, no seeking (a gzip would be inflated again per seek).
+        with tarfile.open(fileobj=bounded, mode="r|") as tar:
+            extract_members(tar, into, max_bytes=max_bytes, max_members=max_members)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise UploadRejectedError(
+            f"the upload is not a valid tar archive: {error}", code="bad_archive"
+        ) from None
 
 
 class BoundedReader:

@@ -21,13 +21,13 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from auth.run_tokens import RunClaims
-from compute.artifact_store import accepted_directory, pack_directory, unpack_directory_archive
+from compute.artifact_store import StoredFile, accepted_directory, pack_directory
+from compute.directory_upload import DirectoryUpload
 from compute.run_inbox import running_attempt
 from core.errors import NotFoundError
 
 UPLOAD_KINDS = ("checkpoint", "model", "results")
 MAX_ARCHIVE_MEMBERS = 100_000
-UPLOADS_DIR = ".uploads"  # where archives land before they are unpacked
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,6 @@ class UploadPlace:
     @property
     def destination(self) -> Path:
         return self.job_dir / self.kind
-
-    @property
-    def incoming(self) -> Path:
-        return self.job_dir / UPLOADS_DIR
 
 
 def job_dir(storage_root: Path, job_id: int) -> Path:
@@ -59,12 +55,23 @@ def upload_place(
     return UploadPlace(job_id, attempt, kind, job_dir(storage_root, job_id))
 
 
-def accept_archive(place: UploadPlace, archive: Path, *, max_bytes: int) -> None:
-    """Unpack a received, hash-checked archive over the kind's directory, whole or not at all."""
+def receive_directory(
+    place: UploadPlace, *, expected_sha256: str, max_bytes: int
+) -> DirectoryUpload:
+    """A fresh directory for the upload's tar to unpack into as it arrives (see
+    ``directory_upload``); ``commit_directory`` swaps it in."""
+    return DirectoryUpload(
+        place.destination,
+        expected_sha256=expected_sha256,
+        max_bytes=max_bytes,
+        max_members=MAX_ARCHIVE_MEMBERS,
+    )
+
+
+def commit_directory(place: UploadPlace, upload: DirectoryUpload) -> StoredFile:
+    """Swap the received directory in, whole, one upload to a place at a time."""
     with locked(place.destination):
-        unpack_directory_archive(
-            archive, place.destination, max_bytes=max_bytes, max_members=MAX_ARCHIVE_MEMBERS
-        )
+        return upload.commit()
 
 
 def checkpoint_archive(

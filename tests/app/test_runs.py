@@ -273,6 +273,7 @@ def test_a_bad_upload_is_refused_and_the_accepted_checkpoint_stays(
     assert (checkpoint / "state.json").read_bytes() == b'{"step": 10}'
     assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json"]
     assert not (settings.storage_path / "escape.txt").exists()
+    assert list(checkpoint.parent.glob(".checkpoint.*.incoming")) == []  # nothing half-unpacked
 
 
 def test_an_upload_over_the_limit_of_1_mb_is_a_413_and_another_jobs_credential_a_403(
@@ -287,5 +288,5 @@ def test_an_upload_over_the_limit_of_1_mb_is_a_413_and_another_jobs_credential_a
     small = tar_of({"state.json": b"{}"})
     other = credential(settings, job_id + 1)
     assert upload(client, job_id, other, "checkpoint", small).status_code == 403
-    leftovers = list((settings.storage_path / "jobs" / str(job_id)).rglob("*.part"))
+    leftovers = list((settings.storage_path / "jobs" / str(job_id)).glob(".checkpoint.*.incoming"))
     assert leftovers == []

@@ -16,9 +16,13 @@ from starlette.background import BackgroundTask
 from app.deps import BearerToken, DbSession, JobId, SettingsDep
 from app.errors import error_responses
 from auth.run_tokens import RunClaims, decode_run_token
-from compute.artifact_store import IncomingFile
 from compute.run_inbox import MAX_EVENTS_PER_POST, accept_run_events
-from compute.run_uploads import accept_archive, checkpoint_archive, upload_place
+from compute.run_uploads import (
+    checkpoint_archive,
+    commit_directory,
+    receive_directory,
+    upload_place,
+)
 from core.db import session_scope, utcnow
 from core.errors import AuthenticationError, InvalidInputError
 from protocol.wire import WireError, recorded_from_wire
@@ -103,22 +107,17 @@ async def put_upload(
         _with_session, factory, upload_place, caller, job_id, attempt, kind.value, storage
     )
     max_bytes = settings.max_upload_mb * 1024 * 1024
-    with IncomingFile(
-        place.incoming,
-        f"{kind.value}-{attempt}.tar",
-        expected_sha256=x_content_sha256,
-        max_bytes=max_bytes,
-    ) as incoming:
+    upload = await run_in_threadpool(
+        receive_directory, place, expected_sha256=x_content_sha256, max_bytes=max_bytes
+    )
+    with upload:
         async for chunk in request.stream():
-            incoming.write(chunk)
-        stored = await run_in_threadpool(incoming.commit)
-    try:  # the attempt may have ended while its bytes arrived
+            await run_in_threadpool(upload.write, chunk)  # blocks while unpacking catches up
+        # The attempt may have ended while its bytes arrived.
         await run_in_threadpool(
             _with_session, factory, upload_place, caller, job_id, attempt, kind.value, storage
         )
-        await run_in_threadpool(accept_archive, place, stored.path, max_bytes=max_bytes)
-    finally:
-        stored.path.unlink(missing_ok=True)
+        stored = await run_in_threadpool(commit_directory, place, upload)
     return UploadOut(kind=kind.value, size=stored.size, sha256=stored.sha256)
 
 
