@@ -20,6 +20,7 @@ from core.db import utcnow
 from core.settings import Settings
 from protocol.events import MetricEvent, RecordedEvent, UsageEvent
 from protocol.wire import recorded_to_wire
+from tests.archives import tar_of
 from tests.conftest import make_settings, register_node, submit_job
 
 SLOT = {"node_id": 1, "gpu": 0, "cpu_cores": 2.0, "memory_gb": 1.0}
@@ -170,20 +171,6 @@ def test_a_malformed_event_is_a_422_naming_it(
 
 
 # -- uploads: no shared filesystem ------------------------------------------------------------
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    """A directory of ``files`` as the uncompressed tar a driver uploads."""
-    import io
-    import tarfile
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            archive.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def upload(client, job_id, headers, kind, body: bytes, *, digest=None, attempt=2):

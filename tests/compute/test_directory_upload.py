@@ -4,24 +4,13 @@ client gone mid-upload or a bad member leaves the accepted directory as it was."
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from compute.artifact_store import UploadRejectedError, UploadTooLargeError
 from compute.directory_upload import DirectoryUpload
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            archive.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
+from tests.archives import tar_of
 
 
 def chunks(data: bytes, size: int = 4096) -> list[bytes]:
