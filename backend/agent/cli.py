@@ -121,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--ray-log-file", type=Path, help="the Ray worker's output")
     run.add_argument(
+        "--node-address",
+        default="127.0.0.1",
+        metavar="IP",
+        help="where jobs run on the nodes' own Ray: the address this node's Ray serves at "
+        "(other nodes of a multi-node job must reach it; default: this machine only)",
+    )
+    run.add_argument(
+        "--work-dir",
+        type=Path,
+        metavar="PATH",
+        help="where this node keeps its jobs' files (default: beside the credential file)",
+    )
+    run.add_argument(
+        "--data-root",
+        default="",
+        metavar="PATH",
+        help="this node's local datasets, for jobs that name a local path",
+    )
+    run.add_argument(
         "--ray-auth-token-file",
         type=Path,
         metavar="PATH",
@@ -172,6 +191,9 @@ def config_from_args(
         max_heartbeats=heartbeats,
         object_store_mb=args.object_store_mb,
         ray_log_file=args.ray_log_file,
+        node_address=args.node_address,
+        work_dir=args.work_dir.expanduser() if args.work_dir else None,
+        data_root=args.data_root,
         ray_auth_token_file=args.ray_auth_token_file.expanduser()
         if args.ray_auth_token_file
         else None,

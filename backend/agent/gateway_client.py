@@ -12,6 +12,7 @@ import httpx
 
 from agent.errors import AgentError, GatewayError, GatewayUnreachableError, NodeBannedError
 from agent.machine import NodeResources
+from protocol.assignment import RunAssignment, assignment_from_wire
 
 DEFAULT_GATEWAY_PORT = 8000
 DEFAULT_HEARTBEAT_S = 10.0
@@ -56,6 +57,12 @@ class JoinInfo:
     ray_auth_token: str | None = field(default=None, repr=False)
     # Names the token; heartbeat answers carry the current one (see WorkerSupervisor.follow).
     cluster_fingerprint: str = ""
+    # "agents": no cluster to join; start a Ray of the node's own and ask what to run.
+    runs_jobs_on: str = "gateway"
+
+    @property
+    def own_ray(self) -> bool:
+        return self.runs_jobs_on == "agents"
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> JoinInfo:
@@ -70,6 +77,7 @@ class JoinInfo:
             heartbeat_interval_s=float(body.get("heartbeat_interval_s") or DEFAULT_HEARTBEAT_S),
             ray_auth_token=body.get("ray_auth_token") or None,
             cluster_fingerprint=str(body.get("cluster_fingerprint") or ""),
+            runs_jobs_on=str(body.get("runs_jobs_on") or "gateway"),
         )
 
 
@@ -181,6 +189,12 @@ class GatewayClient:
     def heartbeat(self, identity: NodeIdentity, sample: dict[str, float]) -> dict[str, Any]:
         path = f"/nodes/{identity.node_id}/heartbeat"
         return self._as_node(identity, "POST", path, json=sample)
+
+    def runs(self, identity: NodeIdentity) -> tuple[list[RunAssignment], float]:
+        """Every attempt this node takes part in now, and when to ask again."""
+        body = self._as_node(identity, "POST", f"/nodes/{identity.node_id}/runs")
+        runs = [assignment_from_wire(item) for item in body.get("runs") or []]
+        return runs, float(body.get("poll_in_s") or 1.0)
 
     def leave(self, identity: NodeIdentity) -> None:
         """Tell the gateway this node is going away (it shows offline at once)."""

@@ -14,8 +14,10 @@ from agent.credentials import CredentialStore
 from agent.errors import GatewayError, GatewayUnreachableError
 from agent.gateway_client import DEFAULT_HEARTBEAT_S, GatewayClient, JoinInfo, NodeIdentity
 from agent.machine import NodeResources, sample_metrics
+from agent.own_ray import OwnRay
 from agent.ray_worker import WorkerSupervisor
 from agent.registration import register_or_reuse, wait_for_approval
+from agent.runs import RunFollower
 
 log = logging.getLogger("distlm.agent")
 
@@ -38,6 +40,11 @@ class AgentConfig:
     ray_auth_token_file: Path | None = None  # the cluster's Ray token, if it uses one
     ray_log_file: Path | None = None  # None: next to the credential file
     max_worker_restarts: int = 5
+    # Where jobs run on the node's own Ray: its files (None: next to the credential file)
+    # and the address its Ray serves at (multi-node jobs need one other nodes reach).
+    work_dir: Path | None = None
+    node_address: str = "127.0.0.1"
+    data_root: str = ""  # the node's local datasets, for jobs that name one
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,28 @@ def _warn_if_resources_differ(join: JoinInfo, wanted: NodeResources) -> None:
         )
 
 
+def _start_own_ray(
+    client: GatewayClient,
+    identity: NodeIdentity,
+    config: AgentConfig,
+    join: JoinInfo,
+) -> tuple[OwnRay, RunFollower]:
+    """Jobs run on this node's own Ray: start it, then follow the gateway's list of this
+    node's runs in a thread of its own (a job starts within a second of being placed)."""
+    work_dir = config.work_dir or config.credential_file.with_name(
+        config.credential_file.stem + "-work"
+    )
+    own_ray = OwnRay(
+        join, work_dir / "ray", host=config.node_address, object_store_mb=config.object_store_mb
+    )
+    address = own_ray.start()
+    follower = RunFollower(
+        client, identity, ray_address=address, work_dir=work_dir, data_root=config.data_root
+    )
+    follower.start()
+    return own_ray, follower
+
+
 def run_agent(
     config: AgentConfig,
     *,
@@ -158,6 +187,8 @@ def run_agent(
         )
     psutil.cpu_percent(interval=None)  # the first reading only opens psutil's CPU window
     supervisor: WorkerSupervisor | None = None
+    own_ray: OwnRay | None = None
+    follower: RunFollower | None = None
     store = CredentialStore(config.credential_file)
     identity: NodeIdentity | None = None
     try:
@@ -203,7 +234,9 @@ def run_agent(
             return AgentResult(identity.node_id, registration.how, 0)
         if join is not None:
             _warn_if_resources_differ(join, config.resources)
-        if config.start_ray:
+        if config.start_ray and join is not None and join.own_ray:
+            own_ray, follower = _start_own_ray(client, identity, config, join)
+        elif config.start_ray:
             assert join is not None
             supervisor = WorkerSupervisor(
                 client,
@@ -232,5 +265,9 @@ def run_agent(
             _say_goodbye(client, supervisor.identity if supervisor else identity)
         if supervisor is not None:
             supervisor.stop()
+        if follower is not None:
+            follower.stop()
+        if own_ray is not None:
+            own_ray.stop()
         if own_client:
             client.close()

@@ -36,6 +36,7 @@ from app.routes import (
 from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
+from compute.agent_runs import AgentRunners
 from compute.cluster_access import ClusterAccess
 from compute.dispatcher import RayPort, start_dispatcher
 from compute.local_node import detect_local_resources, register_local_node
@@ -114,10 +115,15 @@ def create_app(
                     password=resolved.admin_password,
                     signup_grant=signup_grant_micro(resolved.signup_grant),
                 )
-            config = cluster_config(resolved, app.state.session_factory) if manage_ray else None
+            gateway_ray = manage_ray and resolved.run_jobs_on == "gateway"
+            config = cluster_config(resolved, app.state.session_factory) if gateway_ray else None
         app.state.cluster = ClusterAccess()
         stop_dispatcher = None
-        if manage_ray:
+        if manage_ray and not gateway_ray:
+            # The nodes' agents run the jobs; this process never starts or joins a Ray.
+            runners = AgentRunners(app.state.session_factory, resolved)
+            stop_dispatcher = start_dispatcher(app.state.session_factory, resolved, ray=runners)
+        elif manage_ray:
             cluster = ClusterAccess(config, head_dir=resolved.storage_path / "ray-head")
             cluster.start()
             app.state.cluster = cluster

@@ -37,11 +37,12 @@ from compute.dispatch_policy import (
 )
 from compute.job_events import add_log, record_event
 from compute.job_state import JobStatus
-from compute.jobs import finish_job, source_model_path, transition_job
+from compute.jobs import finish_job, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
 from compute.metering import describe_unsaved, is_saved, saved_by, unsaved_events, with_unsaved
 from compute.models import Job, JobMetric, Node
 from compute.nodes import shut_out_since
+from compute.run_configs import run_config
 from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
 from compute.storage import expire_storage
 from core.db import read_only_factory, session_scope, utcnow
@@ -55,7 +56,7 @@ from protocol.events import (
     RecordedEvent,
     UsageEvent,
 )
-from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+from protocol.run import RunConfig
 from ray_module.errors import SettingsError, describe
 from ray_module.resources import LiveNode, live_nodes, resource_shortfall
 from ray_module.runner import client as runner_client
@@ -311,25 +312,11 @@ class Dispatcher:
                     )
 
     def run_config(self, job: Job, session: Session) -> RunConfig:
-        """The stored spec as the runner receives it: typed, data root and storage added."""
-        spec = job.spec
-        model = spec["model_config"]
-        return RunConfig(
-            job_id=job.id,
-            strategy=job.strategy,
-            model=ModelRequest(
-                model_type=model["type"],
-                model_name=source_model_path(session, model["model_name"]),
-                pretrained=model.get("pretrained"),
-                overrides=model.get("overrides") or {},
-            ),
-            data=DataRequest(**spec["data_config"], data_root=str(self.settings.data_root)),
-            training=strategy_knobs(job),
-            workers=tuple(WorkerPlan(**slot) for slot in job.placement or []),
-            storage_path=str(self.settings.storage_path),
-            attempt=job.attempts,
-            task=spec.get("task") or "train",
-            inference=spec.get("inference_config") or {},
+        return run_config(
+            job,
+            session,
+            data_root=self.settings.data_root,
+            storage_path=self.settings.storage_path,
         )
 
     # -- running jobs ---------------------------------------------------------------------

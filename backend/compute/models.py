@@ -55,6 +55,8 @@ class Node(Base):
     left_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The old credential may have leaked: the Ray cluster's token is rotated as after a ban.
     credential_reset_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Jobs on the nodes' own Ray: when the agent last asked what to run (it is ready to).
+    runs_polled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class NodeHeartbeat(Base):

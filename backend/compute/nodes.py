@@ -173,17 +173,35 @@ class JoinInfo:
     heartbeat_interval_s: int
     ray_auth_token: str
     cluster_fingerprint: str
+    runs_jobs_on: str = "gateway"  # "agents": start a Ray of your own and ask for runs
 
 
-def join_info(node: Node, *, cluster: ClusterAccess, heartbeat_interval_s: int) -> JoinInfo:
+def join_info(
+    node: Node, *, cluster: ClusterAccess, heartbeat_interval_s: int, own_ray: bool = False
+) -> JoinInfo:
     """What a node's agent needs to join the Ray cluster: given only to approved nodes,
-    since the cluster is a trusted zone."""
+    since the cluster is a trusted zone. ``own_ray``: the gateway has no cluster; the agent
+    runs its jobs on a Ray of its own, with these resources."""
     if node.approval == NodeApproval.BANNED:
         raise PermissionDeniedError(f"node {node.id} is banned", code="node_banned")
     refuse_retired(node)
     if node.approval != NodeApproval.APPROVED:
         raise ConflictError(
             f"node {node.id} is waiting for an admin's approval", code="node_not_approved"
+        )
+    if own_ray:
+        return JoinInfo(
+            node_id=node.id,
+            ray_address="",
+            num_cpus=max(1, int(node.cpu_cores)),
+            num_gpus=node.gpu,
+            memory_gb=node.memory_gb,
+            resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
+            labels={NODE_LABEL: str(node.id)},
+            heartbeat_interval_s=heartbeat_interval_s,
+            ray_auth_token="",
+            cluster_fingerprint="",
+            runs_jobs_on="agents",
         )
     if cluster.restarting:
         raise ConflictError(
@@ -204,6 +222,17 @@ def join_info(node: Node, *, cluster: ClusterAccess, heartbeat_interval_s: int) 
         ray_auth_token=cluster.auth_token,
         cluster_fingerprint=cluster.fingerprint,
     )
+
+
+def ready_to_run(node: Node) -> None:
+    """Only an approved node, neither banned nor retired, is told what to run."""
+    if node.approval == NodeApproval.BANNED:
+        raise PermissionDeniedError(f"node {node.id} is banned", code="node_banned")
+    refuse_retired(node)
+    if node.approval != NodeApproval.APPROVED:
+        raise ConflictError(
+            f"node {node.id} is waiting for an admin's approval", code="node_not_approved"
+        )
 
 
 def set_node_approval(session: Session, node_id: int, approval: NodeApproval) -> Node:

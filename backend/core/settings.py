@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     admin_username: str = Field("admin", validation_alias=_env("DISTLM_ADMIN_USERNAME"))
     admin_password: str = Field("", validation_alias=_env("DISTLM_ADMIN_PASSWORD"))
 
+    # Where jobs run: "gateway" (the gateway's own Ray cluster, which approved nodes join)
+    # or "agents" (each node's agent runs its jobs on a Ray of its own; the gateway runs no
+    # Ray and only hears from drivers over HTTP).
+    run_jobs_on: Literal["gateway", "agents"] = Field(
+        "gateway", validation_alias=_env("DISTLM_RUN_JOBS_ON")
+    )
     ray_address: str = Field("", validation_alias=_env("RAY_ADDRESS"))
     ray_num_cpus: int = Field(0, ge=0, validation_alias=_env("DISTLM_RAY_NUM_CPUS"))
     ray_object_store_mb: int = Field(

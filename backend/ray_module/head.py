@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ray_module.cluster import CODE_ROOT, ClusterConfig
 from ray_module.errors import ClusterStartError
+from ray_module.ports import allocate_ray_ports
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +120,21 @@ def head_alive(record: HeadRecord) -> bool:
     return False
 
 
-def start_head(config: ClusterConfig, directory: HeadDirectory) -> HeadRecord:
-    """Start a head with this config's resources and token; wait until it serves."""
-    port = _free_port()
-    host = _node_ip()
+def start_head(
+    config: ClusterConfig, directory: HeadDirectory, *, host: str | None = None
+) -> HeadRecord:
+    """Start a head with this config's resources and token, every component on a port of
+    its own; wait until it serves. ``host``: the address it serves at (default: the one
+    other machines reach this one at)."""
+    host = host or _node_ip()
+    ports = allocate_ray_ports(host)
+    port = ports.gcs
     command = [
         _ray_executable(),
         "start",
         "--head",
         "--block",
-        f"--port={port}",
+        *ports.start_args(head=True),
         f"--node-ip-address={host}",
         f"--num-cpus={config.num_cpus or os.cpu_count() or 1}",
         f"--num-gpus={config.num_gpus}",
@@ -196,12 +202,6 @@ def _group_alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 def _node_ip() -> str:

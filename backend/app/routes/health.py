@@ -1,4 +1,5 @@
-"""GET /health: liveness of the gateway, its database and its Ray connection (no auth)."""
+"""GET /health: liveness of the gateway, its database and its Ray connection (no auth;
+"ray" is "nodes" where the nodes run jobs on Ray of their own)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ router = APIRouter(tags=["health"])
 def health(request: Request, response: Response) -> dict[str, Any]:
     state = request.app.state
     db_ok = database_ok(state.engine)
-    ray_state = ("connected" if is_connected() else "down") if state.manage_ray else "disabled"
+    if not state.manage_ray:
+        ray_state = "disabled"
+    elif state.settings.run_jobs_on == "agents":
+        ray_state = "nodes"  # this process runs no Ray: nothing of it to be down
+    else:
+        ray_state = "connected" if is_connected() else "down"
     healthy = db_ok and ray_state != "down"
     if not healthy:
         response.status_code = 503

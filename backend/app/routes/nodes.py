@@ -25,8 +25,11 @@ from app.schemas.nodes import (
     NodeOut,
     NodeRegisteredOut,
     NodeUpdateIn,
+    RunAssignmentOut,
+    RunsOut,
     node_out,
 )
+from compute.agent_runs import RUNS_POLL_S, note_poll, runs_for_node
 from compute.node_lifecycle import (
     PICK_UP_NEW_CREDENTIAL,
     deregister,
@@ -44,11 +47,14 @@ from compute.nodes import (
     list_nodes,
     node_for_heartbeat,
     node_status,
+    ready_to_run,
     record_heartbeat,
     register_node,
     set_node_approval,
 )
 from core.db import utcnow
+from core.errors import ConflictError
+from protocol.assignment import assignment_to_wire
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -132,8 +138,36 @@ def join(
         node,
         cluster=request.app.state.cluster,
         heartbeat_interval_s=settings.node_heartbeat_interval,
+        own_ray=settings.run_jobs_on == "agents",
     )
     return JoinOut(**info.__dict__)
+
+
+# 403 as for heartbeats; 409: the node is not approved, or jobs run on the gateway's Ray.
+@router.post("/{node_id}/runs", response_model=RunsOut, responses=error_responses(403, 409))
+def runs(
+    node_id: NodeId, caller: NodeCallerDep, session: DbSession, settings: SettingsDep
+) -> RunsOut:
+    """What this node runs now (where jobs run on the nodes' own Ray): each attempt placed
+    on it; for the attempts whose driver it runs, the job and a credential scoped to it.
+    The list is the whole truth: a run it no longer names is to be stopped. Asking says
+    the node is ready to run; a node that has not asked for NODE_TIMEOUT loses its runs.
+    Authenticate with the node's credential."""
+    node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
+    if settings.run_jobs_on != "agents":
+        raise ConflictError(
+            "jobs run on the gateway's Ray cluster: join it (GET /nodes/{id}/join)",
+            code="runs_on_gateway",
+        )
+    ready_to_run(node)
+    note_poll(node, settings, utcnow())
+    return RunsOut(
+        runs=[
+            RunAssignmentOut(**assignment_to_wire(a))
+            for a in runs_for_node(session, node, settings)
+        ],
+        poll_in_s=RUNS_POLL_S,
+    )
 
 
 @router.post("/{node_id}/approve", response_model=NodeOut)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,30 @@ class JoinOut(BaseModel):
         description="names the token without revealing it; heartbeat answers carry the "
         "current one, and a change means: fetch this again and rejoin"
     )
+    runs_jobs_on: str = Field(
+        "gateway",
+        description="'gateway': join the Ray cluster at ray_address; 'agents': start a Ray of "
+        "your own with these resources and ask POST /nodes/{id}/runs what to run",
+    )
+
+
+class RunAssignmentOut(BaseModel):
+    job_id: int
+    attempt: int
+    role: str = Field(description="'driver': run the job's driver; 'member': lend your share")
+    config: dict[str, Any] | None = Field(
+        None, description="the job as the node receives it (the driver's only)"
+    )
+    run_token: str | None = Field(
+        None, description="the credential for /runs, scoped to this job and attempt"
+    )
+
+
+class RunsOut(BaseModel):
+    runs: list[RunAssignmentOut] = Field(
+        description="every attempt this node takes part in now; stop any run not listed"
+    )
+    poll_in_s: float
 
 
 class NodeRegisteredOut(NodeOut):

@@ -1,0 +1,48 @@
+"""The node's own Ray, where jobs run on the nodes (``runs_jobs_on: agents``): one head on
+this machine with the node's resources, kept warm so that a single-node job starts at once,
+every component on a port of its own. Nothing of another owner's runs on it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent.gateway_client import JoinInfo
+from ray_module.cluster import ClusterConfig
+from ray_module.head import HeadDirectory, HeadRecord, head_alive, start_head, stop_head
+
+log = logging.getLogger("distlm.agent")
+
+
+class OwnRay:
+    def __init__(
+        self, join: JoinInfo, directory: Path, *, host: str, object_store_mb: int | None
+    ) -> None:
+        self.config = ClusterConfig(
+            num_cpus=join.num_cpus,
+            num_gpus=join.num_gpus,
+            resources=dict(join.resources),
+            labels=dict(join.labels),
+            object_store_mb=object_store_mb or 256,
+        )
+        self.directory = HeadDirectory(directory)
+        self.host = host
+        self.record: HeadRecord | None = None
+
+    @property
+    def address(self) -> str:
+        assert self.record is not None
+        return self.record.address
+
+    def start(self) -> str:
+        self.record = start_head(self.config, self.directory, host=self.host)
+        log.info("this node's Ray is up at %s", self.record.address)
+        return self.record.address
+
+    def alive(self) -> bool:
+        return self.record is not None and head_alive(self.record)
+
+    def stop(self) -> None:
+        if self.record is not None:
+            stop_head(self.record)
+            self.record = None

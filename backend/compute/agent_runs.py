@@ -1,0 +1,150 @@
+"""Jobs on the nodes' own Ray (``DISTLM_RUN_JOBS_ON=agents``): what each node's agent is told
+to run, and the dispatcher's view of those runs.
+
+The gateway runs no Ray. A placed job's attempt is an assignment: its driver node's agent
+starts the job's driver, which reports over HTTP with a credential scoped to the job and
+attempt (``/runs``); the dispatcher reads what arrived from the run inbox. The assignment
+list is recomputed from the jobs' state at every ask, so stopping a run is nothing more than
+the job leaving the list. A node whose agent has not asked for NODE_TIMEOUT is gone, and so is
+every attempt placed on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from auth.run_tokens import RunClaims, create_run_token
+from compute.job_state import JobStatus
+from compute.models import Job, Node
+from compute.nodes import NodeApproval
+from compute.run_configs import run_config
+from compute.run_inbox import run_events_after
+from compute.run_uploads import job_dir
+from core.db import read_only_factory, session_scope, utcnow
+from core.settings import Settings
+from protocol.assignment import DRIVER, MEMBER, RunAssignment
+from protocol.events import ArtifactEvent, RecordedEvent
+from protocol.run import RunConfig, run_config_to_wire
+from ray_module.resources import LiveNode
+
+# How often an agent asks for its runs: a placed job starts within about this long.
+RUNS_POLL_S = 1.0
+# A run credential outlives its attempt's longest run by this much (the gateway refuses it
+# once the attempt has ended anyway).
+RUN_TOKEN_SLACK = dt.timedelta(hours=1)
+
+
+def placed_nodes(placement: list[dict] | None) -> list[int]:
+    return sorted({int(slot["node_id"]) for slot in placement or []})
+
+
+def driver_node_id(placement: list[dict] | None) -> int | None:
+    """Where the job's driver runs: the node of its first worker (a split job's trainer;
+    loaders feed it), else of its first slot."""
+    slots = placement or []
+    workers = [slot for slot in slots if slot.get("role", "worker") == "worker"]
+    chosen = (workers or slots)[:1]
+    return int(chosen[0]["node_id"]) if chosen else None
+
+
+def runs_for_node(session: Session, node: Node, settings: Settings) -> list[RunAssignment]:
+    """The running attempts placed on ``node``: the driver's with the job as the node receives
+    it and a credential for the attempt, a member's with neither."""
+    runs = []
+    for job in session.scalars(
+        select(Job).where(Job.status == JobStatus.RUNNING.value).order_by(Job.id)
+    ):
+        if node.id not in placed_nodes(job.placement):
+            continue
+        if driver_node_id(job.placement) != node.id:
+            runs.append(RunAssignment(job.id, job.attempts, MEMBER))
+            continue
+        config = run_config(
+            job, session, data_root=settings.data_root, storage_path=settings.storage_path
+        )
+        token = create_run_token(
+            RunClaims(job.id, job.attempts, node.id),
+            secret_key=settings.secret_key,
+            expires_in=dt.timedelta(seconds=job.max_runtime_s) + RUN_TOKEN_SLACK,
+        )
+        runs.append(RunAssignment(job.id, job.attempts, DRIVER, run_config_to_wire(config), token))
+    return runs
+
+
+def note_poll(node: Node, settings: Settings, now: dt.datetime) -> None:
+    """The agent asked: it is ready to run. Written a few times per NODE_TIMEOUT, not at
+    every ask (each is a write)."""
+    last = node.runs_polled_at
+    if last is None or now - last >= dt.timedelta(seconds=settings.node_timeout / 4):
+        node.runs_polled_at = now
+
+
+def node_gone(node: Node | None, now: dt.datetime, timeout: dt.timedelta) -> str:
+    """Why a node can no longer run its part of a job ('' when it can)."""
+    if node is None or node.deregistered_at is not None:
+        return "its node was deregistered"
+    if node.approval == NodeApproval.BANNED.value:
+        return f"node {node.id} was banned"
+    if node.runs_polled_at is None or now - node.runs_polled_at > timeout:
+        return f"node {node.id} stopped answering"
+    if node.left_at is not None and node.left_at >= node.runs_polled_at:
+        return f"node {node.id} left"
+    return ""
+
+
+class AgentRunners:
+    """The dispatcher's runner port when the nodes run their jobs: launching and stopping
+    are the job's state itself (the agents follow it), events come from the run inbox."""
+
+    def __init__(self, session_factory: sessionmaker[Session], settings: Settings) -> None:
+        self.read_factory = read_only_factory(session_factory)
+        self.settings = settings
+        self.timeout = dt.timedelta(seconds=settings.node_timeout)
+
+    def live_nodes(self) -> dict[int, LiveNode]:
+        now = utcnow()
+        with session_scope(self.read_factory) as session:
+            nodes = session.scalars(select(Node).where(Node.runs_polled_at.is_not(None))).all()
+            return {
+                node.id: LiveNode(
+                    node_id=node.id,
+                    ray_node_id="",
+                    alive=not node_gone(node, now, self.timeout),
+                    cpus=float(node.cpu_cores),
+                    gpus=float(node.gpu),
+                )
+                for node in nodes
+            }
+
+    def launch_runner(self, config: RunConfig) -> None:
+        """Nothing to do: the driver node's agent finds the attempt at its next ask."""
+
+    def stop_runner(self, job_id: int) -> None:
+        """Nothing to do: once the job is no longer running that attempt, its agents stop
+        it at their next ask, and the attempt's credential is refused."""
+
+    def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
+        """The attempt's new events; None when one of its nodes is gone (the attempt with
+        it: the job resumes elsewhere from its last accepted checkpoint)."""
+        now = utcnow()
+        with session_scope(self.read_factory) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status != JobStatus.RUNNING.value:
+                return []
+            for node_id in placed_nodes(job.placement):
+                if node_gone(session.get(Node, node_id), now, self.timeout):
+                    return None
+            fresh = run_events_after(session, job_id, job.attempts, after)
+        model = str(job_dir(self.settings.storage_path, job_id) / "model")
+        return [self.on_gateway(recorded, model) for recorded in fresh]
+
+    @staticmethod
+    def on_gateway(recorded: RecordedEvent, model: str) -> RecordedEvent:
+        """A driver's model is the one it uploaded (whatever path it names on its node)."""
+        if isinstance(recorded.event, ArtifactEvent):
+            return dataclasses.replace(recorded, event=ArtifactEvent(model))
+        return recorded
