@@ -2,12 +2,12 @@
 attempt, with the job, its run credential and the Ray to use on stdin (never in its
 environment or argv, which other users of the machine can read).
 
-It restores the job's last accepted checkpoint from the gateway, starts the job's runner on
-the Ray it was given, and relays the runner's events to the gateway (``/runs``). Before a
-checkpoint event is relayed, that checkpoint is uploaded and accepted, so the gateway never
-counts work as saved that it does not hold; the final model and results are uploaded before
-the success that names them. A refusal (the attempt ended, was cancelled or lost) stops the
-run; the runner's actors die with this process.
+It fetches what the attempt starts from (the last accepted checkpoint, a source job's
+model), starts the job's runner on the Ray it was given, and relays the runner's events to
+the gateway (``/runs``). Whatever a worker saves it uploads itself, from its node, before the
+event that names it (``gateway_files``): the gateway never counts work as saved that it
+does not hold. A refusal (the attempt ended, was cancelled or lost) stops the run; the
+runner's actors die with this process.
 """
 
 from __future__ import annotations
@@ -15,28 +15,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
+import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from agent.run_client import RunClient, RunRefusedError
-from protocol.events import (
-    ArtifactEvent,
-    CheckpointEvent,
-    RecordedEvent,
-    RunState,
-    StatusEvent,
-)
-from protocol.run import RunConfig, run_config_from_wire
+from protocol.events import RecordedEvent, RunState, StatusEvent
+from protocol.run import PublishTarget, RunConfig, run_config_from_wire
+from ray_module.storage.gateway_files import RunClient, RunRefusedError, fetch_inputs
 
 log = logging.getLogger("distlm.driver")
 
 RELAY_EVERY_S = 0.5
 ASK_EVERY_S = 5.0  # with nothing to relay, still ask (a cancel, an ended attempt)
-RESULTS_DIR = "results"
+CLUSTER_FORM_TIMEOUT_S = 120.0
 TERMINAL = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 
 
@@ -46,69 +38,27 @@ class DriverOrder:
 
     gateway_url: str
     run_token: str = dataclasses.field(repr=False)
-    config: dict[str, Any]
-    ray_address: str
-    work_dir: str  # the node's own storage for the job
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ray_address: str = ""
+    work_dir: str = ""  # the node's own storage for the job
     data_root: str = ""  # the node's local datasets (empty: none)
+    ray_token: str = dataclasses.field(default="", repr=False)  # a job cluster's token
+    cluster_nodes: tuple[int, ...] = ()  # every node of a multi-node job's cluster
 
 
 def node_config(order: DriverOrder) -> RunConfig:
-    """The job as this node runs it: its files under the node's work directory."""
+    """The job as this node runs it: its files under the node's work directory, what it
+    saves published to the gateway."""
     config = run_config_from_wire(order.config)
     data = dataclasses.replace(config.data, data_root=order.data_root or None)
-    return dataclasses.replace(config, storage_path=order.work_dir, data=data)
+    target = PublishTarget(order.gateway_url, config.job_id, config.attempt, order.run_token)
+    return dataclasses.replace(config, storage_path=order.work_dir, data=data, publish=target)
 
 
-class Relay:
-    """Runner events to the gateway, uploads first."""
-
-    def __init__(self, config: RunConfig, client: RunClient) -> None:
-        self.config, self.client = config, client
-        self.job_dir = Path(config.job_dir)
-
-    def forward(self, fresh: list[RecordedEvent]) -> tuple[bool, bool]:
-        """Relay ``fresh`` in order; (cancel requested, the run ended)."""
-        ready: list[RecordedEvent] = []
-        ended = False
-        for recorded in fresh:
-            event = recorded.event
-            if isinstance(event, CheckpointEvent):
-                self.client.post_events(ready)
-                ready = []
-                if not self.upload_checkpoint(event):
-                    continue  # a later checkpoint will be saved and relayed instead
-            elif isinstance(event, ArtifactEvent):
-                self.client.upload_directory("model", Path(event.path))
-                recorded = dataclasses.replace(recorded, event=ArtifactEvent("model"))
-            elif isinstance(event, StatusEvent) and event.state in TERMINAL:
-                results = self.job_dir / RESULTS_DIR
-                if event.state is RunState.SUCCEEDED and results.is_dir():
-                    self.client.post_events(ready)
-                    ready = []
-                    self.client.upload_directory("results", results)
-                ended = True
-            ready.append(recorded)
-        return self.client.post_events(ready), ended
-
-    def upload_checkpoint(self, event: CheckpointEvent) -> bool:
-        """Upload the checkpoint the event names, as it was at that step: copied first (the
-        run may save the next one meanwhile), and only if the copy is that step's."""
-        from ray_module.strategies.base import CHECKPOINT_DIR
-        from ray_module.strategies.registry import get_strategy
-
-        with tempfile.TemporaryDirectory(prefix="distlm-save-") as scratch:
-            copy = Path(scratch) / CHECKPOINT_DIR
-            try:
-                shutil.copytree(event.path, copy)
-            except (OSError, shutil.Error) as error:
-                log.warning("checkpoint of step %s moved while copied: %s", event.step, error)
-                return False
-            step = get_strategy(self.config.strategy).checkpointed_step(Path(scratch))
-            if step != event.step:
-                log.warning("checkpoint of step %s was replaced by step %s", event.step, step)
-                return False
-            self.client.upload_directory("checkpoint", copy)
-        return True
+def relay(client: RunClient, fresh: list[RecordedEvent]) -> tuple[bool, bool]:
+    """Relay ``fresh`` in order; (cancel requested, the run ended)."""
+    ended = any(isinstance(r.event, StatusEvent) and r.event.state in TERMINAL for r in fresh)
+    return client.post_events(fresh), ended
 
 
 def start_runner(config: RunConfig) -> Any:
@@ -149,14 +99,29 @@ def drive(order: DriverOrder) -> int:
     config = node_config(order)
     client = RunClient(order.gateway_url, order.run_token, config.job_id, config.attempt)
     try:
-        job_dir = Path(config.job_dir)
-        if client.download_checkpoint(job_dir / "checkpoint"):
-            log.info("job %s: resuming from the gateway's checkpoint", config.job_id)
+        config = fetch_inputs(config)
+        if order.ray_token:  # a multi-node job's own cluster
+            os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=order.ray_token)
         import ray
 
-        ray.init(address=order.ray_address, namespace="distlm", log_to_driver=False)
-        runner = start_runner(config)
-        return relay_until_done(runner, Relay(config, client))
+        # Ray's own guess of this machine's address needs a default route; the Ray this
+        # driver is given runs on this machine, at the address it serves.
+        host = order.ray_address.rsplit(":", 1)[0]
+        ray.init(
+            address=order.ray_address,
+            namespace="distlm",
+            log_to_driver=False,
+            _node_ip_address=host,
+        )
+        try:
+            wait_for_cluster(order.cluster_nodes)
+            runner = start_runner(config)
+        except Exception as error:  # nothing ran yet: say so now, not at the start timeout
+            log.exception("job %s: the attempt could not start", config.job_id)
+            failed = StatusEvent(RunState.FAILED, f"could not start: {error}", retryable=True)
+            client.post_events([RecordedEvent(1, time.time(), failed)])
+            return 1
+        return relay_until_done(runner, client)
     except RunRefusedError as refused:
         log.info("job %s attempt %s refused: %s", config.job_id, config.attempt, refused)
         return 0
@@ -164,14 +129,29 @@ def drive(order: DriverOrder) -> int:
         client.close()
 
 
-def relay_until_done(runner: Any, relay: Relay) -> int:
+def wait_for_cluster(nodes: tuple[int, ...]) -> None:
+    """Every node of a multi-node job has joined its cluster (or the attempt fails)."""
+    from ray_module.resources import live_nodes
+
+    deadline = time.monotonic() + CLUSTER_FORM_TIMEOUT_S
+    while True:
+        joined = {n for n, live in live_nodes().items() if live.alive}
+        if set(nodes) <= joined:
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(set(nodes) - joined)
+            raise ConnectionError(f"nodes {missing} did not join the job's cluster")
+        time.sleep(0.2)
+
+
+def relay_until_done(runner: Any, client: RunClient) -> int:
     import ray
 
     cursor, asked_at = 0, 0.0
     while True:
         fresh = ray.get(runner.events.remote(cursor), timeout=60)
         if fresh or time.monotonic() - asked_at > ASK_EVERY_S:
-            cancel, ended = relay.forward(fresh)
+            cancel, ended = relay(client, fresh)
             asked_at = time.monotonic()
             if fresh:
                 cursor = fresh[-1].seq

@@ -190,9 +190,13 @@ class GatewayClient:
         path = f"/nodes/{identity.node_id}/heartbeat"
         return self._as_node(identity, "POST", path, json=sample)
 
-    def runs(self, identity: NodeIdentity) -> tuple[list[RunAssignment], float]:
-        """Every attempt this node takes part in now, and when to ask again."""
-        body = self._as_node(identity, "POST", f"/nodes/{identity.node_id}/runs")
+    def runs(
+        self, identity: NodeIdentity, clusters: list[dict[str, Any]] | None = None
+    ) -> tuple[list[RunAssignment], float]:
+        """Every attempt this node takes part in now, and when to ask again; ``clusters``
+        reports the heads this node started for the multi-node attempts it drives."""
+        path = f"/nodes/{identity.node_id}/runs"
+        body = self._as_node(identity, "POST", path, json={"clusters": clusters or []})
         runs = [assignment_from_wire(item) for item in body.get("runs") or []]
         return runs, float(body.get("poll_in_s") or 1.0)
 

@@ -161,7 +161,13 @@ def _start_own_ray(
     )
     address = own_ray.start()
     follower = RunFollower(
-        client, identity, ray_address=address, work_dir=work_dir, data_root=config.data_root
+        client,
+        identity,
+        ray_address=address,
+        work_dir=work_dir,
+        node_address=config.node_address,
+        data_root=config.data_root,
+        object_store_mb=config.object_store_mb,
     )
     follower.start()
     return own_ray, follower

@@ -18,6 +18,7 @@ from typing import Any
 from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError, RayWorkerError
 from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
 from agent.machine import GIB
+from ray_module.ports import RayPorts
 
 log = logging.getLogger("distlm.agent")
 
@@ -80,8 +81,14 @@ class RayWorker:
         object_store_mb: int | None = None,
         auth_token_file: Path | None = None,
         executable: str | None = None,
+        node_address: str | None = None,
+        ports: RayPorts | None = None,
     ) -> None:
         self.join = join
+        # A job cluster's member: the address other nodes reach it at (Ray's own guess needs
+        # a default route) and a port of its own for each component.
+        self.node_address = node_address
+        self.ports = ports
         self.log_path = log_path
         self.object_store_mb = object_store_mb
         self.auth_token_file = auth_token_file
@@ -107,6 +114,10 @@ class RayWorker:
         ]
         if join.labels:
             command.append(f"--labels={labels_arg(join.labels)}")
+        if self.node_address:
+            command.append(f"--node-ip-address={self.node_address}")
+        if self.ports is not None:
+            command.extend(self.ports.start_args(head=False))
         if self.object_store_mb:
             command.append(f"--object-store-memory={self.object_store_mb * 1024 * 1024}")
         return command

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -18,8 +19,13 @@ from pathlib import Path
 
 from agent.driver import DriverOrder
 from agent.errors import GatewayError, GatewayUnreachableError
-from agent.gateway_client import GatewayClient, NodeIdentity
+from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.ray_worker import RayWorker
 from protocol.assignment import DRIVER, RunAssignment
+from ray_module.cluster import ClusterConfig
+from ray_module.head import HeadDirectory, HeadRecord, start_head, stop_head
+from ray_module.ports import allocate_ray_ports
+from ray_module.resources import NODE_LABEL, node_resource
 
 log = logging.getLogger("distlm.agent")
 
@@ -27,6 +33,7 @@ CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 # What a driver inherits of the agent's environment: nothing secret.
 PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "RAY_TMPDIR", "CUDA_VISIBLE_DEVICES")
 STOP_GRACE_S = 5.0
+RESOURCE_UNITS = 1000  # of the node's custom resource in a job's cluster (as on the gateway's)
 
 
 class Driver:
@@ -65,7 +72,10 @@ class Driver:
 
 
 class RunFollower:
-    """Keeps this node's drivers in step with the gateway's list of its runs."""
+    """Keeps this node in step with the gateway's list of its runs: a driver per attempt it
+    drives; for a multi-node attempt also the job's own Ray cluster (its head where this
+    node drives, a member joining it elsewhere), started with the attempt's token and
+    stopped with the attempt."""
 
     def __init__(
         self,
@@ -74,11 +84,17 @@ class RunFollower:
         *,
         ray_address: str,
         work_dir: Path,
+        node_address: str = "127.0.0.1",
         data_root: str = "",
+        object_store_mb: int | None = None,
     ) -> None:
         self.client, self.identity = client, identity
         self.ray_address, self.work_dir, self.data_root = ray_address, work_dir, data_root
+        self.node_address, self.object_store_mb = node_address, object_store_mb
         self.drivers: dict[tuple[int, int], Driver] = {}
+        self.heads: dict[tuple[int, int], HeadRecord] = {}
+        self.members: dict[tuple[int, int], RayWorker] = {}
+        self.unreported: dict[tuple[int, int], str] = {}  # heads the gateway has not echoed
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -87,24 +103,96 @@ class RunFollower:
         self.thread.start()
 
     def follow(self, runs: list[RunAssignment]) -> None:
-        wanted = {run.key: run for run in runs if run.role == DRIVER}
-        for key in list(self.drivers):
-            if key not in wanted:
-                log.info("job %s attempt %s: no longer ours to run; stopping it", *key)
-                self.drivers.pop(key).stop()
+        wanted = {run.key: run for run in runs}
+        for key in [k for k in self.drivers if k not in wanted or wanted[k].role != DRIVER]:
+            log.info("job %s attempt %s: no longer ours to run; stopping it", *key)
+            self.drivers.pop(key).stop()
+        for key in [k for k in self.heads if k not in wanted]:
+            stop_head(self.heads.pop(key))
+            self.unreported.pop(key, None)
+        for key in [k for k in self.members if k not in wanted]:
+            self.members.pop(key).stop(timeout_s=5)
         for key, run in wanted.items():
-            if key in self.drivers:
-                continue  # running, or ended and waiting for the gateway to move on
-            log.info("job %s attempt %s: starting its driver", *key)
-            order = DriverOrder(
-                gateway_url=self.client.base_url,
-                run_token=run.run_token or "",
-                config=run.config or {},
-                ray_address=self.ray_address,
-                work_dir=str(self.work_dir),
-                data_root=self.data_root,
-            )
-            self.drivers[key] = Driver(run, order, self.work_dir / "logs" / f"job-{key[0]}.log")
+            try:
+                if run.role == DRIVER:
+                    self.drive(run)
+                elif run.cluster is not None and run.cluster.address:
+                    self.join_cluster(run)
+            except Exception:  # one run's trouble must not stop the others
+                log.exception("job %s attempt %s: could not start its part", *key)
+
+    def drive(self, run: RunAssignment) -> None:
+        ray_address, ray_token, nodes = self.ray_address, "", ()
+        if run.cluster is not None:  # a multi-node attempt: a cluster of its own, headed here
+            if run.key not in self.heads:
+                self.heads[run.key] = self.start_head(run)
+            head = self.heads[run.key]
+            if run.cluster.address != head.address:
+                self.unreported[run.key] = head.address  # told at the next ask
+            else:
+                self.unreported.pop(run.key, None)
+            ray_address, ray_token, nodes = head.address, run.cluster.token, run.cluster.nodes
+        if run.key in self.drivers:
+            return  # running, or ended and waiting for the gateway to move on
+        log.info("job %s attempt %s: starting its driver", *run.key)
+        order = DriverOrder(
+            gateway_url=self.client.base_url,
+            run_token=run.run_token or "",
+            config=run.config or {},
+            ray_address=ray_address,
+            work_dir=str(self.work_dir),
+            data_root=self.data_root,
+            ray_token=ray_token,
+            cluster_nodes=tuple(nodes),
+        )
+        log_path = self.work_dir / "logs" / f"job-{run.job_id}-attempt-{run.attempt}.log"
+        self.drivers[run.key] = Driver(run, order, log_path)
+
+    def start_head(self, run: RunAssignment) -> HeadRecord:
+        assert run.cluster is not None and run.share is not None
+        log.info("job %s attempt %s: starting its cluster's head", *run.key)
+        config = ClusterConfig(
+            num_cpus=max(1, math.ceil(run.share.cpu_cores)),
+            num_gpus=run.share.gpu,
+            resources={node_resource(self.identity.node_id): RESOURCE_UNITS},
+            labels={NODE_LABEL: str(self.identity.node_id)},
+            object_store_mb=self.object_store_mb or 256,
+            auth_token=run.cluster.token,
+        )
+        directory = HeadDirectory(self.work_dir / "ray" / f"job-{run.job_id}-{run.attempt}")
+        return start_head(config, directory, host=self.node_address)
+
+    def join_cluster(self, run: RunAssignment) -> None:
+        if run.key in self.members:
+            return
+        assert run.cluster is not None and run.share is not None
+        log.info("job %s attempt %s: joining its cluster at %s", *run.key, run.cluster.address)
+        join = JoinInfo(
+            node_id=self.identity.node_id,
+            ray_address=run.cluster.address,
+            num_cpus=max(1, math.ceil(run.share.cpu_cores)),
+            num_gpus=run.share.gpu,
+            memory_gb=max(run.share.memory_gb, 0.1),
+            resources={node_resource(self.identity.node_id): RESOURCE_UNITS},
+            labels={NODE_LABEL: str(self.identity.node_id)},
+            heartbeat_interval_s=1.0,
+            ray_auth_token=run.cluster.token,
+        )
+        member = RayWorker(
+            join,
+            log_path=self.work_dir / "logs" / f"job-{run.job_id}-attempt-{run.attempt}.ray.log",
+            object_store_mb=self.object_store_mb,
+            node_address=self.node_address,
+            ports=allocate_ray_ports(self.node_address),
+        )
+        member.start(settle_s=0.5)
+        self.members[run.key] = member
+
+    def reports(self) -> list[dict[str, object]]:
+        return [
+            {"job_id": job_id, "attempt": attempt, "address": address}
+            for (job_id, attempt), address in self.unreported.items()
+        ]
 
     def stop(self) -> None:
         self.stopping.set()
@@ -112,14 +200,20 @@ class RunFollower:
             self.thread.join(timeout=30)
         for driver in self.drivers.values():
             driver.stop()
+        for head in self.heads.values():
+            stop_head(head)
+        for member in self.members.values():
+            member.stop(timeout_s=5)
         self.drivers.clear()
+        self.heads.clear()
+        self.members.clear()
 
     def loop(self, poll_s: float = 1.0) -> None:
         """Ask and follow until stopped; an unreachable gateway leaves the runs as they
         are (a link that comes back loses nothing; the gateway decides what was lost)."""
         while not self.stopping.is_set():
             try:
-                runs, poll_s = self.client.runs(self.identity)
+                runs, poll_s = self.client.runs(self.identity, self.reports())
             except GatewayUnreachableError as error:
                 log.warning("cannot ask the gateway for runs: %s", error)
             except GatewayError as error:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import hmac
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,7 +28,7 @@ from compute.run_inbox import run_events_after
 from compute.run_uploads import job_dir
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
-from protocol.assignment import DRIVER, MEMBER, RunAssignment
+from protocol.assignment import DRIVER, MEMBER, ClusterOrder, RunAssignment, Share
 from protocol.events import ArtifactEvent, RecordedEvent
 from protocol.run import RunConfig, run_config_to_wire
 from ray_module.resources import LiveNode
@@ -51,28 +53,77 @@ def driver_node_id(placement: list[dict] | None) -> int | None:
     return int(chosen[0]["node_id"]) if chosen else None
 
 
+def share_on(placement: list[dict] | None, node_id: int) -> Share:
+    slots = [slot for slot in placement or [] if int(slot["node_id"]) == node_id]
+    return Share(
+        cpu_cores=sum(float(slot["cpu_cores"]) for slot in slots),
+        gpu=sum(int(slot["gpu"]) for slot in slots),
+        memory_gb=sum(float(slot["memory_gb"]) for slot in slots),
+    )
+
+
+def cluster_token(secret_key: str, job_id: int, attempt: int) -> str:
+    """The Ray token of one attempt's cluster: made from the gateway's secret, so nothing is
+    stored, and of no use for any other job or attempt."""
+    message = f"distlm-ray-cluster:{job_id}:{attempt}".encode()
+    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def cluster_order(job: Job, settings: Settings) -> ClusterOrder | None:
+    nodes = placed_nodes(job.placement)
+    if len(nodes) < 2:
+        return None  # on the node's warm Ray
+    return ClusterOrder(
+        token=cluster_token(settings.secret_key, job.id, job.attempts),
+        address=job.cluster_address or "",
+        nodes=tuple(nodes),
+    )
+
+
 def runs_for_node(session: Session, node: Node, settings: Settings) -> list[RunAssignment]:
-    """The running attempts placed on ``node``: the driver's with the job as the node receives
-    it and a credential for the attempt, a member's with neither."""
+    """The running attempts placed on ``node``, each with the node's share and, for a
+    multi-node job, its cluster; the driver's also with the job as the node receives it and a
+    credential for the attempt."""
     runs = []
     for job in session.scalars(
         select(Job).where(Job.status == JobStatus.RUNNING.value).order_by(Job.id)
     ):
         if node.id not in placed_nodes(job.placement):
             continue
+        share, cluster = share_on(job.placement, node.id), cluster_order(job, settings)
         if driver_node_id(job.placement) != node.id:
-            runs.append(RunAssignment(job.id, job.attempts, MEMBER))
+            runs.append(RunAssignment(job.id, job.attempts, MEMBER, share=share, cluster=cluster))
             continue
         config = run_config(
-            job, session, data_root=settings.data_root, storage_path=settings.storage_path
+            job,
+            session,
+            data_root=settings.data_root,
+            storage_path=settings.storage_path,
+            resolve_sources=False,  # the driver downloads a source job's model
         )
         token = create_run_token(
             RunClaims(job.id, job.attempts, node.id),
             secret_key=settings.secret_key,
             expires_in=dt.timedelta(seconds=job.max_runtime_s) + RUN_TOKEN_SLACK,
         )
-        runs.append(RunAssignment(job.id, job.attempts, DRIVER, run_config_to_wire(config), token))
+        wire = run_config_to_wire(config)
+        runs.append(RunAssignment(job.id, job.attempts, DRIVER, wire, token, share, cluster))
     return runs
+
+
+def note_cluster(session: Session, node: Node, job_id: int, attempt: int, address: str) -> None:
+    """The driver node's agent started the attempt's cluster at ``address``: the other nodes
+    are told to join it. Taken only from that node, for the running attempt."""
+    job = session.get(Job, job_id)
+    if (
+        job is None
+        or job.status != JobStatus.RUNNING.value
+        or job.attempts != attempt
+        or driver_node_id(job.placement) != node.id
+        or len(placed_nodes(job.placement)) < 2
+    ):
+        return  # a late report of an ended attempt: nothing to tell anyone
+    job.cluster_address = address
 
 
 def note_poll(node: Node, settings: Settings, now: dt.datetime) -> None:
@@ -83,13 +134,18 @@ def note_poll(node: Node, settings: Settings, now: dt.datetime) -> None:
         node.runs_polled_at = now
 
 
-def node_gone(node: Node | None, now: dt.datetime, timeout: dt.timedelta) -> str:
-    """Why a node can no longer run its part of a job ('' when it can)."""
+def node_gone(
+    node: Node | None, now: dt.datetime, timeout: dt.timedelta, *, listening_since: dt.datetime
+) -> str:
+    """Why a node can no longer run its part of a job ('' when it can). Silence from before
+    ``listening_since`` (this gateway was down) is not held against the node."""
     if node is None or node.deregistered_at is not None:
         return "its node was deregistered"
     if node.approval == NodeApproval.BANNED.value:
         return f"node {node.id} was banned"
-    if node.runs_polled_at is None or now - node.runs_polled_at > timeout:
+    if node.runs_polled_at is None:
+        return f"node {node.id} never asked for its runs"
+    if now - max(node.runs_polled_at, listening_since) > timeout:
         return f"node {node.id} stopped answering"
     if node.left_at is not None and node.left_at >= node.runs_polled_at:
         return f"node {node.id} left"
@@ -104,6 +160,7 @@ class AgentRunners:
         self.read_factory = read_only_factory(session_factory)
         self.settings = settings
         self.timeout = dt.timedelta(seconds=settings.node_timeout)
+        self.listening_since = utcnow()
 
     def live_nodes(self) -> dict[int, LiveNode]:
         now = utcnow()
@@ -113,12 +170,15 @@ class AgentRunners:
                 node.id: LiveNode(
                     node_id=node.id,
                     ray_node_id="",
-                    alive=not node_gone(node, now, self.timeout),
+                    alive=not self.gone(node, now),
                     cpus=float(node.cpu_cores),
                     gpus=float(node.gpu),
                 )
                 for node in nodes
             }
+
+    def gone(self, node: Node | None, now: dt.datetime) -> str:
+        return node_gone(node, now, self.timeout, listening_since=self.listening_since)
 
     def launch_runner(self, config: RunConfig) -> None:
         """Nothing to do: the driver node's agent finds the attempt at its next ask."""
@@ -136,7 +196,7 @@ class AgentRunners:
             if job is None or job.status != JobStatus.RUNNING.value:
                 return []
             for node_id in placed_nodes(job.placement):
-                if node_gone(session.get(Node, node_id), now, self.timeout):
+                if self.gone(session.get(Node, node_id), now):
                     return None
             fresh = run_events_after(session, job_id, job.attempts, after)
         model = str(job_dir(self.settings.storage_path, job_id) / "model")

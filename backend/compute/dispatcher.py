@@ -271,6 +271,7 @@ class Dispatcher:
                 job.placement = [slot.__dict__ for slot in placement.slots]
                 job.attempts += 1
                 job.event_cursor = 0
+                job.cluster_address = None  # the new attempt's cluster is yet to form
                 nodes = sorted({slot.node_id for slot in placement.slots})
                 where = (
                     f"placed on node{'s' if len(nodes) > 1 else ''} "

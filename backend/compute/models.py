@@ -117,6 +117,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # How many of the current runner's events the dispatcher has stored.
     event_cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A multi-node attempt on the nodes' own Ray: its cluster's head, as its driver node's
+    # agent reported it (None until then, and again at every placement).
+    cluster_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     first_step_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Its model, results and checkpoints were deleted (by its owner, or the retention).

@@ -12,15 +12,25 @@ from compute.scheduling import strategy_knobs
 from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 
 
-def run_config(job: Job, session: Session, *, data_root: Path, storage_path: Path) -> RunConfig:
+def run_config(
+    job: Job,
+    session: Session,
+    *,
+    data_root: Path,
+    storage_path: Path,
+    resolve_sources: bool = True,
+) -> RunConfig:
+    """``resolve_sources``: a ``job:<id>`` model becomes that job's directory in the storage
+    (a runner that shares it); else it stays as named and the driver downloads it."""
     spec = job.spec
     model = spec["model_config"]
+    name = model["model_name"]
     return RunConfig(
         job_id=job.id,
         strategy=job.strategy,
         model=ModelRequest(
             model_type=model["type"],
-            model_name=source_model_path(session, model["model_name"]),
+            model_name=source_model_path(session, name) if resolve_sources else name,
             pretrained=model.get("pretrained"),
             overrides=model.get("overrides") or {},
         ),

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 from auth.run_tokens import RunClaims
 from compute.artifact_store import StoredFile, accepted_directory, pack_directory
 from compute.directory_upload import DirectoryUpload
+from compute.job_spec import source_job_id
+from compute.models import Job
 from compute.run_inbox import running_attempt
 from core.errors import NotFoundError
 
@@ -88,6 +90,27 @@ def checkpoint_archive(
         descriptor, name = tempfile.mkstemp(prefix="distlm-checkpoint-", suffix=".tar")
         with os.fdopen(descriptor, "wb") as out:
             digest = pack_directory(directory, out)
+    return Path(name), digest
+
+
+def source_model_archive(
+    session: Session, claims: RunClaims, job_id: int, attempt: int, storage_root: Path
+) -> tuple[Path, str]:
+    """The trained model the job starts from (``model_name: job:<id>``, checked at submit to
+    be the job owner's), as a tar in a temporary file (the caller deletes it) and its sha256."""
+    job = running_attempt(session, claims, job_id, attempt)
+    source_id = source_job_id(job.spec["model_config"]["model_name"])
+    source = session.get(Job, source_id) if source_id is not None else None
+    if source is None or not source.artifact_path:
+        raise NotFoundError(f"job {job_id} does not start from another job's model")
+    root = storage_root.resolve()
+    model = Path(source.artifact_path).resolve()
+    if not model.is_relative_to(root) or not model.is_dir():
+        raise NotFoundError(f"the model of job {source_id} is no longer stored")
+    with locked(model):
+        descriptor, name = tempfile.mkstemp(prefix="distlm-model-", suffix=".tar")
+        with os.fdopen(descriptor, "wb") as out:
+            digest = pack_directory(model, out)
     return Path(name), digest
 
 

@@ -5,11 +5,30 @@ no other state to agree on what runs where."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DRIVER = "driver"  # runs the job's driver (its runner) and reports for the attempt
 MEMBER = "member"  # lends its share to a job whose driver runs on another node
+
+
+@dataclass(frozen=True)
+class ClusterOrder:
+    """A multi-node attempt's own Ray cluster: the driver node starts its head with this
+    token and reports its address; every other node of the job joins it once known."""
+
+    token: str = field(repr=False)
+    address: str  # the head's host:port, empty until the driver node reports it
+    nodes: tuple[int, ...]  # every node of the job
+
+
+@dataclass(frozen=True)
+class Share:
+    """What the node gives the job: the sum of its slots on the node."""
+
+    cpu_cores: float
+    gpu: int
+    memory_gb: float
 
 
 @dataclass(frozen=True)
@@ -21,6 +40,8 @@ class RunAssignment:
     # credential scoped to this job and attempt.
     config: dict[str, Any] | None = None
     run_token: str | None = field(default=None, repr=False)
+    share: Share | None = None
+    cluster: ClusterOrder | None = None  # None: a single-node job, on the node's warm Ray
 
     @property
     def key(self) -> tuple[int, int]:
@@ -34,6 +55,8 @@ def assignment_to_wire(assignment: RunAssignment) -> dict[str, Any]:
         "role": assignment.role,
         "config": assignment.config,
         "run_token": assignment.run_token,
+        "share": asdict(assignment.share) if assignment.share else None,
+        "cluster": asdict(assignment.cluster) if assignment.cluster else None,
     }
 
 
@@ -47,4 +70,12 @@ def assignment_from_wire(data: dict[str, Any]) -> RunAssignment:
         role=role,
         config=data.get("config"),
         run_token=data.get("run_token"),
+        share=Share(**data["share"]) if data.get("share") else None,
+        cluster=ClusterOrder(
+            token=str(data["cluster"]["token"]),
+            address=str(data["cluster"]["address"] or ""),
+            nodes=tuple(int(n) for n in data["cluster"]["nodes"]),
+        )
+        if data.get("cluster")
+        else None,
     )

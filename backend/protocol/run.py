@@ -48,6 +48,18 @@ class WorkerPlan:
 
 
 @dataclass(frozen=True)
+class PublishTarget:
+    """Where the node side sends what a run saves (checkpoints, the model, results) and
+    fetches what it resumes from, when nodes share no disk with the gateway: the gateway's
+    /runs, with the attempt's run credential."""
+
+    url: str
+    job_id: int
+    attempt: int
+    run_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     job_id: int
     strategy: str
@@ -59,6 +71,8 @@ class RunConfig:
     attempt: int = 1
     task: str = "train"  # train | validate | infer (strategies that list them in ``tasks``)
     inference: dict = field(default_factory=dict)  # inference_config of an infer task
+    # None: ``storage_path`` is the gateway's own storage (its Ray's runners share it).
+    publish: PublishTarget | None = None
 
     @property
     def job_dir(self) -> str:
@@ -76,4 +90,6 @@ def run_config_from_wire(data: dict[str, Any]) -> RunConfig:
     fields["model"] = ModelRequest(**fields["model"])
     fields["data"] = DataRequest(**fields["data"])
     fields["workers"] = tuple(WorkerPlan(**plan) for plan in fields["workers"])
+    if fields.get("publish") is not None:
+        fields["publish"] = PublishTarget(**fields["publish"])
     return RunConfig(**fields)

@@ -26,10 +26,11 @@ from app.schemas.nodes import (
     NodeRegisteredOut,
     NodeUpdateIn,
     RunAssignmentOut,
+    RunsIn,
     RunsOut,
     node_out,
 )
-from compute.agent_runs import RUNS_POLL_S, note_poll, runs_for_node
+from compute.agent_runs import RUNS_POLL_S, note_cluster, note_poll, runs_for_node
 from compute.node_lifecycle import (
     PICK_UP_NEW_CREDENTIAL,
     deregister,
@@ -146,7 +147,11 @@ def join(
 # 403 as for heartbeats; 409: the node is not approved, or jobs run on the gateway's Ray.
 @router.post("/{node_id}/runs", response_model=RunsOut, responses=error_responses(403, 409))
 def runs(
-    node_id: NodeId, caller: NodeCallerDep, session: DbSession, settings: SettingsDep
+    node_id: NodeId,
+    caller: NodeCallerDep,
+    session: DbSession,
+    settings: SettingsDep,
+    reports: Annotated[RunsIn | None, Body()] = None,
 ) -> RunsOut:
     """What this node runs now (where jobs run on the nodes' own Ray): each attempt placed
     on it; for the attempts whose driver it runs, the job and a credential scoped to it.
@@ -161,6 +166,8 @@ def runs(
         )
     ready_to_run(node)
     note_poll(node, settings, utcnow())
+    for report in reports.clusters if reports else []:
+        note_cluster(session, node, report.job_id, report.attempt, report.address)
     return RunsOut(
         runs=[
             RunAssignmentOut(**assignment_to_wire(a))

@@ -21,6 +21,7 @@ from compute.run_uploads import (
     checkpoint_archive,
     commit_directory,
     receive_directory,
+    source_model_archive,
     upload_place,
 )
 from core.db import session_scope, utcnow
@@ -142,6 +143,40 @@ async def get_checkpoint(
         _with_session,
         request.app.state.read_session_factory,
         checkpoint_archive,
+        caller,
+        job_id,
+        attempt,
+        settings.storage_path,
+    )
+    return FileResponse(
+        path,
+        media_type="application/x-tar",
+        headers={"X-Content-SHA256": digest},
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )
+
+
+@router.get(
+    "/{job_id}/source-model",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "the model, as a tar"},
+        **error_responses(401, 403, 404, 409),
+    },
+)
+async def get_source_model(
+    job_id: JobId,
+    request: Request,
+    caller: RunCaller,
+    settings: SettingsDep,
+    attempt: Annotated[int, Query(ge=1, le=2**31 - 1)],
+) -> FileResponse:
+    """The trained model a job starts from (its `model_name` is `job:<id>`), as a tar (its
+    sha256 in `X-Content-SHA256`), for the current attempt's driver: nodes share no disk."""
+    path, digest = await run_in_threadpool(
+        _with_session,
+        request.app.state.read_session_factory,
+        source_model_archive,
         caller,
         job_id,
         attempt,

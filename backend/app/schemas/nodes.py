@@ -67,6 +67,36 @@ class RunAssignmentOut(BaseModel):
     run_token: str | None = Field(
         None, description="the credential for /runs, scoped to this job and attempt"
     )
+    share: ShareOut | None = None
+    cluster: ClusterOut | None = Field(
+        None, description="a multi-node job's own Ray cluster (none: the node's warm Ray)"
+    )
+
+
+class ShareOut(BaseModel):
+    cpu_cores: float
+    gpu: int
+    memory_gb: float
+
+
+class ClusterOut(BaseModel):
+    token: str = Field(description="the Ray token of this attempt's cluster")
+    address: str = Field(description="its head's host:port; empty until the driver node reports it")
+    nodes: list[int]
+
+
+class ClusterReportIn(BaseModel):
+    job_id: int = Field(ge=1, le=2**31 - 1)
+    attempt: int = Field(ge=1, le=2**31 - 1)
+    address: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+
+
+class RunsIn(BaseModel):
+    clusters: list[ClusterReportIn] = Field(
+        default_factory=list,
+        max_length=100,
+        description="heads this node started for the multi-node attempts it drives",
+    )
 
 
 class RunsOut(BaseModel):

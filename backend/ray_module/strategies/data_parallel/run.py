@@ -14,6 +14,7 @@ from protocol.run import RunConfig
 from ray_module.contract import NAMESPACE, RunContext, runner_name
 from ray_module.errors import RunCancelledError
 from ray_module.resources import NODE_LABEL
+from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from ray_module.strategies.data_parallel.settings import (
@@ -42,6 +43,8 @@ def run_data_parallel(config: RunConfig, context: RunContext) -> None:
         per_worker["GPU"] = workers[0].gpu
     loop_config = {
         "job_id": config.job_id,
+        "run_config": config,  # each rank fetches the gateway's inputs on its node
+        "publish": config.publish,
         "runner": runner_name(config.job_id),
         "model": config.model,
         "data": config.data,
@@ -96,8 +99,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     checkpoint_dir = job_dir / CHECKPOINT_DIR
     started = time.monotonic()
 
+    request = fetch_inputs(cfg["run_config"]).model
     resume = load_checkpoint(checkpoint_dir)
-    request = cfg["model"]
     if resume is not None:
         request = replace(request, model_name=str(resume[0]), pretrained=None, overrides={})
     data_root = cfg["data"].data_root
@@ -162,6 +165,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                     )
                 if rank == 0:
                     save_checkpoint(model, tokenizer, checkpoint_dir, step)
+                    publish_directory(cfg["publish"], "checkpoint", checkpoint_dir)
                     runner.emit.remote(CheckpointEvent(step, str(checkpoint_dir)))
                 now = time.monotonic()
                 _report_usage(runner, cfg, node_id, now - last_report, step)
@@ -172,6 +176,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         final_dir = job_dir / "model"
         unwrap(model).save_pretrained(final_dir)
         tokenizer.save_pretrained(final_dir)
+        publish_directory(cfg["publish"], "model", final_dir)
         runner.emit.remote(ArtifactEvent(str(final_dir)))
     ray.train.report({"step": step})
 

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
-from protocol.run import RunConfig
+from protocol.run import PublishTarget, RunConfig
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
 from ray_module.storage.checkpoints import load_arrays, save_arrays
+from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.actor_pool import first_alive
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.es.estimator import SGD, Adam
@@ -31,6 +32,7 @@ WORKER_START_TIMEOUT_S = 600
 
 
 def run_es(config: RunConfig, context: RunContext) -> None:
+    config = fetch_inputs(config)  # the gateway's checkpoint, where nodes share no disk
     settings = parse_es_settings(config.training)
     workers, info = start_workers(config, settings)
     noise = NoiseTable.create(settings.seed, int(info["num_params"]))
@@ -62,8 +64,10 @@ def run_es(config: RunConfig, context: RunContext) -> None:
             context.emit(credit.usage_event(step))
         if step % settings.checkpoint_interval == 0 or step == settings.steps:
             save_es_checkpoint(checkpoint_dir, step, theta, optimizer)
+            publish_directory(config.publish, "checkpoint", checkpoint_dir)
             context.emit(CheckpointEvent(step, str(checkpoint_dir)))
-    context.emit(ArtifactEvent(save_final_model(workers, theta, Path(config.job_dir) / "model")))
+    final = save_final_model(workers, theta, Path(config.job_dir) / "model", config.publish)
+    context.emit(ArtifactEvent(final))
 
 
 def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker], dict[str, Any]]:
@@ -127,11 +131,16 @@ def initial_theta(workers: list[Worker]) -> np.ndarray:
     return first_alive(workers, lambda worker: worker.handle.initial_parameters.remote())
 
 
-def save_final_model(workers: list[Worker], theta: np.ndarray, directory: Path) -> str:
+def save_final_model(
+    workers: list[Worker], theta: np.ndarray, directory: Path, publish: PublishTarget | None
+) -> str:
+    """Saved (and published) by a live worker, on whichever node it runs."""
     import ray
 
     theta_ref = ray.put(theta)
-    return first_alive(workers, lambda w: w.handle.save_model.remote(theta_ref, str(directory)))
+    return first_alive(
+        workers, lambda w: w.handle.save_model.remote(theta_ref, str(directory), publish)
+    )
 
 
 # -- checkpoints ---------------------------------------------------------------------------

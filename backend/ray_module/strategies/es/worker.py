@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.run import DataRequest, ModelRequest
+from protocol.run import DataRequest, ModelRequest, PublishTarget
 from ray_module.data.texts import load_texts
 from ray_module.errors import DataError
 from ray_module.models.char_rnn import (
@@ -28,6 +28,7 @@ from ray_module.models.char_rnn import (
     vocabulary_of,
 )
 from ray_module.storage.directories import replace_directory, staging_for
+from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.es.noise import NoiseTable, pair_index
 from ray_module.strategies.es.settings import ESSettings
@@ -166,10 +167,13 @@ class ESWorker(DeferredStart):
             "seconds": time.perf_counter() - started,
         }
 
-    def save_model(self, theta: np.ndarray, directory: str) -> str:
+    def save_model(
+        self, theta: np.ndarray, directory: str, publish: PublishTarget | None = None
+    ) -> str:
         set_flat_parameters(self.model, theta)
         target = Path(directory)
         staging = staging_for(target)
         save_char_rnn(self.model, staging)
         replace_directory(staging, target)
+        publish_directory(publish, "model", target)  # from this node, where it was written
         return str(target)

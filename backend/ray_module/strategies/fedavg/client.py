@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from protocol.run import DataRequest, ModelRequest
+from protocol.run import DataRequest, ModelRequest, PublishTarget
 from ray_module.data.examples import LabelledData, PairData, load_labelled, load_pairs
 from ray_module.errors import DataError, StartupError
 from ray_module.storage.directories import replace_directory, staging_for
+from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.fedavg.partition import (
     dirichlet_partition,
@@ -274,10 +275,13 @@ class ClientHost(DeferredStart):
             "seconds": time.perf_counter() - started,
         }
 
-    def save_model(self, weights: list[np.ndarray], directory: str) -> str:
+    def save_model(
+        self, weights: list[np.ndarray], directory: str, publish: PublishTarget | None = None
+    ) -> str:
         self.task.set_weights(weights)
         target = Path(directory)
         staging = staging_for(target)
         self.task.save(staging)
         replace_directory(staging, target)
+        publish_directory(publish, "model", target)  # from this node, where it was written
         return str(target)

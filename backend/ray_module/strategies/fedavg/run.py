@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
-from protocol.run import RunConfig, WorkerPlan
+from protocol.run import PublishTarget, RunConfig, WorkerPlan
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
+from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.actor_pool import first_alive
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.fedavg.aggregate import server_optimizer
@@ -32,6 +33,7 @@ HOST_START_TIMEOUT_S = 600
 
 
 def run_fedavg(config: RunConfig, context: RunContext) -> None:
+    config = fetch_inputs(config)  # the gateway's checkpoint, where nodes share no disk
     settings = parse_fedavg_settings(config.training)
     hosts = start_hosts(config, settings)
     describe_clients(hosts, context)
@@ -57,8 +59,10 @@ def run_fedavg(config: RunConfig, context: RunContext) -> None:
             save_checkpoint(
                 checkpoint_dir, FederatedCheckpoint(round_number, weights, optimizer.velocity)
             )
+            publish_directory(config.publish, "checkpoint", checkpoint_dir)
             context.emit(CheckpointEvent(round_number, str(checkpoint_dir)))
-    context.emit(ArtifactEvent(save_final_model(hosts, weights, Path(config.job_dir) / "model")))
+    final = save_final_model(hosts, weights, Path(config.job_dir) / "model", config.publish)
+    context.emit(ArtifactEvent(final))
 
 
 def assign_clients(clients: int, workers: int) -> list[tuple[int, ...]]:
@@ -154,10 +158,13 @@ def initial_weights(hosts: list[Host]) -> list[Any]:
     return first_alive(hosts, lambda host: host.handle.initial_weights.remote())
 
 
-def save_final_model(hosts: list[Host], weights: list[Any], directory: Path) -> str:
+def save_final_model(
+    hosts: list[Host], weights: list[Any], directory: Path, publish: PublishTarget | None
+) -> str:
+    """Saved (and published) by a live host, on whichever node it runs."""
     import ray
 
     weights_ref = ray.put(weights)
     return first_alive(
-        hosts, lambda host: host.handle.save_model.remote(weights_ref, str(directory))
+        hosts, lambda host: host.handle.save_model.remote(weights_ref, str(directory), publish)
     )

@@ -158,6 +158,7 @@ def start_worker(
         inference=InferenceSettings.of(config.inference),
         job_dir=config.job_dir,
         data_root=config.data.data_root,
+        publish=config.publish,
         trainer=trainer,
         loaders=tuple(plans),
         train_ids=train_ids,

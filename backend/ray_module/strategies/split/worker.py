@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
-from protocol.run import ModelRequest, WorkerPlan
+from protocol.run import ModelRequest, PublishTarget, WorkerPlan
 from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
 from ray_module.storage.checkpoints import load_arrays, save_arrays
+from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.split import evaluation, results
 from ray_module.strategies.split.loader import LABELLED, PAIRS, TEXT, DataShape
@@ -42,6 +43,7 @@ class WorkerConfig:
     inference: results.InferenceSettings
     job_dir: str
     data_root: str | None
+    publish: PublishTarget | None  # where nodes share no disk: the gateway's /runs
     trainer: WorkerPlan
     loaders: tuple[WorkerPlan, ...]  # one per loader actor (its share of its node's slot)
     train_ids: np.ndarray
@@ -137,12 +139,14 @@ class SplitWorker:
                 self._emit(MetricEvent(step, values))
                 if step % checkpoint_every == 0 or end_of_epoch:
                     self._save_checkpoint(model, optimizer, step, epoch_ids)
+                    publish_directory(self.config.publish, "checkpoint", self.checkpoint_dir)
                     self._emit(CheckpointEvent(step, str(self.checkpoint_dir)))
                     last_usage = self._report_usage(last_usage, step)
                     if self._cancel_requested():
                         raise RunCancelledError()
         final = self.job_dir / "model"
         self._save_model(model, extra, final)
+        publish_directory(self.config.publish, "model", final)
         self._emit(ArtifactEvent(str(final)))
         self._report_usage(last_usage, step)
         return {"step": step}
@@ -156,6 +160,7 @@ class SplitWorker:
         scores = self._score(model, self.config.task_ids, "task")
         scores.update(self._flow_figures())
         results.write_json(self.job_dir / results.RESULTS_DIR / results.VALIDATION_FILE, scores)
+        publish_directory(self.config.publish, "results", self.job_dir / results.RESULTS_DIR)
         self._emit(MetricEvent(1, scores))
         self._report_usage(started, 1)
         return scores
@@ -191,6 +196,7 @@ class SplitWorker:
         summary = writer.close(
             {"estimated_memory_mb": estimate["estimated_memory_mb"], **self._flow_figures()}
         )
+        publish_directory(self.config.publish, "results", self.job_dir / results.RESULTS_DIR)
         self._emit(MetricEvent(1, summary))
         self._report_usage(started, 1)
         return summary

@@ -1,4 +1,4 @@
-"""nodes.runs_polled_at: when the node's agent last asked what to run
+"""nodes.runs_polled_at, jobs.cluster_address: jobs on the nodes' own Ray
 
 Revision ID: 0012
 Revises: 0011
@@ -6,7 +6,8 @@ Create Date: 2026-12-03 18:20:00.000000
 
 Where jobs run on the nodes' own Ray (DISTLM_RUN_JOBS_ON=agents) the gateway has no Ray node
 table to read: a node whose agent asks for its runs is ready to run them, and one that has
-not asked for NODE_TIMEOUT is not.
+not asked for NODE_TIMEOUT is not. A multi-node job's attempt gets a Ray cluster of its own,
+whose head its driver node's agent starts and reports; the other nodes of the job join it.
 """
 
 from collections.abc import Sequence
@@ -23,8 +24,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("nodes") as batch:
         batch.add_column(sa.Column("runs_polled_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("cluster_address", sa.String(length=255), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("cluster_address")
     with op.batch_alter_table("nodes") as batch:
         batch.drop_column("runs_polled_at")

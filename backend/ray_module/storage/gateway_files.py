@@ -1,10 +1,16 @@
-"""A job's driver talking to the gateway's /runs with its run credential: its events, its
-uploads (checkpoint, model, results as tars, sha256 sent ahead) and the download of the last
-accepted checkpoint. Network trouble is retried for a while (a link that comes back loses
-nothing); a refusal is final."""
+"""No shared disk: what a run saves goes to the gateway, what it resumes from comes from it.
+
+``RunClient`` is the gateway's /runs with an attempt's run credential: events, uploads
+(checkpoint, model, results as tars, sha256 sent ahead) and downloads (the last accepted
+checkpoint, a source job's model). ``publish_directory`` is called by whichever worker wrote a
+directory, on its own node, before the event that names it; ``fetch_inputs`` by whichever
+reads the checkpoint or source model, on its node, once per attempt. Network trouble is
+retried for a while (a link that comes back loses nothing); a refusal is final."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import logging
 import shutil
@@ -18,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 
 from protocol.events import RecordedEvent
+from protocol.run import PublishTarget, RunConfig
 from protocol.wire import recorded_to_wire
 
 log = logging.getLogger("distlm.driver")
@@ -93,33 +100,39 @@ class RunClient:
         """The last accepted checkpoint, unpacked into ``into`` (replacing what is there);
         False when the job has none yet (then nothing local is kept either: only what the
         gateway accepted may be resumed from)."""
-        with tempfile.TemporaryDirectory(prefix="distlm-checkpoint-") as scratch:
-            archive = Path(scratch) / "checkpoint.tar"
+        return self.download_directory("checkpoint", into)
+
+    def download_source_model(self, into: Path) -> None:
+        """The trained model the job starts from (``job:<id>``), unpacked into ``into``."""
+        if not self.download_directory("source-model", into):
+            raise RunRefusedError(404, "the gateway has no model for this job to start from")
+
+    def download_directory(self, what: str, into: Path) -> bool:
+        """GET /runs/{job}/{what} (a tar), checked against its sha256 and unpacked into
+        ``into`` whole; False (and nothing left at ``into``) when there is none."""
+        with tempfile.TemporaryDirectory(prefix="distlm-download-") as scratch:
+            archive = Path(scratch) / f"{what}.tar"
 
             def fetch() -> httpx.Response:
-                with self.http.stream(
-                    "GET", f"/runs/{self.job_id}/checkpoint", params={"attempt": self.attempt}
-                ) as response:
-                    if response.status_code == 200:
+                path = f"/runs/{self.job_id}/{what}"
+                with self.http.stream("GET", path, params={"attempt": self.attempt}) as answer:
+                    if answer.status_code == 200:
                         with open(archive, "wb") as out:
-                            for chunk in response.iter_bytes(CHUNK):
+                            for chunk in answer.iter_bytes(CHUNK):
                                 out.write(chunk)
                     else:
-                        response.read()
-                    return response
+                        answer.read()
+                    return answer
 
             response = self._retrying(fetch, missing_ok=True)
-            for stale in (
-                into,
-                into.with_name(into.name + ".old"),
-                into.with_name(into.name + ".tmp"),
-            ):
+            siblings = (into.with_name(into.name + ".old"), into.with_name(into.name + ".tmp"))
+            for stale in (into, *siblings):
                 shutil.rmtree(stale, ignore_errors=True)
             if response.status_code == 404:
                 return False
             if file_sha256(archive) != response.headers.get("X-Content-SHA256"):
-                raise RunRefusedError(502, "the checkpoint arrived damaged (sha256 differs)")
-            staging = into.with_name(into.name + ".tmp")
+                raise RunRefusedError(502, f"the {what} arrived damaged (sha256 differs)")
+            staging = siblings[1]
             staging.mkdir(parents=True)
             with tarfile.open(archive) as tar:
                 tar.extractall(staging, filter="data")
@@ -168,3 +181,54 @@ def file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as source:
         while chunk := source.read(CHUNK):
             yield chunk
+
+
+SOURCE_PREFIX = "job:"  # a model trained by an earlier job, fetched from the gateway
+SOURCE_MODEL_DIR = "source-model"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def client_for(target: PublishTarget) -> RunClient:
+    return RunClient(target.url, target.run_token, target.job_id, target.attempt)
+
+
+def publish_directory(target: PublishTarget | None, kind: str, directory: str | Path) -> None:
+    """Upload a directory this node just wrote (``kind``: checkpoint, model, results) before
+    the event that names it is sent; nothing to do where the storage is shared (None)."""
+    if target is None:
+        return
+    client = client_for(target)
+    try:
+        client.upload_directory(kind, Path(directory))
+    finally:
+        client.close()
+
+
+def fetch_inputs(config: RunConfig) -> RunConfig:
+    """What this attempt reads, on this node, once (workers of one node share it): the
+    gateway's last accepted checkpoint (or none: nothing unaccepted is resumed from) and the
+    model of a source job (then ``model_name`` becomes its local directory)."""
+    target = config.publish
+    if target is None:
+        return config
+    job_dir = Path(config.job_dir)
+    source = job_dir / SOURCE_MODEL_DIR
+    starts_from_job = config.model.model_name.startswith(SOURCE_PREFIX)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with open(job_dir / ".fetch.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = job_dir / f".fetched-attempt-{config.attempt}"
+        if not marker.exists():
+            client = client_for(target)
+            try:
+                client.download_checkpoint(job_dir / CHECKPOINT_DIR)
+                if starts_from_job:
+                    client.download_source_model(source)
+            finally:
+                client.close()
+            marker.touch()
+    if not starts_from_job:
+        return config
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, model_name=str(source))
+    )

@@ -1,0 +1,168 @@
+"""DistLM on separate machines (issue 20): a gateway host and two node hosts that share no
+disk and reach each other only over their own addresses. The gateway runs no Ray; each node's
+agent runs its jobs on a Ray of its own and sends models and checkpoints to the gateway."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hosts.platform import Platform, running_platform, wait_until_finished
+from tests.metering_checks import assert_each_step_paid_once
+from tests.polling import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ES_JOB = {
+    "model_config": {"type": "char_rnn", "model_name": "rnn"},
+    "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 200},
+    "training_config": {"steps": 40, "population": 16, "checkpoint_interval": 10},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.5},
+    "max_runtime_s": 600,
+}
+FEDAVG_JOB = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits", "validation_split": 0.2},
+    "training_config": {"strategy": "fedavg", "rounds": 4, "clients": 2, "num_workers": 1,
+                        "local_epochs": 1, "checkpoint_interval": 2},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.5},
+    "max_runtime_s": 600,
+}  # fmt: skip
+DATA_PARALLEL_JOB = {
+    "model_config": {"type": "simple_transformer", "model_name": "tiny-gpt2"},
+    "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 100},
+    "training_config": {"max_steps": 6, "batch_size": 4, "seq_len": 32, "num_workers": 1,
+                        "checkpoint_interval": 3},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.5},
+    "max_runtime_s": 600,
+}  # fmt: skip
+SPLIT_JOB = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
+    "training_config": {"strategy": "split", "epochs": 2,
+                        "loader": {"cpu_cores": 0.5, "memory": 0.25}},
+    "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.25},
+    "max_runtime_s": 600,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with running_platform(tmp_path_factory.mktemp("across")) as running:
+        yield running
+
+
+def model_files(platform: Platform, job_id: int) -> set[str]:
+    answer = platform.http.get(f"/jobs/{job_id}/artifacts", headers=platform.user.headers)
+    assert answer.status_code == 200, answer.text
+    with tarfile.open(fileobj=io.BytesIO(answer.content)) as archive:
+        return {Path(name).name for name in archive.getnames()}
+
+
+def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
+    platform: Platform,
+) -> None:
+    user = platform.user
+    bodies = {
+        "es": ES_JOB,
+        "fedavg": FEDAVG_JOB,
+        "data_parallel": DATA_PARALLEL_JOB,
+        "split": SPLIT_JOB,
+    }
+    jobs = {mode: user.call("POST", "/jobs/submit", json=body) for mode, body in bodies.items()}
+    # While they run, the gateway's host runs no Ray at all; the nodes' hosts do.
+    wait_for(
+        lambda: any(user.job(j["id"])["status"] == "running" for j in jobs.values()),
+        what="a job to run",
+    )
+    assert platform.ray_processes_on(platform.net.gateway) == []
+    assert all(platform.ray_processes_on(host) for host in platform.net.nodes)
+
+    done = {mode: wait_until_finished(user, job["id"]) for mode, job in jobs.items()}
+    node_ids = {platform.node_id(host) for host in platform.net.nodes}
+    for mode, job in done.items():
+        assert job["status"] == "succeeded", (mode, job["status_reason"], user.job(job["id"]))
+        assert {n for n in map(int, job["usage"])} <= node_ids
+        assert job["cost_so_far"] > 0
+    assert "char_rnn_config.json" in model_files(platform, done["es"]["id"])
+    assert "config.json" in model_files(platform, done["data_parallel"]["id"])
+    assert "config.json" in model_files(platform, done["fedavg"]["id"])
+    assert "config.json" in model_files(platform, done["split"]["id"])
+
+    # A validate and an infer job start from the split job's model: each node fetches it
+    # from the gateway, and the results come back there.
+    source = done["split"]["id"]
+    validate = {
+        "model_config": {"type": "classifier", "model_name": f"job:{source}"},
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400,
+                        "split": "validation"},
+        "task": "validate",
+        "training_config": {"loader": {"cpu_cores": 0.5, "memory": 0.25}},
+        "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.25},
+    }  # fmt: skip
+    infer = {
+        **validate,
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
+        "task": "infer",
+        "inference_config": {"top_k": 2},
+    }
+    checks = [user.call("POST", "/jobs/submit", json=body) for body in (validate, infer)]
+    validated, inferred = (wait_until_finished(user, job["id"]) for job in checks)
+    assert validated["status"] == inferred["status"] == "succeeded", (validated, inferred)
+    scores = user.call("GET", f"/jobs/{validated['id']}/results")
+    assert 0 < scores["samples"] < 400
+    assert sum(map(sum, scores["confusion_matrix"])) == scores["samples"]
+    rows = platform.http.get(f"/jobs/{inferred['id']}/results", headers=user.headers).text
+    predictions = [json.loads(line) for line in rows.splitlines()]
+    assert len(predictions) == 400
+    assert all(len(row["top_k"]) == 2 for row in predictions)
+
+
+def last_step(platform: Platform, job_id: int) -> int:
+    series = platform.user.call("GET", f"/metrics/training/{job_id}")["series"]
+    return max((point["step"] for point in series), default=0)
+
+
+def test_a_node_cut_off_mid_job_its_job_resumes_on_the_other_host_and_is_paid_once(
+    platform: Platform,
+) -> None:
+    user = platform.user
+    body = {**ES_JOB, "training_config": {"steps": 150, "population": 32,
+                                          "checkpoint_interval": 20}}  # fmt: skip
+    job = user.call("POST", "/jobs/submit", json=body)
+    wait_for(
+        lambda: last_step(platform, job["id"]) > 25,
+        every_s=0.2,
+        what=lambda: user.job(job["id"]),
+    )
+    (lost_id,) = {slot["node_id"] for slot in user.job(job["id"])["placement"]}
+    lost = platform.host_of(lost_id)
+    agent = platform.agents[lost.name]
+    lost.link_down()
+    cut_at = time.monotonic()
+    try:
+        wait_for(
+            lambda: user.job(job["id"])["attempts"] == 2
+            and user.job(job["id"])["status"] == "running",
+            timeout_s=120,
+            what=lambda: user.job(job["id"]),
+        )
+        elsewhere_after = time.monotonic() - cut_at
+        assert platform.node_status(lost) == "offline"
+    finally:
+        lost.link_up()
+    done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert str(lost_id) in done["usage"]  # paid for what it saved before the cut
+    saved = assert_each_step_paid_once(platform.http, user.headers, done)
+    assert saved >= 20
+    # The agent was never restarted: the link came back and it answers again.
+    wait_for(lambda: platform.node_status(lost) == "online", timeout_s=60, what="rejoin")
+    assert agent.poll() is None
+    print(f"link down -> running elsewhere: {elsewhere_after:.1f} s")
