@@ -85,6 +85,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         # Per-user submit limits have their own tests; others submit freely.
         max_waiting_jobs_per_user=0,
         submits_per_minute=0,
+        # In-process gateways drive the session's Ray cluster, whose virtual nodes stand for
+        # the machines (the gateway's own Ray); jobs on agents are tested with real agents.
+        run_jobs_on="gateway",
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""`make run`: serve the gateway on DISTLM_HOST:DISTLM_PORT (lifespan does the rest)."""
+"""`make run`: serve the gateway on DISTLM_HOST:DISTLM_PORT (lifespan does the rest) and,
+where jobs run on the nodes' own Ray, this machine's node agent beside it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from app.json_body import SERVER_MAX_HEADER_BYTES
+from app.local_agent import LocalAgent
 from core.settings import Settings, get_settings
 
 
@@ -31,7 +33,19 @@ def main() -> None:
     settings = get_settings()
     if settings.workers > 1:
         share_prometheus_figures()
-    uvicorn.run("app.main:app", **server_options(settings))
+    agent = None
+    if settings.run_jobs_on == "agents" and settings.local_node:
+        # This machine lends itself as any node does: through an agent of its own.
+        agent = LocalAgent(settings)
+        if agent.prepare():
+            agent.start_when_ready()
+        else:
+            agent = None
+    try:
+        uvicorn.run("app.main:app", **server_options(settings))
+    finally:
+        if agent is not None:
+            agent.stop()
 
 
 def share_prometheus_figures() -> None:

@@ -60,10 +60,15 @@ def local_gpu_count() -> int:
 
 
 def register_local_node(
-    session: Session, admin_username: str, resources: LocalResources
+    session: Session,
+    admin_username: str,
+    resources: LocalResources,
+    *,
+    credential: str | None = None,
 ) -> Node | None:
     """Create or refresh the local machine's node: approved, owned by the bootstrap admin
-    (None when there is no such admin, e.g. DISTLM_ADMIN_PASSWORD is empty)."""
+    (None when there is no such admin, e.g. DISTLM_ADMIN_PASSWORD is empty). ``credential``:
+    the one its local agent will use (a fresh one each start)."""
     owner = find_user(session, admin_username)
     if owner is None:
         return None
@@ -82,5 +87,7 @@ def register_local_node(
         session.add(node)
     node.gpu, node.cpu_cores, node.memory_gb = resources.gpus, resources.cpus, resources.memory_gb
     node.approval = NodeApproval.APPROVED.value
+    if credential is not None:
+        node.credential_hash = hash_credential(credential)
     session.flush()
     return node

@@ -67,12 +67,15 @@ class Settings(BaseSettings):
     admin_username: str = Field("admin", validation_alias=_env("DISTLM_ADMIN_USERNAME"))
     admin_password: str = Field("", validation_alias=_env("DISTLM_ADMIN_PASSWORD"))
 
-    # Where jobs run: "gateway" (the gateway's own Ray cluster, which approved nodes join)
-    # or "agents" (each node's agent runs its jobs on a Ray of its own; the gateway runs no
-    # Ray and only hears from drivers over HTTP).
+    # Where jobs run: "agents" (each node's agent runs its jobs on a Ray of its own, a
+    # multi-node job on a cluster of its own; the gateway runs no Ray and hears from drivers
+    # over HTTP) or "gateway" (the former single trust zone: the gateway's own Ray cluster,
+    # which every approved node joins).
     run_jobs_on: Literal["gateway", "agents"] = Field(
-        "gateway", validation_alias=_env("DISTLM_RUN_JOBS_ON")
+        "agents", validation_alias=_env("DISTLM_RUN_JOBS_ON")
     )
+    # Jobs on the nodes' own Ray: `make run` also lends this machine through a local agent.
+    local_node: bool = Field(True, validation_alias=_env("DISTLM_LOCAL_NODE"))
     ray_address: str = Field("", validation_alias=_env("RAY_ADDRESS"))
     ray_num_cpus: int = Field(0, ge=0, validation_alias=_env("DISTLM_RAY_NUM_CPUS"))
     ray_object_store_mb: int = Field(

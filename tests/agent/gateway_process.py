@@ -133,6 +133,9 @@ def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
         "DISTLM_ADMIN_PASSWORD": "admin-change-me",
         "NODE_HEARTBEAT_INTERVAL": "1",
         "RAY_TMPDIR": ray_tmpdir,
+        # These tests' agents join the gateway's own Ray; `make run`'s default (jobs on the
+        # nodes' own Ray, with a local agent) has tests of its own.
+        "DISTLM_RUN_JOBS_ON": "gateway",
         **extra_env,
     }
     env.pop("RAY_ADDRESS", None)

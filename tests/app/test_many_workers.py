@@ -88,6 +88,8 @@ def environment(tmp: Path, database_url: str) -> dict[str, str]:
         # The head's files (and its "current cluster" note) away from other tests' Ray;
         # short, for Ray's socket paths.
         RAY_TMPDIR=tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
+        # Several workers sharing the gateway's own Ray head: that mode's promise.
+        DISTLM_RUN_JOBS_ON="gateway",
         # Where the workers keep their Prometheus files, one per process, so the test can
         # read which process served what (the launcher keeps a directory it is given).
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "prometheus"),

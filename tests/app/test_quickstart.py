@@ -93,13 +93,17 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
 ) -> None:
     base, process = gateway
     health = wait_healthy(base, process)
-    assert health == {**health, "status": "ok", "database": "ok", "ray": "connected"}
-    ray_processes = [
-        p
-        for p in psutil.Process(process.pid).children(recursive=True)
-        if "ray" in " ".join(p.cmdline())
-    ]
-    assert ray_processes, "the launcher should have started a local Ray"
+    # The gateway runs no Ray; this machine's node agent, started beside it, runs one.
+    assert health == {**health, "status": "ok", "database": "ok", "ray": "nodes"}
+    ray_processes = wait_for(
+        lambda: [
+            p
+            for p in psutil.Process(process.pid).children(recursive=True)
+            if "ray" in " ".join(p.cmdline())
+        ],
+        timeout_s=120,
+        what="the local node's agent to start its Ray",
+    )
 
     # The quickstart, then "Running jobs" in the same shell (it reuses $OWNER_TOKEN).
     script = (readme_block("Quickstart") + readme_block("Running jobs")).replace(

@@ -7,6 +7,7 @@ the gateway host that listens on a Unix socket (a file crosses network namespace
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ class Platform:
     admin: Api | None = None
     owner: Api | None = None
     user: Api | None = None
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def gateway_address(self) -> str:
@@ -79,6 +81,8 @@ class Platform:
             "DISTLM_HOST": self.net.gateway.address,
             "DISTLM_PORT": str(PORT),
             "DISTLM_RUN_JOBS_ON": "agents",
+            "DISTLM_LOCAL_NODE": "false",  # the gateway host lends nothing
+            "DISTLM_SECRET_KEY": self.secret_key,
             "DISTLM_DATABASE_URL": f"sqlite:///{self.gateway_dir / 'gateway.db'}",
             "DISTLM_STORAGE_PATH": str(self.gateway_dir / "storage"),
             "DISTLM_DATA_ROOT": str(self.gateway_dir / "data"),

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.hosts.network import Host
 from tests.hosts.platform import Platform, running_platform, wait_until_finished
-from tests.metering_checks import assert_each_step_paid_once
+from tests.metering_checks import assert_each_step_paid_once, stream
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -29,25 +30,25 @@ ES_JOB = {
 FEDAVG_JOB = {
     "model_config": {"type": "classifier", "model_name": "mlp"},
     "data_config": {"data_source": "builtin", "dataset_name": "digits", "validation_split": 0.2},
-    "training_config": {"strategy": "fedavg", "rounds": 4, "clients": 2, "num_workers": 1,
+    "training_config": {"strategy": "fedavg", "rounds": 4, "clients": 2, "num_workers": 2,
                         "local_epochs": 1, "checkpoint_interval": 2},
-    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.5},
+    "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},  # a whole node per worker
     "max_runtime_s": 600,
 }  # fmt: skip
 DATA_PARALLEL_JOB = {
     "model_config": {"type": "simple_transformer", "model_name": "tiny-gpt2"},
     "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 100},
-    "training_config": {"max_steps": 6, "batch_size": 4, "seq_len": 32, "num_workers": 1,
+    "training_config": {"max_steps": 6, "batch_size": 4, "seq_len": 32, "num_workers": 2,
                         "checkpoint_interval": 3},
-    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.5},
+    "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},  # a whole node per worker
     "max_runtime_s": 600,
 }  # fmt: skip
 SPLIT_JOB = {
     "model_config": {"type": "classifier", "model_name": "mlp"},
     "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
     "training_config": {"strategy": "split", "epochs": 2,
-                        "loader": {"cpu_cores": 0.5, "memory": 0.25}},
-    "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.25},
+                        "loader": {"cpu_cores": 1, "memory": 0.25}},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.25},
     "max_runtime_s": 600,
 }  # fmt: skip
 
@@ -85,11 +86,16 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
     assert all(platform.ray_processes_on(host) for host in platform.net.nodes)
 
     done = {mode: wait_until_finished(user, job["id"]) for mode, job in jobs.items()}
-    node_ids = {platform.node_id(host) for host in platform.net.nodes}
+    node_ids = {str(platform.node_id(host)) for host in platform.net.nodes}
     for mode, job in done.items():
         assert job["status"] == "succeeded", (mode, job["status_reason"], user.job(job["id"]))
-        assert {n for n in map(int, job["usage"])} <= node_ids
         assert job["cost_so_far"] > 0
+    # The two-node jobs ran on both hosts, in a Ray cluster of their own, and paid both.
+    for mode in ("fedavg", "data_parallel"):
+        assert set(done[mode]["usage"]) == node_ids, (mode, done[mode]["usage"])
+    # Split's loaders ran on one host and its trainer on the other.
+    stages = {node: set(figures["stages"]) for node, figures in done["split"]["usage"].items()}
+    assert sorted(map(sorted, stages.values())) == [["loader"], ["trainer"]], stages
     assert "char_rnn_config.json" in model_files(platform, done["es"]["id"])
     assert "config.json" in model_files(platform, done["data_parallel"]["id"])
     assert "config.json" in model_files(platform, done["fedavg"]["id"])
@@ -103,8 +109,8 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
         "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400,
                         "split": "validation"},
         "task": "validate",
-        "training_config": {"loader": {"cpu_cores": 0.5, "memory": 0.25}},
-        "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.25},
+        "training_config": {"loader": {"cpu_cores": 1, "memory": 0.25}},
+        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.25},
     }  # fmt: skip
     infer = {
         **validate,
@@ -148,8 +154,9 @@ def test_a_node_cut_off_mid_job_its_job_resumes_on_the_other_host_and_is_paid_on
     cut_at = time.monotonic()
     try:
         wait_for(
-            lambda: user.job(job["id"])["attempts"] == 2
-            and user.job(job["id"])["status"] == "running",
+            lambda: (
+                user.job(job["id"])["attempts"] == 2 and user.job(job["id"])["status"] == "running"
+            ),
             timeout_s=120,
             what=lambda: user.job(job["id"]),
         )
@@ -166,3 +173,115 @@ def test_a_node_cut_off_mid_job_its_job_resumes_on_the_other_host_and_is_paid_on
     wait_for(lambda: platform.node_status(lost) == "online", timeout_s=60, what="rejoin")
     assert agent.poll() is None
     print(f"link down -> running elsewhere: {elsewhere_after:.1f} s")
+
+
+def usage_steps_paid_once(platform: Platform, job: dict) -> list[int]:
+    """For a job that ran one attempt: each step's usage appears once in its stream, and
+    what the job charged is the sum of it."""
+    items = stream(platform.http, platform.user.headers, job["id"])
+    usage = [item["data"] for item in items if item["event"] == "usage"]
+    steps = [part["step"] for part in usage]
+    assert len(steps) == len(set(steps)), sorted(steps)
+    charged = sum(f["cpu_core_seconds"] for f in job["usage"].values())
+    assert charged == pytest.approx(sum(part["cpu_core_seconds"] for part in usage))
+    return steps
+
+
+def driver_log(host: Host, job: dict) -> str:
+    """The job's driver log, on the disk of the node ``host`` that drives it."""
+    name = f"job-{job['id']}-attempt-{job['attempts']}.log"
+    path = host.path(f"/tmp/distlm/node-work/logs/{name}")
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_the_gateway_killed_and_started_again_its_nodes_reconnect_and_jobs_go_on(
+    platform: Platform,
+) -> None:
+    user = platform.user
+    body = {**ES_JOB, "training_config": {"steps": 120, "population": 32,
+                                          "checkpoint_interval": 20}}  # fmt: skip
+    job = user.call("POST", "/jobs/submit", json=body)
+    wait_for(lambda: last_step(platform, job["id"]) > 25, what=lambda: user.job(job["id"]))
+    running = user.job(job["id"])
+    host = platform.host_of(running["placement"][0]["node_id"])
+    platform.kill_gateway()
+    # The driver goes on training and keeps what it cannot send until the gateway is back.
+    wait_for(
+        lambda: "gateway unreachable" in driver_log(host, running),
+        timeout_s=60,
+        what=lambda: driver_log(host, running)[-2000:],
+    )
+    platform.start_gateway()
+    done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 1  # the attempt outlived the gateway
+    assert sorted(usage_steps_paid_once(platform, done)) == list(range(1, 121))
+    for host in platform.net.nodes:
+        wait_for(lambda host=host: platform.node_status(host) == "online", what="reconnect")
+    assert all(agent.poll() is None for agent in platform.agents.values())
+    assert platform.ray_processes_on(platform.net.gateway) == []
+
+
+def test_another_jobs_credential_a_wrong_hash_and_a_banned_nodes_agent_are_refused(
+    platform: Platform,
+) -> None:
+    user, owner, admin, http = platform.user, platform.owner, platform.admin, platform.http
+    body = {**ES_JOB, "training_config": {"steps": 100, "population": 32,
+                                          "checkpoint_interval": 20}}  # fmt: skip
+    first, second = (user.call("POST", "/jobs/submit", json=body) for _ in range(2))
+    wait_for(
+        lambda: last_step(platform, first["id"]) > 20 and last_step(platform, second["id"]) > 0,
+        what=lambda: (user.job(first["id"]), user.job(second["id"])),
+    )
+    running = user.job(first["id"])
+    driver_node = running["placement"][0]["node_id"]
+    runs = owner.call("POST", f"/nodes/{driver_node}/runs", json={})["runs"]
+    token = next(r["run_token"] for r in runs if r["job_id"] == first["id"])
+    as_driver = {"Authorization": f"Bearer {token}"}
+
+    # Its credential is for its own job only.
+    answer = http.post(
+        f"/runs/{second['id']}/events", headers=as_driver, json={"attempt": 1, "events": []}
+    )
+    assert answer.status_code == 403, answer.text
+
+    # An upload whose bytes do not hash as announced is refused, and the checkpoint the
+    # gateway holds stays a whole one of the job's (not the upload's one file).
+    bogus = io.BytesIO()
+    with tarfile.open(fileobj=bogus, mode="w") as archive:
+        info = tarfile.TarInfo("state.json")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"{}"))
+    answer = http.put(
+        f"/runs/{first['id']}/checkpoint",
+        params={"attempt": 1},
+        headers={**as_driver, "X-Content-SHA256": "0" * 64},
+        content=bogus.getvalue(),
+    )
+    assert answer.status_code == 422, answer.text
+    held = http.get(f"/runs/{first['id']}/checkpoint", params={"attempt": 1}, headers=as_driver)
+    assert held.status_code == 200, held.text
+    with tarfile.open(fileobj=io.BytesIO(held.content)) as archive:
+        assert "arrays.safetensors" in archive.getnames()
+        state = json.load(archive.extractfile("state.json"))
+    assert state["step"] >= 20
+
+    # A banned node's agent is refused and stops; its job resumes on the other host, and
+    # the old attempt's credential is refused from then on.
+    banned_host = platform.host_of(driver_node)
+    admin.call("POST", f"/nodes/{driver_node}/ban")
+    agent = platform.agents[banned_host.name]
+    wait_for(lambda: agent.poll() is not None, timeout_s=60, what="the banned agent to stop")
+    assert agent.returncode != 0
+    assert "banned" in platform.log(f"{banned_host.name}.log")
+    done = wait_until_finished(user, first["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 2
+    assert {slot["node_id"] for slot in done["placement"] or []} <= {
+        platform.node_id(h) for h in platform.net.nodes
+    } - {driver_node}
+    late = http.post(
+        f"/runs/{first['id']}/events", headers=as_driver, json={"attempt": 1, "events": []}
+    )
+    assert late.status_code in (403, 409), late.text
+    assert wait_until_finished(user, second["id"])["status"] == "succeeded"
