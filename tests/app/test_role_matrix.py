@@ -62,6 +62,8 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/nodes/{node}", None, OWNERS),
     ("POST", "/nodes/{node}/heartbeat", lambda: {"cpu_percent": 5}, OWNERS),
     ("GET", "/nodes/{node}/join", None, OWNERS),
+    # 409 here: these gateways run jobs on their own Ray (tests/hosts run them on agents)
+    ("POST", "/nodes/{node}/runs", lambda: {"clusters": []}, OWNERS),
     ("POST", "/nodes/{node}/approve", None, ADMIN),
     ("POST", "/nodes/{node}/ban", None, ADMIN),
     ("POST", "/jobs/submit", lambda: SEED_JOB, ALL),
@@ -91,9 +93,10 @@ RUN_CREDENTIAL = {
     ("POST", "/runs/{job}/events"),
     ("PUT", "/runs/{job}/{kind}"),
     ("GET", "/runs/{job}/checkpoint"),
+    ("GET", "/runs/{job}/source-model"),
 }
 # Allowed, and the caller's objects are in a state where the answer is a conflict.
-CONFLICT_OK = ("/artifacts", "/results", "/summary", "/unban")
+CONFLICT_OK = ("/artifacts", "/results", "/summary", "/unban", "/nodes/{node}/runs")
 
 
 def test_matrix_covers_every_route(client: TestClient) -> None:

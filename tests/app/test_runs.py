@@ -277,3 +277,40 @@ def test_an_upload_over_the_limit_of_1_mb_is_a_413_and_another_jobs_credential_a
     assert upload(client, job_id, other, "checkpoint", small).status_code == 403
     leftovers = list((settings.storage_path / "jobs" / str(job_id)).glob(".checkpoint.*.incoming"))
     assert leftovers == []
+
+
+def test_a_source_jobs_model_goes_to_the_driver_of_a_job_that_starts_from_it_only(
+    client: TestClient, db: Session, settings: Settings, running_job: dict
+) -> None:
+    """A job whose model is `job:<id>` gets that job's saved model over /runs (nodes share
+    no disk); a job that starts from none gets a 404, another job's credential a 403."""
+    import io
+    import tarfile
+
+    user = running_job["user"]
+    job_id, auth = running_job["id"], credential(settings, running_job["id"])
+    none = client.get(f"/runs/{job_id}/source-model", params={"attempt": 2}, headers=auth)
+    assert none.status_code == 404, none.text
+
+    model_dir = settings.storage_path / "jobs" / str(job_id) / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text('{"kind": "mlp"}')
+    source = db.get(Job, job_id)
+    source.status, source.artifact_path = "succeeded", str(model_dir)
+    db.commit()
+    follow_up = submit_job(
+        client,
+        user.headers,
+        model_config={"type": "simple_transformer", "model_name": f"job:{job_id}"},
+    )
+    row = db.get(Job, follow_up["id"])
+    row.status, row.attempts, row.placement = "running", 1, [SLOT]
+    db.commit()
+
+    driver = credential(settings, follow_up["id"], attempt=1)
+    got = client.get(f"/runs/{follow_up['id']}/source-model", params={"attempt": 1}, headers=driver)
+    assert got.status_code == 200, got.text
+    with tarfile.open(fileobj=io.BytesIO(got.content)) as archive:
+        assert archive.extractfile("config.json").read() == b'{"kind": "mlp"}'
+    other = client.get(f"/runs/{follow_up['id']}/source-model", params={"attempt": 1}, headers=auth)
+    assert other.status_code == 403
