@@ -18,6 +18,7 @@ from typing import Any
 from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError, RayWorkerError
 from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
 from agent.machine import GIB
+from ray_module.head import forget_cluster_pointer
 from ray_module.ports import RayPorts
 
 log = logging.getLogger("distlm.agent")
@@ -190,6 +191,7 @@ class RayWorker:
                 os.killpg(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
+            forget_cluster_pointer(self.join.ray_address)
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of this run's output (earlier runs append to the same file)."""

@@ -193,7 +193,24 @@ def stop_head(record: HeadRecord, *, grace_s: float = 3.0) -> None:
         os.killpg(record.pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(record.pid, os.WNOHANG)  # reap it when this process started it
+    forget_cluster_pointer(record.address)
     log.info("ray head at %s stopped", record.address)
+
+
+def cluster_pointer_file() -> Path:
+    """Where `ray start` notes the cluster it joined, which a later `ray.init()` without an
+    address follows (Ray's own rule for its temp directory)."""
+    root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(root) / "ray" / "ray_current_cluster"
+
+
+def forget_cluster_pointer(address: str) -> None:
+    """A stopped Ray leaves no note behind for a later `ray.init()` to follow (only ours: a
+    note another Ray wrote since stays)."""
+    pointer = cluster_pointer_file()
+    with contextlib.suppress(OSError):
+        if pointer.read_text().strip() == address:
+            pointer.unlink()
 
 
 def _group_alive(pgid: int) -> bool:

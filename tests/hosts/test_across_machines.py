@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 from collections.abc import Iterator
@@ -128,6 +129,15 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
     predictions = [json.loads(line) for line in rows.splitlines()]
     assert len(predictions) == 400
     assert all(len(row["top_k"]) == 2 for row in predictions)
+
+    # The jobs' own clusters are gone, and left no note for a later `ray.init()` to follow:
+    # on each node host the only Ray pointer left, if any, is to the node's warm Ray.
+    for host in platform.net.nodes:
+        agent_log = (platform.root / f"{host.name}.log").read_text(errors="replace")
+        warm = re.search(r"this node's Ray is up at (\S+)", agent_log)
+        assert warm, agent_log[-3000:]
+        pointer = host.path("/tmp/ray/ray_current_cluster")
+        assert not pointer.exists() or pointer.read_text().strip() == warm.group(1)
 
 
 def last_step(platform: Platform, job_id: int) -> int:
