@@ -122,16 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-log-file", type=Path, help="the Ray worker's output")
     run.add_argument(
         "--node-address",
-        default="127.0.0.1",
         metavar="IP",
-        help="where jobs run on the nodes' own Ray: the address this node's Ray serves at "
-        "(other nodes of a multi-node job must reach it; default: this machine only)",
+        help="the address this node's Ray serves at, which the other nodes of a multi-node "
+        "job must reach (default: this machine's address on its route to the gateway)",
     )
     run.add_argument(
         "--work-dir",
         type=Path,
         metavar="PATH",
         help="where this node keeps its jobs' files (default: beside the credential file)",
+    )
+    run.add_argument(
+        "--single-node-only",
+        action="store_true",
+        help="take only jobs that fit on this node alone: it never shares a Ray cluster "
+        "with another machine (whose code could then reach this one)",
     )
     run.add_argument(
         "--data-root",
@@ -194,6 +199,7 @@ def config_from_args(
         node_address=args.node_address,
         work_dir=args.work_dir.expanduser() if args.work_dir else None,
         data_root=args.data_root,
+        single_node_only=args.single_node_only,
         ray_auth_token_file=args.ray_auth_token_file.expanduser()
         if args.ray_auth_token_file
         else None,

@@ -191,12 +191,17 @@ class GatewayClient:
         return self._as_node(identity, "POST", path, json=sample)
 
     def runs(
-        self, identity: NodeIdentity, clusters: list[dict[str, Any]] | None = None
+        self,
+        identity: NodeIdentity,
+        clusters: list[dict[str, Any]] | None = None,
+        *,
+        single_node_only: bool = False,
     ) -> tuple[list[RunAssignment], float]:
         """Every attempt this node takes part in now, and when to ask again; ``clusters``
         reports the heads this node started for the multi-node attempts it drives."""
         path = f"/nodes/{identity.node_id}/runs"
-        body = self._as_node(identity, "POST", path, json={"clusters": clusters or []})
+        ask = {"clusters": clusters or [], "single_node_only": single_node_only}
+        body = self._as_node(identity, "POST", path, json=ask)
         runs = [assignment_from_wire(item) for item in body.get("runs") or []]
         return runs, float(body.get("poll_in_s") or 1.0)
 

@@ -13,7 +13,7 @@ import psutil
 from agent.credentials import CredentialStore
 from agent.errors import GatewayError, GatewayUnreachableError
 from agent.gateway_client import DEFAULT_HEARTBEAT_S, GatewayClient, JoinInfo, NodeIdentity
-from agent.machine import NodeResources, sample_metrics
+from agent.machine import NodeResources, address_towards, sample_metrics
 from agent.own_ray import OwnRay
 from agent.ray_worker import WorkerSupervisor
 from agent.registration import register_or_reuse, wait_for_approval
@@ -43,8 +43,9 @@ class AgentConfig:
     # Where jobs run on the node's own Ray: its files (None: next to the credential file)
     # and the address its Ray serves at (multi-node jobs need one other nodes reach).
     work_dir: Path | None = None
-    node_address: str = "127.0.0.1"
+    node_address: str | None = None  # None: this machine's address towards the gateway
     data_root: str = ""  # the node's local datasets, for jobs that name one
+    single_node_only: bool = False  # never share a Ray cluster with another machine
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,9 @@ def _start_own_ray(
     work_dir = config.work_dir or config.credential_file.with_name(
         config.credential_file.stem + "-work"
     )
+    node_address = config.node_address or address_towards(client.base_url)
     own_ray = OwnRay(
-        join, work_dir / "ray", host=config.node_address, object_store_mb=config.object_store_mb
+        join, work_dir / "ray", host=node_address, object_store_mb=config.object_store_mb
     )
     address = own_ray.start()
     follower = RunFollower(
@@ -165,9 +167,10 @@ def _start_own_ray(
         identity,
         ray_address=address,
         work_dir=work_dir,
-        node_address=config.node_address,
+        node_address=node_address,
         data_root=config.data_root,
         object_store_mb=config.object_store_mb,
+        single_node_only=config.single_node_only,
     )
     follower.start()
     return own_ray, follower

@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -175,3 +177,16 @@ def sample_metrics(gpus: int = 0) -> dict[str, float]:
             sample["gpu_utilization"] = _percent(gpu[0])
             sample["gpu_memory_used_gb"] = round(gpu[1], 3)
     return sample
+
+
+def address_towards(url: str) -> str:
+    """This machine's address on its route to ``url``'s host: where the gateway's side of
+    the network reaches it, found without a default route (a UDP connect sends nothing)."""
+    host = urlsplit(url).hostname or "127.0.0.1"
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"

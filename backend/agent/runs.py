@@ -87,10 +87,12 @@ class RunFollower:
         node_address: str = "127.0.0.1",
         data_root: str = "",
         object_store_mb: int | None = None,
+        single_node_only: bool = False,
     ) -> None:
         self.client, self.identity = client, identity
         self.ray_address, self.work_dir, self.data_root = ray_address, work_dir, data_root
         self.node_address, self.object_store_mb = node_address, object_store_mb
+        self.single_node_only = single_node_only
         self.drivers: dict[tuple[int, int], Driver] = {}
         self.heads: dict[tuple[int, int], HeadRecord] = {}
         self.members: dict[tuple[int, int], RayWorker] = {}
@@ -213,7 +215,9 @@ class RunFollower:
         are (a link that comes back loses nothing; the gateway decides what was lost)."""
         while not self.stopping.is_set():
             try:
-                runs, poll_s = self.client.runs(self.identity, self.reports())
+                runs, poll_s = self.client.runs(
+                    self.identity, self.reports(), single_node_only=self.single_node_only
+                )
             except GatewayUnreachableError as error:
                 log.warning("cannot ask the gateway for runs: %s", error)
             except GatewayError as error:

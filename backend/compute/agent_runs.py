@@ -161,6 +161,7 @@ class AgentRunners:
         self.settings = settings
         self.timeout = dt.timedelta(seconds=settings.node_timeout)
         self.listening_since = utcnow()
+        self.lost: dict[int, str] = {}  # why fetch_events last gave a job up
 
     def live_nodes(self) -> dict[int, LiveNode]:
         now = utcnow()
@@ -180,6 +181,9 @@ class AgentRunners:
     def gone(self, node: Node | None, now: dt.datetime) -> str:
         return node_gone(node, now, self.timeout, listening_since=self.listening_since)
 
+    def why_lost(self, job_id: int) -> str:
+        return self.lost.pop(job_id, "its node was lost")
+
     def launch_runner(self, config: RunConfig) -> None:
         """Nothing to do: the driver node's agent finds the attempt at its next ask."""
 
@@ -196,7 +200,8 @@ class AgentRunners:
             if job is None or job.status != JobStatus.RUNNING.value:
                 return []
             for node_id in placed_nodes(job.placement):
-                if self.gone(session.get(Node, node_id), now):
+                if why := self.gone(session.get(Node, node_id), now):
+                    self.lost[job_id] = why
                     return None
             fresh = run_events_after(session, job_id, job.attempts, after)
         model = str(job_dir(self.settings.storage_path, job_id) / "model")

@@ -66,11 +66,12 @@ def decide(
     now: dt.datetime,
     limits: DispatchLimits,
     rates: Rates,
+    lost_because: str = "its runner was lost",
 ) -> Decision:
     if fresh is None:  # the runner is gone: died with its node, or never started
         if job.cancel_requested:
             return Decision(status=JobStatus.CANCELLED, reason="cancelled while running")
-        return _lost(job, (), "its runner was lost", limits)
+        return _lost(job, (), lost_because, limits)
     kept: list[RecordedEvent] = []
     for recorded in fresh:
         kept.append(recorded)

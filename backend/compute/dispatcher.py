@@ -74,6 +74,9 @@ class RayPort(Protocol):
     def launch_runner(self, config: RunConfig) -> None: ...
     def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None: ...
     def stop_runner(self, job_id: int) -> None: ...
+    def why_lost(self, job_id: int) -> str:
+        """Why ``fetch_events`` last said the job's runner is gone."""
+        ...
 
 
 class RayRunners:
@@ -88,6 +91,9 @@ class RayRunners:
 
     def stop_runner(self, job_id: int) -> None:
         runner_client.stop_runner(job_id)
+
+    def why_lost(self, job_id: int) -> str:
+        return "its runner was lost"
 
 
 class Dispatcher:
@@ -334,7 +340,10 @@ class Dispatcher:
 
     def poll(self, job: RunningJob) -> None:
         fresh = self.ray.fetch_events(job.job_id, job.event_cursor)
-        decision = decide(job, fresh, now=utcnow(), limits=self.limits, rates=self.rates)
+        why = self.ray.why_lost(job.job_id) if fresh is None else ""
+        decision = decide(
+            job, fresh, now=utcnow(), limits=self.limits, rates=self.rates, lost_because=why
+        )
         if decision.stops_runner:
             if decision.status is JobStatus.QUEUED:
                 log.warning("job %s: %s", job.job_id, decision.reason)
@@ -486,7 +495,9 @@ def scheduling_inputs(session: Session) -> tuple:
         )
     ).one()
     placed = session.scalar(select(func.count()).where(Job.status.in_(ACTIVE)))
-    nodes = tuple((n.id, n.gpu, n.cpu_cores, n.memory_gb) for n in eligible_nodes(session))
+    nodes = tuple(
+        (n.id, n.gpu, n.cpu_cores, n.memory_gb, n.single_node_only) for n in eligible_nodes(session)
+    )
     return (tuple(queued), placed, nodes)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,6 +58,9 @@ class Node(Base):
     credential_reset_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Jobs on the nodes' own Ray: when the agent last asked what to run (it is ready to).
     runs_polled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Its agent takes only single-node jobs: it never shares a Ray cluster with another
+    # owner's machine (the agent says so each time it asks for its runs).
+    single_node_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class NodeHeartbeat(Base):

@@ -123,7 +123,10 @@ def _strategy_and_settings(job: Job) -> tuple[TrainingStrategy, object] | None:
 def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:
     """Eligible nodes' totals, and what is left of them after the placed jobs' slots."""
     nodes = eligible_nodes(session)
-    capacity = [NodeCapacity(n.id, n.gpu, n.cpu_cores, n.memory_gb) for n in nodes]
+    capacity = [
+        NodeCapacity(n.id, n.gpu, n.cpu_cores, n.memory_gb, shares_clusters=not n.single_node_only)
+        for n in nodes
+    ]
     used = [
         slot
         for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE)))

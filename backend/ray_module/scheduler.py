@@ -20,6 +20,9 @@ class NodeCapacity:
     gpu: int
     cpu_cores: float
     memory_gb: float
+    # False: its owner takes only single-node jobs (it never shares a Ray cluster with
+    # another machine), so it is never part of a multi-node placement.
+    shares_clusters: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,18 @@ def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
 
 
 def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
+    """The job's slots on nodes that share clusters (any number of them), else all on one
+    node that takes only single-node jobs; None when it fits neither way."""
+    slots = fit_on(job, [n for n in nodes if n.shares_clusters])
+    if slots is not None:
+        return slots
+    for node in nodes:
+        if not node.shares_clusters and (alone := fit_on(job, [node])) is not None:
+            return alone
+    return None
+
+
+def fit_on(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
     """First-fit every worker of the job into the nodes (packing workers together), then its
     extra parts, on other nodes than the workers' where there is room."""
     gpu, cpu, memory = worker_share(job)

@@ -449,3 +449,12 @@ def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
         if agent.poll() is None:
             agent.kill()  # its Ray worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
             agent.wait(timeout=10)
+
+
+def test_the_node_address_is_found_on_the_route_to_the_gateway() -> None:
+    """No default route needed: the address towards the gateway's host (the host tests run
+    agents on hosts without one, and their multi-node jobs rely on it)."""
+    from agent.machine import address_towards
+
+    assert address_towards("http://127.0.0.1:8000") == "127.0.0.1"
+    assert address_towards("http://localhost:8000") == "127.0.0.1"

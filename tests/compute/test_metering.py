@@ -107,6 +107,9 @@ class ScriptedRay:
     def stop_runner(self, job_id: int) -> None:
         pass
 
+    def why_lost(self, job_id: int) -> str:
+        return "its runner was lost"
+
 
 @pytest.fixture
 def scripted_ray() -> ScriptedRay:

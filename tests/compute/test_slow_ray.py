@@ -53,6 +53,9 @@ class BlockingRay:
     def stop_runner(self, job_id: int) -> None:
         self.stopped.append(job_id)
 
+    def why_lost(self, job_id: int) -> str:
+        return "its runner was lost"
+
 
 @pytest.fixture
 def blocking_ray() -> BlockingRay:

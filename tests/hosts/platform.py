@@ -138,7 +138,8 @@ class Platform:
     # -- the nodes ------------------------------------------------------------------------
     def start_agent(self, host: Host) -> subprocess.Popen:
         """`distlm-node` on ``host``: 2 CPUs, its files on the host's own disk (/tmp), its
-        Ray serving at the host's address; the owner's login in its environment only."""
+        Ray serving at the address it finds towards the gateway (the host has no default
+        route); the owner's login in its environment only."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": "/tmp/home",
@@ -147,11 +148,25 @@ class Platform:
             "DISTLM_NODE_PASSWORD": OWNER_PASSWORD,
         }
         command = [
-            PYTHON, "-m", "agent", "--coordinator-address", self.gateway_address,
-            "--hostname", host.name, "--cpu", "--cpus", "2", "--memory-gb", "2",
-            "--object-store-mb", "100", "--credential-file", "/tmp/distlm/node.json",
-            "--heartbeat-interval", "1", "--node-address", host.address,
-        ]  # fmt: skip
+            PYTHON,
+            "-m",
+            "agent",
+            "--coordinator-address",
+            self.gateway_address,
+            "--hostname",
+            host.name,
+            "--cpu",
+            "--cpus",
+            "2",
+            "--memory-gb",
+            "2",
+            "--object-store-mb",
+            "100",
+            "--credential-file",
+            "/tmp/distlm/node.json",
+            "--heartbeat-interval",
+            "1",
+        ]  # fmt: skip  (its Ray's address: found on its route to the gateway)
         with open(self.root / f"{host.name}.log", "ab") as out:
             agent = host.popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=out)
         self.agents[host.name] = agent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ray_module.scheduler import (
     NodeCapacity,
     PendingJob,
@@ -125,3 +127,19 @@ def test_an_impossible_job_says_what_the_whole_job_needs_and_the_largest_node_ha
     assert waiting.reason == (
         "waiting for a node with 64 CPU cores: the job needs 64; the largest node has 4"
     )
+
+
+def test_a_single_node_only_node_takes_whole_jobs_and_never_part_of_one() -> None:
+    alone = replace(CPU_B, shares_clusters=False)
+    two_workers = PendingJob(1, gpu=0, cpu_cores=8, memory_gb=8, workers=2)  # 4 cores each
+    # Needing two machines, it uses only nodes that share clusters: here there is one.
+    result = plan([two_workers], [CPU_A, alone])
+    assert result.placements == () and result.waiting[0].job_id == 1
+    # A job that fits one node may go to the single-node-only one, whole.
+    small = PendingJob(2, gpu=0, cpu_cores=4, memory_gb=4)
+    busy_a = replace(CPU_A, cpu_cores=0)
+    (placement,) = plan([small], [busy_a, alone]).placements
+    assert {slot.node_id for slot in placement.slots} == {alone.node_id}
+    # Nodes that share clusters are preferred even for a job one node could hold.
+    (placement,) = plan([small], [CPU_A, alone]).placements
+    assert {slot.node_id for slot in placement.slots} == {CPU_A.node_id}

@@ -168,6 +168,9 @@ def runs(
     note_poll(node, settings, utcnow())
     for report in reports.clusters if reports else []:
         note_cluster(session, node, report.job_id, report.attempt, report.address)
+    exclusive = bool(reports and reports.single_node_only)
+    if node.single_node_only != exclusive:
+        node.single_node_only = exclusive  # the scheduler plans with it from its next round
     return RunsOut(
         runs=[
             RunAssignmentOut(**assignment_to_wire(a))

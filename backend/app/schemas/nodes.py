@@ -26,6 +26,9 @@ class NodeOut(BaseModel):
     flag_reason: str = Field(description="why the node is not scheduled, if it is flagged")
     drained: bool = Field(description="gets no new work; what runs there finishes")
     deregistered_at: dt.datetime | None = None
+    single_node_only: bool = Field(
+        False, description="its agent takes only single-node jobs (never shares a Ray cluster)"
+    )
 
 
 class NodeUpdateIn(BaseModel):
@@ -97,6 +100,9 @@ class RunsIn(BaseModel):
         max_length=100,
         description="heads this node started for the multi-node attempts it drives",
     )
+    single_node_only: bool = Field(
+        False, description="take only single-node jobs: never share a Ray cluster"
+    )
 
 
 class RunsOut(BaseModel):
@@ -144,6 +150,7 @@ def node_out(
         flag_reason=node.flag_reason or "",
         drained=node.drained_at is not None,
         deregistered_at=node.deregistered_at,
+        single_node_only=bool(node.single_node_only),
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)
