@@ -196,11 +196,16 @@ class GatewayClient:
         clusters: list[dict[str, Any]] | None = None,
         *,
         single_node_only: bool = False,
+        lost: list[dict[str, Any]] | None = None,
     ) -> tuple[list[RunAssignment], float]:
         """Every attempt this node takes part in now, and when to ask again; ``clusters``
         reports the heads this node started for the multi-node attempts it drives."""
         path = f"/nodes/{identity.node_id}/runs"
-        ask = {"clusters": clusters or [], "single_node_only": single_node_only}
+        ask = {
+            "clusters": clusters or [],
+            "single_node_only": single_node_only,
+            "lost": lost or [],
+        }
         body = self._as_node(identity, "POST", path, json=ask)
         runs = [assignment_from_wire(item) for item in body.get("runs") or []]
         return runs, float(body.get("poll_in_s") or 1.0)

@@ -35,7 +35,7 @@ class OwnRay:
         return self.record.address
 
     def start(self) -> str:
-        self.record = start_head(self.config, self.directory, host=self.host)
+        self.record = start_head(self.config, self.directory, host=self.host, die_with_parent=True)
         log.info("this node's Ray is up at %s", self.record.address)
         return self.record.address
 

@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError, RayWorkerError
 from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
 from agent.machine import GIB
 from ray_module.head import forget_cluster_pointer
 from ray_module.ports import RayPorts
+from ray_module.process import die_with_parent
 
 log = logging.getLogger("distlm.agent")
 
@@ -38,28 +38,10 @@ def ray_executable() -> str:
     return found
 
 
-def _load_libc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-# Loaded here, not in the forked child, where importing could deadlock.
-_LIBC = _load_libc()
-PR_SET_PDEATHSIG = 1
-
-
 def _die_with_agent() -> None:
-    """Runs in the child before exec: should the agent die without stopping the worker
-    (SIGKILL, a crash), the kernel sends the worker SIGTERM, so no orphan keeps offering
-    the node to the cluster. Linux only; elsewhere `stop()` is the only way."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    """Should the agent die without stopping the worker (SIGKILL, a crash), the worker gets
+    SIGTERM, so no orphan keeps offering the node to the cluster."""
+    die_with_parent()
 
 
 def labels_arg(labels: dict[str, str]) -> str:

@@ -25,6 +25,7 @@ from protocol.assignment import DRIVER, RunAssignment
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, HeadRecord, start_head, stop_head
 from ray_module.ports import allocate_ray_ports
+from ray_module.process import die_with_parent
 from ray_module.resources import NODE_LABEL, node_resource
 
 log = logging.getLogger("distlm.agent")
@@ -40,7 +41,7 @@ class Driver:
     """One attempt's driver process, in its own process group."""
 
     def __init__(self, assignment: RunAssignment, order: DriverOrder, log_path: Path) -> None:
-        self.assignment = assignment
+        self.assignment, self.log_path = assignment, log_path
         env = {key: os.environ[key] for key in PASSED_ON if key in os.environ}
         env["PYTHONPATH"] = CODE_ROOT
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ class Driver:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # an agent killed takes its drivers with it
             )
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(asdict(order)).encode())
@@ -97,6 +99,7 @@ class RunFollower:
         self.heads: dict[tuple[int, int], HeadRecord] = {}
         self.members: dict[tuple[int, int], RayWorker] = {}
         self.unreported: dict[tuple[int, int], str] = {}  # heads the gateway has not echoed
+        self.lost: dict[tuple[int, int], str] = {}  # drivers gone without a word, and why
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -114,6 +117,12 @@ class RunFollower:
             self.unreported.pop(key, None)
         for key in [k for k in self.members if k not in wanted]:
             self.members.pop(key).stop(timeout_s=5)
+        for key in [k for k in self.lost if k not in wanted]:
+            del self.lost[key]  # the gateway moved on
+        for key, driver in self.drivers.items():
+            code = driver.process.poll()
+            if key in wanted and code not in (None, 0) and key not in self.lost:
+                self.lost[key] = f"it exited with code {code} (its log: {driver.log_path})"
         for key, run in wanted.items():
             try:
                 if run.role == DRIVER:
@@ -134,8 +143,11 @@ class RunFollower:
             else:
                 self.unreported.pop(run.key, None)
             ray_address, ray_token, nodes = head.address, run.cluster.token, run.cluster.nodes
-        if run.key in self.drivers:
+        if run.key in self.drivers or run.key in self.lost:
             return  # running, or ended and waiting for the gateway to move on
+        if run.started:  # begun by this node's agent in an earlier life: that driver is gone
+            self.lost[run.key] = "the node's agent restarted and lost it"
+            return
         log.info("job %s attempt %s: starting its driver", *run.key)
         order = DriverOrder(
             gateway_url=self.client.base_url,
@@ -162,7 +174,7 @@ class RunFollower:
             auth_token=run.cluster.token,
         )
         directory = HeadDirectory(self.work_dir / "ray" / f"job-{run.job_id}-{run.attempt}")
-        return start_head(config, directory, host=self.node_address)
+        return start_head(config, directory, host=self.node_address, die_with_parent=True)
 
     def join_cluster(self, run: RunAssignment) -> None:
         if run.key in self.members:
@@ -196,6 +208,12 @@ class RunFollower:
             for (job_id, attempt), address in self.unreported.items()
         ]
 
+    def lost_reports(self) -> list[dict[str, object]]:
+        return [
+            {"job_id": job_id, "attempt": attempt, "why": why}
+            for (job_id, attempt), why in self.lost.items()
+        ]
+
     def stop(self) -> None:
         self.stopping.set()
         if self.thread is not None:
@@ -216,7 +234,10 @@ class RunFollower:
         while not self.stopping.is_set():
             try:
                 runs, poll_s = self.client.runs(
-                    self.identity, self.reports(), single_node_only=self.single_node_only
+                    self.identity,
+                    self.reports(),
+                    single_node_only=self.single_node_only,
+                    lost=self.lost_reports(),
                 )
             except GatewayUnreachableError as error:
                 log.warning("cannot ask the gateway for runs: %s", error)

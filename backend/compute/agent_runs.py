@@ -15,13 +15,14 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth.run_tokens import RunClaims, create_run_token
 from compute.job_state import JobStatus
-from compute.models import Job, Node
+from compute.models import Job, Node, RunEvent
 from compute.nodes import NodeApproval
 from compute.run_configs import run_config
 from compute.run_inbox import run_events_after
@@ -29,8 +30,9 @@ from compute.run_uploads import job_dir
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from protocol.assignment import DRIVER, MEMBER, ClusterOrder, RunAssignment, Share
-from protocol.events import ArtifactEvent, RecordedEvent
+from protocol.events import ArtifactEvent, RecordedEvent, RunState, StatusEvent
 from protocol.run import RunConfig, run_config_to_wire
+from protocol.wire import recorded_to_wire
 from ray_module.resources import LiveNode
 
 # How often an agent asks for its runs: a placed job starts within about this long.
@@ -107,8 +109,51 @@ def runs_for_node(session: Session, node: Node, settings: Settings) -> list[RunA
             expires_in=dt.timedelta(seconds=job.max_runtime_s) + RUN_TOKEN_SLACK,
         )
         wire = run_config_to_wire(config)
-        runs.append(RunAssignment(job.id, job.attempts, DRIVER, wire, token, share, cluster))
+        started = attempt_heard_from(session, job.id, job.attempts)
+        runs.append(
+            RunAssignment(job.id, job.attempts, DRIVER, wire, token, share, cluster, started)
+        )
     return runs
+
+
+def attempt_heard_from(session: Session, job_id: int, attempt: int) -> bool:
+    found = session.scalar(
+        select(RunEvent.id).where(RunEvent.job_id == job_id, RunEvent.attempt == attempt).limit(1)
+    )
+    return found is not None
+
+
+def note_lost_driver(session: Session, node: Node, job_id: int, attempt: int, why: str) -> None:
+    """The driver node's agent says the attempt's driver is gone without a word (it crashed,
+    or the agent restarted and lost it): the attempt fails, retryably, as if the driver had
+    said so, unless it already ended. Taken only from that node, for the running attempt."""
+    job = session.get(Job, job_id)
+    if (
+        job is None
+        or job.status != JobStatus.RUNNING.value
+        or job.attempts != attempt
+        or driver_node_id(job.placement) != node.id
+    ):
+        return
+    seqs = session.scalars(
+        select(RunEvent.seq).where(RunEvent.job_id == job_id, RunEvent.attempt == attempt)
+    ).all()
+    reason = f"its driver on node {node.id} is gone: {why[:300]}"
+    lost = RecordedEvent(
+        max(seqs, default=0) + 1,
+        time.time(),
+        StatusEvent(RunState.FAILED, reason, retryable=True),
+    )
+    session.add(
+        RunEvent(
+            job_id=job_id,
+            attempt=attempt,
+            seq=lost.seq,
+            kind="status",
+            payload=recorded_to_wire(lost),
+            received_at=utcnow(),
+        )
+    )
 
 
 def note_cluster(session: Session, node: Node, job_id: int, attempt: int, address: str) -> None:

@@ -42,6 +42,9 @@ class RunAssignment:
     run_token: str | None = field(default=None, repr=False)
     share: Share | None = None
     cluster: ClusterOrder | None = None  # None: a single-node job, on the node's warm Ray
+    # The driver's only: the gateway has heard from this attempt's driver already, so a
+    # node without that driver lost it (its agent restarted): report it, never start anew.
+    started: bool = False
 
     @property
     def key(self) -> tuple[int, int]:
@@ -57,6 +60,7 @@ def assignment_to_wire(assignment: RunAssignment) -> dict[str, Any]:
         "run_token": assignment.run_token,
         "share": asdict(assignment.share) if assignment.share else None,
         "cluster": asdict(assignment.cluster) if assignment.cluster else None,
+        "started": assignment.started,
     }
 
 
@@ -78,4 +82,5 @@ def assignment_from_wire(data: dict[str, Any]) -> RunAssignment:
         )
         if data.get("cluster")
         else None,
+        started=bool(data.get("started")),
     )

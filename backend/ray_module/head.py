@@ -27,6 +27,7 @@ from pathlib import Path
 from ray_module.cluster import CODE_ROOT, ClusterConfig
 from ray_module.errors import ClusterStartError
 from ray_module.ports import allocate_ray_ports
+from ray_module.process import die_with_parent as parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,11 @@ def head_alive(record: HeadRecord) -> bool:
 
 
 def start_head(
-    config: ClusterConfig, directory: HeadDirectory, *, host: str | None = None
+    config: ClusterConfig,
+    directory: HeadDirectory,
+    *,
+    host: str | None = None,
+    die_with_parent: bool = False,
 ) -> HeadRecord:
     """Start a head with this config's resources and token, every component on a port of
     its own; wait until it serves. ``host``: the address it serves at (default: the one
@@ -166,6 +171,8 @@ def start_head(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # its own group: outlives the process that started it
+            # ...unless it is a node's, which must not outlive the node's agent.
+            preexec_fn=parent_death_signal if die_with_parent else None,
         )
     record = HeadRecord(
         pid=process.pid, address=f"{host}:{port}", auth_token=config.auth_token, started_at=started

@@ -200,3 +200,40 @@ def test_only_an_approved_node_in_good_standing_is_told_what_to_run(
     other = register_node(client, owner.headers, "m10", NODE)
     client.delete(f"/nodes/{other['id']}", headers=owner.headers)
     assert ask(client, other).status_code == 403  # retired: its credential is void
+
+
+def test_a_driver_gone_without_a_word_fails_its_attempt_which_resumes_and_is_not_restarted(
+    client: TestClient, nodes: list[dict], make_account
+) -> None:
+    user = make_account("alice")
+    job = client.post("/jobs/submit", headers=user.headers, json=ONE_NODE_JOB).json()
+    (node,) = wait_for(
+        lambda: [n for n in nodes if runs_of(client, n)], timeout_s=10, what="placed"
+    )
+    other = next(n for n in nodes if n["id"] != node["id"])
+    (run,) = runs_of(client, node)
+    assert run["started"] is False  # nothing heard yet: the agent starts the driver
+    said = client.post(
+        f"/runs/{job['id']}/events",
+        headers={"Authorization": f"Bearer {run['run_token']}"},
+        json={"attempt": 1, "events": [{"seq": 1, "at": 0.0, "kind": "log", "message": "hi",
+                                        "level": "info", "source": "runner"}]},
+    )  # fmt: skip
+    assert said.status_code == 200, said.text
+    # Heard from: an agent that has no driver for it (it restarted) must not start one.
+    assert runs_of(client, node)[0]["started"] is True
+    lost = {"job_id": job["id"], "attempt": 1, "why": "the node's agent restarted"}
+    runs_of(client, other, lost=[lost])  # not its attempt to give up: ignored
+    assert runs_of(client, node)[0]["attempt"] == 1
+    runs_of(client, node, lost=[lost])
+    again = wait_for(
+        lambda: [r for n in nodes for r in runs_of(client, n) if r["attempt"] == 2],
+        timeout_s=10,
+        what=lambda: client.get(f"/jobs/{job['id']}", headers=user.headers).json(),
+    )
+    assert again[0]["started"] is False
+    logs = client.get(f"/jobs/{job['id']}/logs", headers=user.headers).json()["items"]
+    assert any(
+        f"its driver on node {node['id']} is gone: the node's agent restarted" in line["message"]
+        for line in logs
+    ), logs

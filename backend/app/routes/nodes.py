@@ -30,7 +30,13 @@ from app.schemas.nodes import (
     RunsOut,
     node_out,
 )
-from compute.agent_runs import RUNS_POLL_S, note_cluster, note_poll, runs_for_node
+from compute.agent_runs import (
+    RUNS_POLL_S,
+    note_cluster,
+    note_lost_driver,
+    note_poll,
+    runs_for_node,
+)
 from compute.node_lifecycle import (
     PICK_UP_NEW_CREDENTIAL,
     deregister,
@@ -168,6 +174,8 @@ def runs(
     note_poll(node, settings, utcnow())
     for report in reports.clusters if reports else []:
         note_cluster(session, node, report.job_id, report.attempt, report.address)
+    for lost in reports.lost if reports else []:
+        note_lost_driver(session, node, lost.job_id, lost.attempt, lost.why)
     exclusive = bool(reports and reports.single_node_only)
     if node.single_node_only != exclusive:
         node.single_node_only = exclusive  # the scheduler plans with it from its next round

@@ -74,6 +74,10 @@ class RunAssignmentOut(BaseModel):
     cluster: ClusterOut | None = Field(
         None, description="a multi-node job's own Ray cluster (none: the node's warm Ray)"
     )
+    started: bool = Field(
+        False,
+        description="the driver's: its attempt was heard from (a lost driver is not restarted)",
+    )
 
 
 class ShareOut(BaseModel):
@@ -84,7 +88,7 @@ class ShareOut(BaseModel):
 
 class ClusterOut(BaseModel):
     token: str = Field(description="the Ray token of this attempt's cluster")
-    address: str = Field(description="its head's host:port; empty until the driver node reports it")
+    address: str = Field(description="its head's host:port; empty until its driver node tells")
     nodes: list[int]
 
 
@@ -92,6 +96,12 @@ class ClusterReportIn(BaseModel):
     job_id: int = Field(ge=1, le=2**31 - 1)
     attempt: int = Field(ge=1, le=2**31 - 1)
     address: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+
+
+class LostRunIn(BaseModel):
+    job_id: int = Field(ge=1, le=2**31 - 1)
+    attempt: int = Field(ge=1, le=2**31 - 1)
+    why: str = Field(max_length=500)
 
 
 class RunsIn(BaseModel):
@@ -102,6 +112,11 @@ class RunsIn(BaseModel):
     )
     single_node_only: bool = Field(
         False, description="take only single-node jobs: never share a Ray cluster"
+    )
+    lost: list[LostRunIn] = Field(
+        default_factory=list,
+        max_length=100,
+        description="attempts this node drives whose driver is gone without a word",
     )
 
 
