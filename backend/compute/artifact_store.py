@@ -3,9 +3,10 @@ nodes upload over HTTP land here. Nodes are untrusted, so nothing received is un
 trusted as a path, every upload is size-limited and sha256-checked, and what was accepted
 before is only ever replaced whole (a crash at any moment leaves one whole copy behind).
 
-A file arrives as a stream of chunks (``receive_file`` or ``IncomingFile``); a directory (a
-checkpoint, a saved model) arrives as one tar, plain or gzip, and is unpacked with
-``unpack_directory_archive``. Plain stdlib on purpose: no web framework, database or Ray.
+A directory (a checkpoint, a saved model, results) arrives as one tar, plain or gzip, which
+``directory_upload`` unpacks as it arrives with ``extract_stream`` (every member checked) and
+swaps in with ``swap_in_directory``; ``pack_directory`` makes such a tar of what is stored.
+Plain stdlib on purpose: no web framework, database or Ray.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import TracebackType
 from typing import BinaryIO
 
 from core.errors import InvalidInputError, PayloadTooLargeError
@@ -57,11 +55,6 @@ class StoredFile:
     sha256: str
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def normalized_sha256(value: str) -> str:
     """The lower-case hex digest, or an error when ``value`` is not one."""
     digest = value.strip().lower()
@@ -93,107 +86,6 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def check_plain_file_name(name: str) -> None:
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise UploadRejectedError(f"{name!r} is not a plain file name", code="bad_file_name")
-
-
-class IncomingFile:
-    """A file being received: chunks go to a temporary file next to its final place (same
-    filesystem, so the final rename is atomic), hashed as they come. ``commit`` checks the
-    hash and renames it into place; leaving the ``with`` block without a commit (the client
-    went away, a limit was hit) deletes the temporary file and changes nothing.
-
-    ``receive_file`` drives it from an iterable; an async route can call ``write`` itself."""
-
-    def __init__(self, directory: Path, name: str, *, expected_sha256: str, max_bytes: int):
-        self.expected_sha256 = normalized_sha256(expected_sha256)
-        check_plain_file_name(name)
-        self.target = directory / name
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.hasher = hashlib.sha256()
-        self.done = False
-        directory.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-        self.temporary = Path(temporary)
-        try:
-            self.file: BinaryIO = os.fdopen(descriptor, "wb")
-        except BaseException:
-            os.close(descriptor)
-            self.temporary.unlink(missing_ok=True)
-            raise
-
-    def __enter__(self) -> IncomingFile:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if not self.done:
-            self.discard()
-
-    def write(self, chunk: bytes) -> None:
-        if self.done:
-            raise RuntimeError(f"{self.target.name} is no longer being received")
-        if self.size + len(chunk) > self.max_bytes:
-            self.discard()
-            raise UploadTooLargeError(
-                f"{self.target.name} is larger than the limit of {self.max_bytes} bytes"
-            )
-        self.size += len(chunk)
-        self.hasher.update(chunk)
-        self.file.write(chunk)
-
-    def commit(self) -> StoredFile:
-        """Puts the received file in place when its hash is the expected one."""
-        if self.done:
-            raise RuntimeError(f"{self.target.name} is no longer being received")
-        try:
-            received = self.hasher.hexdigest()
-            if received != self.expected_sha256:
-                raise UploadRejectedError(
-                    f"{self.target.name} does not match its sha256: expected "
-                    f"{self.expected_sha256}, the {self.size} bytes received hash to {received}",
-                    code="sha256_mismatch",
-                )
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self.temporary, self.target)
-        except BaseException:
-            self.discard()
-            raise
-        self.done = True
-        fsync_directory(self.target.parent)
-        return StoredFile(self.target, self.size, received)
-
-    def discard(self) -> None:
-        self.done = True
-        self.file.close()
-        self.temporary.unlink(missing_ok=True)
-
-
-def receive_file(
-    chunks: Iterable[bytes], directory: Path, name: str, *, expected_sha256: str, max_bytes: int
-) -> StoredFile:
-    """Stores ``directory/name`` from ``chunks`` when they are at most ``max_bytes`` and hash
-    to ``expected_sha256``. Reading stops at the first chunk over the limit. On any failure,
-    including an exception from ``chunks``, ``directory/name`` is unchanged."""
-    with IncomingFile(
-        directory, name, expected_sha256=expected_sha256, max_bytes=max_bytes
-    ) as incoming:
-        for chunk in chunks:
-            incoming.write(chunk)
-        return incoming.commit()
-
-
-# --- Directories as tar archives -----------------------------------------------------------
 
 
 def pack_directory(directory: Path, out: BinaryIO) -> str:
@@ -246,34 +138,7 @@ def add_to_archive(archive: tarfile.TarFile, path: Path, name: str) -> None:
         archive.addfile(info, file)
 
 
-def unpack_directory_archive(
-    archive: Path, destination: Path, *, max_bytes: int, max_members: int
-) -> None:
-    """Makes ``destination`` exactly the directory in ``archive`` (a plain or gzip tar).
-
-    Only regular files and directories with relative paths inside it are accepted, at most
-    ``max_members`` of them holding at most ``max_bytes``; anything else is refused with
-    ``UploadRejectedError``. The archive is unpacked into a fresh directory beside
-    ``destination`` and swapped in whole, so ``destination`` is never partial. Uploads to one
-    destination must not run concurrently (the caller serializes them)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    incoming = Path(
-        tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".incoming")
-    )
-    try:
-        extract_checked(archive, incoming, max_bytes=max_bytes, max_members=max_members)
-        fsync_tree(incoming)
-        swap_in_directory(incoming, destination)
-    except BaseException:
-        shutil.rmtree(incoming, ignore_errors=True)
-        raise
-
-
-def extract_checked(archive: Path, into: Path, *, max_bytes: int, max_members: int) -> None:
-    with open(archive, "rb") as raw:
-        compressed = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
-        raw.seek(0)
-        extract_stream(raw, compressed, into, max_bytes=max_bytes, max_members=max_members)
+STREAM_BUFFER_BYTES = 1024 * 1024  # tar's stream reads (its default, 10 KiB, costs a call each)
 
 
 def extract_stream(
@@ -285,7 +150,7 @@ def extract_stream(
     bounded = BoundedReader(source, limit=max_bytes + overhead)
     try:
         # Stream mode: one pass, no seeking (a gzip would be inflated again per seek).
-        with tarfile.open(fileobj=bounded, mode="r|") as tar:
+        with tarfile.open(fileobj=bounded, mode="r|", bufsize=STREAM_BUFFER_BYTES) as tar:
             extract_members(tar, into, max_bytes=max_bytes, max_members=max_members)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise UploadRejectedError(

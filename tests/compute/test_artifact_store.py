@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,8 @@ from compute.artifact_store import (
     UploadTooLargeError,
     accepted_directory,
     pack_directory,
-    receive_file,
-    sha256_of,
-    unpack_directory_archive,
 )
+from compute.directory_upload import DirectoryUpload
 
 CONTENT = b"model weights " * 100
 
@@ -44,127 +41,7 @@ def tree_of(root: Path) -> dict[str, bytes | None]:
     return found
 
 
-# --- receive_file ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def existing(tmp_path: Path) -> Path:
-    """An accepted file that a failed upload must leave alone."""
-    path = tmp_path / "model.bin"
-    path.write_bytes(b"the accepted version")
-    return path
-
-
-def assert_untouched(existing: Path) -> None:
-    assert existing.read_bytes() == b"the accepted version"
-    assert sorted(p.name for p in existing.parent.iterdir()) == [existing.name]  # no temp file
-
-
-def test_a_good_upload_lands_with_its_size_and_hash(tmp_path: Path) -> None:
-    stored = receive_file(
-        chunked(CONTENT, 100),
-        tmp_path / "uploads",
-        "model.bin",
-        expected_sha256=sha(CONTENT).upper(),  # hex in either case
-        max_bytes=len(CONTENT),  # exactly at the limit is allowed
-    )
-
-    assert stored.path == tmp_path / "uploads" / "model.bin"
-    assert (stored.size, stored.sha256) == (len(CONTENT), sha(CONTENT))
-    assert stored.path.read_bytes() == CONTENT
-    assert sha256_of(stored.path) == sha(CONTENT)
-    assert [p.name for p in stored.path.parent.iterdir()] == ["model.bin"]
-
-
-def test_a_good_upload_replaces_the_existing_file(existing: Path) -> None:
-    receive_file(
-        [CONTENT], existing.parent, existing.name, expected_sha256=sha(CONTENT), max_bytes=10**6
-    )
-
-    assert existing.read_bytes() == CONTENT
-    assert [p.name for p in existing.parent.iterdir()] == [existing.name]
-
-
-def test_a_wrong_hash_changes_nothing(existing: Path) -> None:
-    with pytest.raises(UploadRejectedError, match="does not match its sha256") as raised:
-        receive_file(
-            chunked(CONTENT, 100),
-            existing.parent,
-            existing.name,
-            expected_sha256=sha(b"something else"),
-            max_bytes=10**6,
-        )
-
-    assert not isinstance(raised.value, UploadTooLargeError)
-    assert raised.value.code == "sha256_mismatch"
-    assert_untouched(existing)
-
-
-@pytest.mark.parametrize(
-    "bad_hash", ["", "abc", "g" * 64, sha(CONTENT) + "0", "sha256:" + "0" * 57]
-)
-def test_a_malformed_hash_is_refused_before_reading_anything(existing: Path, bad_hash: str) -> None:
-    consumed: list[bytes] = []
-
-    def chunks() -> Iterator[bytes]:
-        for chunk in chunked(CONTENT, 100):
-            consumed.append(chunk)
-            yield chunk
-
-    with pytest.raises(UploadRejectedError, match="64 hexadecimal characters"):
-        receive_file(
-            chunks(), existing.parent, existing.name, expected_sha256=bad_hash, max_bytes=10**6
-        )
-
-    assert consumed == []
-    assert_untouched(existing)
-
-
-def test_an_oversize_upload_stops_reading_at_the_limit(existing: Path) -> None:
-    consumed = 0
-    on_disk: list[int] = []
-
-    def chunks() -> Iterator[bytes]:
-        nonlocal consumed
-        for _ in range(1000):
-            temporary = [p for p in existing.parent.iterdir() if p != existing]
-            on_disk.extend(p.stat().st_size for p in temporary)
-            consumed += 1
-            yield b"x" * 10
-
-    with pytest.raises(UploadTooLargeError, match="larger than the limit of 25 bytes"):
-        receive_file(
-            chunks(), existing.parent, existing.name, expected_sha256=sha(b""), max_bytes=25
-        )
-
-    assert consumed == 3  # 10 + 10 fit, the third would make 30
-    assert on_disk and max(on_disk) <= 25  # never more than the limit written
-    assert_untouched(existing)
-
-
-def test_a_client_that_disconnects_midway_changes_nothing(existing: Path) -> None:
-    def chunks() -> Iterator[bytes]:
-        yield CONTENT[:100]
-        yield CONTENT[100:200]
-        raise ConnectionResetError("client went away")
-
-    with pytest.raises(ConnectionResetError):
-        receive_file(
-            chunks(), existing.parent, existing.name, expected_sha256=sha(CONTENT), max_bytes=10**6
-        )
-
-    assert_untouched(existing)
-
-
-@pytest.mark.parametrize("name", ["", ".", "..", "../model.bin", "a/b"])
-def test_a_name_that_is_not_a_plain_file_name_is_refused(tmp_path: Path, name: str) -> None:
-    with pytest.raises(UploadRejectedError, match="not a plain file name"):
-        receive_file([CONTENT], tmp_path / "d", name, expected_sha256=sha(CONTENT), max_bytes=10**6)
-
-    assert list(tmp_path.iterdir()) == []
-
-
-# --- unpack_directory_archive ------------------------------------------------------------------
+# --- unpacking an upload (compute.directory_upload over extract_stream) ------------------------
 
 
 def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
@@ -211,7 +88,19 @@ def assert_unchanged(destination: Path) -> None:
 
 
 def unpack(archive: Path, destination: Path, *, max_bytes: int = 10**6, max_members: int = 100):
-    unpack_directory_archive(archive, destination, max_bytes=max_bytes, max_members=max_members)
+    """The archive as an upload's body, in chunks, through the gateway's receiving path
+    (``max_bytes`` bounds the files it unpacks to; the body itself is allowed)."""
+    body = archive.read_bytes()
+    with DirectoryUpload(
+        destination,
+        expected_sha256=sha(body),
+        max_bytes=max(len(body), 1),
+        max_members=max_members,
+        max_unpacked_bytes=max_bytes,
+    ) as upload:
+        for chunk in chunked(body, 4096):
+            upload.write(chunk)
+        upload.commit()
 
 
 GOOD = [file_member("ok.txt", b"fine")]
@@ -413,21 +302,17 @@ def make_model_directory(root: Path) -> Path:
     return root
 
 
-def test_pack_receive_unpack_reproduces_the_directory_byte_for_byte(tmp_path: Path) -> None:
+def test_pack_then_upload_reproduces_the_directory_byte_for_byte(tmp_path: Path) -> None:
     source = make_model_directory(tmp_path / "node" / "model")
     packed = io.BytesIO()
     digest = pack_directory(source, packed)
     assert digest == sha(packed.getvalue())
 
-    stored = receive_file(
-        chunked(packed.getvalue(), 64 * 1024),
-        tmp_path / "gateway" / "uploads",
-        "model.tar",
-        expected_sha256=digest,
-        max_bytes=len(packed.getvalue()),
-    )
+    archive = tmp_path / "model.tar"
+    archive.write_bytes(packed.getvalue())
     destination = tmp_path / "gateway" / "jobs" / "7" / "model"
-    unpack_directory_archive(stored.path, destination, max_bytes=400_000, max_members=10)
+    destination.parent.mkdir(parents=True)
+    unpack(archive, destination, max_bytes=400_000, max_members=10)
 
     assert tree_of(destination) == tree_of(source)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import tarfile
 import time
 from collections.abc import Iterator
@@ -47,8 +49,8 @@ DATA_PARALLEL_JOB = {
 SPLIT_JOB = {
     "model_config": {"type": "classifier", "model_name": "mlp"},
     "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
-    "training_config": {"strategy": "split", "epochs": 2,
-                        "loader": {"cpu_cores": 1, "memory": 0.25}},
+    "training_config": {"strategy": "split", "epochs": 2,  # too big for one node together
+                        "loader": {"cpu_cores": 2, "memory": 0.25}},
     "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.25},
     "max_runtime_s": 600,
 }  # fmt: skip
@@ -230,6 +232,28 @@ def test_the_gateway_killed_and_started_again_its_nodes_reconnect_and_jobs_go_on
         wait_for(lambda host=host: platform.node_status(host) == "online", what="reconnect")
     assert all(agent.poll() is None for agent in platform.agents.values())
     assert platform.ray_processes_on(platform.net.gateway) == []
+
+
+def test_an_agent_killed_and_started_again_gives_up_its_lost_attempt_which_resumes(
+    platform: Platform,
+) -> None:
+    user = platform.user
+    body = {**ES_JOB, "training_config": {"steps": 100, "population": 32,
+                                          "checkpoint_interval": 20}}  # fmt: skip
+    job = user.call("POST", "/jobs/submit", json=body)
+    wait_for(lambda: last_step(platform, job["id"]) > 25, what=lambda: user.job(job["id"]))
+    host = platform.host_of(user.job(job["id"])["placement"][0]["node_id"])
+    agent = platform.agents[host.name]
+    os.killpg(agent.pid, signal.SIGKILL)  # no goodbye: its driver and Ray go down with it
+    agent.wait(timeout=10)
+    wait_for(lambda: not platform.ray_processes_on(host), timeout_s=30, what="its Ray gone")
+    platform.start_agent(host)  # the same machine, the same credential file
+    done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 2  # the lost driver was given up, not started again
+    saved = assert_each_step_paid_once(platform.http, user.headers, done)
+    assert saved >= 20
+    wait_for(lambda: platform.node_status(host) == "online", what="the node back online")
 
 
 def test_another_jobs_credential_a_wrong_hash_and_a_banned_nodes_agent_are_refused(
