@@ -114,7 +114,9 @@ def login(base: str, username: str, password: str) -> str:
 @contextmanager
 def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
     """The launcher `make run` runs, on a free port with its own SQLite file, plus a node
-    owner created by the bootstrap admin."""
+    owner created by the bootstrap admin: by default jobs run on the nodes' own Ray and the
+    launcher lends this machine through a local agent (``DISTLM_RUN_JOBS_ON=gateway`` in
+    ``extra_env`` for the gateway's own Ray, which agents join)."""
     port = free_port()
     # A private Ray temp dir: a local `ray.init()` would otherwise join whatever cluster
     # /tmp/ray/ray_current_cluster names (another test run's). Short, for Ray's socket paths.
@@ -133,9 +135,6 @@ def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
         "DISTLM_ADMIN_PASSWORD": "admin-change-me",
         "NODE_HEARTBEAT_INTERVAL": "1",
         "RAY_TMPDIR": ray_tmpdir,
-        # These tests' agents join the gateway's own Ray; `make run`'s default (jobs on the
-        # nodes' own Ray, with a local agent) has tests of its own.
-        "DISTLM_RUN_JOBS_ON": "gateway",
         **extra_env,
     }
     env.pop("RAY_ADDRESS", None)

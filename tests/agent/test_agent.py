@@ -46,14 +46,18 @@ NODE_TIMEOUT_S = 600
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
-    with running_gateway(tmp, NODE_TIMEOUT=str(NODE_TIMEOUT_S)) as running:
+    with running_gateway(
+        tmp, NODE_TIMEOUT=str(NODE_TIMEOUT_S), DISTLM_RUN_JOBS_ON="gateway"
+    ) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def manual_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("manual-gateway")
-    with running_gateway(tmp, DISTLM_NODE_AUTO_APPROVE="false") as running:
+    with running_gateway(
+        tmp, DISTLM_NODE_AUTO_APPROVE="false", DISTLM_RUN_JOBS_ON="gateway"
+    ) as running:
         yield running
 
 

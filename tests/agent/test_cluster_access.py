@@ -78,7 +78,9 @@ ES_JOB = {
 @pytest.mark.slow
 def test_a_ban_restarts_the_cluster_with_a_token_only_approved_nodes_get(tmp_path: Path) -> None:
     (tmp_path / "gateway").mkdir()
-    with running_gateway(tmp_path / "gateway", DISTLM_SECRET_KEY=SECRET_KEY) as gateway:
+    with running_gateway(
+        tmp_path / "gateway", DISTLM_SECRET_KEY=SECRET_KEY, DISTLM_RUN_JOBS_ON="gateway"
+    ) as gateway:
         (tmp_path / "staying").mkdir()
         agent, agent_log = start_agent_process(gateway, tmp_path / "staying", unique_hostname())
         try:
