@@ -65,27 +65,12 @@ def start_runner(config: RunConfig) -> Any:
     """The job's runner on this node, owned by this process (it and its actors die with
     it). A runner of this job's previous attempt may still be going down: retried."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from ray_module.contract import NAMESPACE, runner_name
-    from ray_module.runner.job_runner import JobRunner
+    from ray_module.runner.client import runner_actor
 
     for tries in range(30):
         try:
-            runner = (
-                ray.remote(JobRunner)
-                .options(
-                    name=runner_name(config.job_id),
-                    namespace=NAMESPACE,
-                    num_cpus=0,
-                    max_concurrency=16,
-                    max_restarts=0,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(
-                        ray.get_runtime_context().get_node_id(), soft=False
-                    ),
-                )
-                .remote(config)
-            )
+            runner = runner_actor(config, detached=False)
             break
         except ValueError:  # the name is still taken
             if tries == 29:

@@ -127,13 +127,7 @@ def note_lost_driver(session: Session, node: Node, job_id: int, attempt: int, wh
     """The driver node's agent says the attempt's driver is gone without a word (it crashed,
     or the agent restarted and lost it): the attempt fails, retryably, as if the driver had
     said so, unless it already ended. Taken only from that node, for the running attempt."""
-    job = session.get(Job, job_id)
-    if (
-        job is None
-        or job.status != JobStatus.RUNNING.value
-        or job.attempts != attempt
-        or driver_node_id(job.placement) != node.id
-    ):
+    if driven_attempt(session, node, job_id, attempt) is None:
         return
     seqs = session.scalars(
         select(RunEvent.seq).where(RunEvent.job_id == job_id, RunEvent.attempt == attempt)
@@ -156,17 +150,25 @@ def note_lost_driver(session: Session, node: Node, job_id: int, attempt: int, wh
     )
 
 
-def note_cluster(session: Session, node: Node, job_id: int, attempt: int, address: str) -> None:
-    """The driver node's agent started the attempt's cluster at ``address``: the other nodes
-    are told to join it. Taken only from that node, for the running attempt."""
+def driven_attempt(session: Session, node: Node, job_id: int, attempt: int) -> Job | None:
+    """The job, when it is running ``attempt`` and ``node`` drives it (a node speaks only
+    for the attempts it drives, and only while they run)."""
     job = session.get(Job, job_id)
     if (
         job is None
         or job.status != JobStatus.RUNNING.value
         or job.attempts != attempt
         or driver_node_id(job.placement) != node.id
-        or len(placed_nodes(job.placement)) < 2
     ):
+        return None
+    return job
+
+
+def note_cluster(session: Session, node: Node, job_id: int, attempt: int, address: str) -> None:
+    """The driver node's agent started the attempt's cluster at ``address``: the other nodes
+    are told to join it. Taken only from that node, for the running attempt."""
+    job = driven_attempt(session, node, job_id, attempt)
+    if job is None or len(placed_nodes(job.placement)) < 2:
         return  # a late report of an ended attempt: nothing to tell anyone
     job.cluster_address = address
 

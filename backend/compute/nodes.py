@@ -182,45 +182,30 @@ def join_info(
     """What a node's agent needs to join the Ray cluster: given only to approved nodes,
     since the cluster is a trusted zone. ``own_ray``: the gateway has no cluster; the agent
     runs its jobs on a Ray of its own, with these resources."""
-    if node.approval == NodeApproval.BANNED:
-        raise PermissionDeniedError(f"node {node.id} is banned", code="node_banned")
-    refuse_retired(node)
-    if node.approval != NodeApproval.APPROVED:
-        raise ConflictError(
-            f"node {node.id} is waiting for an admin's approval", code="node_not_approved"
-        )
+    ready_to_run(node)
     if own_ray:
-        return JoinInfo(
-            node_id=node.id,
-            ray_address="",
-            num_cpus=max(1, int(node.cpu_cores)),
-            num_gpus=node.gpu,
-            memory_gb=node.memory_gb,
-            resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
-            labels={NODE_LABEL: str(node.id)},
-            heartbeat_interval_s=heartbeat_interval_s,
-            ray_auth_token="",
-            cluster_fingerprint="",
-            runs_jobs_on="agents",
-        )
-    if cluster.restarting:
+        address, token, fingerprint = "", "", ""
+    elif cluster.restarting:
         raise ConflictError(
             "the Ray cluster is restarting with new credentials; ask again in a few seconds",
             code="cluster_restarting",
         )
-    if not cluster.address:
+    elif not cluster.address:
         raise ConflictError("this gateway is not connected to a Ray cluster", code="no_cluster")
+    else:
+        address, token, fingerprint = cluster.address, cluster.auth_token, cluster.fingerprint
     return JoinInfo(
         node_id=node.id,
-        ray_address=cluster.address,
+        ray_address=address,
         num_cpus=max(1, int(node.cpu_cores)),
         num_gpus=node.gpu,
         memory_gb=node.memory_gb,
         resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
         labels={NODE_LABEL: str(node.id)},
         heartbeat_interval_s=heartbeat_interval_s,
-        ray_auth_token=cluster.auth_token,
-        cluster_fingerprint=cluster.fingerprint,
+        ray_auth_token=token,
+        cluster_fingerprint=fingerprint,
+        runs_jobs_on="agents" if own_ray else "gateway",
     )
 
 

@@ -78,6 +78,15 @@ def nodes(client: TestClient, make_account) -> list[dict]:
     return found
 
 
+def placed_one_node_job(client: TestClient, nodes: list[dict], user) -> tuple[dict, dict, dict]:
+    """A one-node job once placed: the job, its node, and the other node."""
+    job = client.post("/jobs/submit", headers=user.headers, json=ONE_NODE_JOB).json()
+    (node,) = wait_for(
+        lambda: [n for n in nodes if runs_of(client, n)], timeout_s=10, what="placed"
+    )
+    return job, node, next(n for n in nodes if n["id"] != node["id"])
+
+
 def test_the_driver_node_gets_the_job_and_its_credential_and_nothing_of_it_elsewhere(
     client: TestClient, nodes: list[dict], make_account
 ) -> None:
@@ -136,11 +145,7 @@ def test_a_node_that_stops_asking_loses_its_attempt_and_the_job_waits_again(
     client: TestClient, nodes: list[dict], make_account
 ) -> None:
     user = make_account("alice")
-    job = client.post("/jobs/submit", headers=user.headers, json=ONE_NODE_JOB).json()
-    (node,) = wait_for(
-        lambda: [n for n in nodes if runs_of(client, n)], timeout_s=10, what="placed"
-    )
-    other = next(n for n in nodes if n["id"] != node["id"])
+    job, node, other = placed_one_node_job(client, nodes, user)
     # Only the other node keeps asking: after NODE_TIMEOUT the attempt is lost and the job
     # is placed again there.
     moved = wait_for(
@@ -206,11 +211,7 @@ def test_a_driver_gone_without_a_word_fails_its_attempt_which_resumes_and_is_not
     client: TestClient, nodes: list[dict], make_account
 ) -> None:
     user = make_account("alice")
-    job = client.post("/jobs/submit", headers=user.headers, json=ONE_NODE_JOB).json()
-    (node,) = wait_for(
-        lambda: [n for n in nodes if runs_of(client, n)], timeout_s=10, what="placed"
-    )
-    other = next(n for n in nodes if n["id"] != node["id"])
+    job, node, other = placed_one_node_job(client, nodes, user)
     (run,) = runs_of(client, node)
     assert run["started"] is False  # nothing heard yet: the agent starts the driver
     said = client.post(

@@ -142,6 +142,20 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
         assert not pointer.exists() or pointer.read_text().strip() == warm.group(1)
 
 
+def checkpointed_es_job(platform: Platform, steps: int) -> tuple[dict, Host]:
+    """A running ES job (checkpoint every 20 steps) past its first checkpoint, and the host
+    it runs on."""
+    body = {**ES_JOB, "training_config": {"steps": steps, "population": 32,
+                                          "checkpoint_interval": 20}}  # fmt: skip
+    job = platform.user.call("POST", "/jobs/submit", json=body)
+    wait_for(
+        lambda: last_step(platform, job["id"]) > 25,
+        what=lambda: platform.user.job(job["id"]),
+    )
+    running = platform.user.job(job["id"])
+    return running, platform.host_of(running["placement"][0]["node_id"])
+
+
 def last_step(platform: Platform, job_id: int) -> int:
     series = platform.user.call("GET", f"/metrics/training/{job_id}")["series"]
     return max((point["step"] for point in series), default=0)
@@ -151,16 +165,8 @@ def test_a_node_cut_off_mid_job_its_job_resumes_on_the_other_host_and_is_paid_on
     platform: Platform,
 ) -> None:
     user = platform.user
-    body = {**ES_JOB, "training_config": {"steps": 150, "population": 32,
-                                          "checkpoint_interval": 20}}  # fmt: skip
-    job = user.call("POST", "/jobs/submit", json=body)
-    wait_for(
-        lambda: last_step(platform, job["id"]) > 25,
-        every_s=0.2,
-        what=lambda: user.job(job["id"]),
-    )
-    (lost_id,) = {slot["node_id"] for slot in user.job(job["id"])["placement"]}
-    lost = platform.host_of(lost_id)
+    job, lost = checkpointed_es_job(platform, steps=150)
+    (lost_id,) = {slot["node_id"] for slot in job["placement"]}
     agent = platform.agents[lost.name]
     lost.link_down()
     cut_at = time.monotonic()
@@ -210,12 +216,8 @@ def test_the_gateway_killed_and_started_again_its_nodes_reconnect_and_jobs_go_on
     platform: Platform,
 ) -> None:
     user = platform.user
-    body = {**ES_JOB, "training_config": {"steps": 120, "population": 32,
-                                          "checkpoint_interval": 20}}  # fmt: skip
-    job = user.call("POST", "/jobs/submit", json=body)
-    wait_for(lambda: last_step(platform, job["id"]) > 25, what=lambda: user.job(job["id"]))
-    running = user.job(job["id"])
-    host = platform.host_of(running["placement"][0]["node_id"])
+    running, host = checkpointed_es_job(platform, steps=120)
+    job = running
     platform.kill_gateway()
     # The driver goes on training and keeps what it cannot send until the gateway is back.
     wait_for(
@@ -238,11 +240,7 @@ def test_an_agent_killed_and_started_again_gives_up_its_lost_attempt_which_resum
     platform: Platform,
 ) -> None:
     user = platform.user
-    body = {**ES_JOB, "training_config": {"steps": 100, "population": 32,
-                                          "checkpoint_interval": 20}}  # fmt: skip
-    job = user.call("POST", "/jobs/submit", json=body)
-    wait_for(lambda: last_step(platform, job["id"]) > 25, what=lambda: user.job(job["id"]))
-    host = platform.host_of(user.job(job["id"])["placement"][0]["node_id"])
+    job, host = checkpointed_es_job(platform, steps=100)
     agent = platform.agents[host.name]
     os.killpg(agent.pid, signal.SIGKILL)  # no goodbye: its driver and Ray go down with it
     agent.wait(timeout=10)

@@ -122,14 +122,13 @@ async def put_upload(
     return UploadOut(kind=kind.value, size=stored.size, sha256=stored.sha256)
 
 
-@router.get(
-    "/{job_id}/checkpoint",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/x-tar": {}}, "description": "the checkpoint, as a tar"},
-        **error_responses(401, 403, 404, 409),
-    },
-)
+TAR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/x-tar": {}}, "description": "a tar"},
+    **error_responses(401, 403, 404, 409),
+}
+
+
+@router.get("/{job_id}/checkpoint", response_class=FileResponse, responses=TAR_RESPONSES)
 async def get_checkpoint(
     job_id: JobId,
     request: Request,
@@ -139,31 +138,10 @@ async def get_checkpoint(
 ) -> FileResponse:
     """The job's last accepted checkpoint (a tar; its sha256 in `X-Content-SHA256`), for the
     current attempt's driver to resume from, on whichever node saved it."""
-    path, digest = await run_in_threadpool(
-        _with_session,
-        request.app.state.read_session_factory,
-        checkpoint_archive,
-        caller,
-        job_id,
-        attempt,
-        settings.storage_path,
-    )
-    return FileResponse(
-        path,
-        media_type="application/x-tar",
-        headers={"X-Content-SHA256": digest},
-        background=BackgroundTask(path.unlink, missing_ok=True),
-    )
+    return await tar_response(request, checkpoint_archive, caller, job_id, attempt, settings)
 
 
-@router.get(
-    "/{job_id}/source-model",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/x-tar": {}}, "description": "the model, as a tar"},
-        **error_responses(401, 403, 404, 409),
-    },
-)
+@router.get("/{job_id}/source-model", response_class=FileResponse, responses=TAR_RESPONSES)
 async def get_source_model(
     job_id: JobId,
     request: Request,
@@ -173,10 +151,23 @@ async def get_source_model(
 ) -> FileResponse:
     """The trained model a job starts from (its `model_name` is `job:<id>`), as a tar (its
     sha256 in `X-Content-SHA256`), for the current attempt's driver: nodes share no disk."""
+    return await tar_response(request, source_model_archive, caller, job_id, attempt, settings)
+
+
+async def tar_response(
+    request: Request,
+    archive: Any,
+    caller: RunClaims,
+    job_id: int,
+    attempt: int,
+    settings: Any,
+) -> FileResponse:
+    """``archive``'s tar (checked in a short read transaction of its own), sent and then
+    deleted, with its sha256 in `X-Content-SHA256`."""
     path, digest = await run_in_threadpool(
         _with_session,
         request.app.state.read_session_factory,
-        source_model_archive,
+        archive,
         caller,
         job_id,
         attempt,

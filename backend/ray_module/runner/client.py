@@ -12,7 +12,17 @@ from ray_module.runner.job_runner import JobRunner
 
 
 def launch_runner(config: RunConfig) -> None:
-    """Start (or find) the job's detached runner actor, pinned to this driver's node.
+    """Start (or find) the job's detached runner actor, pinned to this driver's node."""
+    import ray
+
+    handle = runner_actor(config, detached=True)
+    ray.get(handle.start.remote(), timeout=60)
+
+
+def runner_actor(config: RunConfig, *, detached: bool) -> Any:
+    """The job's runner actor on this driver's node: ``detached`` outlives this driver
+    (the gateway's dispatcher finds it again after a restart); otherwise it and its actors
+    die with the driver's process (a node's driver).
 
     Hard affinity: with a soft one Ray may place the runner on a worker node (seen on a
     multi-node cluster), and the job's server would then die with that node.
@@ -20,23 +30,22 @@ def launch_runner(config: RunConfig) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    handle = (
+    lifetime = {"lifetime": "detached", "get_if_exists": True} if detached else {}
+    return (
         ray.remote(JobRunner)
         .options(
             name=runner_name(config.job_id),
             namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
             num_cpus=0,
             max_concurrency=16,
             max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False
             ),
+            **lifetime,
         )
         .remote(config)
     )
-    ray.get(handle.start.remote(), timeout=60)
 
 
 def _handle(job_id: int) -> Any | None:
