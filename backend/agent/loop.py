@@ -171,6 +171,7 @@ def _start_own_ray(
         data_root=config.data_root,
         object_store_mb=config.object_store_mb,
         single_node_only=config.single_node_only,
+        warm_ray=own_ray,
     )
     follower.start()
     return own_ray, follower

@@ -20,6 +20,7 @@ from pathlib import Path
 from agent.driver import DriverOrder
 from agent.errors import GatewayError, GatewayUnreachableError
 from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.own_ray import OwnRay
 from agent.ray_worker import RayWorker
 from protocol.assignment import DRIVER, RunAssignment
 from ray_module.cluster import ClusterConfig
@@ -90,11 +91,13 @@ class RunFollower:
         data_root: str = "",
         object_store_mb: int | None = None,
         single_node_only: bool = False,
+        warm_ray: OwnRay | None = None,
     ) -> None:
         self.client, self.identity = client, identity
         self.ray_address, self.work_dir, self.data_root = ray_address, work_dir, data_root
         self.node_address, self.object_store_mb = node_address, object_store_mb
         self.single_node_only = single_node_only
+        self.warm_ray = warm_ray  # the node's own Ray at ``ray_address``, kept up
         self.drivers: dict[tuple[int, int], Driver] = {}
         self.heads: dict[tuple[int, int], HeadRecord] = {}
         self.members: dict[tuple[int, int], RayWorker] = {}
@@ -228,10 +231,28 @@ class RunFollower:
         self.heads.clear()
         self.members.clear()
 
+    def warm_ray_up(self) -> bool:
+        """The node's own Ray answers, or was started again (a node asks for runs only
+        while it can run them)."""
+        warm = self.warm_ray
+        if warm is None or warm.alive():
+            return True
+        log.warning("this node's Ray stopped; starting it again")
+        try:
+            warm.stop()
+            self.ray_address = warm.start()
+        except Exception:
+            log.exception("this node's Ray did not start again; asking for no runs meanwhile")
+            return False
+        return True
+
     def loop(self, poll_s: float = 1.0) -> None:
         """Ask and follow until stopped; an unreachable gateway leaves the runs as they
         are (a link that comes back loses nothing; the gateway decides what was lost)."""
         while not self.stopping.is_set():
+            if not self.warm_ray_up():
+                self.stopping.wait(poll_s)  # not ready: the gateway stops counting on it
+                continue
             try:
                 runs, poll_s = self.client.runs(
                     self.identity,
