@@ -168,3 +168,43 @@ def test_the_gateway_side_of_the_registry_needs_no_torch_or_ray() -> None:
         env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "[]"
+
+
+GATEWAY_RUN = """
+import sys
+from fastapi.testclient import TestClient
+from app.main import create_app
+from core.settings import Settings
+
+settings = Settings(_env_file=None, database_url=sys.argv[1], storage_path=sys.argv[2],
+                    admin_password="admin-change-me", argon2_time_cost=1,
+                    argon2_memory_kib=1024, dispatch_interval_s=0.1)
+with TestClient(create_app(settings)) as client:
+    token = client.post("/auth/token", data={"username": "admin",
+                                             "password": "admin-change-me"}).json()
+    headers = {"Authorization": "Bearer " + token["access_token"]}
+    job = {"model_config": {"type": "char_rnn", "model_name": "rnn"},
+           "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
+           "training_config": {"steps": 5},
+           "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1}}
+    assert client.post("/jobs/submit", headers=headers, json=job).status_code == 201
+    assert client.get("/health").json()["ray"] == "nodes"
+print(sorted(m for m in sys.modules if m == "ray" or m.startswith(("ray.", "torch"))))
+"""
+
+
+def test_the_gateway_process_never_imports_ray(tmp_path: Path) -> None:
+    """The gateway is a control plane: serving the API and dispatching (jobs run on the
+    nodes' own Ray, the default) never loads Ray, or torch, into its process."""
+    import subprocess
+    import sys
+
+    answer = subprocess.run(
+        [sys.executable, "-c", GATEWAY_RUN, f"sqlite:///{tmp_path / 'g.db'}", str(tmp_path)],
+        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stdout.strip().splitlines()[-1] == "[]", answer.stdout
