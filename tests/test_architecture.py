@@ -208,3 +208,48 @@ def test_the_gateway_process_never_imports_ray(tmp_path: Path) -> None:
     )
     assert answer.returncode == 0, answer.stderr[-3000:]
     assert answer.stdout.strip().splitlines()[-1] == "[]", answer.stdout
+
+
+CONTROL_PLANE = ("app", "compute", "ledger", "auth", "core", "monitoring")
+# What the control plane still takes from the node side's package (issue 20, item 8): the
+# former mode where jobs run on the gateway's own Ray (cluster, head, runner client), and
+# what both sides need of a strategy (settings, progress, extra shares), of the catalogues
+# (presets, built-in datasets, hub ids) and of the split's result file names. Each is to
+# move into `protocol/` or away with that mode; this list may only shrink.
+KNOWN_NODE_SIDE_IMPORTS = {
+    ("app.main", "ray_module.cluster"),
+    ("app.routes.health", "ray_module.cluster"),
+    ("compute.cluster_access", "ray_module.cluster"),
+    ("compute.cluster_access", "ray_module.head"),
+    ("compute.dispatcher", "ray_module.errors"),
+    ("compute.dispatcher", "ray_module.resources"),
+    ("compute.dispatcher", "ray_module.runner.client"),
+    ("compute.dispatcher", "ray_module.strategies.registry"),
+    ("compute.job_spec", "ray_module.data.catalogue"),
+    ("compute.job_spec", "ray_module.errors"),
+    ("compute.job_spec", "ray_module.hub"),
+    ("compute.job_spec", "ray_module.models.catalogue"),
+    ("compute.job_spec", "ray_module.strategies.base"),
+    ("compute.job_spec", "ray_module.strategies.registry"),
+    ("compute.results", "ray_module.strategies.split.results"),
+    ("compute.scheduling", "ray_module.errors"),
+    ("compute.scheduling", "ray_module.strategies.base"),
+    ("compute.scheduling", "ray_module.strategies.registry"),
+    ("compute.status_summary", "ray_module.errors"),
+    ("compute.status_summary", "ray_module.strategies.registry"),
+}
+
+
+def test_the_control_plane_takes_no_more_of_the_node_side_than_it_did() -> None:
+    """New control-plane code uses the protocol, never ray_module (nor Ray): the imports
+    left are exactly the known ones, so the list is kept true as it shrinks."""
+    found = {
+        (name, target)
+        for name, targets in GRAPH.items()
+        if name.split(".")[0] in CONTROL_PLANE
+        for target in targets
+        if target.split(".")[0] == "ray_module"
+        and target not in ("ray_module", "ray_module.runner", "ray_module.strategies")
+        and not target.endswith((".data", ".models", ".split"))  # package inits on the way
+    }
+    assert found == KNOWN_NODE_SIDE_IMPORTS

@@ -31,9 +31,9 @@ from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from protocol.assignment import DRIVER, MEMBER, ClusterOrder, RunAssignment, Share
 from protocol.events import ArtifactEvent, RecordedEvent, RunState, StatusEvent
+from protocol.nodes import LiveNode
 from protocol.run import RunConfig, run_config_to_wire
 from protocol.wire import recorded_to_wire
-from ray_module.resources import LiveNode
 
 # How often an agent asks for its runs: a placed job starts within about this long.
 RUNS_POLL_S = 1.0

@@ -19,7 +19,7 @@ from core.errors import InvalidInputError
 from core.settings import Settings
 from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation
 from ledger.settlement import NodeUsage, SettlementResult, settle_job
-from ray_module.scheduler import ExtraShare
+from protocol.placement import ExtraShare
 
 
 def rates_from(settings: Settings) -> Rates:

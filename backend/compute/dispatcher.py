@@ -56,9 +56,10 @@ from protocol.events import (
     RecordedEvent,
     UsageEvent,
 )
+from protocol.nodes import LiveNode, resource_shortfall
 from protocol.run import RunConfig
 from ray_module.errors import SettingsError, describe
-from ray_module.resources import LiveNode, live_nodes, resource_shortfall
+from ray_module.resources import live_nodes
 from ray_module.runner import client as runner_client
 from ray_module.strategies.registry import get_strategy
 

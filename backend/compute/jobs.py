@@ -17,6 +17,7 @@ from compute.job_events import record_status
 from compute.job_spec import JobSpec, source_job_id, tokens_to_micro
 from compute.job_state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
+from compute.placement import plan
 from compute.scheduling import capacity_and_free, pending_job
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
@@ -24,7 +25,6 @@ from core.errors import ConflictError, InvalidInputError, NotFoundError, RateLim
 from ledger.flows import place_hold
 from ledger.pricing import Rates
 from ledger.settlement import SettlementResult
-from ray_module.scheduler import plan
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a node"

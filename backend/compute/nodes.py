@@ -19,8 +19,8 @@ from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
 from core.errors import ConflictError, NotFoundError, PermissionDeniedError
-from ray_module.resources import NODE_LABEL
-from ray_module.resources import node_resource as node_resource_name
+from protocol.nodes import NODE_LABEL
+from protocol.nodes import node_resource as node_resource_name
 
 CREDENTIAL_PREFIX = "dln_"
 

@@ -12,8 +12,7 @@ from auth.models import User
 from compute.job_state import JobStatus
 from compute.models import Job, Node
 from compute.nodes import NodeApproval
-from ray_module.errors import SettingsError
-from ray_module.scheduler import (
+from compute.placement import (
     ExtraShare,
     NodeCapacity,
     PendingJob,
@@ -22,6 +21,7 @@ from ray_module.scheduler import (
     plan,
     subtract,
 )
+from ray_module.errors import SettingsError
 from ray_module.strategies.base import SubmittedJob, TrainingStrategy
 from ray_module.strategies.registry import get_strategy
 

@@ -1,26 +1,25 @@
-"""Ray's view of the machines: which DistLM nodes are alive and what they really offer."""
+"""Ray's view of the machines: which DistLM nodes are alive and what they really offer (the
+names both sides use are the protocol's, ``protocol/nodes.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from protocol.nodes import (
+    NODE_LABEL,
+    NODE_RESOURCE_PREFIX,
+    LiveNode,
+    node_resource,
+    resource_shortfall,
+)
 
-NODE_RESOURCE_PREFIX = "distlm_node_"
-NODE_LABEL = "distlm-node-id"
-
-
-@dataclass(frozen=True)
-class LiveNode:
-    """One Ray node that carries a DistLM node's custom resource."""
-
-    node_id: int
-    ray_node_id: str
-    alive: bool
-    cpus: float
-    gpus: float
-
-
-def node_resource(node_id: int) -> str:
-    return f"{NODE_RESOURCE_PREFIX}{node_id}"
+__all__ = [
+    "NODE_LABEL",
+    "NODE_RESOURCE_PREFIX",
+    "LiveNode",
+    "live_nodes",
+    "node_resource",
+    "parse_ray_nodes",
+    "resource_shortfall",
+]
 
 
 def parse_ray_nodes(ray_nodes: list[dict]) -> dict[int, LiveNode]:
@@ -52,13 +51,3 @@ def live_nodes() -> dict[int, LiveNode]:
     import ray
 
     return parse_ray_nodes(ray.nodes())
-
-
-def resource_shortfall(live: LiveNode, *, cpu_cores: float, gpu: int) -> str:
-    """Empty when the Ray node offers what was registered; else what it lacks."""
-    problems = []
-    if live.cpus + 1e-9 < int(cpu_cores):
-        problems.append(f"{live.cpus:g} CPUs where {int(cpu_cores)} were registered")
-    if live.gpus + 1e-9 < gpu:
-        problems.append(f"{live.gpus:g} GPUs where {gpu} were registered")
-    return "; ".join(problems)

@@ -28,8 +28,8 @@ from protocol.events import (
     StatusEvent,
     UsageEvent,
 )
+from protocol.nodes import LiveNode
 from protocol.run import RunConfig
-from ray_module.resources import LiveNode
 from tests.conftest import clear_tables, make_settings, register_node
 from tests.metering_checks import stream
 from tests.polling import wait_for

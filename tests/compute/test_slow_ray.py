@@ -17,8 +17,8 @@ from app.main import create_app
 from auth.models import Role
 from core.settings import Settings
 from protocol.events import RecordedEvent, RunState, StatusEvent
+from protocol.nodes import LiveNode
 from protocol.run import RunConfig
-from ray_module.resources import LiveNode
 from tests.conftest import Account, clear_tables, make_settings, register_node, submit_job
 from tests.polling import wait_for
 

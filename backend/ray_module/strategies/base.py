@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from protocol.placement import ExtraShare
 from protocol.run import RunConfig
 from ray_module.contract import RunContext
 from ray_module.errors import SettingsError
-from ray_module.scheduler import ExtraShare
 from ray_module.storage.checkpoints import saved_state
 
 CHECKPOINT_DIR = "checkpoint"  # under the job's directory, for every strategy

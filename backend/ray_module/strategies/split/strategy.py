@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol.placement import ExtraShare
 from protocol.run import RunConfig
 from ray_module.contract import RunContext
 from ray_module.errors import SettingsError
-from ray_module.scheduler import ExtraShare
 from ray_module.strategies.base import SubmittedJob, TrainingStrategy
 from ray_module.strategies.split.samples import PARTS
 from ray_module.strategies.split.settings import SplitSettings, parse_split_settings

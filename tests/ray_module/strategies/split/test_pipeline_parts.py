@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from compute.placement import NodeCapacity, PendingJob, fit_job, plan
+from protocol.placement import ExtraShare
 from protocol.run import DataRequest
 from ray_module.data.examples import load_labelled
 from ray_module.errors import DataError, SettingsError
-from ray_module.scheduler import ExtraShare, NodeCapacity, PendingJob, fit_job, plan
 from ray_module.strategies.split.evaluation import ClassifierScore
 from ray_module.strategies.split.results import (
     InferenceSettings,

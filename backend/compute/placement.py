@@ -1,4 +1,5 @@
-"""Pure scheduling policy: ``plan(pending, free, capacity) -> Plan``. No Ray, no database.
+"""The control plane's pure placement policy: ``plan(pending, free, capacity) -> Plan``. No
+Ray, no database.
 
 FIFO with backfill: jobs are considered oldest first; a job that does not fit now is skipped
 and smaller jobs behind it may start (backfill). A job is gang-scheduled: all of its workers
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+from protocol.placement import ExtraShare
 
 EPSILON = 1e-9
 
@@ -23,18 +26,6 @@ class NodeCapacity:
     # False: its owner takes only single-node jobs (it never shares a Ray cluster with
     # another machine), so it is never part of a multi-node placement.
     shares_clusters: bool = True
-
-
-@dataclass(frozen=True)
-class ExtraShare:
-    """A part of a job placed beside its requirements' workers, with its own shape: split's
-    data stage (``count`` loaders of this size each), priced and placed like the rest."""
-
-    role: str
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    count: int = 1
 
 
 @dataclass(frozen=True)

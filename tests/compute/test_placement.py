@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ray_module.scheduler import (
+from compute.placement import (
     NodeCapacity,
     PendingJob,
     WorkerSlot,
