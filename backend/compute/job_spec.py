@@ -27,11 +27,15 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from protocol.catalogue import (
+    BUILTIN_DATASETS,
+    PRESETS,
+    builtin_datasets_for,
+    hub_id_problem,
+    is_hub_id,
+)
 from protocol.placement import ExtraShare
-from ray_module.data.catalogue import BUILTIN_DATASETS, builtin_datasets_for
 from ray_module.errors import SettingsError
-from ray_module.hub import hub_id_problem, is_hub_id
-from ray_module.models.catalogue import PRESETS
 from ray_module.strategies.base import SubmittedJob
 from ray_module.strategies.registry import default_strategy, get_strategy
 

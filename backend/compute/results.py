@@ -14,7 +14,7 @@ from auth.models import User
 from compute.job_state import JobStatus
 from compute.jobs import get_job_for
 from core.errors import ConflictError, InvalidInputError, NotFoundError
-from ray_module.strategies.split import results as stored
+from protocol import results as stored
 
 
 class ResultFormat(enum.StrEnum):

@@ -12,28 +12,12 @@ worker's directory resolves only on the hub.
 from __future__ import annotations
 
 import contextlib
-import re
 import tempfile
 from collections.abc import Iterator
 
-_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-HUB_ID = re.compile(rf"{_PART}(?:/{_PART})?")
+from protocol.catalogue import hub_id_problem, is_hub_id
 
-
-def is_hub_id(name: str) -> bool:
-    """``name`` or ``owner/name``: letters, digits, ``.``, ``_``, ``-``; no ``..`` or ``--``
-    (the hub refuses both), at most 96 characters a part."""
-    return bool(HUB_ID.fullmatch(name)) and ".." not in name and "--" not in name
-
-
-def hub_id_problem(name: str, what: str) -> str | None:
-    """Why ``name`` is not a hub id (a sentence naming ``what`` it was for), or None."""
-    if is_hub_id(name):
-        return None
-    return (
-        f"{what} {name!r} is not a Hugging Face hub id (use 'name' or 'owner/name' with "
-        "letters, digits, '.', '_' and '-'); files are read only under DISTLM_DATA_ROOT"
-    )
+__all__ = ["away_from_local_disk", "hub_id_problem", "is_hub_id", "require_hub_id"]
 
 
 def require_hub_id(name: str, what: str, error: type[Exception]) -> None:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from protocol.catalogue import BUILTIN_DATASETS
 from protocol.run import DataRequest
-from ray_module.data.catalogue import BUILTIN_DATASETS
 from ray_module.errors import DataError
 from ray_module.hub import away_from_local_disk, require_hub_id
 

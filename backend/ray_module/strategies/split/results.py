@@ -11,11 +11,14 @@ from typing import Any
 
 import numpy as np
 
-RESULTS_DIR = "results"
-JSONL_FILE = "predictions.jsonl"
-PARQUET_FILE = "predictions.parquet"
-SUMMARY_FILE = "summary.json"
-VALIDATION_FILE = "validation.json"
+from protocol.results import (  # noqa: F401  (the names are the protocol's)
+    JSONL_FILE,
+    PARQUET_FILE,
+    RESULTS_DIR,
+    SUMMARY_FILE,
+    VALIDATION_FILE,
+)
+
 DIGITS = 6  # probabilities are rounded to this many decimals
 
 
