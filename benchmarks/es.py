@@ -25,10 +25,10 @@ def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from protocol.run import DataRequest, ModelRequest
+    from protocol.strategies.es import parse_es_settings
     from ray_module.resources import node_resource
     from ray_module.strategies.es.noise import NoiseTable
     from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
-    from ray_module.strategies.es.settings import parse_es_settings
     from ray_module.strategies.es.worker import ESWorker, WorkerConfig
 
     training = {

@@ -10,6 +10,7 @@ import pytest
 from compute.models import Job
 from protocol.events import MetricEvent, RunState, StatusEvent, UsageEvent
 from protocol.run import DataRequest, ModelRequest, RunConfig
+from protocol.strategies.data_parallel import DataParallelSettings
 from ray_module.errors import (
     DataError,
     LostWorkersError,
@@ -19,7 +20,6 @@ from ray_module.errors import (
     is_retryable,
 )
 from ray_module.runner.job_runner import JobRunner
-from ray_module.strategies.data_parallel.settings import DataParallelSettings
 from tests.polling import wait_for
 
 

@@ -11,16 +11,16 @@ from typing import Any
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
 from protocol.run import RunConfig
+from protocol.strategies.data_parallel import (
+    DataParallelSettings,
+    parse_data_parallel_settings,
+)
 from ray_module.contract import NAMESPACE, RunContext, runner_name
 from ray_module.errors import RunCancelledError
 from ray_module.resources import NODE_LABEL
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from ray_module.strategies.data_parallel.settings import (
-    DataParallelSettings,
-    parse_data_parallel_settings,
-)
 
 
 def settings_of(config: RunConfig) -> DataParallelSettings:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.run import RunConfig
-from ray_module.contract import RunContext
-from ray_module.strategies.base import TrainingStrategy
-from ray_module.strategies.data_parallel.settings import (
+from protocol.strategies.data_parallel import (
     DataParallelSettings,
     parse_data_parallel_settings,
 )
+from ray_module.contract import RunContext
+from ray_module.strategies.base import TrainingStrategy
 
 
 class DataParallelStrategy(TrainingStrategy):

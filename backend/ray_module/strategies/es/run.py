@@ -15,6 +15,7 @@ import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from protocol.run import PublishTarget, RunConfig
+from protocol.strategies.es import ESSettings, parse_es_settings
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
@@ -25,7 +26,6 @@ from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.es.estimator import SGD, Adam
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
-from ray_module.strategies.es.settings import ESSettings, parse_es_settings
 from ray_module.strategies.es.worker import ESWorker, WorkerConfig
 
 WORKER_START_TIMEOUT_S = 600

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.strategies.es import ESSettings
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.strategies.actor_pool import (
     Credit,
@@ -37,7 +38,6 @@ from ray_module.strategies.actor_pool import (
 )
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
 from ray_module.strategies.es.noise import NoiseTable
-from ray_module.strategies.es.settings import ESSettings
 
 
 class WorkerFailedError(StartupError):

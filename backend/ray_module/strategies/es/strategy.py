@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.run import RunConfig
+from protocol.strategies.es import ESSettings, parse_es_settings
 from ray_module.contract import RunContext
 from ray_module.strategies.base import SubmittedJob, TrainingStrategy, slots_of
-from ray_module.strategies.es.settings import ESSettings, parse_es_settings
 
 
 class ESStrategy(TrainingStrategy):

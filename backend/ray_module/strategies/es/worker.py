@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from protocol.run import DataRequest, ModelRequest, PublishTarget
+from protocol.strategies.es import ESSettings
 from ray_module.data.texts import load_texts
 from ray_module.errors import DataError
 from ray_module.models.char_rnn import (
@@ -31,7 +32,6 @@ from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.es.noise import NoiseTable, pair_index
-from ray_module.strategies.es.settings import ESSettings
 
 DEFAULT_VALIDATION_SPLIT = 0.1
 VALIDATION_BATCHES = 4

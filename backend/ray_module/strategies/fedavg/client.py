@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from protocol.run import DataRequest, ModelRequest, PublishTarget
+from protocol.strategies.fedavg import CLIENT_PLACEHOLDER, FedAvgSettings
 from ray_module.data.examples import LabelledData, PairData, load_labelled, load_pairs
 from ray_module.errors import DataError, StartupError
 from ray_module.storage.directories import replace_directory, staging_for
@@ -28,7 +29,6 @@ from ray_module.strategies.fedavg.partition import (
     label_histogram,
     split_validation,
 )
-from ray_module.strategies.fedavg.settings import CLIENT_PLACEHOLDER, FedAvgSettings
 from ray_module.strategies.fedavg.tasks import (
     ClassifierTask,
     LocalTraining,

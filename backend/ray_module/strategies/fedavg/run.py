@@ -13,6 +13,7 @@ from typing import Any
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from protocol.run import PublishTarget, RunConfig, WorkerPlan
+from protocol.strategies.fedavg import FedAvgSettings, parse_fedavg_settings
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
@@ -27,7 +28,6 @@ from ray_module.strategies.fedavg.checkpoint import (
 )
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig, class_order
 from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
-from ray_module.strategies.fedavg.settings import FedAvgSettings, parse_fedavg_settings
 
 HOST_START_TIMEOUT_S = 600
 

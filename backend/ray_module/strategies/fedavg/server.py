@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.strategies.fedavg import FedAvgSettings
 from ray_module.errors import LostWorkersError, RetryableRunError, StartupError
 from ray_module.strategies.actor_pool import (
     Credit,
@@ -34,7 +35,6 @@ from ray_module.strategies.fedavg.aggregate import (
     nbytes,
     weighted_average,
 )
-from ray_module.strategies.fedavg.settings import FedAvgSettings
 
 Weights = list[np.ndarray]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.run import RunConfig
-from ray_module.contract import RunContext
-from ray_module.errors import SettingsError
-from ray_module.strategies.base import SubmittedJob, TrainingStrategy, slots_of
-from ray_module.strategies.fedavg.settings import (
+from protocol.strategies.fedavg import (
     CLIENT_PLACEHOLDER,
     FedAvgSettings,
     parse_fedavg_settings,
 )
+from ray_module.contract import RunContext
+from ray_module.errors import SettingsError
+from ray_module.strategies.base import SubmittedJob, TrainingStrategy, slots_of
 
 
 class FedAvgStrategy(TrainingStrategy):

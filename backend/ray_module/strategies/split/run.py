@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from protocol.run import RunConfig, WorkerPlan
+from protocol.strategies.split import SplitSettings, parse_split_settings
 from ray_module.contract import NAMESPACE, RunContext, runner_name
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.resources import node_resource
@@ -18,7 +19,6 @@ from ray_module.strategies.actor_pool import raise_startup_failure
 from ray_module.strategies.split.loader import BatchLoader, DataShape, LoaderConfig
 from ray_module.strategies.split.results import InferenceSettings
 from ray_module.strategies.split.samples import part_ids, split_ids
-from ray_module.strategies.split.settings import SplitSettings, parse_split_settings
 from ray_module.strategies.split.worker import SplitWorker, WorkerConfig
 
 LOADER_ROLE = "loader"

@@ -8,11 +8,11 @@ from typing import Any
 
 from protocol.placement import ExtraShare
 from protocol.run import RunConfig
+from protocol.strategies.split import SplitSettings, parse_split_settings
 from ray_module.contract import RunContext
 from ray_module.errors import SettingsError
 from ray_module.strategies.base import SubmittedJob, TrainingStrategy
 from ray_module.strategies.split.samples import PARTS
-from ray_module.strategies.split.settings import SplitSettings, parse_split_settings
 
 LIMITED_BY_DATA = 0.25  # a trainer that waits for data more than this is data-bound
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
 from protocol.run import ModelRequest, PublishTarget, WorkerPlan
+from protocol.strategies.split import SplitSettings
 from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
 from ray_module.storage.checkpoints import load_arrays, save_arrays
@@ -25,7 +26,6 @@ from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.split import evaluation, results
 from ray_module.strategies.split.loader import LABELLED, PAIRS, TEXT, DataShape
 from ray_module.strategies.split.samples import EpochPlan
-from ray_module.strategies.split.settings import SplitSettings
 from ray_module.strategies.split.stream import BatchStream, Flow
 
 FLOW_EVERY = 10  # steps between flow figures

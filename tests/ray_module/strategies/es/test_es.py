@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from protocol.run import ModelRequest
+from protocol.strategies.es import parse_es_settings
 from ray_module.errors import ModelError
 from ray_module.models.char_rnn import (
     CharRNNConfig,
@@ -29,7 +30,6 @@ from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, c
 from ray_module.strategies.es.noise import NoiseTable, pair_index
 from ray_module.strategies.es.run import load_es_checkpoint, restore_optimizer, save_es_checkpoint
 from ray_module.strategies.es.server import payload_bytes, split_population
-from ray_module.strategies.es.settings import parse_es_settings
 
 # -- noise ------------------------------------------------------------------------------------
 

@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from protocol.run import DataRequest, ModelRequest
+from protocol.strategies.es import parse_es_settings
 from ray_module.resources import node_resource
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
-from ray_module.strategies.es.settings import parse_es_settings
 from ray_module.strategies.es.worker import ESWorker, WorkerConfig
 from tests.baselines import char_unigram
 from tests.conftest import finished, job_state

@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from auth.models import Role
 from protocol.events import MetricEvent
 from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+from protocol.strategies.fedavg import parse_fedavg_settings
 from ray_module.resources import node_resource
 from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.fedavg.aggregate import server_optimizer
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig
 from ray_module.strategies.fedavg.run import run_fedavg
 from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
-from ray_module.strategies.fedavg.settings import parse_fedavg_settings
 from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
 from tests.polling import wait_for
 from tests.ray_state import list_actors

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from protocol.run import DataRequest, ModelRequest
+from protocol.strategies.fedavg import parse_fedavg_settings
 from ray_module.data.examples import digits, labelled_from_table, load_labelled, synthetic_t2t
 from ray_module.errors import DataError, ModelError
 from ray_module.strategies.fedavg.aggregate import (
@@ -31,7 +32,6 @@ from ray_module.strategies.fedavg.partition import (
 )
 from ray_module.strategies.fedavg.run import assign_clients
 from ray_module.strategies.fedavg.server import sample_size
-from ray_module.strategies.fedavg.settings import parse_fedavg_settings
 from ray_module.strategies.fedavg.tasks import ClassifierTask, LocalTraining, TextToTextTask
 
 DIGITS = digits()

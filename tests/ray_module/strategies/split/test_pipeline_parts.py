@@ -16,6 +16,7 @@ import torch
 from compute.placement import NodeCapacity, PendingJob, fit_job, plan
 from protocol.placement import ExtraShare
 from protocol.run import DataRequest
+from protocol.strategies.split import parse_split_settings
 from ray_module.data.examples import load_labelled
 from ray_module.errors import DataError, SettingsError
 from ray_module.strategies.split.evaluation import ClassifierScore
@@ -25,7 +26,6 @@ from ray_module.strategies.split.results import (
     classifier_estimates,
 )
 from ray_module.strategies.split.samples import EpochPlan, part_ids, split_ids
-from ray_module.strategies.split.settings import parse_split_settings
 from ray_module.strategies.split.stream import BatchStream, Flow
 from ray_module.strategies.split.worker import SplitWorker
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_module.errors import SettingsError
+from protocol.errors import SettingsError
 
 # Generic job knobs that every strategy tolerates.
 GENERIC_KEYS = frozenset({"strategy", "num_workers"})

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ray_module.errors import SettingsError
-from ray_module.strategies.knobs import KnobRules, parse_knobs, run_length
+from protocol.errors import SettingsError
+from protocol.strategies.knobs import KnobRules, parse_knobs, run_length
 
 MAX_LOADER_NODES = 64
 

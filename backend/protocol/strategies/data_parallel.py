@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ray_module.strategies.knobs import KnobRules, parse_knobs, run_length
+from protocol.strategies.knobs import KnobRules, parse_knobs, run_length
 
 
 @dataclass(frozen=True)

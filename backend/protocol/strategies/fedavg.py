@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ray_module.errors import SettingsError
-from ray_module.strategies.knobs import KnobRules, parse_knobs
+from protocol.errors import SettingsError
+from protocol.strategies.knobs import KnobRules, parse_knobs
 
 PARTITIONS = ("iid", "dirichlet", "node_local")
 CLIENT_PLACEHOLDER = "{client}"  # in a node-local path: the client's number
