@@ -211,11 +211,10 @@ def test_the_gateway_process_never_imports_ray(tmp_path: Path) -> None:
 
 
 CONTROL_PLANE = ("app", "compute", "ledger", "auth", "core", "monitoring")
-# What the control plane still takes from the node side's package (issue 20, item 8): the
-# former mode where jobs run on the gateway's own Ray (cluster, head, runner client), and
-# what both sides need of a strategy (its settings, progress and extra shares, and the
-# errors its parsing raises). Each is to move into `protocol/` or away with that mode; this
-# list may only shrink.
+# What the control plane still takes from the node side's package (issue 20, item 8): only
+# the former mode where jobs run on the gateway's own Ray (its cluster and head, the runner
+# client, Ray's node table, and how a Ray error reads). They go with that mode; this list
+# may only shrink.
 KNOWN_NODE_SIDE_IMPORTS = {
     ("app.main", "ray_module.cluster"),
     ("app.routes.health", "ray_module.cluster"),
@@ -224,15 +223,6 @@ KNOWN_NODE_SIDE_IMPORTS = {
     ("compute.dispatcher", "ray_module.errors"),
     ("compute.dispatcher", "ray_module.resources"),
     ("compute.dispatcher", "ray_module.runner.client"),
-    ("compute.dispatcher", "ray_module.strategies.registry"),
-    ("compute.job_spec", "ray_module.errors"),
-    ("compute.job_spec", "ray_module.strategies.base"),
-    ("compute.job_spec", "ray_module.strategies.registry"),
-    ("compute.scheduling", "ray_module.errors"),
-    ("compute.scheduling", "ray_module.strategies.base"),
-    ("compute.scheduling", "ray_module.strategies.registry"),
-    ("compute.status_summary", "ray_module.errors"),
-    ("compute.status_summary", "ray_module.strategies.registry"),
 }
 
 

@@ -48,6 +48,7 @@ from compute.storage import expire_storage
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates
+from protocol.errors import SettingsError
 from protocol.events import (
     ArtifactEvent,
     CheckpointEvent,
@@ -58,10 +59,10 @@ from protocol.events import (
 )
 from protocol.nodes import LiveNode, resource_shortfall
 from protocol.run import RunConfig
-from ray_module.errors import SettingsError, describe
+from protocol.strategies.registry import get_rules
+from ray_module.errors import describe
 from ray_module.resources import live_nodes
 from ray_module.runner import client as runner_client
-from ray_module.strategies.registry import get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +530,7 @@ def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
 def progress(job: Job, step: int) -> str:
     """ "round 4 of 10", "step 30 of 60": how far a running job is, in its strategy's unit."""
     try:
-        strategy = get_strategy(job.strategy)
+        strategy = get_rules(job.strategy)
         return strategy.progress(strategy.parse_settings(strategy_knobs(job)), step)
     except SettingsError:  # a spec stored under older rules: still say how far it is
         return f"step {step}"
@@ -538,7 +539,7 @@ def progress(job: Job, step: int) -> str:
 def progress_note(job: Job, values: dict) -> str | None:
     """What the strategy reads in a metric point about what limits the run."""
     try:
-        return get_strategy(job.strategy).progress_note(values)
+        return get_rules(job.strategy).progress_note(values)
     except SettingsError:
         return None
 

@@ -34,10 +34,10 @@ from protocol.catalogue import (
     hub_id_problem,
     is_hub_id,
 )
+from protocol.errors import SettingsError
 from protocol.placement import ExtraShare
-from ray_module.errors import SettingsError
-from ray_module.strategies.base import SubmittedJob
-from ray_module.strategies.registry import default_strategy, get_strategy
+from protocol.strategies.registry import default_rules, get_rules
+from protocol.strategies.rules import SubmittedJob
 
 MICRO = 1_000_000  # ledger units per token
 
@@ -230,8 +230,8 @@ class JobSpec(_Strict):
     def _strategy_accepts_it(self) -> None:
         task = self.task.value
         if self.training_config.strategy is None:
-            self.training_config.strategy = default_strategy(self.model.type.value, task).name
-        strategy = get_strategy(self.training_config.strategy)
+            self.training_config.strategy = default_rules(self.model.type.value, task).name
+        strategy = get_rules(self.training_config.strategy)
         strategy.check_model_type(self.model.type.value)
         strategy.check_task(task)
         preset_type = PRESETS.get(self.model.model_name)
@@ -261,7 +261,7 @@ class JobSpec(_Strict):
 
     def extra_shares(self) -> tuple[ExtraShare, ...]:
         """The job's parts beside its requirements (split's loaders), for the price."""
-        strategy = get_strategy(self.strategy)
+        strategy = get_rules(self.strategy)
         settings = strategy.parse_settings(self.training_config.knobs())
         return strategy.extra_shares(self.submitted(), settings)
 

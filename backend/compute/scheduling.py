@@ -21,9 +21,9 @@ from compute.placement import (
     plan,
     subtract,
 )
-from ray_module.errors import SettingsError
-from ray_module.strategies.base import SubmittedJob, TrainingStrategy
-from ray_module.strategies.registry import get_strategy
+from protocol.errors import SettingsError
+from protocol.strategies.registry import get_rules
+from protocol.strategies.rules import StrategyRules, SubmittedJob
 
 ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
@@ -108,9 +108,9 @@ def extra_shares(job: Job) -> tuple[ExtraShare, ...]:
     return strategy.extra_shares(submitted_job(job), settings)
 
 
-def _strategy_and_settings(job: Job) -> tuple[TrainingStrategy, object] | None:
+def _strategy_and_settings(job: Job) -> tuple[StrategyRules, object] | None:
     try:
-        strategy = get_strategy(job.strategy)
+        strategy = get_rules(job.strategy)
     except SettingsError:
         return None
     try:

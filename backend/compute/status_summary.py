@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from compute.job_state import JobStatus
 from compute.models import Job, JobMetric
 from compute.scheduling import eligible_nodes, strategy_knobs
-from ray_module.errors import SettingsError
-from ray_module.strategies.registry import get_strategy
+from protocol.errors import SettingsError
+from protocol.strategies.registry import get_rules
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _progress(session: Session, job: Job, step: int) -> RunningJobStatus:
     if isinstance(described, dict) and isinstance(described.get("total_steps"), int):
         total = described["total_steps"]
     try:
-        strategy = get_strategy(job.strategy)
+        strategy = get_rules(job.strategy)
         settings = strategy.parse_settings(strategy_knobs(job))
         total = total or strategy.total_steps(settings)
         progress = strategy.progress(settings, step)

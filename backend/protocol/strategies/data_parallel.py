@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from protocol.strategies.knobs import KnobRules, parse_knobs, run_length
+from protocol.strategies.rules import StrategyRules
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,17 @@ def parse_data_parallel_settings(training: dict[str, Any]) -> DataParallelSettin
     return DataParallelSettings(
         **parse_knobs(training, RULES, (f.name for f in fields(DataParallelSettings)))
     )
+
+
+class DataParallelRules(StrategyRules):
+    name = "data_parallel"
+    model_types = frozenset({"simple_transformer"})
+    default_for = frozenset({"simple_transformer"})
+    progress_unit = "step"
+
+    def parse_settings(self, training: dict[str, Any]) -> DataParallelSettings:
+        return parse_data_parallel_settings(training)
+
+    def total_steps(self, settings: DataParallelSettings) -> int | None:
+        # Epochs become steps only once the data is loaded; max_steps is known upfront.
+        return settings.max_steps if not settings.epochs else None

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from protocol.strategies.knobs import KnobRules, parse_knobs
+from protocol.strategies.rules import StrategyRules, SubmittedJob, slots_of
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -71,3 +72,20 @@ def parse_es_settings(training: dict[str, Any]) -> ESSettings:
     if "time_per_step_s" in values and "population" not in values:
         values["population"] = None  # the time budget decides how many pairs
     return ESSettings(**values)
+
+
+class ESRules(StrategyRules):
+    name = "es"
+    model_types = frozenset({"char_rnn"})
+    default_for = frozenset({"char_rnn"})
+    progress_unit = "step"
+
+    def parse_settings(self, training: dict[str, Any]) -> ESSettings:
+        return parse_es_settings(training)
+
+    def worker_count(self, job: SubmittedJob, settings: ESSettings) -> int:
+        """ES scales with evaluators: one per whole core (or GPU)."""
+        return job.num_workers or slots_of(job)
+
+    def total_steps(self, settings: ESSettings) -> int:
+        return settings.steps

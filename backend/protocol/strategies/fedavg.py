@@ -11,6 +11,7 @@ from typing import Any
 
 from protocol.errors import SettingsError
 from protocol.strategies.knobs import KnobRules, parse_knobs
+from protocol.strategies.rules import StrategyRules, SubmittedJob, slots_of
 
 PARTITIONS = ("iid", "dirichlet", "node_local")
 CLIENT_PLACEHOLDER = "{client}"  # in a node-local path: the client's number
@@ -118,3 +119,40 @@ def parse_fedavg_settings(training: dict[str, Any]) -> FedAvgSettings:
             "min_available_clients must be at least min_fit_clients", "min_available_clients"
         )
     return settings
+
+
+class FedAvgRules(StrategyRules):
+    name = "fedavg"
+    model_types = frozenset({"text_to_text", "classifier"})
+    default_for = frozenset({"text_to_text", "classifier"})
+    progress_unit = "round"
+
+    def parse_settings(self, training: dict[str, Any]) -> FedAvgSettings:
+        return parse_fedavg_settings(training)
+
+    def check_job(self, job: SubmittedJob, settings: FedAvgSettings) -> None:
+        if job.num_workers is not None and job.num_workers > settings.clients:
+            raise SettingsError(
+                f"num_workers ({job.num_workers}) exceeds clients ({settings.clients}): "
+                "each worker hosts at least one client",
+                "num_workers",
+            )
+        if settings.partition == "node_local" and (
+            job.data_source != "local" or CLIENT_PLACEHOLDER not in (job.data_path or "")
+        ):
+            raise SettingsError(
+                "partition 'node_local' reads each client's own file on its node: use "
+                "data_source 'local' with a path containing {client}, e.g. clients/{client}.csv",
+                "partition",
+            )
+
+    def worker_count(self, job: SubmittedJob, settings: FedAvgSettings) -> int:
+        """One client host per whole core (or GPU), at most one per client: fractional-core
+        actors would only contend for the same cores, and each costs a torch import; extra
+        clients are dealt to the hosts."""
+        if job.num_workers:
+            return job.num_workers
+        return max(1, min(settings.clients, slots_of(job)))
+
+    def total_steps(self, settings: FedAvgSettings) -> int:
+        return settings.rounds

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from protocol.errors import SettingsError
+from protocol.placement import ExtraShare
 from protocol.strategies.knobs import KnobRules, parse_knobs, run_length
+from protocol.strategies.rules import StrategyRules, SubmittedJob
 
 MAX_LOADER_NODES = 64
 
@@ -113,3 +115,53 @@ def parse_loader(loader: Any) -> LoaderShare:
     if values.get("cpu_cores", 1.0) < 0.1 or values.get("memory", 1.0) < 0.1:
         raise SettingsError("loader: cpu_cores and memory must each be at least 0.1", "loader")
     return LoaderShare(**values)
+
+
+PARTS = ("all", "train", "validation")  # the sides of the training split a job may name
+LIMITED_BY_DATA = 0.25  # a trainer that waits for data more than this is data-bound
+
+
+class SplitRules(StrategyRules):
+    name = "split"
+    # Text-to-text models are validated and used for inference here; they train with fedavg.
+    model_types = frozenset({"classifier", "simple_transformer", "text_to_text"})
+    tasks = frozenset({"train", "validate", "infer"})
+    progress_unit = "step"
+
+    def parse_settings(self, training: dict[str, Any]) -> SplitSettings:
+        return parse_split_settings(training)
+
+    def check_job(self, job: SubmittedJob, settings: SplitSettings) -> None:
+        if job.model_type == "text_to_text" and job.task == "train":
+            raise SettingsError(
+                "split trains classifier and simple_transformer models; train text_to_text "
+                "models with fedavg (split can validate and infer with them)",
+                "strategy",
+            )
+        if job.num_workers not in (None, 1):
+            raise SettingsError(
+                "split runs one trainer; give the data stage more loaders with loader.nodes "
+                "or loader.cpu_cores",
+                "num_workers",
+            )
+        if job.data_source != "huggingface" and job.data_split not in (None, *PARTS):
+            raise SettingsError(
+                f"data_config.split must be one of {', '.join(PARTS)} for {job.data_source} "
+                "data (a side of the training split)",
+                "split",
+            )
+
+    def extra_shares(self, job: SubmittedJob, settings: SplitSettings) -> tuple[ExtraShare, ...]:
+        loader = settings.loader
+        return (ExtraShare("loader", 0, loader.cpu_cores, loader.memory, loader.nodes),)
+
+    def total_steps(self, settings: SplitSettings) -> int | None:
+        return settings.max_steps if not settings.epochs else None
+
+    def progress_note(self, values: dict[str, Any]) -> str | None:
+        wait = values.get("data_wait_fraction")
+        if not isinstance(wait, int | float):
+            return None
+        if wait > LIMITED_BY_DATA:
+            return f"trainer waits for data {wait:.0%} of the time: more loader CPU would help"
+        return f"trainer waits for data {wait:.0%} of the time: the trainer is the limit"

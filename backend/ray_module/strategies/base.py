@@ -1,105 +1,24 @@
-"""The strategy contract: one object per training mode owns everything about that mode.
-
-Modelled on Flower's ``Strategy`` base class: documented hooks with defaults, one subclass
-per mode. The gateway asks a strategy whether a job can run (``parse_settings``,
-``check_job``), how many workers its requirements give (``worker_count``), how its progress
-reads (``progress``) and where it left off (``checkpointed_step``); the runner calls ``run``.
-Everything here but ``run`` is cheap and imports no Ray or torch: the gateway calls it at
-submit and in every dispatcher round.
-"""
+"""The strategy contract on the node side: a mode's rules (``protocol.strategies``) plus how
+it runs (``run``, in the runner) and where a run left off (``checkpointed_step``)."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
 
-from protocol.placement import ExtraShare
 from protocol.run import RunConfig
+from protocol.strategies.rules import StrategyRules, SubmittedJob, slots_of
 from ray_module.contract import RunContext
-from ray_module.errors import SettingsError
 from ray_module.storage.checkpoints import saved_state
+
+__all__ = ["CHECKPOINT_DIR", "SubmittedJob", "TrainingStrategy", "slots_of"]
 
 CHECKPOINT_DIR = "checkpoint"  # under the job's directory, for every strategy
 
 
-@dataclass(frozen=True)
-class SubmittedJob:
-    """What a strategy may check about a submitted job, besides its own settings."""
-
-    model_type: str
-    model_name: str
-    data_source: str
-    dataset_name: str
-    data_path: str | None
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    num_workers: int | None = None  # the user's explicit worker count, if any
-    task: str = "train"
-    data_split: str | None = None
-
-
-class TrainingStrategy(ABC):
-    """Subclass, set the class attributes, implement ``parse_settings`` and ``run``, and add
-    one line to ``registry.STRATEGIES``."""
-
-    name: ClassVar[str]
-    model_types: ClassVar[frozenset[str]]  # the model types it trains
-    default_for: ClassVar[frozenset[str]] = frozenset()  # model types it is the default for
-    progress_unit: ClassVar[str] = "step"  # also the key of the step in checkpoint state
-    tasks: ClassVar[frozenset[str]] = frozenset({"train"})  # the job tasks it can run
-
-    @abstractmethod
-    def parse_settings(self, training: dict[str, Any]) -> Any:
-        """The mode's settings from ``training_config`` (without ``strategy`` and
-        ``num_workers``): defaults filled in, every knob checked. Raises ``SettingsError``
-        naming the field for an unknown knob or a bad value."""
-
-    def check_model_type(self, model_type: str) -> None:
-        if model_type not in self.model_types:
-            allowed = ", ".join(sorted(self.model_types))
-            raise SettingsError(
-                f"strategy '{self.name}' cannot train model type '{model_type}' "
-                f"(it trains: {allowed})",
-                "strategy",
-            )
-
-    def check_job(self, job: SubmittedJob, settings: Any) -> None:
-        """Cross-field rules (data the mode cannot use, worker counts): ``SettingsError``.
-        The default has none."""
-        return None
-
-    def check_task(self, task: str) -> None:
-        if task not in self.tasks:
-            allowed = ", ".join(sorted(self.tasks))
-            raise SettingsError(
-                f"strategy '{self.name}' cannot run task '{task}' (it runs: {allowed})", "task"
-            )
-
-    def extra_shares(self, job: SubmittedJob, settings: Any) -> tuple[ExtraShare, ...]:
-        """Parts of the job beside its requirements' workers (split's data stage): placed,
-        priced and metered like them. The default has none."""
-        return ()
-
-    def progress_note(self, values: dict[str, Any]) -> str | None:
-        """What a metric point says about what limits the run, for the job's status reason
-        ("trainer waits for data 40% of the time: ..."); None when it says nothing."""
-        return None
-
-    def worker_count(self, job: SubmittedJob, settings: Any) -> int:
-        """How many worker actors share the job's requirements (``num_workers`` wins)."""
-        return job.num_workers or 1
-
-    def total_steps(self, settings: Any) -> int | None:
-        """The number of steps (rounds, ...) the run will take, when it is known upfront."""
-        return None
-
-    def progress(self, settings: Any, step: int) -> str:
-        """How far a running job is, in the mode's own unit: "round 4 of 10"."""
-        total = self.total_steps(settings)
-        return f"{self.progress_unit} {step}" + (f" of {total}" if total else "")
+class TrainingStrategy(StrategyRules):
+    """A mode as its runner uses it: its rules' class first, then this one, e.g.
+    ``class ESStrategy(ESRules, TrainingStrategy)``; one line in ``registry.STRATEGIES``."""
 
     def checkpointed_step(self, job_dir: Path) -> int | None:
         """The step of the job's last whole checkpoint (a resume starts after it)."""
@@ -113,8 +32,3 @@ class TrainingStrategy(ABC):
         """Run (or resume from the job's checkpoint) to the end, emitting metric, usage,
         checkpoint and artifact events through ``context``. Raise ``RetryableRunError`` when
         work was lost, ``FinalRunError`` when the job cannot succeed."""
-
-
-def slots_of(job: SubmittedJob) -> int:
-    """Whole cores (or GPUs) of a job's requirements: the natural number of workers."""
-    return job.gpu if job.gpu else max(1, int(job.cpu_cores))

@@ -1,8 +1,10 @@
-"""The registered training strategies: adding a mode is one package and one line here."""
+"""The registered training strategies as a node runs them: adding a mode is its rules
+(``protocol.strategies``), one package here and one line below."""
 
 from __future__ import annotations
 
-from ray_module.errors import SettingsError
+from protocol.errors import SettingsError
+from protocol.strategies.registry import RULES
 from ray_module.strategies.base import TrainingStrategy
 from ray_module.strategies.data_parallel.strategy import DataParallelStrategy
 from ray_module.strategies.es.strategy import ESStrategy
@@ -13,6 +15,7 @@ STRATEGIES: dict[str, TrainingStrategy] = {
     strategy.name: strategy
     for strategy in (DataParallelStrategy(), FedAvgStrategy(), ESStrategy(), SplitStrategy())
 }
+assert STRATEGIES.keys() == RULES.keys(), "every mode's rules have a strategy, and back"
 
 
 def get_strategy(name: str) -> TrainingStrategy:
@@ -21,19 +24,3 @@ def get_strategy(name: str) -> TrainingStrategy:
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
         raise SettingsError(f"unknown strategy '{name}' (known: {known})", "strategy") from None
-
-
-def default_strategy(model_type: str, task: str = "train") -> TrainingStrategy:
-    """The mode a job runs in when it names none: its model type's default for training,
-    otherwise the first strategy that runs the task for that model type."""
-    for strategy in STRATEGIES.values():
-        if task == "train" and model_type in strategy.default_for:
-            return strategy
-    for strategy in STRATEGIES.values():
-        if task != "train" and task in strategy.tasks and model_type in strategy.model_types:
-            return strategy
-    raise SettingsError(f"no strategy runs task '{task}' for model type '{model_type}'", "strategy")
-
-
-def trainable_model_types() -> frozenset[str]:
-    return frozenset(t for strategy in STRATEGIES.values() for t in strategy.model_types)

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocol.strategies.split import PARTS  # data_config.split: a side of the split
 from ray_module.errors import SettingsError
-
-# data_config.split for built-in and local data: which part of the held-out split to use.
-PARTS = ("all", "train", "validation")
 
 
 def split_ids(size: int, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

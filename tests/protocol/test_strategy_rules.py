@@ -1,18 +1,19 @@
-"""The strategy registry: each mode's model types, settings, worker counts and progress, and
-the submit-time refusals that follow from them (422, nothing stored, nothing held)."""
+"""The modes' rules, as both sides check them: each mode's model types, settings, worker
+counts and progress, and the submit-time refusals that follow from them (422, nothing
+stored, nothing held)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ray_module.errors import SettingsError
-from ray_module.strategies.base import SubmittedJob
-from ray_module.strategies.registry import (
-    STRATEGIES,
-    default_strategy,
-    get_strategy,
+from protocol.errors import SettingsError
+from protocol.strategies.registry import (
+    RULES,
+    default_rules,
+    get_rules,
     trainable_model_types,
 )
+from protocol.strategies.rules import SubmittedJob
 
 
 def submitted(model_type: str = "classifier", cpu: float = 2, gpu: int = 0, **kw) -> SubmittedJob:
@@ -29,9 +30,9 @@ def submitted(model_type: str = "classifier", cpu: float = 2, gpu: int = 0, **kw
 
 def test_every_model_type_has_one_default_strategy_that_trains_it() -> None:
     for model_type in ("simple_transformer", "text_to_text", "classifier", "char_rnn"):
-        strategy = default_strategy(model_type)
+        strategy = default_rules(model_type)
         assert model_type in strategy.model_types
-        defaults = [s for s in STRATEGIES.values() if model_type in s.default_for]
+        defaults = [s for s in RULES.values() if model_type in s.default_for]
         assert defaults == [strategy]
     assert trainable_model_types() == {
         "simple_transformer",
@@ -45,26 +46,26 @@ def test_unknown_strategy_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(
         SettingsError, match=r"unknown strategy 'pipeline'.*data_parallel, es, fedavg, split"
     ):
-        get_strategy("pipeline")
+        get_rules("pipeline")
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_every_strategy_refuses_unknown_knobs_naming_them(name: str) -> None:
-    strategy = get_strategy(name)
+    strategy = get_rules(name)
     with pytest.raises(SettingsError, match="'learning_rat'"):
         strategy.parse_settings({"learning_rat": 0.1})
     defaults = strategy.parse_settings({})
     assert strategy.parse_settings(defaults.to_dict()) == defaults  # defaults round-trip
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_every_strategy_refuses_out_of_range_values(name: str) -> None:
     with pytest.raises(SettingsError, match="batch_size"):
-        get_strategy(name).parse_settings({"batch_size": 0})
+        get_rules(name).parse_settings({"batch_size": 0})
 
 
 def test_worker_counts_follow_each_strategys_rule() -> None:
-    fedavg, es, dp = get_strategy("fedavg"), get_strategy("es"), get_strategy("data_parallel")
+    fedavg, es, dp = get_rules("fedavg"), get_rules("es"), get_rules("data_parallel")
     clients4 = fedavg.parse_settings({"clients": 4})
     assert fedavg.worker_count(submitted(cpu=2), clients4) == 2  # 2 hosts, 2 clients each
     assert fedavg.worker_count(submitted(cpu=8), fedavg.parse_settings({"clients": 3})) == 3
@@ -77,7 +78,7 @@ def test_worker_counts_follow_each_strategys_rule() -> None:
 
 
 def test_progress_reads_in_each_strategys_unit() -> None:
-    fedavg, es, dp = get_strategy("fedavg"), get_strategy("es"), get_strategy("data_parallel")
+    fedavg, es, dp = get_rules("fedavg"), get_rules("es"), get_rules("data_parallel")
     assert fedavg.progress(fedavg.parse_settings({"rounds": 10}), 4) == "round 4 of 10"
     assert es.progress(es.parse_settings({"steps": 60}), 30) == "step 30 of 60"
     assert dp.progress(dp.parse_settings({"max_steps": 8}), 3) == "step 3 of 8"
@@ -85,7 +86,7 @@ def test_progress_reads_in_each_strategys_unit() -> None:
 
 
 def test_cross_field_rules_belong_to_the_strategy() -> None:
-    fedavg = get_strategy("fedavg")
+    fedavg = get_rules("fedavg")
     with pytest.raises(SettingsError, match="num_workers \\(3\\) exceeds clients \\(2\\)"):
         fedavg.check_job(submitted(num_workers=3), fedavg.parse_settings({"clients": 2}))
     node_local = fedavg.parse_settings({"partition": "node_local"})
@@ -93,4 +94,4 @@ def test_cross_field_rules_belong_to_the_strategy() -> None:
         fedavg.check_job(submitted(), node_local)
     fedavg.check_job(submitted(data_source="local", data_path="c/{client}.csv"), node_local)
     with pytest.raises(SettingsError, match="cannot train model type 'classifier'"):
-        get_strategy("data_parallel").check_model_type("classifier")
+        get_rules("data_parallel").check_model_type("classifier")
