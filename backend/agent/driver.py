@@ -109,7 +109,9 @@ def drive(order: DriverOrder) -> int:
         return relay_until_done(runner, client)
     except RunRefusedError as refused:
         log.info("job %s attempt %s refused: %s", config.job_id, config.attempt, refused)
-        return 0
+        # Refused (the attempt ended): nothing to report. A damaged download: the agent
+        # reports this driver gone, and the attempt resumes elsewhere.
+        return 1 if refused.status >= 500 else 0
     finally:
         client.close()
 
