@@ -69,8 +69,10 @@ def node_charges(
         costs[item.node_id] = costs.get(item.node_id, 0) + price_usage(item.usage, rates).total
     costs = with_minimum(costs, int(rates.min_job_charge * MICRO))
     total = sum(costs.values())
-    if total > held:  # scale down proportionally, rounding down
-        costs = {node: cost * held // total for node, cost in costs.items()}
+    if total > held:  # scale down proportionally to exactly the hold
+        nodes = sorted(costs)
+        costs = {node: costs[node] * held // total for node in nodes}
+        costs[nodes[0]] += held - sum(costs.values())  # the rounding's remainder, to the first
     return {node: cost for node, cost in costs.items() if cost > 0}
 
 

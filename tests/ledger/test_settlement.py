@@ -228,3 +228,19 @@ def test_a_run_on_others_nodes_is_never_free(
     assert result.charged == 10_000  # 0.01 token, not the 0.00000003 the usage priced at
     assert result.credits == {node["id"]: 10_000 - result.fees}
     assert result.charged + result.refunded == result.held
+
+
+def test_usage_over_the_hold_on_several_nodes_charges_exactly_the_hold() -> None:
+    """Scaling each node's cost down to the hold rounds; the remainder still goes to a node,
+    so the job pays (and owners earn on) exactly its hold, not a micro-token less."""
+    from decimal import Decimal
+
+    from ledger.pricing import Rates, ResourceSeconds
+    from ledger.settlement import NodeUsage, node_charges
+
+    rates = Rates(Decimal(10), Decimal(1), Decimal("0.1"), Decimal(5))
+    hour = ResourceSeconds(cpu_core_seconds=3600.0)  # 1 token = 1,000,000 micro each
+    usage = [NodeUsage(node, owner_id=node + 10, usage=hour) for node in (1, 2, 3)]
+    charges = node_charges(usage, job_owner_id=99, held=1_000_000, rates=rates)
+    assert sum(charges.values()) == 1_000_000
+    assert sorted(charges.values()) == [333_333, 333_333, 333_334]
