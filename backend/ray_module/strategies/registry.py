@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from protocol.errors import SettingsError
-from protocol.strategies.registry import RULES
+from protocol.strategies.registry import RULES, get_rules
 from ray_module.strategies.base import TrainingStrategy
 from ray_module.strategies.data_parallel.strategy import DataParallelStrategy
 from ray_module.strategies.es.strategy import ESStrategy
@@ -19,8 +18,5 @@ assert STRATEGIES.keys() == RULES.keys(), "every mode's rules have a strategy, a
 
 
 def get_strategy(name: str) -> TrainingStrategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        known = ", ".join(sorted(STRATEGIES))
-        raise SettingsError(f"unknown strategy '{name}' (known: {known})", "strategy") from None
+    """The node side's strategy of a mode (an unknown name is refused as the rules refuse it)."""
+    return STRATEGIES[get_rules(name).name]
