@@ -7,7 +7,9 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import MetaData, create_engine, text
@@ -22,8 +24,10 @@ from compute.accounts import register_user, signup_grant_micro
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url
+from tests.agent_pool import AgentPool, LiveGateway
 from tests.polling import wait_for
 
+BACKEND = Path(__file__).resolve().parent.parent / "backend"
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct-horse-battery"
 ADMIN_PASSWORD = "admin-password-for-tests"
@@ -292,8 +296,11 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from ray_module.cluster import RUNTIME_ENV
-
+    # The pool's workers run our strategies: the code root on their path (a pool's own
+    # `ray start` has it the same way).
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(BACKEND), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -305,7 +312,9 @@ def ray_cluster():
         },
     )
     nodes = {1: add_ray_node(cluster, 1), 2: add_ray_node(cluster, 2)}
-    ray.init(address=cluster.address, namespace="distlm", runtime_env=RUNTIME_ENV)
+    # The engine's own tests drive runners from this process; jobs through the gateway run
+    # in drivers of their own, as on the nodes.
+    ray.init(address=cluster.address, namespace="distlm")
     cluster.wait_for_nodes()
     yield cluster, nodes
     ray.shutdown()
@@ -328,22 +337,55 @@ def ray_settings(request: pytest.FixtureRequest, ray_cluster, database_url: str,
     # Ray tests take minutes: those whose promise involves the database run on both.
     if not database_url.startswith("sqlite") and not request.node.get_closest_marker("database"):
         pytest.skip("Ray test not marked 'database': runs once, on SQLite")
-    cluster, _ = ray_cluster
     return make_settings(
         database_url,
-        ray_address=cluster.address,
+        run_jobs_on="agents",
         storage_path=tmp_path / "storage",
         dispatch_interval_s=0.3,
+        # A node whose agent falls silent is lost within seconds, not a minute.
+        node_timeout=5,
+        node_heartbeat_interval=1,
     )
 
 
 @pytest.fixture
-def ray_client(ray_settings) -> Iterator[TestClient]:
+def ray_client(ray_settings) -> Iterator[LiveGateway]:
+    """The gateway, served on a port of its own: jobs run on its nodes' agents."""
     clear_tables(ray_settings.database_url)
     app = create_app(ray_settings, manage_ray=True, run_migrations=False)
-    with TestClient(app) as client:
-        yield client
+    gateway = LiveGateway(app, free_port()).start()
+    yield gateway
+    gateway.stop()
     clear_tables(ray_settings.database_url)
+
+
+@pytest.fixture
+def agent_pool(ray_client: LiveGateway, ray_cluster, tmp_path) -> Iterator[AgentPool]:
+    """The agents of the nodes a test registers (``agent_pool.start``), on the session's
+    Ray cluster as a trusted pool; the Ray nodes a test lost come back afterwards."""
+    cluster, ray_nodes = ray_cluster
+    settings = ray_client.app.state.settings
+    pool = AgentPool(
+        str(ray_client.base_url), cluster, ray_nodes, tmp_path / "nodes", str(settings.data_root)
+    )
+    yield pool
+    pool.stop()
+    for node_id in (1, 2):
+        if node_id not in ray_nodes:
+            ray_nodes[node_id] = add_ray_node(cluster, node_id)
+
+
+def start_node(
+    client: httpx.Client,
+    pool: AgentPool,
+    headers: dict[str, str],
+    hostname: str,
+    resources: dict | None = None,
+) -> int:
+    """Register a node and start its agent in the pool; its id."""
+    node = register_node(client, headers, hostname, resources or CPU_NODE)
+    pool.start(node["id"], node["credential"])
+    return node["id"]
 
 
 def job_state(client: TestClient, headers: dict, job_id: int) -> dict:
@@ -356,14 +398,16 @@ def finished(client: TestClient, headers: dict, job_id: int) -> dict | None:
 
 
 @pytest.fixture
-def two_nodes(ray_client: TestClient, make_account) -> tuple[Account, list[int]]:
+def two_nodes(
+    ray_client: LiveGateway, agent_pool: AgentPool, make_account
+) -> tuple[Account, list[int]]:
     owner = make_account("olivia", Role.NODE_OWNER)
-    nodes = [register_node(ray_client, owner.headers, f"m{i}", CPU_NODE)["id"] for i in (1, 2)]
+    nodes = [start_node(ray_client, agent_pool, owner.headers, f"m{i}") for i in (1, 2)]
     wait_for(
         lambda: all(
             ray_client.get(f"/nodes/{n}", headers=owner.headers).json()["status"] == "online"
             for n in nodes
         ),
-        what="nodes online via Ray",
+        what="nodes online",
     )
     return owner, nodes

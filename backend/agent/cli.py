@@ -145,10 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's local datasets, for jobs that name a local path",
     )
     run.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="join this trusted pool (your own Ray cluster, whose members all trust each "
+        "other) instead of starting a Ray of the node's own: jobs placed on it run there, and "
+        "a multi-node job only with nodes of the same pool",
+    )
+    run.add_argument(
         "--ray-auth-token-file",
         type=Path,
         metavar="PATH",
-        help="the cluster's Ray auth token, if it uses Ray token authentication",
+        help="the pool's Ray auth token, if it uses Ray token authentication",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log every heartbeat")
     return parser
@@ -200,6 +207,7 @@ def config_from_args(
         work_dir=args.work_dir.expanduser() if args.work_dir else None,
         data_root=args.data_root,
         single_node_only=args.single_node_only,
+        ray_address=args.ray_address or "",
         ray_auth_token_file=args.ray_auth_token_file.expanduser()
         if args.ray_auth_token_file
         else None,

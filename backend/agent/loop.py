@@ -17,7 +17,7 @@ from agent.machine import NodeResources, address_towards, sample_metrics
 from agent.own_ray import OwnRay
 from agent.ray_worker import WorkerSupervisor
 from agent.registration import register_or_reuse, wait_for_approval
-from agent.runs import RunFollower
+from agent.runs import RayPool, RunFollower
 
 log = logging.getLogger("distlm.agent")
 
@@ -37,7 +37,8 @@ class AgentConfig:
     heartbeat_interval_s: float | None = None  # None: what the gateway asks for
     max_heartbeats: int | None = None  # None: until stopped
     object_store_mb: int | None = None  # None: Ray's default share of memory
-    ray_auth_token_file: Path | None = None  # the cluster's Ray token, if it uses one
+    ray_address: str = ""  # a trusted pool to join instead of a Ray of the node's own
+    ray_auth_token_file: Path | None = None  # the pool's Ray token, if it uses one
     ray_log_file: Path | None = None  # None: next to the credential file
     max_worker_restarts: int = 5
     # Where jobs run on the node's own Ray: its files (None: next to the credential file)
@@ -177,6 +178,47 @@ def _start_own_ray(
     return own_ray, follower
 
 
+def _join_pool(
+    client: GatewayClient,
+    identity: NodeIdentity,
+    config: AgentConfig,
+    join: JoinInfo,
+) -> tuple[WorkerSupervisor, RunFollower]:
+    """Jobs run on a trusted pool (``--ray-address``): this node joins it with its own
+    resource, kept up by the supervisor, and follows its runs there."""
+    work_dir = config.work_dir or config.credential_file.with_name(
+        config.credential_file.stem + "-work"
+    )
+    node_address = config.node_address or address_towards(f"ray://{config.ray_address}")
+    supervisor = WorkerSupervisor(
+        client,
+        identity,
+        log_path=config.ray_log_file or config.credential_file.with_suffix(".ray.log"),
+        object_store_mb=config.object_store_mb,
+        auth_token_file=config.ray_auth_token_file,
+        max_restarts=config.max_worker_restarts,
+        pool_address=config.ray_address,
+        node_address=node_address,
+    )
+    supervisor.start(join)
+    token_file = config.ray_auth_token_file
+    follower = RunFollower(
+        client,
+        identity,
+        ray_address=config.ray_address,
+        work_dir=work_dir,
+        node_address=node_address,
+        data_root=config.data_root,
+        single_node_only=config.single_node_only,
+        pool=RayPool(
+            token=token_file.read_text().strip() if token_file else "",
+            ready=supervisor.running,
+        ),
+    )
+    follower.start()
+    return supervisor, follower
+
+
 def run_agent(
     config: AgentConfig,
     *,
@@ -244,7 +286,9 @@ def run_agent(
             return AgentResult(identity.node_id, registration.how, 0)
         if join is not None:
             _warn_if_resources_differ(join, config.resources)
-        if config.start_ray and join is not None and join.own_ray:
+        if config.start_ray and join is not None and join.own_ray and config.ray_address:
+            supervisor, follower = _join_pool(client, identity, config, join)
+        elif config.start_ray and join is not None and join.own_ray:
             own_ray, follower = _start_own_ray(client, identity, config, join)
         elif config.start_ray:
             assert join is not None

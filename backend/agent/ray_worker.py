@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError, RayWorkerError
@@ -214,8 +215,13 @@ class WorkerSupervisor:
         object_store_mb: int | None,
         auth_token_file: Path | None,
         max_restarts: int,
+        pool_address: str = "",
+        node_address: str | None = None,
     ) -> None:
         self.client = client
+        # A trusted pool's address (the agent's --ray-address), which the gateway's join
+        # info does not hold, and the address this node's Ray serves at within it.
+        self.pool_address, self.node_address = pool_address, node_address
         self.identity = identity
         self.log_path = log_path
         self.object_store_mb = object_store_mb
@@ -225,11 +231,14 @@ class WorkerSupervisor:
         self.quick_deaths = 0
 
     def start(self, join: JoinInfo) -> None:
+        if self.pool_address:
+            join = replace(join, ray_address=self.pool_address, ray_auth_token=None)
         worker = RayWorker(
             join,
             log_path=self.log_path,
             object_store_mb=self.object_store_mb,
             auth_token_file=self.auth_token_file,
+            node_address=self.node_address,
         )
         self.worker = worker
         worker.start()
@@ -306,6 +315,9 @@ class WorkerSupervisor:
             self.start(join)
         except RayWorkerError as exc:
             log.warning("cannot restart the Ray worker yet: %s", exc)
+
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running()
 
     def stop(self) -> None:
         if self.worker is not None:

@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.driver import DriverOrder
@@ -36,6 +37,16 @@ CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "RAY_TMPDIR", "CUDA_VISIBLE_DEVICES")
 STOP_GRACE_S = 5.0
 RESOURCE_UNITS = 1000  # of the node's custom resource in a job's cluster (as on the gateway's)
+
+
+@dataclass(frozen=True)
+class RayPool:
+    """A trusted pool: an operator's own Ray cluster that this node is a member of (the
+    agent's ``--ray-address``). Its jobs run there, multi-node ones too, with no cluster of
+    their own; the gateway places a multi-node job only on nodes of one pool."""
+
+    token: str = field(default="", repr=False)  # the pool's Ray token, if it uses one
+    ready: Callable[[], bool] = lambda: True  # this node's member of the pool is up
 
 
 class Driver:
@@ -92,12 +103,14 @@ class RunFollower:
         object_store_mb: int | None = None,
         single_node_only: bool = False,
         warm_ray: OwnRay | None = None,
+        pool: RayPool | None = None,
     ) -> None:
         self.client, self.identity = client, identity
         self.ray_address, self.work_dir, self.data_root = ray_address, work_dir, data_root
         self.node_address, self.object_store_mb = node_address, object_store_mb
         self.single_node_only = single_node_only
         self.warm_ray = warm_ray  # the node's own Ray at ``ray_address``, kept up
+        self.pool = pool  # or: ``ray_address`` is a trusted pool this node is a member of
         self.drivers: dict[tuple[int, int], Driver] = {}
         self.heads: dict[tuple[int, int], HeadRecord] = {}
         self.members: dict[tuple[int, int], RayWorker] = {}
@@ -137,14 +150,16 @@ class RunFollower:
 
     def drive(self, run: RunAssignment) -> None:
         ray_address, ray_token, nodes = self.ray_address, "", ()
-        if run.cluster is not None:  # a multi-node attempt: a cluster of its own, headed here
+        if self.pool is not None:  # every node of the job is in the pool already
+            ray_token = self.pool.token
+            if run.cluster is not None:
+                self.note_address(run, self.ray_address)
+                nodes = run.cluster.nodes
+        elif run.cluster is not None:  # a multi-node attempt: a cluster of its own, headed here
             if run.key not in self.heads:
                 self.heads[run.key] = self.start_head(run)
             head = self.heads[run.key]
-            if run.cluster.address != head.address:
-                self.unreported[run.key] = head.address  # told at the next ask
-            else:
-                self.unreported.pop(run.key, None)
+            self.note_address(run, head.address)
             ray_address, ray_token, nodes = head.address, run.cluster.token, run.cluster.nodes
         if run.key in self.drivers or run.key in self.lost:
             return  # running, or ended and waiting for the gateway to move on
@@ -165,6 +180,14 @@ class RunFollower:
         log_path = self.work_dir / "logs" / f"job-{run.job_id}-attempt-{run.attempt}.log"
         self.drivers[run.key] = Driver(run, order, log_path)
 
+    def note_address(self, run: RunAssignment, address: str) -> None:
+        """The gateway tells the job's other nodes where its cluster is once it knows."""
+        assert run.cluster is not None
+        if run.cluster.address != address:
+            self.unreported[run.key] = address  # told at the next ask
+        else:
+            self.unreported.pop(run.key, None)
+
     def start_head(self, run: RunAssignment) -> HeadRecord:
         assert run.cluster is not None and run.share is not None
         log.info("job %s attempt %s: starting its cluster's head", *run.key)
@@ -183,6 +206,10 @@ class RunFollower:
         if run.key in self.members:
             return
         assert run.cluster is not None and run.share is not None
+        if self.pool is not None:
+            if run.cluster.address != self.ray_address:  # the gateway places pools apart
+                log.warning("job %s attempt %s: its cluster is not this pool", *run.key)
+            return  # a member already
         log.info("job %s attempt %s: joining its cluster at %s", *run.key, run.cluster.address)
         join = JoinInfo(
             node_id=self.identity.node_id,
@@ -234,6 +261,8 @@ class RunFollower:
     def warm_ray_up(self) -> bool:
         """The node's own Ray answers, or was started again (a node asks for runs only
         while it can run them)."""
+        if self.pool is not None:
+            return self.pool.ready()
         warm = self.warm_ray
         if warm is None or warm.alive():
             return True
@@ -259,6 +288,7 @@ class RunFollower:
                     self.reports(),
                     single_node_only=self.single_node_only,
                     lost=self.lost_reports(),
+                    pool=self.ray_address if self.pool is not None else None,
                 )
             except GatewayUnreachableError as error:
                 log.warning("cannot ask the gateway for runs: %s", error)

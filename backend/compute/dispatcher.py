@@ -498,7 +498,8 @@ def scheduling_inputs(session: Session) -> tuple:
     ).one()
     placed = session.scalar(select(func.count()).where(Job.status.in_(ACTIVE)))
     nodes = tuple(
-        (n.id, n.gpu, n.cpu_cores, n.memory_gb, n.single_node_only) for n in eligible_nodes(session)
+        (n.id, n.gpu, n.cpu_cores, n.memory_gb, n.single_node_only, n.ray_pool)
+        for n in eligible_nodes(session)
     )
     return (tuple(queued), placed, nodes)
 

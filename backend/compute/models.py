@@ -61,6 +61,8 @@ class Node(Base):
     # Its agent takes only single-node jobs: it never shares a Ray cluster with another
     # owner's machine (the agent says so each time it asks for its runs).
     single_node_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The trusted Ray pool (an operator's own cluster) its agent is a member of, if any.
+    ray_pool: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class NodeHeartbeat(Base):

@@ -26,6 +26,9 @@ class NodeCapacity:
     # False: its owner takes only single-node jobs (it never shares a Ray cluster with
     # another machine), so it is never part of a multi-node placement.
     shares_clusters: bool = True
+    # The trusted Ray pool its agent is a member of (None: a Ray cluster per job). A
+    # multi-node job's nodes are all of one pool, or all of none.
+    pool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,16 @@ def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
 
 
 def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
-    """The job's slots on nodes that share clusters (any number of them), else all on one
-    node that takes only single-node jobs; None when it fits neither way."""
-    slots = fit_on(job, [n for n in nodes if n.shares_clusters])
-    if slots is not None:
-        return slots
+    """The job's slots on the nodes that may share a cluster: those with a cluster per job,
+    then each pool's; else all on one node that takes only single-node jobs; None when it
+    fits no way."""
+    sharing = [n for n in nodes if n.shares_clusters]
+    pools = sorted({n.pool for n in sharing if n.pool is not None})
+    groups = [[n for n in sharing if n.pool is None]]
+    groups += [[n for n in sharing if n.pool == pool] for pool in pools]
+    for group in groups:
+        if group and (slots := fit_on(job, group)) is not None:
+            return slots
     for node in nodes:
         if not node.shares_clusters and (alone := fit_on(job, [node])) is not None:
             return alone

@@ -124,7 +124,14 @@ def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCa
     """Eligible nodes' totals, and what is left of them after the placed jobs' slots."""
     nodes = eligible_nodes(session)
     capacity = [
-        NodeCapacity(n.id, n.gpu, n.cpu_cores, n.memory_gb, shares_clusters=not n.single_node_only)
+        NodeCapacity(
+            n.id,
+            n.gpu,
+            n.cpu_cores,
+            n.memory_gb,
+            shares_clusters=not n.single_node_only,
+            pool=n.ray_pool,
+        )
         for n in nodes
     ]
     used = [

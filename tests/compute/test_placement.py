@@ -143,3 +143,21 @@ def test_a_single_node_only_node_takes_whole_jobs_and_never_part_of_one() -> Non
     # Nodes that share clusters are preferred even for a job one node could hold.
     (placement,) = plan([small], [CPU_A, alone]).placements
     assert {slot.node_id for slot in placement.slots} == {CPU_A.node_id}
+
+
+def test_a_multi_node_job_runs_within_one_pool_or_among_nodes_of_none() -> None:
+    in_pool = [replace(CPU_A, pool="10.0.0.1:6379"), replace(CPU_B, pool="10.0.0.1:6379")]
+    other_pool = NodeCapacity(4, gpu=0, cpu_cores=4, memory_gb=16, pool="10.9.9.9:6379")
+    no_pool = NodeCapacity(5, gpu=0, cpu_cores=4, memory_gb=16)
+    two_workers = PendingJob(1, gpu=0, cpu_cores=8, memory_gb=8, workers=2)  # 4 cores each
+    # One node of a pool and one of none (or of another pool) never form a job's cluster.
+    for pair in ([in_pool[0], no_pool], [in_pool[0], other_pool]):
+        result = plan([two_workers], pair)
+        assert result.placements == () and result.waiting[0].job_id == 1, pair
+    # Two nodes of the same pool do, as two of none would.
+    (placement,) = plan([two_workers], [in_pool[0], no_pool, other_pool, in_pool[1]]).placements
+    assert {slot.node_id for slot in placement.slots} == {CPU_A.node_id, CPU_B.node_id}
+    # A job one node holds goes to any node.
+    small = PendingJob(2, gpu=0, cpu_cores=4, memory_gb=4)
+    (placement,) = plan([small], [other_pool]).placements
+    assert {slot.node_id for slot in placement.slots} == {other_pool.node_id}

@@ -179,6 +179,9 @@ def runs(
     exclusive = bool(reports and reports.single_node_only)
     if node.single_node_only != exclusive:
         node.single_node_only = exclusive  # the scheduler plans with it from its next round
+    pool = reports.ray_pool if reports else None
+    if node.ray_pool != pool:
+        node.ray_pool = pool
     return RunsOut(
         runs=[
             RunAssignmentOut(**assignment_to_wire(a))

@@ -118,6 +118,12 @@ class RunsIn(BaseModel):
         max_length=100,
         description="attempts this node drives whose driver is gone without a word",
     )
+    ray_pool: str | None = Field(
+        None,
+        max_length=200,
+        description="the trusted Ray pool (an operator's own cluster) this node is a member "
+        "of: its multi-node jobs run there, with nodes of the same pool only",
+    )
 
 
 class RunsOut(BaseModel):

@@ -1,0 +1,30 @@
+"""nodes.ray_pool: the trusted Ray pool a node's agent is a member of
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-04 16:30:00.000000
+
+An operator may lend machines that already form a Ray cluster of their own (the agent's
+--ray-address): a multi-node job runs there with no cluster of its own, so the gateway places
+one only on nodes of the same pool, and never mixes a pool's nodes with others.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0013"
+down_revision: str | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("nodes") as batch:
+        batch.add_column(sa.Column("ray_pool", sa.String(length=200), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("nodes") as batch:
+        batch.drop_column("ray_pool")

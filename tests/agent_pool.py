@@ -1,0 +1,132 @@
+"""In-process tests of jobs on Ray, the way they run in production: the gateway served on a
+real port (its process never touches Ray) and, for each registered node, what its agent does
+in a trusted pool (``distlm-node --ray-address``): heartbeats, and a RunFollower that starts
+each attempt's driver as a process of its own on the pool.
+
+The pool is the test session's Ray cluster, whose worker nodes stand for the owners'
+machines (node i carries ``distlm_node_<i>``). ``lose`` is a machine dying: its Ray node
+goes, its agent falls silent and its drivers die with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from agent.errors import GatewayError, GatewayUnreachableError
+from agent.gateway_client import GatewayClient, NodeIdentity
+from agent.machine import sample_metrics
+from agent.runs import RayPool, RunFollower
+from tests.polling import wait_for
+
+HEARTBEAT_S = 0.5
+
+
+class LiveGateway(httpx.Client):
+    """An httpx client of a gateway served on a real port (drivers, being processes of their
+    own, reach it over HTTP); ``app`` is the served application, as on a TestClient."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        super().__init__(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        self.app = app
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    def start(self) -> LiveGateway:
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout_s=60, what="the gateway to serve")
+        return self
+
+    def stop(self) -> None:
+        self.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+class PoolNode:
+    """One node's agent in the pool: heartbeats and its runs, until stopped or lost."""
+
+    def __init__(
+        self,
+        base_url: str,
+        node_id: int,
+        credential: str,
+        work_dir: Path,
+        pool_address: str,
+        data_root: str,
+    ) -> None:
+        self.client = GatewayClient(base_url)
+        self.identity = NodeIdentity(node_id, f"pool-node-{node_id}", credential)
+        self.up = True  # its member of the pool (a Ray node of the session's cluster)
+        self.follower = RunFollower(
+            self.client,
+            self.identity,
+            ray_address=pool_address,
+            work_dir=work_dir,
+            data_root=data_root,
+            pool=RayPool(ready=lambda: self.up),
+        )
+        self.stopping = threading.Event()
+        self.beats = threading.Thread(target=self.beat, name=f"beats-{node_id}", daemon=True)
+
+    def start(self) -> PoolNode:
+        self.beats.start()
+        self.follower.start()
+        return self
+
+    def beat(self) -> None:
+        while not self.stopping.is_set():
+            # A banned or removed node, a gateway going down: beat on, as an agent retries.
+            with contextlib.suppress(GatewayError, GatewayUnreachableError):
+                self.client.heartbeat(self.identity, sample_metrics(0))
+            self.stopping.wait(HEARTBEAT_S)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.follower.stop()  # its drivers die with it
+        self.beats.join(timeout=10)
+        self.client.close()
+
+
+class AgentPool:
+    """The nodes' agents of one test, on the session's Ray cluster."""
+
+    def __init__(
+        self, base_url: str, cluster: Any, ray_nodes: dict, root: Path, data_root: str
+    ) -> None:
+        self.base_url, self.cluster, self.ray_nodes, self.root = base_url, cluster, ray_nodes, root
+        self.data_root = data_root  # the pool's machines share the gateway's, here
+        self.nodes: dict[int, PoolNode] = {}
+
+    def start(self, node_id: int, credential: str) -> PoolNode:
+        node = PoolNode(
+            self.base_url,
+            node_id,
+            credential,
+            self.root / f"node-{node_id}",
+            self.cluster.address,
+            self.data_root,
+        )
+        self.nodes[node_id] = node.start()
+        return node
+
+    def lose(self, node_id: int) -> None:
+        """The machine behind the node dies: its Ray node, its agent and its drivers."""
+        node = self.nodes.pop(node_id, None)
+        if node is not None:
+            node.up = False
+            node.stop()
+        ray_node = self.ray_nodes.pop(node_id, None)
+        if ray_node is not None:
+            self.cluster.remove_node(ray_node)
+
+    def stop(self) -> None:
+        for node in list(self.nodes.values()):
+            node.stop()
+        self.nodes.clear()
