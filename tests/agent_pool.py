@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +26,60 @@ from agent.runs import RayPool, RunFollower
 from tests.polling import wait_for
 
 HEARTBEAT_S = 0.5
+SESSION_MACHINES = (1, 2)  # the session cluster's nodes that every test starts with
+
+
+MACHINE_CPUS = 2
+
+
+def add_ray_node(
+    cluster: Any, node_id: int, *, num_cpus: int = MACHINE_CPUS, num_gpus: int = 0
+) -> Any:
+    """A machine of the pool: a Ray node carrying the resource of DistLM node ``node_id``."""
+    return cluster.add_node(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources={f"distlm_node_{node_id}": 1000},
+        labels={"distlm-node-id": str(node_id)},
+        object_store_memory=80 * 1024 * 1024,
+    )
 
 
 class LiveGateway(httpx.Client):
     """An httpx client of a gateway served on a real port (drivers, being processes of their
     own, reach it over HTTP); ``app`` is the served application, as on a TestClient."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, make_app: Callable[[], Any], port: int) -> None:
         super().__init__(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+        self.make_app, self.port = make_app, port
 
     def start(self) -> LiveGateway:
+        self.app = self.make_app()
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
         self.thread.start()
-        wait_for(lambda: self.server.started, timeout_s=60, what="the gateway to serve")
+        wait_for(
+            lambda: self.server.started or not self.thread.is_alive(),
+            timeout_s=60,
+            what="the gateway to serve",
+        )
+        assert self.server.started, "the gateway did not start"
         return self
+
+    def shut_down(self) -> None:
+        """Stop serving (and the dispatcher with it), the way a gateway process ends."""
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    def restart(self) -> None:
+        """Another gateway process on the same database and port takes over."""
+        self.shut_down()
+        self.start()
 
     def stop(self) -> None:
         self.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
+        self.shut_down()
 
 
 class PoolNode:
@@ -60,6 +93,7 @@ class PoolNode:
         work_dir: Path,
         pool_address: str,
         data_root: str,
+        offers: dict[str, float],
     ) -> None:
         self.client = GatewayClient(base_url)
         self.identity = NodeIdentity(node_id, f"pool-node-{node_id}", credential)
@@ -71,6 +105,7 @@ class PoolNode:
             work_dir=work_dir,
             data_root=data_root,
             pool=RayPool(ready=lambda: self.up),
+            offers=offers,
         )
         self.stopping = threading.Event()
         self.beats = threading.Thread(target=self.beat, name=f"beats-{node_id}", daemon=True)
@@ -103,6 +138,7 @@ class AgentPool:
         self.base_url, self.cluster, self.ray_nodes, self.root = base_url, cluster, ray_nodes, root
         self.data_root = data_root  # the pool's machines share the gateway's, here
         self.nodes: dict[int, PoolNode] = {}
+        self.gpus: dict[int, int] = {}  # of the machines a test added
 
     def start(self, node_id: int, credential: str) -> PoolNode:
         node = PoolNode(
@@ -112,9 +148,15 @@ class AgentPool:
             self.root / f"node-{node_id}",
             self.cluster.address,
             self.data_root,
+            {"cpu_cores": MACHINE_CPUS, "gpu": self.gpus.get(node_id, 0)},
         )
         self.nodes[node_id] = node.start()
         return node
+
+    def add_machine(self, node_id: int, *, num_gpus: int = 0) -> None:
+        """Another machine for the node the test registers next as ``node_id``."""
+        self.ray_nodes[node_id] = add_ray_node(self.cluster, node_id, num_gpus=num_gpus)
+        self.gpus[node_id] = num_gpus
 
     def lose(self, node_id: int) -> None:
         """The machine behind the node dies: its Ray node, its agent and its drivers."""
@@ -127,6 +169,12 @@ class AgentPool:
             self.cluster.remove_node(ray_node)
 
     def stop(self) -> None:
+        """Every agent stops; the session's machines are as the test found them (1 and 2)."""
         for node in list(self.nodes.values()):
             node.stop()
         self.nodes.clear()
+        for node_id in [n for n in self.ray_nodes if n not in SESSION_MACHINES]:
+            self.cluster.remove_node(self.ray_nodes.pop(node_id))
+        for node_id in SESSION_MACHINES:
+            if node_id not in self.ray_nodes:
+                self.ray_nodes[node_id] = add_ray_node(self.cluster, node_id)

@@ -24,7 +24,7 @@ from compute.accounts import register_user, signup_grant_micro
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url
-from tests.agent_pool import AgentPool, LiveGateway
+from tests.agent_pool import AgentPool, LiveGateway, add_ray_node
 from tests.polling import wait_for
 
 BACKEND = Path(__file__).resolve().parent.parent / "backend"
@@ -281,16 +281,6 @@ def pg_database(url: str, name: str) -> str:
 # order so database ids match.
 
 
-def add_ray_node(cluster, node_id: int, *, num_cpus: int = 2, num_gpus: int = 0):
-    return cluster.add_node(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        resources={f"distlm_node_{node_id}": 1000},
-        labels={"distlm-node-id": str(node_id)},
-        object_store_memory=80 * 1024 * 1024,
-    )
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
@@ -352,8 +342,9 @@ def ray_settings(request: pytest.FixtureRequest, ray_cluster, database_url: str,
 def ray_client(ray_settings) -> Iterator[LiveGateway]:
     """The gateway, served on a port of its own: jobs run on its nodes' agents."""
     clear_tables(ray_settings.database_url)
-    app = create_app(ray_settings, manage_ray=True, run_migrations=False)
-    gateway = LiveGateway(app, free_port()).start()
+    gateway = LiveGateway(
+        lambda: create_app(ray_settings, manage_ray=True, run_migrations=False), free_port()
+    ).start()
     yield gateway
     gateway.stop()
     clear_tables(ray_settings.database_url)
@@ -370,9 +361,6 @@ def agent_pool(ray_client: LiveGateway, ray_cluster, tmp_path) -> Iterator[Agent
     )
     yield pool
     pool.stop()
-    for node_id in (1, 2):
-        if node_id not in ray_nodes:
-            ray_nodes[node_id] = add_ray_node(cluster, node_id)
 
 
 def start_node(

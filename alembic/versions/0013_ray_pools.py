@@ -1,4 +1,4 @@
-"""nodes.ray_pool: the trusted Ray pool a node's agent is a member of
+"""nodes.ray_pool, offered_cpus, offered_gpus: what a node's agent says it runs on
 
 Revision ID: 0013
 Revises: 0012
@@ -6,7 +6,9 @@ Create Date: 2026-12-04 16:30:00.000000
 
 An operator may lend machines that already form a Ray cluster of their own (the agent's
 --ray-address): a multi-node job runs there with no cluster of its own, so the gateway places
-one only on nodes of the same pool, and never mixes a pool's nodes with others.
+one only on nodes of the same pool, and never mixes a pool's nodes with others. An agent also
+says what its machine offers, so that a node registered with more than that is flagged (the
+gateway has no Ray of its own to read it from).
 """
 
 from collections.abc import Sequence
@@ -23,8 +25,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("nodes") as batch:
         batch.add_column(sa.Column("ray_pool", sa.String(length=200), nullable=True))
+        batch.add_column(sa.Column("offered_cpus", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("offered_gpus", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("nodes") as batch:
+        batch.drop_column("offered_gpus")
+        batch.drop_column("offered_cpus")
         batch.drop_column("ray_pool")

@@ -198,6 +198,7 @@ class GatewayClient:
         single_node_only: bool = False,
         lost: list[dict[str, Any]] | None = None,
         pool: str | None = None,
+        offers: dict[str, float] | None = None,
     ) -> tuple[list[RunAssignment], float]:
         """Every attempt this node takes part in now, and when to ask again; ``clusters``
         reports the heads this node started for the multi-node attempts it drives; ``pool``
@@ -208,6 +209,7 @@ class GatewayClient:
             "single_node_only": single_node_only,
             "lost": lost or [],
             "ray_pool": pool,
+            "offers": offers,
         }
         body = self._as_node(identity, "POST", path, json=ask)
         runs = [assignment_from_wire(item) for item in body.get("runs") or []]

@@ -147,6 +147,11 @@ def _warn_if_resources_differ(join: JoinInfo, wanted: NodeResources) -> None:
         )
 
 
+def offers_of(config: AgentConfig) -> dict[str, float]:
+    """What this machine offers, as detected or declared on the command line."""
+    return {"cpu_cores": config.resources.cpu_cores, "gpu": config.resources.gpu}
+
+
 def _start_own_ray(
     client: GatewayClient,
     identity: NodeIdentity,
@@ -173,6 +178,7 @@ def _start_own_ray(
         object_store_mb=config.object_store_mb,
         single_node_only=config.single_node_only,
         warm_ray=own_ray,
+        offers=offers_of(config),
     )
     follower.start()
     return own_ray, follower
@@ -214,6 +220,7 @@ def _join_pool(
             token=token_file.read_text().strip() if token_file else "",
             ready=supervisor.running,
         ),
+        offers=offers_of(config),
     )
     follower.start()
     return supervisor, follower

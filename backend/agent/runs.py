@@ -104,6 +104,7 @@ class RunFollower:
         single_node_only: bool = False,
         warm_ray: OwnRay | None = None,
         pool: RayPool | None = None,
+        offers: dict[str, float] | None = None,
     ) -> None:
         self.client, self.identity = client, identity
         self.ray_address, self.work_dir, self.data_root = ray_address, work_dir, data_root
@@ -111,6 +112,7 @@ class RunFollower:
         self.single_node_only = single_node_only
         self.warm_ray = warm_ray  # the node's own Ray at ``ray_address``, kept up
         self.pool = pool  # or: ``ray_address`` is a trusted pool this node is a member of
+        self.offers = offers  # what this machine offers ({cpu_cores, gpu}), told the gateway
         self.drivers: dict[tuple[int, int], Driver] = {}
         self.heads: dict[tuple[int, int], HeadRecord] = {}
         self.members: dict[tuple[int, int], RayWorker] = {}
@@ -289,6 +291,7 @@ class RunFollower:
                     single_node_only=self.single_node_only,
                     lost=self.lost_reports(),
                     pool=self.ray_address if self.pool is not None else None,
+                    offers=self.offers,
                 )
             except GatewayUnreachableError as error:
                 log.warning("cannot ask the gateway for runs: %s", error)

@@ -181,15 +181,23 @@ def note_poll(node: Node, settings: Settings, now: dt.datetime) -> None:
         node.runs_polled_at = now
 
 
+def node_shut_out(node: Node | None) -> str:
+    """Why a node may no longer take part in any job ('' when it may)."""
+    if node is None or node.deregistered_at is not None:
+        return "its node was deregistered"
+    if node.approval == NodeApproval.BANNED.value:
+        return f"node {node.id} was banned"
+    return ""
+
+
 def node_gone(
     node: Node | None, now: dt.datetime, timeout: dt.timedelta, *, listening_since: dt.datetime
 ) -> str:
     """Why a node can no longer run its part of a job ('' when it can). Silence from before
     ``listening_since`` (this gateway was down) is not held against the node."""
-    if node is None or node.deregistered_at is not None:
-        return "its node was deregistered"
-    if node.approval == NodeApproval.BANNED.value:
-        return f"node {node.id} was banned"
+    if why := node_shut_out(node):
+        return why
+    assert node is not None
     if node.runs_polled_at is None:
         return f"node {node.id} never asked for its runs"
     if now - max(node.runs_polled_at, listening_since) > timeout:
@@ -219,8 +227,10 @@ class AgentRunners:
                     node_id=node.id,
                     ray_node_id="",
                     alive=not self.gone(node, now),
-                    cpus=float(node.cpu_cores),
-                    gpus=float(node.gpu),
+                    # What its agent says the machine offers: less than registered is
+                    # flagged, and a flagged node is not scheduled.
+                    cpus=float(node.cpu_cores if node.offered_cpus is None else node.offered_cpus),
+                    gpus=float(node.gpu if node.offered_gpus is None else node.offered_gpus),
                 )
                 for node in nodes
             }
@@ -239,15 +249,21 @@ class AgentRunners:
         it at their next ask, and the attempt's credential is refused."""
 
     def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
-        """The attempt's new events; None when one of its nodes is gone (the attempt with
-        it: the job resumes elsewhere from its last accepted checkpoint)."""
+        """The attempt's new events; None when its driver's node is gone, or any of its
+        nodes is shut out (the attempt with it: the job resumes elsewhere from its last
+        accepted checkpoint). A member node that falls silent is the strategy's to handle,
+        as its actors die with the machine: FedAvg goes on without that client, the others
+        fail, retryable, and resume elsewhere."""
         now = utcnow()
         with session_scope(self.read_factory) as session:
             job = session.get(Job, job_id)
             if job is None or job.status != JobStatus.RUNNING.value:
                 return []
+            driver = driver_node_id(job.placement)
             for node_id in placed_nodes(job.placement):
-                if why := self.gone(session.get(Node, node_id), now):
+                node = session.get(Node, node_id)
+                why = self.gone(node, now) if node_id == driver else node_shut_out(node)
+                if why:
                     self.lost[job_id] = why
                     return None
             fresh = run_events_after(session, job_id, job.attempts, after)

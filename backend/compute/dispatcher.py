@@ -483,7 +483,7 @@ def node_changes(
         if last is None or now - last >= fresh_enough:
             wanted["last_heartbeat_at"] = now  # a live raylet is a heartbeat
         shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
-        wanted["flag_reason"] = f"its Ray worker offers {shortfall}" if shortfall else ""
+        wanted["flag_reason"] = f"its machine offers {shortfall}" if shortfall else ""
     return {name: value for name, value in wanted.items() if getattr(node, name) != value}
 
 

@@ -63,6 +63,9 @@ class Node(Base):
     single_node_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The trusted Ray pool (an operator's own cluster) its agent is a member of, if any.
     ray_pool: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # What its agent says the machine offers (None: it has not said).
+    offered_cpus: Mapped[float | None] = mapped_column(Float, nullable=True)
+    offered_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class NodeHeartbeat(Base):

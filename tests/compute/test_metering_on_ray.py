@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
-from tests.conftest import add_ray_node, finished, job_state
+from tests.agent_pool import AgentPool, LiveGateway
+from tests.conftest import finished, job_state
 from tests.metering_checks import assert_each_step_paid_once, work_dropped
 from tests.polling import wait_for
 
@@ -42,9 +43,9 @@ FEDAVG_JOB = {
 
 @pytest.mark.parametrize("body", [ES_JOB, FEDAVG_JOB], ids=["es", "fedavg"])
 def test_a_node_lost_between_checkpoints_is_paid_only_for_saved_work_and_the_job_once(
-    ray_client: TestClient, ray_cluster, two_nodes, make_account, body: dict
+    ray_client: LiveGateway, agent_pool: AgentPool, two_nodes, make_account, body: dict
 ) -> None:
-    client, (cluster, ray_nodes) = ray_client, ray_cluster
+    client = ray_client
     user = make_account("alice")
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
     every = body["training_config"]["checkpoint_interval"]
@@ -59,28 +60,25 @@ def test_a_node_lost_between_checkpoints_is_paid_only_for_saved_work_and_the_job
     )
     running = job_state(client, user.headers, job["id"])
     (lost_node,) = {p["node_id"] for p in running["placement"]}
-    cluster.remove_node(ray_nodes[lost_node])  # the machine it runs on dies
-    try:
-        done = wait_for(
-            lambda: finished(client, user.headers, job["id"]),
-            timeout_s=600,
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        assert done["status"] == "succeeded", done["status_reason"]
-        assert done["attempts"] == 2
-        saved_step = assert_each_step_paid_once(client, user.headers, done)
-        # The lost attempt did work past that checkpoint, and the log says it is not paid.
-        series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
-        redone = [p["step"] for p in series["series"] if p["step"] > saved_step]
-        assert len(redone) > len(set(redone))  # some steps ran in both attempts
-        assert len(work_dropped(client, user.headers, job["id"])) == 1
+    agent_pool.lose(lost_node)  # the machine it runs on dies
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        timeout_s=600,
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 2
+    saved_step = assert_each_step_paid_once(client, user.headers, done)
+    # The lost attempt did work past that checkpoint, and the log says it is not paid.
+    series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+    redone = [p["step"] for p in series["series"] if p["step"] > saved_step]
+    assert len(redone) > len(set(redone))  # some steps ran in both attempts
+    assert len(work_dropped(client, user.headers, job["id"])) == 1
 
-        admin = make_account("root", Role.ADMIN)
-        ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
-        assert ledger["invariant_ok"], ledger["problems"]
-        assert ledger["in_escrow"] == 0
-    finally:
-        ray_nodes[lost_node] = add_ray_node(cluster, lost_node)
+    admin = make_account("root", Role.ADMIN)
+    ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+    assert ledger["invariant_ok"], ledger["problems"]
+    assert ledger["in_escrow"] == 0
 
 
 def last_step(client: TestClient, headers: dict, job_id: int) -> int:

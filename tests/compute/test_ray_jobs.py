@@ -10,18 +10,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.main import create_app
 from auth.models import Role
 from ledger.models import LedgerTransaction
 from protocol.run import DataRequest
 from ray_module.models.causal_lm import ModelRequest, load_causal_lm
+from tests.agent_pool import AgentPool, LiveGateway
 from tests.baselines import causal_lm_unigram
 from tests.conftest import (
     CPU_NODE,
-    add_ray_node,
     finished,
     job_state,
     register_node,
+    start_node,
 )
 from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
@@ -127,12 +127,12 @@ def steps_seen(client: TestClient, headers: dict, job_id: int) -> int:
 
 
 def test_gpu_job_waits_for_a_gpu_node_and_starts_when_one_joins(
-    ray_client: TestClient,
-    ray_cluster,
+    ray_client: LiveGateway,
+    agent_pool: AgentPool,
     two_nodes,
     make_account,
 ) -> None:
-    client, (cluster, _), (owner, _) = ray_client, ray_cluster, two_nodes
+    client, (owner, _) = ray_client, two_nodes
     user = make_account("alice")
     body = {
         **TINY_JOB,
@@ -150,20 +150,15 @@ def test_gpu_job_waits_for_a_gpu_node_and_starts_when_one_joins(
     )
     assert waiting["status"] == "queued"
 
-    gpu_node = add_ray_node(cluster, 3, num_cpus=2, num_gpus=1)
-    try:
-        node = register_node(
-            client, owner.headers, "gpu-box", {"gpu": 1, "cpu_cores": 2, "memory": 4}
-        )
-        assert node["id"] == 3
-        done = wait_for(
-            lambda: finished(client, user.headers, job["id"]),
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        assert done["status"] == "succeeded", done["status_reason"]
-        assert list(done["usage"]) == ["3"]  # it ran on the GPU node, and only there
-    finally:
-        cluster.remove_node(gpu_node)
+    agent_pool.add_machine(3, num_gpus=1)
+    gpu_box = {"gpu": 1, "cpu_cores": 2, "memory": 4}
+    assert start_node(client, agent_pool, owner.headers, "gpu-box", gpu_box) == 3
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert list(done["usage"]) == ["3"]  # it ran on the GPU node, and only there
 
 
 def test_cancel_mid_run_frees_the_nodes_and_refunds_what_was_not_used(
@@ -218,19 +213,18 @@ def test_gateway_restart_mid_job_reattaches_and_settles_once(
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
     wait_for(lambda: steps_seen(client, user.headers, job["id"]) >= 10, what="training steps")
 
-    # A second gateway on the same database and cluster takes over from the first.
-    client.app.router.lifespan_context  # noqa: B018 - the first gateway stops below
-    client.__exit__(None, None, None)
-    with TestClient(create_app(ray_settings, manage_ray=True, run_migrations=False)) as again:
-        done = wait_for(
-            lambda: finished(again, user.headers, job["id"]),
-            what=lambda: job_state(again, user.headers, job["id"]),
-        )
-        assert done["status"] == "succeeded", done["status_reason"]
-        assert done["attempts"] == 1  # re-attached, not restarted
-        series = again.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
-        steps = [p["step"] for p in series["series"] if "loss" in p["values"]]
-        assert steps == list(range(1, 151)), sorted(set(range(1, 151)) ^ set(steps))
+    # A second gateway process on the same database and port takes over from the first;
+    # the nodes' drivers went on meanwhile.
+    client.restart()
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 1  # re-attached, not restarted
+    series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+    steps = [p["step"] for p in series["series"] if "loss" in p["values"]]
+    assert steps == list(range(1, 151)), sorted(set(range(1, 151)) ^ set(steps))
     factory_url = ray_settings.database_url
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
@@ -247,15 +241,15 @@ def test_gateway_restart_mid_job_reattaches_and_settles_once(
 
 
 def test_losing_a_node_mid_job_resumes_elsewhere_and_pays_the_dead_node_only_for_saved_work(
-    ray_client: TestClient,
-    ray_cluster,
+    ray_client: LiveGateway,
+    agent_pool: AgentPool,
     two_nodes,
     make_account,
 ) -> None:
-    client, (cluster, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
+    client, (owner, _) = ray_client, two_nodes
     user = make_account("alice")
-    spare = add_ray_node(cluster, 3)
-    register_node(client, owner.headers, "spare", CPU_NODE)
+    agent_pool.add_machine(3)
+    start_node(client, agent_pool, owner.headers, "spare")
     body = {**LONG_JOB, "training_config": {**LONG_JOB["training_config"], "max_steps": 120}}
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
     running = wait_for(
@@ -266,57 +260,56 @@ def test_losing_a_node_mid_job_resumes_elsewhere_and_pays_the_dead_node_only_for
     )
     assert sorted(p["node_id"] for p in running["placement"]) == [1, 2]
 
-    cluster.remove_node(ray_nodes[2])  # the machine behind node 2 dies
-    try:
-        resumed = wait_for(
-            lambda: (
-                (j := job_state(client, user.headers, job["id"]))["attempts"] == 2
-                and j["status"] == "running"
-                and j
-            ),
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        assert sorted(p["node_id"] for p in resumed["placement"]) == [1, 3]
-        node2_usage = resumed["usage"]["2"]
-        done = wait_for(
-            lambda: finished(client, user.headers, job["id"]),
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        assert done["status"] == "succeeded", done["status_reason"]
-        assert done["attempts"] == 2
-        assert done["usage"]["2"] == node2_usage  # nothing more for the dead node
-        assert_each_step_paid_once(client, user.headers, done)
-        assert client.get("/nodes/2", headers=owner.headers).json()["status"] == "offline"
+    agent_pool.lose(2)  # the machine behind node 2 dies
+    resumed = wait_for(
+        lambda: (
+            (j := job_state(client, user.headers, job["id"]))["attempts"] == 2
+            and j["status"] == "running"
+            and j
+        ),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert sorted(p["node_id"] for p in resumed["placement"]) == [1, 3]
+    node2_usage = resumed["usage"]["2"]
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 2
+    assert done["usage"]["2"] == node2_usage  # nothing more for the dead node
+    assert_each_step_paid_once(client, user.headers, done)
+    assert client.get("/nodes/2", headers=owner.headers).json()["status"] == "offline"
 
-        series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
-        steps = [p["step"] for p in series["series"] if "loss" in p["values"]]
-        assert max(steps) == 120
-        # Every step was trained, and the second attempt resumed from a checkpoint instead
-        # of starting over (step 1 was run once).
-        assert set(steps) == set(range(1, 121))
-        assert steps.count(1) == 1
+    series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
+    steps = [p["step"] for p in series["series"] if "loss" in p["values"]]
+    assert max(steps) == 120
+    # Every step was trained, and the second attempt resumed from a checkpoint instead
+    # of starting over (step 1 was run once).
+    assert set(steps) == set(range(1, 121))
+    assert steps.count(1) == 1
 
-        admin = make_account("root", Role.ADMIN)
-        ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
-        assert ledger["invariant_ok"], ledger["problems"]
-        assert ledger["in_escrow"] == 0
-    finally:
-        cluster.remove_node(spare)
-        ray_nodes[2] = add_ray_node(cluster, 2)
+    admin = make_account("root", Role.ADMIN)
+    ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+    assert ledger["invariant_ok"], ledger["problems"]
+    assert ledger["in_escrow"] == 0
 
 
 def test_a_node_offering_less_than_it_registered_is_flagged_and_never_scheduled(
-    ray_client: TestClient,
+    ray_client: LiveGateway,
+    agent_pool: AgentPool,
     make_account,
 ) -> None:
     client = ray_client
     owner = make_account("olivia", Role.NODE_OWNER)
     user = make_account("alice")
-    # The Ray worker behind node 1 has 2 CPUs and no GPU; the owner claims 8 CPUs and a GPU.
-    node = register_node(client, owner.headers, "boastful", {"gpu": 1, "cpu_cores": 8, "memory": 4})
+    # The machine behind node 1 has 2 CPUs and no GPU, as its agent says; the owner claims
+    # 8 CPUs and a GPU.
+    boast = {"gpu": 1, "cpu_cores": 8, "memory": 4}
+    node_id = start_node(client, agent_pool, owner.headers, "boastful", boast)
     flagged = wait_for(
         lambda: (
-            (n := client.get(f"/nodes/{node['id']}", headers=owner.headers).json())["flag_reason"]
+            (n := client.get(f"/nodes/{node_id}", headers=owner.headers).json())["flag_reason"]
             and n
         ),
         what="the node to be flagged",

@@ -18,7 +18,8 @@ from auth.models import Role
 from ray_module.data.examples import digits
 from ray_module.strategies.split.samples import split_ids
 from ray_module.strategies.split.worker import ids_digest
-from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
+from tests.agent_pool import AgentPool, LiveGateway
+from tests.conftest import finished, job_state, start_node
 from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
 from tests.ray_state import list_actors
@@ -87,28 +88,26 @@ def threshold_leaving_out(top_probabilities: list[float], at_least: int) -> floa
 
 
 def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_model(
-    ray_client: TestClient, ray_cluster, make_account
+    ray_client: LiveGateway, agent_pool: AgentPool, make_account
 ) -> None:
-    client, (cluster, ray_nodes) = ray_client, ray_cluster
+    client = ray_client
     cpu_owner = make_account("carla", Role.NODE_OWNER)
     gpu_owner = make_account("gustav", Role.NODE_OWNER)
     user, other = make_account("alice"), make_account("bob")
     ops = make_account("ops", Role.ADMIN)
     for number in (1, 2):
-        register_node(client, cpu_owner.headers, f"cpu-{number}", CPU_NODE)
-    gpu_ray_node = add_ray_node(cluster, 3, num_cpus=2, num_gpus=1)
+        start_node(client, agent_pool, cpu_owner.headers, f"cpu-{number}")
+    agent_pool.add_machine(3, num_gpus=1)
     try:
-        gpu_node = register_node(
-            client, gpu_owner.headers, "gpu-box", {"gpu": 1, "cpu_cores": 2, "memory": 4}
-        )
-        assert gpu_node["id"] == 3
+        gpu_box = {"gpu": 1, "cpu_cores": 2, "memory": 4}
+        assert start_node(client, agent_pool, gpu_owner.headers, "gpu-box", gpu_box) == 3
         wait_for(
             lambda: all(
                 client.get(f"/nodes/{n}", headers=ops.headers)
                 .json()["status"] == "online"
                 for n in (1, 2, 3)
             ),
-            what="nodes online via Ray",
+            what="nodes online",
         )  # fmt: skip
 
         estimate = client.post("/tokens/estimate", headers=user.headers, json=SPLIT_DIGITS)
@@ -129,8 +128,8 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
 
         # Where Ray says the parts ran: the loader on the CPU node, the trainer on the GPU one.
         ran = {a.name.split("-")[4]: a.node_id for a in actors_of(job_id, earlier)}
-        assert ran["loader"] == ray_nodes[1].node_id, (ran, roles)
-        assert ran["train"] == gpu_ray_node.node_id
+        assert ran["loader"] == agent_pool.ray_nodes[1].node_id, (ran, roles)
+        assert ran["train"] == agent_pool.ray_nodes[3].node_id
         # Each owner was paid for its own stage.
         stages = trained["usage_by_stage"]
         assert stages["loader"]["cpu_core_seconds"] > 0 and stages["trainer"]["gpu_seconds"] > 0
@@ -246,7 +245,7 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         truth = digits().labels
         assert sum(r["label"] == str(truth[r["id"]]) for r in rows) >= 40
     finally:
-        cluster.remove_node(gpu_ray_node)
+        agent_pool.lose(3)
 
 
 def test_a_slow_trainer_bounds_batches_in_flight_and_sees_each_sample_once(
@@ -307,12 +306,12 @@ def test_validate_reports_perplexity_for_a_causal_lm(
 
 
 def test_a_loader_node_dying_mid_epoch_resumes_from_the_checkpoint_and_completes(
-    ray_client: TestClient, ray_cluster, two_nodes, make_account
+    ray_client: LiveGateway, agent_pool: AgentPool, two_nodes, make_account
 ) -> None:
-    client, (cluster, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
+    client, (owner, _) = ray_client, two_nodes
     user = make_account("alice")
-    spare = add_ray_node(cluster, 3)
-    register_node(client, owner.headers, "spare", CPU_NODE)
+    agent_pool.add_machine(3)
+    start_node(client, agent_pool, owner.headers, "spare")
     body = {
         **SPLIT_DIGITS,
         "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 640},
@@ -338,25 +337,21 @@ def test_a_loader_node_dying_mid_epoch_resumes_from_the_checkpoint_and_completes
         ("worker", 1),
         ("loader", 2),
     }
-    cluster.remove_node(ray_nodes[2])  # the loader's machine dies mid-epoch
-    try:
-        done = wait_for(
-            lambda: finished(client, user.headers, job["id"]),
-            timeout_s=600,
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        assert done["status"] == "succeeded", done["status_reason"]
-        assert done["attempts"] == 2
-        points = series(client, user.headers, job["id"])
-        steps = [p["step"] for p in points if "loss" in p["values"]]
-        per_epoch = math.ceil(len(split_ids(640, 0.1, 0)[0]) / 16)
-        assert set(steps) == set(range(1, 2 * per_epoch + 1))
-        assert steps.count(1) == 1  # the second attempt resumed, it did not start over
-        assert "3" in done["usage"]  # the spare node took over the data stage
-        assert_each_step_paid_once(client, user.headers, done)
-    finally:
-        cluster.remove_node(spare)
-        ray_nodes[2] = add_ray_node(cluster, 2)
+    agent_pool.lose(2)  # the loader's machine dies mid-epoch
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        timeout_s=600,
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 2
+    points = series(client, user.headers, job["id"])
+    steps = [p["step"] for p in points if "loss" in p["values"]]
+    per_epoch = math.ceil(len(split_ids(640, 0.1, 0)[0]) / 16)
+    assert set(steps) == set(range(1, 2 * per_epoch + 1))
+    assert steps.count(1) == 1  # the second attempt resumed, it did not start over
+    assert "3" in done["usage"]  # the spare node took over the data stage
+    assert_each_step_paid_once(client, user.headers, done)
 
 
 def test_text_models_validate_with_exact_match_and_generate_in_infer_jobs(

@@ -182,6 +182,12 @@ def runs(
     pool = reports.ray_pool if reports else None
     if node.ray_pool != pool:
         node.ray_pool = pool
+    offers = reports.offers if reports else None
+    if offers is not None and (node.offered_cpus, node.offered_gpus) != (
+        offers.cpu_cores,
+        offers.gpu,
+    ):
+        node.offered_cpus, node.offered_gpus = offers.cpu_cores, offers.gpu
     return RunsOut(
         runs=[
             RunAssignmentOut(**assignment_to_wire(a))
@@ -220,7 +226,7 @@ def update(
 ) -> NodeOut:
     """Change what the node offers. It takes effect when its agent restarts Ray (a running
     agent does so by itself at its next heartbeat); until then the scheduler plans no more
-    than Ray reports (a node that claims more than its Ray worker offers is flagged)."""
+    than Ray reports (a node that claims more than its machine offers is flagged)."""
     node = update_resources(session, viewer, node_id, body.resources)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
 

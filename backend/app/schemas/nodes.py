@@ -104,6 +104,11 @@ class LostRunIn(BaseModel):
     why: str = Field(max_length=500)
 
 
+class OffersIn(BaseModel):
+    cpu_cores: float = Field(ge=0, le=1_000_000)
+    gpu: int = Field(ge=0, le=100_000)
+
+
 class RunsIn(BaseModel):
     clusters: list[ClusterReportIn] = Field(
         default_factory=list,
@@ -117,6 +122,9 @@ class RunsIn(BaseModel):
         default_factory=list,
         max_length=100,
         description="attempts this node drives whose driver is gone without a word",
+    )
+    offers: OffersIn | None = Field(
+        None, description="what this machine offers; less than registered flags the node"
     )
     ray_pool: str | None = Field(
         None,

@@ -23,7 +23,8 @@ from ray_module.strategies.fedavg.aggregate import server_optimizer
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig
 from ray_module.strategies.fedavg.run import run_fedavg
 from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
-from tests.conftest import CPU_NODE, add_ray_node, finished, job_state, register_node
+from tests.agent_pool import AgentPool, LiveGateway
+from tests.conftest import finished, job_state, start_node
 from tests.polling import wait_for
 from tests.ray_state import list_actors
 
@@ -190,7 +191,7 @@ def client_host_actors() -> dict[str, str]:
 
 
 def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
-    ray_client: TestClient, ray_cluster, two_nodes, make_account
+    ray_client: LiveGateway, ray_cluster, two_nodes, make_account
 ) -> None:
     client, (_, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
     user = make_account("alice")
@@ -292,12 +293,12 @@ def test_tiny_t5_on_synthetic_t2t_lowers_its_loss(
 
 
 def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_node_earns_nothing_more(  # noqa: E501
-    ray_client: TestClient, ray_cluster, two_nodes, make_account
+    ray_client: LiveGateway, agent_pool: AgentPool, two_nodes, make_account
 ) -> None:
-    client, (cluster, ray_nodes), (owner, _) = ray_client, ray_cluster, two_nodes
+    client, (owner, _) = ray_client, two_nodes
     user = make_account("alice")
-    spare = add_ray_node(cluster, 3)
-    register_node(client, owner.headers, "spare", CPU_NODE)
+    agent_pool.add_machine(3)
+    start_node(client, agent_pool, owner.headers, "spare")
     body = {
         **DIGITS_JOB,
         "training_config": {
@@ -311,45 +312,38 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
         "requirements": {"gpu": 0, "cpu_cores": 6, "memory": 3},
     }
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
-    removed = False
-    try:
-        wait_for(
-            lambda: len(rounds_of(client, user.headers, job["id"])) >= 2,
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        placed = job_state(client, user.headers, job["id"])["placement"]
-        assert sorted(p["node_id"] for p in placed) == [1, 2, 3]  # one client per node
-        cluster.remove_node(ray_nodes[2])  # the machine behind node 2 dies mid-job
-        removed = True
-        done = wait_for(
-            lambda: finished(client, user.headers, job["id"]),
-            what=lambda: job_state(client, user.headers, job["id"]),
-        )
-        assert done["status"] == "succeeded", done["status_reason"]
-        assert done["attempts"] == 1  # finished with the other clients, no restart
+    wait_for(
+        lambda: len(rounds_of(client, user.headers, job["id"])) >= 2,
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    placed = job_state(client, user.headers, job["id"])["placement"]
+    assert sorted(p["node_id"] for p in placed) == [1, 2, 3]  # one client per node
+    agent_pool.lose(2)  # the machine behind node 2 dies mid-job
+    done = wait_for(
+        lambda: finished(client, user.headers, job["id"]),
+        what=lambda: job_state(client, user.headers, job["id"]),
+    )
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["attempts"] == 1  # finished with the other clients, no restart
 
-        rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
-        assert len(rounds) == 16
-        # The round that lost node 2's client: one with a failed or dropped client that credits
-        # node 2 nothing (a straggler dropped on another node under load does not count).
-        lost = next(
-            i
-            for i, r in enumerate(rounds)
-            if r["clients_failed"] + r["clients_dropped"] > 0 and "2" not in r["node_seconds"]
-        )
-        # The round that lost node 2's client, and every round after, credit node 2 nothing.
-        assert all("2" not in r["node_seconds"] for r in rounds[lost:])
-        assert all(r["clients_accepted"] >= 2 for r in rounds)
-        # Node 2 was paid for exactly the accepted work of the rounds before (2 cores each).
-        credited = sum(r["node_seconds"].get("2", 0.0) for r in rounds[:lost])
-        assert done["usage"]["2"]["cpu_core_seconds"] == pytest.approx(2 * credited, rel=1e-6)
-        admin = make_account("root", Role.ADMIN)
-        ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
-        assert ledger["invariant_ok"], ledger["problems"]
-    finally:
-        cluster.remove_node(spare)
-        if removed:
-            ray_nodes[2] = add_ray_node(cluster, 2)
+    rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
+    assert len(rounds) == 16
+    # The round that lost node 2's client: one with a failed or dropped client that credits
+    # node 2 nothing (a straggler dropped on another node under load does not count).
+    lost = next(
+        i
+        for i, r in enumerate(rounds)
+        if r["clients_failed"] + r["clients_dropped"] > 0 and "2" not in r["node_seconds"]
+    )
+    # The round that lost node 2's client, and every round after, credit node 2 nothing.
+    assert all("2" not in r["node_seconds"] for r in rounds[lost:])
+    assert all(r["clients_accepted"] >= 2 for r in rounds)
+    # Node 2 was paid for exactly the accepted work of the rounds before (2 cores each).
+    credited = sum(r["node_seconds"].get("2", 0.0) for r in rounds[:lost])
+    assert done["usage"]["2"]["cpu_core_seconds"] == pytest.approx(2 * credited, rel=1e-6)
+    admin = make_account("root", Role.ADMIN)
+    ledger = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+    assert ledger["invariant_ok"], ledger["problems"]
 
 
 def test_node_local_files_train_one_model_over_every_clients_classes(
