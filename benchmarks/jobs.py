@@ -2,7 +2,10 @@
 calling Ray Train's TorchTrainer directly on the same work, as a ratio.
 
 Both runs use the same training loop (tiny-gpt2 on stdlib-text, the same steps, batch size and
-workers) on one local Ray started by this script.
+workers) on one local Ray started by this script. The platform's run goes as in production:
+the gateway served on a port (no Ray in it), this machine lent as node 1 by an agent whose
+Ray is that local Ray (a trusted pool, ``tests/agent_pool.py``), the job's driver a process
+of its own.
 
     PYTHONPATH=backend .venv/bin/python benchmarks/jobs.py [--steps 60] [--workers 2]
 """
@@ -17,9 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_pool
 
 import ray
-from fastapi.testclient import TestClient
+from tests.agent_pool import LiveGateway, PoolNode
+from tests.conftest import free_port
 
 from app.main import create_app
 from core.settings import Settings
@@ -50,7 +55,7 @@ def job_body(steps: int, workers: int) -> dict:
     }
 
 
-def through_the_platform(tmp: Path, steps: int, workers: int) -> dict[str, float]:
+def through_the_platform(tmp: Path, steps: int, workers: int, pool: str) -> dict[str, float]:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=f"sqlite:///{tmp}/bench.db",
@@ -59,13 +64,25 @@ def through_the_platform(tmp: Path, steps: int, workers: int) -> dict[str, float
         argon2_time_cost=1,
         argon2_memory_kib=1024,
         dispatch_interval_s=0.2,
-        ray_num_cpus=2,
     )
-    with TestClient(create_app(settings)) as client:
+    client = LiveGateway(lambda: create_app(settings), free_port()).start()
+    node = None
+    try:
         token = client.post(
             "/auth/token", data={"username": "admin", "password": "bench-admin-password"}
         )
         headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        lent = client.post(
+            "/nodes/register",
+            headers=headers,
+            json={"hostname": "this-machine", "resources": {"gpu": 0, "cpu_cores": 2, "memory": 2}},
+        ).json()
+        node = PoolNode(
+            str(client.base_url), lent["id"], lent["credential"], tmp / "node", pool, "",
+            {"cpu_cores": 2, "gpu": 0},
+        ).start()  # fmt: skip
+        while client.get(f"/nodes/{lent['id']}", headers=headers).json()["status"] != "online":
+            time.sleep(0.1)
         started = time.perf_counter()
         job = client.post("/jobs/submit", headers=headers, json=job_body(steps, workers)).json()
         while (state := client.get(f"/jobs/{job['id']}", headers=headers).json())["status"] not in (
@@ -75,6 +92,10 @@ def through_the_platform(tmp: Path, steps: int, workers: int) -> dict[str, float
         ):
             time.sleep(0.1)
         wall = time.perf_counter() - started
+    finally:
+        if node is not None:
+            node.stop()
+        client.stop()
     assert state["status"] == "succeeded", state["status_reason"]
 
     def at(name: str) -> dt.datetime:
@@ -123,14 +144,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         node_id = 1  # the platform registers this machine as node 1 of a fresh database
-        connect(
+        pool = connect(
             ClusterConfig(
                 num_cpus=2,
                 resources={f"distlm_node_{node_id}": 1000},
                 labels={"distlm-node-id": str(node_id)},
             )
-        )
-        platform = through_the_platform(tmp, args.steps, args.workers)
+        ).address
+        platform = through_the_platform(tmp, args.steps, args.workers, pool)
         direct = directly(tmp, args.steps, args.workers, node_id)
         ray.shutdown()
     print(f"job: tiny-gpt2, stdlib-text, {args.steps} steps, {args.workers} workers, 2 CPUs")

@@ -159,7 +159,7 @@ def main() -> None:
         }
         code = (
             "import uvicorn; from app.main import create_app; "
-            f"uvicorn.run(create_app(manage_ray=False), host='127.0.0.1', port={port}, "
+            f"uvicorn.run(create_app(dispatch=False), host='127.0.0.1', port={port}, "
             "log_level='warning')"
         )
         server = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root)

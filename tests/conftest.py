@@ -89,9 +89,6 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         # Per-user submit limits have their own tests; others submit freely.
         max_waiting_jobs_per_user=0,
         submits_per_minute=0,
-        # In-process gateways drive the session's Ray cluster, whose virtual nodes stand for
-        # the machines (the gateway's own Ray); jobs on agents are tested with real agents.
-        run_jobs_on="gateway",
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -119,7 +116,7 @@ def clear_tables(url: str) -> None:
 @pytest.fixture
 def app(settings: Settings) -> Iterator[object]:
     clear_tables(settings.database_url)
-    yield create_app(settings, manage_ray=False, run_migrations=False)
+    yield create_app(settings, dispatch=False, run_migrations=False)
     clear_tables(settings.database_url)
 
 
@@ -329,7 +326,6 @@ def ray_settings(request: pytest.FixtureRequest, ray_cluster, database_url: str,
         pytest.skip("Ray test not marked 'database': runs once, on SQLite")
     return make_settings(
         database_url,
-        run_jobs_on="agents",
         storage_path=tmp_path / "storage",
         dispatch_interval_s=0.3,
         # A node whose agent falls silent is lost within seconds, not a minute.
@@ -343,7 +339,7 @@ def ray_client(ray_settings) -> Iterator[LiveGateway]:
     """The gateway, served on a port of its own: jobs run on its nodes' agents."""
     clear_tables(ray_settings.database_url)
     gateway = LiveGateway(
-        lambda: create_app(ray_settings, manage_ray=True, run_migrations=False), free_port()
+        lambda: create_app(ray_settings, dispatch=True, run_migrations=False), free_port()
     ).start()
     yield gateway
     gateway.stop()

@@ -1,4 +1,5 @@
-"""nodes.ray_pool, offered_cpus, offered_gpus: what a node's agent says it runs on
+"""nodes.ray_pool, offered_cpus, offered_gpus, lost_run_at: what a node's agent says it
+runs on, and when a run of it was last lost
 
 Revision ID: 0013
 Revises: 0012
@@ -8,7 +9,9 @@ An operator may lend machines that already form a Ray cluster of their own (the 
 --ray-address): a multi-node job runs there with no cluster of its own, so the gateway places
 one only on nodes of the same pool, and never mixes a pool's nodes with others. An agent also
 says what its machine offers, so that a node registered with more than that is flagged (the
-gateway has no Ray of its own to read it from).
+gateway has no Ray of its own to read it from). A node whose part of an attempt was lost
+takes no new work until its agent has asked for its runs since: a dead machine whose last
+word is still fresh gets no job re-placed on it.
 """
 
 from collections.abc import Sequence
@@ -27,10 +30,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("ray_pool", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("offered_cpus", sa.Float(), nullable=True))
         batch.add_column(sa.Column("offered_gpus", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("lost_run_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("nodes") as batch:
+        batch.drop_column("lost_run_at")
         batch.drop_column("offered_gpus")
         batch.drop_column("offered_cpus")
         batch.drop_column("ray_pool")

@@ -60,8 +60,9 @@ def _count(minimum: int) -> Callable[[str], int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distlm-node",
-        description="Register this machine with a DistLM gateway, join its Ray cluster once "
-        "approved, and send heartbeats until stopped (Ctrl-C).",
+        description="Register this machine with a DistLM gateway and, once approved, run "
+        "the jobs placed on it on a Ray of its own (or of a trusted pool), sending heartbeats "
+        "until stopped (Ctrl-C).",
         epilog=f"Credentials may come from {ENV_USERNAME}, {ENV_PASSWORD} or {ENV_TOKEN}; "
         "after the first run the stored node credential is enough. Exit status: 0 stopped, "
         "1 error, 2 bad usage, 3 node banned, 4 approval timed out.",

@@ -70,7 +70,7 @@ def start_runner(config: RunConfig) -> Any:
 
     for tries in range(30):
         try:
-            runner = runner_actor(config, detached=False)
+            runner = runner_actor(config)
             break
         except ValueError:  # the name is still taken
             if tries == 29:

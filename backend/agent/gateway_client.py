@@ -1,5 +1,5 @@
 """HTTP calls to the gateway, and what they tell the agent: where the gateway is, which node
-the agent speaks for, and what joining the cluster takes. The contract relied on is the
+the agent speaks for, and what its Ray offers. The contract relied on is the
 gateway's HTTP API (see README, "API"), not its packages."""
 
 from __future__ import annotations
@@ -44,40 +44,29 @@ class NodeIdentity:
 
 @dataclass(frozen=True)
 class JoinInfo:
+    """What the node's Ray offers (the gateway's answer), and, for a Ray that joins a
+    cluster (a pool's member, a multi-node job's), where that cluster is and its token."""
+
     node_id: int
-    ray_address: str
     num_cpus: int
     num_gpus: int
     memory_gb: float
     resources: dict[str, float]
     labels: dict[str, str]
     heartbeat_interval_s: float
-    # Ray's cluster token, should the gateway hand it out (Ray >= 2.5x enables token auth on
-    # new local clusters; a node on another machine cannot join without it).
+    ray_address: str = ""
     ray_auth_token: str | None = field(default=None, repr=False)
-    # Names the token; heartbeat answers carry the current one (see WorkerSupervisor.follow).
-    cluster_fingerprint: str = ""
-    # "agents": no cluster to join; start a Ray of the node's own and ask what to run.
-    runs_jobs_on: str = "gateway"
-
-    @property
-    def own_ray(self) -> bool:
-        return self.runs_jobs_on == "agents"
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> JoinInfo:
         return cls(
             node_id=int(body["node_id"]),
-            ray_address=str(body["ray_address"]),
             num_cpus=int(body["num_cpus"]),
             num_gpus=int(body["num_gpus"]),
             memory_gb=float(body["memory_gb"]),
             resources={str(k): float(v) for k, v in body.get("resources", {}).items()},
             labels={str(k): str(v) for k, v in body.get("labels", {}).items()},
             heartbeat_interval_s=float(body.get("heartbeat_interval_s") or DEFAULT_HEARTBEAT_S),
-            ray_auth_token=body.get("ray_auth_token") or None,
-            cluster_fingerprint=str(body.get("cluster_fingerprint") or ""),
-            runs_jobs_on=str(body.get("runs_jobs_on") or "gateway"),
         )
 
 

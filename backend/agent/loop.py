@@ -1,5 +1,6 @@
 """The agent's run, free of argparse so tests can call it: register or reuse the node,
-wait for approval, start its Ray worker and send heartbeats until told to stop."""
+wait for approval, start its Ray (its own, or its member of a trusted pool) and follow its
+runs, and send heartbeats until told to stop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import psutil
 
 from agent.credentials import CredentialStore
 from agent.errors import GatewayError, GatewayUnreachableError
-from agent.gateway_client import DEFAULT_HEARTBEAT_S, GatewayClient, JoinInfo, NodeIdentity
+from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
 from agent.machine import NodeResources, address_towards, sample_metrics
 from agent.own_ray import OwnRay
 from agent.ray_worker import WorkerSupervisor
@@ -105,7 +106,6 @@ def _heartbeat_loop(
             if config.heartbeat_interval_s is None:
                 interval_s = float(answer.get("next_heartbeat_in_s") or interval_s)
             if supervisor is not None:
-                supervisor.follow(str(answer.get("cluster_fingerprint") or ""))
                 offered = answer.get("resources") or {}
                 if offered:
                     supervisor.follow_resources(
@@ -276,41 +276,22 @@ def run_agent(
                 if exc.status < 500:
                     raise
 
-        try:
-            join = wait_for_approval(
-                client,
-                identity,
-                stop=stop,
-                timeout_s=config.approval_timeout_s,
-                poll_s=config.approval_poll_s,
-                while_pending=beat_while_pending,
-            )
-        except GatewayError as exc:
-            if exc.code != "no_cluster" or config.start_ray:
-                raise
-            join = None  # approved, and without Ray there is no cluster to join anyway
+        join = wait_for_approval(
+            client,
+            identity,
+            stop=stop,
+            timeout_s=config.approval_timeout_s,
+            poll_s=config.approval_poll_s,
+            while_pending=beat_while_pending,
+        )
         if stop.is_set():
             return AgentResult(identity.node_id, registration.how, 0)
-        if join is not None:
-            _warn_if_resources_differ(join, config.resources)
-        if config.start_ray and join is not None and join.own_ray and config.ray_address:
+        _warn_if_resources_differ(join, config.resources)
+        if config.start_ray and config.ray_address:
             supervisor, follower = _join_pool(client, identity, config, join)
-        elif config.start_ray and join is not None and join.own_ray:
-            own_ray, follower = _start_own_ray(client, identity, config, join)
         elif config.start_ray:
-            assert join is not None
-            supervisor = WorkerSupervisor(
-                client,
-                identity,
-                log_path=config.ray_log_file or config.credential_file.with_suffix(".ray.log"),
-                object_store_mb=config.object_store_mb,
-                auth_token_file=config.ray_auth_token_file,
-                max_restarts=config.max_worker_restarts,
-            )
-            supervisor.start(join)
-        interval_s = config.heartbeat_interval_s or (
-            join.heartbeat_interval_s if join is not None else DEFAULT_HEARTBEAT_S
-        )
+            own_ray, follower = _start_own_ray(client, identity, config, join)
+        interval_s = config.heartbeat_interval_s or join.heartbeat_interval_s
         sent = _heartbeat_loop(
             client,
             identity,

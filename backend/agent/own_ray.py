@@ -1,6 +1,6 @@
-"""The node's own Ray, where jobs run on the nodes (``runs_jobs_on: agents``): one head on
-this machine with the node's resources, kept warm so that a single-node job starts at once,
-every component on a port of its own. Nothing of another owner's runs on it."""
+"""The node's own Ray: one head on this machine with the node's resources, kept warm so
+that a single-node job starts at once, every component on a port of its own. Nothing of
+another owner's runs on it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The node's Ray worker: `ray start --block` joining the gateway's cluster, stopped with
-nothing left behind, and restarted when it dies."""
+"""A Ray worker of the node: `ray start --block` joining a cluster (a multi-node job's, or
+the trusted pool the agent was pointed at), stopped with nothing left behind, and, for a
+pool, restarted when it dies."""
 
 from __future__ import annotations
 
@@ -202,9 +203,9 @@ class RayWorker:
 
 
 class WorkerSupervisor:
-    """Keeps the node's Ray worker running. A worker that exits (the head restarted, the
-    network dropped) starts again with fresh join info, since the cluster address may have
-    changed; too many quick deaths in a row end the agent."""
+    """Keeps the node's member of a trusted pool running. A worker that exits (the pool's
+    head restarted, the network dropped) starts again; too many quick deaths in a row end
+    the agent."""
 
     def __init__(
         self,
@@ -215,7 +216,7 @@ class WorkerSupervisor:
         object_store_mb: int | None,
         auth_token_file: Path | None,
         max_restarts: int,
-        pool_address: str = "",
+        pool_address: str,
         node_address: str | None = None,
     ) -> None:
         self.client = client
@@ -231,8 +232,7 @@ class WorkerSupervisor:
         self.quick_deaths = 0
 
     def start(self, join: JoinInfo) -> None:
-        if self.pool_address:
-            join = replace(join, ray_address=self.pool_address, ray_auth_token=None)
+        join = replace(join, ray_address=self.pool_address)
         worker = RayWorker(
             join,
             log_path=self.log_path,
@@ -268,19 +268,6 @@ class WorkerSupervisor:
             )
         self.restart(after_refusal=worker if worker.refused_by_cluster_auth() else None)
 
-    def follow(self, fingerprint: str) -> None:
-        """The gateway rotated the cluster's credentials (it restarted its Ray to shut out
-        a banned node): rejoin with the new token instead of waiting for Ray to notice."""
-        worker = self.worker
-        if worker is None or not fingerprint or not worker.join.cluster_fingerprint:
-            return
-        if fingerprint == worker.join.cluster_fingerprint:
-            return
-        log.info("the cluster's credentials changed; rejoining with the new ones")
-        worker.stop(timeout_s=3)  # its cluster is gone: nothing left to drain
-        self.worker = None
-        self.restart()
-
     def follow_resources(self, cpu_cores: float, gpu: int) -> None:
         """The owner changed what the node offers: restart the Ray worker with the new
         figures (the scheduler plans no more than Ray reports until then)."""
@@ -295,9 +282,10 @@ class WorkerSupervisor:
         self.restart()
 
     def restart(self, *, after_refusal: RayWorker | None = None) -> None:
-        """Start again with fresh join info (the address and token may have changed). A
-        worker the cluster refused restarts only with a new token from the gateway: the
-        same token would be refused again."""
+        """Start again with fresh join info (what the node offers may have changed). A
+        worker the pool refused does not restart: its token would be refused again."""
+        if after_refusal is not None:
+            raise RayWorkerError(after_refusal.exit_explanation())  # retrying cannot help
         try:
             join = self.client.join_info(self.identity)
         except NodeBannedError:
@@ -306,11 +294,6 @@ class WorkerSupervisor:
             # Try again at the next heartbeat; the gateway may be restarting.
             log.warning("cannot restart the Ray worker yet: %s", exc)
             return
-        if after_refusal is not None and join.ray_auth_token in (
-            None,
-            after_refusal.join.ray_auth_token,
-        ):
-            raise RayWorkerError(after_refusal.exit_explanation())  # retrying cannot help
         try:
             self.start(join)
         except RayWorkerError as exc:

@@ -34,7 +34,7 @@ def main() -> None:
     if settings.workers > 1:
         share_prometheus_figures()
     agent = None
-    if settings.run_jobs_on == "agents" and settings.local_node:
+    if settings.local_node:
         # This machine lends itself as any node does: through an agent of its own.
         agent = LocalAgent(settings)
         if agent.prepare():

@@ -1,5 +1,5 @@
-"""Jobs on the nodes' own Ray (``DISTLM_RUN_JOBS_ON=agents``): what each node's agent is told
-to run, and the dispatcher's view of those runs.
+"""Jobs on the nodes' own Ray: what each node's agent is told to run, and the dispatcher's
+view of those runs.
 
 The gateway runs no Ray. A placed job's attempt is an assignment: its driver node's agent
 starts the job's driver, which reports over HTTP with a credential scoped to the job and
@@ -175,10 +175,17 @@ def note_cluster(session: Session, node: Node, job_id: int, attempt: int, addres
 
 def note_poll(node: Node, settings: Settings, now: dt.datetime) -> None:
     """The agent asked: it is ready to run. Written a few times per NODE_TIMEOUT, not at
-    every ask (each is a write)."""
+    every ask (each is a write), and at the first ask since one of its attempts was lost."""
     last = node.runs_polled_at
-    if last is None or now - last >= dt.timedelta(seconds=settings.node_timeout / 4):
+    every = dt.timedelta(seconds=settings.node_timeout / 4)
+    if last is None or lost_since_asked(node) or now - last >= every:
         node.runs_polled_at = now
+
+
+def lost_since_asked(node: Node) -> bool:
+    """An attempt it took part in was lost, and its agent has not asked for runs since."""
+    lost, asked = node.lost_run_at, node.runs_polled_at
+    return lost is not None and (asked is None or asked <= lost)
 
 
 def node_shut_out(node: Node | None) -> str:
@@ -226,7 +233,8 @@ class AgentRunners:
                 node.id: LiveNode(
                     node_id=node.id,
                     ray_node_id="",
-                    alive=not self.gone(node, now),
+                    # A node of a lost attempt is not, until its agent has asked since.
+                    alive=not self.gone(node, now) and not lost_since_asked(node),
                     # What its agent says the machine offers: less than registered is
                     # flagged, and a flagged node is not scheduled.
                     cpus=float(node.cpu_cores if node.offered_cpus is None else node.offered_cpus),

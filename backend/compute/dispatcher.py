@@ -1,13 +1,13 @@
 """The dispatcher: the gateway's background loop and the single writer of job state.
 
-Each round: shut banned nodes out of the cluster, reconcile registered nodes with Ray's node
-table, place queued jobs (pure scheduler, only when its inputs changed), start a runner per
-placed job, then collect every running job's events and act on them (``dispatch_policy``
-decides: store metrics and usage, stop for cancel, budget or max_runtime_s, re-plan a lost
-attempt, settle). Every round reads in a short transaction, talks to Ray with none open, and
-writes each outcome in a short transaction guarded by the state it read. Runner state lives
-in Ray and event cursors in the database, so a restarted gateway picks up where the last
-one stopped.
+Each round: reconcile registered nodes with what their agents say, place queued jobs (pure
+scheduler, only when its inputs changed), start each placed attempt (its nodes' agents find
+it at their next ask), then collect every running job's events and act on them
+(``dispatch_policy`` decides: store metrics and usage, stop for cancel, budget or
+max_runtime_s, re-plan a lost attempt, settle). Every round reads in a short transaction,
+asks the runners' side with none open, and writes each outcome in a short transaction
+guarded by the state it read. Runs live on the nodes and event cursors in the database, so
+a restarted gateway picks up where the last one stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from compute.billing import UsageReport, charged_nodes, job_estimate, node_owners, rates_from
-from compute.cluster_access import ClusterAccess
 from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
 from compute.dispatch_policy import (
     Decision,
@@ -41,7 +40,6 @@ from compute.jobs import finish_job, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
 from compute.metering import describe_unsaved, is_saved, saved_by, unsaved_events, with_unsaved
 from compute.models import Job, JobMetric, Node
-from compute.nodes import shut_out_since
 from compute.run_configs import run_config
 from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
 from compute.storage import expire_storage
@@ -60,17 +58,15 @@ from protocol.events import (
 from protocol.nodes import LiveNode, resource_shortfall
 from protocol.run import RunConfig
 from protocol.strategies.registry import get_rules
-from ray_module.errors import describe
-from ray_module.resources import live_nodes
-from ray_module.runner import client as runner_client
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
 
-class RayPort(Protocol):
-    """Everything the dispatcher asks of Ray (tests substitute a slow or failing one)."""
+class RunnerPort(Protocol):
+    """Everything the dispatcher asks of where jobs run (the nodes' agents, ``AgentRunners``;
+    tests substitute a slow or failing one)."""
 
     def live_nodes(self) -> dict[int, LiveNode]: ...
     def launch_runner(self, config: RunConfig) -> None: ...
@@ -81,44 +77,23 @@ class RayPort(Protocol):
         ...
 
 
-class RayRunners:
-    def live_nodes(self) -> dict[int, LiveNode]:
-        return live_nodes()
-
-    def launch_runner(self, config: RunConfig) -> None:
-        runner_client.launch_runner(config)
-
-    def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
-        return runner_client.fetch_events(job_id, after)
-
-    def stop_runner(self, job_id: int) -> None:
-        runner_client.stop_runner(job_id)
-
-    def why_lost(self, job_id: int) -> str:
-        return "its runner was lost"
-
-
 class Dispatcher:
     def __init__(
         self,
         session_factory: sessionmaker[Session],
         settings: Settings,
-        cluster: ClusterAccess | None = None,
-        ray: RayPort | None = None,
+        runners: RunnerPort,
     ) -> None:
         self.session_factory = session_factory
         self.read_factory = read_only_factory(session_factory)
         self.settings = settings
         self.rates = rates_from(settings)
-        self.cluster = cluster
-        self.ray = ray or RayRunners()
+        self.runners = runners
         self.limits = DispatchLimits(
             max_attempts=settings.job_max_attempts,
             start_timeout_s=settings.job_start_timeout_s,
             hidden_roots=(str(settings.storage_path), str(settings.data_root)),
         )
-        # Bans up to here are handled: shut out by the running cluster's start, or reported.
-        self.bans_handled_until: dt.datetime | None = None
         self.planned_for: tuple | None = None  # the scheduler's inputs at its last run
         self.queue = QueueView()
         self.reasons: dict[int, str] = {}  # the waiting reasons last written
@@ -144,16 +119,13 @@ class Dispatcher:
 
     def lead(self) -> bool:
         """Hold the dispatcher lease (one leader per database); True while this process
-        dispatches. Renewed every round and between the Ray calls of a long round."""
+        dispatches. Renewed every round and between the runner calls of a long round."""
         with session_scope(self.session_factory) as session:
             leading = hold_lease(session, self.holder, ttl_s=self.settings.leader_lease_s)
         if leading:
             self.renewed_at = time.monotonic()
         if leading and not self.leading:
             log.info("this process dispatches now (%s)", self.holder)
-            if self.cluster is not None:
-                self.cluster.connect_driver()  # only the leader talks to Ray
-                self.bans_handled_until = self.cluster.started_at
             self.planned_for = None
             self.reasons = {}  # written by another leader meanwhile, perhaps
         elif self.leading and not leading:
@@ -162,7 +134,7 @@ class Dispatcher:
         return leading
 
     def still_leading(self) -> bool:
-        """Between the Ray calls of a round: renew once a third of the lease has passed
+        """Between the runner calls of a round: renew once a third of the lease has passed
         (not once per job: each renewal is a write)."""
         if time.monotonic() - self.renewed_at < self.settings.leader_lease_s / 3:
             return self.leading
@@ -175,8 +147,7 @@ class Dispatcher:
             self.leading = False
 
     def tick(self) -> None:
-        self.shut_out_banned_nodes()
-        self.reconcile_nodes(self.ray.live_nodes())
+        self.reconcile_nodes(self.runners.live_nodes())
         self.schedule()
         self.start_placed()
         self.poll_running()
@@ -196,45 +167,8 @@ class Dispatcher:
             )
 
     # -- nodes ----------------------------------------------------------------------------
-    def shut_out_banned_nodes(self) -> None:
-        """A node banned after the cluster started may still hold its token: restart the
-        gateway's own Ray with a new one, then re-queue the jobs whose runners it took down
-        (they resume from their last checkpoint). No transaction is open while Ray restarts."""
-        cluster, since = self.cluster, self.bans_handled_until
-        if cluster is None or since is None:
-            return
-        with session_scope(self.read_factory) as session:
-            banned = shut_out_since(session, since)
-            active = session.scalars(select(Job.id).where(Job.status.in_(ACTIVE))).all()
-        if not banned:
-            return
-        names = ", ".join(str(node_id) for node_id, _ in banned)
-        self.bans_handled_until = max(at for _, at in banned if at is not None)
-        if not cluster.rotatable:
-            log.warning(
-                "node %s banned, but this gateway does not own its Ray cluster: restart the "
-                "cluster with a new RAY_AUTH_TOKEN to shut the node out of it",
-                names,
-            )
-            return
-        log.warning(
-            "shutting out node %s (banned, or its credential reset): restarting Ray with a "
-            "new token",
-            names,
-        )
-        cluster.rotate()  # every runner and worker goes down with the old cluster
-        reason = (
-            f"the cluster restarted to shut out node {names} (banned or credential reset); "
-            "will resume from its last checkpoint"
-        )
-        with session_scope(self.session_factory) as session:
-            for job_id in active:
-                job = session.get(Job, job_id, with_for_update=True)
-                if job is not None and job.status in ACTIVE:
-                    requeue(session, job, reason)
-
     def reconcile_nodes(self, live: dict[int, LiveNode]) -> None:
-        """Ray's node table (read before any transaction) is the truth about which
+        """What the agents say (read before any transaction) is the truth about which
         machines are really there. Written only where something changed."""
         now = utcnow()
         # Refresh liveness once per heartbeat interval, not every round: fewer writes.
@@ -302,10 +236,11 @@ class Dispatcher:
                 return
             error = ""
             try:
-                self.ray.launch_runner(config)
-            except Exception as exc:  # Ray refused: back to the queue for the next round
+                self.runners.launch_runner(config)
+            except Exception as exc:  # refused: back to the queue for the next round
                 log.exception("could not start the runner of job %s", job_id)
-                error = describe(exc)
+                text = str(exc).strip()
+                error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
             with session_scope(self.session_factory) as session:
                 job = session.get(Job, job_id, with_for_update=True)
                 if job is None or job.status != JobStatus.SCHEDULED.value:
@@ -341,15 +276,15 @@ class Dispatcher:
                 log.exception("polling job %s failed", job.job_id)
 
     def poll(self, job: RunningJob) -> None:
-        fresh = self.ray.fetch_events(job.job_id, job.event_cursor)
-        why = self.ray.why_lost(job.job_id) if fresh is None else ""
+        fresh = self.runners.fetch_events(job.job_id, job.event_cursor)
+        why = self.runners.why_lost(job.job_id) if fresh is None else ""
         decision = decide(
             job, fresh, now=utcnow(), limits=self.limits, rates=self.rates, lost_because=why
         )
         if decision.stops_runner:
             if decision.status is JobStatus.QUEUED:
                 log.warning("job %s: %s", job.job_id, decision.reason)
-            self.ray.stop_runner(job.job_id)  # frees its placement before anyone re-plans
+            self.runners.stop_runner(job.job_id)  # frees its placement before anyone re-plans
         with session_scope(self.session_factory) as session:
             self.record(session, job, decision)
 
@@ -444,7 +379,13 @@ def save_usage(session: Session, job: Job, usages: list[UsageEvent]) -> None:
 
 
 def requeue(session: Session, job: Job, reason: str) -> None:
-    """The attempt is lost: back to the queue, to resume from its last checkpoint."""
+    """The attempt is lost: back to the queue, to resume from its last checkpoint. Its nodes
+    take no new work until their agents ask again (one may be the machine that died)."""
+    now = utcnow()
+    for node_id in sorted({int(slot["node_id"]) for slot in job.placement or []}):
+        node = session.get(Node, node_id)
+        if node is not None:
+            node.lost_run_at = now
     drop_unsaved_usage(session, job)
     job.placement = None
     job.event_cursor = 0
@@ -474,14 +415,14 @@ def drop_unsaved_usage(session: Session, job: Job) -> None:
 def node_changes(
     node: Node, seen: LiveNode | None, now: dt.datetime, fresh_enough: dt.timedelta
 ) -> dict[str, object]:
-    """What Ray's view of a node changes in its row (nothing, mostly)."""
+    """What the runners' view of a node changes in its row (nothing, mostly)."""
     if seen is None:
         return {"ray_alive": False} if node.ray_alive else {}
     wanted: dict[str, object] = {"ray_node_id": seen.ray_node_id, "ray_alive": seen.alive}
     if seen.alive:
         last = node.last_heartbeat_at
         if last is None or now - last >= fresh_enough:
-            wanted["last_heartbeat_at"] = now  # a live raylet is a heartbeat
+            wanted["last_heartbeat_at"] = now  # an agent asking for its runs is a heartbeat
         shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
         wanted["flag_reason"] = f"its machine offers {shortfall}" if shortfall else ""
     return {name: value for name, value in wanted.items() if getattr(node, name) != value}
@@ -555,12 +496,11 @@ def usage_reports(job: Job) -> list[UsageReport]:
 def start_dispatcher(
     session_factory: sessionmaker[Session],
     settings: Settings,
-    cluster: ClusterAccess | None = None,
-    ray: RayPort | None = None,
+    runners: RunnerPort,
 ) -> Callable[[], None]:
     """Run the dispatcher in a daemon thread; return the function that stops it."""
     stop = threading.Event()
-    dispatcher = Dispatcher(session_factory, settings, cluster, ray)
+    dispatcher = Dispatcher(session_factory, settings, runners)
     thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher", daemon=True)
     thread.start()
 

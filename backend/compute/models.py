@@ -54,7 +54,7 @@ class Node(Base):
     deregistered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The agent said it is leaving (Ctrl-C): offline until its next heartbeat.
     left_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # The old credential may have leaked: the Ray cluster's token is rotated as after a ban.
+    # When its credential was last replaced (the old one is refused from then on).
     credential_reset_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Jobs on the nodes' own Ray: when the agent last asked what to run (it is ready to).
     runs_polled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -66,6 +66,8 @@ class Node(Base):
     # What its agent says the machine offers (None: it has not said).
     offered_cpus: Mapped[float | None] = mapped_column(Float, nullable=True)
     offered_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # When an attempt it took part in was lost: no new work until its agent asks again.
+    lost_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class NodeHeartbeat(Base):

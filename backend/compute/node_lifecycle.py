@@ -48,9 +48,7 @@ def update_resources(
 
 
 def reset_credential(session: Session, viewer: User, node_id: int) -> tuple[Node, str]:
-    """A new credential for the node, shown once; the old one is refused from now on, and
-    the gateway's Ray cluster is rotated as after a ban (the old credential could fetch its
-    token)."""
+    """A new credential for the node, shown once; the old one is refused from now on."""
     node = _live(session, viewer, node_id)
     credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
     node.credential_hash = hash_credential(credential)

@@ -9,11 +9,10 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from compute.cluster_access import ClusterAccess
 from compute.models import Node, NodeHeartbeat
 from compute.node_spec import HeartbeatSample, NodeRegistration
 from compute.visibility import owned_or_missing, page, visible_to
@@ -164,48 +163,25 @@ RAY_RESOURCE_UNITS = 1000  # of the node's custom resource; a bundle asks for on
 @dataclass(frozen=True)
 class JoinInfo:
     node_id: int
-    ray_address: str
     num_cpus: int
     num_gpus: int
     memory_gb: float
     resources: dict[str, float]
     labels: dict[str, str]
     heartbeat_interval_s: int
-    ray_auth_token: str
-    cluster_fingerprint: str
-    runs_jobs_on: str = "gateway"  # "agents": start a Ray of your own and ask for runs
 
 
-def join_info(
-    node: Node, *, cluster: ClusterAccess, heartbeat_interval_s: int, own_ray: bool = False
-) -> JoinInfo:
-    """What a node's agent needs to join the Ray cluster: given only to approved nodes,
-    since the cluster is a trusted zone. ``own_ray``: the gateway has no cluster; the agent
-    runs its jobs on a Ray of its own, with these resources."""
+def join_info(node: Node, *, heartbeat_interval_s: int) -> JoinInfo:
+    """What a node's agent starts its Ray with: given only to approved nodes."""
     ready_to_run(node)
-    if own_ray:
-        address, token, fingerprint = "", "", ""
-    elif cluster.restarting:
-        raise ConflictError(
-            "the Ray cluster is restarting with new credentials; ask again in a few seconds",
-            code="cluster_restarting",
-        )
-    elif not cluster.address:
-        raise ConflictError("this gateway is not connected to a Ray cluster", code="no_cluster")
-    else:
-        address, token, fingerprint = cluster.address, cluster.auth_token, cluster.fingerprint
     return JoinInfo(
         node_id=node.id,
-        ray_address=address,
         num_cpus=max(1, int(node.cpu_cores)),
         num_gpus=node.gpu,
         memory_gb=node.memory_gb,
         resources={node_resource_name(node.id): RAY_RESOURCE_UNITS},
         labels={NODE_LABEL: str(node.id)},
         heartbeat_interval_s=heartbeat_interval_s,
-        ray_auth_token=token,
-        cluster_fingerprint=fingerprint,
-        runs_jobs_on="agents" if own_ray else "gateway",
     )
 
 
@@ -225,22 +201,7 @@ def set_node_approval(session: Session, node_id: int, approval: NodeApproval) ->
     if node is None:
         raise NotFoundError(f"node {node_id} not found")
     if approval == NodeApproval.BANNED and node.approval != NodeApproval.BANNED:
-        node.banned_at = utcnow()  # the dispatcher shuts it out of the Ray cluster
+        node.banned_at = utcnow()  # its attempts are lost (node_shut_out), resumed elsewhere
     node.approval = approval.value
     session.flush()
     return node
-
-
-def shut_out_since(session: Session, since: dt.datetime) -> list[tuple[int, dt.datetime]]:
-    """Nodes banned, or given a new credential (the old one may have leaked), after `since`:
-    what they could reach may include the token of a Ray cluster started before then.
-    (node id, when) pairs."""
-    nodes = session.scalars(
-        select(Node)
-        .where(or_(Node.banned_at > since, Node.credential_reset_at > since))
-        .order_by(Node.id)
-    ).all()
-    return [
-        (node.id, max(at for at in (node.banned_at, node.credential_reset_at) if at and at > since))
-        for node in nodes
-    ]

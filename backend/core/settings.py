@@ -67,16 +67,10 @@ class Settings(BaseSettings):
     admin_username: str = Field("admin", validation_alias=_env("DISTLM_ADMIN_USERNAME"))
     admin_password: str = Field("", validation_alias=_env("DISTLM_ADMIN_PASSWORD"))
 
-    # Where jobs run: "agents" (each node's agent runs its jobs on a Ray of its own, a
-    # multi-node job on a cluster of its own; the gateway runs no Ray and hears from drivers
-    # over HTTP) or "gateway" (the former single trust zone: the gateway's own Ray cluster,
-    # which every approved node joins).
-    run_jobs_on: Literal["gateway", "agents"] = Field(
-        "agents", validation_alias=_env("DISTLM_RUN_JOBS_ON")
-    )
-    # Jobs on the nodes' own Ray: `make run` also lends this machine through a local agent.
+    # Jobs run on the nodes' agents (each on a Ray of its own, a multi-node job on a cluster
+    # of its own); the gateway runs no Ray and hears from drivers over HTTP. `make run` also
+    # lends this machine through a local agent, with these CPUs (0: all) and object store.
     local_node: bool = Field(True, validation_alias=_env("DISTLM_LOCAL_NODE"))
-    ray_address: str = Field("", validation_alias=_env("RAY_ADDRESS"))
     ray_num_cpus: int = Field(0, ge=0, validation_alias=_env("DISTLM_RAY_NUM_CPUS"))
     ray_object_store_mb: int = Field(
         256, ge=78, validation_alias=_env("DISTLM_RAY_OBJECT_STORE_MB")

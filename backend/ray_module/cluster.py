@@ -1,10 +1,10 @@
-"""Start a local Ray (the embedded default) or join an existing cluster."""
+"""A driver's Ray: start a local one (benchmarks, the engine's tests) or join a cluster; and
+what a node's Ray starts with (``ClusterConfig``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,10 +98,6 @@ def inherit_code_root() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *paths])
 
 
-def new_auth_token() -> str:
-    return secrets.token_hex(32)
-
-
 def use_auth_token(token: str) -> None:
     """Run the next local Ray (and this process's connection to it) with token
     authentication and this token. Ray reads both from the environment once and caches
@@ -115,24 +111,9 @@ def use_auth_token(token: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def cluster_auth_token() -> str:
-    """The token Ray's token authentication expects from joining nodes ("" when off)."""
-    token = os.environ.get("RAY_AUTH_TOKEN", "")
-    if token:
-        return token
-    path = Path.home() / ".ray" / "auth_token"
-    return path.read_text().strip() if path.is_file() else ""
-
-
 def disconnect() -> None:
     """Leave the cluster; a local Ray started by ``connect`` shuts down with it."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def is_connected() -> bool:
-    import ray
-
-    return ray.is_initialized()

@@ -12,7 +12,7 @@ NAMESPACE = "distlm"  # the Ray namespace of every runner actor
 
 
 def runner_name(job_id: int) -> str:
-    """The detached runner actor's name: how a restarted gateway and workers find it."""
+    """The runner actor's name: how its driver's calls and its workers find it."""
     return f"distlm-job-{job_id}"
 
 

@@ -81,34 +81,6 @@ class HeadDirectory:
             self.record_file.unlink()
 
 
-class HeadUsers:
-    """A shared lock per process using the head: the last one out gets it exclusively."""
-
-    def __init__(self, directory: HeadDirectory) -> None:
-        self.file = directory.path / "users.lock"
-        self.handle: object | None = None
-
-    def join(self) -> None:
-        handle = open(self.file, "a")  # noqa: SIM115 - held for the process's life
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        self.handle = handle
-
-    def leave(self) -> bool:
-        """Stop using the head; True when no other process uses it any more."""
-        handle = self.handle
-        if handle is None:
-            return False
-        self.handle = None
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            handle.close()  # type: ignore[attr-defined]
-        return True
-
-
 def head_alive(record: HeadRecord) -> bool:
     """The head's `ray start` is still running and its GCS port still answers."""
     try:

@@ -45,7 +45,6 @@ class Gateway:
     ray_tmpdir: str  # RAY_TMPDIR of its Ray, and of agents joining it
     admin_token: str = ""
     owner_token: str = ""
-    probe_node_id: int = 0  # a node of the owner's whose join info tells the cluster token
 
     @property
     def base(self) -> str:
@@ -68,36 +67,6 @@ class Gateway:
     def as_admin(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, self.admin_token, **kwargs)
 
-    def cluster_fingerprint(self) -> str | None:
-        """The Ray cluster's current credential, as a node of the owner's is told it (None
-        while the cluster restarts)."""
-        if not self.probe_node_id:
-            node = self.as_owner(
-                "POST",
-                "/nodes/register",
-                json={
-                    "hostname": unique_hostname(),
-                    "resources": {"gpu": 0, "cpu_cores": 1, "memory": 1},
-                },
-            )
-            self.probe_node_id = node["id"]
-        answer = httpx.get(
-            f"{self.base}/nodes/{self.probe_node_id}/join",
-            headers={"Authorization": f"Bearer {self.owner_token}"},
-            timeout=10,
-        )
-        if answer.status_code == 409 and answer.json()["error"] == "cluster_restarting":
-            return None
-        assert answer.status_code == 200, answer.text
-        return answer.json()["cluster_fingerprint"]
-
-    def wait_for_new_cluster_token(self, before: str | None) -> str:
-        return wait_for(
-            lambda: (now := self.cluster_fingerprint()) not in (None, before) and now,
-            timeout_s=60,
-            what="the gateway's Ray to restart with a new token",
-        )
-
     def node_named(self, hostname: str) -> dict[str, Any] | None:
         nodes = self.as_admin("GET", "/nodes", params={"limit": 500})["items"]
         return next((n for n in nodes if n["hostname"] == hostname), None)
@@ -115,8 +84,8 @@ def login(base: str, username: str, password: str) -> str:
 def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
     """The launcher `make run` runs, on a free port with its own SQLite file, plus a node
     owner created by the bootstrap admin: by default jobs run on the nodes' own Ray and the
-    launcher lends this machine through a local agent (``DISTLM_RUN_JOBS_ON=gateway`` in
-    ``extra_env`` for the gateway's own Ray, which agents join)."""
+    launcher lends this machine through a local agent (``DISTLM_LOCAL_NODE=false`` in
+    ``extra_env``: it lends nothing)."""
     port = free_port()
     # A private Ray temp dir: a local `ray.init()` would otherwise join whatever cluster
     # /tmp/ray/ray_current_cluster names (another test run's). Short, for Ray's socket paths.
@@ -179,11 +148,12 @@ def running_gateway(tmp: Path, **extra_env: str) -> Iterator[Gateway]:
 
 
 def start_agent_process(
-    gateway: Gateway, tmp: Path, hostname: str
+    gateway: Gateway, tmp: Path, hostname: str, *extra: str
 ) -> tuple[subprocess.Popen, Path]:
-    """`distlm-node` with a real Ray worker for the gateway's owner (1 CPU, heartbeats every
-    second), in an environment without the gateway's settings, as on another machine.
-    Returns the process and its log; the credential file is `tmp / "node.json"`."""
+    """`distlm-node` with a real Ray for the gateway's owner (1 CPU, heartbeats every
+    second), in an environment without the gateway's settings, as on another machine, with
+    ``extra`` arguments. Returns the process and its log; the credential file is
+    `tmp / "node.json"`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTLM_"))}
     env.update(
         PYTHONPATH=str(ROOT / "backend"),
@@ -196,7 +166,7 @@ def start_agent_process(
         PYTHON, "-m", "agent", "--coordinator-address", gateway.address,
         "--hostname", hostname, "--cpu", "--cpus", "1", "--memory-gb", "0.5",
         "--object-store-mb", "80", "--credential-file", str(tmp / "node.json"),
-        "--heartbeat-interval", "1",
+        "--heartbeat-interval", "1", *extra,
     ]  # fmt: skip
     with open(log, "wb") as out:
         agent = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -27,6 +27,8 @@ from agent.gateway_client import JoinInfo, NodeIdentity, error_from_response, ga
 from agent.loop import AgentConfig, run_agent
 from agent.machine import NodeResources, sample_metrics
 from agent.ray_worker import RayWorker
+from ray_module.cluster import ClusterConfig
+from ray_module.head import HeadDirectory, start_head, stop_head
 from tests.agent.gateway_process import (
     OWNER,
     OWNER_PASSWORD,
@@ -47,7 +49,7 @@ NODE_TIMEOUT_S = 600
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
     with running_gateway(
-        tmp, NODE_TIMEOUT=str(NODE_TIMEOUT_S), DISTLM_RUN_JOBS_ON="gateway"
+        tmp, NODE_TIMEOUT=str(NODE_TIMEOUT_S), DISTLM_LOCAL_NODE="false"
     ) as running:
         yield running
 
@@ -56,7 +58,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def manual_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("manual-gateway")
     with running_gateway(
-        tmp, DISTLM_NODE_AUTO_APPROVE="false", DISTLM_RUN_JOBS_ON="gateway"
+        tmp, DISTLM_NODE_AUTO_APPROVE="false", DISTLM_LOCAL_NODE="false"
     ) as running:
         yield running
 
@@ -156,13 +158,13 @@ def test_credential_file_is_private_even_under_a_permissive_umask(tmp_path: Path
 def test_ray_worker_command_carries_the_join_info(tmp_path: Path) -> None:
     join = JoinInfo(
         node_id=4,
-        ray_address="10.0.0.1:6379",
         num_cpus=8,
         num_gpus=1,
         memory_gb=2.0,
         resources={"distlm_node_4": 1000},
         labels={"distlm-node-id": "4"},
         heartbeat_interval_s=10,
+        ray_address="10.0.0.1:6379",
     )
     command = RayWorker(join, log_path=tmp_path / "ray.log", executable="ray").command()
     assert command[:2] == ["ray", "start"]
@@ -182,13 +184,13 @@ def test_ray_worker_opts_into_token_auth_only_when_given_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    join = JoinInfo(4, "10.0.0.1:6379", 1, 0, 1.0, {}, {}, 10)
+    join = JoinInfo(4, 1, 0, 1.0, {}, {}, 10, ray_address="10.0.0.1:6379")
     plain = RayWorker(join, log_path=tmp_path / "ray.log").environment()
     assert "RAY_AUTH_MODE" not in plain
     token_file = tmp_path / "token"
     from_file = RayWorker(join, log_path=tmp_path / "r", auth_token_file=token_file)
     assert from_file.environment()["RAY_AUTH_TOKEN_PATH"] == str(token_file)
-    given = JoinInfo(4, "10.0.0.1:6379", 1, 0, 1.0, {}, {}, 10, ray_auth_token="tok")
+    given = JoinInfo(4, 1, 0, 1.0, {}, {}, 10, ray_address="10.0.0.1:6379", ray_auth_token="tok")
     env = RayWorker(given, log_path=tmp_path / "r", auth_token_file=token_file).environment()
     assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", "tok")
     assert "RAY_AUTH_TOKEN_PATH" not in env
@@ -330,7 +332,6 @@ def test_a_banned_node_stops_the_agent_with_an_error(
 ) -> None:
     hostname = unique_hostname()
     args = agent_args(gateway, hostname, tmp_path / "node.json", *LOGIN)
-    fingerprint_before = gateway.cluster_fingerprint()
 
     def ban_when_online() -> None:
         node = wait_for(
@@ -349,16 +350,13 @@ def test_a_banned_node_stops_the_agent_with_an_error(
 
     # A banned node does not start again either.
     assert main([*args, "--once"]) == 3
-    # The gateway restarted its Ray with a new token (test_cluster_access shows what that
-    # does to the node's old token); the tests after this one join the new cluster.
-    gateway.wait_for_new_cluster_token(fingerprint_before)
 
 
-# --- with a Ray worker -------------------------------------------------------------------
+# --- in a trusted pool -------------------------------------------------------------------
 
-# Runs as a driver of the gateway's cluster (a driver on a machine with several Ray nodes
-# attaches to the head, not to the agent's node): reports the agent's node once it is alive,
-# then whether it is gone.
+# Runs as a driver of the pool (a driver on a machine with several Ray nodes attaches to the
+# head, not to the agent's node): reports the agent's node once it is alive, then whether it
+# is gone.
 RAY_PROBE = """
 import json, sys, time
 import ray
@@ -382,15 +380,33 @@ if nodes:
 """
 
 
+@pytest.fixture
+def pool(tmp_path: Path, gateway: Gateway) -> Iterator[tuple[str, Path]]:
+    """An operator's own Ray cluster with token authentication (its head only, no CPUs):
+    its address and the token's file."""
+    token_file = tmp_path / "pool.token"
+    token_file.write_text("pool-token-" + os.urandom(8).hex())
+    config = ClusterConfig(num_cpus=0, object_store_mb=80, auth_token=token_file.read_text())
+    head = start_head(config, HeadDirectory(Path(gateway.ray_tmpdir) / "pool"), host="127.0.0.1")
+    yield head.address, token_file
+    stop_head(head)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
-    gateway: Gateway, tmp_path: Path
+def test_an_agent_joins_a_trusted_pool_with_its_node_resource_and_leaves_on_ctrl_c(
+    gateway: Gateway, pool: tuple[str, Path], tmp_path: Path
 ) -> None:
+    address, token_file = pool
     credential_file = tmp_path / "node.json"
-    agent, agent_log = start_agent_process(gateway, tmp_path, unique_hostname())
-    env = {**os.environ, "RAY_TMPDIR": gateway.ray_tmpdir}
-    env.pop("RAY_ADDRESS", None)
+    agent, agent_log = start_agent_process(
+        gateway,
+        tmp_path,
+        unique_hostname(),
+        *("--ray-address", address, "--ray-auth-token-file", str(token_file)),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_TMPDIR"] = gateway.ray_tmpdir
     probe: subprocess.Popen | None = None
     try:
 
@@ -398,18 +414,15 @@ def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
             assert agent.poll() is None, f"agent exited:\n{agent_log.read_text()}"
             return "Ray worker (pid" in agent_log.read_text()
 
-        wait_for(worker_started, timeout_s=60, what="the agent to start its Ray worker")
+        wait_for(worker_started, timeout_s=60, what="the agent to join the pool")
         node_id = json.loads(credential_file.read_text())["node_id"]
-        join = gateway.as_owner("GET", f"/nodes/{node_id}/join")
         resource = f"distlm_node_{node_id}"
-        assert join["resources"] == {resource: 1000}
 
-        # The gateway's local Ray takes the token it hands to approved nodes, no other.
-        assert join["ray_auth_token"] and join["cluster_fingerprint"]
-        probe_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": join["ray_auth_token"]}
+        # The pool takes its own token (the agent read it from the file), no other.
+        probe_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token_file.read_text()}
         with open(tmp_path / "probe.err", "wb") as probe_err:
             probe = subprocess.Popen(
-                [PYTHON, "-c", RAY_PROBE, join["ray_address"], resource],
+                [PYTHON, "-c", RAY_PROBE, address, resource],
                 env=probe_env,
                 stdout=subprocess.PIPE,
                 stderr=probe_err,
@@ -423,11 +436,11 @@ def test_agent_joins_ray_with_its_node_resource_and_leaves_on_ctrl_c(
         assert ray_node["resources"][resource] == 1000
         assert ray_node["resources"]["CPU"] == 1
         assert ray_node["labels"]["distlm-node-id"] == str(node_id)
-        # Online (schedulable) once the gateway's reconciler has seen its Ray worker.
+        # Online (schedulable) once it asks for its runs, in the pool it named.
         wait_for(
             lambda: gateway.as_owner("GET", f"/nodes/{node_id}")["status"] == "online",
             timeout_s=30,
-            what="the gateway to see the node's Ray worker",
+            what="the node to be online",
         )
 
         agent.send_signal(signal.SIGINT)  # Ctrl-C

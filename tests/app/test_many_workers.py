@@ -88,8 +88,6 @@ def environment(tmp: Path, database_url: str) -> dict[str, str]:
         # The head's files (and its "current cluster" note) away from other tests' Ray;
         # short, for Ray's socket paths.
         RAY_TMPDIR=tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
-        # Several workers sharing the gateway's own Ray head: that mode's promise.
-        DISTLM_RUN_JOBS_ON="gateway",
         # Where the workers keep their Prometheus files, one per process, so the test can
         # read which process served what (the launcher keeps a directory it is given).
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "prometheus"),
@@ -163,7 +161,7 @@ def exercise(base: str, database_url: str, started: float) -> None:
         assert len(settlements) == 1, history  # settled exactly once
     balance = httpx.get(f"{base}/tokens/balance/me", headers=headers, timeout=10).json()
     assert balance["spent"] > 0 and balance["held"] == 0  # charged for what ran
-    assert len(heads_started_since(started)) == 1  # one local Ray for all the workers
+    assert len(heads_started_since(started)) == 1  # one local agent's Ray, whatever the workers
 
     leader = leader_pid(database_url)
     os.kill(leader, signal.SIGKILL)
@@ -172,7 +170,7 @@ def exercise(base: str, database_url: str, started: float) -> None:
     assert third["status"] == "succeeded", third["status_reason"]
     assert third["attempts"] == 1
     assert leader_pid(database_url) != leader
-    assert len(heads_started_since(started)) == 1  # the head outlived the leader
+    assert len(heads_started_since(started)) == 1  # the agent's Ray outlived the leader
 
 
 def test_four_make_run_workers_on_a_fresh_sqlite_file(tmp_path: Path) -> None:

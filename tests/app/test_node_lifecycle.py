@@ -7,7 +7,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from auth.models import Role
-from compute.cluster_access import ClusterAccess
 from compute.nodes import shut_out_since
 from core.db import utcnow
 from tests.conftest import Account, register_node
@@ -77,7 +76,6 @@ def test_a_node_that_leaves_is_offline_until_it_beats_again(
 def test_a_retired_node_keeps_its_record_and_refuses_heartbeats(
     client: TestClient, node_owner: Account, admin: Account
 ) -> None:
-    client.app.state.cluster = ClusterAccess.fixed("127.0.0.1:6379")  # type: ignore[attr-defined]  # no Ray here
     node = register_node(client, node_owner.headers, "box")
     gone = client.delete(f"/nodes/{node['id']}", headers=node_owner.headers)
     assert gone.status_code == 200 and gone.json()["status"] == "deregistered"

@@ -45,7 +45,7 @@ KNOWN_UNDOCUMENTED: dict[str, set[int]] = {}
 # The document the app serves at /openapi.json (built without a database). The cases are sent
 # in-process over ASGI to `fuzz_app` below: the same app on the test database.
 schema = schemathesis.openapi.from_dict(
-    create_app(manage_ray=False).openapi(),
+    create_app(dispatch=False).openapi(),
     config=schemathesis.Config.from_dict(
         {"seed": SEED, "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True}}
     ),
@@ -55,7 +55,7 @@ schema = schemathesis.openapi.from_dict(
 @pytest.fixture(scope="module")
 def fuzz_app(database_url: str) -> Iterator[object]:
     clear_tables(database_url)
-    app = create_app(make_settings(database_url), manage_ray=False, run_migrations=False)
+    app = create_app(make_settings(database_url), dispatch=False, run_migrations=False)
     with get_client(app):  # starts the app's lifespan, which schemathesis's calls then share
         yield app
     shutdown_lifespans()

@@ -8,7 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
-from compute.cluster_access import ClusterAccess
 from tests.conftest import SEED_JOB, Account, register_node, submit_job
 
 ALL = {"user", "node_owner", "admin"}
@@ -115,7 +114,6 @@ def callers(
     admin: Account, user: Account, node_owner: Account, client: TestClient, make_account
 ) -> dict:
     """Each role with a node and a job of its own (a plain user borrows the owner's node)."""
-    client.app.state.cluster = ClusterAccess.fixed("127.0.0.1:6379")  # type: ignore[attr-defined]  # no Ray here
     owner_node = register_node(client, node_owner.headers, "owner-node")["id"]
     admin_node = register_node(client, admin.headers, "admin-node")["id"]
     target = make_account("target-user").id

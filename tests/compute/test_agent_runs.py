@@ -35,14 +35,14 @@ TWO_NODE_JOB = {  # a whole node per client host
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(
-        database_url, run_jobs_on="agents", node_timeout=3, dispatch_interval_s=0.1
+        database_url, node_timeout=3, dispatch_interval_s=0.1
     )
 
 
 @pytest.fixture
 def app(settings: Settings) -> Iterator[object]:
     clear_tables(settings.database_url)
-    yield create_app(settings, manage_ray=True, run_migrations=False)  # no Ray: agents
+    yield create_app(settings, dispatch=True, run_migrations=False)  # no Ray: agents
     clear_tables(settings.database_url)
 
 

@@ -28,7 +28,7 @@ def test_job_survives_a_new_app_instance(client: TestClient, user: Account, sett
     from app.main import create_app
 
     job = submit_job(client, user.headers)
-    with TestClient(create_app(settings, manage_ray=False, run_migrations=False)) as restarted:
+    with TestClient(create_app(settings, dispatch=False, run_migrations=False)) as restarted:
         assert restarted.get(f"/jobs/{job['id']}", headers=user.headers).json()["status"] == (
             "queued"
         )
@@ -402,7 +402,7 @@ def limited_client(settings, **limits: int) -> TestClient:
     from app.main import create_app
 
     limited = settings.model_copy(update=limits)
-    return TestClient(create_app(limited, manage_ray=False, run_migrations=False))
+    return TestClient(create_app(limited, dispatch=False, run_migrations=False))
 
 
 def test_one_user_cannot_flood_the_queue(client: TestClient, settings, make_account) -> None:

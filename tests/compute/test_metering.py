@@ -124,7 +124,7 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 def app(settings: Settings, scripted_ray: ScriptedRay) -> Iterator[object]:
     clear_tables(settings.database_url)
-    yield create_app(settings, manage_ray=False, run_migrations=False, dispatcher_ray=scripted_ray)
+    yield create_app(settings, dispatch=True, run_migrations=False, runners=scripted_ray)
     clear_tables(settings.database_url)
 
 

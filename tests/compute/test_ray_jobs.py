@@ -17,10 +17,8 @@ from ray_module.models.causal_lm import ModelRequest, load_causal_lm
 from tests.agent_pool import AgentPool, LiveGateway
 from tests.baselines import causal_lm_unigram
 from tests.conftest import (
-    CPU_NODE,
     finished,
     job_state,
-    register_node,
     start_node,
 )
 from tests.metering_checks import assert_each_step_paid_once
@@ -38,20 +36,20 @@ TINY_JOB = {
 
 
 def test_tiny_gpt2_trains_on_the_planned_nodes_and_everyone_is_paid(
-    ray_client: TestClient, make_account
+    ray_client: LiveGateway, agent_pool: AgentPool, make_account
 ) -> None:
     client = ray_client
     owner = make_account("olivia", Role.NODE_OWNER)
     user = make_account("alice")
     other = make_account("bob")
-    nodes = [register_node(client, owner.headers, f"machine-{i}", CPU_NODE)["id"] for i in (1, 2)]
+    nodes = [start_node(client, agent_pool, owner.headers, f"machine-{i}") for i in (1, 2)]
     assert nodes == [1, 2]
     wait_for(
         lambda: all(
             client.get(f"/nodes/{n}", headers=owner.headers).json()["status"] == "online"
             for n in nodes
         ),
-        what="nodes online via Ray",
+        what="nodes online",
     )
 
     job = client.post("/jobs/submit", headers=user.headers, json=LEARNING_JOB).json()

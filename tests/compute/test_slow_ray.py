@@ -71,7 +71,7 @@ def settings(database_url: str) -> Settings:
 def app(settings: Settings, blocking_ray: BlockingRay) -> Iterator[object]:
     """The gateway with its dispatcher running against the blocking stand-in."""
     clear_tables(settings.database_url)
-    yield create_app(settings, manage_ray=False, run_migrations=False, dispatcher_ray=blocking_ray)
+    yield create_app(settings, dispatch=True, run_migrations=False, runners=blocking_ray)
     blocking_ray.release_launch.set()  # let the dispatcher thread finish its round
     blocking_ray.release_fetch.set()
     clear_tables(settings.database_url)

@@ -80,7 +80,6 @@ class Platform:
             "PYTHONPATH": str(BACKEND),
             "DISTLM_HOST": self.net.gateway.address,
             "DISTLM_PORT": str(PORT),
-            "DISTLM_RUN_JOBS_ON": "agents",
             "DISTLM_LOCAL_NODE": "false",  # the gateway host lends nothing
             "DISTLM_SECRET_KEY": self.secret_key,
             "DISTLM_DATABASE_URL": f"sqlite:///{self.gateway_dir / 'gateway.db'}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request, status
+from fastapi import APIRouter, Body, Query, status
 
 from app.deps import (
     AdminUser,
@@ -60,7 +60,6 @@ from compute.nodes import (
     set_node_approval,
 )
 from core.db import utcnow
-from core.errors import ConflictError
 from protocol.assignment import assignment_to_wire
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
@@ -110,7 +109,6 @@ def heartbeat(
     caller: NodeCallerDep,
     session: DbSession,
     settings: SettingsDep,
-    request: Request,
     sample: Annotated[HeartbeatSample | None, Body()] = None,
 ) -> HeartbeatOut:
     """Report liveness (and optional figures). Authenticate with the node's credential or
@@ -123,34 +121,26 @@ def heartbeat(
         approval=node.approval,
         received_at=beat.received_at,
         next_heartbeat_in_s=settings.node_heartbeat_interval,
-        cluster_fingerprint=request.app.state.cluster.fingerprint,
         resources=ResourcesOut(gpu=node.gpu, cpu_cores=node.cpu_cores, memory=node.memory_gb),
     )
 
 
-# 403 as for heartbeats; 409: the node is not approved yet, the gateway has no Ray cluster,
-# or the cluster is restarting with new credentials.
+# 403 as for heartbeats; 409: the node is not approved yet.
 @router.get("/{node_id}/join", response_model=JoinOut, responses=error_responses(403, 409))
 def join(
     node_id: NodeId,
     caller: NodeCallerDep,
     session: DbSession,
     settings: SettingsDep,
-    request: Request,
 ) -> JoinOut:
-    """What the node agent needs to join the Ray cluster (approved nodes only). Authenticate
-    with the node's credential or the owner's access token."""
+    """What the node's agent starts its Ray with (approved nodes only). Authenticate with
+    the node's credential or the owner's access token."""
     node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
-    info = join_info(
-        node,
-        cluster=request.app.state.cluster,
-        heartbeat_interval_s=settings.node_heartbeat_interval,
-        own_ray=settings.run_jobs_on == "agents",
-    )
+    info = join_info(node, heartbeat_interval_s=settings.node_heartbeat_interval)
     return JoinOut(**info.__dict__)
 
 
-# 403 as for heartbeats; 409: the node is not approved, or jobs run on the gateway's Ray.
+# 403 as for heartbeats; 409: the node is not approved.
 @router.post("/{node_id}/runs", response_model=RunsOut, responses=error_responses(403, 409))
 def runs(
     node_id: NodeId,
@@ -165,11 +155,6 @@ def runs(
     the node is ready to run; a node that has not asked for NODE_TIMEOUT loses its runs.
     Authenticate with the node's credential."""
     node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
-    if settings.run_jobs_on != "agents":
-        raise ConflictError(
-            "jobs run on the gateway's Ray cluster: join it (GET /nodes/{id}/join)",
-            code="runs_on_gateway",
-        )
     ready_to_run(node)
     note_poll(node, settings, utcnow())
     for report in reports.clusters if reports else []:
@@ -207,10 +192,9 @@ def approve(
 
 @router.post("/{node_id}/ban", response_model=NodeOut)
 def ban(node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
-    """Ban a node: its heartbeats and joins are refused, it is never scheduled, and the
-    gateway's own Ray cluster restarts with a new token that the node never gets (running
-    jobs resume from their last checkpoint; approved nodes rejoin on their own). A cluster
-    joined through RAY_ADDRESS must be restarted with a new token by its operator."""
+    """Ban a node: its heartbeats, joins and run credentials are refused, it is never
+    scheduled, and the jobs it takes part in resume elsewhere from their last checkpoint
+    (their clusters, with their tokens, end with the attempt). Other jobs are untouched."""
     node = set_node_approval(session, node_id, NodeApproval.BANNED)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
 
@@ -225,17 +209,15 @@ def update(
     settings: SettingsDep,
 ) -> NodeOut:
     """Change what the node offers. It takes effect when its agent restarts Ray (a running
-    agent does so by itself at its next heartbeat); until then the scheduler plans no more
-    than Ray reports (a node that claims more than its machine offers is flagged)."""
+    agent does so by itself at its next heartbeat); a node that claims more than its
+    machine offers, as its agent says, is flagged and not scheduled."""
     node = update_resources(session, viewer, node_id, body.resources)
     return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
 
 
 @router.post("/{node_id}/credential", response_model=CredentialOut, responses=error_responses(409))
 def new_credential(node_id: NodeId, viewer: NodeOwnerUser, session: DbSession) -> CredentialOut:
-    """A new credential for the node, shown once; the old one is refused from now on. The
-    gateway's own Ray cluster restarts with a new token, as after a ban (the old credential
-    could fetch the old token); running jobs resume from their last checkpoint."""
+    """A new credential for the node, shown once; the old one is refused from now on."""
     node, credential = reset_credential(session, viewer, node_id)
     return CredentialOut(node_id=node.id, credential=credential, how_to_use=PICK_UP_NEW_CREDENTIAL)
 

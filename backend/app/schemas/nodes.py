@@ -38,26 +38,15 @@ class NodeUpdateIn(BaseModel):
 
 
 class JoinOut(BaseModel):
+    """What the node's Ray offers: start it with these, then ask POST /nodes/{id}/runs."""
+
     node_id: int
-    ray_address: str
     num_cpus: int
     num_gpus: int
     memory_gb: float
-    resources: dict[str, float]
+    resources: dict[str, float] = Field(description="the node's custom Ray resource")
     labels: dict[str, str]
     heartbeat_interval_s: int
-    ray_auth_token: str = Field(
-        description="Ray's cluster token for `ray start` (empty when Ray auth is off)"
-    )
-    cluster_fingerprint: str = Field(
-        description="names the token without revealing it; heartbeat answers carry the "
-        "current one, and a change means: fetch this again and rejoin"
-    )
-    runs_jobs_on: str = Field(
-        "gateway",
-        description="'gateway': join the Ray cluster at ray_address; 'agents': start a Ray of "
-        "your own with these resources and ask POST /nodes/{id}/runs what to run",
-    )
 
 
 class RunAssignmentOut(BaseModel):
@@ -153,10 +142,6 @@ class HeartbeatOut(BaseModel):
     approval: str
     received_at: dt.datetime
     next_heartbeat_in_s: int
-    cluster_fingerprint: str = Field(
-        description="the Ray cluster's current credential; when it differs from the one "
-        "the node joined with, GET /nodes/{id}/join again and restart its Ray worker"
-    )
     resources: ResourcesOut = Field(
         description="what the node offers now; when its owner changed it, the agent restarts "
         "its Ray worker with these figures"

@@ -1,5 +1,6 @@
-"""The driver side of runners: launch one, fetch its new events, stop it. The dispatcher's
-whole interface to Ray's runner actors."""
+"""The driver side of runners: launch one, fetch its new events, stop it. A node's driver
+(``agent.driver``) and the engine's own tests use them; the runner is owned by the process
+that launched it, and dies with it."""
 
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ from ray_module.runner.job_runner import JobRunner
 
 
 def launch_runner(config: RunConfig) -> None:
-    """Start (or find) the job's detached runner actor, pinned to this driver's node."""
+    """Start the job's runner actor, pinned to this driver's node."""
     import ray
 
-    handle = runner_actor(config, detached=True)
+    handle = runner_actor(config)
     ray.get(handle.start.remote(), timeout=60)
 
 
-def runner_actor(config: RunConfig, *, detached: bool) -> Any:
-    """The job's runner actor on this driver's node: ``detached`` outlives this driver
-    (the gateway's dispatcher finds it again after a restart); otherwise it and its actors
-    die with the driver's process (a node's driver).
+def runner_actor(config: RunConfig) -> Any:
+    """The job's runner actor on this driver's node; it and its actors die with the
+    driver's process.
 
     Hard affinity: with a soft one Ray may place the runner on a worker node (seen on a
     multi-node cluster), and the job's server would then die with that node.
@@ -30,7 +30,6 @@ def runner_actor(config: RunConfig, *, detached: bool) -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    lifetime = {"lifetime": "detached", "get_if_exists": True} if detached else {}
     return (
         ray.remote(JobRunner)
         .options(
@@ -42,7 +41,6 @@ def runner_actor(config: RunConfig, *, detached: bool) -> Any:
             scheduling_strategy=NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False
             ),
-            **lifetime,
         )
         .remote(config)
     )

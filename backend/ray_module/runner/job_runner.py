@@ -1,8 +1,9 @@
-"""The JobRunner: one detached, named Ray actor per job that runs the job's strategy and
-buffers its events until the gateway's dispatcher collects them.
+"""The JobRunner: one named Ray actor per job attempt, owned by the job's driver on its
+node, that runs the job's strategy and buffers its events until the driver relays them to
+the gateway.
 
 ``JobRunner`` is a plain class (unit-testable without Ray); ``runner.client`` wraps it with
-``ray.remote`` at the edge and is the dispatcher's whole interface to runners.
+``ray.remote`` at the edge.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def failure_story(error: BaseException, retryable: bool) -> str:
 
 class _EventLogHandler(logging.Handler):
     """Warnings and errors that our code logs in the runner's process become job log lines
-    (a detached runner owns its process, so they are this job's)."""
+    (a runner owns its process, so they are this job's)."""
 
     def __init__(self, runner: JobRunner) -> None:
         super().__init__(level=logging.WARNING)
