@@ -7,8 +7,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from auth.models import Role
-from compute.nodes import shut_out_since
-from core.db import utcnow
 from tests.conftest import Account, register_node
 
 
@@ -40,7 +38,6 @@ def test_an_owner_changes_what_a_node_offers_and_its_agent_is_told(
 def test_a_new_credential_stops_the_old_one(
     client: TestClient, node_owner: Account, make_account, db: Session
 ) -> None:
-    before = utcnow()
     node = register_node(client, node_owner.headers, "box")
     old = node["credential"]
     assert beat(client, node["id"], as_node(old)).status_code == 200
@@ -51,8 +48,10 @@ def test_a_new_credential_stops_the_old_one(
     refused = beat(client, node["id"], as_node(old))
     assert refused.status_code == 403 and refused.json()["error"] == "bad_node_credential"
     assert beat(client, node["id"], as_node(new)).status_code == 200
-    # The old credential could have fetched the Ray token: the dispatcher rotates it.
-    assert [node_id for node_id, _ in shut_out_since(db, before)] == [node["id"]]
+    # Nor does it learn what the node runs (its jobs, their run credentials).
+    runs = client.post(f"/nodes/{node['id']}/runs", headers=as_node(old))
+    assert runs.status_code == 403 and runs.json()["error"] == "bad_node_credential"
+    assert client.post(f"/nodes/{node['id']}/runs", headers=as_node(new)).status_code == 200
     stranger = make_account("mallory", Role.NODE_OWNER)
     url = f"/nodes/{node['id']}/credential"
     assert client.post(url, headers=stranger.headers).status_code == 404

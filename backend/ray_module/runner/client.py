@@ -11,12 +11,18 @@ from protocol.run import RunConfig
 from ray_module.contract import NAMESPACE, runner_name
 from ray_module.runner.job_runner import JobRunner
 
+# The runners this process launched: an actor that is not detached lives while a handle to
+# it does, so the launcher keeps one until it stops the runner.
+_launched: dict[int, Any] = {}
+
 
 def launch_runner(config: RunConfig) -> None:
-    """Start the job's runner actor, pinned to this driver's node."""
+    """Start the job's runner actor, pinned to this driver's node; it lives until
+    ``stop_runner`` or the end of this process."""
     import ray
 
     handle = runner_actor(config)
+    _launched[config.job_id] = handle
     ray.get(handle.start.remote(), timeout=60)
 
 
@@ -82,6 +88,6 @@ def stop_runner(job_id: int) -> None:
     """Kill the runner; the training actors it owns die with it and free their resources."""
     import ray
 
-    handle = _handle(job_id)
+    handle = _launched.pop(job_id, None) or _handle(job_id)
     if handle is not None:
         ray.kill(handle, no_restart=True)
