@@ -96,6 +96,8 @@ class LocalAgent:
             "--cpus", str(self.resources.cpus), "--memory-gb", str(self.resources.memory_gb),
             "--object-store-mb", str(self.settings.ray_object_store_mb),
             "--heartbeat-interval", str(self.settings.node_heartbeat_interval),
+            # This machine's datasets are the gateway's: jobs naming a local path read them.
+            "--data-root", str(self.settings.data_root),
         ]  # fmt: skip
         command += ["--gpus", str(self.resources.gpus)] if self.resources.gpus else ["--cpu"]
         log_path = self.directory / "agent.log"

@@ -126,8 +126,13 @@ def start_head(
     if config.labels:
         command.append("--labels=" + ",".join(f"{k}={v}" for k, v in config.labels.items()))
     # Ray settings of this process (an address, a token of another cluster) are not the
-    # head's; where Ray keeps its files (RAY_TMPDIR) is.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_TMPDIR"}
+    # head's; where Ray keeps its files (RAY_TMPDIR) is. Every job on it runs in this
+    # environment: no DistLM setting or secret (an owner's DISTLM_NODE_PASSWORD) goes along.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "DISTLM_")) or k == "RAY_TMPDIR"
+    }
     # The head's workers run our strategies: our code on their path, Ray's token in force.
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *[p for p in paths if p != CODE_ROOT]])

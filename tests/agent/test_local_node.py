@@ -84,3 +84,60 @@ def test_the_local_agents_ray_is_started_again_when_it_dies_and_runs_jobs(
     assert again.pid != head.pid
     done = run_job(gateway)
     assert done["status"] == "succeeded", done["status_reason"]
+
+
+def environments_below(process: psutil.Process) -> dict[int, dict[str, str]]:
+    """The environment of ``process`` and of everything it started, by pid."""
+    found = {}
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            found[each.pid] = each.environ()
+        except (psutil.Error, ProcessLookupError):  # gone meanwhile
+            continue
+    return found
+
+
+def test_the_local_nodes_jobs_read_its_data_and_see_none_of_the_gateways_settings(
+    tmp_path: Path,
+) -> None:
+    """This machine's datasets are the gateway's data root, and a job on it runs with none
+    of the gateway's settings: no process below the local agent (its Ray, the job's driver
+    and workers) has a DISTLM_* variable, though the launcher's environment is full of them."""
+    data_root = tmp_path / "data"
+    (data_root / "mine").mkdir(parents=True)
+    rows = [f"{i % 7},{(i * 3) % 5},{i % 2}" for i in range(120)]
+    (data_root / "mine" / "rows.csv").write_text("x,y,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "gateway").mkdir()
+    with running_gateway(tmp_path / "gateway", DISTLM_DATA_ROOT=str(data_root)) as gateway:
+        check_a_local_data_job(gateway)
+
+
+def check_a_local_data_job(gateway: Gateway) -> None:
+    (node,) = gateway.as_admin("GET", "/nodes")["items"]
+    wait_for(
+        lambda: gateway.as_admin("GET", f"/nodes/{node['id']}")["status"] == "online",
+        timeout_s=120,
+        what="the local node online",
+    )
+    launcher = psutil.Process(gateway.process.pid)
+    assert any(k.startswith("DISTLM_") for k in launcher.environ())
+    (agent,) = [p for p in launcher.children() if "agent" in p.cmdline()]
+    body = {
+        "model_config": {"type": "classifier", "model_name": "mlp"},
+        "data_config": {"data_source": "local", "dataset_name": "mine", "path": "mine/rows.csv"},
+        "training_config": {"strategy": "fedavg", "rounds": 40, "clients": 1, "local_epochs": 2},
+        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.25},
+    }
+    job = gateway.as_admin("POST", "/jobs/submit", json=body)
+    seen: dict[int, dict[str, str]] = {}
+
+    def finished() -> dict | None:
+        seen.update(environments_below(agent))
+        state = gateway.as_admin("GET", f"/jobs/{job['id']}")
+        return state if state["status"] in ("succeeded", "failed", "cancelled") else None
+
+    done = wait_for(finished, timeout_s=180, every_s=0.5, what="the local-data job to end")
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert len(seen) > 5  # the agent, its Ray's processes, the driver, the job's workers
+    leaked = {pid: sorted(k for k in env if k.startswith("DISTLM_")) for pid, env in seen.items()}
+    assert not {pid: keys for pid, keys in leaked.items() if keys}, leaked

@@ -22,7 +22,9 @@ class NodeOut(BaseModel):
     approval: str
     created_at: dt.datetime
     last_heartbeat_at: dt.datetime | None
-    ray_alive: bool | None = Field(description="Ray's view: None until the node first joins")
+    ray_alive: bool | None = Field(
+        description="ready to run: its agent asks for its runs (None until it first does)"
+    )
     flag_reason: str = Field(description="why the node is not scheduled, if it is flagged")
     drained: bool = Field(description="gets no new work; what runs there finishes")
     deregistered_at: dt.datetime | None = None
