@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from passlib.context import CryptContext
@@ -73,7 +74,8 @@ def resolve_user_for(session: Session, viewer: User, ref: str) -> User:
     anyone for an admin. Others' ids answer 'not found', like unknown ones."""
     if ref == "me":
         return viewer
-    if not ref.isdigit() or not 1 <= int(ref) <= 2**31 - 1:
+    # ASCII digits only: str.isdigit() takes '²' and '①', which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,10}", ref) or not 1 <= int(ref) <= 2**31 - 1:
         raise InvalidInputError("user_id must be a numeric id or 'me'")
     user_id = int(ref)
     if viewer.role != Role.ADMIN and user_id != viewer.id:

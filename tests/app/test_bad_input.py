@@ -93,6 +93,20 @@ def test_bad_path_and_query_values_are_clean_4xx(
     assert_clean_4xx(client.get(path, headers=admin.headers))
 
 
+@pytest.mark.parametrize(
+    "ref", ["%C2%B2", "%E2%91%A0", "1" * 5000, "0", "-1", "1%20", "%D9%A3"], ids=repr
+)
+@pytest.mark.parametrize("route", ["/tokens/balance/{}", "/users/{}/storage"])
+def test_a_user_id_that_is_not_plain_ascii_digits_is_422(
+    client: TestClient, admin: Account, route: str, ref: str
+) -> None:
+    """Superscript two, a circled one, Arabic-Indic three and 5,000 digits all pass
+    str.isdigit() and broke int() with a 500."""
+    answer = client.get(route.format(ref), headers=admin.headers)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "invalid_input"
+
+
 def test_unknown_route_and_wrong_method_use_the_error_shape(client: TestClient) -> None:
     missing = client.get("/no/such/thing")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
