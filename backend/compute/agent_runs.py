@@ -20,10 +20,11 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from auth.models import User
 from auth.run_tokens import RunClaims, create_run_token
 from compute.job_state import JobStatus
 from compute.models import Job, Node, RunEvent
-from compute.nodes import NodeApproval
+from compute.nodes import NodeApproval, owner_cannot_lend
 from compute.run_configs import run_config
 from compute.run_inbox import run_events_after
 from compute.run_uploads import job_dir
@@ -188,21 +189,29 @@ def lost_since_asked(node: Node) -> bool:
     return lost is not None and (asked is None or asked <= lost)
 
 
-def node_shut_out(node: Node | None) -> str:
-    """Why a node may no longer take part in any job ('' when it may)."""
+def node_shut_out(session: Session, node: Node | None) -> str:
+    """Why a node may no longer take part in any job ('' when it may): retired, banned, or
+    its owner's account disabled or no longer a node owner's."""
     if node is None or node.deregistered_at is not None:
         return "its node was deregistered"
     if node.approval == NodeApproval.BANNED.value:
         return f"node {node.id} was banned"
+    if why := owner_cannot_lend(session.get(User, node.owner_id)):
+        return f"node {node.id}'s {why}"
     return ""
 
 
 def node_gone(
-    node: Node | None, now: dt.datetime, timeout: dt.timedelta, *, listening_since: dt.datetime
+    session: Session,
+    node: Node | None,
+    now: dt.datetime,
+    timeout: dt.timedelta,
+    *,
+    listening_since: dt.datetime,
 ) -> str:
     """Why a node can no longer run its part of a job ('' when it can). Silence from before
     ``listening_since`` (this gateway was down) is not held against the node."""
-    if why := node_shut_out(node):
+    if why := node_shut_out(session, node):
         return why
     assert node is not None
     if node.runs_polled_at is None:
@@ -234,7 +243,7 @@ class AgentRunners:
                     node_id=node.id,
                     ray_node_id="",
                     # A node of a lost attempt is not, until its agent has asked since.
-                    alive=not self.gone(node, now) and not lost_since_asked(node),
+                    alive=not self.gone(session, node, now) and not lost_since_asked(node),
                     # What its agent says the machine offers: less than registered is
                     # flagged, and a flagged node is not scheduled.
                     cpus=float(node.cpu_cores if node.offered_cpus is None else node.offered_cpus),
@@ -243,8 +252,8 @@ class AgentRunners:
                 for node in nodes
             }
 
-    def gone(self, node: Node | None, now: dt.datetime) -> str:
-        return node_gone(node, now, self.timeout, listening_since=self.listening_since)
+    def gone(self, session: Session, node: Node | None, now: dt.datetime) -> str:
+        return node_gone(session, node, now, self.timeout, listening_since=self.listening_since)
 
     def why_lost(self, job_id: int) -> str:
         return self.lost.pop(job_id, "its node was lost")
@@ -270,7 +279,10 @@ class AgentRunners:
             driver = driver_node_id(job.placement)
             for node_id in placed_nodes(job.placement):
                 node = session.get(Node, node_id)
-                why = self.gone(node, now) if node_id == driver else node_shut_out(node)
+                if node_id == driver:
+                    why = self.gone(session, node, now)
+                else:
+                    why = node_shut_out(session, node)
                 if why:
                     self.lost[job_id] = why
                     return None

@@ -24,10 +24,16 @@ PICK_UP_NEW_CREDENTIAL = (
 )
 
 
-def _live(session: Session, viewer: User, node_id: int) -> Node:
+def _live(session: Session, viewer: User, node_id: int, *, banned_ok: bool = False) -> Node:
+    """A node the viewer may manage. A retired node takes no action; a banned one none but
+    its retirement (an admin unbans it first)."""
     node = get_node_for(session, viewer, node_id)
     if node.deregistered_at is not None:
         raise ConflictError(f"node {node_id} was deregistered", code="node_deregistered")
+    if node.approval == NodeApproval.BANNED and not banned_ok:
+        raise ConflictError(
+            f"node {node_id} is banned: an admin must unban it first", code="node_banned"
+        )
     return node
 
 
@@ -74,7 +80,7 @@ def busy_jobs(session: Session, node_id: int) -> list[int]:
 def deregister(session: Session, viewer: User, node_id: int) -> Node:
     """Retire an idle node: it gets no work, its heartbeats and joins are refused, its
     credential is void; its record, usage history and earnings stay."""
-    node = _live(session, viewer, node_id)
+    node = _live(session, viewer, node_id, banned_ok=True)
     busy = busy_jobs(session, node.id)
     if busy:
         raise ConflictError(

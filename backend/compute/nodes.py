@@ -115,7 +115,19 @@ def node_for_credential(session: Session, node_id: int, credential: str) -> Node
         raise PermissionDeniedError(
             f"this node credential does not belong to node {node_id}", code="bad_node_credential"
         )
+    if why := owner_cannot_lend(session.get(User, node.owner_id)):
+        raise PermissionDeniedError(f"node {node_id}'s {why}", code="owner_cannot_lend")
     return node
+
+
+def owner_cannot_lend(owner: User | None) -> str:
+    """Why a node's owner may not lend it now ('' when they may): an account disabled or
+    no longer a node owner cuts off all of its nodes at once."""
+    if owner is None or not owner.is_active:
+        return "owner's account is disabled"
+    if owner.role not in (Role.NODE_OWNER, Role.ADMIN):
+        return "owner is no longer a node owner"
+    return ""
 
 
 def node_for_heartbeat(

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from auth.models import User
+from auth.models import Role, User
 from compute.job_state import JobStatus
 from compute.models import Job, Node
 from compute.nodes import NodeApproval
@@ -30,7 +30,8 @@ ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
 def eligible_nodes(session: Session) -> list[Node]:
     """The only nodes new work goes to: approved, unflagged, not drained or retired, their
-    Ray worker alive, their agent not gone, their owner's account enabled."""
+    Ray worker alive, their agent not gone, their owner's account enabled and still a node
+    owner's (or an admin's)."""
     return list(
         session.scalars(
             select(Node)
@@ -43,6 +44,7 @@ def eligible_nodes(session: Session) -> list[Node]:
                 Node.deregistered_at.is_(None),
                 or_(Node.left_at.is_(None), Node.last_heartbeat_at > Node.left_at),
                 User.is_active.is_(True),
+                User.role.in_((Role.NODE_OWNER.value, Role.ADMIN.value)),
             )
             .order_by(Node.id)
         )

@@ -3,6 +3,7 @@ credential, leaving, deregistering, unbanning; every call checks who owns the no
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -102,3 +103,58 @@ def test_an_admin_unbans_a_node(client: TestClient, node_owner: Account, admin: 
     assert beat(client, node["id"], as_node(node["credential"])).status_code == 200
     twice = client.post(f"/nodes/{node['id']}/unban", headers=admin.headers)
     assert twice.status_code == 409 and twice.json()["error"] == "not_banned"
+
+
+def test_a_banned_node_takes_no_owner_action_but_its_retirement(
+    client: TestClient, node_owner: Account, admin: Account
+) -> None:
+    node = register_node(client, node_owner.headers, "box")
+    url = f"/nodes/{node['id']}"
+    assert client.post(f"{url}/ban", headers=admin.headers).status_code == 200
+    body = {"resources": {"gpu": 0, "cpu_cores": 2, "memory": 2}}
+    for method, path, json in (
+        ("PATCH", url, body),
+        ("POST", f"{url}/credential", None),
+        ("POST", f"{url}/drain", None),
+        ("POST", f"{url}/undrain", None),
+    ):
+        for who in (node_owner, admin):
+            answer = client.request(method, path, headers=who.headers, json=json)
+            assert answer.status_code == 409, (method, path, answer.text)
+            assert answer.json()["error"] == "node_banned"
+    # Nothing changed: what it offers, its credential (still refused as banned, not unknown).
+    assert client.get(url, headers=node_owner.headers).json()["resources"]["cpu_cores"] == 8
+    refused = beat(client, node["id"], as_node(node["credential"]))
+    assert refused.status_code == 403 and refused.json()["error"] == "node_banned"
+    retired = client.delete(url, headers=node_owner.headers)
+    assert retired.status_code == 200 and retired.json()["status"] == "deregistered"
+
+
+@pytest.mark.parametrize("cut_off", ["disable", "demote"])
+def test_an_owner_disabled_or_demoted_cuts_their_nodes_off_at_once(
+    client: TestClient, node_owner: Account, admin: Account, cut_off: str
+) -> None:
+    node = register_node(client, node_owner.headers, "box")
+    credential = as_node(node["credential"])
+    calls = (
+        ("POST", f"/nodes/{node['id']}/heartbeat"),
+        ("GET", f"/nodes/{node['id']}/join"),
+        ("POST", f"/nodes/{node['id']}/runs"),
+    )
+    for method, path in calls:
+        assert client.request(method, path, headers=credential).status_code == 200, path
+    if cut_off == "disable":
+        client.post(f"/users/{node_owner.id}/disable", headers=admin.headers, json={})
+    else:
+        client.patch(f"/users/{node_owner.id}", headers=admin.headers, json={"role": "user"})
+    for method, path in calls:
+        refused = client.request(method, path, headers=credential)
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["error"] == "owner_cannot_lend"
+    # Undone, the node lends again with the same credential.
+    if cut_off == "disable":
+        client.post(f"/users/{node_owner.id}/enable", headers=admin.headers)
+    else:
+        client.patch(f"/users/{node_owner.id}", headers=admin.headers, json={"role": "node_owner"})
+    for method, path in calls:
+        assert client.request(method, path, headers=credential).status_code == 200, path

@@ -34,9 +34,7 @@ TWO_NODE_JOB = {  # a whole node per client host
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return make_settings(
-        database_url, node_timeout=3, dispatch_interval_s=0.1
-    )
+    return make_settings(database_url, node_timeout=3, dispatch_interval_s=0.1)
 
 
 @pytest.fixture
@@ -238,3 +236,56 @@ def test_a_driver_gone_without_a_word_fails_its_attempt_which_resumes_and_is_not
         f"its driver on node {node['id']} is gone: the node's agent restarted" in line["message"]
         for line in logs
     ), logs
+
+
+def test_a_node_whose_owner_is_disabled_loses_its_attempt_at_once(
+    client: TestClient, nodes: list[dict], make_account, admin_headers: dict
+) -> None:
+    user = make_account("alice")
+    job, node, _other = placed_one_node_job(client, nodes, user)
+    owner_id = client.get(f"/nodes/{node['id']}", headers=admin_headers).json()["owner_id"]
+    client.post(f"/users/{owner_id}/disable", headers=admin_headers, json={})
+    # Well within NODE_TIMEOUT: not the node's silence but its owner's account ends it.
+    said = f"attempt 1 lost (node {node['id']}'s owner's account is disabled)"
+    logs = wait_for(
+        lambda: [
+            line
+            for line in client.get(f"/jobs/{job['id']}/logs", headers=user.headers).json()["items"]
+            if said in line["message"]
+        ],
+        timeout_s=2.5,
+        every_s=0.1,
+        what=lambda: client.get(f"/jobs/{job['id']}", headers=user.headers).json(),
+    )
+    assert logs
+    waiting = client.get(f"/jobs/{job['id']}", headers=user.headers).json()
+    assert waiting["status"] == "queued"  # every node is that owner's: none is eligible
+
+
+def test_a_multi_node_job_is_placed_within_one_trusted_pool_only(
+    client: TestClient, nodes: list[dict], make_account
+) -> None:
+    user = make_account("alice")
+    pool = "10.0.0.1:6379"
+    runs_of(client, nodes[0], ray_pool=pool)  # one node in a pool, the other not
+    job = client.post("/jobs/submit", headers=user.headers, json=TWO_NODE_JOB).json()
+    waiting = wait_for(
+        lambda: (
+            (j := client.get(f"/jobs/{job['id']}", headers=user.headers).json())[
+                "status_reason"
+            ].startswith("waiting")
+            and j
+        ),
+        timeout_s=10,
+        what="the job to wait",
+    )
+    assert waiting["placement"] is None
+    runs_of(client, nodes[1], ray_pool=pool)  # now both are
+    placed = wait_for(
+        lambda: (
+            (j := client.get(f"/jobs/{job['id']}", headers=user.headers).json())["placement"] and j
+        ),
+        timeout_s=10,
+        what="the job placed in the pool",
+    )
+    assert {slot["node_id"] for slot in placed["placement"]} == {n["id"] for n in nodes}
