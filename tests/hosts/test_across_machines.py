@@ -132,14 +132,21 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
     assert len(predictions) == 400
     assert all(len(row["top_k"]) == 2 for row in predictions)
 
-    # The jobs' own clusters are gone, and left no note for a later `ray.init()` to follow:
-    # on each node host the only Ray pointer left, if any, is to the node's warm Ray.
+    # The jobs' own clusters are gone once their agents have stopped them (at their next ask
+    # after the job ended), and left no note for a later `ray.init()` to follow: on each
+    # node host the only Ray pointer left, if any, is to the node's warm Ray.
     for host in platform.net.nodes:
         agent_log = (platform.root / f"{host.name}.log").read_text(errors="replace")
         warm = re.search(r"this node's Ray is up at (\S+)", agent_log)
         assert warm, agent_log[-3000:]
         pointer = host.path("/tmp/ray/ray_current_cluster")
-        assert not pointer.exists() or pointer.read_text().strip() == warm.group(1)
+        wait_for(
+            lambda pointer=pointer, warm=warm: (
+                not pointer.exists() or pointer.read_text().strip() == warm.group(1)
+            ),
+            timeout_s=30,
+            what=lambda pointer=pointer: f"{pointer} to be forgotten: {pointer.read_text()}",
+        )
 
 
 def checkpointed_es_job(platform: Platform, steps: int) -> tuple[dict, Host]:
