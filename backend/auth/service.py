@@ -43,6 +43,7 @@ from core.errors import (
     AuthenticationError,
     ConflictError,
     InvalidInputError,
+    PermissionDeniedError,
     RateLimitedError,
 )
 
@@ -268,3 +269,41 @@ def _forget_expired_buckets(session: Session, *, now: dt.datetime, lockout: dt.t
         .where(tuple_(LoginThrottle.client, LoginThrottle.username_key).in_(expired))
         .execution_options(synchronize_session=False)
     )
+
+
+# The throttle's bucket for password changes: per account, whatever the address (the caller
+# already holds the account's access token; what it lacks is the current password).
+PASSWORD_CHANGE_CLIENT = "password-change"
+
+
+class WrongPasswordError(PermissionDeniedError):
+    """A wrong current password: the failure count it bumped must be kept."""
+
+    keep_changes = True
+
+
+def check_current_password(
+    session: Session, context: CryptContext, user: User, password: str, *, limits: LoginLimits
+) -> None:
+    """Prove a password change with the current password, throttled like logins: after
+    ``limits.max_failures`` wrong ones the account's changes are locked for the lockout
+    period (429), the right password included."""
+    now = utcnow()
+    key = f"#{user.id}"
+    wait_s = _lock_wait_s(session, PASSWORD_CHANGE_CLIENT, key, now)
+    if wait_s is not None:
+        raise RateLimitedError(
+            f"too many wrong current passwords; try again in {wait_s} s", retry_after_s=wait_s
+        )
+    if verify_password(context, password, user.password_hash):
+        return
+    _count_failure(
+        session,
+        PASSWORD_CHANGE_CLIENT,
+        key,
+        limit=limits.max_failures,
+        lockout=limits.lockout,
+        now=now,
+    )
+    session.flush()
+    raise WrongPasswordError("the current password is wrong", code="wrong_password")

@@ -11,15 +11,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from auth.passwords import hash_password, verify_password
+from auth.passwords import hash_password
 from auth.refresh import revoke_all_sessions
-from auth.service import validate_password
+from auth.service import LoginLimits, check_current_password, validate_password
 from compute.job_state import JobStatus
 from compute.jobs import cancel_job
 from compute.models import Job
 from compute.visibility import page
 from core.db import utcnow
-from core.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from core.errors import ConflictError, InvalidInputError, NotFoundError
 from ledger.pricing import Rates
 
 
@@ -136,12 +136,17 @@ def reset_password(
 
 
 def change_password(
-    session: Session, context: CryptContext, user: User, *, current: str, new: str
+    session: Session,
+    context: CryptContext,
+    user: User,
+    *,
+    current: str,
+    new: str,
+    limits: LoginLimits,
 ) -> User:
-    """The user's own change, proven by the current password: every session ends (this
-    one included: log in again with the new password)."""
-    if not verify_password(context, current, user.password_hash):
-        raise PermissionDeniedError("the current password is wrong", code="wrong_password")
+    """The user's own change, proven by the current password (throttled like logins):
+    every session ends (this one included: log in again with the new password)."""
+    check_current_password(session, context, user, current, limits=limits)
     if current == new:
         raise InvalidInputError("the new password is the current one")
     _set_password(session, context, user, new)

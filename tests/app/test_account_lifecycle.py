@@ -158,6 +158,28 @@ def test_a_password_change_ends_every_session_and_needs_the_current_password(
     assert login(client, name, "brand-new-password")["access_token"]
 
 
+def test_wrong_current_passwords_are_throttled_like_logins(
+    client: TestClient, user: Account, settings
+) -> None:
+    """The probe's attack: 30 wrong current passwords, then the right one, went through.
+    After LOGIN_MAX_FAILURES wrong ones the account's changes wait out the lockout, the
+    right password included, whatever the caller's address."""
+    change = {"current_password": "guess-0000", "new_password": "brand-new-password"}
+    for attempt in range(settings.login_max_failures):
+        wrong = client.post(
+            "/auth/password", headers=user.headers,
+            json={**change, "current_password": f"guess-{attempt:04}"},
+        )  # fmt: skip
+        assert wrong.status_code == 403, (attempt, wrong.text)
+    right = {**change, "current_password": user.password}
+    locked = client.post("/auth/password", headers=user.headers, json=right)
+    assert locked.status_code == 429 and locked.json()["error"] == "rate_limited"
+    assert int(locked.headers["retry-after"]) > 0
+    # Nothing changed: the old password still logs in, the session still works.
+    assert login(client, user.user.username, user.password)["access_token"]
+    assert client.get("/auth/me", headers=user.headers).status_code == 200
+
+
 def test_an_admin_password_reset_ends_the_users_sessions(
     client: TestClient, admin: Account, user: Account
 ) -> None:

@@ -52,11 +52,7 @@ def login(
         username=username,
         password=password,
         client=client_address_key(request.client.host if request.client else None),
-        limits=LoginLimits(
-            max_failures=settings.login_max_failures,
-            max_failures_per_address=settings.login_max_failures_per_address,
-            lockout=dt.timedelta(seconds=settings.login_lockout_s),
-        ),
+        limits=login_limits(settings),
     )
     lifetime = dt.timedelta(days=settings.refresh_token_expire_days)
     return token_pair(user, settings, issue_refresh_token(session, user, lifetime=lifetime))
@@ -104,14 +100,27 @@ def logout(body: RefreshIn, session: DbSession) -> Response:
 @router.post(
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(403),  # the current password is wrong
+    responses=error_responses(403, 429),  # the current password is wrong; too many were
 )
 def change_password_(
-    body: PasswordChangeIn, user: CurrentUser, session: DbSession, context: PasswordContextDep
+    body: PasswordChangeIn,
+    user: CurrentUser,
+    session: DbSession,
+    context: PasswordContextDep,
+    settings: SettingsDep,
 ) -> Response:
     """Change your password. Every session of yours ends, this one included: every refresh
-    token is revoked and every access token refused; log in again with the new password."""
-    change_password(session, context, user, current=body.current_password, new=body.new_password)
+    token is revoked and every access token refused; log in again with the new password.
+    Wrong current passwords are throttled like logins (429 once the account's limit is
+    reached, until the lockout ends)."""
+    change_password(
+        session,
+        context,
+        user,
+        current=body.current_password,
+        new=body.new_password,
+        limits=login_limits(settings),
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -143,3 +152,11 @@ def register(
 @router.get("/me", response_model=UserOut)
 def me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)
+
+
+def login_limits(settings: Settings) -> LoginLimits:
+    return LoginLimits(
+        max_failures=settings.login_max_failures,
+        max_failures_per_address=settings.login_max_failures_per_address,
+        lockout=dt.timedelta(seconds=settings.login_lockout_s),
+    )
