@@ -12,7 +12,11 @@
 - **JSON.** A JSON body that is not UTF-8, or nests deeper than ``MAX_JSON_DEPTH``, is
   refused (422) before any parser meets it: otherwise the parser's RecursionError or
   UnicodeDecodeError surfaces as a 500 or a 400 that says nothing useful, and a deep
-  structure could reach recursive serializers (pydantic, the database's JSON column).
+  structure could reach recursive serializers (pydantic, the database's JSON column). The
+  nesting is counted on the bytes of every body, whatever its Content-Type says (a body
+  labelled otherwise, or starting with a byte-order mark, may still reach a JSON parser),
+  and a request with more than one Content-Type is refused (400): the parsers and this check
+  must not read different ones.
 - **Lenient JSON.** Seed 003's curl examples post JSON with ``-d`` and no header, which curl
   labels ``application/x-www-form-urlencoded``. A form body never starts with ``{`` or ``[``,
   so such a body is relabelled ``application/json`` before routing; a broken one then gets
@@ -78,6 +82,12 @@ class RequestLimitsMiddleware:
         if body is None:  # the client went away
             return
 
+        labels = [v for k, v in scope["headers"] if k == b"content-type"]
+        if len(labels) > 1:
+            await _send_error(
+                send, 400, "bad_request", "the request has more than one Content-Type header"
+            )
+            return
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type in _RELABELLED and body.lstrip()[:1] in (b"{", b"["):
             content_type = b"application/json"
@@ -85,7 +95,7 @@ class RequestLimitsMiddleware:
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
                 (b"content-type", content_type)
             ]
-        problem = json_body_problem(body) if _is_json(content_type) else None
+        problem = json_body_problem(body) if _is_json(content_type) else deep_body_problem(body)
         if problem:
             await _send_error(send, 422, "invalid_input", problem)
             return
@@ -143,6 +153,11 @@ def json_body_problem(body: bytes) -> str | None:
             f"body: not valid JSON: the body is not UTF-8 text "
             f"(byte 0x{body[exc.start]:02x} at position {exc.start})"
         )
+    return deep_body_problem(body)
+
+
+def deep_body_problem(body: bytes) -> str | None:
+    """A body not labelled JSON is still refused if it nests like too-deep JSON."""
     if json_depth(body) > MAX_JSON_DEPTH:
         return f"body: the JSON is nested more than {MAX_JSON_DEPTH} levels deep"
     return None

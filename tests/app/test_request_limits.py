@@ -136,6 +136,31 @@ def test_json_nested_10000_deep_is_422(
         assert "nested more than" in body["detail"]
 
 
+def deep_overrides_job(levels: int) -> bytes:
+    """A job whose model overrides nest ``levels`` deep (the probe stored 200-253, and 254
+    was a 500)."""
+    deep = b'{"a":' * levels + b"1" + b"}" * levels
+    body = {**SEED_JOB, "model_config": {**SEED_JOB["model_config"], "overrides": 0}}
+    return json.dumps(body).encode().replace(b'"overrides": 0', b'"overrides": ' + deep)
+
+
+@pytest.mark.parametrize("how", ["two content types, the last not JSON", "a byte-order mark"])
+def test_the_nesting_limit_holds_however_the_body_is_labelled(
+    client: TestClient, user: Account, how: str
+) -> None:
+    """The parsers read the first Content-Type, and JSON with a byte-order mark and no
+    Content-Type at all: neither may slip past the check."""
+    body = deep_overrides_job(254)
+    headers: list[tuple[str, str]] = list(user.headers.items())
+    if how.startswith("two"):
+        headers += [("Content-Type", "application/json"), ("Content-Type", "text/html")]
+    else:
+        body = b"\xef\xbb\xbf" + body
+    response = client.post("/jobs/submit", headers=headers, content=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert client.get("/jobs", headers=user.headers).json()["items"] == []  # nothing stored
+
+
 def test_nesting_up_to_the_limit_is_the_route_business(client: TestClient, user: Account) -> None:
     deep = b'{"a":' * (MAX_JSON_DEPTH - 2) + b"1" + b"}" * (MAX_JSON_DEPTH - 2)
     payload = json.dumps({**SEED_JOB, "training_config": {"note": 0}}).encode()
