@@ -40,6 +40,7 @@ from compute.jobs import finish_job, transition_job
 from compute.leadership import hold_lease, holder_name, release_lease
 from compute.metering import describe_unsaved, is_saved, saved_by, unsaved_events, with_unsaved
 from compute.models import Job, JobMetric, Node
+from compute.nodes import prune_heartbeats
 from compute.run_configs import run_config
 from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
 from compute.storage import expire_storage
@@ -154,12 +155,14 @@ class Dispatcher:
         self.expire_storage()
 
     def expire_storage(self) -> None:
-        """The artifact retention, once a minute: files of jobs finished too long ago."""
+        """Once a minute: heartbeat samples past their retention, and the files of jobs
+        finished too long ago (the artifact retention)."""
         now = time.monotonic()
-        if self.settings.artifact_retention_days <= 0 or now - self.expired_at < 60:
+        if now - self.expired_at < 60:
             return
         self.expired_at = now
         with session_scope(self.session_factory) as session:
+            prune_heartbeats(session)
             expire_storage(
                 session,
                 storage_root=self.settings.storage_path,

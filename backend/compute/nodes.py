@@ -9,7 +9,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
@@ -155,18 +155,40 @@ def refuse_retired(node: Node) -> None:
         )
 
 
-def record_heartbeat(session: Session, node: Node, sample: HeartbeatSample) -> NodeHeartbeat:
+# A node beating faster than this writes nothing more: its liveness and last sample are
+# already fresh (a flood of heartbeats was a write each, and slowed everyone down).
+HEARTBEAT_MIN_GAP = dt.timedelta(seconds=1)
+HEARTBEAT_RETENTION = dt.timedelta(hours=24)  # samples older than this are pruned
+
+
+def record_heartbeat(session: Session, node: Node, sample: HeartbeatSample) -> dt.datetime:
+    """Note the node alive now, with its sample, at most once per HEARTBEAT_MIN_GAP (and at
+    once after it said it left); when it was received."""
     if node.approval == NodeApproval.BANNED:
         raise PermissionDeniedError(
             f"node {node.id} is banned; its heartbeats are refused", code="node_banned"
         )
     refuse_retired(node)
     now = utcnow()
-    heartbeat = NodeHeartbeat(node_id=node.id, received_at=now, **sample.model_dump())
+    last = node.last_heartbeat_at
+    back_from_leaving = node.left_at is not None and (last is None or node.left_at >= last)
+    if last is not None and now - last < HEARTBEAT_MIN_GAP and not back_from_leaving:
+        return now
     node.last_heartbeat_at = now
-    session.add(heartbeat)
+    session.add(NodeHeartbeat(node_id=node.id, received_at=now, **sample.model_dump()))
     session.flush()
-    return heartbeat
+    return now
+
+
+def prune_heartbeats(session: Session, *, now: dt.datetime | None = None) -> int:
+    """Delete samples older than HEARTBEAT_RETENTION; how many went."""
+    cutoff = (now or utcnow()) - HEARTBEAT_RETENTION
+    gone = session.execute(
+        delete(NodeHeartbeat)
+        .where(NodeHeartbeat.received_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return int(gone.rowcount or 0)
 
 
 RAY_RESOURCE_UNITS = 1000  # of the node's custom resource; a bundle asks for one unit

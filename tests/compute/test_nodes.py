@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from compute.models import Node
+from compute.models import Node, NodeHeartbeat
+from compute.nodes import HEARTBEAT_RETENTION, prune_heartbeats
 from core.db import utcnow
 from tests.conftest import SEED_NODE, Account, register_node
 
@@ -218,3 +219,30 @@ def test_pending_node_cannot_join_yet(
     assert waiting.status_code == 409 and waiting.json()["error"] == "node_not_approved"
     client.post(f"/nodes/{node['id']}/approve", headers=admin.headers)
     assert client.get(f"/nodes/{node['id']}/join", headers=node_owner.headers).status_code == 200
+
+
+def test_a_flood_of_heartbeats_writes_one_sample_a_second_and_old_samples_are_pruned(
+    client: TestClient, node_owner: Account, db: Session
+) -> None:
+    """The probe's pending node sent 819 heartbeats in 8 s, each a row (never pruned), and
+    doubled everyone's latency."""
+    node = register_node(client, node_owner.headers)
+    auth = {"Authorization": f"Bearer {node['credential']}"}
+    started = utcnow()
+    for _ in range(50):
+        answer = client.post(f"/nodes/{node['id']}/heartbeat", headers=auth, json={})
+        assert answer.status_code == 200
+    elapsed = (utcnow() - started).total_seconds()
+    rows = db.scalars(select(NodeHeartbeat).where(NodeHeartbeat.node_id == node["id"])).all()
+    assert 1 <= len(rows) <= 1 + elapsed  # one a second at most
+    assert client.get(f"/nodes/{node['id']}", headers=node_owner.headers).json()[
+        "last_heartbeat_at"
+    ]
+
+    old = utcnow() - HEARTBEAT_RETENTION - dt.timedelta(minutes=1)
+    db.add(NodeHeartbeat(node_id=node["id"], received_at=old, cpu_percent=1.0))
+    db.commit()
+    assert prune_heartbeats(db) == 1
+    db.commit()
+    left = db.scalars(select(NodeHeartbeat).where(NodeHeartbeat.node_id == node["id"])).all()
+    assert len(left) == len(rows)  # the recent ones stay

@@ -114,12 +114,12 @@ def heartbeat(
     """Report liveness (and optional figures). Authenticate with the node's credential or
     the owner's access token."""
     node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
-    beat = record_heartbeat(session, node, sample or HeartbeatSample())
+    received_at = record_heartbeat(session, node, sample or HeartbeatSample())
     return HeartbeatOut(
         node_id=node.id,
-        status=node_status(node, now=beat.received_at, timeout_s=settings.node_timeout).value,
+        status=node_status(node, now=received_at, timeout_s=settings.node_timeout).value,
         approval=node.approval,
-        received_at=beat.received_at,
+        received_at=received_at,
         next_heartbeat_in_s=settings.node_heartbeat_interval,
         resources=ResourcesOut(gpu=node.gpu, cpu_cores=node.cpu_cores, memory=node.memory_gb),
     )
