@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_pool
 
 import ray
-from tests.agent_pool import LiveGateway, PoolNode
+from tests.agent_pool import PoolNode
 from tests.conftest import free_port
+from tests.live_gateway import LiveGateway
 
 from app.main import create_app
 from core.settings import Settings

@@ -24,7 +24,8 @@ from compute.accounts import register_user, signup_grant_micro
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url
-from tests.agent_pool import AgentPool, LiveGateway, add_ray_node
+from tests.agent_pool import AgentPool, add_ray_node
+from tests.live_gateway import LiveGateway
 from tests.polling import wait_for
 
 BACKEND = Path(__file__).resolve().parent.parent / "backend"

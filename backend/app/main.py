@@ -32,12 +32,19 @@ from app.routes import (
     tokens,
     users,
 )
+from app.stream_slots import StreamSlots
 from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
 from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
 from compute.agent_runs import AgentRunners
 from compute.dispatcher import RunnerPort, start_dispatcher
-from core.db import get_engine, make_session_factory, read_only_factory, session_scope
+from core.db import (
+    get_engine,
+    make_engine,
+    make_session_factory,
+    read_only_factory,
+    session_scope,
+)
 from core.logging import configure_logging
 from core.migrations import migration_lock, upgrade_to_head
 from core.settings import Settings, get_settings
@@ -90,15 +97,23 @@ def create_app(
                     password=resolved.admin_password,
                     signup_grant=signup_grant_micro(resolved.signup_grant),
                 )
+        app.state.stream_slots = StreamSlots(
+            per_user=resolved.max_streams_per_user, total=resolved.max_streams
+        )
         stop_dispatcher = None
+        # The dispatcher's connections are its own: its lease renewal and job writes never
+        # wait behind request traffic for a pooled connection.
+        dispatcher_engine = make_engine(resolved.database_url, pool_size=2, max_overflow=2)
         if dispatch:
-            port = runners or AgentRunners(app.state.session_factory, resolved)
-            stop_dispatcher = start_dispatcher(app.state.session_factory, resolved, port)
+            factory = make_session_factory(dispatcher_engine)
+            port = runners or AgentRunners(factory, resolved)
+            stop_dispatcher = start_dispatcher(factory, resolved, port)
         try:
             yield
         finally:
             if stop_dispatcher is not None:
                 stop_dispatcher()
+            dispatcher_engine.dispose()
 
     app = FastAPI(
         title="DistLM",

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     submits_per_minute: int = Field(
         60, ge=0, le=1_000_000, validation_alias=_env("DISTLM_SUBMITS_PER_MINUTE")
     )
+    # Open event streams and log follows (GET /jobs/{id}/events, /logs?follow=true) per user
+    # and in all, per gateway process: 429 beyond.
+    max_streams_per_user: int = Field(
+        4, ge=1, le=10_000, validation_alias=_env("DISTLM_MAX_STREAMS_PER_USER")
+    )
+    max_streams: int = Field(64, ge=1, le=100_000, validation_alias=_env("DISTLM_MAX_STREAMS"))
     queue_unplaceable_jobs: bool = Field(
         True, validation_alias=_env("DISTLM_QUEUE_UNPLACEABLE_JOBS")
     )

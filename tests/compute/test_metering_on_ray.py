@@ -10,8 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth.models import Role
-from tests.agent_pool import AgentPool, LiveGateway
+from tests.agent_pool import AgentPool
 from tests.conftest import finished, job_state
+from tests.live_gateway import LiveGateway
 from tests.metering_checks import assert_each_step_paid_once, work_dropped
 from tests.polling import wait_for
 

@@ -14,13 +14,14 @@ from auth.models import Role
 from ledger.models import LedgerTransaction
 from protocol.run import DataRequest
 from ray_module.models.causal_lm import ModelRequest, load_causal_lm
-from tests.agent_pool import AgentPool, LiveGateway
+from tests.agent_pool import AgentPool
 from tests.baselines import causal_lm_unigram
 from tests.conftest import (
     finished,
     job_state,
     start_node,
 )
+from tests.live_gateway import LiveGateway
 from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
 

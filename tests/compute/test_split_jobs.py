@@ -18,8 +18,9 @@ from auth.models import Role
 from ray_module.data.examples import digits
 from ray_module.strategies.split.samples import split_ids
 from ray_module.strategies.split.worker import ids_digest
-from tests.agent_pool import AgentPool, LiveGateway
+from tests.agent_pool import AgentPool
 from tests.conftest import finished, job_state, start_node
+from tests.live_gateway import LiveGateway
 from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
 from tests.ray_state import list_actors

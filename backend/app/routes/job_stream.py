@@ -1,28 +1,38 @@
-"""A job as it happens: GET /jobs/{id}/events (Server-Sent Events) and GET /jobs/{id}/logs."""
+"""A job as it happens: GET /jobs/{id}/events (Server-Sent Events) and GET /jobs/{id}/logs.
+
+An open stream holds a slot (``app.stream_slots``: a few per user, a bounded number in all),
+reads on the streams' own threads, holds no database connection between reads, and checks
+every ``RECHECK_S`` that its viewer may still see the job (an account disabled, a password
+changed or a job no longer theirs ends it)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentUser, DbSession, JobId
+from auth.models import User
 from compute.job_events import Cursor, StreamItem, events_after, job_logs
 from compute.job_state import JobStatus
 from compute.jobs import get_job_for
 from compute.models import Job
 from core.db import session_scope
+from core.errors import NotFoundError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 POLL_S = 0.5
 KEEP_ALIVE_S = 15.0
+RECHECK_S = 5.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -45,8 +55,9 @@ def events(
     get_job_for(session, viewer, job_id)  # 404 for another user's job, before streaming
     cursor = Cursor.parse(last_event_id)
     factory = request.app.state.read_session_factory
+    release = request.app.state.stream_slots.take(viewer.id)  # 429 when none is free
     return StreamingResponse(
-        _stream(request, lambda c: _read(factory, job_id, c), cursor),
+        _stream(request, lambda c: _read(factory, job_id, c), cursor, _viewer(viewer), release),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
@@ -81,9 +92,10 @@ def logs(
             StreamItem(item.cursor, "skip", item.at, {}) for item in items[-1:]
         ], finished
 
+    release = request.app.state.stream_slots.take(viewer.id)  # 429 when none is free
     return StreamingResponse(
-        _stream(request, read, Cursor(after, 2**62)), media_type="text/event-stream",
-        headers=SSE_HEADERS,
+        _stream(request, read, Cursor(after, 2**62), _viewer(viewer), release),
+        media_type="text/event-stream", headers=SSE_HEADERS,
     )  # fmt: skip
 
 
@@ -94,16 +106,72 @@ def _read(factory: Any, job_id: int, cursor: Cursor) -> tuple[list[StreamItem], 
         return events_after(session, job_id, cursor), finished
 
 
-async def _stream(
+@dataclass(frozen=True)
+class Viewer:
+    """Who opened the stream, as they were then."""
+
+    user_id: int
+    token_version: int
+
+
+def _viewer(user: User) -> Viewer:
+    return Viewer(user.id, user.token_version)
+
+
+def _may_still_see(factory: Any, viewer: Viewer, job_id: int) -> bool:
+    with session_scope(factory) as session:
+        user = session.get(User, viewer.user_id)
+        if user is None or not user.is_active or user.token_version != viewer.token_version:
+            return False
+        try:
+            get_job_for(session, user, job_id)
+        except NotFoundError:
+            return False
+        return True
+
+
+def _stream(
     request: Request,
     read: Callable[[Cursor], tuple[list[StreamItem], bool]],
     cursor: Cursor,
+    viewer: Viewer,
+    release: Callable[[], None],
 ) -> AsyncIterator[str]:
-    quiet_since = time.monotonic()
+    """The stream's chunks; its slot is given back when it ends, or when it is dropped
+    unstarted (a client gone before the first byte)."""
+
+    async def chunks() -> AsyncIterator[str]:
+        try:
+            async for chunk in _chunks(request, read, cursor, viewer):
+                yield chunk
+        finally:
+            release()
+
+    stream = chunks()
+    weakref.finalize(stream, release)
+    return stream
+
+
+async def _chunks(
+    request: Request,
+    read: Callable[[Cursor], tuple[list[StreamItem], bool]],
+    cursor: Cursor,
+    viewer: Viewer,
+) -> AsyncIterator[str]:
+    quiet_since = checked_at = time.monotonic()
+    limiter = request.app.state.stream_slots.reads
+    factory = request.app.state.read_session_factory
+    job_id = int(request.path_params["job_id"])
     while True:
         if await request.is_disconnected():
             return
-        items, finished = await run_in_threadpool(read, cursor)
+        if time.monotonic() - checked_at > RECHECK_S:
+            checked_at = time.monotonic()
+            if not await to_thread.run_sync(
+                _may_still_see, factory, viewer, job_id, limiter=limiter
+            ):
+                return
+        items, finished = await to_thread.run_sync(read, cursor, limiter=limiter)
         for item in items:
             cursor = item.cursor
             if item.kind == "skip":  # moves the cursor past what a filtered stream left out

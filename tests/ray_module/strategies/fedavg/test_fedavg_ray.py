@@ -23,8 +23,9 @@ from ray_module.strategies.fedavg.aggregate import server_optimizer
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig
 from ray_module.strategies.fedavg.run import run_fedavg
 from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
-from tests.agent_pool import AgentPool, LiveGateway
+from tests.agent_pool import AgentPool
 from tests.conftest import finished, job_state, start_node
+from tests.live_gateway import LiveGateway
 from tests.polling import wait_for
 from tests.ray_state import list_actors
 
