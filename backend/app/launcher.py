@@ -26,6 +26,10 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # h11 answers a header block over 16 KB with a plain-text 400 before the app sees it;
         # let it through so the app refuses it in the one JSON error shape (431).
         h11_max_incomplete_event_size=SERVER_MAX_HEADER_BYTES,
+        # X-Forwarded-For only from the proxies named (uvicorn trusts 127.0.0.1 by default,
+        # which let anyone on the machine rotate the address the login throttle counts).
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
 
 

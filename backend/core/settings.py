@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     )
     # A bearer token a Prometheus server scrapes GET /metrics with; empty: only admins may.
     metrics_token: str = Field("", validation_alias=_env("DISTLM_METRICS_TOKEN"))
+    # Reverse proxies whose X-Forwarded-For names the client (comma-separated addresses or
+    # networks; empty: none, and the header is ignored: the login throttle counts the
+    # connection's own address).
+    trusted_proxies: str = Field(
+        "", max_length=2000, validation_alias=_env("DISTLM_TRUSTED_PROXIES")
+    )
     refresh_token_expire_days: int = Field(
         30, ge=1, le=365, validation_alias=_env("DISTLM_REFRESH_TOKEN_EXPIRE_DAYS")
     )

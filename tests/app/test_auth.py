@@ -342,3 +342,20 @@ def test_swagger_authorize_uses_the_password_flow(client: TestClient) -> None:
     assert scheme["type"] == "oauth2"
     assert scheme["flows"]["password"]["tokenUrl"] == "/auth/token"
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [(None, True), ("http://testserver", True), ("http://evil.example", False), ("null", False)],
+)
+def test_a_login_form_posted_from_another_site_is_refused(
+    client: TestClient, user: Account, origin: str | None, allowed: bool
+) -> None:
+    """Login CSRF: a page elsewhere must not log a visitor in to an account it chose."""
+    headers = {"Origin": origin} if origin else {}
+    form = {"username": user.user.username, "password": user.password}
+    answer = client.post("/auth/token", data=form, headers=headers)
+    if allowed:
+        assert answer.status_code == 200, answer.text
+    else:
+        assert answer.status_code == 403 and answer.json()["error"] == "cross_origin"

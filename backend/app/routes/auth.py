@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request, Response, status
 
@@ -22,6 +23,7 @@ from auth.service import LoginLimits, authenticate, client_address_key
 from auth.tokens import create_access_token
 from compute.accounts import register_user, signup_grant_micro
 from compute.users import change_password
+from core.errors import PermissionDeniedError
 from core.settings import Settings
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -30,8 +32,8 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/token",
     response_model=AccessToken,
-    # 401: wrong username or password; 429: too many failures from this address.
-    responses=error_responses(401, 429),
+    # 401: wrong username or password; 403: a form from another site; 429: too many failures.
+    responses=error_responses(401, 403, 429),
 )
 def login(
     request: Request,
@@ -45,7 +47,10 @@ def login(
 
     Usernames are not case-sensitive. Failed logins are limited per client address and
     username, and per client address across usernames (429 with `Retry-After`). Behind a
-    reverse proxy, run uvicorn with `--forwarded-allow-ips` so the address is the client's."""
+    reverse proxy, name it in `DISTLM_TRUSTED_PROXIES` so the address is the client's. A
+    browser's form posted from another site (its `Origin` is not this gateway) is refused
+    (403 `cross_origin`): no page elsewhere can log a visitor in to an account of its choosing."""
+    refuse_other_origins(request)
     user = authenticate(
         session,
         context,
@@ -160,3 +165,15 @@ def login_limits(settings: Settings) -> LoginLimits:
         max_failures_per_address=settings.login_max_failures_per_address,
         lockout=dt.timedelta(seconds=settings.login_lockout_s),
     )
+
+
+def refuse_other_origins(request: Request) -> None:
+    """A browser names the page a form came from (Origin); curl and scripts send none."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    host = request.headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        raise PermissionDeniedError(
+            f"a login form from {origin[:100]} is not this gateway's", code="cross_origin"
+        )
