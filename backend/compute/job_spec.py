@@ -67,6 +67,7 @@ MAX_GPUS = 64
 MIN_CPU_CORES = 0.1
 MIN_MEMORY_GB = 0.1
 MAX_CPU_CORES = 1024
+MEMORY_PER_WORKER_GB = 0.25  # the least a worker process is given (see _workers_fit_the_memory)
 MAX_MEMORY_GB = 4096
 MAX_RUNTIME_S = 30 * 24 * 3600
 MAX_TOKENS = Decimal(1_000_000_000)
@@ -243,6 +244,21 @@ class JobSpec(_Strict):
         self._builtin_data_fits_model()
         settings = strategy.parse_settings(self.training_config.knobs())
         strategy.check_job(self.submitted(), settings)
+        self._workers_fit_the_memory()
+
+    def _workers_fit_the_memory(self) -> None:
+        """Each worker is a process of its own (a Python with torch: about a third of a GB
+        idle), so a job asking for more workers than its memory holds is refused: 8 workers
+        on 0.1 GB were 8 processes of 330 MB billed as 0.1 GB."""
+        workers = self.training_config.num_workers
+        memory = self.requirements.memory
+        if workers is not None and workers * MEMORY_PER_WORKER_GB > memory + 1e-9:
+            raise SettingsError(
+                f"num_workers ({workers}) needs at least {workers * MEMORY_PER_WORKER_GB:g} GB of "
+                f"requirements.memory ({MEMORY_PER_WORKER_GB:g} GB a worker process); it asks "
+                f"for {memory:g}",
+                "num_workers",
+            )
 
     def submitted(self) -> SubmittedJob:
         return SubmittedJob(

@@ -383,6 +383,14 @@ def test_a_flood_of_unknown_knobs_is_refused_not_stored(
         ({"requirements": {"cpu_cores": "2"}}, "requirements.cpu_cores", "valid number"),
         ({"requirements": {"cpu_cores": 1e-9}}, "requirements.cpu_cores", "0.1"),
         ({"requirements": {"memory": 0.0001}}, "requirements.memory", "0.1"),
+        (
+            {
+                "training_config": {"num_workers": 8, "max_steps": 5},
+                "requirements": {"gpu": 0, "cpu_cores": 0.1, "memory": 0.1},
+            },
+            "training_config.num_workers",
+            "num_workers (8) needs at least 2 GB of requirements.memory",
+        ),
     ],
 )
 def test_names_outside_a_users_reach_and_loose_types_are_refused(
