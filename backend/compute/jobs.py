@@ -108,6 +108,12 @@ def submit_job(
             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
     check_model_source(session, owner, spec)
+    minimum = rates.min_job_charge
+    if spec.max_tokens is not None and spec.max_tokens < minimum:
+        # A job pays at least the minimum charge: a cap below it would be a promise broken.
+        raise InvalidInputError(
+            f"max_tokens ({spec.max_tokens}) is below the minimum charge of a job ({minimum})"
+        )
     request_hash = spec.request_hash()
     if idempotency_key is not None:
         existing = _job_for_key(session, owner, idempotency_key, request_hash)

@@ -491,3 +491,20 @@ def test_a_job_shows_what_it_cost_so_far_against_its_hold(
     assert seen["cost_so_far"] == 0 and seen["hold"] == pytest.approx(held)
     listed = client.get("/jobs", headers=user.headers).json()["items"][0]
     assert listed["cost_so_far"] is None  # only on the job's own page
+
+
+def test_a_cap_below_the_minimum_charge_is_refused_and_holds_nothing(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    """The probe's job with max_tokens 0.000001 ran and paid 0.000001: the minimum charge
+    (DISTLM_MIN_JOB_CHARGE, 0.01 here) was dropped to honour the cap."""
+    body = {**TINY_GPT2, "max_tokens": 0.000001}
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422, response.text
+    assert "below the minimum charge" in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+    assert client.get("/tokens/balance/me", headers=user.headers).json()["held"] == 0
+    at_minimum = client.post(
+        "/jobs/submit", headers=user.headers, json={**TINY_GPT2, "max_tokens": 0.01}
+    )
+    assert at_minimum.status_code == 201, at_minimum.text
