@@ -35,6 +35,7 @@ from protocol.catalogue import (
     is_hub_id,
 )
 from protocol.errors import SettingsError
+from protocol.model_sizes import override_problem
 from protocol.placement import ExtraShare
 from protocol.strategies.registry import default_rules, get_rules
 from protocol.strategies.rules import SubmittedJob
@@ -242,9 +243,19 @@ class JobSpec(_Strict):
                 f"not {self.model.type.value}"
             )
         self._builtin_data_fits_model()
+        self._model_fits_the_memory()
         settings = strategy.parse_settings(self.training_config.knobs())
         strategy.check_job(self.submitted(), settings)
         self._workers_fit_the_memory()
+
+    def _model_fits_the_memory(self) -> None:
+        """Size overrides are known keys, in range, for a model the job's memory can train
+        (``hidden_size: 1e9`` was accepted and failed on the node)."""
+        problem = override_problem(
+            self.model.type.value, self.model.overrides, self.requirements.memory
+        )
+        if problem:
+            raise ValueError(f"model_config.overrides: {problem}")
 
     def _workers_fit_the_memory(self) -> None:
         """Each worker is a process of its own (a Python with torch: about a third of a GB

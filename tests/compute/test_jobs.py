@@ -508,3 +508,27 @@ def test_a_cap_below_the_minimum_charge_is_refused_and_holds_nothing(
         "/jobs/submit", headers=user.headers, json={**TINY_GPT2, "max_tokens": 0.01}
     )
     assert at_minimum.status_code == 201, at_minimum.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"n_embd": 1_000_000_000}, "must be a whole number from 1 to 16384"),
+        ({"hidden_size": 64}, "unknown model overrides"),
+        ({"n_layer": True}, "must be a whole number"),
+        ({"n_embd": 16_384, "n_layer": 96}, "needs about"),
+    ],
+)
+def test_model_overrides_are_known_in_range_and_fit_the_memory(
+    client: TestClient, user: Account, db: Session, overrides: dict, words: str
+) -> None:
+    """The probe's `hidden_size: 1e9` was accepted at submit (and priced); it is a 422 now,
+    as is a model its requirements' memory could never train."""
+    body = {**TINY_GPT2, "model_config": {**TINY_GPT2["model_config"], "overrides": overrides}}
+    response = client.post("/jobs/submit", headers=user.headers, json=body)
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+    fits = {"n_embd": 128, "n_head": 4, "n_layer": 4}
+    body["model_config"]["overrides"] = fits
+    assert client.post("/jobs/submit", headers=user.headers, json=body).status_code == 201

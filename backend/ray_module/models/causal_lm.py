@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
@@ -54,7 +55,7 @@ END_OF_TEXT = "<|endoftext|>"
 
 # The architecture knobs a job may turn. Anything else (vocab size, token ids, activation) is
 # either derived from the tokenizer or not worth exposing, so it is refused rather than ignored.
-ALLOWED_OVERRIDES = frozenset({"n_layer", "n_embd", "n_head", "n_positions"})
+ALLOWED_OVERRIDES = allowed_overrides("simple_transformer")
 
 # Small enough to train on a laptop CPU in seconds, big enough to show the loss falling.
 TINY_GPT2_DEFAULTS: dict[str, int] = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256}

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.models.sources import local_model_directory, preset_overrides
@@ -21,7 +22,7 @@ CHAR_RNN_TYPE = "char_rnn"
 PRESET = "rnn"
 CONFIG_FILE = "char_rnn_config.json"
 WEIGHTS_FILE = "model.safetensors"
-ALLOWED_OVERRIDES = frozenset({"hidden_size", "num_layers"})
+ALLOWED_OVERRIDES = allowed_overrides("char_rnn")
 UNKNOWN = "\ufffd"  # characters outside the vocabulary map here
 
 

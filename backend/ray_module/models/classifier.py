@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.models.sources import local_model_directory, preset_overrides
@@ -23,7 +24,7 @@ CLASSIFIER_TYPE = "classifier"
 PRESETS = ("mlp", "cnn")
 CONFIG_FILE = "classifier_config.json"
 WEIGHTS_FILE = "model.safetensors"
-ALLOWED_OVERRIDES = frozenset({"hidden_size", "channels"})
+ALLOWED_OVERRIDES = allowed_overrides("classifier")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 TEXT_TO_TEXT_TYPE = "text_to_text"
 PRESETS = ("tiny-t5", "tiny-bart")
 PAD = "<pad>"
-ALLOWED_OVERRIDES = frozenset({"d_model", "layers", "heads", "ffn_dim"})
+ALLOWED_OVERRIDES = allowed_overrides("text_to_text")
 TINY_SIZES = {"d_model": 64, "layers": 2, "heads": 2, "ffn_dim": 128}
 MAX_POSITIONS = 256
 
