@@ -1,8 +1,9 @@
 """The gateway as 4 real uvicorn worker processes (issue 12): `make run` with
 DISTLM_WORKERS=4 on a fresh SQLite file, and seed 003's `uvicorn app.main:app --workers 4`
-on a fresh PostgreSQL database. The workers race on start-up (migrations, bootstrap admin,
-local node, Ray head) and must all come up; more than one of them serves requests (each
-process's own Prometheus file), counted by all; exactly one local Ray head serves them; two
+on a fresh PostgreSQL database (with this machine lent by a `distlm-node` of its own, as
+plain uvicorn lends nothing). The workers race on start-up (migrations, bootstrap admin)
+and must all come up; more than one of them serves requests (each process's own Prometheus
+file), counted by all; exactly one Ray head (the node's) serves them; two
 small jobs each run once, are charged and settled once; then the dispatching process is
 killed and a job submitted afterwards still runs."""
 
@@ -67,6 +68,34 @@ def gateway_processes(command: list[str], cwd: Path, env: dict[str, str]) -> Ite
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+@contextmanager
+def lending_this_machine(base: str, tmp: Path) -> Iterator[subprocess.Popen]:
+    """`distlm-node` for the admin on this machine (1 CPU), stopped with Ctrl-C after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTLM_"))}
+    env.update(
+        PYTHONPATH=str(ROOT / "backend"),
+        DISTLM_NODE_USERNAME="admin",
+        DISTLM_NODE_PASSWORD="admin-change-me",
+        RAY_TMPDIR=tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
+    )
+    command = [
+        PYTHON, "-m", "agent", "--coordinator-address", base, "--hostname", "this-machine",
+        "--cpu", "--cpus", "1", "--memory-gb", "1", "--object-store-mb", "80",
+        "--credential-file", str(tmp / "node.json"), "--heartbeat-interval", "1",
+    ]  # fmt: skip
+    with open(tmp / "agent.log", "wb") as out:
+        agent = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield agent
+    finally:
+        agent.send_signal(signal.SIGINT)
+        try:
+            agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=10)
 
 
 def environment(tmp: Path, database_url: str) -> dict[str, str]:
@@ -254,7 +283,9 @@ def test_seed_uvicorn_with_four_workers_on_a_fresh_postgresql(tmp_path: Path) ->
         command = [uvicorn, "app.main:app", "--workers", str(WORKERS), "--port", env["DISTLM_PORT"]]
         with gateway_processes(command, ROOT / "backend", env) as (base, process, _log):
             requests_served_by_several_workers_and_counted_by_all(base, process, env)
-            exercise(base, database_url, started)
+            # Plain uvicorn serves the gateway alone; the machine is lent as any node is.
+            with lending_this_machine(base, tmp_path):
+                exercise(base, database_url, started)
         wait_for(lambda: not heads_started_since(started), timeout_s=60, what="the head to stop")
     finally:
         with server.connect() as connection:
