@@ -4,6 +4,7 @@ that joins the gateway's cluster with its node's resource and label and leaves o
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -214,7 +215,9 @@ def test_agent_registers_heartbeats_and_a_restart_reuses_its_node(
     credential_file = tmp_path / "distlm" / "node.json"
     args = agent_args(gateway, hostname, credential_file)
 
-    assert main([*args, *LOGIN, "--heartbeats", "2"]) == 0
+    # Beats a little over a second apart: a node's heartbeats write a sample at most once a
+    # second (faster ones only say it is alive).
+    assert main([*args, *LOGIN, "--heartbeats", "2", "--heartbeat-interval", "1.05"]) == 0
 
     stored = json.loads(credential_file.read_text())
     assert stored["hostname"] == hostname and stored["credential"].startswith("dln_")
@@ -230,7 +233,14 @@ def test_agent_registers_heartbeats_and_a_restart_reuses_its_node(
         assert sample["cpu_percent"] is not None
         assert sample["memory_used_gb"] > 0 and sample["memory_percent"] > 0
 
-    # A restart needs no login: the stored credential proves the node.
+    # A restart needs no login: the stored credential proves the node. (Its beat is stored
+    # once a second has passed since the last sample.)
+    last = dt.datetime.fromisoformat(samples[0]["received_at"].replace("Z", "+00:00"))
+    wait_for(
+        lambda: dt.datetime.now(dt.UTC) - last > dt.timedelta(seconds=1.05),
+        timeout_s=5,
+        what="a second since the last sample",
+    )
     assert main([*args, "--once"]) == 0
     assert json.loads(credential_file.read_text())["node_id"] == node_id
     mine = gateway.as_owner("GET", "/nodes", params={"limit": 500})["items"]

@@ -34,7 +34,8 @@ FEDAVG_JOB = {
         "rounds": 24,
         "clients": 2,
         "num_workers": 1,  # both clients on one node: losing it loses the attempt
-        "local_epochs": 4,
+        # Rounds slow enough to be seen one by one (a driver relays twice a second).
+        "local_epochs": 40,
         "checkpoint_interval": 8,
     },
     "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
@@ -95,7 +96,12 @@ def test_a_job_is_stopped_at_its_budget_and_charged_no_more_than_it(
     user = make_account("alice")
     body = {
         **FEDAVG_JOB,
-        "training_config": {**FEDAVG_JOB["training_config"], "rounds": 2000, "num_workers": 2},
+        "training_config": {
+            **FEDAVG_JOB["training_config"],
+            "rounds": 2000,
+            "num_workers": 2,
+            "local_epochs": 4,  # quick rounds: checkpoints well within the budget
+        },
         "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 1},  # 4 core-seconds a second
         "max_tokens": 0.02,  # 72 CPU-core-seconds at 1 token a core-hour: ~20 s of work
     }
