@@ -183,6 +183,23 @@ def note_poll(node: Node, settings: Settings, now: dt.datetime) -> None:
         node.runs_polled_at = now
 
 
+def note_agent_setup(
+    node: Node,
+    *,
+    single_node_only: bool,
+    pool: str | None,
+    offers: tuple[float, int] | None,
+) -> None:
+    """What the agent says of itself at each ask, written only where it changed (the
+    scheduler plans with it from its next round)."""
+    if node.single_node_only != single_node_only:
+        node.single_node_only = single_node_only
+    if node.ray_pool != pool:
+        node.ray_pool = pool
+    if offers is not None and (node.offered_cpus, node.offered_gpus) != offers:
+        node.offered_cpus, node.offered_gpus = offers
+
+
 def lost_since_asked(node: Node) -> bool:
     """An attempt it took part in was lost, and its agent has not asked for runs since."""
     lost, asked = node.lost_run_at, node.runs_polled_at

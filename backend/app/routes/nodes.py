@@ -32,6 +32,7 @@ from app.schemas.nodes import (
 )
 from compute.agent_runs import (
     RUNS_POLL_S,
+    note_agent_setup,
     note_cluster,
     note_lost_driver,
     note_poll,
@@ -161,18 +162,13 @@ def runs(
         note_cluster(session, node, report.job_id, report.attempt, report.address)
     for lost in reports.lost if reports else []:
         note_lost_driver(session, node, lost.job_id, lost.attempt, lost.why)
-    exclusive = bool(reports and reports.single_node_only)
-    if node.single_node_only != exclusive:
-        node.single_node_only = exclusive  # the scheduler plans with it from its next round
-    pool = reports.ray_pool if reports else None
-    if node.ray_pool != pool:
-        node.ray_pool = pool
     offers = reports.offers if reports else None
-    if offers is not None and (node.offered_cpus, node.offered_gpus) != (
-        offers.cpu_cores,
-        offers.gpu,
-    ):
-        node.offered_cpus, node.offered_gpus = offers.cpu_cores, offers.gpu
+    note_agent_setup(
+        node,
+        single_node_only=bool(reports and reports.single_node_only),
+        pool=reports.ray_pool if reports else None,
+        offers=(offers.cpu_cores, offers.gpu) if offers is not None else None,
+    )
     return RunsOut(
         runs=[
             RunAssignmentOut(**assignment_to_wire(a))
