@@ -20,6 +20,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.deps import CurrentUser, DbSession, JobId
+from app.errors import error_responses
 from auth.models import User
 from compute.job_events import Cursor, StreamItem, events_after, job_logs
 from compute.job_state import JobStatus
@@ -39,7 +40,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    # 429: the caller's (or the gateway's) open streams are at their limit.
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(429)},
 )
 def events(
     job_id: JobId,
@@ -63,7 +65,10 @@ def events(
     )
 
 
-@router.get("/{job_id}/logs", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/{job_id}/logs",
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(429)},
+)
 def logs(
     job_id: JobId,
     viewer: CurrentUser,
