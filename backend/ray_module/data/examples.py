@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from protocol.run import DataRequest
+from ray_module.data import hub_datasets
 from ray_module.data.texts import RECORD_SUFFIXES, column_texts, local_target, read_records
 from ray_module.errors import DataError
-from ray_module.hub import away_from_local_disk, require_hub_id
 
 DIGITS = "digits"
 SYNTHETIC_T2T = "synthetic-t2t"
@@ -330,18 +330,15 @@ def _local_records(request: DataRequest) -> list[dict[str, Any]]:
 
 
 def _huggingface_table(request: DataRequest) -> Any:
-    import datasets
-
     split = request.split or "train"
-    described = f"{request.dataset_name!r}" + (
-        f" (config {request.dataset_config!r})" if request.dataset_config else ""
+    described = (
+        f"{request.dataset_name!r}"
+        + (f" (config {request.dataset_config!r})" if request.dataset_config else "")
+        + f" split {split!r}"
     )
-    require_hub_id(request.dataset_name, "dataset_name", DataError)
-    try:
-        with away_from_local_disk():
-            table = datasets.load_dataset(request.dataset_name, request.dataset_config, split=split)
-    except Exception as error:  # network, missing dataset or config, offline mode, bad split
-        raise DataError(f"could not load dataset {described} split {split!r}: {error}") from error
+    table = hub_datasets.load_hub_dataset(
+        request.dataset_name, request.dataset_config, split, described
+    )
     if request.max_samples is not None and request.max_samples < len(table):
         table = table.select(range(request.max_samples))
     return table

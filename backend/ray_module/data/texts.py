@@ -25,8 +25,8 @@ import torch
 
 from protocol.catalogue import BUILTIN_DATASETS
 from protocol.run import DataRequest
+from ray_module.data import hub_datasets
 from ray_module.errors import DataError
-from ray_module.hub import away_from_local_disk, require_hub_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -294,22 +294,12 @@ def _column_texts(records: list[Any], column: str, source: str) -> list[str]:
 
 
 def _huggingface_texts(request: DataRequest) -> list[str]:
-    # Imported here: datasets is slow to import and only this source needs it.
-    import datasets
-
     name = request.dataset_name
-    require_hub_id(name, "dataset_name", DataError)
     config = request.dataset_config or DEFAULT_HF_CONFIGS.get(name)
     split = request.split or DEFAULT_HF_SPLIT
     column = request.text_column or DEFAULT_TEXT_COLUMN
     described = f"{name!r}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
-    try:
-        with away_from_local_disk():
-            dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as error:  # network, missing dataset or config, offline mode, bad split
-        raise DataError(
-            f"could not load dataset {described} from the Hugging Face hub: {error}"
-        ) from error
+    dataset = hub_datasets.load_hub_dataset(name, config, split, described)
     if column not in dataset.column_names:
         raise DataError(
             f"dataset {described} has no column {column!r}; it has {dataset.column_names} "

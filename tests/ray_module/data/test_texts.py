@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -20,6 +21,8 @@ from ray_module.data.texts import load_texts, pack_blocks, split_blocks, stdlib_
 from ray_module.errors import DataError
 from ray_module.models.causal_lm import build_byte_tokenizer
 from tests.paths import BACKEND
+from tests.ray_module.data.conftest import HubRepos
+from tests.ray_module.data.fake_hub import REVISION
 
 
 def local(path: str, root: Path, **fields: object) -> DataRequest:
@@ -190,16 +193,23 @@ def test_huggingface_failure_is_a_data_error() -> None:
         load_texts(DataRequest("huggingface", "wikitext", dataset_config="wikitext-2-raw-v1"))
 
 
-def test_huggingface_rows_become_texts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loader itself is replaced (no network); what is tested is what we do around it."""
+def test_huggingface_rows_become_texts(
+    monkeypatch: pytest.MonkeyPatch, stand_in_hub: Callable[[HubRepos], list[str]]
+) -> None:
+    """The hub is a loopback stand-in and datasets' loader is replaced (no network); what is
+    tested is what we do around them, the revision checked being the one loaded."""
     calls: list[tuple[str, str | None, str]] = []
     lines = ["", " = Title = \n", "   \n", " Body line one .\n", " Body line two .\n"]
 
-    def fake_load_dataset(name: str, config: str | None, *, split: str) -> datasets.Dataset:
+    def fake_load_dataset(
+        name: str, config: str | None, *, split: str, revision: str
+    ) -> datasets.Dataset:
+        assert revision == REVISION
         calls.append((name, config, split))
         return datasets.Dataset.from_dict({"text": lines, "other": list(range(len(lines)))})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    stand_in_hub({"wikitext": {"README.md": "A card with no front matter."}, "org/set": {}})
     texts = load_texts(DataRequest("huggingface", "wikitext"))
     assert texts == [" = Title = \n", " Body line one .\n", " Body line two .\n"]
     assert calls == [("wikitext", "wikitext-2-raw-v1", "train")]
