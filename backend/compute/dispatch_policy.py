@@ -53,6 +53,9 @@ class Decision:
     events: tuple[RecordedEvent, ...] = ()
     status: JobStatus | None = None
     reason: str = ""
+    # The attempt ended because a node or worker was lost, not by the job's own doing: its
+    # work since the last checkpoint is neither charged nor credited.
+    attempt_lost: bool = False
 
     @property
     def stops_runner(self) -> bool:
@@ -96,7 +99,10 @@ def decide(
     so_far = add_usage(add_usages(job.usage, job.unsaved), events)
     spent = metered(so_far, job.charged_nodes, rates)
     if job.budget > 0 and spent >= job.budget:
-        reason = f"stopped: its budget of {tokens(job.budget)} tokens is used up"
+        reason = (
+            f"stopped: its budget of {tokens(job.budget)} tokens is used up "
+            "(max_tokens or the hold); it is charged that budget"
+        )
         return Decision(events, JobStatus.FAILED, reason)
     if job.started_at and now - job.started_at > dt.timedelta(seconds=job.max_runtime_s):
         reason = f"stopped: exceeded max_runtime_s ({job.max_runtime_s} s)"
@@ -116,9 +122,9 @@ def _lost(
     """A lost node or worker: resume from the last checkpoint on live nodes, a few times."""
     if job.attempt >= limits.max_attempts:
         reason = f"failed after {job.attempt} attempts: {why}"
-        return Decision(tuple(events), JobStatus.FAILED, reason)
+        return Decision(tuple(events), JobStatus.FAILED, reason, attempt_lost=True)
     reason = f"attempt {job.attempt} lost ({why}); will resume from its last checkpoint"
-    return Decision(tuple(events), JobStatus.QUEUED, reason)
+    return Decision(tuple(events), JobStatus.QUEUED, reason, attempt_lost=True)
 
 
 def without_roots(reason: str, roots: Sequence[str]) -> str:

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -312,11 +312,14 @@ class Dispatcher:
             requeue(session, job, decision.reason)
             add_log(session, job, decision.reason, level="warning")
             return
-        if decision.status is JobStatus.SUCCEEDED:
-            save_usage(session, job, unsaved_events(job.unsaved_usage))  # in the final model
-            job.unsaved_usage, job.saved_step = None, None
-        else:
+        placed_on = placement_nodes(job)
+        if decision.attempt_lost:
             drop_unsaved_usage(session, job)
+        else:
+            # Success saved everything (its final model); a job cancelled, stopped at a
+            # limit or failed by its own doing used what it ran, checkpointed or not.
+            save_usage(session, job, unsaved_events(job.unsaved_usage))
+            job.unsaved_usage, job.saved_step = None, None
         job.placement = None
         level = "error" if decision.status is JobStatus.FAILED else "info"
         add_log(session, job, decision.reason, level=level)
@@ -325,7 +328,7 @@ class Dispatcher:
             job,
             decision.status,
             decision.reason,
-            usage=usage_reports(job),
+            usage=usage_reports(job, () if decision.attempt_lost else placed_on),
             rates=self.rates,
         )
 
@@ -385,7 +388,7 @@ def requeue(session: Session, job: Job, reason: str) -> None:
     """The attempt is lost: back to the queue, to resume from its last checkpoint. Its nodes
     take no new work until their agents ask again (one may be the machine that died)."""
     now = utcnow()
-    for node_id in sorted({int(slot["node_id"]) for slot in job.placement or []}):
+    for node_id in placement_nodes(job):
         node = session.get(Node, node_id)
         if node is not None:
             node.lost_run_at = now
@@ -489,11 +492,20 @@ def progress_note(job: Job, values: dict) -> str | None:
         return None
 
 
-def usage_reports(job: Job) -> list[UsageReport]:
-    return [
+def usage_reports(job: Job, placed_on: Iterable[int] = ()) -> list[UsageReport]:
+    """The job's saved usage per node, and nothing-yet for the other nodes it was placed on:
+    a job that ran pays the minimum charge even if it ended before reporting any work."""
+    reports = [
         UsageReport(int(node_id), resource_seconds(figures))
         for node_id, figures in (job.usage or {}).items()
     ]
+    reported = {report.node_id for report in reports}
+    nothing = resource_seconds({})
+    return reports + [UsageReport(node, nothing) for node in placed_on if node not in reported]
+
+
+def placement_nodes(job: Job) -> list[int]:
+    return sorted({int(slot["node_id"]) for slot in job.placement or []})
 
 
 def start_dispatcher(

@@ -1,11 +1,13 @@
-"""Only work that a checkpoint saved is charged and credited, in every mode.
+"""Work lost with a node is neither charged nor credited; all other work is, in every mode.
 
 A run reports usage per step (``UsageEvent.step``). The dispatcher keeps the running
 attempt's usage *unsaved* until a checkpoint at that step or later is saved; then it moves
 into the job's usage, which settlement prices. Usage that arrives for a step an earlier
 checkpoint already covers (a worker reporting after rank 0 saved) is saved at once. When the
-attempt is lost, its unsaved usage is dropped: the next attempt redoes that work from the
-checkpoint and is paid for it once. A run that succeeds saved everything (its final model).
+attempt is lost (a node or worker gone), its unsaved usage is dropped: the next attempt
+redoes that work from the checkpoint and is paid for it once. When the job ends by its own
+doing (it succeeds, is cancelled, fails, or stops at its runtime limit or budget), its
+unsaved usage is charged too: the user had that work, saved or not.
 
 Unsaved usage is stored in a JSON column, summed by ``"<step>/<node>/<stage>"``, so it
 survives a gateway restart and stays small (a few keys per step between checkpoints).

@@ -91,12 +91,14 @@ def test_a_final_failure_fails_at_once_without_server_paths() -> None:
     decision = run(fresh=events(failed))
     assert decision.status is JobStatus.FAILED
     assert decision.reason == "failed: no file jobs/7/x"
+    assert not decision.attempt_lost  # its own failure: what it ran is charged
 
 
 def test_a_retryable_failure_is_re_planned_to_resume() -> None:
     decision = run(fresh=events(StatusEvent(RunState.FAILED, "node died", retryable=True)))
     assert decision.status is JobStatus.QUEUED
     assert decision.reason == "attempt 1 lost (node died); will resume from its last checkpoint"
+    assert decision.attempt_lost  # its work since the checkpoint is not charged
 
 
 def test_a_retryable_failure_of_a_cancelled_job_is_not_retried() -> None:
@@ -110,6 +112,7 @@ def test_the_last_attempt_fails_instead_of_retrying() -> None:
     decision = run(job, events(StatusEvent(RunState.FAILED, "node died", retryable=True)))
     assert decision.status is JobStatus.FAILED
     assert decision.reason == "failed after 3 attempts: node died"
+    assert decision.attempt_lost  # lost with a node, so its unsaved work is not charged
 
 
 def test_a_lost_runner_is_re_planned_or_cancelled() -> None:
@@ -125,7 +128,11 @@ def test_the_budget_stops_the_job_counting_the_new_usage() -> None:
     assert run(fresh=events(an_hour)).status is None  # 1 of 2 tokens
     decision = run(fresh=events(an_hour, an_hour))  # 2 of 2
     assert decision.status is JobStatus.FAILED
-    assert decision.reason == "stopped: its budget of 2.0 tokens is used up"
+    assert decision.reason == (
+        "stopped: its budget of 2.0 tokens is used up (max_tokens or the hold); "
+        "it is charged that budget"
+    )
+    assert not decision.attempt_lost  # the job's own doing: all it ran is charged
     assert len(decision.events) == 2  # the usage is stored, then charged at settlement
 
 

@@ -1,6 +1,7 @@
-"""Only work a checkpoint saved is charged and credited (issue 26): the pure rules of
-``compute/metering.py``, then the dispatcher against a scripted stand-in for Ray whose first
-attempt is lost between checkpoints, on SQLite and PostgreSQL.
+"""Work lost with a node is neither charged nor credited (issue 26); all other work is,
+checkpointed or not, and a job that ran pays at least the minimum charge (issue 24): the pure
+rules of ``compute/metering.py``, then the dispatcher against a scripted stand-in for Ray, on
+SQLite and PostgreSQL.
 
 Before this rule ES and FedAvg were paid per step or round: the steps a lost attempt ran
 after its last checkpoint were paid, redone by the next attempt, and paid again."""
@@ -79,6 +80,8 @@ class ScriptedRay:
         self.scripts: dict[int, list[Event]] = {}
         self.ends: dict[int, str] = {}  # attempt -> "lost" | "succeeded"
         self.attempt: dict[int, int] = {}
+        # Set: attempt 1 reports this many steps, then keeps running and says nothing more.
+        self.idle_after: int | None = None
 
     def live_nodes(self) -> dict[int, LiveNode]:
         return dict(self.nodes)
@@ -88,6 +91,8 @@ class ScriptedRay:
         workers = [plan.node_id for plan in config.workers]
         first = 1 if config.attempt == 1 else 11  # the second resumes from checkpoint 10
         last = 13 if config.attempt == 1 else 20
+        if self.idle_after is not None:
+            last = self.idle_after
         script: list[Event] = [StatusEvent(RunState.RUNNING, "started")]
         for step in range(first, last + 1):
             script += [UsageEvent(n, cpu_core_seconds=WORK_S, step=step) for n in workers]
@@ -101,6 +106,8 @@ class ScriptedRay:
     def fetch_events(self, job_id: int, after: int) -> list[RecordedEvent] | None:
         script = self.scripts[self.attempt[job_id]]
         if after >= len(script):
+            if self.idle_after is not None:
+                return []  # still running, quietly
             return None  # attempt 1's runner is lost once it has said everything
         return [RecordedEvent(seq, 0.0, e) for seq, e in enumerate(script, 1) if seq > after]
 
@@ -190,3 +197,106 @@ def test_a_lost_attempts_work_after_its_checkpoint_is_neither_charged_nor_credit
         "attempt 1: the work since its last checkpoint (step 10) is not charged or credited "
         "(30.0 CPU-core-seconds on node 1, 30.0 CPU-core-seconds on node 2)"
     ]
+
+
+# -- a job that ends by its own doing pays for what it ran (issue 24, item 5) ----------------
+
+
+def run_until_done(client: TestClient, headers: dict, spec: dict) -> dict:
+    response = client.post("/jobs/submit", headers=headers, json=spec)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    return wait_for(
+        lambda: (
+            (j := client.get(f"/jobs/{job_id}", headers=headers).json())["status"]
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        timeout_s=60,
+        what=lambda: client.get(f"/jobs/{job_id}", headers=headers).json(),
+    )
+
+
+def charge_of(steps: int, settings: Settings, owner_id: int, user_id: int) -> int:
+    """What ``steps`` steps of both workers cost, priced as settlement prices them."""
+    work = ResourceSeconds(cpu_core_seconds=steps * WORK_S)
+    usage = [NodeUsage(n, owner_id, work) for n in (1, 2)]
+    return sum(
+        node_charges(usage, job_owner_id=user_id, held=10**15, rates=rates_from(settings)).values()
+    )
+
+
+@pytest.fixture
+def lent_pair(client: TestClient, make_account) -> tuple:
+    owner = make_account("olivia", Role.NODE_OWNER)
+    nodes = [register_node(client, owner.headers, f"m{i}", CPU_BOX)["id"] for i in (1, 2)]
+    assert nodes == [1, 2]
+    return owner, make_account("alice")
+
+
+def test_a_job_stopped_at_its_runtime_limit_before_any_checkpoint_pays_for_what_it_ran(
+    client: TestClient, settings: Settings, scripted_ray: ScriptedRay, lent_pair: tuple
+) -> None:
+    """The probe's split job ran 15 s, was stopped at its limit and paid 0."""
+    owner, user = lent_pair
+    # Two steps, no checkpoint (one every 10), then it runs on; its hold (12 cores for 5 s)
+    # covers that work, so the runtime limit, not the budget, stops it.
+    scripted_ray.idle_after = 2
+    done = run_until_done(client, user.headers, {**ES_JOB, "max_runtime_s": 5})
+    assert done["status"] == "failed"
+    assert done["status_reason"] == "stopped: exceeded max_runtime_s (5 s)"
+    assert done["usage"]["1"]["cpu_core_seconds"] == pytest.approx(2 * WORK_S)
+    cost = charge_of(2, settings, owner.id, user.id)
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert balance["spent"] == tokens(cost) > settings.min_job_charge
+    assert balance["held"] == 0
+
+
+def test_a_job_cancelled_before_reporting_any_work_pays_the_minimum_charge(
+    client: TestClient, settings: Settings, scripted_ray: ScriptedRay, lent_pair: tuple
+) -> None:
+    owner, user = lent_pair
+    scripted_ray.idle_after = 0  # started, and nothing else yet
+    response = client.post("/jobs/submit", headers=user.headers, json=ES_JOB)
+    job_id = response.json()["id"]
+    wait_for(
+        lambda: client.get(f"/jobs/{job_id}", headers=user.headers).json()["status"] == "running",
+        timeout_s=30,
+        what="the job to run",
+    )
+    assert client.post(f"/jobs/{job_id}/cancel", headers=user.headers).status_code == 200
+    done = wait_for(
+        lambda: (
+            (j := client.get(f"/jobs/{job_id}", headers=user.headers).json())["status"]
+            == "cancelled"
+            and j
+        ),
+        timeout_s=30,
+        what="the cancel to land",
+    )
+    assert done["usage"] in ({}, None) or all(
+        figures["cpu_core_seconds"] == 0 for figures in done["usage"].values()
+    )
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert balance["spent"] == settings.min_job_charge
+    earned = client.get("/tokens/balance/me", headers=owner.headers).json()["earned"]
+    minimum = int(settings.min_job_charge * 1_000_000)
+    fees = sum(platform_fee(part, rates_from(settings)) for part in (minimum // 2,) * 2)
+    assert earned == tokens(minimum - fees)
+
+
+def test_a_job_that_reaches_its_cap_stops_is_charged_the_cap_and_says_so(
+    client: TestClient, settings: Settings, scripted_ray: ScriptedRay, lent_pair: tuple
+) -> None:
+    """The probe's job with a tiny max_tokens ran on and paid less than its work."""
+    owner, user = lent_pair
+    scripted_ray.idle_after = 5
+    cap = 0.02
+    assert charge_of(5, settings, owner.id, user.id) > cap * 1_000_000  # the work passes it
+    done = run_until_done(client, user.headers, {**ES_JOB, "max_tokens": cap})
+    assert done["status"] == "failed"
+    assert done["status_reason"].startswith("stopped: its budget of 0.02 tokens is used up")
+    assert "charged that budget" in done["status_reason"]
+    balance = client.get("/tokens/balance/me", headers=user.headers).json()
+    assert balance["spent"] == cap
+    assert balance["held"] == 0

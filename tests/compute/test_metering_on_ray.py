@@ -89,7 +89,7 @@ def last_step(client: TestClient, headers: dict, job_id: int) -> int:
 
 
 @pytest.mark.database
-def test_a_job_is_stopped_at_its_budget_and_charged_no_more_than_it(
+def test_a_job_is_stopped_at_its_budget_and_charged_exactly_it(
     ray_client: TestClient, two_nodes, make_account
 ) -> None:
     client = ray_client
@@ -113,13 +113,16 @@ def test_a_job_is_stopped_at_its_budget_and_charged_no_more_than_it(
         what=lambda: job_state(client, user.headers, job["id"]),
     )
     assert done["status"] == "failed"
-    assert done["status_reason"] == "stopped: its budget of 0.02 tokens is used up"
+    assert done["status_reason"] == (
+        "stopped: its budget of 0.02 tokens is used up (max_tokens or the hold); "
+        "it is charged that budget"
+    )
     series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()["series"]
     assert 1 < last_step(client, user.headers, job["id"]) < 2000  # it trained, then stopped
     assert len(series) > 2
 
     balance = client.get("/tokens/balance/me", headers=user.headers).json()
-    assert 0 < balance["spent"] <= 0.02
+    assert balance["spent"] == 0.02  # the cap, the work since the last checkpoint included
     assert balance["held"] == 0 and balance["available"] == pytest.approx(100 - balance["spent"])
     assert done["cost_so_far"] == pytest.approx(balance["spent"])
     earned = client.get("/tokens/balance/me", headers=two_nodes[0].headers).json()["earned"]
