@@ -38,7 +38,7 @@ from protocol.errors import SettingsError
 from protocol.model_sizes import override_problem
 from protocol.placement import ExtraShare
 from protocol.strategies.registry import default_rules, get_rules
-from protocol.strategies.rules import SubmittedJob
+from protocol.strategies.rules import MEMORY_PER_PROCESS_GB, SubmittedJob
 
 MICRO = 1_000_000  # ledger units per token
 
@@ -66,9 +66,8 @@ class DataSource(enum.StrEnum):
 
 MAX_GPUS = 64
 MIN_CPU_CORES = 0.1
-MIN_MEMORY_GB = 0.1
+MIN_MEMORY_GB = MEMORY_PER_PROCESS_GB  # a job runs at least one process
 MAX_CPU_CORES = 1024
-MEMORY_PER_WORKER_GB = 0.25  # the least a worker process is given (see _workers_fit_the_memory)
 MAX_MEMORY_GB = 4096
 MAX_RUNTIME_S = 30 * 24 * 3600
 MAX_TOKENS = Decimal(1_000_000_000)
@@ -263,10 +262,10 @@ class JobSpec(_Strict):
         on 0.1 GB were 8 processes of 330 MB billed as 0.1 GB."""
         workers = self.training_config.num_workers
         memory = self.requirements.memory
-        if workers is not None and workers * MEMORY_PER_WORKER_GB > memory + 1e-9:
+        if workers is not None and workers * MEMORY_PER_PROCESS_GB > memory + 1e-9:
             raise SettingsError(
-                f"num_workers ({workers}) needs at least {workers * MEMORY_PER_WORKER_GB:g} GB of "
-                f"requirements.memory ({MEMORY_PER_WORKER_GB:g} GB a worker process); it asks "
+                f"num_workers ({workers}) needs at least {workers * MEMORY_PER_PROCESS_GB:g} GB of "
+                f"requirements.memory ({MEMORY_PER_PROCESS_GB:g} GB a worker process); it asks "
                 f"for {memory:g}",
                 "num_workers",
             )

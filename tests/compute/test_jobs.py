@@ -382,11 +382,11 @@ def test_a_flood_of_unknown_knobs_is_refused_not_stored(
         ({"requirements": {"gpu": "1"}}, "requirements.gpu", "valid integer"),
         ({"requirements": {"cpu_cores": "2"}}, "requirements.cpu_cores", "valid number"),
         ({"requirements": {"cpu_cores": 1e-9}}, "requirements.cpu_cores", "0.1"),
-        ({"requirements": {"memory": 0.0001}}, "requirements.memory", "0.1"),
+        ({"requirements": {"memory": 0.0001}}, "requirements.memory", "0.25"),
         (
             {
                 "training_config": {"num_workers": 8, "max_steps": 5},
-                "requirements": {"gpu": 0, "cpu_cores": 0.1, "memory": 0.1},
+                "requirements": {"gpu": 0, "cpu_cores": 0.1, "memory": 0.5},
             },
             "training_config.num_workers",
             "num_workers (8) needs at least 2 GB of requirements.memory",

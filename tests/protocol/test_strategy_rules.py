@@ -77,6 +77,32 @@ def test_worker_counts_follow_each_strategys_rule() -> None:
     assert dp.worker_count(submitted("simple_transformer", cpu=4), dp.parse_settings({})) == 1
 
 
+def test_a_default_worker_count_is_as_many_processes_as_the_memory_holds() -> None:
+    """Issue 24 (6): 64 cores and 1 GB were 64 processes of a third of a GB each."""
+    fedavg, es = get_rules("fedavg"), get_rules("es")
+    es_settings = es.parse_settings({})
+    assert es.worker_count(submitted("char_rnn", cpu=64, memory_gb=1.0), es_settings) == 4
+    assert es.worker_count(submitted("char_rnn", cpu=64, memory_gb=64.0), es_settings) == 64
+    assert es.worker_count(submitted("char_rnn", cpu=4, memory_gb=0.25), es_settings) == 1
+    clients = fedavg.parse_settings({"clients": 100})
+    assert fedavg.worker_count(submitted(cpu=32, memory_gb=2.0), clients) == 8
+
+
+def test_a_split_loader_runs_as_many_actors_as_its_memory_holds() -> None:
+    split = get_rules("split")
+    greedy = split.parse_settings({"loader": {"cpu_cores": 1024, "memory": 0.25}})
+    assert greedy.loader.actors_per_node == 1  # not 1024 processes on a quarter GB
+    assert (
+        split.parse_settings({"loader": {"cpu_cores": 4, "memory": 4}}).loader.actors_per_node == 4
+    )
+    assert (
+        split.parse_settings({"loader": {"cpu_cores": 4, "memory": 0.5}}).loader.actors_per_node
+        == 2
+    )
+    with pytest.raises(SettingsError, match=r"loader: memory must be at least 0.25 GB"):
+        split.parse_settings({"loader": {"cpu_cores": 1, "memory": 0.1}})
+
+
 def test_progress_reads_in_each_strategys_unit() -> None:
     fedavg, es, dp = get_rules("fedavg"), get_rules("es"), get_rules("data_parallel")
     assert fedavg.progress(fedavg.parse_settings({"rounds": 10}), 4) == "round 4 of 10"

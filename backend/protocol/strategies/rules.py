@@ -95,6 +95,20 @@ class StrategyRules(ABC):
         return f"{self.progress_unit} {step}" + (f" of {total}" if total else "")
 
 
+# The least memory a worker process is given: a Python with torch is about a third of a GB
+# idle, so eight workers on 0.1 GB were eight processes of 330 MB billed as 0.1 GB.
+MEMORY_PER_PROCESS_GB = 0.25
+
+
+def processes_held(slots: int, memory_gb: float) -> int:
+    """How many worker processes ``slots`` whole cores (or GPUs) and ``memory_gb`` hold: one
+    per slot, as many as the memory gives each ``MEMORY_PER_PROCESS_GB``, at least one."""
+    by_memory = int(memory_gb / MEMORY_PER_PROCESS_GB + 1e-9)
+    return max(1, min(slots, by_memory))
+
+
 def slots_of(job: SubmittedJob) -> int:
-    """Whole cores (or GPUs) of a job's requirements: the natural number of workers."""
-    return job.gpu if job.gpu else max(1, int(job.cpu_cores))
+    """Whole cores (or GPUs) of a job's requirements, as far as its memory holds a process
+    for each: the natural number of workers."""
+    slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
+    return processes_held(slots, job.memory_gb)

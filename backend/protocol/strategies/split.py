@@ -9,15 +9,25 @@ from typing import Any
 from protocol.errors import SettingsError
 from protocol.placement import ExtraShare
 from protocol.strategies.knobs import KnobRules, parse_knobs, run_length
-from protocol.strategies.rules import StrategyRules, SubmittedJob
+from protocol.strategies.rules import (
+    MEMORY_PER_PROCESS_GB,
+    StrategyRules,
+    SubmittedJob,
+    processes_held,
+)
 
 MAX_LOADER_NODES = 64
+
+
+def loader_actors(cpu_cores: float, memory_gb: float) -> int:
+    """Loader actors of one slot: one per whole core, each with its share of the memory."""
+    return processes_held(max(1, int(cpu_cores)), memory_gb)
 
 
 @dataclass(frozen=True)
 class LoaderShare:
     """The data stage: ``nodes`` loader slots of ``cpu_cores`` and ``memory`` GB each; a slot
-    runs one loader actor per whole core it holds."""
+    runs one loader actor per whole core it holds, as far as its memory holds them."""
 
     cpu_cores: float = 1.0
     memory: float = 1.0
@@ -25,7 +35,7 @@ class LoaderShare:
 
     @property
     def actors_per_node(self) -> int:
-        return max(1, int(self.cpu_cores))
+        return loader_actors(self.cpu_cores, self.memory)
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,13 @@ def parse_loader(loader: Any) -> LoaderShare:
         values = parse_knobs(loader, LOADER_RULES, ("cpu_cores", "memory", "nodes"))
     except SettingsError as error:
         raise SettingsError(f"loader: {error}", "loader") from None
-    if values.get("cpu_cores", 1.0) < 0.1 or values.get("memory", 1.0) < 0.1:
-        raise SettingsError("loader: cpu_cores and memory must each be at least 0.1", "loader")
+    if values.get("cpu_cores", 1.0) < 0.1:
+        raise SettingsError("loader: cpu_cores must be at least 0.1", "loader")
+    if values.get("memory", 1.0) < MEMORY_PER_PROCESS_GB:
+        raise SettingsError(
+            f"loader: memory must be at least {MEMORY_PER_PROCESS_GB:g} GB (a loader process)",
+            "loader",
+        )
     return LoaderShare(**values)
 
 

@@ -27,7 +27,12 @@ from ray_module.strategies.fedavg.checkpoint import (
     save_checkpoint,
 )
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig, class_order
-from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
+from ray_module.strategies.fedavg.server import (
+    FedAvgServer,
+    Host,
+    NotEnoughClientsError,
+    check_round_fits,
+)
 
 HOST_START_TIMEOUT_S = 600
 
@@ -47,6 +52,7 @@ def run_fedavg(config: RunConfig, context: RunContext) -> None:
         optimizer.velocity = resumed.velocity
     else:
         weights, first_round = initial_weights(hosts), 1
+    check_round_fits(settings, weights, sum(plan.memory_gb for plan in config.workers))
     server = FedAvgServer(hosts, settings, optimizer, check_cancelled=context.check_cancelled)
     for round_number in range(first_round, settings.rounds + 1):
         context.check_cancelled()

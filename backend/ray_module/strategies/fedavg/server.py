@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from protocol.strategies.fedavg import FedAvgSettings
-from ray_module.errors import LostWorkersError, RetryableRunError, StartupError
+from ray_module.errors import LostWorkersError, RetryableRunError, SettingsError, StartupError
 from ray_module.strategies.actor_pool import (
     Credit,
     PoolMember,
@@ -204,3 +204,19 @@ def combine_evaluations(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def sample_size(available: int, fraction: float, minimum: int) -> int:
     return min(available, max(math.floor(available * fraction), minimum))
+
+
+def check_round_fits(settings: FedAvgSettings, weights: Weights, memory_gb: float) -> None:
+    """A round holds every sampled client's answer (a copy of the weights) on the server
+    until it averages them: refuse, before the first round, clients the job's memory cannot
+    hold (SettingsError: the job fails once, with the fix, instead of on every retry)."""
+    per_round = sample_size(settings.clients, settings.fraction_fit, settings.fit_minimum)
+    size = nbytes(weights)
+    needed_gb = per_round * size / 1024**3
+    if needed_gb > memory_gb:
+        raise SettingsError(
+            f"clients: a round collects {per_round} clients' weights of {size / 1024**2:.3g} MB "
+            f"each ({needed_gb:.3g} GB) on the server; requirements.memory is {memory_gb:g} GB "
+            "(use fewer clients or a smaller fraction_fit)",
+            "clients",
+        )

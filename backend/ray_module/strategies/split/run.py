@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from protocol.run import RunConfig, WorkerPlan
-from protocol.strategies.split import SplitSettings, parse_split_settings
+from protocol.strategies.split import SplitSettings, loader_actors, parse_split_settings
 from ray_module.contract import NAMESPACE, RunContext, runner_name
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.resources import node_resource
@@ -34,10 +34,11 @@ def settings_of(config: RunConfig) -> SplitSettings:
 
 
 def loader_plans(config: RunConfig) -> list[WorkerPlan]:
-    """One plan per loader actor: each loader slot runs one actor per whole core."""
+    """One plan per loader actor: each loader slot runs one actor per whole core, as far as
+    its memory holds them."""
     plans = []
     for slot in (w for w in config.workers if w.role == LOADER_ROLE):
-        actors = max(1, int(slot.cpu_cores))
+        actors = loader_actors(slot.cpu_cores, slot.memory_gb)
         share = replace(slot, cpu_cores=slot.cpu_cores / actors, memory_gb=slot.memory_gb / actors)
         plans.extend([share] * actors)
     return plans

@@ -12,7 +12,7 @@ import torch
 from protocol.run import DataRequest, ModelRequest
 from protocol.strategies.fedavg import parse_fedavg_settings
 from ray_module.data.examples import digits, labelled_from_table, load_labelled, synthetic_t2t
-from ray_module.errors import DataError, ModelError
+from ray_module.errors import DataError, ModelError, SettingsError
 from ray_module.strategies.fedavg.aggregate import (
     AggregationError,
     ClientUpdate,
@@ -31,7 +31,7 @@ from ray_module.strategies.fedavg.partition import (
     split_validation,
 )
 from ray_module.strategies.fedavg.run import assign_clients
-from ray_module.strategies.fedavg.server import sample_size
+from ray_module.strategies.fedavg.server import check_round_fits, sample_size
 from ray_module.strategies.fedavg.tasks import ClassifierTask, LocalTraining, TextToTextTask
 
 DIGITS = digits()
@@ -425,3 +425,14 @@ def test_a_crash_while_replacing_a_checkpoint_leaves_the_previous_one_readable(
     replace_directory(staging, target)
     assert (target / "marker").read_text() == "new"
     assert not (tmp_path / "checkpoint.old").exists() and not staging.exists()
+
+
+def test_a_round_whose_answers_the_memory_cannot_hold_is_refused_before_it_starts() -> None:
+    """Issue 24 (6): every sampled client's weights sit on the server until averaged."""
+    weights = [np.zeros((1024, 1024), dtype=np.float32)]  # 4 MB
+    many = parse_fedavg_settings({"clients": 1000})  # every client, every round: 4 GB
+    with pytest.raises(SettingsError, match=r"1000 clients' weights of 4 MB each \(3.91 GB\)"):
+        check_round_fits(many, weights, memory_gb=2.0)
+    check_round_fits(many, weights, memory_gb=4.0)
+    sampled = parse_fedavg_settings({"clients": 1000, "fraction_fit": 0.1, "min_fit_clients": 50})
+    check_round_fits(sampled, weights, memory_gb=0.5)
