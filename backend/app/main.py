@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api_docs import install_api_docs
 from app.dashboard.pages import install_dashboard
 from app.errors import install_error_handlers
 from app.json_body import RequestLimitsMiddleware
@@ -120,7 +121,8 @@ def create_app(
         version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
+        docs_url=None,  # served on local assets by app.api_docs
+        redoc_url=None,
         default_response_class=JSONLineResponse,
     )
     app.state.dispatch = dispatch
@@ -134,6 +136,7 @@ def create_app(
         document_error_responses(module.router)
         app.include_router(module.router)
     install_dashboard(app)
+    install_api_docs(app)
     return app
 
 

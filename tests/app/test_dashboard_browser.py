@@ -143,3 +143,46 @@ def test_the_page_itself_holds_no_data_and_is_locked_down(gateway: Gateway) -> N
     assert script.status_code == 200 and "sessionStorage" in script.text
     licence = httpx.get(gateway.base + "/dashboard/static/vendor/LICENSE.uPlot.txt")
     assert licence.status_code == 200 and "MIT" in licence.text
+
+
+def test_the_api_docs_load_offline_and_keep_the_token_out_of_storage(
+    gateway: Gateway, browser
+) -> None:
+    """Issue 23 (1), issue 24 (13): with every address but the gateway's blocked, Swagger UI
+    lists the API, authorizes through /auth/token (the login's Origin check passes: same
+    site) and keeps the token only in memory; ReDoc renders the same schema."""
+    context = browser.new_context()
+    blocked: list[str] = []
+
+    def only_the_gateway(route) -> None:
+        if route.request.url.startswith(gateway.base + "/"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_gateway)
+    problems: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(f"error: {error}"))
+    page.goto(gateway.base + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    assert len(page.query_selector_all(".opblock")) > 30  # every operation, offline
+    page.click("button.authorize")
+    page.fill("#oauth_username", "admin")
+    page.fill("#oauth_password", "admin-change-me")
+    page.click(".auth-btn-wrapper button.authorize")
+    page.wait_for_function(
+        "() => !!window.ui.authSelectors.authorized().toJS().OAuth2PasswordBearer?.token"
+    )
+    assert page.evaluate("localStorage.length") == 0
+    assert page.evaluate("sessionStorage.length") == 0
+
+    redoc = context.new_page()
+    redoc.on("pageerror", lambda error: problems.append(f"redoc error: {error}"))
+    redoc.goto(gateway.base + "/redoc")
+    redoc.wait_for_selector('text="/jobs/submit"', timeout=30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "api-docs.png"))
+    assert blocked == [] and problems == [], (blocked, problems)
+    context.close()
