@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from compute.dispatch_policy import metered
 from compute.job_spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
 from compute.models import Job, Node
 from compute.scheduling import extra_shares
@@ -128,15 +127,6 @@ def settle(
     )
 
 
-@dataclass(frozen=True)
-class JobCost:
-    """What a job has cost so far (metered usage on others' nodes, before the cap) and the
-    most it can cost (its hold), in micro-tokens."""
-
-    so_far: int
-    hold: int
-
-
 def node_owners(session: Session) -> dict[int, int]:
     return dict(session.execute(select(Node.id, Node.owner_id)).all())
 
@@ -144,10 +134,3 @@ def node_owners(session: Session) -> dict[int, int]:
 def charged_nodes(owners: dict[int, int], job: Job) -> frozenset[int]:
     """The nodes whose usage the job's owner pays for: everyone's but their own."""
     return frozenset(node for node, owner in owners.items() if owner != job.owner_id)
-
-
-def job_cost(session: Session, job: Job, rates: Rates) -> JobCost:
-    """Priced as the dispatcher prices a running job's budget (``metered``)."""
-    charged = charged_nodes(node_owners(session), job)
-    hold = job_estimate(job, rates).total
-    return JobCost(min(metered(job.usage or {}, charged, rates), hold), hold)

@@ -490,7 +490,8 @@ def test_a_job_shows_what_it_cost_so_far_against_its_hold(
     held = client.get("/tokens/balance/me", headers=user.headers).json()["held"]
     assert seen["cost_so_far"] == 0 and seen["hold"] == pytest.approx(held)
     listed = client.get("/jobs", headers=user.headers).json()["items"][0]
-    assert listed["cost_so_far"] is None  # only on the job's own page
+    assert listed["cost_so_far"] == 0 and listed["hold"] == seen["hold"]  # the list has it too
+    assert seen["charged"] is None and seen["earnings"] == []  # nothing settled yet
 
 
 def test_a_cap_below_the_minimum_charge_is_refused_and_holds_nothing(

@@ -250,6 +250,27 @@ def test_a_job_stopped_at_its_runtime_limit_before_any_checkpoint_pays_for_what_
     balance = client.get("/tokens/balance/me", headers=user.headers).json()
     assert balance["spent"] == tokens(cost) > settings.min_job_charge
     assert balance["held"] == 0
+    assert_money_shown(client, user.headers, owner.headers, done["id"], charged=tokens(cost))
+
+
+def assert_money_shown(
+    client: TestClient, headers: dict, owner_headers: dict, job_id: int, *, charged: float
+) -> None:
+    """Issue 23 (3): the job and the list carry what was taken, refunded and earned per
+    node, and they match the wallets."""
+    job = client.get(f"/jobs/{job_id}", headers=headers).json()
+    listed = next(
+        item for item in client.get("/jobs", headers=headers).json()["items"]
+        if item["id"] == job_id
+    )  # fmt: skip
+    for shown in (job, listed):
+        assert shown["charged"] == pytest.approx(charged)
+        assert shown["cost_so_far"] == pytest.approx(charged)  # not the pre-minimum figure
+        assert shown["refunded"] == pytest.approx(shown["hold"] - charged)
+        earned = client.get("/tokens/balance/me", headers=owner_headers).json()["earned"]
+        assert sum(part["tokens"] for part in shown["earnings"]) == pytest.approx(earned)
+        assert [part["node_id"] for part in shown["earnings"]] == [1, 2]
+        assert shown["platform_fee"] == pytest.approx(charged - earned)
 
 
 def test_a_job_cancelled_before_reporting_any_work_pays_the_minimum_charge(
@@ -283,6 +304,7 @@ def test_a_job_cancelled_before_reporting_any_work_pays_the_minimum_charge(
     minimum = int(settings.min_job_charge * 1_000_000)
     fees = sum(platform_fee(part, rates_from(settings)) for part in (minimum // 2,) * 2)
     assert earned == tokens(minimum - fees)
+    assert_money_shown(client, user.headers, owner.headers, job_id, charged=0.01)
 
 
 def test_a_job_that_reaches_its_cap_stops_is_charged_the_cap_and_says_so(

@@ -12,10 +12,10 @@ from starlette.background import BackgroundTask
 from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDep
 from app.errors import error_responses
 from app.schemas.common import Page
-from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, micro_to_tokens
+from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, with_money
 from app.schemas.storage import StorageFreedOut
 from compute.artifacts import artifact_dir, pack_directory
-from compute.billing import job_cost
+from compute.job_money import jobs_money
 from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
@@ -69,27 +69,28 @@ def submit(
 def list_(
     viewer: CurrentUser,
     session: DbSession,
+    rates: RatesDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> Page[JobOut]:
-    """Your jobs, newest first (admins see every job)."""
+    """Your jobs, newest first (admins see every job), each with its money."""
     jobs, total = list_jobs(session, viewer, status=status_filter, limit=limit, offset=offset)
-    return Page[JobOut](items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset)
+    money = jobs_money(session, jobs, rates)
+    items = [with_money(job_out(job), money[job.id]) for job in jobs]
+    return Page[JobOut](items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep) -> JobOut:
-    """The job, with what it has cost so far against its hold (in tokens)."""
+    """The job, with its money: the hold, the cost so far and, once it has ended, what was
+    charged, refunded, kept as the fee and earned by each node (in tokens)."""
     return job_detail(session, get_job_for(session, viewer, job_id), rates)
 
 
 def job_detail(session: Session, job: Job, rates: Rates) -> JobOut:
-    """A job with what it has cost so far against its hold (the list leaves these out)."""
-    cost = job_cost(session, job, rates)
-    return job_out(job).model_copy(
-        update={"cost_so_far": micro_to_tokens(cost.so_far), "hold": micro_to_tokens(cost.hold)}
-    )
+    """A job with its money."""
+    return with_money(job_out(job), jobs_money(session, [job], rates)[job.id])
 
 
 @router.get(

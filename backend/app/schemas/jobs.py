@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from app.schemas.common import ResourcesOut
 from compute.dispatch_policy import add_usages, usage_by_stage
+from compute.job_money import JobMoney
 from compute.job_spec import MICRO
 from compute.metering import unsaved_events
 from compute.models import Job
@@ -36,6 +37,11 @@ JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+class NodeEarning(BaseModel):
+    node_id: int
+    tokens: float
+
+
 class JobOut(BaseModel):
     id: int
     owner_id: int
@@ -55,8 +61,14 @@ class JobOut(BaseModel):
     # dropped if the attempt is lost)
     unsaved_usage: dict[str, Any]
     usage_by_stage: dict[str, dict[str, float]]  # split: the trainer's and loaders' totals
-    cost_so_far: float | None = None  # tokens (GET /jobs/{id} only): metered, capped by the hold
-    hold: float | None = None  # tokens: the most the job can cost
+    # Tokens. cost_so_far: what is charged once settled; before that the metered work on
+    # others' nodes, at least the minimum charge once there is any, at most the hold.
+    cost_so_far: float | None = None
+    hold: float | None = None  # the most the job can cost (held in escrow until it ends)
+    charged: float | None = None  # settled: what was taken (null until the job ends)
+    refunded: float | None = None  # settled: the rest of the hold, back to its owner
+    platform_fee: float | None = None  # settled: the platform's part of what was charged
+    earnings: list[NodeEarning] = []  # settled: what each node's owner earned
     has_artifact: bool
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -67,6 +79,22 @@ class JobOut(BaseModel):
 
 def micro_to_tokens(amount: int | None) -> float | None:
     return None if amount is None else amount / MICRO
+
+
+def with_money(out: JobOut, money: JobMoney) -> JobOut:
+    return out.model_copy(
+        update={
+            "cost_so_far": micro_to_tokens(money.cost_so_far),
+            "hold": micro_to_tokens(money.hold),
+            "charged": micro_to_tokens(money.charged),
+            "refunded": micro_to_tokens(money.refunded),
+            "platform_fee": micro_to_tokens(money.fees),
+            "earnings": [
+                NodeEarning(node_id=node, tokens=amount / MICRO)
+                for node, amount in money.earnings.items()
+            ],
+        }
+    )
 
 
 def job_out(job: Job) -> JobOut:

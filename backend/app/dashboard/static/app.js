@@ -179,6 +179,12 @@ function notFound(what) {
   page(`${what} not found`, h("p", { class: "error", id: "not-found" }, `404: ${what} not found, or not yours.`));
 }
 
+// A job's money in one cell: what was charged once it ended, else so far of its hold.
+function money(job) {
+  if (job.charged !== null && job.charged !== undefined) return `${fmt(job.charged, 4)} charged`;
+  return `${fmt(job.cost_so_far, 4)} of ${fmt(job.hold, 4)}`;
+}
+
 async function jobsPage(params) {
   const filter = h("select", { id: "status-filter" },
     ["", "queued", "scheduled", "running", "succeeded", "failed", "cancelled"].map((s) =>
@@ -186,7 +192,7 @@ async function jobsPage(params) {
   filter.addEventListener("change", () => { location.hash = `#/jobs?status=${filter.value}`; });
   const body = h("tbody");
   page("Jobs", h("div", { class: "card" }, filter, h("table", { id: "jobs" },
-    h("thead", {}, h("tr", {}, ["id", "name", "strategy", "status", "progress", "created"].map((c) => h("th", {}, c)))),
+    h("thead", {}, h("tr", {}, ["id", "name", "strategy", "status", "progress", "cost", "created"].map((c) => h("th", {}, c)))),
     body)));
   every(2000, async () => {
     const query = params.get("status") ? `&status=${params.get("status")}` : "";
@@ -194,7 +200,7 @@ async function jobsPage(params) {
     body.replaceChildren(...jobs.items.map((job) => h("tr", { "data-job": job.id },
       h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)), h("td", {}, job.name),
       h("td", {}, job.strategy), h("td", { class: `status-${job.status}` }, job.status),
-      h("td", {}, job.status_reason), h("td", {}, when(job.created_at)))));
+      h("td", {}, job.status_reason), h("td", { class: "cost" }, money(job)), h("td", {}, when(job.created_at)))));
   });
 }
 
@@ -244,8 +250,15 @@ async function jobPage(id) {
         h("td", {}, fmt(f.gpu_seconds, 1)), h("td", {}, fmt(f.cpu_core_seconds, 1)), h("td", {}, fmt(f.memory_gb_seconds, 1))));
     }
     usage.replaceChildren(...rows);
-    cost.textContent = `Cost so far: ${fmt(j.cost_so_far, 6)} of a hold of ${fmt(j.hold, 6)} tokens ` +
-      "(charged for what ran on others' nodes; the rest of the hold is refunded).";
+    if (j.charged === null || j.charged === undefined) {
+      cost.textContent = `Cost so far: ${fmt(j.cost_so_far, 6)} of a hold of ${fmt(j.hold, 6)} tokens ` +
+        "(charged for what ran on others' nodes, at least the minimum charge; the rest of the hold is refunded).";
+    } else {
+      const earned = (j.earnings || []).map((e) => `node ${e.node_id}: ${fmt(e.tokens, 6)}`).join(", ");
+      cost.textContent = `Charged ${fmt(j.charged, 6)} of a hold of ${fmt(j.hold, 6)} tokens; ` +
+        `refunded ${fmt(j.refunded, 6)}; platform fee ${fmt(j.platform_fee, 6)}` +
+        (earned ? `; earned by ${earned}.` : " (it ran only on its owner's nodes: free).");
+    }
   }
   function addPoint(point) {
     const values = point.values || {};
@@ -329,7 +342,9 @@ async function tokensPage() {
     const b = await api("/tokens/balance/me");
     balance.textContent = `available ${fmt(b.available, 6)} · held ${fmt(b.held, 6)} · earned ${fmt(b.earned, 6)} · spent ${fmt(b.spent, 6)}`;
     const history = await api("/tokens/history/me?limit=500");
-    const entries = history.items || history;
+    // The wallet's view: one row per movement in or out of it (the escrow's legs of the
+    // same postings would show each movement twice).
+    const entries = (history.items || history).filter((e) => e.account === "wallet");
     body.replaceChildren(...entries.map((e) => h("tr", {}, h("td", {}, when(e.created_at)), h("td", {}, e.kind),
       h("td", {}, fmt(e.amount, 6)), h("td", {}, e.job_id ?? ""), h("td", {}, e.node_id ?? ""), h("td", {}, e.memo))));
     if (chart.points === 0) {
