@@ -2,8 +2,9 @@
 
 Exit codes: 0 success (a watched job succeeded), 1 the job failed or an error, 2 the job was
 cancelled, 3 not enough tokens (402), 4 not logged in or the token was rejected (401).
-Read commands take ``--json`` (machine-readable output on stdout); progress and prompts go
-to stderr.
+Every command takes ``--json`` (machine-readable output on stdout), before or after its
+name; progress and prompts go to stderr. ``distlm completion bash|zsh|fish`` prints the
+shell completion script.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import httpx
 
 from distlm.client import Client, Job, load_spec
 from distlm.errors import APIError, InsufficientTokensError, NotAuthenticatedError
+from distlm.spec_flags import spec_from_flags
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED, EXIT_NO_TOKENS, EXIT_AUTH = 0, 1, 2, 3, 4
 DEFAULT_URL = "http://localhost:8000"
@@ -79,7 +82,14 @@ def out(ctx: click.Context, value: Any, text: str | None = None) -> None:
 
 
 class DistLMGroup(click.Group):
-    """Turns the API's errors into their exit codes and one line on stderr."""
+    """Turns the API's errors into their exit codes and one line on stderr, and takes
+    ``--json`` after a command's name as well as before it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--json" in args[:end]:
+            args = ["--json", *(a for a in args[:end] if a != "--json"), *args[end:]]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -90,8 +100,18 @@ class DistLMGroup(click.Group):
             fail(f"{error.detail} (run `distlm login`)", EXIT_AUTH)
         except APIError as error:
             fail(f"{error.detail} ({error.code})")
+        except httpx.TransportError as error:  # refused, unresolvable, timed out
+            fail(f"cannot reach the gateway{_where(error)}: {error or type(error).__name__}")
         except (FileNotFoundError, ValueError) as error:
             fail(str(error))
+
+
+def _where(error: httpx.TransportError) -> str:
+    try:
+        url = error.request.url
+    except RuntimeError:  # an error raised before any request was made
+        return ""
+    return f" at {url.scheme}://{url.netloc.decode()}"
 
 
 @click.group(cls=DistLMGroup, epilog=EXIT_CODES)
@@ -139,24 +159,30 @@ def whoami(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.pass_context
-def estimate(ctx: click.Context, spec: str) -> None:
-    """What SPEC.json would hold (its most) in tokens."""
-    with client_from(ctx) as client:
-        body = client.estimate(spec)
-        out(ctx, body, f"{body['total']} tokens at most")
-
-
-@main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--yes", is_flag=True, help="submit without asking")
 @click.option("--watch", "follow", is_flag=True, help="follow the job to its end")
+@click.option("--model-type", help="simple_transformer, char_rnn, classifier or text_to_text")
+@click.option("--model", help="a preset (tiny-gpt2, rnn, mlp, ...), a hub id or job:<id>")
+@click.option("--dataset", help="a built-in dataset (digits, stdlib-text, ...) or a hub id")
+@click.option("--data-path", help="a file under the data root (makes the data local)")
+@click.option("--strategy", help="data_parallel, fedavg, es or split (default: the model's)")
+@click.option("--steps", type=int, help="steps, or rounds for fedavg")
+@click.option("--workers", type=int, help="training_config.num_workers")
+@click.option("--gpu", type=int)
+@click.option("--cpu-cores", type=float)
+@click.option("--memory", type=float, help="GB")
+@click.option("--max-tokens", type=float, help="the most the job may cost")
+@click.option("--name")
 @click.pass_context
-def submit(ctx: click.Context, spec: str, yes: bool, follow: bool) -> None:
-    """Submit SPEC.json: shows its cost and your balance and asks first (--yes skips)."""
+def submit(ctx: click.Context, spec: str | None, yes: bool, follow: bool, **flags: Any) -> None:
+    """Submit a job from SPEC.json, from flags, or both (flags win): shows its cost and your
+    balance and asks first (--yes skips)."""
     with client_from(ctx) as client:
-        body = load_spec(spec)
+        given = {key: value for key, value in flags.items() if value is not None}
+        body = load_spec(spec) if spec else {}
+        if given or not spec:
+            body = spec_from_flags(body, **flags)
         cost = client.estimate(body)["total"]
         available = client.balance()["available"]
         click.echo(f"holds up to {cost} tokens; you have {available} available", err=True)
@@ -172,6 +198,18 @@ def submit(ctx: click.Context, spec: str, yes: bool, follow: bool) -> None:
         out(ctx, job.data, str(job.id))
 
 
+def money_line(job: dict[str, Any]) -> str:
+    """ "charged 0.0123 tokens (refunded 0.0877 of a hold of 0.1)" once settled."""
+    if job.get("charged") is None:
+        return (
+            f"cost so far {job.get('cost_so_far') or 0:.6g} of a hold of {job.get('hold') or 0:.6g}"
+        )
+    return (
+        f"charged {job['charged']:.6g} tokens (refunded {job['refunded']:.6g} of a hold of "
+        f"{job['hold']:.6g})"
+    )
+
+
 def finish(ctx: click.Context, job: Job) -> NoReturn:
     """The job's end: its final metrics, and the exit code its status gives."""
     points = [p for p in job.metrics() if p["step"] > 0]
@@ -180,6 +218,7 @@ def finish(ctx: click.Context, job: Job) -> NoReturn:
         click.echo(json.dumps({"job": job.data, "final_metrics": final}, indent=2, default=str))
     else:
         click.echo(f"job {job.id} {job.status}: {job.reason}")
+        click.echo(f"  {money_line(job.data)}")
         for key, value in final.items():
             if isinstance(value, int | float):
                 click.echo(f"  {key}: {value:.6g}")
@@ -249,17 +288,46 @@ def cancel(ctx: click.Context, job_id: int) -> None:
 @main.command()
 @click.argument("job_id", type=int)
 @click.option("--results", is_flag=True, help="the results of a validate/infer job")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "parquet", "json"]),
+    help="results: json for validate; jsonl (default) or parquet for infer, or by -o's suffix",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write")
 @click.pass_context
-def download(ctx: click.Context, job_id: int, results: bool, output: str | None) -> None:
+def download(
+    ctx: click.Context, job_id: int, results: bool, fmt: str | None, output: str | None
+) -> None:
     """Download a job's model (.tar.gz) or, with --results, its results."""
     with client_from(ctx) as client:
         job = client.job(job_id)
-        if results:
-            path = job.download_results(output or f"job-{job_id}-results.jsonl")
+        if results or fmt:
+            fmt = fmt or results_format(job.data, output)
+            path = job.download_results(output or f"job-{job_id}-results.{fmt}", fmt)
         else:
             path = job.download_model(output or f"job-{job_id}-model.tar.gz")
         click.echo(f"wrote {path}", err=True)
+
+
+def results_format(job: dict[str, Any], output: str | None) -> str:
+    """A validate job's results are JSON; an infer job's JSON Lines, or Parquet when the
+    file asked for is a .parquet."""
+    if (job.get("spec") or {}).get("task") == "validate":
+        return "json"
+    suffix = Path(output).suffix.lower() if output else ""
+    return "parquet" if suffix == ".parquet" else "jsonl"
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script: `eval "$(distlm completion bash)"` in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    click.echo(completer(main, {}, "distlm", "_DISTLM_COMPLETE").source())
 
 
 @main.group(invoke_without_command=True)

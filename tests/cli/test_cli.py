@@ -210,3 +210,57 @@ def test_the_python_client_as_a_notebook_uses_it(gateway: Gateway, tmp_path: Pat
         with pytest.raises(NotFoundError) as missing:
             client.job(999_999)
         assert missing.value.code == "not_found" and missing.value.status == 404
+
+
+def test_submit_by_flags_json_anywhere_results_by_task_and_one_line_errors(
+    home: dict, tmp_path: Path
+) -> None:
+    """Issue 23 (6): `submit` takes the common fields as flags (over a spec file), `--json`
+    works after a command, `download --results` picks the format by the job's task and the
+    file's name, an unreachable gateway is one line, and completion scripts print."""
+    logged_in(home)
+    # What the launcher's one-CPU node needs (the loader's share) comes from a file; the
+    # model, the data and the length from flags.
+    base = {key: value for key, value in small_split_job(1).items() if key not in (
+        "model_config", "data_config", "name")}  # fmt: skip
+    base["training_config"] = {k: v for k, v in base["training_config"].items() if k != "epochs"}
+    flags = ["--model-type", "classifier", "--model", "mlp", "--dataset", "digits",
+             "--steps", "4", "--name", "by flags"]  # fmt: skip
+    trained = distlm(home, "submit", spec_file(tmp_path, base, "base.json"), *flags,
+                     "--yes", "--watch")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert re.search(r"charged [0-9.e-]+ tokens \(refunded", trained.stdout), trained.stdout
+    listed = json.loads(distlm(home, "jobs", "--json").stdout)
+    source = next(job for job in listed if job["name"] == "by flags")
+    assert source["spec"]["training_config"]["max_steps"] == 4
+    assert source["spec"]["data_config"]["data_source"] == "builtin"
+
+    side = {"training_config": {"loader": {"cpu_cores": 0.5, "memory": 0.5}},
+            "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.5}}  # fmt: skip
+    model = {"type": "classifier", "model_name": f"job:{source['id']}"}
+    data = {"data_source": "builtin", "dataset_name": "digits", "max_samples": 100}
+    ids = {}
+    for task in ("validate", "infer"):
+        spec = {**side, "task": task, "model_config": model, "data_config": data}
+        done = distlm(home, "--json", "submit", spec_file(tmp_path, spec, f"{task}.json"),
+                      "--yes", "--watch")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        ids[task] = json.loads(done.stdout)["job"]["id"]
+    scores = tmp_path / "scores"
+    got = distlm(home, "download", str(ids["validate"]), "--results", "-o", str(scores))
+    assert got.returncode == 0, got.stderr
+    assert "accuracy" in json.loads(scores.read_text())  # JSON, chosen by the task
+    table = tmp_path / "predictions.parquet"
+    got = distlm(home, "download", str(ids["infer"]), "--results", "-o", str(table))
+    assert got.returncode == 0 and table.read_bytes()[:4] == b"PAR1", got.stderr
+    lines = tmp_path / "job-results.jsonl"
+    got = distlm(home, "download", str(ids["infer"]), "--format", "jsonl", "-o", str(lines))
+    assert got.returncode == 0 and json.loads(lines.read_text().splitlines()[0])
+
+    away = distlm({**home, "DISTLM_URL": "http://127.0.0.1:9"}, "jobs")
+    assert away.returncode == 1
+    assert away.stderr.strip().splitlines() == [
+        "error: cannot reach the gateway at http://127.0.0.1:9: [Errno 111] Connection refused"
+    ]
+    script = distlm(home, "completion", "bash")
+    assert script.returncode == 0 and "_DISTLM_COMPLETE" in script.stdout
