@@ -89,6 +89,11 @@ class JobRunner:
             self._events.append(RecordedEvent(seq, time.time(), event))
             return seq
 
+    def emit_many(self, events: list[Event]) -> None:
+        """Buffer several events at once (a worker's output lines, ``worker_logs``)."""
+        for event in events:
+            self.emit(event)
+
     def events(self, after: int = 0) -> list[RecordedEvent]:
         with self._lock:
             return self._events[after:]

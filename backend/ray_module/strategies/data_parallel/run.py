@@ -21,6 +21,7 @@ from ray_module.resources import NODE_LABEL
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from ray_module.worker_logs import capture_worker_output
 
 
 def settings_of(config: RunConfig) -> DataParallelSettings:
@@ -94,6 +95,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     runner = ray.get_actor(cfg["runner"], namespace=NAMESPACE)
     labels = ray.get_runtime_context().get_node_labels()
     node_id = int(_first(labels.get(NODE_LABEL, "0")))
+    capture_worker_output(cfg["run_config"].job_id, f"rank {rank} on node {node_id}")
     settings: DataParallelSettings = cfg["settings"]
     job_dir = Path(cfg["job_dir"])
     checkpoint_dir = job_dir / CHECKPOINT_DIR

@@ -32,6 +32,7 @@ from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.es.noise import NoiseTable, pair_index
+from ray_module.worker_logs import capture_worker_output
 
 DEFAULT_VALIDATION_SPLIT = 0.1
 VALIDATION_BATCHES = 4
@@ -53,6 +54,7 @@ class WorkerConfig:
 
 class ESWorker(DeferredStart):
     def __init__(self, config: WorkerConfig) -> None:
+        capture_worker_output(config.job_id, f"es worker {config.rank} on node {config.node_id}")
         self.config = config
         self.settings = config.settings
         self.start_or_remember(self._load)

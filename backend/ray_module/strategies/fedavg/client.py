@@ -36,6 +36,7 @@ from ray_module.strategies.fedavg.tasks import (
     TorchTask,
     pick_device,
 )
+from ray_module.worker_logs import capture_worker_output
 
 DEFAULT_VALIDATION_SPLIT = 0.1
 
@@ -166,6 +167,7 @@ def partition_shards(
 
 class ClientHost(DeferredStart):
     def __init__(self, config: HostConfig) -> None:
+        capture_worker_output(config.job_id, f"fedavg host on node {config.node_id}")
         self.config = config
         self.settings = config.settings
         self.split = config.data.validation_split or DEFAULT_VALIDATION_SPLIT

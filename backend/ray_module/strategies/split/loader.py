@@ -16,6 +16,7 @@ import numpy as np
 from protocol.run import DataRequest, ModelRequest
 from ray_module.errors import DataError
 from ray_module.strategies.actor_pool import DeferredStart
+from ray_module.worker_logs import capture_worker_output
 
 LABELLED = "classifier"
 TEXT = "simple_transformer"
@@ -30,6 +31,8 @@ class LoaderConfig:
     model: ModelRequest  # language models: whose tokenizer to use
     seq_len: int = 64
     seed: int = 0
+    job_id: int = 0  # 0: not a job's loader (tests): its output is not captured
+    number: int = 0  # which loader of the job
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class DataShape:
 
 class BatchLoader(DeferredStart):
     def __init__(self, config: LoaderConfig) -> None:
+        if config.job_id:
+            capture_worker_output(config.job_id, f"loader {config.number} on node {config.node_id}")
         self.config = config
         self.tokenizer: Any = None
         self.start_or_remember(self._load)

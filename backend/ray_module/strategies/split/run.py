@@ -110,6 +110,8 @@ def start_loaders(config: RunConfig, settings: SplitSettings, plans: list[Worker
                 model=config.model,
                 seq_len=settings.seq_len,
                 seed=settings.seed,
+                job_id=config.job_id,
+                number=number,
             )
         )
         for number, plan in enumerate(plans)

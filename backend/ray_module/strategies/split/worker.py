@@ -27,6 +27,7 @@ from ray_module.strategies.split import evaluation, results
 from ray_module.strategies.split.loader import LABELLED, PAIRS, TEXT, DataShape
 from ray_module.strategies.split.samples import EpochPlan
 from ray_module.strategies.split.stream import BatchStream, Flow
+from ray_module.worker_logs import capture_worker_output
 
 FLOW_EVERY = 10  # steps between flow figures
 
@@ -56,6 +57,7 @@ class SplitWorker:
         import ray
         import torch
 
+        capture_worker_output(config.job_id, f"trainer on node {config.trainer.node_id}")
         self.config = config
         self.runner = ray.get_actor(config.runner, namespace=NAMESPACE)
         torch.set_num_threads(max(1, int(config.trainer.cpu_cores)))
