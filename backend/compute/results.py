@@ -57,6 +57,26 @@ def results_summary(
     return json.loads(_existing(directory / name, job_id).read_text())
 
 
+def results_preview(
+    session: Session, viewer: User, job_id: int, limit: int, *, storage_root: Path
+) -> list[dict[str, Any]]:
+    """An infer job's first ``limit`` predictions, for a look before downloading them all
+    (read line by line: the file may be large)."""
+    job, directory = _results_dir(session, viewer, job_id, storage_root)
+    if ((job.spec or {}).get("task") or "train") != "infer":
+        raise ConflictError(
+            f"job {job_id} is a validate job: its scores are GET /jobs/{job_id}/results/summary",
+            code="no_predictions",
+        )
+    rows = []
+    with _existing(directory / stored.JSONL_FILE, job_id).open(encoding="utf-8") as lines:
+        for line in lines:
+            if len(rows) >= limit:
+                break
+            rows.append(json.loads(line))
+    return rows
+
+
 def _results_dir(
     session: Session, viewer: User, job_id: int, storage_root: Path
 ) -> tuple[Any, Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -186,3 +187,94 @@ def test_the_api_docs_load_offline_and_keep_the_token_out_of_storage(
     page.screenshot(path=str(ARTIFACTS / "api-docs.png"))
     assert blocked == [] and problems == [], (blocked, problems)
     context.close()
+
+
+def succeeded(gateway: Gateway, spec: dict) -> dict:
+    """Submit as the admin and wait (bounded) for the job to succeed."""
+    job = gateway.as_admin("POST", "/jobs/submit", json=spec)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = gateway.as_admin("GET", f"/jobs/{job['id']}")
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    assert job["status"] == "succeeded", job["status_reason"]
+    return job
+
+
+def test_the_run_page_summarises_groups_charts_shows_results_and_compares_runs(
+    gateway: Gateway, browser
+) -> None:
+    """Issue 23 (2): summary with durations, latest and best; training and validation loss
+    on one chart; constants as figures; a full progress bar once done; a validate job's
+    per-class table and confusion matrix; an infer job's preview and downloads; two runs'
+    curves on one page."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    first = succeeded(gateway, small_split_job(3, max_samples=400))
+    second = succeeded(gateway, small_split_job(2, max_samples=400))
+    side = {"training_config": {"loader": {"cpu_cores": 0.5, "memory": 0.5}},
+            "requirements": {"gpu": 0, "cpu_cores": 0.5, "memory": 0.5}}  # fmt: skip
+    used = {
+        task: succeeded(
+            gateway,
+            {
+                **side,
+                "task": task,
+                "model_config": {"type": "classifier", "model_name": f"job:{first['id']}"},
+                "data_config": {
+                    "data_source": "builtin",
+                    "dataset_name": "digits",
+                    "max_samples": 200,
+                },
+            },
+        )
+        for task in ("validate", "infer")
+    }
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    log_in(page, gateway, "admin", "admin-change-me")
+
+    def open_job(job_id: int) -> None:
+        page.goto(gateway.base + f"/dashboard#/jobs/{job_id}")
+        page.wait_for_function(
+            f"() => document.querySelector('#page-title')?.textContent.startsWith('Job {job_id}:')"
+            " && document.querySelector('#job-status')?.textContent === 'succeeded'"
+        )
+
+    open_job(first["id"])
+    page.wait_for_selector('#charts-training [data-chart="loss"]')
+    assert page.get_attribute('[data-chart="loss"]', "data-series") == "loss,validation_loss"
+    assert page.query_selector('#charts-system [data-chart="samples_per_s"]')
+    assert page.get_attribute("#progress", "data-progress") == "100"
+    assert page.query_selector('#figures tr[data-key="epoch_samples"]')  # a constant: a number
+    assert not page.query_selector('[data-chart="epoch_samples"]')
+    best = page.inner_text('#best tr[data-key="validation_accuracy"]').split("\t")
+    assert best[0] == "validation_accuracy" and float(best[2]) >= float(best[1]) > 0
+    for key in ("queued", "starting", "running"):
+        shown = page.inner_text(f'#summary-table tr[data-key="{key}"] td')
+        assert re.fullmatch(r"[0-9.]+ s|\d+ min \d+ s", shown), (key, shown)
+    page.screenshot(path=str(ARTIFACTS / "run-train.png"), full_page=True)
+
+    open_job(used["validate"]["id"])
+    page.wait_for_selector("#results #confusion")
+    assert len(page.query_selector_all("#per-class tbody tr")) == 10
+    assert len(page.query_selector_all("#confusion tbody tr")) == 10
+    assert page.query_selector("#download-json")
+    page.screenshot(path=str(ARTIFACTS / "run-validate.png"), full_page=True)
+
+    open_job(used["infer"]["id"])
+    page.wait_for_selector("#results #preview tbody tr")
+    assert len(page.query_selector_all("#preview tbody tr")) == 20
+    assert page.query_selector("#download-jsonl") and page.query_selector("#download-parquet")
+    page.screenshot(path=str(ARTIFACTS / "run-infer.png"), full_page=True)
+
+    page.goto(gateway.base + "/dashboard#/jobs")
+    for job in (first, second):
+        page.wait_for_selector(f'input[data-tick="{job["id"]}"]').check()
+    page.click("#compare")
+    page.wait_for_selector('#compare-charts [data-chart="loss"]')
+    series = page.get_attribute('#compare-charts [data-chart="loss"]', "data-series")
+    assert series == f"#{first['id']} loss,#{second['id']} loss"
+    page.screenshot(path=str(ARTIFACTS / "run-compare.png"), full_page=True)
+    assert errors == [], errors

@@ -72,6 +72,7 @@ MATRIX: list[tuple[str, str, object, set[str]]] = [
     ("GET", "/jobs/{job}/artifacts", None, ALL),  # 409 while the job has no model
     ("GET", "/jobs/{job}/results", None, ALL),  # 409: a training job has no results
     ("GET", "/jobs/{job}/results/summary", None, ALL),
+    ("GET", "/jobs/{job}/results/preview", None, ALL),
     ("GET", "/metrics/system", None, ADMIN),
     ("GET", "/metrics/node/{node}", None, OWNERS),
     ("GET", "/metrics/training/{job}", None, ALL),

@@ -223,7 +223,11 @@ def test_split_trains_on_two_owners_nodes_then_validates_and_infers_with_its_mod
         )
         parquet = client.get(f"/jobs/{inferred['id']}/results?format=parquet", headers=user.headers)
         assert pq.read_table(io.BytesIO(parquet.content)).num_rows == summary["kept"]
-        for path in ("results", "results/summary"):
+        preview = client.get(
+            f"/jobs/{inferred['id']}/results/preview?limit=5", headers=user.headers
+        ).json()["rows"]
+        assert preview == rows[:5]  # the first predictions, as the file holds them
+        for path in ("results", "results/summary", "results/preview"):
             assert (
                 client.get(f"/jobs/{inferred['id']}/{path}", headers=other.headers).status_code
                 == 404

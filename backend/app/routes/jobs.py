@@ -20,7 +20,13 @@ from compute.job_spec import JobSpec
 from compute.job_state import JobStatus
 from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
 from compute.models import Job
-from compute.results import MEDIA_TYPES, ResultFormat, results_file, results_summary
+from compute.results import (
+    MEDIA_TYPES,
+    ResultFormat,
+    results_file,
+    results_preview,
+    results_summary,
+)
 from compute.storage import delete_job_storage
 from ledger.pricing import Rates
 
@@ -161,6 +167,19 @@ def results_summary_(
     """An infer job's `total_samples`, `kept`, `filtered_out`, the estimated and real sizes;
     a validate job's scores."""
     return results_summary(session, viewer, job_id, storage_root=settings.storage_path)
+
+
+@router.get("/{job_id}/results/preview", responses=error_responses(409))
+def results_preview_(
+    job_id: JobId,
+    viewer: CurrentUser,
+    session: DbSession,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """An infer job's first `limit` predictions (at most 100), as the JSON Lines hold them."""
+    rows = results_preview(session, viewer, job_id, limit, storage_root=settings.storage_path)
+    return {"job_id": job_id, "rows": rows}
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(409))

@@ -142,7 +142,7 @@ class Chart {
       {
         title, width: 360, height: 200,
         scales: { x: { time: xIsTime } },
-        axes: [{ label: xLabel }, {}],
+        axes: [{ label: xLabel }, { size: 64, values: (u, vals) => vals.map(compact) }],
         series: [{}, ...seriesNames.map((name, i) => ({ label: name, stroke: palette[i % 5], width: 2 }))],
       },
       this.data,
@@ -190,103 +190,27 @@ async function jobsPage(params) {
     ["", "queued", "scheduled", "running", "succeeded", "failed", "cancelled"].map((s) =>
       h("option", { value: s, selected: s === (params.get("status") || "") }, s || "any status")));
   filter.addEventListener("change", () => { location.hash = `#/jobs?status=${filter.value}`; });
+  const ticked = new Set();
+  const compare = h("button", { id: "compare", disabled: true, on: { click: () => {
+    location.hash = `#/compare?ids=${[...ticked].join(",")}`;
+  } } }, "Compare runs");
   const body = h("tbody");
-  page("Jobs", h("div", { class: "card" }, filter, h("table", { id: "jobs" },
-    h("thead", {}, h("tr", {}, ["id", "name", "strategy", "status", "progress", "cost", "created"].map((c) => h("th", {}, c)))),
+  page("Jobs", h("div", { class: "card" }, filter, " ", compare, h("table", { id: "jobs" },
+    h("thead", {}, h("tr", {}, ["", "id", "name", "strategy", "status", "progress", "cost", "created"].map((c) => h("th", {}, c)))),
     body)));
   every(2000, async () => {
     const query = params.get("status") ? `&status=${params.get("status")}` : "";
     const jobs = await api(`/jobs?limit=100${query}`);
-    body.replaceChildren(...jobs.items.map((job) => h("tr", { "data-job": job.id },
-      h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)), h("td", {}, job.name),
-      h("td", {}, job.strategy), h("td", { class: `status-${job.status}` }, job.status),
-      h("td", {}, job.status_reason), h("td", { class: "cost" }, money(job)), h("td", {}, when(job.created_at)))));
-  });
-}
-
-async function jobPage(id) {
-  let job;
-  try {
-    job = await api(`/jobs/${id}`);
-  } catch (error) {
-    if (error.status === 404) return notFound(`Job ${id}`);
-    throw error;
-  }
-  const status = h("span", { id: "job-status" });
-  const reason = h("span", { id: "job-reason" });
-  const bar = h("div", { style: "width:0%" });
-  const charts = h("div", { class: "charts", id: "charts" });
-  const samples = h("pre", { id: "samples", hidden: true });
-  const usage = h("tbody");
-  const logs = h("div", { class: "logs", id: "logs" });
-  const cost = h("p", { id: "cost" });
-  const cancel = h("button", { id: "cancel", on: { click: async () => {
-    try { await api(`/jobs/${id}/cancel`, { method: "POST" }); } catch (e) { alert(e.message); }
-  } } }, "Cancel job");
-  page(`Job ${id}: ${job.name}`,
-    h("div", { class: "card" },
-      h("p", {}, "Status: ", status, " — ", reason),
-      h("div", { class: "progress" }, bar),
-      h("p", {}, cancel, " ",
-        h("button", { on: { click: () => download(`/jobs/${id}/artifacts`, `job-${id}-model.tar.gz`) } }, "Download model"), " ",
-        h("button", { on: { click: () => download(`/jobs/${id}/results`, `job-${id}-results`) } }, "Download results"))),
-    h("div", { class: "card" }, h("h3", {}, "Metrics"), charts, samples),
-    h("div", { class: "card" }, h("h3", {}, "Usage and cost"), cost,
-      h("table", {}, h("thead", {}, h("tr", {}, ["node", "stage", "GPU s", "CPU core s", "GB s"].map((c) => h("th", {}, c)))), usage)),
-    h("div", { class: "card" }, h("h3", {}, "Logs"), logs),
-    h("div", { class: "card" }, h("h3", {}, "Spec"), h("pre", {}, JSON.stringify(job.spec, null, 2))));
-
-  const byKey = new Map();
-  let total = null;
-  function showJob(j) {
-    status.textContent = j.status;
-    status.className = `status-${j.status}`;
-    reason.textContent = j.status_reason;
-    cancel.disabled = ["succeeded", "failed", "cancelled"].includes(j.status);
-    const rows = [];
-    for (const [node, figures] of Object.entries(j.usage || {})) {
-      const stages = Object.entries(figures.stages || { "": figures });
-      for (const [stage, f] of stages) rows.push(h("tr", {}, h("td", {}, node), h("td", {}, stage || "–"),
-        h("td", {}, fmt(f.gpu_seconds, 1)), h("td", {}, fmt(f.cpu_core_seconds, 1)), h("td", {}, fmt(f.memory_gb_seconds, 1))));
-    }
-    usage.replaceChildren(...rows);
-    if (j.charged === null || j.charged === undefined) {
-      cost.textContent = `Cost so far: ${fmt(j.cost_so_far, 6)} of a hold of ${fmt(j.hold, 6)} tokens ` +
-        "(charged for what ran on others' nodes, at least the minimum charge; the rest of the hold is refunded).";
-    } else {
-      const earned = (j.earnings || []).map((e) => `node ${e.node_id}: ${fmt(e.tokens, 6)}`).join(", ");
-      cost.textContent = `Charged ${fmt(j.charged, 6)} of a hold of ${fmt(j.hold, 6)} tokens; ` +
-        `refunded ${fmt(j.refunded, 6)}; platform fee ${fmt(j.platform_fee, 6)}` +
-        (earned ? `; earned by ${earned}.` : " (it ran only on its owner's nodes: free).");
-    }
-  }
-  function addPoint(point) {
-    const values = point.values || {};
-    if (point.step === 0 && typeof values.total_steps === "number") total = values.total_steps;
-    if (point.step > 0 && total) bar.style.width = `${Math.min(100, (100 * point.step) / total)}%`;
-    for (const [key, value] of Object.entries(values)) {
-      if (typeof value === "string" && /sample|text/.test(key)) {
-        samples.hidden = false;
-        samples.textContent = `${key} (step ${point.step}): ${value}`;
-      }
-      if (typeof value !== "number" || point.step === 0 || key === "epoch") continue;
-      if (!byKey.has(key)) {
-        const chart = new Chart(key, [key]);
-        byKey.set(key, chart);
-        charts.append(chart.el);
-      }
-      byKey.get(key).add(point.step, { [key]: value });
-    }
-  }
-  function addLog(line) {
-    logs.append(h("div", { class: `log-${line.level}` }, `${when(line.at)} [${line.source}] ${line.message}`));
-    logs.scrollTop = logs.scrollHeight;
-  }
-  showJob(job);
-  follow(`/jobs/${id}/events`, async (kind, data) => {
-    if (kind === "metric") addPoint(data);
-    else if (kind === "log") addLog(data);
-    else if (kind === "status" || kind === "usage") showJob(await api(`/jobs/${id}`));
+    body.replaceChildren(...jobs.items.map((job) => {
+      const tick = h("input", { type: "checkbox", "data-tick": job.id, checked: ticked.has(String(job.id)), on: { change: (e) => {
+        if (e.target.checked) ticked.add(String(job.id)); else ticked.delete(String(job.id));
+        compare.disabled = ticked.size < 2;
+      } } });
+      return h("tr", { "data-job": job.id }, h("td", {}, tick),
+        h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)), h("td", {}, job.name),
+        h("td", {}, job.strategy), h("td", { class: `status-${job.status}` }, job.status),
+        h("td", {}, job.status_reason), h("td", { class: "cost" }, money(job)), h("td", {}, when(job.created_at)));
+    }));
   });
 }
 
@@ -390,6 +314,7 @@ async function route() {
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === `#/${parts[0]}`));
   try {
     if (parts[0] === "jobs" && parts[1]) await jobPage(parts[1]);
+    else if (parts[0] === "compare") await comparePage(params);
     else if (parts[0] === "nodes" && parts[1]) await nodePage(parts[1]);
     else if (parts[0] === "nodes") await nodesPage();
     else if (parts[0] === "tokens") await tokensPage();
