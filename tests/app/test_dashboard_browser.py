@@ -278,3 +278,51 @@ def test_the_run_page_summarises_groups_charts_shows_results_and_compares_runs(
     assert series == f"#{first['id']} loss,#{second['id']} loss"
     page.screenshot(path=str(ARTIFACTS / "run-compare.png"), full_page=True)
     assert errors == [], errors
+
+
+def test_an_admin_runs_the_pool_from_the_nodes_and_system_pages(gateway: Gateway, browser) -> None:
+    """Issue 23 (5): owners by name, earnings, only the actions a node's state allows (drain
+    turns into undrain), a System page of tables and charts with the ledger's invariant, and
+    a plain user told why there are no nodes for them instead of an empty table."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    log_in(page, gateway, "admin", "admin-change-me")
+    node = gateway.as_admin("GET", "/nodes")["items"][0]
+    owner = gateway.as_admin("GET", f"/nodes/{node['id']}")["owner_username"]
+    assert owner and not owner.isdigit()
+    page.goto(gateway.base + "/dashboard#/nodes")
+    row = f'tr[data-node="{node["id"]}"]'
+    page.wait_for_selector(f"{row} td.owner")
+    assert page.inner_text(f"{row} td.owner") == owner
+    float(page.inner_text(f"{row} td.earned"))  # a number of tokens
+    buttons = [b.inner_text() for b in page.query_selector_all(f"{row} button")]
+    assert buttons == ["Ban", "Drain", "New credential", "Retire"]  # approved: no "Approve"
+    page.click(f'{row} button[data-action="Drain"]')
+    page.wait_for_selector(f'{row} button[data-action="Undrain"]')
+    assert gateway.as_admin("GET", f"/nodes/{node['id']}")["drained"] is True
+    page.click(f'{row} button[data-action="Undrain"]')
+    page.wait_for_selector(f'{row} button[data-action="Drain"]')
+    assert gateway.as_admin("GET", f"/nodes/{node['id']}")["drained"] is False
+    page.screenshot(path=str(ARTIFACTS / "nodes.png"), full_page=True)
+
+    page.goto(gateway.base + "/dashboard#/system")
+    page.wait_for_selector("#invariant")
+    assert page.inner_text("#invariant").startswith("Every account balances")
+    assert len(page.query_selector_all("#utilisation tr")) == 3
+    assert page.query_selector('#jobs-by-status tr[data-key="succeeded"]')
+    page.wait_for_selector('[data-chart="utilisation %"]')
+    page.screenshot(path=str(ARTIFACTS / "system.png"), full_page=True)
+
+    plain = {"username": "plain-user", "password": "plain-user-password-1"}
+    gateway.as_admin("POST", "/auth/register", json=plain)
+    page.click("#logout")
+    page.wait_for_selector("form#login")
+    page.fill("input[name=username]", "plain-user")
+    page.fill("input[name=password]", "plain-user-password-1")
+    page.click("button[type=submit]")
+    page.wait_for_function("() => document.querySelector('#who').textContent.startsWith('plain')")
+    page.goto(gateway.base + "/dashboard#/nodes")
+    page.wait_for_selector("#nodes-forbidden")
+    assert errors == [], errors

@@ -23,7 +23,7 @@ from app.schemas.metrics import (
     TrainingMetricsOut,
     TrainingPoint,
 )
-from app.schemas.nodes import node_out
+from app.schemas.nodes import nodes_out
 from compute.jobs import get_job_for
 from compute.nodes import get_node_for
 from core.db import utcnow
@@ -53,7 +53,7 @@ def node(
     samples = node_samples(session, target, limit=limit)
     activity = node_activity(session, target)
     return NodeMetricsOut(
-        node=node_out(target, now=utcnow(), timeout_s=settings.node_timeout),
+        node=nodes_out(session, [target], settings)[0],
         samples=[HeartbeatSampleOut.model_validate(s) for s in samples],
         jobs_run=activity.jobs_run,
         resource_seconds_served=ResourceSecondsOut(

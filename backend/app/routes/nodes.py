@@ -28,7 +28,7 @@ from app.schemas.nodes import (
     RunAssignmentOut,
     RunsIn,
     RunsOut,
-    node_out,
+    nodes_out,
 )
 from compute.agent_runs import (
     RUNS_POLL_S,
@@ -77,7 +77,7 @@ def register(
 ) -> NodeOut:
     """Register a machine. The response's `credential` is shown once: keep it for heartbeats."""
     node, credential = register_node(session, owner, body, auto_approve=settings.node_auto_approve)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout, credential=credential)
+    return nodes_out(session, [node], settings, credential=credential)[0]
 
 
 @router.get("", response_model=Page[NodeOut])
@@ -90,8 +90,7 @@ def list_(
 ) -> Page[NodeOut]:
     """Your nodes (admins see every node)."""
     nodes, total = list_nodes(session, viewer, limit=limit, offset=offset)
-    now = utcnow()
-    items = [node_out(n, now=now, timeout_s=settings.node_timeout) for n in nodes]
+    items = nodes_out(session, nodes, settings)
     return Page[NodeOut](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -100,7 +99,7 @@ def get(
     node_id: NodeId, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep
 ) -> NodeOut:
     node = get_node_for(session, viewer, node_id)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 # 403: the node is banned, or the caller is neither the node nor its owner.
@@ -183,7 +182,7 @@ def approve(
     node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep
 ) -> NodeOut:
     node = set_node_approval(session, node_id, NodeApproval.APPROVED)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 @router.post("/{node_id}/ban", response_model=NodeOut)
@@ -192,7 +191,7 @@ def ban(node_id: NodeId, _admin: AdminUser, session: DbSession, settings: Settin
     scheduled, and the jobs it takes part in resume elsewhere from their last checkpoint
     (their clusters, with their tokens, end with the attempt). Other jobs are untouched."""
     node = set_node_approval(session, node_id, NodeApproval.BANNED)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 # 409: the node was deregistered.
@@ -208,7 +207,7 @@ def update(
     agent does so by itself at its next heartbeat); a node that claims more than its
     machine offers, as its agent says, is flagged and not scheduled."""
     node = update_resources(session, viewer, node_id, body.resources)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 @router.post("/{node_id}/credential", response_model=CredentialOut, responses=error_responses(409))
@@ -224,7 +223,7 @@ def drain(
 ) -> NodeOut:
     """No new work for the node; jobs already running there finish."""
     node = set_drained(session, viewer, node_id, True)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 @router.post("/{node_id}/undrain", response_model=NodeOut, responses=error_responses(409))
@@ -232,7 +231,7 @@ def undrain(
     node_id: NodeId, viewer: NodeOwnerUser, session: DbSession, settings: SettingsDep
 ) -> NodeOut:
     node = set_drained(session, viewer, node_id, False)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 # 409: jobs are running on it (drain it first), or it was deregistered already.
@@ -243,7 +242,7 @@ def deregister_(
     """Retire an idle node: no more work, heartbeats or joins, its credential void. Its
     record, usage history and earnings stay (`status: deregistered`)."""
     node = deregister(session, viewer, node_id)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 @router.post("/{node_id}/unban", response_model=NodeOut, responses=error_responses(409))
@@ -252,7 +251,7 @@ def unban_(
 ) -> NodeOut:
     """Lift a ban: the node is approved again and may rejoin (409 if it is not banned)."""
     node = unban(session, node_id)
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]
 
 
 @router.post("/{node_id}/leave", response_model=NodeOut, responses=error_responses(403))
@@ -263,4 +262,4 @@ def leave_(
     after `NODE_TIMEOUT`, and gets no new work until its next heartbeat. Authenticate as for
     heartbeats."""
     node = leave(session, node_for_heartbeat(session, node_id, node=caller.node, user=caller.user))
-    return node_out(node, now=utcnow(), timeout_s=settings.node_timeout)
+    return nodes_out(session, [node], settings)[0]

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from app.schemas.common import ResourcesOut
+from compute.job_spec import MICRO
 from compute.models import Node
+from compute.node_facts import node_earnings, owner_names
 from compute.node_spec import NodeResources
 from compute.nodes import node_status
+from core.db import utcnow
+from core.settings import Settings
 
 
 class NodeOut(BaseModel):
@@ -31,6 +37,8 @@ class NodeOut(BaseModel):
     single_node_only: bool = Field(
         False, description="its agent takes only single-node jobs (never shares a Ray cluster)"
     )
+    owner_username: str = Field("", description="the node owner's username")
+    tokens_earned: float = Field(0.0, description="what its owner has earned with it, after fees")
 
 
 class NodeUpdateIn(BaseModel):
@@ -151,7 +159,13 @@ class HeartbeatOut(BaseModel):
 
 
 def node_out(
-    node: Node, *, now: dt.datetime, timeout_s: int, credential: str | None = None
+    node: Node,
+    *,
+    now: dt.datetime,
+    timeout_s: int,
+    credential: str | None = None,
+    owner_username: str = "",
+    earned_micro: int = 0,
 ) -> NodeOut:
     fields = dict(
         id=node.id,
@@ -167,6 +181,8 @@ def node_out(
         drained=node.drained_at is not None,
         deregistered_at=node.deregistered_at,
         single_node_only=bool(node.single_node_only),
+        owner_username=owner_username,
+        tokens_earned=earned_micro / MICRO,
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)
@@ -177,3 +193,23 @@ class CredentialOut(BaseModel):
     node_id: int
     credential: str = Field(description="the node's new secret; shown once")
     how_to_use: str
+
+
+def nodes_out(
+    session: Session, nodes: Sequence[Node], settings: Settings, credential: str | None = None
+) -> list[NodeOut]:
+    """Nodes as the API shows them, with their owners' names and earnings."""
+    now = utcnow()
+    names = owner_names(session, [node.owner_id for node in nodes])
+    earned = node_earnings(session, [node.id for node in nodes])
+    return [
+        node_out(
+            node,
+            now=now,
+            timeout_s=settings.node_timeout,
+            credential=credential,
+            owner_username=names.get(node.owner_id, ""),
+            earned_micro=earned.get(node.id, 0),
+        )
+        for node in nodes
+    ]

@@ -166,9 +166,16 @@ function leavePage() {
   pageStreams = [];
 }
 
+// Run fn now and every ms while the page is open; a failure shows on the page (once) rather
+// than as an unhandled error, and the next round tries again.
 function every(ms, fn) {
-  fn();
-  pageTimers.push(setInterval(fn, ms));
+  const run = () => Promise.resolve().then(fn).catch((error) => {
+    if (!document.getElementById("page-error")) {
+      main.append(h("p", { class: "error", id: "page-error" }, error.message));
+    }
+  });
+  run();
+  pageTimers.push(setInterval(run, ms));
 }
 
 function page(title, ...content) {
@@ -210,25 +217,6 @@ async function jobsPage(params) {
         h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)), h("td", {}, job.name),
         h("td", {}, job.strategy), h("td", { class: `status-${job.status}` }, job.status),
         h("td", {}, job.status_reason), h("td", { class: "cost" }, money(job)), h("td", {}, when(job.created_at)));
-    }));
-  });
-}
-
-async function nodesPage() {
-  const body = h("tbody");
-  page("Nodes", h("div", { class: "card" }, h("table", { id: "nodes" },
-    h("thead", {}, h("tr", {}, ["id", "host", "owner", "status", "approval", "resources", "last heartbeat", ""].map((c) => h("th", {}, c)))), body)));
-  every(3000, async () => {
-    const nodes = await api("/nodes?limit=500");
-    body.replaceChildren(...nodes.items.map((node) => {
-      const actions = me.role === "admin" ? [
-        h("button", { on: { click: () => api(`/nodes/${node.id}/approve`, { method: "POST" }) } }, "Approve"),
-        h("button", { on: { click: () => api(`/nodes/${node.id}/ban`, { method: "POST" }) } }, "Ban"),
-      ] : [];
-      return h("tr", { "data-node": node.id }, h("td", {}, h("a", { href: `#/nodes/${node.id}` }, node.id)),
-        h("td", {}, node.hostname), h("td", {}, node.owner_id), h("td", {}, node.status), h("td", {}, node.approval),
-        h("td", {}, `${node.resources.gpu} GPU, ${node.resources.cpu_cores} CPU, ${node.resources.memory} GB`),
-        h("td", {}, when(node.last_heartbeat_at)), h("td", {}, actions));
     }));
   });
 }
@@ -283,20 +271,6 @@ async function tokensPage() {
   });
 }
 
-async function systemPage() {
-  const figures = h("pre", { id: "system" });
-  const queue = h("tbody");
-  page("System", h("div", { class: "card" }, figures), h("div", { class: "card" }, h("h3", {}, "Queue"),
-    h("table", { id: "queue" }, h("thead", {}, h("tr", {}, ["job", "owner", "waiting because"].map((c) => h("th", {}, c)))), queue)));
-  every(3000, async () => {
-    const system = await api("/metrics/system");
-    figures.textContent = JSON.stringify(system, null, 2);
-    const waiting = await api("/jobs?status=queued&limit=200");
-    queue.replaceChildren(...waiting.items.map((j) => h("tr", {}, h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.id)),
-      h("td", {}, j.owner_id), h("td", {}, j.status_reason))));
-  });
-}
-
 // -- shell ---------------------------------------------------------------------------------
 async function route() {
   leavePage();
@@ -318,7 +292,7 @@ async function route() {
     else if (parts[0] === "nodes" && parts[1]) await nodePage(parts[1]);
     else if (parts[0] === "nodes") await nodesPage();
     else if (parts[0] === "tokens") await tokensPage();
-    else if (parts[0] === "system") await systemPage();
+    else if (parts[0] === "system" && me.role === "admin") await systemPage();
     else await jobsPage(params);
   } catch (error) {
     page("Something went wrong", h("p", { class: "error" }, error.message));
