@@ -105,8 +105,16 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
         what="the local node's agent to start its Ray",
     )
 
-    # The quickstart, then "Running jobs" in the same shell (it reuses $OWNER_TOKEN).
-    script = (readme_block("Quickstart") + readme_block("Running jobs")).replace(
+    # The quickstart, then the README's other examples in the same shell (they reuse
+    # $OWNER_TOKEN, $JOB_ID and the helpers of "Running jobs").
+    blocks = [
+        "Quickstart",
+        "Running jobs",
+        "Split pipelines, validation and inference (`split`)",
+        "Dashboard",
+        "Administration",
+    ]
+    script = "".join(readme_block(heading) for heading in blocks).replace(
         "http://localhost:8000", base
     )
     result = subprocess.run(
@@ -129,6 +137,13 @@ def test_readme_quickstart_runs_as_typed_and_ctrl_c_stops_everything(
     assert result.stdout.count('"status":"succeeded"') >= 3, result.stdout
     assert "'validation_accuracy'" in result.stdout and "'clients_returned': 4" in result.stdout
     assert "'evaluations_per_s'" in result.stdout and "'sample_text'" in result.stdout
+    assert '"status":"deregistered"' in result.stdout  # the Quickstart cleaned up its node
+    # The CPU split job, then validate and infer with its model, as the caller's own job.
+    assert result.stdout.count('"status":"succeeded"') >= 6, result.stdout
+    assert '"confusion_matrix":[[' in result.stdout and '"rows":[{"id":' in result.stdout
+    assert (tmp_path / "predictions.parquet").read_bytes()[:4] == b"PAR1"
+    assert "event: end" in result.stdout  # the events of a finished job, to its end
+    assert '"running_jobs":' in result.stdout and '"refresh_token":' in result.stdout
 
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
     process.wait(timeout=60)
