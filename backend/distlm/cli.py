@@ -375,13 +375,16 @@ def balance(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--all", "everything", is_flag=True, help="the escrows' legs too")
 @click.pass_context
-def history(ctx: click.Context) -> None:
-    """Your ledger entries, newest first."""
+def history(ctx: click.Context, everything: bool) -> None:
+    """Your wallet's movements (grants, holds, refunds, earnings), newest first."""
     with client_from(ctx) as client:
-        entries = client.history()
+        entries = client.history(account="all" if everything else "wallet")
         lines = [
-            f"{e['created_at']}  {e['kind']:<12} {e['amount']:>12}  {e['memo']}" for e in entries
+            f"{e['created_at']}  {e['kind']:<12} {e['amount']:>12}  job {e['job_id'] or '-':<6} "
+            f"{e['memo']}"
+            for e in entries
         ]
         out(ctx, entries, "\n".join(lines))
 

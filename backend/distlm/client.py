@@ -179,8 +179,10 @@ class Client:
     def balance(self) -> dict[str, Any]:
         return self.request("GET", "/tokens/balance/me")
 
-    def history(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self.request("GET", "/tokens/history/me", params={"limit": limit})["items"]
+    def history(self, limit: int = 100, account: str = "wallet") -> list[dict[str, Any]]:
+        """Your wallet's movements, newest first (``account="all"``: the escrows' legs too)."""
+        params = {"limit": limit, "account": account}
+        return self.request("GET", "/tokens/history/me", params=params)["items"]
 
     def add_user(self, username: str, password: str, role: str = "user") -> dict[str, Any]:
         body = {"username": username, "password": password, "role": role}

@@ -129,20 +129,25 @@ class HistoryLine:
 
 
 def history(
-    session: Session, user_id: int, *, limit: int, offset: int
+    session: Session, user_id: int, *, limit: int, offset: int, wallet_only: bool = False
 ) -> tuple[list[HistoryLine], int]:
-    """Entries on the user's wallet and on their jobs' escrows, newest first."""
+    """Entries on the user's wallet and on their jobs' escrows, newest first; with
+    ``wallet_only``, the wallet's own: one row per movement in or out of it."""
     base = (
         select(LedgerEntry, LedgerTransaction, LedgerAccount)
         .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
         .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
         .where(LedgerEntry.user_id == user_id)
     )
-    total = session.scalar(
-        select(LedgerAccount.history_entries).where(
-            LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id == user_id
+    if wallet_only:
+        base = base.where(LedgerAccount.kind == AccountKind.WALLET.value)
+        total = session.scalar(select(func.count()).select_from(base.subquery()))
+    else:
+        total = session.scalar(
+            select(LedgerAccount.history_entries).where(
+                LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id == user_id
+            )
         )
-    )
     total = total or 0
     rows = session.execute(base.order_by(LedgerEntry.id.desc()).limit(limit).offset(offset))
     lines = [

@@ -96,7 +96,7 @@ RUN_CREDENTIAL = {
     ("GET", "/runs/{job}/source-model"),
 }
 # Allowed, and the caller's objects are in a state where the answer is a conflict.
-CONFLICT_OK = ("/artifacts", "/results", "/summary", "/unban", "/nodes/{node}/runs")
+CONFLICT_OK = ("/artifacts", "/results", "/summary", "/preview", "/unban", "/nodes/{node}/runs")
 
 
 def test_matrix_covers_every_route(client: TestClient) -> None:

@@ -234,6 +234,27 @@ def test_history_is_newest_first_and_paginated(client: TestClient, user: Account
     assert all(e["job_id"] is not None for e in page["items"])
 
 
+def test_the_wallet_view_shows_each_movement_once_with_its_kind(
+    client: TestClient, user: Account
+) -> None:
+    """Issue 23 (3): the escrow's legs made every hold look doubled."""
+    job = submit_job(client, user.headers, max_runtime_s=60)
+    assert client.post(f"/jobs/{job['id']}/cancel", headers=user.headers).status_code == 200
+    everything = client.get("/tokens/history/me", headers=user.headers).json()
+    wallet = client.get("/tokens/history/me?account=wallet", headers=user.headers).json()
+    assert everything["total"] == 5  # grant; hold, refund: each on the wallet and the escrow
+    assert wallet["total"] == 3 == len(wallet["items"])
+    assert [(e["kind"], e["account"]) for e in wallet["items"]] == [
+        ("refund", "wallet"),
+        ("hold", "wallet"),
+        ("grant", "wallet"),
+    ]
+    assert wallet["items"][0]["amount"] == -wallet["items"][1]["amount"] > 0  # all of it back
+    assert sum(e["amount"] for e in wallet["items"]) == balance(client, user)["available"]
+    bad = client.get("/tokens/history/me?account=escrow", headers=user.headers)
+    assert bad.status_code == 422
+
+
 def test_estimate_takes_requirements_or_a_whole_spec(client: TestClient, user: Account) -> None:
     simple = client.post(
         "/tokens/estimate",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, status
 
@@ -48,11 +48,15 @@ def compute_history(
     session: DbSession,
     limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_HISTORY_OFFSET)] = 0,
+    account: Annotated[Literal["all", "wallet"], Query()] = "all",
 ) -> Page[HistoryEntryOut]:
     """Ledger entries on your wallet and your jobs' escrows, newest first: grants, holds,
-    charges per node, refunds, and credits earned by your nodes."""
+    charges per node, refunds, and credits earned by your nodes. `account=wallet`: the
+    wallet's view, one row per movement in or out of it (grants, holds, refunds, earnings)."""
     user = resolve_user_for(session, viewer, user_id)
-    lines, total = history(session, user.id, limit=limit, offset=offset)
+    lines, total = history(
+        session, user.id, limit=limit, offset=offset, wallet_only=account == "wallet"
+    )
     items = [
         HistoryEntryOut(**{**line.__dict__, "amount": tokens(line.amount)})  # type: ignore[arg-type]
         for line in lines

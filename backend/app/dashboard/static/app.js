@@ -253,10 +253,10 @@ async function tokensPage() {
   every(3000, async () => {
     const b = await api("/tokens/balance/me");
     balance.textContent = `available ${fmt(b.available, 6)} · held ${fmt(b.held, 6)} · earned ${fmt(b.earned, 6)} · spent ${fmt(b.spent, 6)}`;
-    const history = await api("/tokens/history/me?limit=500");
     // The wallet's view: one row per movement in or out of it (the escrow's legs of the
     // same postings would show each movement twice).
-    const entries = (history.items || history).filter((e) => e.account === "wallet");
+    const history = await api("/tokens/history/me?limit=500&account=wallet");
+    const entries = history.items;
     body.replaceChildren(...entries.map((e) => h("tr", {}, h("td", {}, when(e.created_at)), h("td", {}, e.kind),
       h("td", {}, fmt(e.amount, 6)), h("td", {}, e.job_id ?? ""), h("td", {}, e.node_id ?? ""), h("td", {}, e.memo))));
     if (chart.points === 0) {
