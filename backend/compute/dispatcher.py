@@ -199,6 +199,10 @@ class Dispatcher:
             if scheduling_inputs(session) == self.planned_for:
                 return
         with session_scope(self.session_factory) as session:
+            # The inputs as they are before the plan reads them: a job submitted while the
+            # plan runs (PostgreSQL lets it commit meanwhile) then still differs next round.
+            # Taken after the plan, they named that job as planned for, and it waited forever.
+            seen = scheduling_inputs(session)
             decision = self.queue.plan(session)
             changed = {
                 waiting.job_id: waiting.reason
@@ -225,7 +229,8 @@ class Dispatcher:
                 transition_job(session, job, JobStatus.SCHEDULED, where)
                 add_log(session, job, where)
             session.flush()
-            self.planned_for = scheduling_inputs(session)
+            # Placing jobs changed the inputs: the next round plans once more, and stops.
+            self.planned_for = seen
 
     def start_placed(self) -> None:
         """Start a runner for each placed job (placed this round, or before a restart)."""

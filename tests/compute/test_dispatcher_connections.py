@@ -1,6 +1,6 @@
-"""The dispatcher keeps its lease while request traffic holds every pooled connection
-(issue 24, item 1): 80 event streams once took the pool, the leader could not renew its
-lease and another process would have taken over mid-round. It has connections of its own."""
+"""The dispatcher against a busy PostgreSQL: it keeps its lease while request traffic holds
+every pooled connection (issue 24, item 1: 80 event streams once took the pool), and a job
+submitted while a plan runs is planned next round (it once waited forever)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
 from app.main import create_app
+from compute.dispatcher import Dispatcher
 from compute.leadership import DISPATCHER_LEASE
 from compute.models import Lease
 from protocol.events import RecordedEvent
 from protocol.nodes import LiveNode
 from protocol.run import RunConfig
-from tests.conftest import clear_tables, make_settings
+from tests.conftest import clear_tables, make_settings, submit_job
 
 
 class NoNodes:
@@ -77,3 +78,30 @@ def test_the_lease_is_renewed_while_requests_hold_every_pooled_connection(
             for connection in held:
                 connection.close()
     clear_tables(database_url)
+
+
+def test_a_job_submitted_while_a_plan_runs_is_planned_next_round(
+    database_url: str, client: TestClient, settings, user
+) -> None:
+    """PostgreSQL lets a submit commit while the dispatcher's plan runs; the inputs the
+    dispatcher remembered were read after the plan, so they named a job the plan never saw,
+    and nothing changed again to make it plan: the job stayed "waiting for the dispatcher".
+    """
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock keeps a submit out while a plan runs")
+    dispatcher = Dispatcher(client.app.state.session_factory, settings, NoNodes())
+    plan = dispatcher.queue.plan
+    submitted: list[dict] = []
+
+    def plan_while_a_user_submits(session):  # type: ignore[no-untyped-def]
+        decision = plan(session)
+        if not submitted:  # the request commits in its own transaction, mid-plan
+            submitted.append(submit_job(client, user.headers))
+        return decision
+
+    dispatcher.queue.plan = plan_while_a_user_submits  # type: ignore[method-assign]
+    dispatcher.schedule()  # plans with no job, while the job arrives
+    dispatcher.schedule()  # must see it
+    job = client.get(f"/jobs/{submitted[0]['id']}", headers=user.headers).json()
+    assert job["status"] == "queued"
+    assert job["status_reason"].startswith("waiting for"), job["status_reason"]
