@@ -204,9 +204,10 @@ def money_line(job: dict[str, Any]) -> str:
         return (
             f"cost so far {job.get('cost_so_far') or 0:.6g} of a hold of {job.get('hold') or 0:.6g}"
         )
+    earned = ", ".join(f"node {e['node_id']} {e['tokens']:.6g}" for e in job.get("earnings", []))
     return (
         f"charged {job['charged']:.6g} tokens (refunded {job['refunded']:.6g} of a hold of "
-        f"{job['hold']:.6g})"
+        f"{job['hold']:.6g})" + (f"; earned by {earned}" if earned else "")
     )
 
 
