@@ -5,9 +5,11 @@ Ray writes a worker actor's stdout and stderr to files on its own node, where th
 owner never sees them (the driver runs with ``log_to_driver=False``: Ray's relay would mix
 every job of a cluster into one stream). Each worker process instead tees its stdout and
 stderr (lines still reach Ray's files), Python warnings and library log records at WARNING
-and above into a buffer that a thread sends to the job's runner every second; the runner
-relays them with its other events. Bounded: at most ``MAX_LINES`` lines per process and
-attempt, each cut at ``MAX_LINE_CHARS``, then one line says how many were left out.
+and above into a buffer that a thread sends to the job's runner a tenth of a second after
+they appear; the runner relays them with its other events, and waits ``FINAL_LINES_S``
+before its final status so that a run's last lines come before it. Bounded: at most
+``MAX_LINES`` lines per process and attempt, each cut at ``MAX_LINE_CHARS``, then one line
+says how many were left out.
 
 Installed by each mode's worker (``capture_worker_output(job_id, "es worker 2 on node 3")``):
 a job-level ``runtime_env`` hook would do it for every process, but costs each new actor
@@ -29,7 +31,11 @@ from ray_module.contract import NAMESPACE, runner_name
 
 MAX_LINES = 200  # per worker process and attempt
 MAX_LINE_CHARS = 2000
-FLUSH_S = 1.0
+FLUSH_S = 1.0  # the longest a line waits while the runner cannot be reached
+GATHER_S = 0.1  # after a line, how long to gather the lines printed with it
+# How long a runner that has had worker output waits before its final status, so that lines
+# printed just before a run ends are sent ahead of it (the gateway reads no further).
+FINAL_LINES_S = GATHER_S + 0.4
 
 _installed: _Sink | None = None
 _install_lock = threading.Lock()
@@ -47,6 +53,7 @@ class _Sink:
         self._kept = 0
         self._dropped = 0
         self._lock = threading.Lock()
+        self._waiting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="worker-logs", daemon=True)
         self._thread.start()
 
@@ -61,10 +68,15 @@ class _Sink:
             self._kept += 1
             clipped = text if len(text) <= MAX_LINE_CHARS else text[:MAX_LINE_CHARS] + "…"
             self._pending.append(LogEvent(clipped, level=level, source=self.source))
+        self._waiting.set()
 
     def _loop(self) -> None:
         while True:
-            time.sleep(FLUSH_S)
+            # Soon after a line arrives (a short pause gathers the lines printed with it),
+            # and at least every FLUSH_S while lines wait for a runner that is not there yet.
+            self._waiting.wait(FLUSH_S)
+            time.sleep(GATHER_S)
+            self._waiting.clear()
             # The runner not there yet, or gone: the lines wait for the next try.
             with contextlib.suppress(Exception):
                 self.flush()

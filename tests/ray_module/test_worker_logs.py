@@ -3,15 +3,16 @@ attributed to the worker and its node, bounded per process (issue 23, item 4).""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
-from protocol.events import LogEvent
+from protocol.events import LogEvent, RunState, StatusEvent
 from protocol.run import DataRequest, ModelRequest, RunConfig
 from ray_module.contract import NAMESPACE, runner_name
 from ray_module.runner.job_runner import JobRunner
-from ray_module.worker_logs import MAX_LINES, _Sink, _Tee
+from ray_module.worker_logs import FINAL_LINES_S, MAX_LINES, _Sink, _Tee
 from tests.polling import wait_for
 
 
@@ -48,6 +49,40 @@ def test_lines_are_split_at_newlines_cut_and_bounded_with_a_count_of_the_rest() 
     assert texts[-1] == f"53 more lines of output were not kept (at most {MAX_LINES} per worker)"
     assert {line.source for line in sent.lines} == {"es worker 0 on node 3"}
     assert {line.level for line in sent.lines[:-1]} == {"info"}
+
+
+def unit_config() -> RunConfig:
+    return RunConfig(
+        job_id=4243,
+        strategy="es",
+        model=ModelRequest("char_rnn", "rnn"),
+        data=DataRequest("builtin", "stdlib-text"),
+        training={},
+        workers=(),
+        storage_path="/tmp/distlm-unit",
+    )
+
+
+def test_a_runs_last_worker_lines_come_before_its_final_status() -> None:
+    """The gateway reads an attempt's events up to its final status: lines a worker printed
+    just before the run ended, still on their way, must land ahead of it."""
+    runner = JobRunner(unit_config())
+    runner.emit_many([LogEvent("epoch 3 done", source="trainer on node 1")])
+    last = threading.Timer(
+        FINAL_LINES_S / 3,
+        lambda: runner.emit_many([LogEvent("saved the model", source="trainer on node 1")]),
+    )
+    last.start()
+    runner._finish(StatusEvent(RunState.SUCCEEDED, "training finished"))
+    last.join()
+    events = [recorded.event for recorded in runner.events(0)]
+    assert [getattr(e, "message", None) for e in events[:2]] == ["epoch 3 done", "saved the model"]
+    assert isinstance(events[-1], StatusEvent) and len(events) == 3
+
+    quiet = JobRunner(unit_config())  # no worker output: its end is not held up
+    started = time.monotonic()
+    quiet._finish(StatusEvent(RunState.SUCCEEDED, "training finished"))
+    assert time.monotonic() - started < FINAL_LINES_S / 2
 
 
 @pytest.mark.ray

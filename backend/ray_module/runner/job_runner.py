@@ -17,6 +17,7 @@ from protocol.events import Event, LogEvent, RecordedEvent, RunState, StatusEven
 from protocol.run import RunConfig
 from ray_module.errors import RunCancelledError, causes, describe, is_retryable
 from ray_module.strategies.registry import get_strategy
+from ray_module.worker_logs import FINAL_LINES_S
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._cancelled = threading.Event()
         self._state = RunState.CREATED
+        self._worker_output = False  # a worker has sent output lines (worker_logs)
 
     def start(self) -> RunState:
         """Start the strategy in a background thread (idempotent); return the state."""
@@ -79,6 +81,8 @@ class JobRunner:
         self._finish(StatusEvent(RunState.SUCCEEDED, FINISHED.get(self.config.task, "finished")))
 
     def _finish(self, status: StatusEvent) -> None:
+        if self._worker_output:
+            time.sleep(FINAL_LINES_S)  # workers' last lines, still on their way
         self._state = status.state
         self.emit(status)
 
@@ -91,6 +95,7 @@ class JobRunner:
 
     def emit_many(self, events: list[Event]) -> None:
         """Buffer several events at once (a worker's output lines, ``worker_logs``)."""
+        self._worker_output = True
         for event in events:
             self.emit(event)
 
