@@ -89,16 +89,8 @@ def test_a_runs_last_worker_lines_come_before_its_final_status() -> None:
 def test_a_worker_actors_prints_warnings_and_log_records_reach_the_runner(ray_cluster) -> None:
     import ray
 
-    job_id = 4242
-    config = RunConfig(
-        job_id=job_id,
-        strategy="es",
-        model=ModelRequest("char_rnn", "rnn"),
-        data=DataRequest("builtin", "stdlib-text"),
-        training={},
-        workers=(),
-        storage_path="/tmp/distlm-unit",
-    )
+    config = unit_config()
+    job_id = config.job_id
     runner = (
         ray.remote(JobRunner)
         .options(name=runner_name(job_id), namespace=NAMESPACE, num_cpus=0, max_concurrency=4)
