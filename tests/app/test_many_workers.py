@@ -254,6 +254,13 @@ def requests_served_by_several_workers_and_counted_by_all(
         timeout_s=120,
         what=lambda: f"a second worker to answer: {requests_by_process(figures, '/auth/me')}",
     )
+    # A worker counts a request once its answer has gone out, so the last count may land
+    # a moment after the client has read the answer.
+    wait_for(
+        lambda: sum(requests_by_process(figures, "/auth/me").values()) == sent,
+        timeout_s=10,
+        what=lambda: f"{sent} requests counted: {requests_by_process(figures, '/auth/me')}",
+    )
     served = requests_by_process(figures, "/auth/me")
     workers = {child.pid for child in psutil.Process(server.pid).children(recursive=True)}
     assert set(served) <= workers, (served, workers)  # the server's own workers
