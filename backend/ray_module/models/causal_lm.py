@@ -36,6 +36,8 @@ from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
+from ray_module.models.contract import Batch, DataFit, Model, ModelAdapter, PredictOptions
+from ray_module.models.scores import LanguageModelScore
 from ray_module.models.sources import (
     checked_overrides,
     local_model_directory,
@@ -43,6 +45,7 @@ from ray_module.models.sources import (
 )
 
 __all__ = [
+    "CausalLMAdapter",
     "build_byte_tokenizer",
     "count_parameters",
     "load_causal_lm",
@@ -72,11 +75,12 @@ OTHER_TYPE_PRESETS: dict[str, str] = {
 
 
 def load_causal_lm(
-    request: ModelRequest, *, local_root: Path | None = None
+    request: ModelRequest, *, local_root: Path | None = None, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build or load the model and tokenizer that ``request`` names.
 
     ``local_root`` anchors relative directory names; a relative name must stay inside it.
+    A preset's initial weights follow ``seed``: the same on every machine.
     """
     if request.model_type != CAUSAL_LM_TYPE:
         raise ModelError(
@@ -92,6 +96,7 @@ def load_causal_lm(
             f"not {CAUSAL_LM_TYPE!r}; use 'tiny-gpt2'"
         )
     if name == "tiny-gpt2":
+        torch.manual_seed(seed)
         return _build_tiny_gpt2(request)
     directory = local_model_directory(name, local_root)
     if directory is not None:
@@ -253,3 +258,83 @@ def _gpt2_byte_to_char() -> dict[int, str]:
             mapping[byte] = chr(256 + shifted)
             shifted += 1
     return mapping
+
+
+def predicted_tokens(batch: Batch) -> int:
+    """How many next tokens the batch's loss is the mean over (padding predicts nothing)."""
+    mask = batch.get("attention_mask")
+    return int(mask[:, 1:].sum()) if mask is not None else int(batch["input_ids"][:, 1:].numel())
+
+
+class LanguageModelScorer:
+    """Token-weighted loss and perplexity over batches of text (``LanguageModelScore``)."""
+
+    def __init__(self, model: Model, loss: Any) -> None:
+        self.model = model
+        self.loss_of = loss
+        self.score = LanguageModelScore()
+
+    def add(self, batch: Batch) -> None:
+        mean = float(self.loss_of(self.model, batch))
+        self.score.add(mean, predicted_tokens(batch), len(batch["input_ids"]))
+
+    def metrics(self) -> dict[str, Any]:
+        return self.score.metrics()
+
+
+def decoded_inputs(tokenizer: PreTrainedTokenizerBase, batch: Batch) -> list[str]:
+    mask = batch.get("attention_mask")
+    rows = (
+        batch["input_ids"]
+        if mask is None
+        else [r[m == 1] for r, m in zip(batch["input_ids"], mask, strict=True)]
+    )
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
+class CausalLMAdapter(ModelAdapter):
+    """Batches: ``input_ids`` and, where rows are padded, ``attention_mask``; the model
+    learns to predict each next token (padding masked out of the loss)."""
+
+    model_type = CAUSAL_LM_TYPE
+    batch_keys = ("input_ids", "attention_mask")
+
+    def load(
+        self, request: ModelRequest, *, fit: DataFit, seed: int, local_root: Path | None
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_causal_lm(request, local_root=local_root, seed=seed)
+
+    def loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        if mask is None:
+            return model.network(input_ids=ids, labels=ids).loss
+        labels = ids.masked_fill(mask == 0, -100)
+        return model.network(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def scorer(self, model: Model, options: PredictOptions) -> LanguageModelScorer:
+        return LanguageModelScorer(model, self.loss)
+
+    def predict(self, model: Model, batch: Batch, options: PredictOptions) -> list[dict]:
+        tokenizer, network = model.companion, model.unwrapped
+        inputs = decoded_inputs(tokenizer, batch)
+        mask = batch.get("attention_mask")
+        rows = []
+        for index, text in enumerate(inputs):
+            ids = batch["input_ids"][index]
+            prompt = (ids if mask is None else ids[mask[index] == 1])[None, :]
+            # One row at a time: no padding side to get wrong for a decoder-only model.
+            generated = network.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=options.max_new_tokens,
+                num_beams=options.num_beams,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            output = tokenizer.decode(generated[0, prompt.shape[1] :], skip_special_tokens=True)
+            rows.append({"input": text, "output": output})
+        return rows
+
+    def save(self, model: Model, directory: Path) -> None:
+        model.unwrapped.save_pretrained(directory)
+        model.companion.save_pretrained(directory)

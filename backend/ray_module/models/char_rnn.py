@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
+from ray_module.models.contract import Batch, DataFit, Model, ModelAdapter, PredictOptions
+from ray_module.models.scores import LanguageModelScore
 from ray_module.models.sources import local_model_directory, preset_overrides
 
 CHAR_RNN_TYPE = "char_rnn"
@@ -194,3 +197,64 @@ def load_char_rnn(directory: Path) -> CharRNN:
 
 def bits_per_character(loss_nats: float) -> float:
     return loss_nats / math.log(2)
+
+
+class CharRNNScorer:
+    """Character-weighted loss and perplexity, and bits per character."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.score = LanguageModelScore()
+
+    def add(self, batch: Batch) -> None:
+        ids = batch["ids"]
+        self.score.add(float(self.model.loss(batch)), int(ids[:, 1:].numel()), len(ids))
+
+    def metrics(self) -> dict[str, Any]:
+        figures = self.score.metrics()
+        return {**figures, "bits_per_character": bits_per_character(figures["loss"])}
+
+
+class CharRNNAdapter(ModelAdapter):
+    """Batches: ``ids``, rows of character ids; the model predicts each next character."""
+
+    model_type = CHAR_RNN_TYPE
+    batch_keys = ("ids",)
+
+    def load(
+        self, request: ModelRequest, *, fit: DataFit, seed: int, local_root: Path | None
+    ) -> tuple[CharRNN, CharRNNConfig]:
+        network = resolve_char_rnn(
+            request,
+            fit.vocabulary,
+            hidden_size=fit.sizes.get("hidden_size"),
+            num_layers=fit.sizes.get("num_layers"),
+            seed=seed,
+            local_root=local_root,
+        )
+        return network, network.config
+
+    def loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        ids = batch["ids"]
+        logits, _ = model.network(ids[:, :-1])
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+        )
+
+    def scorer(self, model: Model, options: PredictOptions) -> CharRNNScorer:
+        return CharRNNScorer(model)
+
+    def predict(self, model: Model, batch: Batch, options: PredictOptions) -> list[dict]:
+        """Each row is a prompt; its continuation is the most likely one beam search finds."""
+        vocabulary = model.companion.vocabulary
+        rows = []
+        for ids in batch["ids"]:
+            prompt = decode(ids.tolist(), vocabulary)
+            continuation = beam_search(
+                model.unwrapped, prompt, options.max_new_tokens, beams=options.num_beams
+            )
+            rows.append({"input": prompt, "output": continuation})
+        return rows
+
+    def save(self, model: Model, directory: Path) -> None:
+        save_char_rnn(model.unwrapped, directory)

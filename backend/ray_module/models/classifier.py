@@ -11,13 +11,17 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
+from ray_module.models.contract import Batch, DataFit, Model, ModelAdapter, PredictOptions
+from ray_module.models.scores import ClassifierScore
 from ray_module.models.sources import local_model_directory, preset_overrides
 
 CLASSIFIER_TYPE = "classifier"
@@ -142,3 +146,100 @@ def load_classifier(directory: Path) -> tuple[nn.Module, ClassifierConfig]:
     except Exception as error:  # missing files, bad JSON, mismatched tensors
         raise ModelError(f"{str(directory)!r} is not a saved DistLM classifier: {error}") from error
     return model, config
+
+
+DIGITS = 6  # probabilities are rounded to this many decimals
+
+
+def classifier_row(
+    probabilities: np.ndarray, names: list[str], options: PredictOptions
+) -> dict[str, Any]:
+    """One sample's prediction: its label, the top k with probabilities, all when asked."""
+    order = np.argsort(-probabilities)[: options.top_k]
+    row: dict[str, Any] = {
+        "label": names[int(order[0])],
+        "probability": round(float(probabilities[order[0]]), DIGITS),
+        "top_k": [
+            {"label": names[int(i)], "probability": round(float(probabilities[i]), DIGITS)}
+            for i in order
+        ],
+    }
+    if options.return_full_probabilities:
+        row["probabilities"] = [round(float(p), DIGITS) for p in probabilities]
+    return row
+
+
+def class_names_of(config: ClassifierConfig) -> list[str]:
+    return list(config.class_names) or [str(i) for i in range(config.num_classes)]
+
+
+class ClassifierScorer:
+    """Accuracy, loss, per-class precision and recall, and the confusion matrix."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.score = ClassifierScore(
+            model.companion.num_classes, tuple(class_names_of(model.companion))
+        )
+
+    def add(self, batch: Batch) -> None:
+        logits = self.model.network(batch["features"])
+        losses = nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+        labels = batch["labels"].cpu().numpy()
+        self.score.add(losses.cpu().numpy(), logits.argmax(1).cpu().numpy(), labels)
+
+    def metrics(self) -> dict[str, Any]:
+        return self.score.metrics()
+
+
+class ClassifierAdapter(ModelAdapter):
+    """Batches: ``features`` (float, the data's input shape) and ``labels`` (class index)."""
+
+    model_type = CLASSIFIER_TYPE
+    batch_keys = ("features", "labels")
+
+    def load(
+        self, request: ModelRequest, *, fit: DataFit, seed: int, local_root: Path | None
+    ) -> tuple[nn.Module, ClassifierConfig]:
+        name = request.model_name.strip()
+        if fit.own_classes and name not in PRESETS:
+            # Scoring or predicting with a saved classifier: its classes are its own, so
+            # only the inputs must fit.
+            directory = local_model_directory(name, local_root)
+            if directory is not None:
+                model, config = load_classifier(directory)
+                if tuple(config.input_shape) != tuple(fit.input_shape):
+                    raise ModelError(
+                        f"the classifier takes {list(config.input_shape)} inputs; the data has "
+                        f"{list(fit.input_shape)}"
+                    )
+                return model, config
+        if fit.sizes:
+            sized = {**fit.sizes, **request.overrides}
+            request = ModelRequest(
+                request.model_type, request.model_name, request.pretrained, sized
+            )
+        return resolve_classifier(
+            request,
+            input_shape=fit.input_shape,
+            num_classes=fit.num_classes,
+            class_names=fit.class_names,
+            seed=seed,
+            local_root=local_root,
+        )
+
+    def loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        return nn.functional.cross_entropy(model.network(batch["features"]), batch["labels"])
+
+    def scorer(self, model: Model, options: PredictOptions) -> ClassifierScorer:
+        return ClassifierScorer(model)
+
+    def predict(self, model: Model, batch: Batch, options: PredictOptions) -> list[dict]:
+        logits = model.network(batch["features"]).float()
+        probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        names = class_names_of(model.companion)
+        return [classifier_row(p, names, options) for p in probabilities]
+
+    def save(self, model: Model, directory: Path) -> None:
+        save_classifier(model.unwrapped.cpu(), model.companion, directory)
+        model.unwrapped.to(model.device)

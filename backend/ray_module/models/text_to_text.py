@@ -27,7 +27,16 @@ from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
 from ray_module.errors import ModelError
 from ray_module.hub import away_from_local_disk, require_hub_id
-from ray_module.models.causal_lm import build_byte_tokenizer, saved_tokenizer
+from ray_module.models.causal_lm import build_byte_tokenizer, decoded_inputs, saved_tokenizer
+from ray_module.models.contract import (
+    Batch,
+    DataFit,
+    Model,
+    ModelAdapter,
+    PredictOptions,
+    first_rows,
+)
+from ray_module.models.scores import ExactMatchScore
 from ray_module.models.sources import local_model_directory, preset_overrides
 
 log = logging.getLogger(__name__)
@@ -130,3 +139,82 @@ def _build_preset(
         forced_eos_token_id=eos,
     )
     return BartForConditionalGeneration(config), tokenizer
+
+
+EXAMPLES_KEPT = 3  # (input, target, prediction) triples a score shows
+
+
+def generated_texts(model: Model, batch: Batch, options: PredictOptions) -> list[str]:
+    """Greedy or beam-search answers for the batch's inputs (an encoder-decoder takes the
+    padded batch as it is: its encoder masks the padding)."""
+    generated = model.unwrapped.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        num_beams=options.num_beams,
+        max_new_tokens=options.max_new_tokens,
+        do_sample=False,
+    )
+    return model.companion.batch_decode(generated, skip_special_tokens=True)
+
+
+class TextToTextScorer:
+    """Token-weighted loss and perplexity over every sample; exact match of generated
+    answers over the first ``generate_at_most`` (all by default), with a few examples."""
+
+    def __init__(self, model: Model, options: PredictOptions) -> None:
+        self.model = model
+        self.options = options
+        self.score = ExactMatchScore()
+        self.examples: list[dict[str, str]] = []
+
+    def add(self, batch: Batch) -> None:
+        tokens = int((batch["labels"] != -100).sum())
+        loss = float(self.model.loss(batch))
+        self.score.loss.add(loss, tokens, len(batch["input_ids"]))
+        room = self.options.generate_at_most
+        take = len(batch["input_ids"]) if room is None else max(0, room - self.score.samples)
+        if not take or "targets" not in batch:
+            return
+        part = first_rows(batch, take)
+        outputs = generated_texts(self.model, part, self.options)
+        targets = [str(t) for t in part["targets"]]
+        self.score.add(outputs, targets)
+        inputs = decoded_inputs(self.model.companion, part)
+        for text, target, output in zip(inputs, targets, outputs, strict=True):
+            if len(self.examples) < EXAMPLES_KEPT:
+                self.examples.append({"input": text, "target": target, "prediction": output})
+
+    def metrics(self) -> dict[str, Any]:
+        return {**self.score.metrics(), "examples": list(self.examples)}
+
+
+class TextToTextAdapter(ModelAdapter):
+    """Batches: ``input_ids`` and ``attention_mask`` of the inputs, ``labels`` (the target
+    ids, padded with -100) and, for exact match, ``targets`` (the target texts)."""
+
+    model_type = TEXT_TO_TEXT_TYPE
+    batch_keys = ("input_ids", "attention_mask", "labels", "targets")
+
+    def load(
+        self, request: ModelRequest, *, fit: DataFit, seed: int, local_root: Path | None
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_text_to_text(request, local_root=local_root, seed=seed)
+
+    def loss(self, model: Model, batch: Batch) -> Any:
+        return model.network(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        ).loss
+
+    def scorer(self, model: Model, options: PredictOptions) -> TextToTextScorer:
+        return TextToTextScorer(model, options)
+
+    def predict(self, model: Model, batch: Batch, options: PredictOptions) -> list[dict]:
+        outputs = generated_texts(model, batch, options)
+        inputs = decoded_inputs(model.companion, batch)
+        return [{"input": i, "output": o} for i, o in zip(inputs, outputs, strict=True)]
+
+    def save(self, model: Model, directory: Path) -> None:
+        model.unwrapped.save_pretrained(directory)
+        model.companion.save_pretrained(directory)

@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+from ray_module.models.contract import Model
 from ray_module.storage.checkpoints import STATE_FILE, saved_state
 from ray_module.storage.directories import readable, replace_directory, staging_for
 
 
-def unwrap(model: Any) -> Any:
-    """The model inside a DistributedDataParallel wrapper."""
-    return model.module if hasattr(model, "module") else model
-
-
-def save_checkpoint(model: Any, tokenizer: Any, directory: Path, step: int) -> None:
+def save_checkpoint(model: Model, directory: Path, step: int) -> None:
     staging = staging_for(directory)
-    unwrap(model).save_pretrained(staging / "model")
-    tokenizer.save_pretrained(staging / "model")
+    model.save(staging / "model")
     (staging / STATE_FILE).write_text(json.dumps({"step": step}))
     replace_directory(staging, directory)
 

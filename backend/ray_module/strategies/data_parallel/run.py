@@ -20,7 +20,7 @@ from ray_module.errors import RunCancelledError
 from ray_module.resources import NODE_LABEL
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
-from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint
 from ray_module.worker_logs import capture_worker_output
 
 
@@ -88,7 +88,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     from ray.train.torch import prepare_model
 
     from ray_module.data.texts import load_texts, pack_blocks, split_blocks
-    from ray_module.models.causal_lm import load_causal_lm
+    from ray_module.models.registry import load_model
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -106,9 +106,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     if resume is not None:
         request = replace(request, model_name=str(resume[0]), pretrained=None, overrides={})
     data_root = cfg["data"].data_root
-    model, tokenizer = load_causal_lm(request, local_root=Path(data_root) if data_root else None)
+    model = load_model(request, local_root=Path(data_root) if data_root else None)
     texts = load_texts(cfg["data"])
-    blocks = pack_blocks(texts, tokenizer, settings.seq_len)
+    blocks = pack_blocks(texts, model.companion, settings.seq_len)
     train_blocks, validation_blocks = split_blocks(blocks, settings.validation_split)
     shard = train_blocks[rank::world]
     batch_size = settings.batch_size
@@ -117,13 +117,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
     checkpoint_every = settings.checkpoint_interval or batches_per_epoch
 
     # A slot with a GPU on a machine without CUDA (a logical GPU) trains on the CPU.
-    model = prepare_model(model, move_to_device=torch.cuda.is_available())
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    model.network = prepare_model(model.network, move_to_device=torch.cuda.is_available())
+    model.device = device = next(model.network.parameters()).device
+    optimizer = torch.optim.AdamW(model.network.parameters(), lr=settings.learning_rate)
     step = resume[1] if resume else 0
     generator = torch.Generator().manual_seed(1234)
     last_report = started
-    model.train()
+    model.network.train()
     while step < total_steps:
         epoch = step // batches_per_epoch
         order = torch.randperm(len(shard), generator=generator.manual_seed(1234 + epoch))
@@ -133,7 +133,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 break
             ids = shard[order[batch_index * batch_size : (batch_index + 1) * batch_size]].to(device)
             tic = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model.loss({"input_ids": ids})
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -159,14 +159,14 @@ def train_loop(cfg: dict[str, Any]) -> None:
                             step,
                             {
                                 "validation_loss": _validation_loss(
-                                    model, validation_blocks, batch_size, device
+                                    model, validation_blocks, batch_size
                                 ),
                                 "epoch": epoch,
                             },
                         )
                     )
                 if rank == 0:
-                    save_checkpoint(model, tokenizer, checkpoint_dir, step)
+                    save_checkpoint(model, checkpoint_dir, step)
                     publish_directory(cfg["publish"], "checkpoint", checkpoint_dir)
                     runner.emit.remote(CheckpointEvent(step, str(checkpoint_dir)))
                 now = time.monotonic()
@@ -176,8 +176,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                     raise RunCancelledError()  # every rank stops at the same checkpoint
     if rank == 0:
         final_dir = job_dir / "model"
-        unwrap(model).save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
+        model.save(final_dir)
         publish_directory(cfg["publish"], "model", final_dir)
         runner.emit.remote(ArtifactEvent(str(final_dir)))
     ray.train.report({"step": step})
@@ -201,14 +200,18 @@ def _report_usage(
     ray.get(runner.emit.remote(usage))
 
 
-def _validation_loss(model: Any, blocks: Any, batch_size: int, device: Any) -> float:
+def _validation_loss(model: Any, blocks: Any, batch_size: int) -> float:
+    """The held-out blocks' token-weighted loss, on the unwrapped network (rank 0 alone: a
+    DDP forward would wait for the other ranks)."""
     import torch
 
-    model.eval()
-    losses = []
+    from ray_module.models.contract import Model
+
+    alone = Model(model.adapter, model.unwrapped, model.companion, model.device)
+    alone.network.eval()
+    scorer = alone.scorer()
     with torch.no_grad():
         for start in range(0, len(blocks), batch_size):
-            ids = blocks[start : start + batch_size].to(device)
-            losses.append(float(unwrap(model)(input_ids=ids, labels=ids).loss))
-    model.train()
-    return sum(losses) / max(1, len(losses))
+            scorer.add(alone.batch({"input_ids": blocks[start : start + batch_size]}))
+    alone.network.train()
+    return scorer.metrics()["loss"] if len(blocks) else 0.0

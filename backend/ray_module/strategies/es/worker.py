@@ -22,12 +22,11 @@ from ray_module.models.char_rnn import (
     beam_search,
     encode,
     flat_parameters,
-    resolve_char_rnn,
     sample_text,
-    save_char_rnn,
     set_flat_parameters,
     vocabulary_of,
 )
+from ray_module.models.contract import DataFit
 from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
@@ -64,15 +63,20 @@ class ESWorker(DeferredStart):
 
         config = self.config
         torch.set_num_threads(max(1, int(config.cpu_cores)))
+        from ray_module.models.registry import load_model
+
         texts = load_texts(config.data)
-        self.model = resolve_char_rnn(
+        sizes = {"hidden_size": self.settings.hidden_size, "num_layers": self.settings.num_layers}
+        self.loaded = load_model(
             config.model,
-            vocabulary_of(texts),
-            hidden_size=self.settings.hidden_size,
-            num_layers=self.settings.num_layers,
+            fit=DataFit(
+                vocabulary=vocabulary_of(texts),
+                sizes={k: v for k, v in sizes.items() if v is not None},
+            ),
             seed=self.settings.seed,
             local_root=Path(config.data.data_root) if config.data.data_root else None,
         )
+        self.model = self.loaded.network
         self.model.eval()
         stream = encode(DOCUMENT_BREAK.join(texts), self.model.config.vocabulary)
         fraction = config.data.validation_split or DEFAULT_VALIDATION_SPLIT
@@ -117,7 +121,7 @@ class ESWorker(DeferredStart):
 
         set_flat_parameters(self.model, theta)
         with torch.no_grad():
-            return float(self.model.loss(ids))
+            return float(self.loaded.loss({"ids": ids}))
 
     def evaluate(
         self, step: int, theta: np.ndarray, batch_id: int, pairs: int | None, seconds: float | None
@@ -175,7 +179,7 @@ class ESWorker(DeferredStart):
         set_flat_parameters(self.model, theta)
         target = Path(directory)
         staging = staging_for(target)
-        save_char_rnn(self.model, staging)
+        self.loaded.save(staging)
         replace_directory(staging, target)
         publish_directory(publish, "model", target)  # from this node, where it was written
         return str(target)

@@ -1,5 +1,7 @@
 """What a federated client trains: a classifier on labelled arrays or an encoder-decoder on
-(input, target) pairs. Both expose the same small interface to the client host:
+(input, target) pairs. The model itself (loading, loss, scores, saving) is its type's
+adapter's (``ray_module.models``); a task only turns a client's example indices into batches
+and runs the local loop. Both expose the same small interface to the client host:
 
 - ``examples`` (how many) and ``partition_labels`` (what a non-IID split skews over);
 - ``get_weights`` / ``set_weights``: the model's parameters as numpy arrays, in
@@ -10,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from torch import nn
 
 from protocol.run import ModelRequest
 from ray_module.data.examples import LabelledData, PairData
+from ray_module.models.contract import DataFit, Model, PredictOptions
+from ray_module.models.registry import load_model
 
 Weights = list[np.ndarray]
 
@@ -49,13 +52,23 @@ class TrainResult:
 class TorchTask:
     """Weights, optimizer and the local loop shared by both tasks."""
 
-    model: nn.Module
-    device: torch.device
+    loaded: Model
     default_learning_rate: float
     default_optimizer: str
 
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.network
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.model.named_parameters()]
+
+    def save(self, directory: Path) -> None:
+        self.loaded.save(directory)
 
     def get_weights(self) -> Weights:
         return [p.detach().cpu().numpy().copy() for p in self.parameters()]
@@ -149,26 +162,16 @@ class ClassifierTask(TorchTask):
         device: torch.device,
         local_root: Path | None = None,
     ) -> None:
-        from ray_module.models.classifier import resolve_classifier
-
         self.data = data
-        overrides = dict(model.overrides)
-        if hidden_size is not None:
-            overrides.setdefault("hidden_size", hidden_size)
-        request = ModelRequest(model.model_type, model.model_name, model.pretrained, overrides)
-        self.model, self.config = resolve_classifier(
-            request,
-            input_shape=self.data.input_shape,
-            num_classes=self.data.num_classes,
-            class_names=self.data.class_names,
-            seed=seed,
-            local_root=local_root,
+        fit = DataFit(
+            input_shape=tuple(data.input_shape),
+            num_classes=data.num_classes,
+            class_names=tuple(data.class_names),
+            sizes={"hidden_size": hidden_size} if hidden_size is not None else {},
         )
-        self.device = device
-        self.model.to(device)
+        self.loaded = load_model(model, fit=fit, seed=seed, local_root=local_root, device=device)
         self.features = torch.from_numpy(self.data.features)
         self.labels = torch.from_numpy(self.data.labels)
-        self.loss_fn = nn.CrossEntropyLoss()
 
     @property
     def examples(self) -> int:
@@ -182,25 +185,19 @@ class ClassifierTask(TorchTask):
     def num_classes(self) -> int:
         return self.data.num_classes
 
+    def _batch(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.loaded.batch({"features": self.features[batch], "labels": self.labels[batch]})
+
     def batch_loss(self, batch: np.ndarray) -> torch.Tensor:
-        x = self.features[batch].to(self.device)
-        y = self.labels[batch].to(self.device)
-        return self.loss_fn(self.model(x), y)
+        return self.loaded.loss(self._batch(batch))
 
     def evaluate(self, indices: np.ndarray) -> dict[str, Any]:
         self.model.eval()
+        scorer = self.loaded.scorer()
         with torch.no_grad():
-            logits = self.model(self.features[indices].to(self.device))
-            labels = self.labels[indices].to(self.device)
-            loss = float(self.loss_fn(logits, labels))
-            accuracy = float((logits.argmax(dim=1) == labels).float().mean())
-        return {"validation_loss": loss, "validation_accuracy": accuracy}
-
-    def save(self, directory: Path) -> None:
-        from ray_module.models.classifier import save_classifier
-
-        save_classifier(self.model.cpu(), self.config, directory)
-        self.model.to(self.device)
+            scorer.add(self._batch(indices))
+        scores = scorer.metrics()
+        return {"validation_loss": scores["loss"], "validation_accuracy": scores["accuracy"]}
 
 
 class TextToTextTask(TorchTask):
@@ -220,12 +217,9 @@ class TextToTextTask(TorchTask):
         device: torch.device,
         local_root: Path | None = None,
     ) -> None:
-        from ray_module.models.text_to_text import load_text_to_text
-
         self.pairs = pairs
-        self.model, self.tokenizer = load_text_to_text(model, seed=seed, local_root=local_root)
-        self.device = device
-        self.model.to(device)
+        self.loaded = load_model(model, seed=seed, local_root=local_root, device=device)
+        self.tokenizer = self.loaded.companion
         self.num_beams = num_beams
         self.eval_samples = eval_samples
         self.max_target_length = max_target_length
@@ -265,57 +259,36 @@ class TextToTextTask(TorchTask):
         width = max(len(r) for r in rows)
         return torch.tensor([r + [fill] * (width - len(r)) for r in rows], device=self.device)
 
-    def _batch(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+    def _batch(self, batch: np.ndarray) -> dict[str, Any]:
         sources = [self.sources[i] for i in batch]
         input_ids = self._padded(sources, self.pad)
         return {
             "input_ids": input_ids,
             "attention_mask": (input_ids != self.pad).long(),
             "labels": self._padded([self.targets[i] for i in batch], -100),
+            "targets": [self.pairs.targets[i] for i in batch],
         }
 
     def batch_loss(self, batch: np.ndarray) -> torch.Tensor:
-        return self.model(**self._batch(batch)).loss
+        return self.loaded.loss(self._batch(batch))
 
     def evaluate(self, indices: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
+        """Loss and perplexity on every validation pair; exact match of generated answers on
+        the first ``eval_samples``, with three of them to show."""
         self.model.eval()
-        losses, weights = [], []
+        options = PredictOptions(
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_target_length,
+            generate_at_most=self.eval_samples,
+        )
+        scorer = self.loaded.scorer(options)
         with torch.no_grad():
             for start in range(0, len(indices), batch_size):
-                batch = indices[start : start + batch_size]
-                losses.append(float(self.model(**self._batch(batch)).loss))
-                weights.append(len(batch))
-            sample = indices[: self.eval_samples]
-            predictions: list[str] = []
-            for start in range(0, len(sample), batch_size):
-                inputs = self._batch(sample[start : start + batch_size])
-                generated = self.model.generate(
-                    input_ids=inputs["input_ids"],
-                    attention_mask=inputs["attention_mask"],
-                    num_beams=self.num_beams,
-                    max_new_tokens=self.max_target_length,
-                    do_sample=False,
-                )
-                predictions.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
-        matches = [
-            prediction.strip() == self.pairs.targets[i].strip()
-            for prediction, i in zip(predictions, sample, strict=True)
-        ]
-        loss = float(np.average(losses, weights=weights))
+                scorer.add(self._batch(indices[start : start + batch_size]))
+        scores = scorer.metrics()
         return {
-            "validation_loss": loss,
-            "validation_perplexity": math.exp(min(loss, 50.0)),
-            "validation_exact_match": sum(matches) / max(1, len(matches)),
-            "samples": [
-                {
-                    "input": self.pairs.inputs[i],
-                    "target": self.pairs.targets[i],
-                    "prediction": prediction,
-                }
-                for prediction, i in list(zip(predictions, sample, strict=True))[:3]
-            ],
+            "validation_loss": scores["loss"],
+            "validation_perplexity": scores["perplexity"],
+            "validation_exact_match": scores["exact_match"],
+            "samples": scores["examples"],
         }
-
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)

@@ -18,8 +18,8 @@ from protocol.results import (  # noqa: F401  (the names are the protocol's)
     SUMMARY_FILE,
     VALIDATION_FILE,
 )
-
-DIGITS = 6  # probabilities are rounded to this many decimals
+from ray_module.models.classifier import classifier_row
+from ray_module.models.contract import PredictOptions
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,6 @@ class InferenceSettings:
     @classmethod
     def of(cls, values: dict[str, Any]) -> InferenceSettings:
         return cls(**{k: v for k, v in values.items() if v is not None})
-
-
-def classifier_row(
-    sample_id: int, probabilities: np.ndarray, names: list[str], settings: InferenceSettings
-) -> dict[str, Any]:
-    order = np.argsort(-probabilities)[: settings.top_k]
-    row: dict[str, Any] = {
-        "id": int(sample_id),
-        "label": names[int(order[0])],
-        "probability": round(float(probabilities[order[0]]), DIGITS),
-        "top_k": [
-            {"label": names[int(i)], "probability": round(float(probabilities[i]), DIGITS)}
-            for i in order
-        ],
-    }
-    if settings.return_full_probabilities:
-        row["probabilities"] = [round(float(p), DIGITS) for p in probabilities]
-    return row
 
 
 def row_bytes(row: dict[str, Any]) -> int:
@@ -69,7 +51,9 @@ def classifier_estimates(
 
     def size(**changes: Any) -> float:
         shaped = InferenceSettings(**{**settings.__dict__, **changes})
-        return samples * row_bytes(classifier_row(max(samples - 1, 0), typical, names, shaped))
+        options = PredictOptions(shaped.top_k, shaped.return_full_probabilities)
+        row = {"id": max(samples - 1, 0), **classifier_row(typical, names, options)}
+        return samples * row_bytes(row)
 
     mb = 2**20
     chosen = size() / mb

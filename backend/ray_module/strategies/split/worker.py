@@ -20,11 +20,13 @@ from protocol.run import ModelRequest, PublishTarget, WorkerPlan
 from protocol.strategies.split import SplitSettings
 from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
+from ray_module.models.classifier import class_names_of
+from ray_module.models.contract import DataFit, Model, PredictOptions
 from ray_module.storage.checkpoints import load_arrays, save_arrays
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
-from ray_module.strategies.split import evaluation, results
-from ray_module.strategies.split.loader import LABELLED, PAIRS, TEXT, DataShape
+from ray_module.strategies.split import results
+from ray_module.strategies.split.loader import LABELLED, DataShape
 from ray_module.strategies.split.samples import EpochPlan
 from ray_module.strategies.split.stream import BatchStream, Flow
 from ray_module.worker_logs import capture_worker_output
@@ -69,9 +71,13 @@ class SplitWorker:
         self._plans: dict[str, EpochPlan] = {}
         self._label_map: np.ndarray | None = None
         self._last_emit: Any = None
-        self.class_names: list[str] = []
-        self.num_classes = 0
-        self._tokenizer_of_model: Any = None
+        inference = config.inference
+        self.options = PredictOptions(
+            top_k=inference.top_k,
+            return_full_probabilities=inference.return_full_probabilities,
+            max_new_tokens=inference.max_new_tokens,
+            num_beams=inference.num_beams,
+        )
 
     # -- the three tasks ----------------------------------------------------------------
     def run(self, loaders: list[Any]) -> dict[str, Any]:
@@ -98,8 +104,10 @@ class SplitWorker:
         per_epoch = plan.batches
         total = settings.total_steps(per_epoch)
         checkpoint_every = settings.checkpoint_interval or per_epoch
-        model, extra = self._load_model()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.rate_for(config.model_type))
+        model = self._load_model()
+        optimizer = torch.optim.AdamW(
+            model.network.parameters(), lr=settings.rate_for(config.model_type)
+        )
         step, epoch_ids = self._resume(model, optimizer)
         described = {
             "total_steps": total,
@@ -122,7 +130,7 @@ class SplitWorker:
         while step < total:
             epoch, first = divmod(step, per_epoch)
             last = min(per_epoch, first + total - step)
-            model.train()
+            model.network.train()
             for _key, batch in self.stream([("train", epoch, i) for i in range(first, last)]):
                 loss = self._train_step(model, optimizer, batch)
                 step += 1
@@ -147,14 +155,14 @@ class SplitWorker:
                     if self._cancel_requested():
                         raise RunCancelledError()
         final = self.job_dir / "model"
-        self._save_model(model, extra, final)
+        self._save_model(model, final)
         publish_directory(self.config.publish, "model", final)
         self._emit(ArtifactEvent(str(final)))
         self._report_usage(last_usage, step)
         return {"step": step}
 
     def validate(self) -> dict[str, Any]:
-        model, _ = self._load_model()
+        model = self._load_model()
         started = time.monotonic()
         # Step 0 tells the dispatcher the run has started (an attempt silent for too long
         # is given up), and the user what will be scored.
@@ -171,11 +179,11 @@ class SplitWorker:
         import torch
 
         config, inference = self.config, self.config.inference
-        model, _ = self._load_model()
-        model.eval()
+        model = self._load_model()
+        model.network.eval()
         ids = config.task_ids
         if config.model_type == LABELLED:
-            names = self.class_names
+            names = class_names_of(model.companion)
             estimate = results.classifier_estimates(len(ids), names, inference)
         else:
             estimate = results.text_estimates(len(ids), 4.0 * config.settings.seq_len, inference)
@@ -188,10 +196,7 @@ class SplitWorker:
             for done, (_key, batch) in enumerate(
                 self.stream([("task", 0, i) for i in range(plan.batches)]), start=1
             ):
-                if config.model_type == LABELLED:
-                    rows = self._classify(model, batch, names)
-                else:
-                    rows = self._generate(model, batch)
+                rows = self._predictions(model, batch)
                 writer.write(rows, len(batch["ids"]))
                 if done % FLOW_EVERY == 0 and self._cancel_requested():
                     raise RunCancelledError()
@@ -242,199 +247,84 @@ class SplitWorker:
         return {f"validation_{k}": v for k, v in scores.items() if k in keep}
 
     # -- models ---------------------------------------------------------------------------
-    def _load_model(self) -> tuple[Any, Any]:
-        config = self.config
-        root = Path(config.data_root) if config.data_root else None
-        if config.model_type == LABELLED:
-            model, extra = self._classifier(root)
-        elif config.model_type == TEXT:
-            from ray_module.models.causal_lm import load_causal_lm
-
-            model, extra = load_causal_lm(config.model, local_root=root)
-        elif config.model_type == PAIRS:
-            from ray_module.models.text_to_text import load_text_to_text
-
-            model, extra = load_text_to_text(config.model, local_root=root)
-        else:
-            raise ModelError(f"split cannot run model type {config.model_type!r}")
-        if config.model_type != LABELLED:
-            self._tokenizer_of_model = extra
-        return model.to(self.device), extra
-
-    def _classifier(self, root: Path | None) -> tuple[Any, Any]:
-        """Training: a preset sized to the data (or a saved model that fits it). Validate and
-        infer: the model as saved, its classes its own; the data's labels are mapped onto
-        them by name (a .npy file for inference has no labels to map)."""
-        from ray_module.models.classifier import PRESETS, load_classifier, resolve_classifier
-        from ray_module.models.sources import local_model_directory
+    def _load_model(self) -> Model:
+        """Training: a model sized to the data (or a saved one that fits it). Validate and
+        infer: the model as saved, a classifier's classes its own; the data's labels are
+        mapped onto them by name (a .npy file for inference has no labels to map)."""
+        from ray_module.models.registry import load_model
 
         config, shape = self.config, self.config.shape
-        directory = None
-        if config.task != "train" and config.model.model_name.strip() not in PRESETS:
-            directory = local_model_directory(config.model.model_name.strip(), root)
-        if directory is None:
-            model, extra = resolve_classifier(
-                config.model,
-                input_shape=shape.input_shape,
-                num_classes=shape.num_classes,
-                class_names=shape.class_names,
-                seed=config.settings.seed,
-                local_root=root,
-            )
-        else:
-            model, extra = load_classifier(directory)
-            if tuple(extra.input_shape) != tuple(shape.input_shape):
-                raise ModelError(
-                    f"the classifier takes {list(extra.input_shape)} inputs; the data has "
-                    f"{list(shape.input_shape)}"
-                )
-        self.class_names = list(extra.class_names) or [str(i) for i in range(extra.num_classes)]
-        self.num_classes = extra.num_classes
-        validating = config.task == "validate"
-        self._label_map = self._labels_onto(shape.class_names) if validating else None
-        return model, extra
+        fit = DataFit(
+            input_shape=tuple(shape.input_shape),
+            num_classes=shape.num_classes,
+            class_names=tuple(shape.class_names),
+            own_classes=config.task != "train",
+        )
+        model = load_model(
+            config.model,
+            fit=fit,
+            seed=config.settings.seed,
+            local_root=Path(config.data_root) if config.data_root else None,
+            device=self.device,
+        )
+        if config.model_type == LABELLED and config.task == "validate":
+            self._label_map = self._labels_onto(shape.class_names, model.companion)
+        return model
 
-    def _labels_onto(self, data_names: tuple[str, ...]) -> np.ndarray | None:
+    def _labels_onto(self, data_names: tuple[str, ...], classes: Any) -> np.ndarray | None:
         """Data label index -> model class index, by class name; None when they agree."""
-        if list(data_names) == self.class_names[: len(data_names)]:
+        names = class_names_of(classes)
+        if list(data_names) == names[: len(data_names)]:
             return None
-        unknown = sorted(set(data_names) - set(self.class_names))
+        unknown = sorted(set(data_names) - set(names))
         if unknown:
             raise ModelError(
                 f"the data has classes the model does not know: {unknown[:10]} (the model's: "
-                f"{self.class_names[:10]})"
+                f"{names[:10]})"
             )
-        return np.array([self.class_names.index(name) for name in data_names], dtype=np.int64)
+        return np.array([names.index(name) for name in data_names], dtype=np.int64)
 
-    def _labels(self, batch: dict) -> np.ndarray:
-        labels = batch["labels"]
-        return labels if self._label_map is None else self._label_map[labels]
+    def _on_device(self, model: Model, batch: dict) -> dict[str, Any]:
+        if self._label_map is not None and "labels" in batch:
+            batch = {**batch, "labels": self._label_map[batch["labels"]]}
+        return model.batch(batch)
 
-    def _save_model(self, model: Any, extra: Any, directory: Path) -> None:
+    def _save_model(self, model: Model, directory: Path) -> None:
         from ray_module.storage.directories import replace_directory, staging_for
 
         staging = staging_for(directory)
-        if self.config.model_type == LABELLED:
-            from ray_module.models.classifier import save_classifier
-
-            save_classifier(model, extra, staging)
-        else:
-            model.save_pretrained(staging)
-            extra.save_pretrained(staging)
+        model.save(staging)
         replace_directory(staging, directory)
 
-    def _tensor(self, array: np.ndarray) -> Any:
-        """A batch array on the device. Arrays from the object store are read-only: torch
-        wants its own copy of those."""
-        import torch
-
-        return torch.from_numpy(np.require(array, requirements="W")).to(self.device)
-
-    def _train_step(self, model: Any, optimizer: Any, batch: dict) -> float:
-        loss = self._loss(model, batch)
+    def _train_step(self, model: Model, optimizer: Any, batch: dict) -> float:
+        loss = model.loss(self._on_device(model, batch))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return float(loss.detach())
 
-    def _loss(self, model: Any, batch: dict, reduction: str = "mean") -> Any:
+    def _score(self, model: Model, ids: np.ndarray, part: str) -> dict[str, Any]:
         import torch
 
-        if self.config.model_type == LABELLED:
-            features = self._tensor(batch["features"])
-            labels = self._tensor(batch["labels"])
-            return torch.nn.functional.cross_entropy(model(features), labels, reduction=reduction)
-        ids = self._tensor(batch["input_ids"])
-        mask = self._tensor(batch["attention_mask"])
-        if self.config.model_type == TEXT:
-            labels = ids.masked_fill(mask == 0, -100)
-        else:
-            labels = self._tensor(batch["labels"])
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
-
-    def _score(self, model: Any, ids: np.ndarray, part: str) -> dict[str, Any]:
-        import torch
-
-        config = self.config
-        plan = EpochPlan(ids, config.inference.batch_size, False, 0)
+        plan = EpochPlan(ids, self.config.inference.batch_size, False, 0)
         self._plans[part] = plan
-        model.eval()
-        if config.model_type == LABELLED:
-            score: Any = evaluation.ClassifierScore(self.num_classes, tuple(self.class_names))
-        elif config.model_type == TEXT:
-            score = evaluation.LanguageModelScore()
-        else:
-            score = evaluation.ExactMatchScore()
+        model.network.eval()
+        scorer = model.scorer(self.options)
         with torch.no_grad():
             for _key, batch in self.stream([(part, 0, i) for i in range(plan.batches)]):
-                if config.model_type == LABELLED:
-                    features = self._tensor(batch["features"])
-                    logits = model(features)
-                    labels = self._labels(batch)
-                    losses = torch.nn.functional.cross_entropy(
-                        logits, self._tensor(labels), reduction="none"
-                    )
-                    score.add(losses.cpu().numpy(), logits.argmax(1).cpu().numpy(), labels)
-                elif config.model_type == TEXT:
-                    predicted = int(batch["attention_mask"][:, 1:].sum())
-                    score.add(float(self._loss(model, batch)), predicted, len(batch["ids"]))
-                else:
-                    targets = [str(t) for t in batch["targets"]]
-                    score.add(self._generated(model, batch), targets)
-                    tokens = int((batch["labels"] != -100).sum())
-                    score.loss.add(float(self._loss(model, batch)), tokens, len(targets))
-        return score.metrics()
+                scorer.add(self._on_device(model, batch))
+        return scorer.metrics()
 
-    def _classify(self, model: Any, batch: dict, names: list[str]) -> list[dict[str, Any]]:
-        import torch
-
-        features = self._tensor(batch["features"])
-        probabilities = torch.softmax(model(features).float(), dim=1).cpu().numpy()
+    def _predictions(self, model: Model, batch: dict) -> list[dict[str, Any]]:
+        """The batch's rows, each with its sample id; a classifier's rows under the
+        confidence threshold are left out."""
+        rows = model.predict(self._on_device(model, batch), self.options)
         threshold = self.config.inference.confidence_threshold
         return [
-            results.classifier_row(sample_id, p, names, self.config.inference)
-            for sample_id, p in zip(batch["ids"], probabilities, strict=True)
-            if p.max() >= threshold
+            {"id": int(sample_id), **row}
+            for sample_id, row in zip(batch["ids"], rows, strict=True)
+            if row.get("probability", 1.0) >= threshold
         ]
-
-    def _generate(self, model: Any, batch: dict) -> list[dict[str, Any]]:
-        outputs = self._generated(model, batch)
-        inputs = self._inputs_of(batch)
-        return [
-            {"id": int(i), "input": text, "output": out}
-            for i, text, out in zip(batch["ids"], inputs, outputs, strict=True)
-        ]
-
-    def _inputs_of(self, batch: dict) -> list[str]:
-        tokenizer = self._tokenizer()
-        return [
-            tokenizer.decode(row[mask == 1], skip_special_tokens=True)
-            for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
-        ]
-
-    def _tokenizer(self) -> Any:
-        return self._tokenizer_of_model
-
-    def _generated(self, model: Any, batch: dict) -> list[str]:
-        import torch
-
-        inference, tokenizer = self.config.inference, self._tokenizer()
-        texts = []
-        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
-            # One row at a time: no padding side to get wrong for decoder-only models.
-            prompt = torch.from_numpy(row[mask == 1][None, :]).to(self.device)
-            generated = model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=inference.max_new_tokens,
-                num_beams=inference.num_beams,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            start = 0 if self.config.model_type == PAIRS else prompt.shape[1]
-            new = generated[0, start:]
-            texts.append(tokenizer.decode(new, skip_special_tokens=True))
-        return texts
 
     # -- checkpoints, usage, events ---------------------------------------------------------
     def _resume(self, model: Any, optimizer: Any) -> tuple[int, list[np.ndarray]]:
@@ -444,7 +334,7 @@ class SplitWorker:
         if saved is None:
             return 0, []
         arrays, state = saved
-        model.load_state_dict(
+        model.network.load_state_dict(
             {k[6:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("model.")}
         )
         optimizer.load_state_dict(_optimizer_state(arrays, state["optimizer"]))
@@ -454,7 +344,7 @@ class SplitWorker:
     def _save_checkpoint(
         self, model: Any, optimizer: Any, step: int, epoch_ids: list[np.ndarray]
     ) -> None:
-        arrays = {f"model.{k}": _numpy(v) for k, v in model.state_dict().items()}
+        arrays = {f"model.{k}": _numpy(v) for k, v in model.network.state_dict().items()}
         optimizer_state = optimizer.state_dict()
         for index, values in optimizer_state["state"].items():
             for name, tensor in values.items():

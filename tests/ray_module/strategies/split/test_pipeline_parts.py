@@ -19,7 +19,9 @@ from protocol.run import DataRequest
 from protocol.strategies.split import parse_split_settings
 from ray_module.data.examples import load_labelled
 from ray_module.errors import DataError, SettingsError
-from ray_module.strategies.split.evaluation import ClassifierScore
+from ray_module.models.classifier import ClassifierAdapter, ClassifierConfig
+from ray_module.models.contract import Model, PredictOptions
+from ray_module.models.scores import ClassifierScore
 from ray_module.strategies.split.results import (
     InferenceSettings,
     ResultWriter,
@@ -126,7 +128,8 @@ def classifier_worker(settings: InferenceSettings) -> SplitWorker:
     """The split worker's predicting half, on the CPU, without Ray: only what it reads."""
     worker = SplitWorker.__new__(SplitWorker)
     worker.config = SimpleNamespace(inference=settings)
-    worker.device = torch.device("cpu")
+    worker.options = PredictOptions(top_k=settings.top_k)
+    worker._label_map = None
     return worker
 
 
@@ -138,7 +141,12 @@ def test_results_are_written_as_they_come_in_both_formats(tmp_path: Path) -> Non
     batch = {"ids": np.array([10, 11, 12]), "features": probabilities}
     # A "model" whose logits softmax back to these probabilities, so the worker's own
     # filter (confidence_threshold) and top-k decide what is written.
-    rows = classifier_worker(settings)._classify(torch.log, batch, names)
+    model = Model(
+        ClassifierAdapter(),
+        torch.log,
+        ClassifierConfig("mlp", (3,), 3, class_names=("x", "y", "z")),
+    )
+    rows = classifier_worker(settings)._predictions(model, batch)
     writer.write(rows, considered=len(batch["ids"]))
     summary = writer.close({})
     assert (summary["total_samples"], summary["kept"], summary["filtered_out"]) == (3, 2, 1)
