@@ -157,7 +157,7 @@ def test_the_gateway_side_of_the_registry_needs_no_torch_or_ray() -> None:
     import sys
 
     code = (
-        "import sys; import ray_module.strategies.registry, compute.job_spec; "
+        "import sys; import ray_module.strategies.registry, compute.jobs.spec; "
         "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -21,11 +21,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
-from compute.job_state import JobStatus
+from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
+from compute.dispatch.scheduling import capacity_and_free
+from compute.jobs.state import JobStatus
 from compute.models import Job, Node
-from compute.nodes import NodeStatus, node_status
-from compute.scheduling import capacity_and_free
+from compute.nodes.service import NodeStatus, node_status
 from core.db import session_scope, utcnow
 from ledger.invariants import ledger_report
 from ledger.models import MICRO, EntryKind, LedgerEntry

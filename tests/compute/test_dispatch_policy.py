@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from compute.dispatch_policy import (
+from compute.dispatch.policy import (
     DispatchLimits,
     RunningJob,
     add_usage,
@@ -16,7 +16,7 @@ from compute.dispatch_policy import (
     metered,
     without_roots,
 )
-from compute.job_state import JobStatus
+from compute.jobs.state import JobStatus
 from ledger.pricing import Rates
 from protocol.events import (
     CheckpointEvent,

@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.schemas.common import ResourcesOut
-from compute.dispatch_policy import add_usages, usage_by_stage
-from compute.job_money import JobMoney
-from compute.job_spec import MICRO
-from compute.metering import unsaved_events
+from compute.billing.job_money import JobMoney
+from compute.billing.metering import unsaved_events
+from compute.dispatch.policy import add_usages, usage_by_stage
+from compute.jobs.spec import MICRO
 from compute.models import Job
 
 # Shown in /docs, and the fuzzer's first inputs: seed 003's job as typed, and one that runs

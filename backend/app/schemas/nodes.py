@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from app.schemas.common import ResourcesOut
-from compute.job_spec import MICRO
+from compute.jobs.spec import MICRO
 from compute.models import Node
-from compute.node_facts import node_earnings, owner_names
-from compute.node_spec import NodeResources
-from compute.nodes import node_status
+from compute.nodes.facts import node_earnings, owner_names
+from compute.nodes.service import node_status
+from compute.nodes.spec import NodeResources
 from core.db import utcnow
 from core.settings import Settings
 

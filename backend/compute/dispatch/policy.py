@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from compute.job_state import JobStatus
+from compute.jobs.state import JobStatus
 from ledger.pricing import Rates, ResourceSeconds, price_usage, tokens
 from protocol.events import RecordedEvent, RunState, StatusEvent, UsageEvent
 

@@ -23,9 +23,23 @@ from typing import Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.billing import UsageReport, charged_nodes, job_estimate, node_owners, rates_from
-from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
-from compute.dispatch_policy import (
+from compute.billing.metering import (
+    describe_unsaved,
+    is_saved,
+    saved_by,
+    unsaved_events,
+    with_unsaved,
+)
+from compute.billing.service import (
+    UsageReport,
+    charged_nodes,
+    job_estimate,
+    node_owners,
+    rates_from,
+)
+from compute.dispatch.leadership import hold_lease, holder_name, release_lease
+from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
+from compute.dispatch.policy import (
     Decision,
     DispatchLimits,
     RunningJob,
@@ -34,16 +48,14 @@ from compute.dispatch_policy import (
     resource_seconds,
     without_roots,
 )
-from compute.job_events import add_log, record_event
-from compute.job_state import JobStatus
-from compute.jobs import finish_job, transition_job
-from compute.leadership import hold_lease, holder_name, release_lease
-from compute.metering import describe_unsaved, is_saved, saved_by, unsaved_events, with_unsaved
+from compute.dispatch.run_configs import run_config
+from compute.dispatch.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
+from compute.jobs.events import add_log, record_event
+from compute.jobs.service import finish_job, transition_job
+from compute.jobs.state import JobStatus
 from compute.models import Job, JobMetric, Node
-from compute.nodes import prune_heartbeats
-from compute.run_configs import run_config
-from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
-from compute.storage import expire_storage
+from compute.nodes.service import prune_heartbeats
+from compute.storage.service import expire_storage
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates

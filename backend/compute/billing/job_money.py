@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from compute.billing import charged_nodes, job_estimate, node_owners
-from compute.dispatch_policy import metered
+from compute.billing.service import charged_nodes, job_estimate, node_owners
+from compute.dispatch.policy import metered
 from compute.models import Job
 from ledger.models import MICRO, EntryKind, LedgerEntry, LedgerTransaction
 from ledger.pricing import Rates

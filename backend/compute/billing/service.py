@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from compute.job_spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
+from compute.dispatch.scheduling import extra_shares
+from compute.jobs.spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
 from compute.models import Job, Node
-from compute.scheduling import extra_shares
 from core.errors import InvalidInputError
 from core.settings import Settings
 from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation

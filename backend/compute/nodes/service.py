@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from auth.models import Role, User
 from compute.models import Node, NodeHeartbeat
-from compute.node_spec import HeartbeatSample, NodeRegistration
+from compute.nodes.spec import HeartbeatSample, NodeRegistration
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
 from core.errors import ConflictError, NotFoundError, PermissionDeniedError

@@ -9,10 +9,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from compute.job_state import JobStatus
-from compute.models import Job, Node
-from compute.nodes import NodeApproval
-from compute.placement import (
+from compute.dispatch.placement import (
     ExtraShare,
     NodeCapacity,
     PendingJob,
@@ -21,6 +18,9 @@ from compute.placement import (
     plan,
     subtract,
 )
+from compute.jobs.state import JobStatus
+from compute.models import Job, Node
+from compute.nodes.service import NodeApproval
 from protocol.errors import SettingsError
 from protocol.strategies.registry import get_rules
 from protocol.strategies.rules import StrategyRules, SubmittedJob
