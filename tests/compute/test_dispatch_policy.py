@@ -8,14 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from compute.dispatch.policy import (
-    DispatchLimits,
-    RunningJob,
-    add_usage,
-    decide,
-    metered,
-    without_roots,
-)
+from compute.billing.usage import add_usage, metered
+from compute.dispatch.policy import DispatchLimits, RunningJob, decide, without_roots
 from compute.jobs.state import JobStatus
 from ledger.pricing import Rates
 from protocol.events import (

@@ -196,9 +196,8 @@ def test_metered_cost_counts_other_owners_nodes_only(
     user: Account,
     node_owner: Account,
 ) -> None:
-    from compute.billing.service import job_estimate, rates_from
-    from compute.dispatch.dispatcher import charged_nodes, node_owners
-    from compute.dispatch.policy import metered
+    from compute.billing.service import charged_nodes, job_estimate, node_owners, rates_from
+    from compute.billing.usage import metered
     from compute.models import Job
 
     theirs = register_node(client, node_owner.headers, "theirs")

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from app.schemas.common import ResourcesOut
 from compute.billing.job_money import JobMoney
 from compute.billing.metering import unsaved_events
-from compute.dispatch.policy import add_usages, usage_by_stage
+from compute.billing.usage import add_usages, usage_by_stage
 from compute.jobs.spec import MICRO
 from compute.models import Job
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compute.billing.service import charged_nodes, job_estimate, node_owners
-from compute.dispatch.policy import metered
+from compute.billing.usage import metered
 from compute.models import Job
 from ledger.models import MICRO, EntryKind, LedgerEntry, LedgerTransaction
 from ledger.pricing import Rates

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from compute.dispatch.scheduling import extra_shares
 from compute.jobs.spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
+from compute.jobs.strategy import extra_shares
 from compute.models import Job, Node
 from core.errors import InvalidInputError
 from core.settings import Settings

@@ -37,22 +37,16 @@ from compute.billing.service import (
     node_owners,
     rates_from,
 )
+from compute.billing.usage import add_usages, resource_seconds
 from compute.dispatch.leadership import hold_lease, holder_name, release_lease
 from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
-from compute.dispatch.policy import (
-    Decision,
-    DispatchLimits,
-    RunningJob,
-    add_usages,
-    decide,
-    resource_seconds,
-    without_roots,
-)
+from compute.dispatch.policy import Decision, DispatchLimits, RunningJob, decide, without_roots
 from compute.dispatch.run_configs import run_config
-from compute.dispatch.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
+from compute.dispatch.scheduling import QueueView, eligible_nodes, jobs_by_id
 from compute.jobs.events import add_log, record_event
 from compute.jobs.service import finish_job, transition_job
-from compute.jobs.state import JobStatus
+from compute.jobs.state import ACTIVE, JobStatus
+from compute.jobs.strategy import strategy_knobs
 from compute.models import Job, JobMetric, Node
 from compute.nodes.service import prune_heartbeats
 from compute.storage.service import expire_storage
@@ -73,8 +67,6 @@ from protocol.run import RunConfig
 from protocol.strategies.registry import get_rules
 
 log = logging.getLogger(__name__)
-
-ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
 
 class RunnerPort(Protocol):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from compute.dispatch.scheduling import strategy_knobs
 from compute.jobs.service import source_model_path
+from compute.jobs.strategy import strategy_knobs
 from compute.models import Job
 from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import User
-from compute.dispatch.scheduling import ACTIVE, slots_of
-from compute.jobs.state import JobStatus
+from compute.dispatch.scheduling import slots_of
+from compute.jobs.state import ACTIVE, JobStatus
 from compute.models import Job, Node
 from compute.nodes.service import CREDENTIAL_PREFIX, NodeApproval, get_node_for, hash_credential
 from compute.nodes.spec import NodeResources
