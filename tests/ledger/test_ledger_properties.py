@@ -291,8 +291,7 @@ def test_concurrent_duplicates_with_and_without_tokens(database_url: str) -> Non
 
 
 def test_amount_conversions_are_exact() -> None:
-    from compute.jobs.spec import tokens_to_micro
-    from ledger.pricing import tokens
+    from ledger.pricing import tokens, tokens_to_micro
 
     for text in ["0.000001", "1", "12.345678", "999999999.999999"]:
         assert tokens_to_micro(Decimal(text)) == int(Decimal(text) * MICRO)

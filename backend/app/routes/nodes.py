@@ -137,7 +137,7 @@ def join(
     the node's credential or the owner's access token."""
     node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
     info = join_info(node, heartbeat_interval_s=settings.node_heartbeat_interval)
-    return JoinOut(**info.__dict__)
+    return JoinOut.model_validate(info, from_attributes=True)  # no cluster address or token
 
 
 # 403 as for heartbeats; 409: the node is not approved.

@@ -11,9 +11,8 @@ from app.schemas.common import Page
 from app.schemas.tokens import BalanceOut, CostBreakdownOut, EstimateOut, GrantIn, HistoryEntryOut
 from compute.accounts.service import admin_grant, resolve_user_for
 from compute.billing.service import estimate_for
-from compute.jobs.spec import tokens_to_micro
 from ledger.flows import BalanceSummary, balance_summary, history
-from ledger.pricing import tokens
+from ledger.pricing import tokens, tokens_to_micro
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
