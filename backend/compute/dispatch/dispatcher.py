@@ -3,7 +3,7 @@
 Each round: reconcile registered nodes with what their agents say, place queued jobs (pure
 scheduler, only when its inputs changed), start each placed attempt (its nodes' agents find
 it at their next ask), then collect every running job's events and act on them
-(``dispatch_policy`` decides: store metrics and usage, stop for cancel, budget or
+(``policy`` decides: store metrics and usage, stop for cancel, budget or
 max_runtime_s, re-plan a lost attempt, settle). Every round reads in a short transaction,
 asks the runners' side with none open, and writes each outcome in a short transaction
 guarded by the state it read. Runs live on the nodes and event cursors in the database, so
@@ -260,8 +260,7 @@ class Dispatcher:
                 if job.attempts != attempt:
                     continue
                 if error:
-                    job.placement = None
-                    transition_job(session, job, JobStatus.QUEUED, f"could not start: {error}")
+                    requeue(session, job, f"could not start: {error}", attempt_lost=False)
                 else:
                     transition_job(
                         session, job, JobStatus.RUNNING, f"running (attempt {job.attempts})"
@@ -393,15 +392,18 @@ def save_usage(session: Session, job: Job, usages: list[UsageEvent]) -> None:
         )
 
 
-def requeue(session: Session, job: Job, reason: str) -> None:
-    """The attempt is lost: back to the queue, to resume from its last checkpoint. Its nodes
-    take no new work until their agents ask again (one may be the machine that died)."""
-    now = utcnow()
-    for node_id in placement_nodes(job):
-        node = session.get(Node, node_id)
-        if node is not None:
-            node.lost_run_at = now
-    drop_unsaved_usage(session, job)
+def requeue(session: Session, job: Job, reason: str, *, attempt_lost: bool = True) -> None:
+    """Back to the queue, placement given up, for the scheduler to place again. A lost
+    attempt resumes from its last checkpoint: its unsaved work is dropped, and its nodes take
+    no new work until their agents ask again (one may be the machine that died). An attempt
+    that could not start (``attempt_lost=False``) ran nothing: only its placement goes."""
+    if attempt_lost:
+        now = utcnow()
+        for node_id in placement_nodes(job):
+            node = session.get(Node, node_id)
+            if node is not None:
+                node.lost_run_at = now
+        drop_unsaved_usage(session, job)
     job.placement = None
     job.event_cursor = 0
     transition_job(session, job, JobStatus.QUEUED, reason)
