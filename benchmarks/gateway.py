@@ -38,9 +38,9 @@ from sqlalchemy import create_engine, text
 
 from auth.models import Role
 from auth.passwords import password_context
-from compute.accounts import register_user
-from compute.job_spec import JobSpec
-from compute.jobs import cancel_job, submit_job
+from compute.accounts.service import register_user
+from compute.jobs.service import cancel_job, submit_job
+from compute.jobs.spec import JobSpec
 from core.db import get_engine, make_session_factory, session_scope
 from core.migrations import upgrade_to_head
 from core.settings import normalise_database_url

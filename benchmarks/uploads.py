@@ -33,9 +33,9 @@ import httpx
 from auth.models import Role
 from auth.passwords import password_context
 from auth.run_tokens import RunClaims, create_run_token
-from compute.accounts import register_user
-from compute.job_spec import JobSpec
-from compute.jobs import submit_job
+from compute.accounts.service import register_user
+from compute.jobs.service import submit_job
+from compute.jobs.spec import JobSpec
 from compute.models import Job
 from core.db import get_engine, make_session_factory, session_scope, utcnow
 from core.migrations import upgrade_to_head

@@ -20,7 +20,7 @@ from app.main import create_app
 from auth.models import Role, User
 from auth.passwords import password_context
 from auth.tokens import create_access_token
-from compute.accounts import register_user, signup_grant_micro
+from compute.accounts.service import register_user, signup_grant_micro
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from compute.billing import UsageReport, rates_from
-from compute.job_state import JobStatus
-from compute.jobs import finish_job, transition_job
+from compute.billing.service import UsageReport, rates_from
+from compute.jobs.service import finish_job, transition_job
+from compute.jobs.state import JobStatus
 from compute.models import Job
 from core.settings import Settings
 from ledger.pricing import ResourceSeconds

@@ -157,7 +157,7 @@ def test_the_gateway_side_of_the_registry_needs_no_torch_or_ray() -> None:
     import sys
 
     code = (
-        "import sys; import ray_module.strategies.registry, compute.job_spec; "
+        "import sys; import ray_module.strategies.registry, compute.jobs.spec; "
         "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -240,3 +240,27 @@ def test_the_control_plane_imports_nothing_of_the_node_side() -> None:
             reached.add(name)
             todo.extend(GRAPH.get(name, ()))
     assert not {name for name in reached if name.startswith("ray_module")}
+
+
+def test_money_does_not_depend_on_the_dispatcher() -> None:
+    """Billing and the ledger price, hold and settle; how jobs are dispatched is none of their
+    business: no module under compute.billing or ledger imports compute.dispatch, directly
+    or through another module."""
+    money = [
+        name
+        for name in GRAPH
+        if name.split(".")[0] == "ledger" or name.startswith("compute.billing")
+    ]
+    assert "compute.billing.usage" in money and "ledger.settlement" in money
+    found = set()
+    for start in money:
+        reached, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name not in reached:
+                reached.add(name)
+                todo.extend(GRAPH.get(name, ()))
+        found |= {
+            (start, name) for name in reached if name.split(".")[:2] == ["compute", "dispatch"]
+        }
+    assert found == set()

@@ -13,9 +13,9 @@ import httpx
 from agent.errors import AgentError, GatewayError, GatewayUnreachableError, NodeBannedError
 from agent.machine import NodeResources
 from protocol.assignment import RunAssignment, assignment_from_wire
+from protocol.nodes import JoinInfo
 
 DEFAULT_GATEWAY_PORT = 8000
-DEFAULT_HEARTBEAT_S = 10.0
 
 
 def gateway_url(address: str) -> str:
@@ -40,34 +40,6 @@ class NodeIdentity:
     node_id: int
     hostname: str
     credential: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class JoinInfo:
-    """What the node's Ray offers (the gateway's answer), and, for a Ray that joins a
-    cluster (a pool's member, a multi-node job's), where that cluster is and its token."""
-
-    node_id: int
-    num_cpus: int
-    num_gpus: int
-    memory_gb: float
-    resources: dict[str, float]
-    labels: dict[str, str]
-    heartbeat_interval_s: float
-    ray_address: str = ""
-    ray_auth_token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> JoinInfo:
-        return cls(
-            node_id=int(body["node_id"]),
-            num_cpus=int(body["num_cpus"]),
-            num_gpus=int(body["num_gpus"]),
-            memory_gb=float(body["memory_gb"]),
-            resources={str(k): float(v) for k, v in body.get("resources", {}).items()},
-            labels={str(k): str(v) for k, v in body.get("labels", {}).items()},
-            heartbeat_interval_s=float(body.get("heartbeat_interval_s") or DEFAULT_HEARTBEAT_S),
-        )
 
 
 def error_from_response(response: httpx.Response) -> GatewayError:

@@ -13,12 +13,13 @@ import psutil
 
 from agent.credentials import CredentialStore
 from agent.errors import GatewayError, GatewayUnreachableError
-from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.gateway_client import GatewayClient, NodeIdentity
 from agent.machine import NodeResources, address_towards, sample_metrics
 from agent.own_ray import OwnRay
 from agent.ray_worker import WorkerSupervisor
 from agent.registration import register_or_reuse, wait_for_approval
 from agent.runs import RayPool, RunFollower
+from protocol.nodes import JoinInfo
 
 log = logging.getLogger("distlm.agent")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.gateway_client import JoinInfo
+from protocol.nodes import JoinInfo
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, HeadRecord, head_alive, start_head, stop_head
 

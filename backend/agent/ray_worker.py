@@ -17,8 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError, RayWorkerError
-from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.gateway_client import GatewayClient, NodeIdentity
 from agent.machine import GIB
+from protocol.nodes import JoinInfo
 from ray_module.head import forget_cluster_pointer
 from ray_module.ports import RayPorts
 from ray_module.process import die_with_parent

@@ -17,8 +17,9 @@ from agent.errors import (
     GatewayUnreachableError,
     NodeBannedError,
 )
-from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.gateway_client import GatewayClient, NodeIdentity
 from agent.machine import NodeResources
+from protocol.nodes import JoinInfo
 
 log = logging.getLogger("distlm.agent")
 

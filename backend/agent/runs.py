@@ -20,10 +20,11 @@ from pathlib import Path
 
 from agent.driver import DriverOrder
 from agent.errors import GatewayError, GatewayUnreachableError
-from agent.gateway_client import GatewayClient, JoinInfo, NodeIdentity
+from agent.gateway_client import GatewayClient, NodeIdentity
 from agent.own_ray import OwnRay
 from agent.ray_worker import RayWorker
 from protocol.assignment import DRIVER, RunAssignment
+from protocol.nodes import JoinInfo
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, HeadRecord, start_head, stop_head
 from ray_module.ports import allocate_ray_ports

@@ -15,9 +15,9 @@ from auth.models import Role, User
 from auth.passwords import password_context
 from auth.service import get_active_user
 from auth.tokens import decode_access_token
-from compute.billing import rates_from
+from compute.billing.service import rates_from
 from compute.models import Node
-from compute.nodes import CREDENTIAL_PREFIX, node_for_credential
+from compute.nodes.service import CREDENTIAL_PREFIX, node_for_credential
 from core.errors import AuthenticationError, DistLMError, PermissionDeniedError
 from core.settings import Settings
 from ledger.pricing import Rates

@@ -23,9 +23,9 @@ import httpx
 from agent.credentials import CredentialStore
 from agent.gateway_client import NodeIdentity
 from auth.passwords import password_context
-from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
-from compute.local_node import detect_local_resources, register_local_node
-from compute.nodes import CREDENTIAL_PREFIX
+from compute.accounts.service import ensure_bootstrap_admin, signup_grant_micro
+from compute.nodes.local_node import detect_local_resources, register_local_node
+from compute.nodes.service import CREDENTIAL_PREFIX
 from core.db import get_engine, make_session_factory, session_scope
 from core.migrations import migration_lock, upgrade_to_head
 from core.settings import Settings

@@ -36,9 +36,9 @@ from app.routes import (
 from app.stream_slots import StreamSlots
 from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
-from compute.accounts import ensure_bootstrap_admin, signup_grant_micro
-from compute.agent_runs import AgentRunners
-from compute.dispatcher import RunnerPort, start_dispatcher
+from compute.accounts.service import ensure_bootstrap_admin, signup_grant_micro
+from compute.dispatch.agent_runs import AgentRunners
+from compute.dispatch.dispatcher import RunnerPort, start_dispatcher
 from core.db import (
     get_engine,
     make_engine,

@@ -1,3 +1,5 @@
-"""Nodes and jobs: models, services, the job spec and the job state machine.
+"""Nodes, jobs and what they need: the ORM models and one package per domain.
 
-This is the one package where the database, the ledger and Ray meet."""
+This is the one package where the database, the ledger and the runs meet; it is split by
+domain (jobs, nodes, dispatch, accounts, billing, storage), with the ORM models and the
+visibility rule shared at its top."""

@@ -121,7 +121,7 @@ class Job(Base):
     # Metered resource-seconds of completed work per node: {"<node_id>": {...}}.
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Usage of the running attempt that no checkpoint covers yet, by "<step>/<node>/<stage>"
-    # (compute/metering.py), and the step of the attempt's last saved checkpoint.
+    # (compute/billing/metering.py), and the step of the attempt's last saved checkpoint.
     unsaved_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     saved_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

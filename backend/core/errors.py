@@ -35,6 +35,13 @@ class InvalidInputError(DistLMError):
     code = "invalid_input"
 
 
+class IdempotencyKeyReusedError(InvalidInputError):
+    """A key already did something else (another job submitted, another transaction
+    posted): a retry must repeat its request."""
+
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLargeError(InvalidInputError):
     """An upload over its limit (413)."""
 

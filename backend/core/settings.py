@@ -26,7 +26,7 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class SettingsError(ValueError):
+class ConfigurationError(ValueError):
     """A setting is missing or unsafe for the chosen environment."""
 
 
@@ -159,12 +159,12 @@ class Settings(BaseSettings):
     def _check_and_resolve(self) -> Settings:
         weak_key = self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32
         if self.env == "prod" and weak_key:
-            raise SettingsError(
+            raise ConfigurationError(
                 "DISTLM_ENV=prod needs DISTLM_SECRET_KEY set to a random value of at "
                 "least 32 characters (the default dev key is refused)"
             )
         if self.env == "prod" and self.admin_password == DEFAULT_ADMIN_PASSWORD:
-            raise SettingsError("DISTLM_ENV=prod refuses the example DISTLM_ADMIN_PASSWORD")
+            raise ConfigurationError("DISTLM_ENV=prod refuses the example DISTLM_ADMIN_PASSWORD")
         # Relative paths are relative to the project root, not to the caller's cwd.
         self.data_root = _absolute(self.data_root)
         self.storage_path = _absolute(self.storage_path)

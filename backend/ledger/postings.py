@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from core.errors import InsufficientFundsError, InvalidInputError
+from core.errors import IdempotencyKeyReusedError, InsufficientFundsError, InvalidInputError
 from ledger.models import (
     AccountKind,
     EntryKind,
@@ -33,12 +33,6 @@ MAX_AMOUNT = 10**18 // 1000
 
 class UnbalancedTransactionError(InvalidInputError):
     code = "unbalanced_transaction"
-
-
-class IdempotencyKeyReusedError(InvalidInputError):
-    """A key already posted a different transaction: a retry must repeat its request."""
-
-    code = "idempotency_key_reused"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ class Rates:
     # small its requirements, a run is never free.
     min_job_charge: Decimal = Decimal(0)
 
+    @property
+    def min_charge_micro(self) -> int:
+        """The minimum charge in micro-tokens."""
+        return int(self.min_job_charge * MICRO)
+
     @classmethod
     def of(
         cls,
@@ -99,3 +104,8 @@ def platform_fee(amount: int, rates: Rates) -> int:
 def tokens(micro: int) -> float:
     """Micro-tokens as a decimal number of tokens for the API."""
     return micro / MICRO
+
+
+def tokens_to_micro(amount: Decimal | float) -> int:
+    """Tokens (as typed, or a setting) in micro-tokens, rounded half to even."""
+    return int((Decimal(str(amount)) * MICRO).to_integral_value())

@@ -10,7 +10,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.models import (
-    MICRO,
     AccountKind,
     EntryKind,
     LedgerAccount,
@@ -67,7 +66,7 @@ def node_charges(
         if item.owner_id == job_owner_id:
             continue
         costs[item.node_id] = costs.get(item.node_id, 0) + price_usage(item.usage, rates).total
-    costs = with_minimum(costs, int(rates.min_job_charge * MICRO))
+    costs = with_minimum(costs, rates.min_charge_micro)
     total = sum(costs.values())
     if total > held:  # scale down proportionally to exactly the hold
         nodes = sorted(costs)

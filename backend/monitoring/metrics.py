@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from compute.job_state import JobStatus
+from compute.dispatch.scheduling import capacity_and_free
+from compute.jobs.state import JobStatus
 from compute.models import Job, JobMetric, Node, NodeHeartbeat
-from compute.nodes import NodeApproval, NodeStatus, node_status
-from compute.scheduling import capacity_and_free
+from compute.nodes.service import NodeApproval, NodeStatus, node_status
 from ledger.invariants import ledger_report
 from ledger.models import EntryKind, LedgerEntry
 from ledger.pricing import tokens

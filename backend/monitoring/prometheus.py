@@ -21,14 +21,15 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
-from compute.job_state import JobStatus
+from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
+from compute.dispatch.scheduling import capacity_and_free
+from compute.jobs.state import JobStatus
 from compute.models import Job, Node
-from compute.nodes import NodeStatus, node_status
-from compute.scheduling import capacity_and_free
+from compute.nodes.service import NodeStatus, node_status
 from core.db import session_scope, utcnow
 from ledger.invariants import ledger_report
-from ledger.models import MICRO, EntryKind, LedgerEntry
+from ledger.models import EntryKind, LedgerEntry
+from ledger.pricing import tokens
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
@@ -104,7 +105,7 @@ class PlatformCollector(Collector):
             ("distlm_platform_fees", "Tokens kept as platform fees",
              sums.get(EntryKind.PLATFORM_FEE.value, 0)),
         ):  # fmt: skip
-            yield CounterMetricFamily(name, help_text, value=int(micro or 0) / MICRO)
+            yield CounterMetricFamily(name, help_text, value=tokens(int(micro or 0)))
         terminal = {s.value for s in JobStatus if s.is_terminal()}
         finished = set(session.scalars(select(Job.id).where(Job.status.in_(terminal))))
         report = ledger_report(session, terminal_job_ids=finished)

@@ -24,10 +24,11 @@ import pytest
 from agent.cli import build_parser, config_from_args, main
 from agent.credentials import CredentialStore
 from agent.errors import GatewayError, NodeBannedError
-from agent.gateway_client import JoinInfo, NodeIdentity, error_from_response, gateway_url
+from agent.gateway_client import NodeIdentity, error_from_response, gateway_url
 from agent.loop import AgentConfig, run_agent
 from agent.machine import NodeResources, sample_metrics
 from agent.ray_worker import RayWorker
+from protocol.nodes import JoinInfo
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, start_head, stop_head
 from tests.agent.gateway_process import (

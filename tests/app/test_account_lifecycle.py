@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from auth.models import Role
+from compute.dispatch.scheduling import eligible_nodes
 from compute.models import Node
-from compute.scheduling import eligible_nodes
 from tests.conftest import Account, register_node, submit_job
 
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from auth.models import Role
 from auth.run_tokens import RunClaims, create_run_token
+from compute.dispatch.run_inbox import run_events_after
 from compute.models import Job, RunEvent
-from compute.run_inbox import run_events_after
 from core.db import utcnow
 from core.settings import Settings
 from protocol.events import MetricEvent, RecordedEvent, UsageEvent

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from compute import artifact_store
-from compute.artifact_store import (
+from compute.storage import artifact_store
+from compute.storage.artifact_store import (
     UploadRejectedError,
     UploadTooLargeError,
     accepted_directory,
     pack_directory,
 )
-from compute.directory_upload import DirectoryUpload
+from compute.storage.directory_upload import DirectoryUpload
 
 CONTENT = b"model weights " * 100
 
@@ -41,7 +41,7 @@ def tree_of(root: Path) -> dict[str, bytes | None]:
     return found
 
 
-# --- unpacking an upload (compute.directory_upload over extract_stream) ------------------------
+# --- unpacking an upload (compute.storage.directory_upload over extract_stream) ----------------
 
 
 def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.artifact_store import UploadRejectedError, UploadTooLargeError
-from compute.directory_upload import DirectoryUpload
+from compute.storage.artifact_store import UploadRejectedError, UploadTooLargeError
+from compute.storage.directory_upload import DirectoryUpload
 from tests.archives import tar_of
 
 

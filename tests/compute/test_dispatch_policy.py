@@ -8,15 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from compute.dispatch_policy import (
-    DispatchLimits,
-    RunningJob,
-    add_usage,
-    decide,
-    metered,
-    without_roots,
-)
-from compute.job_state import JobStatus
+from compute.billing.usage import add_usage, metered
+from compute.dispatch.policy import DispatchLimits, RunningJob, decide, without_roots
+from compute.jobs.state import JobStatus
 from ledger.pricing import Rates
 from protocol.events import (
     CheckpointEvent,

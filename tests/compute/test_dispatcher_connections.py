@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
 from app.main import create_app
-from compute.dispatcher import Dispatcher
-from compute.leadership import DISPATCHER_LEASE
+from compute.dispatch.dispatcher import Dispatcher
+from compute.dispatch.leadership import DISPATCHER_LEASE
 from compute.models import Lease
 from protocol.events import RecordedEvent
 from protocol.nodes import LiveNode

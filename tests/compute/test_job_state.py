@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from compute.job_state import (
+from compute.jobs.state import (
     ALLOWED_TRANSITIONS,
     InvalidTransitionError,
     JobStatus,
@@ -53,8 +53,8 @@ def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
     db,
     settings,
 ) -> None:
-    from compute.billing import rates_from
-    from compute.jobs import finish_job, transition_job
+    from compute.billing.service import rates_from
+    from compute.jobs.service import finish_job, transition_job
     from compute.models import Job
     from tests.conftest import submit_job
 

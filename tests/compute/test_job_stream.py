@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from compute.job_events import add_log
+from compute.jobs.events import add_log
 from compute.models import Job
 from tests.conftest import Account, finished, job_state, submit_job
 from tests.polling import wait_for

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from compute.leadership import hold_lease, release_lease
+from compute.dispatch.leadership import hold_lease, release_lease
 from compute.models import Lease
 from core.db import session_scope
 

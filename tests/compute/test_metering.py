@@ -1,7 +1,7 @@
 """Work lost with a node is neither charged nor credited (issue 26); all other work is,
 checkpointed or not, and a job that ran pays at least the minimum charge (issue 24): the pure
-rules of ``compute/metering.py``, then the dispatcher against a scripted stand-in for Ray, on
-SQLite and PostgreSQL.
+rules of ``compute/billing/metering.py``, then the dispatcher against a scripted stand-in for
+Ray, on SQLite and PostgreSQL.
 
 Before this rule ES and FedAvg were paid per step or round: the steps a lost attempt ran
 after its last checkpoint were paid, redone by the next attempt, and paid again."""
@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from auth.models import Role
-from compute.billing import rates_from
-from compute.metering import is_saved, saved_by, unsaved_events, with_unsaved
+from compute.billing.metering import is_saved, saved_by, unsaved_events, with_unsaved
+from compute.billing.service import rates_from
 from core.settings import Settings
 from ledger.pricing import ResourceSeconds, platform_fee, tokens
 from ledger.settlement import NodeUsage, node_charges

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from compute.models import Node, NodeHeartbeat
-from compute.nodes import HEARTBEAT_RETENTION, prune_heartbeats
+from compute.nodes.service import HEARTBEAT_RETENTION, prune_heartbeats
 from core.db import utcnow
 from tests.conftest import SEED_NODE, Account, register_node
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from compute.placement import (
+from compute.dispatch.placement import (
     NodeCapacity,
     PendingJob,
     WorkerSlot,
@@ -95,8 +95,8 @@ def test_placements_never_oversubscribe_a_node() -> None:
 def test_stored_jobs_get_their_strategys_worker_count() -> None:
     """The scheduler asks the job's strategy (through the registry) how many workers its
     requirements give; the counts themselves are tested in test_registry."""
+    from compute.jobs.strategy import worker_processes
     from compute.models import Job
-    from compute.scheduling import worker_processes
 
     def job(strategy: str, cpu: float, training: dict) -> Job:
         spec = {

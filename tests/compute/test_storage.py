@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from compute.models import Job
-from compute.storage import expire_storage, job_directory
+from compute.storage.service import expire_storage, job_directory
 from core.settings import Settings
 from tests.conftest import Account, submit_job
 

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from compute.billing import rates_from
-from compute.job_spec import JobSpec
-from compute.job_state import InvalidTransitionError, JobStatus
-from compute.jobs import cancel_job, submit_job
+from compute.billing.service import rates_from
+from compute.jobs.service import cancel_job, submit_job
+from compute.jobs.spec import JobSpec
+from compute.jobs.state import InvalidTransitionError, JobStatus
 from compute.models import Job
 from core.db import make_session_factory, session_scope
 from core.errors import InsufficientFundsError

@@ -25,10 +25,10 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from auth.models import Role, User
-from compute.billing import estimate_cost, rates_from
-from compute.job_spec import JobSpec
-from compute.job_state import InvalidTransitionError, JobStatus
-from compute.jobs import cancel_job, submit_job
+from compute.billing.service import estimate_cost, rates_from
+from compute.jobs.service import cancel_job, submit_job
+from compute.jobs.spec import JobSpec
+from compute.jobs.state import InvalidTransitionError, JobStatus
 from compute.models import Job, Node
 from core.db import get_engine, make_session_factory, session_scope
 from core.errors import InsufficientFundsError
@@ -291,8 +291,7 @@ def test_concurrent_duplicates_with_and_without_tokens(database_url: str) -> Non
 
 
 def test_amount_conversions_are_exact() -> None:
-    from compute.job_spec import tokens_to_micro
-    from ledger.pricing import tokens
+    from ledger.pricing import tokens, tokens_to_micro
 
     for text in ["0.000001", "1", "12.345678", "999999999.999999"]:
         assert tokens_to_micro(Decimal(text)) == int(Decimal(text) * MICRO)

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from compute.job_state import JobStatus
+from compute.jobs.state import JobStatus
 from core.db import make_session_factory
 from core.errors import InvalidInputError
 from ledger.models import LedgerEntry
@@ -74,7 +74,7 @@ def test_settling_twice_changes_nothing(
     session.commit()  # end the read transaction: SQLite transactions hold the write lock
     before = (balance(client, user), balance(client, node_owner))
 
-    from compute.billing import rates_from, settle
+    from compute.billing.service import rates_from, settle
     from compute.models import Job
 
     again = settle(
@@ -196,9 +196,8 @@ def test_metered_cost_counts_other_owners_nodes_only(
     user: Account,
     node_owner: Account,
 ) -> None:
-    from compute.billing import job_estimate, rates_from
-    from compute.dispatch_policy import metered
-    from compute.dispatcher import charged_nodes, node_owners
+    from compute.billing.service import charged_nodes, job_estimate, node_owners, rates_from
+    from compute.billing.usage import metered
     from compute.models import Job
 
     theirs = register_node(client, node_owner.headers, "theirs")

@@ -106,7 +106,7 @@ def test_max_steps_alone_sets_the_length_and_epochs_bound_it(epochs, max_steps, 
 
 
 def test_progress_names_the_strategys_unit_and_total() -> None:
-    from compute.dispatcher import progress
+    from compute.dispatch.dispatcher import progress
 
     def job(strategy: str, training: dict) -> Job:
         return Job(strategy=strategy, spec={"training_config": training})

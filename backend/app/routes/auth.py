@@ -21,8 +21,8 @@ from auth.refresh import (
 )
 from auth.service import LoginLimits, authenticate, client_address_key
 from auth.tokens import create_access_token
-from compute.accounts import register_user, signup_grant_micro
-from compute.users import change_password
+from compute.accounts.lifecycle import change_password
+from compute.accounts.service import register_user, signup_grant_micro
 from core.errors import PermissionDeniedError
 from core.settings import Settings
 

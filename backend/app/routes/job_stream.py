@@ -22,9 +22,9 @@ from fastapi.responses import StreamingResponse
 from app.deps import CurrentUser, DbSession, JobId
 from app.errors import error_responses
 from auth.models import User
-from compute.job_events import Cursor, StreamItem, events_after, job_logs
-from compute.job_state import JobStatus
-from compute.jobs import get_job_for
+from compute.jobs.events import Cursor, StreamItem, events_after, job_logs
+from compute.jobs.service import get_job_for
+from compute.jobs.state import JobStatus
 from compute.models import Job
 from core.db import session_scope
 from core.errors import NotFoundError

@@ -14,20 +14,20 @@ from app.errors import error_responses
 from app.schemas.common import Page
 from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, with_money
 from app.schemas.storage import StorageFreedOut
-from compute.artifacts import artifact_dir, pack_directory
-from compute.job_money import jobs_money
-from compute.job_spec import JobSpec
-from compute.job_state import JobStatus
-from compute.jobs import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
-from compute.models import Job
-from compute.results import (
+from compute.billing.job_money import jobs_money
+from compute.jobs.results import (
     MEDIA_TYPES,
     ResultFormat,
     results_file,
     results_preview,
     results_summary,
 )
-from compute.storage import delete_job_storage
+from compute.jobs.service import SubmitLimits, cancel_job, get_job_for, list_jobs, submit_job
+from compute.jobs.spec import JobSpec
+from compute.jobs.state import JobStatus
+from compute.models import Job
+from compute.storage.artifacts import artifact_dir, pack_directory
+from compute.storage.service import delete_job_storage
 from ledger.pricing import Rates
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

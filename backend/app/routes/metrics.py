@@ -24,8 +24,8 @@ from app.schemas.metrics import (
     TrainingPoint,
 )
 from app.schemas.nodes import nodes_out
-from compute.jobs import get_job_for
-from compute.nodes import get_node_for
+from compute.jobs.service import get_job_for
+from compute.nodes.service import get_node_for
 from core.db import utcnow
 from ledger.pricing import tokens
 from monitoring.metrics import node_activity, node_samples, system_metrics, training_series

@@ -30,7 +30,7 @@ from app.schemas.nodes import (
     RunsOut,
     nodes_out,
 )
-from compute.agent_runs import (
+from compute.dispatch.agent_runs import (
     RUNS_POLL_S,
     note_agent_setup,
     note_cluster,
@@ -38,7 +38,7 @@ from compute.agent_runs import (
     note_poll,
     runs_for_node,
 )
-from compute.node_lifecycle import (
+from compute.nodes.lifecycle import (
     PICK_UP_NEW_CREDENTIAL,
     deregister,
     leave,
@@ -47,8 +47,7 @@ from compute.node_lifecycle import (
     unban,
     update_resources,
 )
-from compute.node_spec import HeartbeatSample, NodeRegistration
-from compute.nodes import (
+from compute.nodes.service import (
     NodeApproval,
     get_node_for,
     join_info,
@@ -60,6 +59,7 @@ from compute.nodes import (
     register_node,
     set_node_approval,
 )
+from compute.nodes.spec import HeartbeatSample, NodeRegistration
 from core.db import utcnow
 from protocol.assignment import assignment_to_wire
 
@@ -137,7 +137,7 @@ def join(
     the node's credential or the owner's access token."""
     node = node_for_heartbeat(session, node_id, node=caller.node, user=caller.user)
     info = join_info(node, heartbeat_interval_s=settings.node_heartbeat_interval)
-    return JoinOut(**info.__dict__)
+    return JoinOut.model_validate(info, from_attributes=True)  # no cluster address or token
 
 
 # 403 as for heartbeats; 409: the node is not approved.

@@ -16,8 +16,8 @@ from starlette.background import BackgroundTask
 from app.deps import BearerToken, DbSession, JobId, SettingsDep
 from app.errors import error_responses
 from auth.run_tokens import RunClaims, decode_run_token
-from compute.run_inbox import MAX_EVENTS_PER_POST, accept_run_events
-from compute.run_uploads import (
+from compute.dispatch.run_inbox import MAX_EVENTS_PER_POST, accept_run_events
+from compute.storage.run_uploads import (
     checkpoint_archive,
     commit_directory,
     receive_directory,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.deps import CurrentUser, DbSession
-from compute.status_summary import platform_status
+from compute.jobs.status_summary import platform_status
 
 router = APIRouter(tags=["status"])
 

@@ -9,11 +9,10 @@ from fastapi import APIRouter, Body, Header, Query, status
 from app.deps import AdminUser, CurrentUser, DbSession, RatesDep, SettingsDep
 from app.schemas.common import Page
 from app.schemas.tokens import BalanceOut, CostBreakdownOut, EstimateOut, GrantIn, HistoryEntryOut
-from compute.accounts import admin_grant, resolve_user_for
-from compute.billing import estimate_for
-from compute.job_spec import tokens_to_micro
+from compute.accounts.service import admin_grant, resolve_user_for
+from compute.billing.service import estimate_for
 from ledger.flows import BalanceSummary, balance_summary, history
-from ledger.pricing import tokens
+from ledger.pricing import tokens, tokens_to_micro
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

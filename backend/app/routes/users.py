@@ -21,9 +21,7 @@ from app.schemas.auth import DisableIn, PasswordResetIn, UserOut, UserUpdateIn
 from app.schemas.common import Page
 from app.schemas.storage import StorageOut
 from auth.models import Role
-from compute.accounts import resolve_user_for
-from compute.storage import storage_used
-from compute.users import (
+from compute.accounts.lifecycle import (
     UserStatus,
     disable_user,
     enable_user,
@@ -32,6 +30,8 @@ from compute.users import (
     reset_password,
     set_role,
 )
+from compute.accounts.service import resolve_user_for
+from compute.storage.service import storage_used
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from auth.models import Role
 from auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from compute.users import RunningJobs
+from compute.accounts.lifecycle import RunningJobs
 
 
 class AccessToken(BaseModel):

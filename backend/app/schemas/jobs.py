@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.schemas.common import ResourcesOut
-from compute.dispatch_policy import add_usages, usage_by_stage
-from compute.job_money import JobMoney
-from compute.job_spec import MICRO
-from compute.metering import unsaved_events
+from compute.billing.job_money import JobMoney
+from compute.billing.metering import unsaved_events
+from compute.billing.usage import add_usages, usage_by_stage
 from compute.models import Job
+from ledger.pricing import tokens
 
 # Shown in /docs, and the fuzzer's first inputs: seed 003's job as typed, and one that runs
 # offline on built-in data.
@@ -78,7 +78,7 @@ class JobOut(BaseModel):
 
 
 def micro_to_tokens(amount: int | None) -> float | None:
-    return None if amount is None else amount / MICRO
+    return None if amount is None else tokens(amount)
 
 
 def with_money(out: JobOut, money: JobMoney) -> JobOut:
@@ -90,7 +90,7 @@ def with_money(out: JobOut, money: JobMoney) -> JobOut:
             "refunded": micro_to_tokens(money.refunded),
             "platform_fee": micro_to_tokens(money.fees),
             "earnings": [
-                NodeEarning(node_id=node, tokens=amount / MICRO)
+                NodeEarning(node_id=node, tokens=tokens(amount))
                 for node, amount in money.earnings.items()
             ],
         }

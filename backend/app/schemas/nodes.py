@@ -10,13 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from app.schemas.common import ResourcesOut
-from compute.job_spec import MICRO
 from compute.models import Node
-from compute.node_facts import node_earnings, owner_names
-from compute.node_spec import NodeResources
-from compute.nodes import node_status
+from compute.nodes.facts import node_earnings, owner_names
+from compute.nodes.service import node_status
+from compute.nodes.spec import NodeResources
 from core.db import utcnow
 from core.settings import Settings
+from ledger.pricing import tokens
 
 
 class NodeOut(BaseModel):
@@ -182,7 +182,7 @@ def node_out(
         deregistered_at=node.deregistered_at,
         single_node_only=bool(node.single_node_only),
         owner_username=owner_username,
-        tokens_earned=earned_micro / MICRO,
+        tokens_earned=tokens(earned_micro),
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)

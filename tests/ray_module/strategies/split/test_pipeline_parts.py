@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from compute.placement import NodeCapacity, PendingJob, fit_job, plan
+from compute.dispatch.placement import NodeCapacity, PendingJob, fit_job, plan
 from protocol.placement import ExtraShare
 from protocol.run import DataRequest
 from protocol.strategies.split import parse_split_settings

@@ -11,12 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from compute.job_spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements, tokens_to_micro
+from compute.jobs.spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements
+from compute.jobs.strategy import extra_shares
 from compute.models import Job, Node
-from compute.scheduling import extra_shares
 from core.errors import InvalidInputError
 from core.settings import Settings
-from ledger.pricing import CostBreakdown, Rates, ResourceSeconds, price_reservation
+from ledger.pricing import (
+    CostBreakdown,
+    Rates,
+    ResourceSeconds,
+    price_reservation,
+    tokens_to_micro,
+)
 from ledger.settlement import NodeUsage, SettlementResult, settle_job
 from protocol.placement import ExtraShare
 

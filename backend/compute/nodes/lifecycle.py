@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import User
-from compute.job_state import JobStatus
+from compute.dispatch.scheduling import slots_of
+from compute.jobs.state import ACTIVE, JobStatus
 from compute.models import Job, Node
-from compute.node_spec import NodeResources
-from compute.nodes import CREDENTIAL_PREFIX, NodeApproval, get_node_for, hash_credential
-from compute.scheduling import ACTIVE, slots_of
+from compute.nodes.service import CREDENTIAL_PREFIX, NodeApproval, get_node_for, hash_credential
+from compute.nodes.spec import NodeResources
 from core.db import utcnow
 from core.errors import ConflictError, NotFoundError
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from compute.jobs import source_model_path
+from compute.jobs.service import source_model_path
+from compute.jobs.strategy import strategy_knobs
 from compute.models import Job
-from compute.scheduling import strategy_knobs
 from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from compute.dispatch_policy import RESOURCE_KEYS
+from compute.billing.usage import RESOURCE_KEYS
 from protocol.events import UsageEvent
 
 UnsavedUsage = Mapping[str, Mapping[str, float]]  # "<step>/<node>/<stage>" -> figures

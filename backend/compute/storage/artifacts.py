@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from auth.models import User
-from compute.jobs import get_job_for
+from compute.jobs.service import get_job_for
 from compute.models import Job
 from core.errors import ConflictError, NotFoundError
 

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.models import User
-from compute.job_state import JobStatus
-from compute.jobs import get_job_for
+from compute.jobs.service import get_job_for
+from compute.jobs.state import JobStatus
 from compute.models import Job
 from core.db import utcnow
 from core.errors import ConflictError

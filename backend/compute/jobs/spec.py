@@ -40,8 +40,6 @@ from protocol.placement import ExtraShare
 from protocol.strategies.registry import default_rules, get_rules
 from protocol.strategies.rules import MEMORY_PER_PROCESS_GB, SubmittedJob
 
-MICRO = 1_000_000  # ledger units per token
-
 
 class ModelType(enum.StrEnum):
     SIMPLE_TRANSFORMER = "simple_transformer"
@@ -344,7 +342,3 @@ def source_job_id(model_name: str) -> int | None:
     """The job whose trained model ``model_name`` names (``job:<id>``), if it names one."""
     match = SOURCE_JOB.fullmatch(model_name)
     return int(match.group(1)) if match else None
-
-
-def tokens_to_micro(amount: Decimal) -> int:
-    return int((amount * MICRO).to_integral_value())

@@ -7,18 +7,17 @@ import enum
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
 from compute.models import Node, NodeHeartbeat
-from compute.node_spec import HeartbeatSample, NodeRegistration
+from compute.nodes.spec import HeartbeatSample, NodeRegistration
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
 from core.errors import ConflictError, NotFoundError, PermissionDeniedError
-from protocol.nodes import NODE_LABEL
+from protocol.nodes import NODE_LABEL, JoinInfo
 from protocol.nodes import node_resource as node_resource_name
 
 CREDENTIAL_PREFIX = "dln_"
@@ -194,19 +193,9 @@ def prune_heartbeats(session: Session, *, now: dt.datetime | None = None) -> int
 RAY_RESOURCE_UNITS = 1000  # of the node's custom resource; a bundle asks for one unit
 
 
-@dataclass(frozen=True)
-class JoinInfo:
-    node_id: int
-    num_cpus: int
-    num_gpus: int
-    memory_gb: float
-    resources: dict[str, float]
-    labels: dict[str, str]
-    heartbeat_interval_s: int
-
-
-def join_info(node: Node, *, heartbeat_interval_s: int) -> JoinInfo:
-    """What a node's agent starts its Ray with: given only to approved nodes."""
+def join_info(node: Node, *, heartbeat_interval_s: float) -> JoinInfo:
+    """What a node's agent starts its Ray with: given only to approved nodes (the gateway
+    has no cluster of its own to name, so ``ray_address`` stays empty)."""
     ready_to_run(node)
     return JoinInfo(
         node_id=node.id,

@@ -3,7 +3,7 @@
 Each round: reconcile registered nodes with what their agents say, place queued jobs (pure
 scheduler, only when its inputs changed), start each placed attempt (its nodes' agents find
 it at their next ask), then collect every running job's events and act on them
-(``dispatch_policy`` decides: store metrics and usage, stop for cancel, budget or
+(``policy`` decides: store metrics and usage, stop for cancel, budget or
 max_runtime_s, re-plan a lost attempt, settle). Every round reads in a short transaction,
 asks the runners' side with none open, and writes each outcome in a short transaction
 guarded by the state it read. Runs live on the nodes and event cursors in the database, so
@@ -23,27 +23,33 @@ from typing import Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.billing import UsageReport, charged_nodes, job_estimate, node_owners, rates_from
-from compute.dispatch_metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
-from compute.dispatch_policy import (
-    Decision,
-    DispatchLimits,
-    RunningJob,
-    add_usages,
-    decide,
-    resource_seconds,
-    without_roots,
+from compute.billing.metering import (
+    describe_unsaved,
+    is_saved,
+    saved_by,
+    unsaved_events,
+    with_unsaved,
 )
-from compute.job_events import add_log, record_event
-from compute.job_state import JobStatus
-from compute.jobs import finish_job, transition_job
-from compute.leadership import hold_lease, holder_name, release_lease
-from compute.metering import describe_unsaved, is_saved, saved_by, unsaved_events, with_unsaved
+from compute.billing.service import (
+    UsageReport,
+    charged_nodes,
+    job_estimate,
+    node_owners,
+    rates_from,
+)
+from compute.billing.usage import add_usages, resource_seconds
+from compute.dispatch.leadership import hold_lease, holder_name, release_lease
+from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
+from compute.dispatch.policy import Decision, DispatchLimits, RunningJob, decide, without_roots
+from compute.dispatch.run_configs import run_config
+from compute.dispatch.scheduling import QueueView, eligible_nodes, jobs_by_id
+from compute.jobs.events import add_log, record_event
+from compute.jobs.service import finish_job, transition_job
+from compute.jobs.state import ACTIVE, JobStatus
+from compute.jobs.strategy import strategy_knobs
 from compute.models import Job, JobMetric, Node
-from compute.nodes import prune_heartbeats
-from compute.run_configs import run_config
-from compute.scheduling import QueueView, eligible_nodes, jobs_by_id, strategy_knobs
-from compute.storage import expire_storage
+from compute.nodes.service import prune_heartbeats
+from compute.storage.service import expire_storage
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from ledger.pricing import Rates
@@ -61,8 +67,6 @@ from protocol.run import RunConfig
 from protocol.strategies.registry import get_rules
 
 log = logging.getLogger(__name__)
-
-ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
 
 
 class RunnerPort(Protocol):
@@ -256,8 +260,7 @@ class Dispatcher:
                 if job.attempts != attempt:
                     continue
                 if error:
-                    job.placement = None
-                    transition_job(session, job, JobStatus.QUEUED, f"could not start: {error}")
+                    requeue(session, job, f"could not start: {error}", attempt_lost=False)
                 else:
                     transition_job(
                         session, job, JobStatus.RUNNING, f"running (attempt {job.attempts})"
@@ -389,15 +392,18 @@ def save_usage(session: Session, job: Job, usages: list[UsageEvent]) -> None:
         )
 
 
-def requeue(session: Session, job: Job, reason: str) -> None:
-    """The attempt is lost: back to the queue, to resume from its last checkpoint. Its nodes
-    take no new work until their agents ask again (one may be the machine that died)."""
-    now = utcnow()
-    for node_id in placement_nodes(job):
-        node = session.get(Node, node_id)
-        if node is not None:
-            node.lost_run_at = now
-    drop_unsaved_usage(session, job)
+def requeue(session: Session, job: Job, reason: str, *, attempt_lost: bool = True) -> None:
+    """Back to the queue, placement given up, for the scheduler to place again. A lost
+    attempt resumes from its last checkpoint: its unsaved work is dropped, and its nodes take
+    no new work until their agents ask again (one may be the machine that died). An attempt
+    that could not start (``attempt_lost=False``) ran nothing: only its placement goes."""
+    if attempt_lost:
+        now = utcnow()
+        for node_id in placement_nodes(job):
+            node = session.get(Node, node_id)
+            if node is not None:
+                node.lost_run_at = now
+        drop_unsaved_usage(session, job)
     job.placement = None
     job.event_cursor = 0
     transition_job(session, job, JobStatus.QUEUED, reason)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from compute.job_state import JobStatus
+from compute.dispatch.scheduling import eligible_nodes
+from compute.jobs.state import JobStatus
+from compute.jobs.strategy import strategy_knobs
 from compute.models import Job, JobMetric
-from compute.scheduling import eligible_nodes, strategy_knobs
 from protocol.errors import SettingsError
 from protocol.strategies.registry import get_rules
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from auth.run_tokens import RunClaims
-from compute.artifact_store import StoredFile, accepted_directory, pack_directory
-from compute.directory_upload import DirectoryUpload
-from compute.job_spec import source_job_id
+from compute.dispatch.run_inbox import running_attempt
+from compute.jobs.spec import source_job_id
 from compute.models import Job
-from compute.run_inbox import running_attempt
+from compute.storage.artifact_store import StoredFile, accepted_directory, pack_directory
+from compute.storage.directory_upload import DirectoryUpload
 from core.errors import NotFoundError
 
 UPLOAD_KINDS = ("checkpoint", "model", "results")

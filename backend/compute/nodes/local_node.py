@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from auth.service import find_user
 from compute.models import Node
-from compute.nodes import NodeApproval, hash_credential
+from compute.nodes.service import NodeApproval, hash_credential
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from compute.job_state import JobStatus
-from compute.models import Job, Node
-from compute.nodes import NodeApproval
-from compute.placement import (
-    ExtraShare,
+from compute.dispatch.placement import (
     NodeCapacity,
     PendingJob,
     Plan,
@@ -21,11 +17,10 @@ from compute.placement import (
     plan,
     subtract,
 )
-from protocol.errors import SettingsError
-from protocol.strategies.registry import get_rules
-from protocol.strategies.rules import StrategyRules, SubmittedJob
-
-ACTIVE = (JobStatus.SCHEDULED.value, JobStatus.RUNNING.value)
+from compute.jobs.state import ACTIVE, JobStatus
+from compute.jobs.strategy import extra_shares, worker_processes
+from compute.models import Job, Node
+from compute.nodes.service import NodeApproval
 
 
 def eligible_nodes(session: Session) -> list[Node]:
@@ -64,62 +59,6 @@ def pending_job(job: Job) -> PendingJob:
         workers=worker_processes(job),
         extra=extra_shares(job),
     )
-
-
-def submitted_job(job: Job) -> SubmittedJob:
-    """A stored job as its strategy sees it at submit."""
-    spec = job.spec or {}
-    model = spec.get("model_config") or {}
-    data = spec.get("data_config") or {}
-    return SubmittedJob(
-        model_type=str(model.get("type", "")),
-        model_name=str(model.get("model_name", "")),
-        data_source=str(data.get("data_source", "")),
-        dataset_name=str(data.get("dataset_name", "")),
-        data_path=data.get("path"),
-        gpu=job.gpu,
-        cpu_cores=job.cpu_cores,
-        memory_gb=job.memory_gb,
-        num_workers=(spec.get("training_config") or {}).get("num_workers"),
-        task=str(spec.get("task") or "train"),
-        data_split=data.get("split"),
-    )
-
-
-def strategy_knobs(job: Job) -> dict:
-    """The strategy's own knobs of a stored job (as submitted)."""
-    training = (job.spec or {}).get("training_config") or {}
-    return {k: v for k, v in training.items() if k not in ("strategy", "num_workers")}
-
-
-def worker_processes(job: Job) -> int:
-    """How many worker actors the job's strategy gives its requirements."""
-    found = _strategy_and_settings(job)
-    if found is None:  # stored under older rules: its run fails with the reason
-        return 1
-    strategy, settings = found
-    return strategy.worker_count(submitted_job(job), settings)
-
-
-def extra_shares(job: Job) -> tuple[ExtraShare, ...]:
-    """The job's parts beside its requirements' workers (split's loaders)."""
-    found = _strategy_and_settings(job)
-    if found is None:
-        return ()
-    strategy, settings = found
-    return strategy.extra_shares(submitted_job(job), settings)
-
-
-def _strategy_and_settings(job: Job) -> tuple[StrategyRules, object] | None:
-    try:
-        strategy = get_rules(job.strategy)
-    except SettingsError:
-        return None
-    try:
-        settings = strategy.parse_settings(strategy_knobs(job))
-    except SettingsError:  # a spec stored under older rules still gets placed
-        settings = strategy.parse_settings({})
-    return strategy, settings
 
 
 def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from auth.models import User
-from compute.job_state import JobStatus
-from compute.jobs import get_job_for
+from compute.jobs.service import get_job_for
+from compute.jobs.state import JobStatus
 from core.errors import ConflictError, InvalidInputError, NotFoundError
 from protocol import results as stored
 

@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auth.models import User
 from auth.run_tokens import RunClaims, create_run_token
-from compute.job_state import JobStatus
+from compute.dispatch.run_configs import run_config
+from compute.dispatch.run_inbox import run_events_after
+from compute.jobs.state import JobStatus
 from compute.models import Job, Node, RunEvent
-from compute.nodes import NodeApproval, owner_cannot_lend
-from compute.run_configs import run_config
-from compute.run_inbox import run_events_after
-from compute.run_uploads import job_dir
+from compute.nodes.service import NodeApproval, owner_cannot_lend
+from compute.storage.run_uploads import job_dir
 from core.db import read_only_factory, session_scope, utcnow
 from core.settings import Settings
 from protocol.assignment import DRIVER, MEMBER, ClusterOrder, RunAssignment, Share

@@ -10,14 +10,13 @@ short transaction guarded by the status, attempt and event cursor it read.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from compute.job_state import JobStatus
-from ledger.pricing import Rates, ResourceSeconds, price_usage, tokens
+from compute.billing.usage import UsageTotals, add_usage, add_usages, metered
+from compute.jobs.state import JobStatus
+from ledger.pricing import Rates, tokens
 from protocol.events import RecordedEvent, RunState, StatusEvent, UsageEvent
-
-UsageTotals = Mapping[str, Mapping[str, float]]  # node id -> resource seconds, as stored
 
 
 @dataclass(frozen=True)
@@ -133,60 +132,3 @@ def without_roots(reason: str, roots: Sequence[str]) -> str:
     for root in roots:
         reason = reason.replace(f"{root}/", "").replace(root, ".")
     return reason
-
-
-RESOURCE_KEYS = ("gpu_seconds", "cpu_core_seconds", "memory_gb_seconds")
-
-
-def add_usage(totals: UsageTotals, events: Sequence[RecordedEvent]) -> dict[str, dict]:
-    """The job's usage by node after the usage among these events (a new mapping)."""
-    return add_usages(totals, [r.event for r in events if isinstance(r.event, UsageEvent)])
-
-
-def add_usages(totals: UsageTotals, usages: Iterable[UsageEvent]) -> dict[str, dict]:
-    """``totals`` plus ``usages`` by node (a new mapping). A node's figures are its totals;
-    where usage names a stage ("trainer", "loader"), ``stages`` breaks them down by it."""
-    result = {node: _copied(figures) for node, figures in totals.items()}
-    for usage in usages:
-        current = result.setdefault(str(usage.node_id), dict.fromkeys(RESOURCE_KEYS, 0.0))
-        _add(current, usage.figures())
-        if usage.stage:
-            stages = current.setdefault("stages", {})
-            stage = stages.setdefault(usage.stage, dict.fromkeys(RESOURCE_KEYS, 0.0))
-            _add(stage, usage.figures())
-    return result
-
-
-def _copied(figures: Mapping) -> dict:
-    copy = dict(figures)
-    if "stages" in copy:
-        copy["stages"] = {stage: dict(values) for stage, values in copy["stages"].items()}
-    return copy
-
-
-def _add(into: dict, figures: Mapping[str, float]) -> None:
-    for name, value in figures.items():
-        into[name] = float(into.get(name, 0.0)) + value
-
-
-def resource_seconds(figures: Mapping) -> ResourceSeconds:
-    """A node's stored usage as the ledger prices it (its stage breakdown aside)."""
-    return ResourceSeconds(**{name: float(figures.get(name, 0.0)) for name in RESOURCE_KEYS})
-
-
-def usage_by_stage(usage: UsageTotals | None) -> dict[str, dict[str, float]]:
-    """The job's usage summed per stage over its nodes (empty for single-stage modes)."""
-    stages: dict[str, dict[str, float]] = {}
-    for figures in (usage or {}).values():
-        for stage, values in (figures.get("stages") or {}).items():
-            _add(stages.setdefault(stage, dict.fromkeys(RESOURCE_KEYS, 0.0)), values)
-    return stages
-
-
-def metered(totals: UsageTotals, charged_nodes: frozenset[int], rates: Rates) -> int:
-    """What the usage would cost the owner so far (before the cap), in micro-tokens."""
-    return sum(
-        price_usage(resource_seconds(figures), rates).total
-        for node, figures in totals.items()
-        if int(node) in charged_nodes
-    )

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from compute.artifact_store import (
+from compute.storage.artifact_store import (
     GZIP_MAGIC,
     StoredFile,
     UploadRejectedError,

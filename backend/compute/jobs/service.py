@@ -12,26 +12,28 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from compute.billing import UsageReport, estimate_cost, settle
-from compute.job_events import record_status
-from compute.job_spec import JobSpec, source_job_id, tokens_to_micro
-from compute.job_state import InvalidTransitionError, JobStatus, check_transition
+from compute.billing.service import UsageReport, estimate_cost, settle
+from compute.dispatch.placement import plan
+from compute.dispatch.scheduling import capacity_and_free, pending_job
+from compute.jobs.events import record_status
+from compute.jobs.spec import JobSpec, source_job_id
+from compute.jobs.state import InvalidTransitionError, JobStatus, check_transition
 from compute.models import Job
-from compute.placement import plan
-from compute.scheduling import capacity_and_free, pending_job
 from compute.visibility import owned_or_missing, page, visible_to
 from core.db import utcnow
-from core.errors import ConflictError, InvalidInputError, NotFoundError, RateLimitedError
+from core.errors import (
+    ConflictError,
+    IdempotencyKeyReusedError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitedError,
+)
 from ledger.flows import place_hold
-from ledger.pricing import Rates
+from ledger.pricing import Rates, tokens_to_micro
 from ledger.settlement import SettlementResult
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a node"
-
-
-class IdempotencyKeyReusedError(InvalidInputError):
-    code = "idempotency_key_reused"
 
 
 @dataclass(frozen=True)

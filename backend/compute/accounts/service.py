@@ -13,14 +13,15 @@ from auth.models import Role, User
 from auth.service import create_user, find_user
 from core.errors import InvalidInputError, NotFoundError
 from ledger.flows import grant_tokens
-from ledger.models import MICRO, TransactionKind
+from ledger.models import TransactionKind
 from ledger.postings import wallet
+from ledger.pricing import tokens_to_micro
 
 log = logging.getLogger(__name__)
 
 
 def signup_grant_micro(tokens: float) -> int:
-    return round(tokens * MICRO)
+    return tokens_to_micro(tokens)
 
 
 def register_user(

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.run_tokens import RunClaims
-from compute.job_state import JobStatus
+from compute.jobs.state import JobStatus
 from compute.models import Job, RunEvent
 from core.errors import ConflictError, InvalidInputError, PermissionDeniedError
 from protocol.events import RecordedEvent, UsageEvent

@@ -14,8 +14,8 @@ from auth.models import Role, User
 from auth.passwords import hash_password
 from auth.refresh import revoke_all_sessions
 from auth.service import LoginLimits, check_current_password, validate_password
-from compute.job_state import JobStatus
-from compute.jobs import cancel_job
+from compute.jobs.service import cancel_job
+from compute.jobs.state import JobStatus
 from compute.models import Job
 from compute.visibility import page
 from core.db import utcnow

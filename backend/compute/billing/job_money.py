@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from compute.billing import charged_nodes, job_estimate, node_owners
-from compute.dispatch_policy import metered
+from compute.billing.service import charged_nodes, job_estimate, node_owners
+from compute.billing.usage import metered
 from compute.models import Job
-from ledger.models import MICRO, EntryKind, LedgerEntry, LedgerTransaction
+from ledger.models import EntryKind, LedgerEntry, LedgerTransaction
 from ledger.pricing import Rates
 from ledger.settlement import settlement_key
 
@@ -73,7 +73,7 @@ def jobs_money(session: Session, jobs: Sequence[Job], rates: Rates) -> dict[int,
     never above its hold."""
     owners = node_owners(session)
     settled = _settlements(session, [job.id for job in jobs])
-    minimum = int(rates.min_job_charge * MICRO)
+    minimum = rates.min_charge_micro
     money: dict[int, JobMoney] = {}
     for job in jobs:
         hold = job_estimate(job, rates).total
