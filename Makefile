@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/backend
 
-.PHONY: run test lint format clean chromium
+.PHONY: run test test-fast lint format clean chromium
 
 # Stamp files make a repeat run skip installs that are already done.
 $(VENV)/.runtime-installed: backend/requirements.txt pyproject.toml
@@ -31,6 +31,12 @@ run: $(VENV)/.runtime-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The developers' loop, in under two minutes on 2 cores: no Ray, no launched gateways, no
+# browser; SQLite only; two test processes.
+test-fast: $(VENV)/.dev-installed
+	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n 2 \
+	  -m "not slow and not ray and not browser and not postgres" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check backend tests benchmarks alembic
