@@ -46,7 +46,7 @@ from compute.dispatch.scheduling import QueueView, eligible_nodes, jobs_by_id
 from compute.jobs.events import add_log, record_event
 from compute.jobs.service import finish_job, transition_job
 from compute.jobs.state import ACTIVE, JobStatus
-from compute.jobs.strategy import strategy_knobs
+from compute.jobs.strategy import job_settings
 from compute.models import Job, JobMetric, Node
 from compute.nodes.service import prune_heartbeats
 from compute.storage.service import expire_storage
@@ -489,8 +489,8 @@ def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
 def progress(job: Job, step: int) -> str:
     """ "round 4 of 10", "step 30 of 60": how far a running job is, in its strategy's unit."""
     try:
-        strategy = get_rules(job.strategy)
-        return strategy.progress(strategy.parse_settings(strategy_knobs(job)), step)
+        strategy, settings = job_settings(job)
+        return strategy.progress(settings, step)
     except SettingsError:  # a spec stored under older rules: still say how far it is
         return f"step {step}"
 

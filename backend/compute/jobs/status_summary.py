@@ -11,10 +11,9 @@ from sqlalchemy.orm import Session
 
 from compute.dispatch.scheduling import eligible_nodes
 from compute.jobs.state import JobStatus
-from compute.jobs.strategy import strategy_knobs
+from compute.jobs.strategy import job_settings
 from compute.models import Job, JobMetric
 from protocol.errors import SettingsError
-from protocol.strategies.registry import get_rules
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,7 @@ def _progress(session: Session, job: Job, step: int) -> RunningJobStatus:
     if isinstance(described, dict) and isinstance(described.get("total_steps"), int):
         total = described["total_steps"]
     try:
-        strategy = get_rules(job.strategy)
-        settings = strategy.parse_settings(strategy_knobs(job))
+        strategy, settings = job_settings(job)
         total = total or strategy.total_steps(settings)
         progress = strategy.progress(settings, step)
     except SettingsError:

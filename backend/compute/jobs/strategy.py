@@ -4,6 +4,9 @@ the scheduler, billing and the run config alike."""
 
 from __future__ import annotations
 
+import functools
+import json
+
 from compute.models import Job
 from protocol.errors import SettingsError
 from protocol.placement import ExtraShare
@@ -56,12 +59,33 @@ def extra_shares(job: Job) -> tuple[ExtraShare, ...]:
 
 
 def _strategy_and_settings(job: Job) -> tuple[StrategyRules, object] | None:
+    knobs = strategy_knobs(job)
+    return _parsed(job.strategy, json.dumps(knobs, sort_keys=True, default=str))
+
+
+def job_settings(job: Job) -> tuple[StrategyRules, object]:
+    """The job's strategy rules and its parsed settings, or SettingsError (a strategy this
+    gateway does not know, or knobs stored under older rules)."""
+    strategy = get_rules(job.strategy)
+    knobs = json.dumps(strategy_knobs(job), sort_keys=True, default=str)
+    return strategy, _parsed_strictly(job.strategy, knobs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_strictly(strategy_name: str, knobs: str) -> object:
+    """A job's settings, parsed once per distinct spec (they are frozen): the dispatcher and
+    the status pages ask for them every round."""
+    return get_rules(strategy_name).parse_settings(json.loads(knobs))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(strategy_name: str, knobs: str) -> tuple[StrategyRules, object] | None:
     try:
-        strategy = get_rules(job.strategy)
+        strategy = get_rules(strategy_name)
     except SettingsError:
         return None
     try:
-        settings = strategy.parse_settings(strategy_knobs(job))
+        settings = _parsed_strictly(strategy_name, knobs)
     except SettingsError:  # a spec stored under older rules still gets placed
         settings = strategy.parse_settings({})
     return strategy, settings
