@@ -40,6 +40,7 @@ from compute.billing.service import (
 from compute.billing.usage import add_usages, resource_seconds
 from compute.dispatch.leadership import hold_lease, holder_name, release_lease
 from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
+from compute.dispatch.node_reconciliation import node_changes
 from compute.dispatch.policy import Decision, DispatchLimits, RunningJob, decide, without_roots
 from compute.dispatch.run_configs import run_config
 from compute.dispatch.scheduling import QueueView, eligible_nodes, jobs_by_id
@@ -62,7 +63,7 @@ from protocol.events import (
     RecordedEvent,
     UsageEvent,
 )
-from protocol.nodes import LiveNode, resource_shortfall
+from protocol.nodes import LiveNode
 from protocol.run import RunConfig
 from protocol.strategies.registry import get_rules
 
@@ -427,22 +428,6 @@ def drop_unsaved_usage(session: Session, job: Job) -> None:
             level="warning",
         )
     job.unsaved_usage, job.saved_step = None, None
-
-
-def node_changes(
-    node: Node, seen: LiveNode | None, now: dt.datetime, fresh_enough: dt.timedelta
-) -> dict[str, object]:
-    """What the runners' view of a node changes in its row (nothing, mostly)."""
-    if seen is None:
-        return {"ray_alive": False} if node.ray_alive else {}
-    wanted: dict[str, object] = {"ray_node_id": seen.ray_node_id, "ray_alive": seen.alive}
-    if seen.alive:
-        last = node.last_heartbeat_at
-        if last is None or now - last >= fresh_enough:
-            wanted["last_heartbeat_at"] = now  # an agent asking for its runs is a heartbeat
-        shortfall = resource_shortfall(seen, cpu_cores=node.cpu_cores, gpu=node.gpu)
-        wanted["flag_reason"] = f"its machine offers {shortfall}" if shortfall else ""
-    return {name: value for name, value in wanted.items() if getattr(node, name) != value}
 
 
 def scheduling_inputs(session: Session) -> tuple:
