@@ -382,6 +382,27 @@ def finished(client: TestClient, headers: dict, job_id: int) -> dict | None:
     return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
 
+def wait_until_finished(
+    client: TestClient, headers: dict, job_id: int, *, timeout_s: float = 240
+) -> dict:
+    """The job once it has ended (succeeded, failed or cancelled): the one way a test waits
+    for a job; on timeout the failure shows the job as it last was."""
+    return wait_for(
+        lambda: finished(client, headers, job_id),
+        timeout_s=timeout_s,
+        what=lambda: job_state(client, headers, job_id),
+    )
+
+
+def submit_and_wait(
+    client: TestClient, headers: dict, body: dict, *, timeout_s: float = 240
+) -> dict:
+    """Submit ``body`` (it must be accepted) and wait for the job to end."""
+    response = client.post("/jobs/submit", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    return wait_until_finished(client, headers, response.json()["id"], timeout_s=timeout_s)
+
+
 @pytest.fixture
 def two_nodes(
     ray_client: LiveGateway, agent_pool: AgentPool, make_account

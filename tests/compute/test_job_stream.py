@@ -14,8 +14,7 @@ from sqlalchemy.orm import Session
 
 from compute.jobs.events import add_log
 from compute.models import Job
-from tests.conftest import Account, finished, job_state, submit_job
-from tests.polling import wait_for
+from tests.conftest import Account, job_state, submit_job, wait_until_finished
 
 SMALL_SPLIT = {
     "model_config": {"type": "classifier", "model_name": "mlp"},
@@ -109,10 +108,7 @@ def test_a_failed_jobs_logs_say_why(ray_client: TestClient, two_nodes, make_acco
         "data_config": {"data_source": "local", "dataset_name": "mine", "path": "no/such.npz"},
     }
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "failed"
     logs = client.get(f"/jobs/{job['id']}/logs", headers=user.headers).json()
     messages = [line["message"] for line in logs["items"]]

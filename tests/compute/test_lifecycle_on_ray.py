@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from auth.models import Role
 from tests.app.test_prometheus import scrape, value
-from tests.conftest import finished, job_state
+from tests.conftest import job_state, wait_until_finished
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -40,10 +40,7 @@ def test_a_drained_node_gets_no_new_job_and_a_finished_jobs_files_can_be_deleted
     assert {slot["node_id"] for slot in running["placement"]} == {nodes[1]}
     busy = client.delete(f"/nodes/{nodes[1]}", headers=owner.headers)
     assert busy.status_code == 409 and busy.json()["error"] == "node_busy"
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     assert set(done["usage"]) == {str(nodes[1])}  # nothing ran on the drained node
 

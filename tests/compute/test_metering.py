@@ -31,7 +31,7 @@ from protocol.events import (
 )
 from protocol.nodes import LiveNode
 from protocol.run import RunConfig
-from tests.conftest import clear_tables, make_settings, register_node
+from tests.conftest import clear_tables, make_settings, register_node, submit_and_wait
 from tests.metering_checks import stream
 from tests.polling import wait_for
 
@@ -203,18 +203,7 @@ def test_a_lost_attempts_work_after_its_checkpoint_is_neither_charged_nor_credit
 
 
 def run_until_done(client: TestClient, headers: dict, spec: dict) -> dict:
-    response = client.post("/jobs/submit", headers=headers, json=spec)
-    assert response.status_code == 201, response.text
-    job_id = response.json()["id"]
-    return wait_for(
-        lambda: (
-            (j := client.get(f"/jobs/{job_id}", headers=headers).json())["status"]
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        timeout_s=60,
-        what=lambda: client.get(f"/jobs/{job_id}", headers=headers).json(),
-    )
+    return submit_and_wait(client, headers, spec, timeout_s=60)
 
 
 def charge_of(steps: int, settings: Settings, owner_id: int, user_id: int) -> int:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from auth.models import Role
 from tests.agent_pool import AgentPool
-from tests.conftest import finished, job_state
+from tests.conftest import job_state, wait_until_finished
 from tests.live_gateway import LiveGateway
 from tests.metering_checks import assert_each_step_paid_once, work_dropped
 from tests.polling import wait_for
@@ -63,11 +63,7 @@ def test_a_node_lost_between_checkpoints_is_paid_only_for_saved_work_and_the_job
     running = job_state(client, user.headers, job["id"])
     (lost_node,) = {p["node_id"] for p in running["placement"]}
     agent_pool.lose(lost_node)  # the machine it runs on dies
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        timeout_s=600,
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"], timeout_s=600)
     assert done["status"] == "succeeded", done["status_reason"]
     assert done["attempts"] == 2
     saved_step = assert_each_step_paid_once(client, user.headers, done)
@@ -107,11 +103,7 @@ def test_a_job_is_stopped_at_its_budget_and_charged_exactly_it(
     }
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
     assert job["hold"] == pytest.approx(0.02)
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        timeout_s=600,
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"], timeout_s=600)
     assert done["status"] == "failed"
     assert done["status_reason"] == (
         "stopped: its budget of 0.02 tokens is used up (max_tokens or the hold); "

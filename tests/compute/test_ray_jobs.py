@@ -20,6 +20,7 @@ from tests.conftest import (
     finished,
     job_state,
     start_node,
+    wait_until_finished,
 )
 from tests.live_gateway import LiveGateway
 from tests.metering_checks import assert_each_step_paid_once
@@ -54,11 +55,7 @@ def test_tiny_gpt2_trains_on_the_planned_nodes_and_everyone_is_paid(
     )
 
     job = client.post("/jobs/submit", headers=user.headers, json=LEARNING_JOB).json()
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        timeout_s=600,
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"], timeout_s=600)
     assert done["status"] == "succeeded", done["status_reason"]
     # 2 workers of 2 cores: one per machine, and each machine reported the work it did.
     assert sorted(done["usage"]) == ["1", "2"]
@@ -152,10 +149,7 @@ def test_gpu_job_waits_for_a_gpu_node_and_starts_when_one_joins(
     agent_pool.add_machine(3, num_gpus=1)
     gpu_box = {"gpu": 1, "cpu_cores": 2, "memory": 4}
     assert start_node(client, agent_pool, owner.headers, "gpu-box", gpu_box) == 3
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     assert list(done["usage"]) == ["3"]  # it ran on the GPU node, and only there
 
@@ -222,10 +216,7 @@ def test_gateway_restart_mid_job_reattaches_and_settles_once(
     # the nodes' drivers went on meanwhile.
     client.restart()
     assert steps_seen(client, user.headers, job["id"]) < steps  # still running
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     assert done["attempts"] == 1  # re-attached, not restarted
     series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()
@@ -277,10 +268,7 @@ def test_losing_a_node_mid_job_resumes_elsewhere_and_pays_the_dead_node_only_for
     )
     assert sorted(p["node_id"] for p in resumed["placement"]) == [1, 3]
     node2_usage = resumed["usage"]["2"]
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     assert done["attempts"] == 2
     assert done["usage"]["2"] == node2_usage  # nothing more for the dead node
@@ -375,11 +363,7 @@ def test_max_runtime_is_enforced_and_what_ran_is_settled(
     assert steps_seen(client, user.headers, job["id"]) >= saved_every
 
     # ...and the limit stops it, measured from its start.
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        timeout_s=RUNTIME_LIMIT_S + 120,
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"], timeout_s=RUNTIME_LIMIT_S + 120)
     assert done["status"] == "failed"
     assert f"stopped: exceeded max_runtime_s ({RUNTIME_LIMIT_S} s)" in done["status_reason"]
     ran = dt.datetime.fromisoformat(done["finished_at"]) - dt.datetime.fromisoformat(
@@ -429,10 +413,7 @@ def test_a_job_that_cannot_succeed_fails_at_once_with_its_cause_and_no_server_pa
     if body["model_config"]["type"] == "simple_transformer":
         body["data_config"] = TINY_JOB["data_config"]
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "failed" and done["attempts"] == 1, done
     assert reason in done["status_reason"]
     for server_path in (str(ray_settings.data_root), str(ray_settings.storage_path), "/tmp/"):

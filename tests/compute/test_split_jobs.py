@@ -19,7 +19,7 @@ from ray_module.data.examples import digits
 from ray_module.strategies.split.samples import split_ids
 from ray_module.strategies.split.worker import ids_digest
 from tests.agent_pool import AgentPool
-from tests.conftest import finished, job_state, start_node
+from tests.conftest import job_state, start_node, submit_and_wait, wait_until_finished
 from tests.live_gateway import LiveGateway
 from tests.metering_checks import assert_each_step_paid_once
 from tests.polling import wait_for
@@ -46,14 +46,7 @@ SPLIT_DIGITS = {
 
 
 def run_job(client: TestClient, headers: dict, body: dict) -> dict:
-    response = client.post("/jobs/submit", headers=headers, json=body)
-    assert response.status_code == 201, response.text
-    job_id = response.json()["id"]
-    done = wait_for(
-        lambda: finished(client, headers, job_id),
-        timeout_s=600,
-        what=lambda: job_state(client, headers, job_id),
-    )
+    done = submit_and_wait(client, headers, body, timeout_s=600)
     assert done["status"] == "succeeded", done["status_reason"]
     return done
 
@@ -343,11 +336,7 @@ def test_a_loader_node_dying_mid_epoch_resumes_from_the_checkpoint_and_completes
         ("loader", 2),
     }
     agent_pool.lose(2)  # the loader's machine dies mid-epoch
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        timeout_s=600,
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"], timeout_s=600)
     assert done["status"] == "succeeded", done["status_reason"]
     assert done["attempts"] == 2
     points = series(client, user.headers, job["id"])

@@ -20,7 +20,7 @@ from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
 from ray_module.strategies.es.worker import ESWorker, WorkerConfig
 from tests.baselines import char_unigram
-from tests.conftest import finished, job_state
+from tests.conftest import wait_until_finished
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -142,10 +142,7 @@ def test_char_rnn_with_es_on_stdlib_text_learns_more_than_character_frequencies(
     }
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
     assert job["strategy"] == "es"  # the default for char_rnn
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()["series"]
     steps = [p["values"] for p in series if p["step"] > 0]

@@ -24,7 +24,7 @@ from ray_module.strategies.fedavg.client import ClientHost, HostConfig
 from ray_module.strategies.fedavg.run import run_fedavg
 from ray_module.strategies.fedavg.server import FedAvgServer, Host, NotEnoughClientsError
 from tests.agent_pool import AgentPool
-from tests.conftest import finished, job_state, start_node
+from tests.conftest import job_state, start_node, wait_until_finished
 from tests.live_gateway import LiveGateway
 from tests.polling import wait_for
 from tests.ray_state import list_actors
@@ -198,10 +198,7 @@ def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
     user = make_account("alice")
     earlier = client_host_actors()
     job = client.post("/jobs/submit", headers=user.headers, json=DIGITS_JOB).json()
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     # Where the clients ran (step 0 names each client's node): four, two on each machine.
     nodes = client_nodes(client, user.headers, job["id"])
@@ -246,10 +243,7 @@ def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
         "training_config": {**DIGITS_JOB["training_config"], "rounds": 1},
     }
     again = client.post("/jobs/submit", headers=user.headers, json=more).json()
-    finished_again = wait_for(
-        lambda: finished(client, user.headers, again["id"]),
-        what=lambda: job_state(client, user.headers, again["id"]),
-    )
+    finished_again = wait_until_finished(client, user.headers, again["id"])
     assert finished_again["status"] == "succeeded", finished_again["status_reason"]
     continued = rounds_of(client, user.headers, again["id"])[0]["values"]
     assert continued["validation_accuracy"] >= 0.85 > rounds[0]["values"]["validation_accuracy"]
@@ -280,10 +274,7 @@ def test_tiny_t5_on_synthetic_t2t_lowers_its_loss(
     }
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
     assert job["strategy"] == "fedavg"  # the default for text_to_text
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     rounds = [p["values"] for p in rounds_of(client, user.headers, job["id"])]
     assert len(rounds) == 3
@@ -320,10 +311,7 @@ def test_killing_a_clients_node_mid_job_finishes_with_the_others_and_the_dead_no
     placed = job_state(client, user.headers, job["id"])["placement"]
     assert sorted(p["node_id"] for p in placed) == [1, 2, 3]  # one client per node
     agent_pool.lose(2)  # the machine behind node 2 dies mid-job
-    done = wait_for(
-        lambda: finished(client, user.headers, job["id"]),
-        what=lambda: job_state(client, user.headers, job["id"]),
-    )
+    done = wait_until_finished(client, user.headers, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     assert done["attempts"] == 1  # finished with the other clients, no restart
 
