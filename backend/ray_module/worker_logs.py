@@ -187,10 +187,3 @@ def capture_worker_output(job_id: int, source: str, send: Any = None) -> None:
         logging.captureWarnings(True)
         logging.getLogger().addHandler(_SinkHandler(sink))
         _installed = sink
-
-
-def flush_worker_output() -> None:
-    """Send what is buffered now (a worker's last words before it returns its result)."""
-    if _installed is not None:
-        with contextlib.suppress(Exception):
-            _installed.flush()
