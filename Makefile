@@ -33,9 +33,10 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The developers' loop, in under two minutes on 2 cores: no Ray, no launched gateways, no
-# browser; SQLite only; two test processes.
+# browser; SQLite only; two test processes, each taking whole files (the host-network tests
+# make one bridge at a time).
 test-fast: $(VENV)/.dev-installed
-	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n 2 \
+	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n 2 --dist loadfile \
 	  -m "not slow and not ray and not browser and not postgres" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
