@@ -70,7 +70,8 @@ def test_the_local_agents_ray_is_started_again_when_it_dies_and_runs_jobs(
         what="the local node online",
     )
     assert gateway.as_admin("GET", "/health")["ray"] == "nodes"  # the gateway runs no Ray
-    assert run_job(gateway)["status"] == "succeeded"
+    done = run_job(gateway)
+    assert done["status"] == "succeeded", done["status_reason"]
 
     (head,) = wait_for(lambda: ray_heads(gateway), timeout_s=30, what="the node's Ray")
     os.killpg(head.pid, signal.SIGKILL)  # the whole Ray of the node, at once
