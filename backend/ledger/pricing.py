@@ -60,6 +60,15 @@ class ResourceSeconds:
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
+    def __add__(self, other: ResourceSeconds) -> ResourceSeconds:
+        if not isinstance(other, ResourceSeconds):
+            return NotImplemented
+        return ResourceSeconds(
+            self.gpu_seconds + other.gpu_seconds,
+            self.cpu_core_seconds + other.cpu_core_seconds,
+            self.memory_gb_seconds + other.memory_gb_seconds,
+        )
+
 
 @dataclass(frozen=True)
 class CostBreakdown:

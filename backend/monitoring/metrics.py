@@ -10,13 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
+from compute.billing.usage import JobUsage, figures_of
 from compute.dispatch.scheduling import capacity_and_free
 from compute.jobs.state import JobStatus
 from compute.models import Job, JobMetric, Node, NodeHeartbeat
 from compute.nodes.service import NodeApproval, NodeStatus, node_status
 from ledger.invariants import ledger_report
 from ledger.models import EntryKind, LedgerEntry
-from ledger.pricing import tokens
+from ledger.pricing import ResourceSeconds, tokens
 
 
 def system_metrics(session: Session, *, now: dt.datetime, node_timeout_s: int) -> dict[str, Any]:
@@ -90,21 +91,19 @@ class NodeActivity:
 
 def node_activity(session: Session, node: Node) -> NodeActivity:
     """What a node has served: jobs with metered work on it, resource-seconds, earnings."""
-    key = str(node.id)
     jobs_run = 0
-    totals = {"gpu_seconds": 0.0, "cpu_core_seconds": 0.0, "memory_gb_seconds": 0.0}
-    for usage in session.scalars(select(Job.usage).where(Job.usage.is_not(None))):
-        figures = (usage or {}).get(key)
-        if figures:
+    served = ResourceSeconds()
+    for stored in session.scalars(select(Job.usage).where(Job.usage.is_not(None))):
+        usage = JobUsage.from_column(stored)
+        if node.id in usage.nodes:
             jobs_run += 1
-            for name in totals:
-                totals[name] += float(figures.get(name, 0.0))
+            served += usage.of_node(node.id)
     earned = session.scalar(
         select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
             LedgerEntry.node_id == node.id, LedgerEntry.kind == EntryKind.NODE_CREDIT.value
         )
     )
-    return NodeActivity(jobs_run=jobs_run, tokens_earned=int(earned or 0), **totals)
+    return NodeActivity(jobs_run=jobs_run, tokens_earned=int(earned or 0), **figures_of(served))
 
 
 def training_series(

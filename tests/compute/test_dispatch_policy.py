@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from compute.billing.usage import add_usage, metered
+from compute.billing.usage import JobUsage
 from compute.dispatch.policy import DispatchLimits, RunningJob, decide, without_roots
 from compute.jobs.state import JobStatus
 from ledger.pricing import Rates
@@ -136,7 +136,7 @@ def test_usage_on_the_owners_own_node_costs_nothing() -> None:
 
 
 def test_usage_already_stored_counts_toward_the_budget() -> None:
-    stored = {"2": {"gpu_seconds": 0.0, "cpu_core_seconds": 7000.0, "memory_gb_seconds": 0.0}}
+    stored = JobUsage().plus([UsageEvent(2, cpu_core_seconds=7000.0)])
     job = dataclasses.replace(JOB, usage=stored)
     assert run(job, events(UsageEvent(2, cpu_core_seconds=200))).status is JobStatus.FAILED
 
@@ -172,17 +172,6 @@ def test_an_attempt_that_never_starts_training_is_re_planned() -> None:
     # Training events arrived (cursor past 1): not stalled, however long it runs.
     assert run(job, events(MetricEvent(1, {})), now=at(5000)).status is None
     assert run(dataclasses.replace(job, event_cursor=5), [], now=at(5000)).status is None
-
-
-def test_usage_accumulates_per_node() -> None:
-    fresh = events(*(UsageEvent(n, 1, 2, 3) for n in (1, 2, 1)))
-    assert add_usage({}, fresh) == {
-        "1": {"gpu_seconds": 2.0, "cpu_core_seconds": 4.0, "memory_gb_seconds": 6.0},
-        "2": {"gpu_seconds": 1.0, "cpu_core_seconds": 2.0, "memory_gb_seconds": 3.0},
-    }
-    half = {"gpu_seconds": 0.0, "cpu_core_seconds": 1800.0, "memory_gb_seconds": 0.0}
-    assert metered({"1": half, "2": half}, frozenset({1, 2}), RATES) == 1_000_000
-    assert metered({"1": half, "2": half}, frozenset({2}), RATES) == 500_000
 
 
 def test_reasons_show_paths_relative_to_the_roots() -> None:

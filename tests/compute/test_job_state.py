@@ -54,6 +54,7 @@ def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
     settings,
 ) -> None:
     from compute.billing.service import rates_from
+    from compute.billing.usage import JobUsage
     from compute.jobs.service import finish_job, transition_job
     from compute.models import Job
     from tests.conftest import submit_job
@@ -68,7 +69,7 @@ def test_service_transition_sets_timestamps_and_refuses_illegal_moves(
         transition_job(db, job, JobStatus.SCHEDULED, "scheduled again while running")
     with pytest.raises(ValueError, match="finish_job"):
         transition_job(db, job, JobStatus.SUCCEEDED, "done")
-    finish_job(db, job, JobStatus.SUCCEEDED, "done", usage=[], rates=rates_from(settings))
+    finish_job(db, job, JobStatus.SUCCEEDED, "done", usage=JobUsage(), rates=rates_from(settings))
     assert job.finished_at is not None
     db.commit()
     refused = client.post(f"/jobs/{job_id}/cancel", headers=user.headers)

@@ -533,3 +533,43 @@ def test_model_overrides_are_known_in_range_and_fit_the_memory(
     fits = {"n_embd": 128, "n_head": 4, "n_layer": 4}
     body["model_config"]["overrides"] = fits
     assert client.post("/jobs/submit", headers=user.headers, json=body).status_code == 201
+
+
+def test_a_jobs_usage_is_shown_as_stored_with_its_stages_and_unsaved_work(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    job_id = submit_job(client, user.headers)["id"]
+    loader = {"gpu_seconds": 0.0, "cpu_core_seconds": 6.0, "memory_gb_seconds": 24.0}
+    trainer = {"gpu_seconds": 2.0, "cpu_core_seconds": 4.0, "memory_gb_seconds": 16.0}
+    stored = {  # as the dispatcher stores it: figures, then the stage breakdown
+        "1": {**loader, "stages": {"loader": loader}},
+        "2": {**trainer, "stages": {"trainer": trainer}},
+        "3": {**loader, "stages": {"loader": loader}},
+    }
+    unsaved = {
+        "4/2/trainer": {"gpu_seconds": 1.0, "cpu_core_seconds": 2.0, "memory_gb_seconds": 8.0},
+        "5/2/trainer": {"gpu_seconds": 1.0, "cpu_core_seconds": 2.0, "memory_gb_seconds": 8.0},
+    }
+    db.execute(update(Job).where(Job.id == job_id).values(usage=stored, unsaved_usage=unsaved))
+    db.commit()
+    shown = client.get(f"/jobs/{job_id}", headers=user.headers).json()
+    assert shown["usage"] == stored
+    assert shown["usage_by_stage"] == {
+        "loader": {"gpu_seconds": 0.0, "cpu_core_seconds": 12.0, "memory_gb_seconds": 48.0},
+        "trainer": trainer,
+    }
+    assert shown["unsaved_usage"] == {
+        "2": {
+            "gpu_seconds": 2.0,
+            "cpu_core_seconds": 4.0,
+            "memory_gb_seconds": 16.0,
+            "stages": {
+                "trainer": {"gpu_seconds": 2.0, "cpu_core_seconds": 4.0, "memory_gb_seconds": 16.0}
+            },
+        }
+    }
+
+
+def test_a_job_without_usage_shows_none(client: TestClient, user: Account) -> None:
+    shown = submit_job(client, user.headers)
+    assert (shown["usage"], shown["unsaved_usage"], shown["usage_by_stage"]) == (None, {}, {})

@@ -66,6 +66,30 @@ def test_heartbeat_with_credential_turns_node_online_and_stores_sample(
     assert sample["gpu_utilization"] == 80
 
 
+def test_a_nodes_metrics_sum_its_work_over_the_jobs_that_ran_on_it(
+    client: TestClient, node_owner: Account, user: Account, db: Session
+) -> None:
+    from compute.models import Job
+    from tests.conftest import submit_job
+
+    node = register_node(client, node_owner.headers)
+    key, elsewhere = str(node["id"]), str(node["id"] + 100)
+    figures = {"gpu_seconds": 1.5, "cpu_core_seconds": 6.0, "memory_gb_seconds": 24.0}
+    split = {**figures, "stages": {"loader": figures}}
+    usages = [{key: figures, elsewhere: figures}, {key: split}, {elsewhere: figures}]
+    job_ids = [submit_job(client, user.headers)["id"] for _ in usages]
+    for job_id, usage in zip(job_ids, usages, strict=True):  # API calls first: SQLite's lock
+        db.execute(update(Job).where(Job.id == job_id).values(usage=usage))
+    db.commit()
+    metrics = client.get(f"/metrics/node/{node['id']}", headers=node_owner.headers).json()
+    assert metrics["jobs_run"] == 2  # not the job that ran elsewhere only
+    assert metrics["resource_seconds_served"] == {
+        "gpu_seconds": 3.0,
+        "cpu_core_seconds": 12.0,
+        "memory_gb_seconds": 48.0,
+    }
+
+
 def test_heartbeat_with_owner_token_and_without_body(
     client: TestClient, node_owner: Account
 ) -> None:

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from compute.billing.usage import JobUsage
 from compute.jobs.state import JobStatus
 from core.db import make_session_factory
 from core.errors import InvalidInputError
@@ -80,7 +81,7 @@ def test_settling_twice_changes_nothing(
     again = settle(
         session,
         session.get(Job, job["id"]),
-        [usage(node["id"], 9999, 9999, 9999)],
+        JobUsage().plus([usage(node["id"], 9999, 9999, 9999)]),
         rates_from(settings),
     )
     session.commit()
@@ -184,9 +185,9 @@ def test_usage_on_an_unknown_node_is_refused_and_nothing_settles(
 
 def test_negative_usage_is_refused() -> None:
     with pytest.raises(ValueError):
-        usage(1, gpu_s=-1)
+        JobUsage().plus([usage(1, gpu_s=-1)])
     with pytest.raises(ValueError):
-        usage(1, cpu_s=float("nan"))
+        JobUsage().plus([usage(1, cpu_s=float("nan"))])
 
 
 def test_metered_cost_counts_other_owners_nodes_only(
@@ -197,7 +198,6 @@ def test_metered_cost_counts_other_owners_nodes_only(
     node_owner: Account,
 ) -> None:
     from compute.billing.service import charged_nodes, job_estimate, node_owners, rates_from
-    from compute.billing.usage import metered
     from compute.models import Job
 
     theirs = register_node(client, node_owner.headers, "theirs")
@@ -208,11 +208,11 @@ def test_metered_cost_counts_other_owners_nodes_only(
     job, own_job = session.get(Job, job_id), session.get(Job, own_job_id)
     rates = rates_from(settings)
     half_hour = {"gpu_seconds": 0.0, "cpu_core_seconds": 1800.0, "memory_gb_seconds": 0.0}
-    used = {str(theirs["id"]): half_hour, str(second["id"]): half_hour}  # 0.5 + 0.5 token
+    used = JobUsage.from_column({str(theirs["id"]): half_hour, str(second["id"]): half_hour})
     owners = node_owners(session)
-    assert metered(used, charged_nodes(owners, job), rates) == 1_000_000
+    assert used.metered(charged_nodes(owners, job), rates) == 1_000_000  # 0.5 + 0.5 token
     assert job_estimate(job, rates).total == 1_000_000  # the budget the dispatcher enforces
-    assert metered(used, charged_nodes(owners, own_job), rates) == 0  # own nodes are free
+    assert used.metered(charged_nodes(owners, own_job), rates) == 0  # own nodes are free
     session.commit()
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from app.schemas.common import ResourcesOut
 from compute.billing.job_money import JobMoney
 from compute.billing.metering import unsaved_events
-from compute.billing.usage import add_usages, usage_by_stage
+from compute.billing.usage import JobUsage, figures_of
 from compute.models import Job
 from ledger.pricing import tokens
 
@@ -98,6 +98,8 @@ def with_money(out: JobOut, money: JobMoney) -> JobOut:
 
 
 def job_out(job: Job) -> JobOut:
+    usage = JobUsage.from_column(job.usage)
+    unsaved = JobUsage().plus(unsaved_events(job.unsaved_usage))
     return JobOut(
         id=job.id,
         owner_id=job.owner_id,
@@ -112,9 +114,9 @@ def job_out(job: Job) -> JobOut:
         spec=job.spec,
         placement=job.placement,
         attempts=job.attempts,
-        usage=job.usage,
-        unsaved_usage=add_usages({}, unsaved_events(job.unsaved_usage)),
-        usage_by_stage=usage_by_stage(job.usage),
+        usage=None if job.usage is None else usage.to_column(),
+        unsaved_usage=unsaved.to_column(),
+        usage_by_stage={stage: figures_of(done) for stage, done in usage.by_stage().items()},
         has_artifact=bool(job.artifact_path),
         created_at=job.created_at,
         updated_at=job.updated_at,

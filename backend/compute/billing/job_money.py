@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compute.billing.service import charged_nodes, job_estimate, node_owners
-from compute.billing.usage import metered
+from compute.billing.usage import JobUsage
 from compute.models import Job
 from ledger.models import EntryKind, LedgerEntry, LedgerTransaction
 from ledger.pricing import Rates
@@ -88,7 +88,7 @@ def jobs_money(session: Session, jobs: Sequence[Job], rates: Rates) -> dict[int,
                 earnings=dict(sorted(done.earnings.items())),
             )
             continue
-        so_far = metered(job.usage or {}, charged_nodes(owners, job), rates)
+        so_far = JobUsage.from_column(job.usage).metered(charged_nodes(owners, job), rates)
         if so_far > 0:
             so_far = max(so_far, minimum)
         money[job.id] = JobMoney(hold=hold, cost_so_far=min(so_far, hold))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from compute.billing.usage import RESOURCE_KEYS
+from compute.billing.usage import figures_of, seconds_of, seconds_used
 from protocol.events import UsageEvent
 
 UnsavedUsage = Mapping[str, Mapping[str, float]]  # "<step>/<node>/<stage>" -> figures
@@ -26,11 +26,8 @@ UnsavedUsage = Mapping[str, Mapping[str, float]]  # "<step>/<node>/<stage>" -> f
 def with_unsaved(unsaved: UnsavedUsage | None, usage: UsageEvent) -> dict[str, dict]:
     """``unsaved`` plus ``usage`` (a new mapping)."""
     result = {key: dict(figures) for key, figures in (unsaved or {}).items()}
-    figures = result.setdefault(
-        f"{usage.step}/{usage.node_id}/{usage.stage}", dict.fromkeys(RESOURCE_KEYS, 0.0)
-    )
-    for name, value in usage.figures().items():
-        figures[name] = float(figures.get(name, 0.0)) + value
+    key = f"{usage.step}/{usage.node_id}/{usage.stage}"
+    result[key] = figures_of(seconds_of(result.get(key, {})) + seconds_used(usage))
     return result
 
 
@@ -39,8 +36,17 @@ def unsaved_events(unsaved: UnsavedUsage | None) -> list[UsageEvent]:
     events = []
     for key, figures in (unsaved or {}).items():
         step, node, stage = key.split("/", 2)
-        amounts = [float(figures.get(name, 0.0)) for name in RESOURCE_KEYS]
-        events.append(UsageEvent(int(node), *amounts, stage=stage, step=int(step)))
+        done = seconds_of(figures)
+        events.append(
+            UsageEvent(
+                int(node),
+                done.gpu_seconds,
+                done.cpu_core_seconds,
+                done.memory_gb_seconds,
+                stage=stage,
+                step=int(step),
+            )
+        )
     return sorted(events, key=lambda event: (event.step, event.node_id, event.stage))
 
 

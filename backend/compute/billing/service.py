@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from compute.billing.usage import JobUsage
 from compute.jobs.spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements
 from compute.jobs.strategy import extra_shares
 from compute.models import Job, Node
@@ -19,7 +20,6 @@ from core.settings import Settings
 from ledger.pricing import (
     CostBreakdown,
     Rates,
-    ResourceSeconds,
     price_reservation,
     tokens_to_micro,
 )
@@ -104,30 +104,27 @@ def job_estimate(job: Job, rates: Rates) -> Estimate:
     )
 
 
-@dataclass(frozen=True)
-class UsageReport:
-    """Metered usage of one node for a job (what the Ray runner reports)."""
-
-    node_id: int
-    usage: ResourceSeconds
-
-
 def settle(
-    session: Session, job: Job, usage: Sequence[UsageReport], rates: Rates
+    session: Session,
+    job: Job,
+    usage: JobUsage,
+    rates: Rates,
+    *,
+    placed_on: Iterable[int] = (),
 ) -> SettlementResult:
-    """Settle the job's escrow with the usage of the nodes it ran on (once; later calls no-op)."""
-    node_ids = {report.node_id for report in usage}
-    owners = dict(
-        session.execute(select(Node.id, Node.owner_id).where(Node.id.in_(node_ids))).all()
-    )
-    unknown = node_ids - owners.keys()
+    """Settle the job's escrow with its usage on the nodes it ran on, and nothing-yet on the
+    others it was placed on (once; later calls no-op)."""
+    work = usage.by_node(placed_on)
+    found = session.execute(select(Node.id, Node.owner_id).where(Node.id.in_(list(work))))
+    owners = dict(found.all())
+    unknown = work.keys() - owners.keys()
     if unknown:
         raise InvalidInputError(f"usage names unknown nodes: {sorted(unknown)}")
     return settle_job(
         session,
         job_id=job.id,
         job_owner_id=job.owner_id,
-        usage=[NodeUsage(r.node_id, owners[r.node_id], r.usage) for r in usage],
+        usage=[NodeUsage(node, owners[node], seconds) for node, seconds in work.items()],
         rates=rates,
         memo=f"settlement of job {job.id} ({job.status})",
     )

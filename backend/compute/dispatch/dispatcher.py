@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -30,14 +30,8 @@ from compute.billing.metering import (
     unsaved_events,
     with_unsaved,
 )
-from compute.billing.service import (
-    UsageReport,
-    charged_nodes,
-    job_estimate,
-    node_owners,
-    rates_from,
-)
-from compute.billing.usage import add_usages, resource_seconds
+from compute.billing.service import charged_nodes, job_estimate, node_owners, rates_from
+from compute.billing.usage import JobUsage
 from compute.dispatch.leadership import hold_lease, holder_name, release_lease
 from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
 from compute.dispatch.node_reconciliation import node_changes
@@ -337,8 +331,10 @@ class Dispatcher:
             job,
             decision.status,
             decision.reason,
-            usage=usage_reports(job, () if decision.attempt_lost else placed_on),
+            usage=JobUsage.from_column(job.usage),
             rates=self.rates,
+            # A job that ran pays the minimum charge even if it ended before any work.
+            placed_on=() if decision.attempt_lost else placed_on,
         )
 
     def store(self, session: Session, job: Job, recorded: RecordedEvent) -> None:
@@ -377,7 +373,7 @@ def save_usage(session: Session, job: Job, usages: list[UsageEvent]) -> None:
     each part goes into the job's event stream."""
     if not usages:
         return
-    job.usage = add_usages(job.usage or {}, usages)
+    job.usage = JobUsage.from_column(job.usage).plus(usages).to_column()
     for usage in usages:
         record_event(
             session,
@@ -463,7 +459,7 @@ def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
             max_runtime_s=job.max_runtime_s,
             cancel_requested=job.cancel_requested_at is not None,
             budget=job_estimate(job, rates).total,
-            usage=dict(job.usage or {}),
+            usage=JobUsage.from_column(job.usage),
             unsaved=tuple(unsaved_events(job.unsaved_usage)),
             charged_nodes=charged_nodes(owners, job),
         )
@@ -486,18 +482,6 @@ def progress_note(job: Job, values: dict) -> str | None:
         return get_rules(job.strategy).progress_note(values)
     except SettingsError:
         return None
-
-
-def usage_reports(job: Job, placed_on: Iterable[int] = ()) -> list[UsageReport]:
-    """The job's saved usage per node, and nothing-yet for the other nodes it was placed on:
-    a job that ran pays the minimum charge even if it ended before reporting any work."""
-    reports = [
-        UsageReport(int(node_id), resource_seconds(figures))
-        for node_id, figures in (job.usage or {}).items()
-    ]
-    reported = {report.node_id for report in reports}
-    nothing = resource_seconds({})
-    return reports + [UsageReport(node, nothing) for node in placed_on if node not in reported]
 
 
 def placement_nodes(job: Job) -> list[int]:

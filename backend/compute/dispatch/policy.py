@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from compute.billing.usage import UsageTotals, add_usage, add_usages, metered
+from compute.billing.usage import JobUsage
 from compute.jobs.state import JobStatus
 from ledger.pricing import Rates, tokens
 from protocol.events import RecordedEvent, RunState, StatusEvent, UsageEvent
@@ -31,7 +31,7 @@ class RunningJob:
     max_runtime_s: int
     cancel_requested: bool
     budget: int  # micro-tokens the job may cost (its hold); 0: no limit
-    usage: UsageTotals = field(default_factory=dict)  # saved by checkpoints: what is paid
+    usage: JobUsage = field(default_factory=JobUsage)  # saved by checkpoints: what is paid
     unsaved: tuple[UsageEvent, ...] = ()  # the attempt's work that no checkpoint covers yet
     # Nodes of other owners: their usage is charged (running on your own node is free).
     charged_nodes: frozenset[int] = frozenset()
@@ -95,8 +95,9 @@ def decide(
     if job.cancel_requested:
         return Decision(events, JobStatus.CANCELLED, "cancelled while running")
     # The budget counts unsaved work too: it stops a job before it can run past its hold.
-    so_far = add_usage(add_usages(job.usage, job.unsaved), events)
-    spent = metered(so_far, job.charged_nodes, rates)
+    fresh_usage = [r.event for r in events if isinstance(r.event, UsageEvent)]
+    so_far = job.usage.plus(job.unsaved).plus(fresh_usage)
+    spent = so_far.metered(job.charged_nodes, rates)
     if job.budget > 0 and spent >= job.budget:
         reason = (
             f"stopped: its budget of {tokens(job.budget)} tokens is used up "

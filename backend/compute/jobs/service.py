@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
-from compute.billing.service import UsageReport, estimate_cost, settle
+from compute.billing.service import estimate_cost, settle
+from compute.billing.usage import JobUsage
 from compute.dispatch.placement import plan
 from compute.dispatch.scheduling import capacity_and_free, pending_job
 from compute.jobs.events import record_status
@@ -260,14 +261,16 @@ def finish_job(
     target: JobStatus,
     reason: str,
     *,
-    usage: Sequence[UsageReport],
+    usage: JobUsage,
     rates: Rates,
+    placed_on: Iterable[int] = (),
 ) -> SettlementResult:
-    """Move the job to a terminal state and settle its escrow with the metered usage."""
+    """Move the job to a terminal state and settle its escrow with the metered usage (the
+    nodes it was placed on pay at least the minimum charge; see ``settle``)."""
     if not target.is_terminal():
         raise ValueError(f"{target.value} is not a terminal state")
     _move(session, job, target, reason)
-    return settle(session, job, usage, rates)
+    return settle(session, job, usage, rates, placed_on=placed_on)
 
 
 def cancel_job(session: Session, viewer: User, job_id: int, *, rates: Rates) -> Job:
@@ -277,7 +280,9 @@ def cancel_job(session: Session, viewer: User, job_id: int, *, rates: Rates) -> 
     status = JobStatus(job.status)
     who = "an admin" if viewer.role == Role.ADMIN and job.owner_id != viewer.id else "its owner"
     if status is JobStatus.QUEUED:
-        finish_job(session, job, JobStatus.CANCELLED, f"cancelled by {who}", usage=[], rates=rates)
+        finish_job(
+            session, job, JobStatus.CANCELLED, f"cancelled by {who}", usage=JobUsage(), rates=rates
+        )
         return job
     check_transition(status, JobStatus.CANCELLED)  # 409 for finished jobs
     if job.cancel_requested_at is not None:
