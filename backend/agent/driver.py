@@ -51,8 +51,9 @@ def node_config(order: DriverOrder) -> RunConfig:
     saves published to the gateway."""
     config = run_config_from_wire(order.config)
     data = dataclasses.replace(config.data, data_root=order.data_root or None)
+    request = dataclasses.replace(config.request, data=data)
     target = PublishTarget(order.gateway_url, config.job_id, config.attempt, order.run_token)
-    return dataclasses.replace(config, storage_path=order.work_dir, data=data, publish=target)
+    return dataclasses.replace(config, request=request, storage_path=order.work_dir, publish=target)
 
 
 def relay(client: RunClient, fresh: list[RecordedEvent]) -> tuple[bool, bool]:

@@ -109,7 +109,10 @@ class Job(Base):
     memory_gb: Mapped[float] = mapped_column(Float)
     max_runtime_s: Mapped[int] = mapped_column(Integer)
     max_tokens_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as submitted, defaults filled in
+    # The spec as checked at submit (protocol.run.JobRequest, in its stored JSON form): what
+    # the scheduler, billing and the runner read; ``spec`` is what the API shows.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,10 +1,13 @@
-"""The job as a node receives it: which model and data, the strategy's knobs, each worker's
-share and node. Frozen plain data, so the gateway, a job's driver and every worker agree on one
-definition; ``run_config_to_wire``/``run_config_from_wire`` are its JSON form over HTTP."""
+"""The job as a node receives it: what its user asked to run (``JobRequest``: model, data,
+strategy and knobs, checked once at submit and stored with the job) plus what the gateway
+adds for an attempt (each worker's share and node, storage, attempt). Frozen plain data, so
+the gateway, a job's driver and every worker agree on one definition.
+``job_request_to_wire``/``job_request_from_wire`` are the request's JSON form as the gateway
+stores it; ``run_config_to_wire``/``run_config_from_wire`` a run's over HTTP."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -33,7 +36,32 @@ class DataRequest:
     target_column: str | None = None  # labels or targets (classifiers, text-to-text)
     max_samples: int | None = None
     validation_split: float | None = None
-    data_root: str | None = None  # absolute path of DISTLM_DATA_ROOT
+    # Absolute path of DISTLM_DATA_ROOT: None in a stored request, set in a run's config.
+    data_root: str | None = None
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """The job's total requirements, shared among its workers."""
+
+    gpu: int = 0
+    cpu_cores: float = 1.0
+    memory_gb: float = 2.0
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a user asked to run, checked at submit: the one form of a job spec that the
+    strategies' rules, the scheduler, billing and the runner read."""
+
+    strategy: str
+    model: ModelRequest
+    data: DataRequest
+    knobs: dict[str, Any] = field(default_factory=dict)  # the strategy's, as submitted
+    task: str = "train"  # train | validate | infer (strategies that list them in ``tasks``)
+    inference: dict[str, Any] = field(default_factory=dict)  # inference_config, if any
+    requirements: ResourceRequest = ResourceRequest()
+    num_workers: int | None = None  # the user's explicit worker count, if any
 
 
 @dataclass(frozen=True)
@@ -61,16 +89,14 @@ class PublishTarget:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One attempt of a job: its request (a ``job:<id>`` model resolved, the data root set)
+    and where it runs."""
+
     job_id: int
-    strategy: str
-    model: ModelRequest
-    data: DataRequest
-    training: dict  # the strategy's knobs as submitted (checked again by its parser)
+    request: JobRequest
     workers: tuple[WorkerPlan, ...]
     storage_path: str
     attempt: int = 1
-    task: str = "train"  # train | validate | infer (strategies that list them in ``tasks``)
-    inference: dict = field(default_factory=dict)  # inference_config of an infer task
     # None: ``storage_path`` is the gateway's own storage (its Ray's runners share it).
     publish: PublishTarget | None = None
 
@@ -78,18 +104,62 @@ class RunConfig:
     def job_dir(self) -> str:
         return f"{self.storage_path}/jobs/{self.job_id}"
 
+    # The request's parts, read where the runner and the strategies use them.
+    @property
+    def strategy(self) -> str:
+        return self.request.strategy
+
+    @property
+    def model(self) -> ModelRequest:
+        return self.request.model
+
+    @property
+    def data(self) -> DataRequest:
+        return self.request.data
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The strategy's knobs as submitted (checked again by its parser)."""
+        return self.request.knobs
+
+    @property
+    def task(self) -> str:
+        return self.request.task
+
+    @property
+    def inference(self) -> dict[str, Any]:
+        return self.request.inference
+
+
+def job_request_to_wire(request: JobRequest) -> dict[str, Any]:
+    return asdict(request)
+
+
+def job_request_from_wire(data: dict[str, Any]) -> JobRequest:
+    """A stored or sent ``JobRequest`` back (unknown fields are an error)."""
+    parts = dict(data)
+    parts["model"] = ModelRequest(**parts["model"])
+    parts["data"] = DataRequest(**parts["data"])
+    parts["requirements"] = ResourceRequest(**parts["requirements"])
+    return JobRequest(**parts)
+
+
+# A RunConfig's own fields, beside its request's on the wire.
+ATTEMPT_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name != "request")
+
 
 def run_config_to_wire(config: RunConfig) -> dict[str, Any]:
-    return asdict(config)
+    """One JSON object: the request's fields, and the attempt's beside them."""
+    wire = asdict(config)
+    return {**wire.pop("request"), **wire}
 
 
 def run_config_from_wire(data: dict[str, Any]) -> RunConfig:
     """The gateway's own JSON back into a ``RunConfig`` (a driver trusts the gateway it
     fetched it from; unknown fields are an error, so the two sides stay in step)."""
-    fields = dict(data)
-    fields["model"] = ModelRequest(**fields["model"])
-    fields["data"] = DataRequest(**fields["data"])
-    fields["workers"] = tuple(WorkerPlan(**plan) for plan in fields["workers"])
-    if fields.get("publish") is not None:
-        fields["publish"] = PublishTarget(**fields["publish"])
-    return RunConfig(**fields)
+    request = dict(data)
+    attempt = {name: request.pop(name) for name in ATTEMPT_FIELDS if name in request}
+    attempt["workers"] = tuple(WorkerPlan(**plan) for plan in attempt["workers"])
+    if attempt.get("publish") is not None:
+        attempt["publish"] = PublishTarget(**attempt["publish"])
+    return RunConfig(request=job_request_from_wire(request), **attempt)

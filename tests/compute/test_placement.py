@@ -7,11 +7,11 @@ from dataclasses import replace
 from compute.dispatch.placement import (
     NodeCapacity,
     PendingJob,
-    WorkerSlot,
     plan,
     subtract,
     worker_count,
 )
+from protocol.run import WorkerPlan
 
 CPU_A = NodeCapacity(1, gpu=0, cpu_cores=4, memory_gb=16)
 CPU_B = NodeCapacity(2, gpu=0, cpu_cores=4, memory_gb=16)
@@ -46,8 +46,8 @@ def test_workers_share_requirements_and_spread_when_one_node_is_too_small() -> N
     job = PendingJob(1, gpu=0, cpu_cores=6, memory_gb=8, workers=2)
     (placement,) = plan([job], [CPU_A, CPU_B]).placements
     assert placement.slots == (
-        WorkerSlot(1, 0, 3.0, 4.0),
-        WorkerSlot(2, 0, 3.0, 4.0),
+        WorkerPlan(1, 0, 3.0, 4.0),
+        WorkerPlan(2, 0, 3.0, 4.0),
     )
 
 
@@ -59,7 +59,7 @@ def test_gang_scheduling_places_all_workers_or_none() -> None:
 
 
 def test_busy_is_told_apart_from_impossible() -> None:
-    running = [WorkerSlot(1, 0, 4, 4)]
+    running = [WorkerPlan(1, 0, 4, 4)]
     job = PendingJob(2, gpu=0, cpu_cores=2, memory_gb=2)
     result = plan([job], subtract([CPU_A], running), [CPU_A])
     assert result.waiting[0].reason.startswith("waiting for resources")
@@ -97,14 +97,30 @@ def test_stored_jobs_get_their_strategys_worker_count() -> None:
     requirements give; the counts themselves are tested in test_registry."""
     from compute.jobs.strategy import worker_processes
     from compute.models import Job
+    from protocol.run import (
+        DataRequest,
+        JobRequest,
+        ModelRequest,
+        ResourceRequest,
+        job_request_to_wire,
+    )
 
     def job(strategy: str, cpu: float, training: dict) -> Job:
-        spec = {
-            "model_config": {"type": "classifier", "model_name": "mlp"},
-            "data_config": {"data_source": "builtin", "dataset_name": "digits"},
-            "training_config": {"strategy": strategy, **training},
-        }
-        return Job(strategy=strategy, cpu_cores=cpu, gpu=0, memory_gb=1.0, spec=spec)
+        request = JobRequest(
+            strategy=strategy,
+            model=ModelRequest("classifier", "mlp"),
+            data=DataRequest("builtin", "digits"),
+            knobs={k: v for k, v in training.items() if k != "num_workers"},
+            requirements=ResourceRequest(gpu=0, cpu_cores=cpu, memory_gb=1.0),
+            num_workers=training.get("num_workers"),
+        )
+        return Job(
+            strategy=strategy,
+            cpu_cores=cpu,
+            gpu=0,
+            memory_gb=1.0,
+            request=job_request_to_wire(request),
+        )
 
     assert worker_processes(job("fedavg", 8, {"clients": 3})) == 3
     assert worker_processes(job("fedavg", 2, {"clients": 4, "num_workers": 4})) == 4

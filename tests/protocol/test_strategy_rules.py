@@ -7,25 +7,33 @@ from __future__ import annotations
 import pytest
 
 from protocol.errors import SettingsError
+from protocol.run import DataRequest, JobRequest, ModelRequest, ResourceRequest
 from protocol.strategies.registry import (
     RULES,
     default_rules,
     get_rules,
     trainable_model_types,
 )
-from protocol.strategies.rules import SubmittedJob
 
 
-def submitted(model_type: str = "classifier", cpu: float = 2, gpu: int = 0, **kw) -> SubmittedJob:
-    fields = {
-        "model_name": "mlp",
-        "data_source": "builtin",
-        "dataset_name": "digits",
-        "data_path": None,
-        "memory_gb": 2.0,
-        **kw,
-    }
-    return SubmittedJob(model_type=model_type, gpu=gpu, cpu_cores=cpu, **fields)
+def submitted(
+    model_type: str = "classifier",
+    cpu: float = 2,
+    gpu: int = 0,
+    *,
+    memory_gb: float = 2.0,
+    num_workers: int | None = None,
+    data_source: str = "builtin",
+    data_path: str | None = None,
+) -> JobRequest:
+    """A submitted job as the rules see it (they do not read its strategy's name)."""
+    return JobRequest(
+        strategy="fedavg",
+        model=ModelRequest(model_type, "mlp"),
+        data=DataRequest(data_source, "digits", path=data_path),
+        requirements=ResourceRequest(gpu=gpu, cpu_cores=cpu, memory_gb=memory_gb),
+        num_workers=num_workers,
+    )
 
 
 def test_every_model_type_has_one_default_strategy_that_trains_it() -> None:

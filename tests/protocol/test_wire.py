@@ -72,7 +72,9 @@ def test_what_a_node_may_not_send_is_refused_with_the_reason(data, problem: str)
 def test_the_job_as_a_node_receives_it_survives_json_unchanged() -> None:
     from protocol.run import (
         DataRequest,
+        JobRequest,
         ModelRequest,
+        ResourceRequest,
         RunConfig,
         WorkerPlan,
         run_config_from_wire,
@@ -81,15 +83,18 @@ def test_the_job_as_a_node_receives_it_survives_json_unchanged() -> None:
 
     config = RunConfig(
         job_id=4,
-        strategy="split",
-        model=ModelRequest("classifier", "mlp", pretrained=False, overrides={"hidden": 32}),
-        data=DataRequest("builtin", "digits", max_samples=300, validation_split=0.1),
-        training={"epochs": 2, "loader": {"cpu_cores": 1, "memory": 1}},
+        request=JobRequest(
+            strategy="split",
+            model=ModelRequest("classifier", "mlp", pretrained=False, overrides={"hidden": 32}),
+            data=DataRequest("builtin", "digits", max_samples=300, validation_split=0.1),
+            knobs={"epochs": 2, "loader": {"cpu_cores": 1, "memory": 1}},
+            task="infer",
+            inference={"top_k": 3},
+            requirements=ResourceRequest(gpu=0, cpu_cores=2.0, memory_gb=2.0),
+        ),
         workers=(WorkerPlan(1, 0, 1.0, 1.0), WorkerPlan(2, 0, 1.0, 1.0, role="loader")),
         storage_path="/srv/storage",
         attempt=2,
-        task="infer",
-        inference={"top_k": 3},
     )
     sent = json.loads(json.dumps(run_config_to_wire(config)))
     assert run_config_from_wire(sent) == config

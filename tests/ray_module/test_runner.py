@@ -9,7 +9,7 @@ import pytest
 
 from compute.models import Job
 from protocol.events import MetricEvent, RunState, StatusEvent, UsageEvent
-from protocol.run import DataRequest, ModelRequest, RunConfig
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, job_request_to_wire
 from protocol.strategies.data_parallel import DataParallelSettings
 from ray_module.errors import (
     DataError,
@@ -26,10 +26,9 @@ from tests.polling import wait_for
 def config(strategy: str = "split") -> RunConfig:
     return RunConfig(
         job_id=7,
-        strategy=strategy,
-        model=ModelRequest("classifier", "mlp"),
-        data=DataRequest("builtin", "digits"),
-        training={},
+        request=JobRequest(
+            strategy, ModelRequest("classifier", "mlp"), DataRequest("builtin", "digits")
+        ),
         workers=(),
         storage_path="/tmp/distlm-unit",
     )
@@ -109,7 +108,10 @@ def test_progress_names_the_strategys_unit_and_total() -> None:
     from compute.dispatch.dispatcher import progress
 
     def job(strategy: str, training: dict) -> Job:
-        return Job(strategy=strategy, spec={"training_config": training})
+        request = JobRequest(
+            strategy, ModelRequest("classifier", "mlp"), DataRequest("builtin", "digits"), training
+        )
+        return Job(strategy=strategy, request=job_request_to_wire(request))
 
     assert progress(job("fedavg", {"rounds": 12}), 4) == "round 4 of 12"
     assert progress(job("fedavg", {}), 1) == "round 1 of 10"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from protocol.events import LogEvent, RunState, StatusEvent
-from protocol.run import DataRequest, ModelRequest, RunConfig
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig
 from ray_module.contract import NAMESPACE, runner_name
 from ray_module.runner.job_runner import JobRunner
 from ray_module.worker_logs import FINAL_LINES_S, MAX_LINES, _Sink, _Tee
@@ -54,10 +54,9 @@ def test_lines_are_split_at_newlines_cut_and_bounded_with_a_count_of_the_rest() 
 def unit_config() -> RunConfig:
     return RunConfig(
         job_id=4243,
-        strategy="es",
-        model=ModelRequest("char_rnn", "rnn"),
-        data=DataRequest("builtin", "stdlib-text"),
-        training={},
+        request=JobRequest(
+            "es", ModelRequest("char_rnn", "rnn"), DataRequest("builtin", "stdlib-text")
+        ),
         workers=(),
         storage_path="/tmp/distlm-unit",
     )

@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -216,7 +217,7 @@ class Dispatcher:
             placements = {placement.job_id: placement for placement in decision.placements}
             for job in jobs_by_id(session, placements):
                 placement = placements[job.id]
-                job.placement = [slot.__dict__ for slot in placement.slots]
+                job.placement = [asdict(slot) for slot in placement.slots]
                 job.attempts += 1
                 job.event_cursor = 0
                 job.cluster_address = None  # the new attempt's cluster is yet to form

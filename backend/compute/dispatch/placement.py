@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from protocol.placement import ExtraShare
+from protocol.run import WorkerPlan
 
 EPSILON = 1e-9
 
@@ -44,18 +45,9 @@ class PendingJob:
 
 
 @dataclass(frozen=True)
-class WorkerSlot:
-    node_id: int
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    role: str = "worker"
-
-
-@dataclass(frozen=True)
 class Placement:
     job_id: int
-    slots: tuple[WorkerSlot, ...]
+    slots: tuple[WorkerPlan, ...]  # each worker's and extra part's, as its run config has them
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,7 @@ def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
     return (0 if needs_gpu or node.gpu == 0 else 1, node.node_id)
 
 
-def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
+def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerPlan, ...] | None:
     """The job's slots on the nodes that may share a cluster: those with a cluster per job,
     then each pool's; else all on one node that takes only single-node jobs; None when it
     fits no way."""
@@ -113,21 +105,21 @@ def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot,
     return None
 
 
-def fit_on(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerSlot, ...] | None:
+def fit_on(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerPlan, ...] | None:
     """First-fit every worker of the job into the nodes (packing workers together), then its
     extra parts, on other nodes than the workers' where there is room."""
     gpu, cpu, memory = worker_share(job)
-    shapes = [WorkerSlot(0, gpu, cpu, memory)] * worker_count(job) + [
-        WorkerSlot(0, part.gpu, part.cpu_cores, part.memory_gb, part.role)
+    shapes = [WorkerPlan(0, gpu, cpu, memory)] * worker_count(job) + [
+        WorkerPlan(0, part.gpu, part.cpu_cores, part.memory_gb, part.role)
         for part in job.extra
         for _ in range(max(1, part.count))
     ]
     free = {n.node_id: n for n in nodes}
-    slots: list[WorkerSlot] = []
+    slots: list[WorkerPlan] = []
     for shape in shapes:
         taken = {slot.node_id for slot in slots}
 
-        def order(node: NodeCapacity, shape: WorkerSlot = shape, taken: set[int] = taken) -> tuple:
+        def order(node: NodeCapacity, shape: WorkerPlan = shape, taken: set[int] = taken) -> tuple:
             # An extra part goes where none of the job's parts is yet, while there is room:
             # the data stage on nodes of its own leaves the trainer's cores to the trainer,
             # and spreads the loaders over as many machines as are free.
@@ -227,7 +219,7 @@ def plan(
     return Plan(tuple(placements), tuple(waiting))
 
 
-def subtract(capacity: Sequence[NodeCapacity], used: Sequence[WorkerSlot]) -> list[NodeCapacity]:
+def subtract(capacity: Sequence[NodeCapacity], used: Sequence[WorkerPlan]) -> list[NodeCapacity]:
     """Free capacity: node totals less the slots of jobs already placed."""
     free = {n.node_id: n for n in capacity}
     for slot in used:

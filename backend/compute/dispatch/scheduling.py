@@ -13,7 +13,6 @@ from compute.dispatch.placement import (
     NodeCapacity,
     PendingJob,
     Plan,
-    WorkerSlot,
     plan,
     subtract,
 )
@@ -21,6 +20,7 @@ from compute.jobs.state import ACTIVE, JobStatus
 from compute.jobs.strategy import extra_shares, worker_processes
 from compute.models import Job, Node
 from compute.nodes.service import NodeApproval
+from protocol.run import WorkerPlan
 
 
 def eligible_nodes(session: Session) -> list[Node]:
@@ -46,8 +46,8 @@ def eligible_nodes(session: Session) -> list[Node]:
     )
 
 
-def slots_of(job: Job) -> list[WorkerSlot]:
-    return [WorkerSlot(**slot) for slot in (job.placement or [])]
+def slots_of(job: Job) -> list[WorkerPlan]:
+    return [WorkerPlan(**slot) for slot in (job.placement or [])]
 
 
 def pending_job(job: Job) -> PendingJob:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from auth.models import User
 from compute.jobs.service import get_job_for
 from compute.jobs.state import JobStatus
+from compute.jobs.strategy import job_request
 from core.errors import ConflictError, InvalidInputError, NotFoundError
 from protocol import results as stored
 
@@ -35,8 +36,7 @@ def results_file(
 ) -> tuple[Path, ResultFormat]:
     """The file of the job's results in ``fmt`` (an infer job's predictions as JSON Lines or
     Parquet; a validate job's scores as JSON), and the format served."""
-    job, directory = _results_dir(session, viewer, job_id, storage_root)
-    task = (job.spec or {}).get("task") or "train"
+    task, directory = _results_dir(session, viewer, job_id, storage_root)
     if task == "validate":
         if fmt not in (None, ResultFormat.JSON):
             raise InvalidInputError("a validate job's result is JSON: use format=json")
@@ -51,8 +51,7 @@ def results_file(
 def results_summary(
     session: Session, viewer: User, job_id: int, *, storage_root: Path
 ) -> dict[str, Any]:
-    job, directory = _results_dir(session, viewer, job_id, storage_root)
-    task = (job.spec or {}).get("task") or "train"
+    task, directory = _results_dir(session, viewer, job_id, storage_root)
     name = stored.VALIDATION_FILE if task == "validate" else stored.SUMMARY_FILE
     return json.loads(_existing(directory / name, job_id).read_text())
 
@@ -62,8 +61,8 @@ def results_preview(
 ) -> list[dict[str, Any]]:
     """An infer job's first ``limit`` predictions, for a look before downloading them all
     (read line by line: the file may be large)."""
-    job, directory = _results_dir(session, viewer, job_id, storage_root)
-    if ((job.spec or {}).get("task") or "train") != "infer":
+    task, directory = _results_dir(session, viewer, job_id, storage_root)
+    if task != "infer":
         raise ConflictError(
             f"job {job_id} is a validate job: its scores are GET /jobs/{job_id}/results/summary",
             code="no_predictions",
@@ -79,9 +78,10 @@ def results_preview(
 
 def _results_dir(
     session: Session, viewer: User, job_id: int, storage_root: Path
-) -> tuple[Any, Path]:
+) -> tuple[str, Path]:
+    """The job's task and its results directory, once it has results."""
     job = get_job_for(session, viewer, job_id)
-    task = (job.spec or {}).get("task") or "train"
+    task = job_request(job).task
     if task == "train":
         raise ConflictError(
             f"job {job_id} is a training job: its output is its model (GET /jobs/{job_id}/"
@@ -96,7 +96,7 @@ def _results_dir(
     directory = (root / "jobs" / str(job.id) / stored.RESULTS_DIR).resolve()
     if not directory.is_relative_to(root):
         raise NotFoundError(f"the results of job {job_id} are no longer stored")
-    return job, directory
+    return task, directory
 
 
 def _existing(path: Path, job_id: int) -> Path:

@@ -32,6 +32,7 @@ from core.errors import (
 from ledger.flows import place_hold
 from ledger.pricing import Rates, tokens_to_micro
 from ledger.settlement import SettlementResult
+from protocol.run import job_request_to_wire
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 WAITING_FOR_DISPATCHER = "queued: waiting for the dispatcher to place it on a node"
@@ -138,6 +139,7 @@ def submit_job(
         max_runtime_s=spec.max_runtime_s or default_max_runtime_s,
         max_tokens_micro=tokens_to_micro(spec.max_tokens) if spec.max_tokens else None,
         spec=spec.normalised(),
+        request=job_request_to_wire(spec.request()),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         created_at=now,

@@ -37,8 +37,9 @@ from protocol.catalogue import (
 from protocol.errors import SettingsError
 from protocol.model_sizes import override_problem
 from protocol.placement import ExtraShare
+from protocol.run import DataRequest, JobRequest, ModelRequest, ResourceRequest
 from protocol.strategies.registry import default_rules, get_rules
-from protocol.strategies.rules import MEMORY_PER_PROCESS_GB, SubmittedJob
+from protocol.strategies.rules import MEMORY_PER_PROCESS_GB
 
 
 class ModelType(enum.StrEnum):
@@ -209,6 +210,14 @@ class JobSpec(_Strict):
     max_runtime_s: StrictInt | None = Field(None, ge=1, le=MAX_RUNTIME_S)
 
     @model_validator(mode="after")
+    def _default_inference_config(self) -> JobSpec:
+        """A validate or infer job predicts with the defaults unless it says otherwise (set
+        first, so the request the strategy checks is the one stored)."""
+        if self.task is not JobTask.TRAIN and self.inference_config is None:
+            self.inference_config = InferenceSpec()
+        return self
+
+    @model_validator(mode="after")
     def _a_strategy_can_run_it(self) -> JobSpec:
         """Only a combination a registered strategy can run is accepted: anything else is a
         422 now, never a hold and a failure later."""
@@ -222,8 +231,6 @@ class JobSpec(_Strict):
     def _inference_config_for_a_task_that_uses_it(self) -> JobSpec:
         if self.inference_config is not None and self.task is JobTask.TRAIN:
             raise ValueError("inference_config is for jobs with task 'infer' or 'validate'")
-        if self.task is not JobTask.TRAIN and self.inference_config is None:
-            self.inference_config = InferenceSpec()
         return self
 
     def _strategy_accepts_it(self) -> None:
@@ -242,7 +249,7 @@ class JobSpec(_Strict):
         self._builtin_data_fits_model()
         self._model_fits_the_memory()
         settings = strategy.parse_settings(self.training_config.knobs())
-        strategy.check_job(self.submitted(), settings)
+        strategy.check_job(self.request(), settings)
         self._workers_fit_the_memory()
 
     def _model_fits_the_memory(self) -> None:
@@ -268,26 +275,34 @@ class JobSpec(_Strict):
                 "num_workers",
             )
 
-    def submitted(self) -> SubmittedJob:
-        return SubmittedJob(
-            model_type=self.model.type.value,
-            model_name=self.model.model_name,
-            data_source=self.data_config.data_source.value,
-            dataset_name=self.data_config.dataset_name,
-            data_path=self.data_config.path,
-            gpu=self.requirements.gpu,
-            cpu_cores=self.requirements.cpu_cores,
-            memory_gb=self.requirements.memory,
-            num_workers=self.training_config.num_workers,
+    def request(self) -> JobRequest:
+        """What the user asked to run, in the one form the strategies' rules, the scheduler,
+        billing and the runner read: built here, stored with the job at submit."""
+        model, data, needs = self.model, self.data_config, self.requirements
+        inference = self.inference_config.model_dump(mode="json") if self.inference_config else {}
+        return JobRequest(
+            strategy=self.strategy,
+            model=ModelRequest(
+                model_type=model.type.value,
+                model_name=model.model_name,
+                pretrained=model.pretrained,
+                overrides=dict(model.overrides),
+            ),
+            data=DataRequest(**data.model_dump(mode="json")),
+            knobs=self.training_config.knobs(),
             task=self.task.value,
-            data_split=self.data_config.split,
+            inference=inference,
+            requirements=ResourceRequest(
+                gpu=needs.gpu, cpu_cores=needs.cpu_cores, memory_gb=needs.memory
+            ),
+            num_workers=self.training_config.num_workers,
         )
 
     def extra_shares(self) -> tuple[ExtraShare, ...]:
         """The job's parts beside its requirements (split's loaders), for the price."""
         strategy = get_rules(self.strategy)
         settings = strategy.parse_settings(self.training_config.knobs())
-        return strategy.extra_shares(self.submitted(), settings)
+        return strategy.extra_shares(self.request(), settings)
 
     def _builtin_data_fits_model(self) -> None:
         data = self.data_config

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from auth.run_tokens import RunClaims
 from compute.dispatch.run_inbox import running_attempt
 from compute.jobs.spec import source_job_id
+from compute.jobs.strategy import job_request
 from compute.models import Job
 from compute.storage.artifact_store import StoredFile, accepted_directory, pack_directory
 from compute.storage.directory_upload import DirectoryUpload
@@ -99,7 +100,7 @@ def source_model_archive(
     """The trained model the job starts from (``model_name: job:<id>``, checked at submit to
     be the job owner's), as a tar in a temporary file (the caller deletes it) and its sha256."""
     job = running_attempt(session, claims, job_id, attempt)
-    source_id = source_job_id(job.spec["model_config"]["model_name"])
+    source_id = source_job_id(job_request(job).model.model_name)
     source = session.get(Job, source_id) if source_id is not None else None
     if source is None or not source.artifact_path:
         raise NotFoundError(f"job {job_id} does not start from another job's model")

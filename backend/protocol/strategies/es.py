@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from protocol.run import JobRequest
 from protocol.strategies.knobs import KnobRules, parse_knobs
-from protocol.strategies.rules import StrategyRules, SubmittedJob, slots_of
+from protocol.strategies.rules import StrategyRules, slots_of
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -83,7 +84,7 @@ class ESRules(StrategyRules):
     def parse_settings(self, training: dict[str, Any]) -> ESSettings:
         return parse_es_settings(training)
 
-    def worker_count(self, job: SubmittedJob, settings: ESSettings) -> int:
+    def worker_count(self, job: JobRequest, settings: ESSettings) -> int:
         """ES scales with evaluators: one per whole core (or GPU)."""
         return job.num_workers or slots_of(job)
 

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from protocol.errors import SettingsError
+from protocol.run import JobRequest
 from protocol.strategies.knobs import KnobRules, parse_knobs
-from protocol.strategies.rules import StrategyRules, SubmittedJob, slots_of
+from protocol.strategies.rules import StrategyRules, slots_of
 
 PARTITIONS = ("iid", "dirichlet", "node_local")
 CLIENT_PLACEHOLDER = "{client}"  # in a node-local path: the client's number
@@ -130,7 +131,7 @@ class FedAvgRules(StrategyRules):
     def parse_settings(self, training: dict[str, Any]) -> FedAvgSettings:
         return parse_fedavg_settings(training)
 
-    def check_job(self, job: SubmittedJob, settings: FedAvgSettings) -> None:
+    def check_job(self, job: JobRequest, settings: FedAvgSettings) -> None:
         if job.num_workers is not None and job.num_workers > settings.clients:
             raise SettingsError(
                 f"num_workers ({job.num_workers}) exceeds clients ({settings.clients}): "
@@ -138,7 +139,7 @@ class FedAvgRules(StrategyRules):
                 "num_workers",
             )
         if settings.partition == "node_local" and (
-            job.data_source != "local" or CLIENT_PLACEHOLDER not in (job.data_path or "")
+            job.data.data_source != "local" or CLIENT_PLACEHOLDER not in (job.data.path or "")
         ):
             raise SettingsError(
                 "partition 'node_local' reads each client's own file on its node: use "
@@ -146,7 +147,7 @@ class FedAvgRules(StrategyRules):
                 "partition",
             )
 
-    def worker_count(self, job: SubmittedJob, settings: FedAvgSettings) -> int:
+    def worker_count(self, job: JobRequest, settings: FedAvgSettings) -> int:
         """One client host per whole core (or GPU), at most one per client: fractional-core
         actors would only contend for the same cores, and each costs a torch import; extra
         clients are dealt to the hosts."""

@@ -10,28 +10,11 @@ and imports no Ray or torch: the gateway calls it at submit and in every dispatc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from protocol.errors import SettingsError
 from protocol.placement import ExtraShare
-
-
-@dataclass(frozen=True)
-class SubmittedJob:
-    """What a strategy may check about a submitted job, besides its own settings."""
-
-    model_type: str
-    model_name: str
-    data_source: str
-    dataset_name: str
-    data_path: str | None
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    num_workers: int | None = None  # the user's explicit worker count, if any
-    task: str = "train"
-    data_split: str | None = None
+from protocol.run import JobRequest
 
 
 class StrategyRules(ABC):
@@ -59,7 +42,7 @@ class StrategyRules(ABC):
                 "strategy",
             )
 
-    def check_job(self, job: SubmittedJob, settings: Any) -> None:
+    def check_job(self, job: JobRequest, settings: Any) -> None:
         """Cross-field rules (data the mode cannot use, worker counts): ``SettingsError``.
         The default has none."""
         return None
@@ -71,7 +54,7 @@ class StrategyRules(ABC):
                 f"strategy '{self.name}' cannot run task '{task}' (it runs: {allowed})", "task"
             )
 
-    def extra_shares(self, job: SubmittedJob, settings: Any) -> tuple[ExtraShare, ...]:
+    def extra_shares(self, job: JobRequest, settings: Any) -> tuple[ExtraShare, ...]:
         """Parts of the job beside its requirements' workers (split's data stage): placed,
         priced and metered like them. The default has none."""
         return ()
@@ -81,7 +64,7 @@ class StrategyRules(ABC):
         ("trainer waits for data 40% of the time: ..."); None when it says nothing."""
         return None
 
-    def worker_count(self, job: SubmittedJob, settings: Any) -> int:
+    def worker_count(self, job: JobRequest, settings: Any) -> int:
         """How many worker actors share the job's requirements (``num_workers`` wins)."""
         return job.num_workers or 1
 
@@ -107,8 +90,9 @@ def processes_held(slots: int, memory_gb: float) -> int:
     return max(1, min(slots, by_memory))
 
 
-def slots_of(job: SubmittedJob) -> int:
+def slots_of(job: JobRequest) -> int:
     """Whole cores (or GPUs) of a job's requirements, as far as its memory holds a process
     for each: the natural number of workers."""
-    slots = job.gpu if job.gpu else max(1, int(job.cpu_cores))
-    return processes_held(slots, job.memory_gb)
+    needs = job.requirements
+    slots = needs.gpu if needs.gpu else max(1, int(needs.cpu_cores))
+    return processes_held(slots, needs.memory_gb)

@@ -8,11 +8,11 @@ from typing import Any
 
 from protocol.errors import SettingsError
 from protocol.placement import ExtraShare
+from protocol.run import JobRequest
 from protocol.strategies.knobs import KnobRules, parse_knobs, run_length
 from protocol.strategies.rules import (
     MEMORY_PER_PROCESS_GB,
     StrategyRules,
-    SubmittedJob,
     processes_held,
 )
 
@@ -146,8 +146,8 @@ class SplitRules(StrategyRules):
     def parse_settings(self, training: dict[str, Any]) -> SplitSettings:
         return parse_split_settings(training)
 
-    def check_job(self, job: SubmittedJob, settings: SplitSettings) -> None:
-        if job.model_type == "text_to_text" and job.task == "train":
+    def check_job(self, job: JobRequest, settings: SplitSettings) -> None:
+        if job.model.model_type == "text_to_text" and job.task == "train":
             raise SettingsError(
                 "split trains classifier and simple_transformer models; train text_to_text "
                 "models with fedavg (split can validate and infer with them)",
@@ -159,14 +159,15 @@ class SplitRules(StrategyRules):
                 "or loader.cpu_cores",
                 "num_workers",
             )
-        if job.data_source != "huggingface" and job.data_split not in (None, *PARTS):
+        data = job.data
+        if data.data_source != "huggingface" and data.split not in (None, *PARTS):
             raise SettingsError(
-                f"data_config.split must be one of {', '.join(PARTS)} for {job.data_source} "
+                f"data_config.split must be one of {', '.join(PARTS)} for {data.data_source} "
                 "data (a side of the training split)",
                 "split",
             )
 
-    def extra_shares(self, job: SubmittedJob, settings: SplitSettings) -> tuple[ExtraShare, ...]:
+    def extra_shares(self, job: JobRequest, settings: SplitSettings) -> tuple[ExtraShare, ...]:
         loader = settings.loader
         return (ExtraShare("loader", 0, loader.cpu_cores, loader.memory, loader.nodes),)
 

@@ -229,6 +229,5 @@ def fetch_inputs(config: RunConfig) -> RunConfig:
             marker.touch()
     if not starts_from_job:
         return config
-    return dataclasses.replace(
-        config, model=dataclasses.replace(config.model, model_name=str(source))
-    )
+    model = dataclasses.replace(config.model, model_name=str(source))
+    return dataclasses.replace(config, request=dataclasses.replace(config.request, model=model))

@@ -7,11 +7,11 @@ from abc import abstractmethod
 from pathlib import Path
 
 from protocol.run import RunConfig
-from protocol.strategies.rules import StrategyRules, SubmittedJob, slots_of
+from protocol.strategies.rules import StrategyRules, slots_of
 from ray_module.contract import RunContext
 from ray_module.storage.checkpoints import saved_state
 
-__all__ = ["CHECKPOINT_DIR", "SubmittedJob", "TrainingStrategy", "slots_of"]
+__all__ = ["CHECKPOINT_DIR", "TrainingStrategy", "slots_of"]
 
 CHECKPOINT_DIR = "checkpoint"  # under the job's directory, for every strategy
 

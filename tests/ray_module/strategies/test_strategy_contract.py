@@ -23,7 +23,7 @@ from protocol.events import (
     StatusEvent,
     UsageEvent,
 )
-from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.runner.client import cancel_runner, fetch_events, launch_runner, stop_runner
 from ray_module.strategies.registry import STRATEGIES, get_strategy
 from tests.polling import wait_for
@@ -87,10 +87,12 @@ def config(name: str, length: int, storage: Path, job_id: int | None = None) -> 
     case = CASES[name]
     return RunConfig(
         job_id=job_id if job_id is not None else next(job_ids),
-        strategy=name,
-        model=case.model,
-        data=case.data,
-        training={**case.knobs, case.length_key: length},
+        request=JobRequest(
+            strategy=name,
+            model=case.model,
+            data=case.data,
+            knobs={**case.knobs, case.length_key: length},
+        ),
         workers=case.workers or TWO_NODES,
         storage_path=str(storage),
     )
@@ -230,7 +232,8 @@ def test_data_that_cannot_be_read_fails_the_run_at_once_without_retry(
     """The worker's DataError crosses Ray (an actor call, or Ray Train's worker group)
     typed, so the job fails with the reason instead of burning attempts."""
     missing = DataRequest("local", "mine", path="no/such/file.csv", data_root=str(tmp_path))
-    run = replace(config(name, 2, tmp_path), data=missing)
+    run = config(name, 2, tmp_path)
+    run = replace(run, request=replace(run.request, data=missing))
     status = final_status(run_to_the_end(run))
     assert status.state is RunState.FAILED and not status.retryable, status
     assert status.reason.startswith("DataError: ") and "does not exist" in status.reason

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from auth.models import Role
 from protocol.events import MetricEvent
-from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
 from protocol.strategies.fedavg import parse_fedavg_settings
 from ray_module.resources import node_resource
 from ray_module.runner.job_runner import JobRunner
@@ -350,16 +350,18 @@ def test_node_local_files_train_one_model_over_every_clients_classes(
         (tmp_path / "clients" / f"{client}.csv").write_text("\n".join(lines))
     config = RunConfig(
         job_id=55,
-        strategy="fedavg",
-        model=MLP,
-        data=DataRequest(
-            "local",
-            "mine",
-            path="clients/{client}.csv",
-            data_root=str(tmp_path),
-            validation_split=0.2,
+        request=JobRequest(
+            strategy="fedavg",
+            model=MLP,
+            data=DataRequest(
+                "local",
+                "mine",
+                path="clients/{client}.csv",
+                data_root=str(tmp_path),
+                validation_split=0.2,
+            ),
+            knobs={"clients": 2, "rounds": 6, "partition": "node_local", "local_epochs": 2},
         ),
-        training={"clients": 2, "rounds": 6, "partition": "node_local", "local_epochs": 2},
         workers=(WorkerPlan(1, 0, 0.5, 0.5), WorkerPlan(2, 0, 0.5, 0.5)),
         storage_path=str(tmp_path / "storage"),
     )
