@@ -4,6 +4,7 @@ TEST_DATABASE_URL is set), an app bound to it, and headers for each role."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,9 +35,36 @@ PASSWORD = "correct-horse-battery"
 ADMIN_PASSWORD = "admin-password-for-tests"
 
 
+def pg_database(url: str, name: str) -> str:
+    """A URL for a sibling database on the same PostgreSQL server, created if missing."""
+    base = make_url(url)
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar()
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+@functools.cache
 def postgres_url() -> str | None:
+    """TEST_DATABASE_URL; under pytest-xdist, a database of each test process's own beside
+    it (created if missing), since every test empties the tables it used."""
     url = os.environ.get("TEST_DATABASE_URL")
-    return normalise_database_url(url) if url else None
+    if not url:
+        return None
+    url = normalise_database_url(url)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return pg_database(url, f"{make_url(url).database}_{worker}") if worker else url
+
+
+def per_process(name: str) -> str:
+    """``name`` made the current test process's own (under pytest-xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{name}_{worker}" if worker else name
 
 
 def backends() -> list[pytest.param]:
@@ -256,20 +284,6 @@ def submit_job(client: TestClient, headers: dict[str, str], **overrides: object)
     response = client.post("/jobs/submit", headers=headers, json={**SEED_JOB, **overrides})
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def pg_database(url: str, name: str) -> str:
-    """A URL for a sibling database on the same PostgreSQL server, created if missing."""
-    base = make_url(url)
-    engine = create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        exists = connection.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-        ).scalar()
-        if not exists:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
 
 
 # --- Ray -------------------------------------------------------------------------------------

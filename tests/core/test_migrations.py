@@ -29,7 +29,7 @@ import compute.models  # noqa: F401
 import ledger.models  # noqa: F401
 from core.db import Base
 from core.migrations import alembic_config, downgrade_to_base, upgrade_to_head
-from tests.conftest import drop_everything, pg_database, postgres_url
+from tests.conftest import drop_everything, per_process, pg_database, postgres_url
 
 # Checked in order: Float before Numeric (SQLAlchemy 2.0 makes Float a Numeric, 2.1 does not).
 TYPE_FAMILIES: tuple[tuple[type[TypeEngine[object]], str], ...] = (
@@ -177,7 +177,7 @@ def test_round_trip_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgres
 @pytest.mark.skipif(not postgres_url(), reason="TEST_DATABASE_URL not set")
 def test_round_trip_on_postgresql() -> None:
-    url = pg_database(postgres_url() or "", "distlm_migrations_test")
+    url = pg_database(postgres_url() or "", per_process("distlm_migrations_test"))
     drop_everything(url)
     round_trip(url)
 
