@@ -42,7 +42,7 @@ class DriverOrder:
     ray_address: str = ""
     work_dir: str = ""  # the node's own storage for the job
     data_root: str = ""  # the node's local datasets (empty: none)
-    ray_token: str = dataclasses.field(default="", repr=False)  # a job cluster's token
+    ray_token: str = dataclasses.field(default="", repr=False)  # the Ray's token, if any
     cluster_nodes: tuple[int, ...] = ()  # every node of a multi-node job's cluster
 
 
@@ -86,8 +86,12 @@ def drive(order: DriverOrder) -> int:
     client = RunClient(order.gateway_url, order.run_token, config.job_id, config.attempt)
     try:
         config = fetch_inputs(config)
-        if order.ray_token:  # a multi-node job's own cluster
+        # The Ray's own token (the node's Ray, a job's cluster, a pool that uses one), or
+        # none, never a token file another Ray left in ~/.ray.
+        if order.ray_token:
             os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=order.ray_token)
+        else:
+            os.environ["RAY_AUTH_MODE"] = "disabled"
         import ray
 
         # Ray's own guess of this machine's address needs a default route; the Ray this

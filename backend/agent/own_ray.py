@@ -5,6 +5,7 @@ another owner's runs on it."""
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 from protocol.nodes import JoinInfo
@@ -24,10 +25,17 @@ class OwnRay:
             resources=dict(join.resources),
             labels=dict(join.labels),
             object_store_mb=object_store_mb or 256,
+            # It listens on the node's address: only this agent's drivers hold its token, so
+            # no one else who can reach the machine runs code on it.
+            auth_token=secrets.token_urlsafe(32),
         )
         self.directory = HeadDirectory(directory)
         self.host = host
         self.record: HeadRecord | None = None
+
+    @property
+    def token(self) -> str:
+        return self.config.auth_token
 
     @property
     def address(self) -> str:

@@ -126,6 +126,10 @@ class RayWorker:
         elif self.auth_token_file is not None:
             env.pop("RAY_AUTH_TOKEN", None)
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.auth_token_file))
+        else:
+            # The owner's own RAY_AUTH_MODE stands; unset, `ray start` would turn token mode
+            # on by itself wherever another Ray left ~/.ray/auth_token.
+            env.setdefault("RAY_AUTH_MODE", "disabled")
         return env
 
     def start(self, *, settle_s: float = 2.0) -> None:

@@ -152,7 +152,9 @@ class RunFollower:
                 log.exception("job %s attempt %s: could not start its part", *key)
 
     def drive(self, run: RunAssignment) -> None:
-        ray_address, ray_token, nodes = self.ray_address, "", ()
+        # The node's own Ray by default (its token), a pool, or a job's own cluster.
+        ray_address, nodes = self.ray_address, ()
+        ray_token = self.warm_ray.token if self.warm_ray is not None else ""
         if self.pool is not None:  # every node of the job is in the pool already
             ray_token = self.pool.token
             if run.cluster is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def connect(config: ClusterConfig) -> ClusterInfo:
         # PYTHONPATH here instead of in a runtime_env: a job-level runtime_env keeps Ray from
         # using its prestarted workers and costs every new actor about a second.
         inherit_code_root()
+        # A token of its own: with none, a local `ray.init()` writes one to ~/.ray/auth_token,
+        # which every later `ray start` on this machine would then take up unasked.
+        use_auth_token(secrets.token_urlsafe(32))
         ray.init(
             # "local": always start a new Ray here, never join one another process left
             # running on this machine (ray.init would otherwise pick it up).

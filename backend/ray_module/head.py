@@ -136,8 +136,13 @@ def start_head(
     # The head's workers run our strategies: our code on their path, Ray's token in force.
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *[p for p in paths if p != CODE_ROOT]])
+    # The mode is always explicit: with RAY_AUTH_MODE unset, `ray start` turns token
+    # authentication on by itself when ~/.ray/auth_token exists (any local `ray.init()` of
+    # another program leaves one), and then no driver of ours could connect.
     if config.auth_token:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=config.auth_token)
+    else:
+        env["RAY_AUTH_MODE"] = "disabled"
     directory.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.time()
     with open(directory.log_file, "ab") as out:

@@ -187,8 +187,12 @@ def test_ray_worker_opts_into_token_auth_only_when_given_a_token(
 ) -> None:
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     join = JoinInfo(4, 1, 0, 1.0, {}, {}, 10, ray_address="10.0.0.1:6379")
+    # Said outright: unset, `ray start` would take up a token another Ray left in ~/.ray.
     plain = RayWorker(join, log_path=tmp_path / "ray.log").environment()
-    assert "RAY_AUTH_MODE" not in plain
+    assert plain["RAY_AUTH_MODE"] == "disabled"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the owner's own choice stands
+    assert RayWorker(join, log_path=tmp_path / "r").environment()["RAY_AUTH_MODE"] == "token"
+    monkeypatch.delenv("RAY_AUTH_MODE")
     token_file = tmp_path / "token"
     from_file = RayWorker(join, log_path=tmp_path / "r", auth_token_file=token_file)
     assert from_file.environment()["RAY_AUTH_TOKEN_PATH"] == str(token_file)

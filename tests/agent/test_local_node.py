@@ -27,7 +27,12 @@ ES_JOB = {
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    with running_gateway(tmp_path) as running:
+    # A machine where some other program's local `ray.init()` once left its token: with
+    # RAY_AUTH_MODE unset, `ray start` would take it up and no driver could connect.
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-another-ray-left-behind-0123456789")
+    with running_gateway(tmp_path, HOME=str(home)) as running:
         yield running
 
 
