@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,12 @@ def settings_of(config: RunConfig) -> DataParallelSettings:
     return settings
 
 
+# Ray Train's controller looks at its workers every 2 s by default, so a run's end (and a lost
+# worker) was seen up to 2 s late and a 2-step run took 22 s instead of 18. Ray Train passes
+# this variable on from the process that calls fit() to its controller, whichever Ray it is.
+HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+
 def run_data_parallel(config: RunConfig, context: RunContext) -> None:
     import torch
     from ray.train import FailureConfig, ScalingConfig
@@ -55,6 +62,7 @@ def run_data_parallel(config: RunConfig, context: RunContext) -> None:
         "cpu_cores": workers[0].cpu_cores,
         "gpu": workers[0].gpu,
     }
+    os.environ.setdefault(*HEALTH_CHECK_INTERVAL)  # an operator's own setting stands
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
