@@ -34,7 +34,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from protocol.events import MetricEvent
-    from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+    from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
     from ray_module.cluster import ClusterConfig, connect
     from ray_module.resources import node_resource
     from ray_module.runner.job_runner import JobRunner
@@ -47,19 +47,21 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as storage:
         config = RunConfig(
             job_id=1,
-            strategy="fedavg",
-            model=ModelRequest("classifier", "mlp"),
-            data=DataRequest("builtin", "digits", validation_split=args.validation_split),
-            training={
-                "rounds": args.rounds,
-                "clients": args.clients,
-                "local_epochs": args.local_epochs,
-                "batch_size": args.batch_size,
-                "learning_rate": args.learning_rate,
-                "hidden_size": args.hidden,
-                "seed": args.seed,
-                "min_fit_clients": args.clients,
-            },
+            request=JobRequest(
+                strategy="fedavg",
+                model=ModelRequest("classifier", "mlp"),
+                data=DataRequest("builtin", "digits", validation_split=args.validation_split),
+                knobs={
+                    "rounds": args.rounds,
+                    "clients": args.clients,
+                    "local_epochs": args.local_epochs,
+                    "batch_size": args.batch_size,
+                    "learning_rate": args.learning_rate,
+                    "hidden_size": args.hidden,
+                    "seed": args.seed,
+                    "min_fit_clients": args.clients,
+                },
+            ),
             workers=tuple(WorkerPlan(1, 0, args.cpus_per_client, 0.5) for _ in range(args.clients)),
             storage_path=storage,
         )

@@ -400,7 +400,7 @@ def data_parallel_check(device: Any, runner: Runner, storage: Path) -> None:
     import torch
 
     from protocol.events import CheckpointEvent, MetricEvent
-    from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+    from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
     from protocol.strategies.data_parallel import parse_data_parallel_settings
     from ray_module.contract import runner_name
     from ray_module.strategies.data_parallel.checkpoint import load_checkpoint
@@ -413,10 +413,12 @@ def data_parallel_check(device: Any, runner: Runner, storage: Path) -> None:
     gpu = 1 if device.type == "cuda" else 0
     config = RunConfig(
         job_id=job_id,
-        strategy="data_parallel",
-        model=ModelRequest("simple_transformer", "tiny-gpt2"),
-        data=DataRequest("builtin", "stdlib-text"),
-        training={"max_steps": 2, "batch_size": 8, "seq_len": 64},
+        request=JobRequest(
+            strategy="data_parallel",
+            model=ModelRequest("simple_transformer", "tiny-gpt2"),
+            data=DataRequest("builtin", "stdlib-text"),
+            knobs={"max_steps": 2, "batch_size": 8, "seq_len": 64},
+        ),
         workers=(WorkerPlan(1, gpu, 2.0, 4.0),),
         storage_path=str(storage),
     )

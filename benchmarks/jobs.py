@@ -30,7 +30,7 @@ from tests.live_gateway import LiveGateway
 from app.main import create_app
 from core.settings import Settings
 from protocol.events import MetricEvent
-from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.cluster import ClusterConfig, connect
 from ray_module.contract import NAMESPACE, runner_name
 from ray_module.runner.job_runner import JobRunner
@@ -114,10 +114,12 @@ def directly(tmp: Path, steps: int, workers: int, node_id: int) -> dict[str, flo
     body = job_body(steps, workers)
     config = RunConfig(
         job_id=999_999,
-        strategy="data_parallel",
-        model=ModelRequest("simple_transformer", "tiny-gpt2"),
-        data=DataRequest("builtin", "stdlib-text", max_samples=400),
-        training={k: v for k, v in body["training_config"].items() if k != "num_workers"},
+        request=JobRequest(
+            strategy="data_parallel",
+            model=ModelRequest("simple_transformer", "tiny-gpt2"),
+            data=DataRequest("builtin", "stdlib-text", max_samples=400),
+            knobs={k: v for k, v in body["training_config"].items() if k != "num_workers"},
+        ),
         workers=tuple(WorkerPlan(node_id, 0, 1 / workers, 1 / workers) for _ in range(workers)),
         storage_path=str(tmp / "direct"),
     )

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 import numpy as np
 
 from protocol.events import MetricEvent, StatusEvent
-from protocol.run import DataRequest, ModelRequest, RunConfig, WorkerPlan
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.runner.client import fetch_events, launch_runner, stop_runner
 
 
@@ -38,16 +38,18 @@ def pipeline_run(
     loader = WorkerPlan(1, 0, float(loaders), 1.0, role="loader")
     config = RunConfig(
         job_id=job_id,
-        strategy="split",
-        model=ModelRequest("classifier", args.model),
-        data=DataRequest("builtin", "digits"),
-        training={
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "augment": True,
-            "max_in_flight_batches": 8,
-            "prefetch_batches": 2,
-        },
+        request=JobRequest(
+            strategy="split",
+            model=ModelRequest("classifier", args.model),
+            data=DataRequest("builtin", "digits"),
+            knobs={
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "augment": True,
+                "max_in_flight_batches": 8,
+                "prefetch_batches": 2,
+            },
+        ),
         workers=(trainer, loader),
         storage_path=str(storage),
     )
