@@ -1,0 +1,141 @@
+"""How long a two-step run of each mode takes from launch to its first step and to its end,
+on a two-node Ray cluster on this machine, through the real runner actor; data_parallel also
+with Ray Train's default controller health check (every 2 s) as the baseline, in the same
+process, against ours (``HEALTH_CHECK_INTERVAL`` in data_parallel/run.py).
+
+    PYTHONPATH=backend .venv/bin/python benchmarks/run_start.py [--repeats 2]
+
+Each mode's first run on a fresh cluster also pays for starting Ray's worker processes; the
+figures are the mean of ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from itertools import count
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_pool
+
+from protocol.events import MetricEvent, StatusEvent
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
+from ray_module.strategies.data_parallel.run import HEALTH_CHECK_INTERVAL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TEXT = DataRequest("builtin", "stdlib-text", max_samples=60)
+DIGITS = DataRequest("builtin", "digits", max_samples=400)
+TWO_NODES = (WorkerPlan(1, 0, 1.0, 0.5), WorkerPlan(2, 0, 1.0, 0.5))
+MODES = {
+    "data_parallel": (
+        ModelRequest("simple_transformer", "tiny-gpt2"),
+        TEXT,
+        {"batch_size": 4, "seq_len": 32, "max_steps": 2},
+        TWO_NODES,
+    ),
+    "es": (
+        ModelRequest("char_rnn", "rnn"),
+        TEXT,
+        {"population": 8, "seq_len": 32, "steps": 2},
+        TWO_NODES,
+    ),
+    "fedavg": (ModelRequest("classifier", "mlp"), DIGITS, {"clients": 2, "rounds": 2}, TWO_NODES),
+    "split": (
+        ModelRequest("classifier", "mlp"),
+        DIGITS,
+        {"batch_size": 32, "max_steps": 2},
+        (WorkerPlan(1, 0, 1.0, 0.5), WorkerPlan(2, 0, 1.0, 0.5, role="loader")),
+    ),
+}
+job_ids = count(70_000)
+
+
+def timed_run(mode: str) -> tuple[float, float]:
+    """Seconds from launch to the first step, and to the final status."""
+    from ray_module.runner.client import fetch_events, launch_runner, stop_runner
+
+    model, data, knobs, workers = MODES[mode]
+    request = JobRequest(strategy=mode, model=model, data=data, knobs=knobs)
+    config = RunConfig(next(job_ids), request, workers, tempfile.mkdtemp(prefix="run-start-"))
+    started = time.perf_counter()
+    launch_runner(config)
+    first_step = None
+    seen = 0
+    try:
+        while True:
+            for recorded in fetch_events(config.job_id, seen) or []:
+                seen += 1
+                event = recorded.event
+                if isinstance(event, MetricEvent) and event.step > 0 and first_step is None:
+                    first_step = time.perf_counter() - started
+                if isinstance(event, StatusEvent) and event.state.is_terminal():
+                    assert event.state.value == "succeeded", event
+                    return first_step or 0.0, time.perf_counter() - started
+            time.sleep(0.1)
+    finally:
+        stop_runner(config.job_id)
+
+
+def on_a_cluster(modes: list[str], repeats: int) -> dict[str, tuple[float, float]]:
+    """Mean (first step, end) per mode on a fresh two-node cluster; its processes inherit this
+    process's environment as it is now."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from tests.agent_pool import add_ray_node
+    from tests.conftest import free_port
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 80 * 1024 * 1024,
+            "dashboard_port": free_port(),
+        },
+    )
+    add_ray_node(cluster, 1)
+    add_ray_node(cluster, 2)
+    ray.init(address=cluster.address, namespace="distlm", log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        figures = {}
+        for mode in modes:
+            runs = [timed_run(mode) for _ in range(repeats)]
+            figures[mode] = (
+                sum(r[0] for r in runs) / repeats,
+                sum(r[1] for r in runs) / repeats,
+            )
+        return figures
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    os.environ["PYTHONPATH"] = str(ROOT / "backend")  # the cluster's workers import our code
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+
+    name, ours = HEALTH_CHECK_INTERVAL
+    os.environ[name] = "2.0"  # Ray Train's default: the baseline
+    baseline = on_a_cluster(["data_parallel"], args.repeats)["data_parallel"]
+    del os.environ[name]
+    figures = on_a_cluster(list(MODES), args.repeats)
+
+    print(f"\n{'mode':<28} {'to first step':>14} {'to end':>8}")
+    print(f"{'data_parallel (2 s checks)':<28} {baseline[0]:>13.1f}s {baseline[1]:>7.1f}s")
+    for mode, (first, end) in figures.items():
+        label = f"{mode} ({ours} s checks)" if mode == "data_parallel" else mode
+        print(f"{label:<28} {first:>13.1f}s {end:>7.1f}s")
+    ratio = baseline[1] / figures["data_parallel"][1]
+    print(f"\ndata_parallel end to end, baseline / ours: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
