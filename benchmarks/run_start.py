@@ -85,22 +85,10 @@ def on_a_cluster(modes: list[str], repeats: int) -> dict[str, tuple[float, float
     """Mean (first step, end) per mode on a fresh two-node cluster; its processes inherit this
     process's environment as it is now."""
     import ray
-    from ray.cluster_utils import Cluster
-    from tests.agent_pool import add_ray_node
+    from tests.agent_pool import two_machine_cluster
     from tests.conftest import free_port
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": 80 * 1024 * 1024,
-            "dashboard_port": free_port(),
-        },
-    )
-    add_ray_node(cluster, 1)
-    add_ray_node(cluster, 2)
-    ray.init(address=cluster.address, namespace="distlm", log_to_driver=False)
-    cluster.wait_for_nodes()
+    cluster, _ = two_machine_cluster(free_port(), log_to_driver=False)
     try:
         figures = {}
         for mode in modes:

@@ -40,6 +40,28 @@ def add_ray_node(
     )
 
 
+def two_machine_cluster(dashboard_port: int, **init: Any) -> tuple[Any, dict[int, Any]]:
+    """A head with no CPUs (work lands only where a DistLM node's resource is) and machines 1
+    and 2, with this process connected: the cluster and its machines' Ray nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 80 * 1024 * 1024,
+            # A port of its own: when another Ray on the machine (a launcher's) holds Ray's
+            # default 8265, the head starts without a dashboard and Ray's state API fails.
+            "dashboard_port": dashboard_port,
+        },
+    )
+    nodes = {machine: add_ray_node(cluster, machine) for machine in SESSION_MACHINES}
+    ray.init(address=cluster.address, namespace="distlm", **init)
+    cluster.wait_for_nodes()
+    return cluster, nodes
+
+
 class PoolNode:
     """One node's agent in the pool: heartbeats and its runs, until stopped or lost."""
 

@@ -25,7 +25,7 @@ from compute.accounts.service import register_user, signup_grant_micro
 from core.db import Base, get_engine, make_session_factory
 from core.migrations import upgrade_to_head
 from core.settings import Settings, normalise_database_url
-from tests.agent_pool import AgentPool, add_ray_node
+from tests.agent_pool import AgentPool, two_machine_cluster
 from tests.live_gateway import LiveGateway
 from tests.polling import wait_for
 
@@ -296,28 +296,15 @@ def submit_job(client: TestClient, headers: dict[str, str], **overrides: object)
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
-    from ray.cluster_utils import Cluster
 
     # The pool's workers run our strategies: the code root on their path (a pool's own
     # `ray start` has it the same way).
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(BACKEND), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     )
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": 80 * 1024 * 1024,
-            # A port of its own: when another Ray on the machine (a launcher's) holds Ray's
-            # default 8265, the head starts without a dashboard and Ray's state API fails.
-            "dashboard_port": free_port(),
-        },
-    )
-    nodes = {1: add_ray_node(cluster, 1), 2: add_ray_node(cluster, 2)}
     # The engine's own tests drive runners from this process; jobs through the gateway run
     # in drivers of their own, as on the nodes.
-    ray.init(address=cluster.address, namespace="distlm")
-    cluster.wait_for_nodes()
+    cluster, nodes = two_machine_cluster(free_port())
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
