@@ -10,17 +10,15 @@ non-zero exit naming every check that failed.
    built-in digits dataset; it must reach >= 0.9 validation accuracy. Then the worker's own
    ``_train_step`` alone on batches already on the device (the trainer's ceiling).
 3. NCCL: ``torch.distributed`` with backend "nccl", world size 1, an all_reduce on the GPU;
-   then the project's data_parallel ``train_loop`` (the per-rank loop Ray Train runs) for two
-   steps of the built-in ``tiny-gpt2`` preset on ``stdlib-text``, its model wrapped in
-   DistributedDataParallel over that NCCL group, so its gradients are all-reduced by NCCL.
+   then the project's ``DataParallelRank`` training loop for two steps of the built-in
+   ``tiny-gpt2`` preset on ``stdlib-text``, its model wrapped in DistributedDataParallel over
+   that NCCL group, so its gradients are all-reduced by NCCL (each bucket's all-reduce counted).
 
 Ray is not needed: the worker and the loop reach Ray only through ``ray.get_actor`` (the job's
-runner), ``ray.get``, Ray Train's context and ``prepare_model``. A tiny stand-in module named
-``ray`` is put in ``sys.modules`` by this script (nowhere else) to answer those calls locally:
-events go to a list, ``.remote`` calls run on threads (one per loader, as an actor serves one
-call at a time), ``prepare_model`` does what Ray Train's does on one GPU (move the model to the
-device, wrap it in DDP) and counts the DDP all-reduces. ``--device cpu`` is a dry run on the
-CPU (gloo instead of NCCL).
+runner) and ``ray.get``. A tiny stand-in module named ``ray`` is put in ``sys.modules`` by this
+script (nowhere else) to answer those calls locally: events go to a list, ``.remote`` calls run
+on threads (one per loader, as an actor serves one call at a time). ``--device cpu`` is a dry
+run on the CPU (gloo instead of NCCL).
 """
 
 from __future__ import annotations
@@ -92,10 +90,6 @@ class LocalActor:
 
 
 class TrainState:
-    world_rank = 0
-    world_size = 1
-    node_label = "1"
-    reports: list[dict] = []
     allreduce_calls = 0
     wrapped: Any = None
 
@@ -116,61 +110,30 @@ def install_ray_stand_in(runner: Runner, device: Any) -> None:
     def get_actor(name: str, namespace: str | None = None) -> Runner:
         return runner
 
-    class _RuntimeContext:
-        @staticmethod
-        def get_node_labels() -> dict[str, str]:
-            from ray_module.resources import NODE_LABEL
+    class CountingDDP(torch.nn.parallel.DistributedDataParallel):
+        """DDP as the rank builds it, with each gradient bucket's all-reduce counted."""
 
-            return {NODE_LABEL: TrainState.node_label}
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    train = types.ModuleType("ray.train")
+            super().__init__(*args, **kwargs)
 
-    class _TrainContext:
-        @staticmethod
-        def get_world_rank() -> int:
-            return TrainState.world_rank
+            def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  (DDP checks them)
+                TrainState.allreduce_calls += 1
+                return allreduce_hook(state, bucket)
 
-        @staticmethod
-        def get_world_size() -> int:
-            return TrainState.world_size
+            self.register_comm_hook(None, counting_hook)
+            TrainState.wrapped = self
 
-    train.get_context = lambda: _TrainContext()  # type: ignore[attr-defined]
-    train.report = lambda metrics, **_: TrainState.reports.append(metrics)  # type: ignore[attr-defined]
-    train_torch = types.ModuleType("ray.train.torch")
-
-    def prepare_model(model: Any, move_to_device: bool = True, **_: Any) -> Any:
-        """Ray Train's, on one device: the model on the rank's device, in DDP over the
-        process group already initialised; each gradient bucket's all-reduce is counted."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-        from torch.nn.parallel import DistributedDataParallel
-
-        if move_to_device:
-            model = model.to(device)
-        ids = [device.index or 0] if device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=ids)
-
-        def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  (DDP checks them)
-            TrainState.allreduce_calls += 1
-            return allreduce_hook(state, bucket)
-
-        wrapped.register_comm_hook(None, counting_hook)
-        TrainState.wrapped = wrapped
-        return wrapped
-
-    train_torch.prepare_model = prepare_model  # type: ignore[attr-defined]
-    train.torch = train_torch  # type: ignore[attr-defined]
+    torch.nn.parallel.DistributedDataParallel = CountingDDP  # type: ignore[misc]
     ray.get = get  # type: ignore[attr-defined]
     ray.get_actor = get_actor  # type: ignore[attr-defined]
-    ray.get_runtime_context = lambda: _RuntimeContext()  # type: ignore[attr-defined]
     ray.exceptions = exceptions  # type: ignore[attr-defined]
-    ray.train = train  # type: ignore[attr-defined]
     ray.__distlm_stand_in__ = True  # type: ignore[attr-defined]
     sys.modules.update(
         {
             "ray": ray,
             "ray.exceptions": exceptions,
-            "ray.train": train,
-            "ray.train.torch": train_torch,
         }
     )
     del torch
@@ -310,26 +273,26 @@ def split_check(args: argparse.Namespace, device: Any, runner: Runner, storage: 
     )
 
     # The trainer's own step alone, on batches already on the device: its ceiling.
-    net, _ = worker._load_model()
-    on = {p.device.type for p in net.parameters()}
+    model = worker._load_model()
+    on = {p.device.type for p in model.network.parameters()}
     check("split model parameters on the device", on == {device.type}, str(on))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.rate_for("classifier"))
+    optimizer = torch.optim.AdamW(model.network.parameters(), lr=settings.rate_for("classifier"))
     rng = np.random.default_rng(0)
     for size in (args.batch_size, 1024):
         ids = rng.choice(train_ids, size=size)
         labelled = loaders[0]._instance.labelled
         host = {"features": labelled.features[ids], "labels": labelled.labels[ids]}
-        batch = {k: worker._tensor(v) for k, v in host.items()}
-        worker._tensor = lambda array: array  # the batch is already on the device
+        batch = worker._on_device(model, host)  # on the device once, as a ceiling
+        worker._on_device = lambda _model, placed: placed
         for _ in range(10):
-            worker._train_step(net, optimizer, batch)
+            worker._train_step(model, optimizer, batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         tic, n = time.perf_counter(), 200
         for _ in range(n):
-            loss = worker._train_step(net, optimizer, batch)  # float(): syncs every step
+            loss = worker._train_step(model, optimizer, batch)  # float(): syncs every step
         seconds = time.perf_counter() - tic
-        del worker._tensor
+        del worker._on_device
         print(
             f"  SplitWorker._train_step alone, batch {size} on {device.type}: "
             f"{n * size / seconds:.0f} samples/s ({seconds / n * 1e3:.3f} ms/step, loss {loss:.2e})"
@@ -401,14 +364,11 @@ def data_parallel_check(device: Any, runner: Runner, storage: Path) -> None:
 
     from protocol.events import CheckpointEvent, MetricEvent
     from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
-    from protocol.strategies.data_parallel import parse_data_parallel_settings
-    from ray_module.contract import runner_name
     from ray_module.strategies.data_parallel.checkpoint import load_checkpoint
-    from ray_module.strategies.data_parallel.run import train_loop
+    from ray_module.strategies.data_parallel.rank import DataParallelRank, RankConfig
+    from ray_module.strategies.data_parallel.run import settings_of
 
-    print(
-        "\n== 3b. data_parallel.run.train_loop: tiny-gpt2 on stdlib-text, 2 steps, DDP", flush=True
-    )
+    print("\n== 3b. DataParallelRank: tiny-gpt2 on stdlib-text, 2 steps, DDP", flush=True)
     job_id = 9002
     gpu = 1 if device.type == "cuda" else 0
     config = RunConfig(
@@ -422,23 +382,10 @@ def data_parallel_check(device: Any, runner: Runner, storage: Path) -> None:
         workers=(WorkerPlan(1, gpu, 2.0, 4.0),),
         storage_path=str(storage),
     )
-    cfg = {
-        "job_id": job_id,
-        "run_config": config,
-        "publish": None,
-        "runner": runner_name(job_id),
-        "model": config.model,
-        "data": config.data,
-        "settings": parse_data_parallel_settings(config.training),
-        "job_dir": config.job_dir,
-        "memory_gb": 4.0,
-        "cpu_cores": 2.0,
-        "gpu": gpu,
-    }
-    # train_loop moves the model only where CUDA exists; on the CPU dry run it stays put.
+    rank = DataParallelRank(RankConfig(config, settings_of(config), 0, config.workers[0]))
     first = len(runner.events)
     tic = time.perf_counter()
-    train_loop(cfg)
+    last_step = rank._train()  # in the process group made above, as a rank of one
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - tic
@@ -456,7 +403,7 @@ def data_parallel_check(device: Any, runner: Runner, storage: Path) -> None:
     )
     check(
         "data_parallel model in DDP on the device",
-        type(wrapped).__name__ == "DistributedDataParallel" and where == {device.type},
+        isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and where == {device.type},
         f"{type(wrapped).__name__}, parameters on {where}",
     )
     check(
@@ -478,11 +425,7 @@ def data_parallel_check(device: Any, runner: Runner, storage: Path) -> None:
         and any(isinstance(e, CheckpointEvent) for e in events),
         str(saved),
     )
-    check(
-        "data_parallel reported to Ray Train",
-        TrainState.reports[-1:] == [{"step": 2}],
-        str(TrainState.reports),
-    )
+    check("data_parallel's rank returned its last step", last_step == 2, str(last_step))
 
 
 def main() -> int:

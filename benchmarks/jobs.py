@@ -1,5 +1,6 @@
 """Submit → first training step latency, and the platform's overhead on a whole job against
-calling Ray Train's TorchTrainer directly on the same work, as a ratio.
+a bare Ray Train TorchTrainer run of the same ranks' loop (``torch_trainer_baseline.py``), and
+against calling our ``run_data_parallel`` directly, as ratios.
 
 Both runs use the same training loop (tiny-gpt2 on stdlib-text, the same steps, batch size and
 workers) on one local Ray started by this script. The platform's run goes as in production:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import sys
 import tempfile
 import time
@@ -23,18 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_pool
 
 import ray
+from benchmarks.torch_trainer_baseline import run_ours, run_with_torch_trainer, timed
 from tests.agent_pool import PoolNode
 from tests.conftest import free_port
 from tests.live_gateway import LiveGateway
 
 from app.main import create_app
 from core.settings import Settings
-from protocol.events import MetricEvent
 from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
 from ray_module.cluster import ClusterConfig, connect
-from ray_module.contract import NAMESPACE, runner_name
-from ray_module.runner.job_runner import JobRunner
-from ray_module.strategies.data_parallel.run import run_data_parallel
 
 
 def job_body(steps: int, workers: int) -> dict:
@@ -109,11 +108,10 @@ def through_the_platform(tmp: Path, steps: int, workers: int, pool: str) -> dict
     }
 
 
-def directly(tmp: Path, steps: int, workers: int, node_id: int) -> dict[str, float]:
-    """The same loop through TorchTrainer, with only an event sink standing in for the runner."""
+def direct_config(tmp: Path, steps: int, workers: int, node_id: int, name: str) -> RunConfig:
     body = job_body(steps, workers)
-    config = RunConfig(
-        job_id=999_999,
+    return RunConfig(
+        job_id=next(direct_job_ids),
         request=JobRequest(
             strategy="data_parallel",
             model=ModelRequest("simple_transformer", "tiny-gpt2"),
@@ -121,22 +119,11 @@ def directly(tmp: Path, steps: int, workers: int, node_id: int) -> dict[str, flo
             knobs={k: v for k, v in body["training_config"].items() if k != "num_workers"},
         ),
         workers=tuple(WorkerPlan(node_id, 0, 1 / workers, 1 / workers) for _ in range(workers)),
-        storage_path=str(tmp / "direct"),
+        storage_path=str(tmp / name),
     )
-    sink = (
-        ray.remote(JobRunner)
-        .options(
-            name=runner_name(config.job_id), namespace=NAMESPACE, num_cpus=0, max_concurrency=16
-        )
-        .remote(config)
-    )
-    started = time.perf_counter()
-    run_data_parallel(config, JobRunner(config))
-    wall = time.perf_counter() - started
-    events = ray.get(sink.events.remote(0))
-    ray.kill(sink)
-    assert any(isinstance(r.event, MetricEvent) for r in events)
-    return {"wall_s": wall}
+
+
+direct_job_ids = itertools.count(999_000)
 
 
 def main() -> None:
@@ -154,15 +141,19 @@ def main() -> None:
                 labels={"distlm-node-id": str(node_id)},
             )
         ).address
+        sizes = (args.steps, args.workers)
         platform = through_the_platform(tmp, args.steps, args.workers, pool)
-        direct = directly(tmp, args.steps, args.workers, node_id)
+        bare = timed(run_with_torch_trainer, direct_config(tmp, *sizes, node_id, "bare"))
+        ours = timed(run_ours, direct_config(tmp, *sizes, node_id, "ours"))
         ray.shutdown()
     print(f"job: tiny-gpt2, stdlib-text, {args.steps} steps, {args.workers} workers, 2 CPUs")
     print(f"submit -> running (placed, runner started): {platform['submit_to_running_s']:.2f} s")
     print(f"submit -> first training step:             {platform['submit_to_first_step_s']:.2f} s")
     print(f"whole job through DistLM (submit -> succeeded): {platform['wall_s']:.2f} s")
-    print(f"same work, TorchTrainer called directly:        {direct['wall_s']:.2f} s")
-    print(f"overhead ratio DistLM / direct: {platform['wall_s'] / direct['wall_s']:.2f}x")
+    print(f"same loop, bare TorchTrainer run:               {bare[1]:.2f} s")
+    print(f"same work, run_data_parallel called directly:   {ours[1]:.2f} s")
+    print(f"overhead ratio DistLM / bare TorchTrainer: {platform['wall_s'] / bare[1]:.2f}x")
+    print(f"overhead ratio DistLM / run_data_parallel: {platform['wall_s'] / ours[1]:.2f}x")
 
 
 if __name__ == "__main__":

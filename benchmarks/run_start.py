@@ -1,7 +1,7 @@
 """How long a two-step run of each mode takes from launch to its first step and to its end,
-on a two-node Ray cluster on this machine, through the real runner actor; data_parallel also
-with Ray Train's default controller health check (every 2 s) as the baseline, in the same
-process, against ours (``HEALTH_CHECK_INTERVAL`` in data_parallel/run.py).
+on a two-node Ray cluster on this machine, through the real runner actor; and data_parallel's
+own start against the same ranks' loop under Ray Train's TorchTrainer (the baseline,
+``torch_trainer_baseline.py``), both called the same way in the same process.
 
     PYTHONPATH=backend .venv/bin/python benchmarks/run_start.py [--repeats 2]
 
@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_p
 
 from protocol.events import MetricEvent, StatusEvent
 from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
-from ray_module.strategies.data_parallel.run import HEALTH_CHECK_INTERVAL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,26 +80,14 @@ def timed_run(mode: str) -> tuple[float, float]:
         stop_runner(config.job_id)
 
 
-def on_a_cluster(modes: list[str], repeats: int) -> dict[str, tuple[float, float]]:
-    """Mean (first step, end) per mode on a fresh two-node cluster; its processes inherit this
-    process's environment as it is now."""
-    import ray
-    from tests.agent_pool import two_machine_cluster
-    from tests.conftest import free_port
+def mean(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return sum(r[0] for r in runs) / len(runs), sum(r[1] for r in runs) / len(runs)
 
-    cluster, _ = two_machine_cluster(free_port(), log_to_driver=False)
-    try:
-        figures = {}
-        for mode in modes:
-            runs = [timed_run(mode) for _ in range(repeats)]
-            figures[mode] = (
-                sum(r[0] for r in runs) / repeats,
-                sum(r[1] for r in runs) / repeats,
-            )
-        return figures
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+
+def data_parallel_config() -> RunConfig:
+    model, data, knobs, workers = MODES["data_parallel"]
+    request = JobRequest(strategy="data_parallel", model=model, data=data, knobs=knobs)
+    return RunConfig(next(job_ids), request, workers, tempfile.mkdtemp(prefix="run-start-"))
 
 
 def main() -> None:
@@ -110,19 +97,35 @@ def main() -> None:
     os.environ["PYTHONPATH"] = str(ROOT / "backend")  # the cluster's workers import our code
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
 
-    name, ours = HEALTH_CHECK_INTERVAL
-    os.environ[name] = "2.0"  # Ray Train's default: the baseline
-    baseline = on_a_cluster(["data_parallel"], args.repeats)["data_parallel"]
-    del os.environ[name]
-    figures = on_a_cluster(list(MODES), args.repeats)
+    import ray
+    from benchmarks.torch_trainer_baseline import run_ours, run_with_torch_trainer, timed
+    from tests.agent_pool import two_machine_cluster
+    from tests.conftest import free_port
 
-    print(f"\n{'mode':<28} {'to first step':>14} {'to end':>8}")
-    print(f"{'data_parallel (2 s checks)':<28} {baseline[0]:>13.1f}s {baseline[1]:>7.1f}s")
+    cluster, _ = two_machine_cluster(free_port(), log_to_driver=False)
+    try:
+        figures = {mode: mean([timed_run(mode) for _ in range(args.repeats)]) for mode in MODES}
+        # Alternated, so that neither side always runs on a warmer machine.
+        baseline, ours = [], []
+        for _ in range(args.repeats):
+            baseline.append(timed(run_with_torch_trainer, data_parallel_config()))
+            ours.append(timed(run_ours, data_parallel_config()))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    print(f"\n{'through the runner actor':<34} {'to first step':>14} {'to end':>8}")
     for mode, (first, end) in figures.items():
-        label = f"{mode} ({ours} s checks)" if mode == "data_parallel" else mode
-        print(f"{label:<28} {first:>13.1f}s {end:>7.1f}s")
-    ratio = baseline[1] / figures["data_parallel"][1]
-    print(f"\ndata_parallel end to end, baseline / ours: {ratio:.2f}x")
+        print(f"{mode:<34} {first:>13.1f}s {end:>7.1f}s")
+    print(f"\n{'data_parallel called directly':<34} {'to first step':>14} {'to end':>8}")
+    rows = {"TorchTrainer (baseline)": mean(baseline), "own rank actors (ours)": mean(ours)}
+    for label, (first, end) in rows.items():
+        print(f"{label:<34} {first:>13.1f}s {end:>7.1f}s")
+    (base_first, base_end), (our_first, our_end) = rows.values()
+    print(
+        f"\nbaseline / ours: to first step {base_first / our_first:.2f}x, "
+        f"to end {base_end / our_end:.2f}x"
+    )
 
 
 if __name__ == "__main__":

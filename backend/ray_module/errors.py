@@ -3,9 +3,9 @@
 A run raises ``RetryableRunError`` (a worker, node or answer was lost) or ``FinalRunError``
 (the job's data, model or settings cannot work: retrying cannot help). Both carry only a
 message, so they pickle across Ray unchanged: a worker's ``DataError`` reaches the runner as
-a ``RayTaskError`` that is also a ``DataError`` (``as_instanceof_cause``), or inside Ray
-Train's ``WorkerGroupError.worker_failures``. ``is_retryable`` looks for our classes in that
-chain first, then for Ray's own lost-actor errors; nothing matches on message text.
+a ``RayTaskError`` that is also a ``DataError`` (``as_instanceof_cause``). ``is_retryable``
+looks for our classes in that chain first, then for Ray's own lost-actor errors; nothing
+matches on message text.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ _LIBRARY_INPUT_ERRORS = (ValueError, TypeError, NotImplementedError, KeyError)
 
 
 def causes(error: BaseException, limit: int = 32) -> Iterator[BaseException]:
-    """``error`` and what it wraps: Python's chain, a Ray task error's cause, Ray Train's
-    worker and controller failures."""
+    """``error`` and what it wraps: Python's chain and a Ray task error's cause."""
     seen: set[int] = set()
     queue: list[BaseException] = [error]
     while queue and len(seen) < limit:
@@ -44,12 +43,7 @@ def causes(error: BaseException, limit: int = 32) -> Iterator[BaseException]:
             current.__cause__,
             current.__context__,
             getattr(current, "cause", None),  # RayTaskError
-            getattr(current, "_base_exc", None),  # Ray Train's UserExceptionWithTraceback
-            getattr(current, "controller_failure", None),  # Ray Train's ControllerError
         ]
-        failures = getattr(current, "worker_failures", None)  # Ray Train's WorkerGroupError
-        if isinstance(failures, dict):
-            wrapped.extend(failures.values())
         queue.extend(e for e in wrapped if isinstance(e, BaseException))
 
 
@@ -81,10 +75,7 @@ def is_retryable(error: BaseException) -> bool:
 
 
 def _wraps_another(error: BaseException) -> bool:
-    return any(
-        getattr(error, attr, None) is not None
-        for attr in ("cause", "_base_exc", "controller_failure", "worker_failures")
-    )
+    return getattr(error, "cause", None) is not None
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -49,7 +49,7 @@ CASES = {
         DataRequest("builtin", "stdlib-text", max_samples=60),
         {"batch_size": 4, "seq_len": 32, "checkpoint_interval": 1},
         "max_steps",
-        "RayTrainWorker",
+        "DataParallelRank",
     ),
     "fedavg": Case(
         ModelRequest("classifier", "mlp"),
@@ -229,7 +229,7 @@ def test_a_lost_worker_is_data_or_a_retryable_failure_never_a_final_one(
 def test_data_that_cannot_be_read_fails_the_run_at_once_without_retry(
     name: str, ray_cluster, tmp_path: Path
 ) -> None:
-    """The worker's DataError crosses Ray (an actor call, or Ray Train's worker group)
+    """The worker's DataError crosses Ray (an actor call)
     typed, so the job fails with the reason instead of burning attempts."""
     missing = DataRequest("local", "mine", path="no/such/file.csv", data_root=str(tmp_path))
     run = config(name, 2, tmp_path)
