@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import os
 import sys
 import tempfile
 import time
@@ -33,7 +34,6 @@ from tests.live_gateway import LiveGateway
 from app.main import create_app
 from core.settings import Settings
 from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
-from ray_module.cluster import ClusterConfig, connect
 
 
 def job_body(steps: int, workers: int) -> dict:
@@ -134,13 +134,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         node_id = 1  # the platform registers this machine as node 1 of a fresh database
-        pool = connect(
-            ClusterConfig(
-                num_cpus=2,
-                resources={f"distlm_node_{node_id}": 1000},
-                labels={"distlm-node-id": str(node_id)},
-            )
-        ).address
+        # A trusted pool without a token, as the test session's cluster: the agent's drivers
+        # join it as they join an owner's `ray start` pool (DistLM's own local Ray has a token
+        # that only its own drivers get).
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        ray.init(
+            address="local",
+            num_cpus=2,
+            resources={f"distlm_node_{node_id}": 1000},
+            labels={"distlm-node-id": str(node_id)},
+        )
+        pool = ray.get_runtime_context().gcs_address
         sizes = (args.steps, args.workers)
         platform = through_the_platform(tmp, args.steps, args.workers, pool)
         bare = timed(run_with_torch_trainer, direct_config(tmp, *sizes, node_id, "bare"))
