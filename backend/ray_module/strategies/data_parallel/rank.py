@@ -34,14 +34,14 @@ SHUFFLE_SEED = 1234
 
 @dataclass(frozen=True)
 class RankConfig:
-    config: RunConfig  # each rank fetches the gateway's inputs on its own node
+    run: RunConfig  # each rank fetches the gateway's inputs on its own node
     settings: DataParallelSettings
     rank: int
     plan: WorkerPlan
 
     @property
     def world(self) -> int:
-        return len(self.config.workers)
+        return len(self.run.workers)
 
 
 def free_address() -> tuple[str, int]:
@@ -58,7 +58,7 @@ class DataParallelRank:
     def __init__(self, config: RankConfig) -> None:
         self.config = config
         capture_worker_output(
-            config.config.job_id, f"rank {config.rank} on node {config.plan.node_id}"
+            config.run.job_id, f"rank {config.rank} on node {config.plan.node_id}"
         )
 
     def rendezvous(self) -> tuple[str, int]:
@@ -111,12 +111,12 @@ class DataParallelRank:
 
         cfg, settings = self.config, self.config.settings
         rank, world = cfg.rank, cfg.world
-        runner = ray.get_actor(runner_name(cfg.config.job_id), namespace=NAMESPACE)
-        job_dir = Path(cfg.config.job_dir)
+        runner = ray.get_actor(runner_name(cfg.run.job_id), namespace=NAMESPACE)
+        job_dir = Path(cfg.run.job_dir)
         checkpoint_dir = job_dir / CHECKPOINT_DIR
         started = time.monotonic()
 
-        inputs = fetch_inputs(cfg.config)
+        inputs = fetch_inputs(cfg.run)
         request = inputs.model
         resume = load_checkpoint(checkpoint_dir)
         if resume is not None:
@@ -182,7 +182,7 @@ class DataParallelRank:
                         )
                     if rank == 0:
                         save_checkpoint(model, checkpoint_dir, step)
-                        publish_directory(cfg.config.publish, "checkpoint", checkpoint_dir)
+                        publish_directory(cfg.run.publish, "checkpoint", checkpoint_dir)
                         runner.emit.remote(CheckpointEvent(step, str(checkpoint_dir)))
                     now = time.monotonic()
                     self._report_usage(runner, now - last_report, step)
@@ -192,7 +192,7 @@ class DataParallelRank:
         if rank == 0:
             final_dir = job_dir / "model"
             model.save(final_dir)
-            publish_directory(cfg.config.publish, "model", final_dir)
+            publish_directory(cfg.run.publish, "model", final_dir)
             runner.emit.remote(ArtifactEvent(str(final_dir)))
         return step
 
