@@ -11,7 +11,8 @@ naming all hosts of its network. Each node host has its own mount namespace in w
 tmpfs is mounted over each private path (and over /tmp unless ``private_tmp=False``): nothing
 the gateway host keeps there is visible to a node, nothing a node writes there reaches the
 gateway or another node, and what one node process writes is visible to the next process on
-the same node (one disk per host). Everything else (the code, the virtualenv) is seen as is.
+the same node (one disk per host). Everything else (the code, the virtualenv) is seen as is,
+even from a clone under /tmp (bound back over the node's empty /tmp).
 
 Processes started through a host are killed (their process group, then anything left in the
 host's namespace) when the network closes, even when the test failed. Names embed the pid of
@@ -54,9 +55,22 @@ NAME_PREFIX = "dlh"  # "distlm host"
 # dlh<pid in hex>-<2 hex random>: the bridge adds "br", root-side veths "v<index>" (<= 15 chars)
 NAME_PATTERN = re.compile(rf"^{NAME_PREFIX}([0-9a-f]{{1,6}})-([0-9a-f]{{2}})")
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec` bind-mounts /etc/netns/<ns>/* over /etc/*
+KEEP_DIR = "/mnt"  # where a node host holds the code for a moment (its own mount there)
 IP_TIMEOUT_S = 10.0
 TERM_GRACE_S = 3.0  # how long processes get to exit on SIGTERM at close
 Argv = Sequence[str | os.PathLike[str]]
+
+
+def code_under(private_paths: Iterable[Path]) -> tuple[Path, ...]:
+    """The code (the repository, the virtualenv) that lies under a node host's empty disks,
+    outermost only: a clone under /tmp, whose /tmp a node host does not share."""
+    code = sorted({REPO_ROOT.resolve(), Path(sys.prefix).resolve()}, key=lambda p: len(p.parts))
+    hidden: list[Path] = []
+    for path in code:
+        under_disk = any(path.is_relative_to(disk) for disk in private_paths)
+        if under_disk and not any(path.is_relative_to(outer) for outer in hidden):
+            hidden.append(path)
+    return tuple(hidden)
 
 
 class HostNetworkError(RuntimeError):
@@ -301,12 +315,25 @@ class Host:
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "hosts").write_text(hosts_file)
         steps = [f"hostname {shlex.quote(self.name)}"]
+        # The code (a clone under /tmp, say) stays visible: bound aside before the empty
+        # disks go on, and moved back onto its path inside them.
+        kept = code_under(self.private_paths)
+        if kept:
+            steps.append(f"mount -t tmpfs distlm-keep-{self.name} {KEEP_DIR}")
+        for index, code in enumerate(kept):
+            steps.append(f"mkdir {KEEP_DIR}/{index}")
+            steps.append(f"mount --bind {shlex.quote(str(code))} {KEEP_DIR}/{index}")
         # parents first, so a nested private path is made inside its parent's tmpfs
         for path in sorted(self.private_paths, key=lambda p: len(p.parts)):
             mode = path.stat().st_mode & 0o7777 if path.is_dir() else 0o755
             quoted = shlex.quote(str(path))
             steps.append(f"mkdir -p {quoted}")
             steps.append(f"mount -t tmpfs -o mode={mode:o} distlm-{self.name} {quoted}")
+        for index, code in enumerate(kept):
+            steps.append(f"mkdir -p {shlex.quote(str(code))}")
+            steps.append(f"mount --move {KEEP_DIR}/{index} {shlex.quote(str(code))}")
+        if kept:
+            steps.append(f"umount {KEEP_DIR}")
         # The mount namespace copied the root's /run/netns, which pins every other network
         # namespace that exists now (other sessions' too) until this host ends: drop it.
         steps.append("{ umount -l /run/netns 2>/dev/null || true; }")
