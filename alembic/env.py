@@ -46,15 +46,27 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     url = database_url()
     engine = make_engine(url)
+    sqlite = url.startswith("sqlite")
     with engine.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
-            render_as_batch=url.startswith("sqlite"),  # SQLite alters tables by copying them
+            render_as_batch=sqlite,  # SQLite alters tables by copying them
             render_item=render_item,
         )
+        if sqlite:
+            # Copying a table that others reference (ledger_accounts) drops it: with foreign
+            # keys on, SQLite refuses. Off for the migration (the pragma is a no-op inside a
+            # transaction, so on the raw connection before ours begins), checked after.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            raw = connection.connection.driver_connection
+            broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+            raw.execute("PRAGMA foreign_keys=ON")
+            if broken:
+                raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
     engine.dispose()
 
 

@@ -16,6 +16,7 @@ from ledger.models import (
     LedgerTransaction,
     TransactionKind,
 )
+from ledger.pending import pending_by_user
 from ledger.postings import Posting, escrow, post_transaction, system_account, wallet
 from ledger.pricing import tokens
 
@@ -88,10 +89,12 @@ class BalanceSummary:
     held: int
     earned: int
     spent: int
+    pending: int = 0  # earned by the user's nodes, not yet released to them
 
 
 def balance_summary(session: Session, user_id: int) -> BalanceSummary:
-    """One wallet row and the user's open escrows: the same cost whatever the history."""
+    """One wallet row, the user's open escrows and open pending credit: the same cost
+    whatever the history."""
     own_wallet = session.scalar(
         select(LedgerAccount).where(
             LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id == user_id
@@ -104,13 +107,15 @@ def balance_summary(session: Session, user_id: int) -> BalanceSummary:
             text("kind = 'escrow' AND balance > 0"),
         )
     )
+    waiting = pending_by_user(session, user_id)
     if own_wallet is None:
-        return BalanceSummary(available=0, held=int(held or 0), earned=0, spent=0)
+        return BalanceSummary(available=0, held=int(held or 0), earned=0, spent=0, pending=waiting)
     return BalanceSummary(
         available=own_wallet.balance,
         held=int(held or 0),
         earned=own_wallet.earned,
         spent=own_wallet.spent,
+        pending=waiting,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry
@@ -16,6 +16,7 @@ class LedgerReport:
     issued: int
     in_wallets: int
     in_escrow: int
+    pending: int  # node owners' earnings not yet released
     fees: int
     problems: tuple[str, ...]
 
@@ -69,6 +70,7 @@ def ledger_report(session: Session, *, terminal_job_ids: Collection[int]) -> Led
         issued=-totals[AccountKind.ISSUANCE.value],
         in_wallets=totals[AccountKind.WALLET.value],
         in_escrow=totals[AccountKind.ESCROW.value],
+        pending=totals[AccountKind.PENDING.value],
         fees=totals[AccountKind.PLATFORM_FEE.value],
         problems=tuple(problems),
     )
@@ -76,7 +78,8 @@ def ledger_report(session: Session, *, terminal_job_ids: Collection[int]) -> Led
 
 def wallet_counter_problems(session: Session) -> list[str]:
     """Each wallet's counters equal what the entries say: node credits into the wallet,
-    charges out of the same user's escrows, entries on the user's accounts."""
+    charges out of the same user's escrows less voids back to them, entries on the user's
+    accounts."""
     credited = dict(
         session.execute(
             select(LedgerEntry.account_id, func.sum(LedgerEntry.amount))
@@ -89,8 +92,12 @@ def wallet_counter_problems(session: Session) -> list[str]:
             select(LedgerAccount.user_id, -func.sum(LedgerEntry.amount))
             .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
             .where(
-                LedgerEntry.kind == EntryKind.CHARGE.value,
-                LedgerAccount.kind == AccountKind.ESCROW.value,
+                or_(
+                    (LedgerEntry.kind == EntryKind.CHARGE.value)
+                    & (LedgerAccount.kind == AccountKind.ESCROW.value),
+                    (LedgerEntry.kind == EntryKind.VOID.value)
+                    & (LedgerAccount.kind == AccountKind.WALLET.value),
+                )
             )
             .group_by(LedgerAccount.user_id)
         ).all()

@@ -16,6 +16,10 @@ MICRO = 1_000_000  # units per token
 class AccountKind(enum.StrEnum):
     WALLET = "wallet"  # one per user
     ESCROW = "escrow"  # one per job: its hold until settlement
+    # One per (job, node): the node owner's earnings for that node's saved work on the job,
+    # charged to the payer but not yet theirs: released to the owner's wallet once the work
+    # is accepted, or voided back to the payer.
+    PENDING = "pending"
     PLATFORM_FEE = "platform_fee"  # singleton
     ISSUANCE = "issuance"  # singleton; the only account that goes negative
 
@@ -25,14 +29,20 @@ class TransactionKind(enum.StrEnum):
     ADMIN_GRANT = "admin_grant"
     HOLD = "hold"
     SETTLEMENT = "settlement"
+    PENDING_CREDIT = "pending_credit"  # escrow → pending, as a checkpoint saves work
+    RELEASE = "release"  # pending → owner's wallet and the platform's fee
+    VOID = "void"  # pending → the payer's wallet: the work was not accepted
 
 
 class EntryKind(enum.StrEnum):
     ISSUE = "issue"  # issuance side of a grant
     GRANT = "grant"  # wallet side of a grant
     HOLD = "hold"  # wallet → escrow at submit
-    CHARGE = "charge"  # escrow → node owners and fee, per node
-    NODE_CREDIT = "node_credit"  # a node owner's earnings for a node's completed work
+    CHARGE = "charge"  # out of the escrow into a node's pending credit
+    PENDING = "pending"  # into a node's pending credit
+    RELEASE = "release"  # out of a node's pending credit, to its owner and the fee
+    NODE_CREDIT = "node_credit"  # a node owner's earnings for a node's accepted work
+    VOID = "void"  # a node's pending credit back to the payer (both sides)
     PLATFORM_FEE = "platform_fee"
     REFUND = "refund"  # the unused hold back to the wallet
 
@@ -41,7 +51,8 @@ class LedgerAccount(Base):
     __tablename__ = "ledger_accounts"
     __table_args__ = (
         CheckConstraint(
-            "kind IN ('wallet', 'escrow', 'platform_fee', 'issuance')", name="kind_known"
+            "kind IN ('wallet', 'escrow', 'pending', 'platform_fee', 'issuance')",
+            name="kind_known",
         ),
         # No overdraft, enforced by the database as well as by the conditional updates.
         CheckConstraint("kind = 'issuance' OR balance >= 0", name="no_overdraft"),
@@ -67,6 +78,21 @@ class LedgerAccount(Base):
             postgresql_where=text("kind = 'escrow' AND balance > 0"),
         ),
         Index(
+            "uq_ledger_accounts_pending",
+            "job_id",
+            "node_id",
+            unique=True,
+            sqlite_where=text("kind = 'pending'"),
+            postgresql_where=text("kind = 'pending'"),
+        ),
+        # A node owner's pending earnings: the balances of their open pending accounts.
+        Index(
+            "ix_ledger_accounts_open_pending",
+            "user_id",
+            sqlite_where=text("kind = 'pending' AND balance > 0"),
+            postgresql_where=text("kind = 'pending' AND balance > 0"),
+        ),
+        Index(
             "uq_ledger_accounts_singleton",
             "kind",
             unique=True,
@@ -79,12 +105,14 @@ class LedgerAccount(Base):
     kind: Mapped[str] = mapped_column(String(16))
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    node_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # pending accounts
     # Kept equal to the sum of the account's entries (checked by the invariant), so a
     # debit can be one conditional UPDATE ... WHERE balance >= amount.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     # Wallets only, kept by every posting (checked by the invariant) so that a balance or
     # history read costs the same whatever the history: node credits into this wallet,
-    # charges out of this user's escrows, and the entries on this user's accounts.
+    # charges out of this user's escrows less what was voided back to them, and the entries
+    # on this user's accounts.
     earned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     history_entries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -73,6 +73,13 @@ def escrow(session: Session, job_id: int, user_id: int) -> LedgerAccount:
     return _get_or_create(session, {"job_id": job_id, "user_id": user_id}, AccountKind.ESCROW)
 
 
+def pending(session: Session, job_id: int, node_id: int, owner_id: int) -> LedgerAccount:
+    wallet(session, owner_id)  # first: the wallet keeps the count of the owner's entries
+    return _get_or_create(
+        session, {"job_id": job_id, "node_id": node_id, "user_id": owner_id}, AccountKind.PENDING
+    )
+
+
 def find_transaction(session: Session, key: str) -> LedgerTransaction | None:
     return session.scalar(select(LedgerTransaction).where(LedgerTransaction.idempotency_key == key))
 
@@ -133,7 +140,8 @@ def _wallet_counters(
     session: Session, postings: list[Posting], owners: dict[int, tuple[str, int | None]]
 ) -> dict[int, WalletCounters]:
     """What to add per wallet id: node credits into a wallet, charges out of an escrow
-    (counted on its user's wallet), and the entries on the user's accounts."""
+    (counted on its user's wallet) less voids back into the wallet, and the entries on the
+    user's accounts."""
     by_user: dict[int, WalletCounters] = defaultdict(WalletCounters)
     for posting in postings:
         kind, user_id = owners[posting.account_id]
@@ -145,6 +153,8 @@ def _wallet_counters(
             counters.earned += posting.amount
         elif posting.kind is EntryKind.CHARGE and kind == AccountKind.ESCROW.value:
             counters.spent -= posting.amount
+        elif posting.kind is EntryKind.VOID and kind == AccountKind.WALLET.value:
+            counters.spent -= posting.amount  # charged, then given back: not spent
     if not by_user:
         return {}
     wallets = session.execute(

@@ -1,31 +1,21 @@
-"""Settle a job exactly once: charge metered usage (capped by the hold), credit node owners
-for their nodes' completed work less the platform fee, refund the rest."""
+"""Settle a job exactly once: charge metered usage (capped by the hold) into each node's
+pending credit (what checkpoints have not put there already), refund the rest, then release
+each node's pending credit to its owner less the platform fee, or void it back to the payer
+where the node's work is refused."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ledger.models import (
-    AccountKind,
-    EntryKind,
-    LedgerAccount,
-    LedgerEntry,
-    LedgerTransaction,
-    TransactionKind,
-)
-from ledger.postings import (
-    Posting,
-    escrow,
-    find_transaction,
-    post_transaction,
-    system_account,
-    wallet,
-)
-from ledger.pricing import Rates, ResourceSeconds, platform_fee, price_usage
+from ledger.job_ledger import job_ledgers
+from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
+from ledger.pending import open_pending, release_pending, void_pending
+from ledger.postings import Posting, escrow, find_transaction, pending, post_transaction, wallet
+from ledger.pricing import Rates, ResourceSeconds, price_usage
 
 
 @dataclass(frozen=True)
@@ -39,13 +29,16 @@ class NodeUsage:
 
 @dataclass(frozen=True)
 class SettlementResult:
+    """Micro-tokens: ``held`` = ``charged`` + ``voided`` + ``refunded``."""
+
     job_id: int
     transaction_id: int
     held: int
-    charged: int
+    charged: int  # what the payer paid in the end (voided credit not included)
     refunded: int
     fees: int
-    credits: dict[int, int] = field(default_factory=dict)  # node id → owner's credit
+    credits: dict[int, int] = field(default_factory=dict)  # node id → owner's released credit
+    voided: int = 0  # charged, then given back because a node's work was refused
     first_time: bool = True
 
 
@@ -90,6 +83,28 @@ def with_minimum(costs: dict[int, int], minimum: int) -> dict[int, int]:
     return raised
 
 
+def charged_by_node(session: Session, escrow_id: int) -> dict[int, int]:
+    """What has gone out of the escrow into each node's pending credit so far."""
+    rows = session.execute(
+        select(LedgerEntry.node_id, -func.sum(LedgerEntry.amount))
+        .where(LedgerEntry.account_id == escrow_id, LedgerEntry.kind == EntryKind.CHARGE.value)
+        .group_by(LedgerEntry.node_id)
+    ).all()
+    return {int(node): int(amount) for node, amount in rows if node is not None}
+
+
+def top_ups(targets: dict[int, int], already: dict[int, int], available: int) -> dict[int, int]:
+    """What each node is still owed of its target, scaled down to what the escrow holds."""
+    owed = {node: target - already.get(node, 0) for node, target in targets.items()}
+    owed = {node: amount for node, amount in sorted(owed.items()) if amount > 0}
+    total = sum(owed.values())
+    if total > available:
+        nodes = list(owed)
+        owed = {node: owed[node] * available // total for node in nodes}
+        owed[nodes[0]] += available - sum(owed.values())
+    return {node: amount for node, amount in owed.items() if amount > 0}
+
+
 def settle_job(
     session: Session,
     *,
@@ -97,12 +112,14 @@ def settle_job(
     job_owner_id: int,
     usage: Sequence[NodeUsage],
     rates: Rates,
+    refused_nodes: Collection[int] = (),
     memo: str = "",
 ) -> SettlementResult:
-    """Idempotent: a second call for the same job changes nothing and returns the first result."""
+    """Idempotent: a second call for the same job changes nothing and returns the first
+    result. ``refused_nodes``: nodes whose pending credit is voided instead of released."""
     existing = find_transaction(session, settlement_key(job_id))
     if existing is not None:
-        return _result_of(session, existing, job_id)
+        return _result_of(session, existing.id, job_id, first_time=False)
 
     # Lock the escrow row (PostgreSQL) so a concurrent settlement waits, then loses on the key.
     job_escrow = session.scalar(
@@ -111,26 +128,18 @@ def settle_job(
         .with_for_update()
         .execution_options(populate_existing=True)
     ) or escrow(session, job_id, job_owner_id)
-    held = job_escrow.balance
+    already = charged_by_node(session, job_escrow.id)
+    held = job_escrow.balance + sum(already.values())
     owners = {item.node_id: item.owner_id for item in usage}
-    charges = node_charges(usage, job_owner_id=job_owner_id, held=held, rates=rates)
+    targets = node_charges(usage, job_owner_id=job_owner_id, held=held, rates=rates)
+    owed = top_ups(targets, already, job_escrow.balance)
 
     postings: list[Posting] = []
-    fees = 0
-    credits: dict[int, int] = {}
-    fee_account = system_account(session, AccountKind.PLATFORM_FEE)
-    for node_id, cost in sorted(charges.items()):
-        fee = platform_fee(cost, rates)
-        credits[node_id] = cost - fee
-        fees += fee
-        postings.append(Posting(job_escrow.id, -cost, EntryKind.CHARGE, node_id))
-        if cost - fee:
-            owner_wallet = wallet(session, owners[node_id])
-            postings.append(Posting(owner_wallet.id, cost - fee, EntryKind.NODE_CREDIT, node_id))
-        if fee:
-            postings.append(Posting(fee_account.id, fee, EntryKind.PLATFORM_FEE, node_id))
-    charged = sum(charges.values())
-    refund = held - charged
+    for node_id, amount in owed.items():
+        account = pending(session, job_id, node_id, owners[node_id])
+        postings.append(Posting(job_escrow.id, -amount, EntryKind.CHARGE, node_id))
+        postings.append(Posting(account.id, amount, EntryKind.PENDING, node_id))
+    refund = job_escrow.balance - sum(owed.values())
     if refund:
         postings.append(Posting(job_escrow.id, -refund, EntryKind.REFUND))
         postings.append(Posting(wallet(session, job_owner_id).id, refund, EntryKind.REFUND))
@@ -143,37 +152,34 @@ def settle_job(
         job_id=job_id,
         memo=memo or f"settlement of job {job_id}",
     )
-    if not created:
-        return _result_of(session, transaction, job_id)
-    return SettlementResult(
-        job_id=job_id,
-        transaction_id=transaction.id,
-        held=held,
-        charged=charged,
-        refunded=refund,
-        fees=fees,
-        credits=credits,
-    )
+    if created:
+        for account in open_pending(session, job_id=job_id):
+            if account.node_id in refused_nodes:
+                void_pending(
+                    session,
+                    account,
+                    payer_id=job_owner_id,
+                    memo=f"job {job_id}: node {account.node_id}'s work was refused",
+                )
+            else:
+                release_pending(
+                    session, account, rates, memo=f"job {job_id}: node {account.node_id}'s work"
+                )
+    return _result_of(session, transaction.id, job_id, first_time=created)
 
 
-def _result_of(session: Session, transaction: LedgerTransaction, job_id: int) -> SettlementResult:
-    entries = session.scalars(
-        select(LedgerEntry).where(LedgerEntry.transaction_id == transaction.id)
-    ).all()
-    charged = -sum(e.amount for e in entries if e.kind == EntryKind.CHARGE.value)
-    refunded = sum(e.amount for e in entries if e.kind == EntryKind.REFUND.value and e.amount > 0)
-    fees = sum(e.amount for e in entries if e.kind == EntryKind.PLATFORM_FEE.value)
-    credits: dict[int, int] = {}
-    for entry in entries:
-        if entry.kind == EntryKind.NODE_CREDIT.value and entry.node_id is not None:
-            credits[entry.node_id] = credits.get(entry.node_id, 0) + entry.amount
+def _result_of(
+    session: Session, transaction_id: int, job_id: int, *, first_time: bool
+) -> SettlementResult:
+    money = job_ledgers(session, [job_id])[job_id]
     return SettlementResult(
         job_id=job_id,
-        transaction_id=transaction.id,
-        held=charged + refunded,
-        charged=charged,
-        refunded=refunded,
-        fees=fees,
-        credits=credits,
-        first_time=False,
+        transaction_id=transaction_id,
+        held=money.charged + money.voided + money.refunded,
+        charged=money.charged,
+        refunded=money.refunded,
+        fees=money.fees,
+        credits=dict(sorted(money.earnings.items())),
+        voided=money.voided,
+        first_time=first_time,
     )

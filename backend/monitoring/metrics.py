@@ -51,6 +51,7 @@ def system_metrics(session: Session, *, now: dt.datetime, node_timeout_s: int) -
             "issued": tokens(report.issued),
             "in_wallets": tokens(report.in_wallets),
             "in_escrow": tokens(report.in_escrow),
+            "pending": tokens(report.pending),
             "fees": tokens(report.fees),
             "invariant_ok": report.invariant_ok,
             "problems": list(report.problems),

@@ -104,11 +104,18 @@ class PlatformCollector(Collector):
              sums.get(EntryKind.REFUND.value, 0)),
             ("distlm_platform_fees", "Tokens kept as platform fees",
              sums.get(EntryKind.PLATFORM_FEE.value, 0)),
+            ("distlm_tokens_voided", "Pending node credit given back to the payers",
+             sums.get(EntryKind.VOID.value, 0)),
         ):  # fmt: skip
             yield CounterMetricFamily(name, help_text, value=tokens(int(micro or 0)))
         terminal = {s.value for s in JobStatus if s.is_terminal()}
         finished = set(session.scalars(select(Job.id).where(Job.status.in_(terminal))))
         report = ledger_report(session, terminal_job_ids=finished)
+        yield GaugeMetricFamily(
+            "distlm_tokens_pending",
+            "Node owners' earnings charged but not yet released to them",
+            value=tokens(report.pending),
+        )
         yield GaugeMetricFamily(
             "distlm_ledger_invariant_ok",
             "1 when every ledger invariant holds, 0 when one is broken",

@@ -28,6 +28,7 @@ def test_new_users_get_the_signup_grant(client: TestClient, user: Account) -> No
         "held": 0.0,
         "earned": 0.0,
         "spent": 0.0,
+        "pending": 0.0,
     }
     (line,) = client.get("/tokens/history/me", headers=user.headers).json()["items"]
     assert line["kind"] == "grant" and line["transaction_kind"] == "signup_grant"
@@ -51,6 +52,7 @@ def test_submit_holds_the_maximum_cost_and_cancel_refunds_it(
         "held": SEED_HOLD,
         "earned": 0.0,
         "spent": 0.0,
+        "pending": 0.0,
     }
     client.post(f"/jobs/{job['id']}/cancel", headers=user.headers)
     assert balance(client, user)["available"] == 100.0

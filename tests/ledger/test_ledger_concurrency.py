@@ -109,7 +109,7 @@ def test_concurrent_submits_cancels_and_settlements_conserve_tokens(
         finished = set(session.scalars(select(Job.id).where(Job.status.in_(terminal))))
         report = ledger_report(session, terminal_job_ids=finished)
         assert report.invariant_ok, report.problems
-        assert report.issued == report.in_wallets + report.in_escrow + report.fees
+        assert report.issued == report.in_wallets + report.in_escrow + report.pending + report.fees
         summary = balance_summary(session, user.id)
         assert summary.available >= 0
         open_jobs = outcomes["created"] - 12

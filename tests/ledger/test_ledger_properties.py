@@ -260,7 +260,9 @@ def make_machine(database_url: str) -> type[RuleBasedStateMachine]:
                 report = ledger_report(session, terminal_job_ids=finished)
             assert report.invariant_ok, report.problems
             assert report.issued == self.granted
-            assert report.issued == report.in_wallets + report.in_escrow + report.fees
+            assert (
+                report.issued == report.in_wallets + report.in_escrow + report.pending + report.fees
+            )
 
     return LedgerMachine
 

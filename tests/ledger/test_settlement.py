@@ -52,6 +52,7 @@ def test_usage_is_charged_credited_less_fee_and_the_rest_refunded(
         "held": 0.0,
         "earned": 0.0,
         "spent": 1.56,
+        "pending": 0.0,
     }
     owner = balance(client, node_owner)
     assert owner["available"] == pytest.approx(101.482) and owner["earned"] == 1.482
@@ -153,6 +154,7 @@ def test_owner_running_their_own_job_is_not_paid_by_themselves(
         "held": 0.0,
         "earned": 0.0,
         "spent": 0.0,
+        "pending": 0.0,
     }
     assert ledger(client, admin)["invariant_ok"]
 

@@ -189,7 +189,9 @@ def approve(
 def ban(node_id: NodeId, _admin: AdminUser, session: DbSession, settings: SettingsDep) -> NodeOut:
     """Ban a node: its heartbeats, joins and run credentials are refused, it is never
     scheduled, and the jobs it takes part in resume elsewhere from their last checkpoint
-    (their clusters, with their tokens, end with the attempt). Other jobs are untouched."""
+    (their clusters, with their tokens, end with the attempt). Its pending credit (earned
+    for saved work, not yet released) is voided back to each job's payer, and its work is
+    not paid for when those jobs settle. Other jobs are untouched."""
     node = set_node_approval(session, node_id, NodeApproval.BANNED)
     return nodes_out(session, [node], settings)[0]
 

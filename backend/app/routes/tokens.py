@@ -29,13 +29,16 @@ def balance_out(user_id: int, summary: BalanceSummary) -> BalanceOut:
         held=tokens(summary.held),
         earned=tokens(summary.earned),
         spent=tokens(summary.spent),
+        pending=tokens(summary.pending),
     )
 
 
 @router.get("/balance/{user_id}", response_model=BalanceOut)
 def balance(user_id: str, viewer: CurrentUser, session: DbSession) -> BalanceOut:
     """`available` in the wallet, `held` in escrow for unfinished jobs, `earned` by your
-    nodes, `spent` on finished jobs. `user_id` may be `me`."""
+    nodes (released to you), `pending`: earned by your nodes for saved work but not yet
+    released (the platform's fee comes off on release), `spent` on jobs. `user_id` may be
+    `me`."""
     user = resolve_user_for(session, viewer, user_id)
     return balance_out(user.id, balance_summary(session, user.id))
 

@@ -69,6 +69,9 @@ class JobOut(BaseModel):
     refunded: float | None = None  # settled: the rest of the hold, back to its owner
     platform_fee: float | None = None  # settled: the platform's part of what was charged
     earnings: list[NodeEarning] = []  # settled: what each node's owner earned
+    # charged for saved work, waiting to be released to the nodes' owners (or voided)
+    pending_credit: float | None = None
+    voided: float | None = None  # pending credit given back: a node's work was refused
     has_artifact: bool
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -89,6 +92,8 @@ def with_money(out: JobOut, money: JobMoney) -> JobOut:
             "charged": micro_to_tokens(money.charged),
             "refunded": micro_to_tokens(money.refunded),
             "platform_fee": micro_to_tokens(money.fees),
+            "pending_credit": micro_to_tokens(money.pending),
+            "voided": micro_to_tokens(money.voided),
             "earnings": [
                 NodeEarning(node_id=node, tokens=tokens(amount))
                 for node, amount in money.earnings.items()

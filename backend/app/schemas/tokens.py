@@ -28,6 +28,9 @@ class BalanceOut(BaseModel):
     held: float
     earned: float
     spent: float
+    # earned by your nodes for saved work, not yet released to you (gross: the platform's
+    # fee comes off on release; voided back to the payer if the work is refused)
+    pending: float
 
 
 class HistoryEntryOut(BaseModel):

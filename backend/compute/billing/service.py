@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from compute.billing.pending_credit import refused_nodes
 from compute.billing.usage import JobUsage
 from compute.jobs.spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements
 from compute.jobs.strategy import extra_shares
@@ -113,7 +114,8 @@ def settle(
     placed_on: Iterable[int] = (),
 ) -> SettlementResult:
     """Settle the job's escrow with its usage on the nodes it ran on, and nothing-yet on the
-    others it was placed on (once; later calls no-op)."""
+    others it was placed on (once; later calls no-op): each node's pending credit is released
+    to its owner, or voided back to the payer if the node is banned by then."""
     work = usage.by_node(placed_on)
     found = session.execute(select(Node.id, Node.owner_id).where(Node.id.in_(list(work))))
     owners = dict(found.all())
@@ -126,6 +128,7 @@ def settle(
         job_owner_id=job.owner_id,
         usage=[NodeUsage(node, owners[node], seconds) for node, seconds in work.items()],
         rates=rates,
+        refused_nodes=refused_nodes(session, work),
         memo=f"settlement of job {job.id} ({job.status})",
     )
 

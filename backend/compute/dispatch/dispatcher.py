@@ -31,6 +31,7 @@ from compute.billing.metering import (
     unsaved_events,
     with_unsaved,
 )
+from compute.billing.pending_credit import credit_saved_work
 from compute.billing.service import charged_nodes, job_estimate, node_owners, rates_from
 from compute.billing.usage import JobUsage
 from compute.dispatch.leadership import hold_lease, holder_name, release_lease
@@ -352,6 +353,7 @@ class Dispatcher:
             case UsageEvent() as usage:
                 if is_saved(usage, job.saved_step):
                     save_usage(session, job, [usage])
+                    credit_saved_work(session, job, self.rates, step=job.saved_step)
                 else:
                     job.unsaved_usage = with_unsaved(job.unsaved_usage, usage)
             case CheckpointEvent(step=step):
@@ -359,6 +361,7 @@ class Dispatcher:
                 saved, job.unsaved_usage = saved_by(job.unsaved_usage, step)
                 record_event(session, job, "checkpoint", {"step": step, "attempt": job.attempts})
                 save_usage(session, job, saved)
+                credit_saved_work(session, job, self.rates, step=step)
                 job.status_reason = (
                     f"running (attempt {job.attempts}): {progress(job, step)}, checkpointed"
                 )

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
+from compute.billing.pending_credit import void_node_credit
 from compute.models import Node, NodeHeartbeat
 from compute.nodes.spec import HeartbeatSample, NodeRegistration
 from compute.visibility import owned_or_missing, page, visible_to
@@ -225,6 +226,8 @@ def set_node_approval(session: Session, node_id: int, approval: NodeApproval) ->
         raise NotFoundError(f"node {node_id} not found")
     if approval == NodeApproval.BANNED and node.approval != NodeApproval.BANNED:
         node.banned_at = utcnow()  # its attempts are lost (node_shut_out), resumed elsewhere
+        # Work not yet paid out is not paid for: every payer gets it back.
+        void_node_credit(session, node.id, "the node was banned by an admin")
     node.approval = approval.value
     session.flush()
     return node

@@ -105,7 +105,7 @@ async function systemPage() {
     parts.ledger.replaceChildren(
       h("p", { id: "invariant", class: l.invariant_ok ? "status-succeeded" : "error" },
         l.invariant_ok ? "Every account balances: nothing created or lost." : `Invariant broken: ${l.problems.join("; ")}`),
-      countsTable("ledger", { issued: l.issued, "in wallets": l.in_wallets, "in escrow": l.in_escrow, "platform fees": l.fees }));
+      countsTable("ledger", { issued: l.issued, "in wallets": l.in_wallets, "in escrow": l.in_escrow, "pending credit": l.pending, "platform fees": l.fees }));
     const now = Date.now() / 1000;
     utilisation.add(now, used);
     waiting.add(now, { queued: s.jobs_by_status.queued || 0, running: s.jobs_by_status.running || 0 });

@@ -1,0 +1,175 @@
+"""Pending credit (issue 21, part 1): each checkpoint moves the price of the work it saved
+from the job's escrow into the node's pending credit, which the owner sees apart from what
+is theirs; settlement releases it to the owner less the platform's fee; a ban voids it back
+to the payer. The dispatcher against the scripted Ray of test_metering, on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from compute.billing.service import rates_from
+from core.settings import Settings
+from ledger.pricing import ResourceSeconds, platform_fee, price_usage, tokens
+from tests.conftest import Account, clear_tables, make_settings
+from tests.polling import wait_for
+from tests.scripted_ray import ES_JOB, WORK_S, ScriptedRay
+
+CHECKPOINTED = 10  # the scripted runner checkpoints at step 10, then runs on quietly
+
+
+@pytest.fixture
+def scripted_ray() -> ScriptedRay:
+    ray = ScriptedRay([1, 2])
+    ray.idle_after = 12  # two steps past its checkpoint, then still running, silent
+    return ray
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url, dispatch_interval_s=0.05)
+
+
+@pytest.fixture
+def app(settings: Settings, scripted_ray: ScriptedRay) -> Iterator[object]:
+    clear_tables(settings.database_url)
+    yield create_app(settings, dispatch=True, run_migrations=False, runners=scripted_ray)
+    clear_tables(settings.database_url)
+
+
+def balance(client: TestClient, account: Account) -> dict:
+    return client.get("/tokens/balance/me", headers=account.headers).json()
+
+
+def price_of(steps: int, settings: Settings) -> int:
+    """One node's work for ``steps`` steps, priced as a checkpoint prices it."""
+    work = ResourceSeconds(cpu_core_seconds=steps * WORK_S)
+    return price_usage(work, rates_from(settings)).total
+
+
+def running_with_a_checkpoint(client: TestClient, owner: Account, user: Account) -> int:
+    """Submit the ES job and wait until its step-10 checkpoint is the owner's pending credit."""
+    response = client.post("/jobs/submit", headers=user.headers, json=ES_JOB)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    wait_for(
+        lambda: balance(client, owner)["pending"] > 0,
+        timeout_s=30,
+        what=lambda: client.get(f"/jobs/{job_id}", headers=user.headers).json(),
+    )
+    return job_id
+
+
+def finished(client: TestClient, user: Account, job_id: int) -> dict:
+    return wait_for(
+        lambda: (
+            (job := client.get(f"/jobs/{job_id}", headers=user.headers).json())["status"]
+            in ("succeeded", "failed", "cancelled")
+            and job
+        ),
+        timeout_s=30,
+        what=lambda: client.get(f"/jobs/{job_id}", headers=user.headers).json(),
+    )
+
+
+def ledger_ok(client: TestClient, admin: Account) -> dict:
+    totals = client.get("/metrics/system", headers=admin.headers).json()["ledger"]
+    assert totals["invariant_ok"], totals["problems"]
+    assert totals["issued"] == pytest.approx(
+        totals["in_wallets"] + totals["in_escrow"] + totals["pending"] + totals["fees"]
+    )
+    return totals
+
+
+@pytest.mark.database
+def test_a_checkpoints_work_is_pending_for_its_owner_until_the_job_settles(
+    client: TestClient, settings: Settings, lent_pair: tuple, admin: Account
+) -> None:
+    owner, user = lent_pair
+    before = balance(client, user)
+    job_id = running_with_a_checkpoint(client, owner, user)
+
+    # Mid-job: both nodes' saved work (steps 1-10) waits as the owner's pending credit; it is
+    # not theirs yet, and it has left the payer's hold.
+    saved = price_of(CHECKPOINTED, settings)
+    mid = balance(client, owner)
+    assert mid["pending"] == tokens(2 * saved) and mid["earned"] == 0
+    job = client.get(f"/jobs/{job_id}", headers=user.headers).json()
+    assert job["pending_credit"] == tokens(2 * saved) and job["charged"] is None
+    assert balance(client, user)["held"] == pytest.approx(job["hold"] - tokens(2 * saved))
+    history = client.get("/tokens/history/me", headers=owner.headers).json()["items"]
+    pending = [line for line in history if line["account"] == "pending"]
+    assert sorted((line["node_id"], line["amount"]) for line in pending) == [
+        (1, tokens(saved)),
+        (2, tokens(saved)),
+    ]
+    assert all("checkpoint at step 10" in line["memo"] for line in pending)
+    assert ledger_ok(client, admin)["pending"] == tokens(2 * saved)
+
+    # Cancelled: what it ran is charged (steps 11-12 too) and released, less the fee.
+    assert client.post(f"/jobs/{job_id}/cancel", headers=user.headers).status_code == 200
+    done = finished(client, user, job_id)
+    assert done["status"] == "cancelled"
+    ran = price_of(12, settings)
+    fee = platform_fee(ran, rates_from(settings))
+    after = balance(client, owner)
+    assert after["pending"] == 0
+    assert after["earned"] == pytest.approx(tokens(2 * (ran - fee)))
+    assert done["charged"] == pytest.approx(tokens(2 * ran))
+    assert done["pending_credit"] == 0 and done["voided"] == 0
+    assert done["platform_fee"] == pytest.approx(tokens(2 * fee))
+    assert balance(client, user)["available"] == pytest.approx(
+        before["available"] - tokens(2 * ran)
+    )
+    kinds = {line["kind"] for line in client.get(
+        "/tokens/history/me", headers=owner.headers).json()["items"]}  # fmt: skip
+    assert {"pending", "release", "node_credit"} <= kinds
+    assert ledger_ok(client, admin)["pending"] == 0
+
+
+@pytest.mark.database
+def test_banning_a_node_voids_its_pending_credit_back_to_the_payer(
+    client: TestClient, settings: Settings, lent_pair: tuple, admin: Account
+) -> None:
+    owner, user = lent_pair
+    before = balance(client, user)
+    job_id = running_with_a_checkpoint(client, owner, user)
+    saved = price_of(CHECKPOINTED, settings)
+
+    assert client.post("/nodes/1/ban", headers=admin.headers).status_code == 200
+    # Node 1's pending credit goes back to the payer at once; node 2's still waits.
+    assert balance(client, owner)["pending"] == tokens(saved)
+    voids = [
+        line
+        for line in client.get("/tokens/history/me", headers=user.headers).json()["items"]
+        if line["kind"] == "void"
+    ]
+    assert [(line["node_id"], line["amount"]) for line in voids] == [(1, tokens(saved))]
+    assert "banned by an admin" in voids[0]["memo"]
+    owner_voids = [
+        line
+        for line in client.get("/tokens/history/me", headers=owner.headers).json()["items"]
+        if line["kind"] == "void"
+    ]
+    assert [(line["node_id"], line["amount"]) for line in owner_voids] == [(1, -tokens(saved))]
+
+    # Cancelled: what it ran is charged, and node 1's part (its saved work and the steps
+    # since) is voided as the job settles; node 2's is released.
+    assert client.post(f"/jobs/{job_id}/cancel", headers=user.headers).status_code == 200
+    done = finished(client, user, job_id)
+    ran = price_of(12, settings)
+    fee = platform_fee(ran, rates_from(settings))
+    assert done["charged"] == pytest.approx(tokens(ran))
+    assert done["voided"] == pytest.approx(tokens(ran))
+    assert [part["node_id"] for part in done["earnings"]] == [2]
+    owner_after = balance(client, owner)
+    assert owner_after["pending"] == 0
+    assert owner_after["earned"] == pytest.approx(tokens(ran - fee))
+    user_after = balance(client, user)
+    assert user_after["spent"] == pytest.approx(tokens(ran))  # voided is not spent
+    assert user_after["available"] == pytest.approx(before["available"] - tokens(ran))
+    assert ledger_ok(client, admin)["pending"] == 0
