@@ -201,13 +201,18 @@ def submit(ctx: click.Context, spec: str | None, yes: bool, follow: bool, **flag
 def money_line(job: dict[str, Any]) -> str:
     """ "charged 0.0123 tokens (refunded 0.0877 of a hold of 0.1)" once settled."""
     if job.get("charged") is None:
+        pending = job.get("pending_credit") or 0
         return (
             f"cost so far {job.get('cost_so_far') or 0:.6g} of a hold of {job.get('hold') or 0:.6g}"
+            + (f" ({pending:.6g} pending for the nodes' owners)" if pending else "")
         )
     earned = ", ".join(f"node {e['node_id']} {e['tokens']:.6g}" for e in job.get("earnings", []))
+    voided = job.get("voided") or 0
     return (
         f"charged {job['charged']:.6g} tokens (refunded {job['refunded']:.6g} of a hold of "
-        f"{job['hold']:.6g})" + (f"; earned by {earned}" if earned else "")
+        f"{job['hold']:.6g})"
+        + (f"; voided {voided:.6g}" if voided else "")
+        + (f"; earned by {earned}" if earned else "")
     )
 
 
@@ -368,11 +373,11 @@ def node_ban(ctx: click.Context, node_id: int) -> None:
 @main.command()
 @click.pass_context
 def balance(ctx: click.Context) -> None:
-    """Your tokens: available, held, earned, spent."""
+    """Your tokens: available, held, earned, pending (earned, not yet released), spent."""
     with client_from(ctx) as client:
         b = client.balance()
         out(ctx, b, f"available {b['available']}  held {b['held']}  earned {b['earned']}  "
-                    f"spent {b['spent']}")  # fmt: skip
+                    f"pending {b.get('pending', 0)}  spent {b['spent']}")  # fmt: skip
 
 
 @main.command()

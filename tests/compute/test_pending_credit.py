@@ -156,6 +156,9 @@ def test_banning_a_node_voids_its_pending_credit_back_to_the_payer(
         if line["kind"] == "void"
     ]
     assert [(line["node_id"], line["amount"]) for line in owner_voids] == [(1, -tokens(saved))]
+    nodes = {n: client.get(f"/nodes/{n}", headers=owner.headers).json() for n in (1, 2)}
+    assert (nodes[1]["tokens_pending"], nodes[1]["tokens_voided"]) == (0, tokens(saved))
+    assert (nodes[2]["tokens_pending"], nodes[2]["tokens_voided"]) == (tokens(saved), 0)
 
     # Cancelled: what it ran is charged, and node 1's part (its saved work and the steps
     # since) is voided as the job settles; node 2's is released.

@@ -25,11 +25,14 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from auth.models import Role, User
+from compute.billing.pending_credit import credit_saved_work
 from compute.billing.service import estimate_cost, rates_from
-from compute.jobs.service import cancel_job, submit_job
+from compute.billing.usage import JobUsage
+from compute.jobs.service import cancel_job, submit_job, transition_job
 from compute.jobs.spec import JobSpec
 from compute.jobs.state import InvalidTransitionError, JobStatus
 from compute.models import Job, Node
+from compute.nodes.service import NodeApproval, set_node_approval
 from core.db import get_engine, make_session_factory, session_scope
 from core.errors import InsufficientFundsError
 from ledger.flows import balance_summary, grant_tokens
@@ -187,6 +190,32 @@ def make_machine(database_url: str) -> type[RuleBasedStateMachine]:
                 owner = session.get(User, session.get(Job, job).owner_id)
                 with contextlib.suppress(InvalidTransitionError):
                     cancel_job(session, owner, job, rates=rates)
+
+        @rule(job=jobs, node=st.integers(0, 2), cpu_s=st.floats(0, 100_000))
+        def checkpoint(self, job: int, node: int, cpu_s: float) -> None:
+            """A checkpoint saves a node's work: its price moves into the pending credit."""
+            if job < 0:
+                return
+            with session_scope(factory) as session:
+                stored = session.get(Job, job, with_for_update=True)
+                if JobStatus(stored.status).is_terminal():
+                    return
+                if stored.status == JobStatus.QUEUED:
+                    transition_job(session, stored, JobStatus.SCHEDULED, "placed")
+                    transition_job(session, stored, JobStatus.RUNNING, "running")
+                saved = JobUsage.from_column(stored.usage)
+                work = [usage(self.node_ids[node], 0, cpu_s, 0)]
+                stored.usage = saved.plus(work).to_column()
+                credit_saved_work(session, stored, rates, step=1)
+
+        @rule(node=st.integers(0, 2), banned=st.booleans())
+        def ban_or_approve(self, node: int, banned: bool) -> None:
+            """A ban voids the node's pending credit back to the payers."""
+            approval = NodeApproval.BANNED if banned else NodeApproval.APPROVED
+            with session_scope(factory) as session:
+                set_node_approval(session, self.node_ids[node], approval)
+                if not banned:
+                    session.get(Node, self.node_ids[node]).banned_at = None
 
         @rule(
             job=consumes(jobs),

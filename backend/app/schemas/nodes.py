@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.schemas.common import ResourcesOut
 from compute.models import Node
-from compute.nodes.facts import node_earnings, owner_names
+from compute.nodes.facts import node_earnings, node_pending, node_voided, owner_names
 from compute.nodes.service import node_status
 from compute.nodes.spec import NodeResources
 from core.db import utcnow
@@ -39,6 +39,12 @@ class NodeOut(BaseModel):
     )
     owner_username: str = Field("", description="the node owner's username")
     tokens_earned: float = Field(0.0, description="what its owner has earned with it, after fees")
+    tokens_pending: float = Field(
+        0.0, description="earned for saved work, not yet released to its owner (before fees)"
+    )
+    tokens_voided: float = Field(
+        0.0, description="its credit voided back to the payers: work refused (a ban)"
+    )
 
 
 class NodeUpdateIn(BaseModel):
@@ -166,6 +172,8 @@ def node_out(
     credential: str | None = None,
     owner_username: str = "",
     earned_micro: int = 0,
+    pending_micro: int = 0,
+    voided_micro: int = 0,
 ) -> NodeOut:
     fields = dict(
         id=node.id,
@@ -183,6 +191,8 @@ def node_out(
         single_node_only=bool(node.single_node_only),
         owner_username=owner_username,
         tokens_earned=tokens(earned_micro),
+        tokens_pending=tokens(pending_micro),
+        tokens_voided=tokens(voided_micro),
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)
@@ -201,7 +211,9 @@ def nodes_out(
     """Nodes as the API shows them, with their owners' names and earnings."""
     now = utcnow()
     names = owner_names(session, [node.owner_id for node in nodes])
-    earned = node_earnings(session, [node.id for node in nodes])
+    ids = [node.id for node in nodes]
+    earned = node_earnings(session, ids)
+    pending, voided = node_pending(session, ids), node_voided(session, ids)
     return [
         node_out(
             node,
@@ -210,6 +222,8 @@ def nodes_out(
             credential=credential,
             owner_username=names.get(node.owner_id, ""),
             earned_micro=earned.get(node.id, 0),
+            pending_micro=pending.get(node.id, 0),
+            voided_micro=voided.get(node.id, 0),
         )
         for node in nodes
     ]

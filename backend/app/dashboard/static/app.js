@@ -236,6 +236,7 @@ async function nodePage(id) {
   every(3000, async () => {
     const m = await api(`/metrics/node/${id}`);
     info.textContent = `${m.node.status}, ${m.node.approval}; jobs served: ${m.jobs_run}; tokens earned: ${fmt(m.tokens_earned, 4)}; ` +
+      `pending: ${fmt(m.node.tokens_pending, 4)}; voided: ${fmt(m.node.tokens_voided, 4)}; ` +
       `CPU core-seconds served: ${fmt(m.resource_seconds_served.cpu_core_seconds, 1)}`;
     const samples = [...m.samples].reverse();
     for (const s of samples.slice(seen)) chart.add(new Date(s.received_at).getTime() / 1000, s);
@@ -252,7 +253,7 @@ async function tokensPage() {
       h("thead", {}, h("tr", {}, ["when", "kind", "amount", "job", "node", "memo"].map((c) => h("th", {}, c)))), body)));
   every(3000, async () => {
     const b = await api("/tokens/balance/me");
-    balance.textContent = `available ${fmt(b.available, 6)} · held ${fmt(b.held, 6)} · earned ${fmt(b.earned, 6)} · spent ${fmt(b.spent, 6)}`;
+    balance.textContent = `available ${fmt(b.available, 6)} · held ${fmt(b.held, 6)} · earned ${fmt(b.earned, 6)} · pending ${fmt(b.pending, 6)} · spent ${fmt(b.spent, 6)}`;
     // The wallet's view: one row per movement in or out of it (the escrow's legs of the
     // same postings would show each movement twice).
     const history = await api("/tokens/history/me?limit=500&account=wallet");

@@ -201,11 +201,13 @@ async function jobPage(id) {
     usage.replaceChildren(...rows);
     if (j.charged === null || j.charged === undefined) {
       cost.textContent = `Cost so far: ${fmt(j.cost_so_far, 6)} of a hold of ${fmt(j.hold, 6)} tokens ` +
-        "(charged for what ran on others' nodes, at least the minimum charge; the rest of the hold is refunded).";
+        "(charged for what ran on others' nodes, at least the minimum charge; the rest of the hold is refunded)" +
+        (j.pending_credit ? `; ${fmt(j.pending_credit, 6)} of it saved by checkpoints, pending for the nodes' owners.` : ".");
     } else {
       const earned = (j.earnings || []).map((e) => `node ${e.node_id}: ${fmt(e.tokens, 6)}`).join(", ");
       cost.textContent = `Charged ${fmt(j.charged, 6)} of a hold of ${fmt(j.hold, 6)} tokens; ` +
         `refunded ${fmt(j.refunded, 6)}; platform fee ${fmt(j.platform_fee, 6)}` +
+        (j.voided ? `; voided ${fmt(j.voided, 6)} (a node's work refused, given back)` : "") +
         (earned ? `; earned by ${earned}.` : " (it ran only on its owner's nodes: free).");
     }
   }
