@@ -13,6 +13,8 @@ from tests.paths import REPO_ROOT
 SCRIPTS = sorted(path.stem for path in (REPO_ROOT / "benchmarks").glob("*.py"))
 # Flower has a virtual environment of its own (benchmarks/flower_setup.sh).
 NEEDS_ITS_OWN_VENV = {"flower_digits"}
+# Baselines the scripts import and run beside our code, not scripts themselves.
+HELPERS = {"torch_trainer_baseline", "scheduler_baseline"}
 
 
 def test_the_list_of_scripts_is_what_is_there() -> None:
@@ -22,5 +24,5 @@ def test_the_list_of_scripts_is_what_is_there() -> None:
 @pytest.mark.parametrize("name", [s for s in SCRIPTS if s not in NEEDS_ITS_OWN_VENV])
 def test_a_benchmark_imports_and_has_its_entry_point(name: str) -> None:
     module = importlib.import_module(f"benchmarks.{name}")
-    if name != "torch_trainer_baseline":  # a helper of run_start and jobs, not a script
+    if name not in HELPERS:
         assert callable(getattr(module, "main", None)), f"benchmarks/{name}.py has no main()"

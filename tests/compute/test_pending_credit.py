@@ -85,7 +85,6 @@ def ledger_ok(client: TestClient, admin: Account) -> dict:
     return totals
 
 
-@pytest.mark.database
 def test_a_checkpoints_work_is_pending_for_its_owner_until_the_job_settles(
     client: TestClient, settings: Settings, lent_pair: tuple, admin: Account
 ) -> None:
@@ -131,7 +130,6 @@ def test_a_checkpoints_work_is_pending_for_its_owner_until_the_job_settles(
     assert ledger_ok(client, admin)["pending"] == 0
 
 
-@pytest.mark.database
 def test_banning_a_node_voids_its_pending_credit_back_to_the_payer(
     client: TestClient, settings: Settings, lent_pair: tuple, admin: Account
 ) -> None:

@@ -177,3 +177,20 @@ def test_a_multi_node_job_runs_within_one_pool_or_among_nodes_of_none() -> None:
     small = PendingJob(2, gpu=0, cpu_cores=4, memory_gb=4)
     (placement,) = plan([small], [other_pool]).placements
     assert {slot.node_id for slot in placement.slots} == {other_pool.node_id}
+
+
+def test_the_fast_plan_is_the_plan_of_the_straightforward_policy() -> None:
+    """Issue 25 (6): the round's plan skips shapes that found no room and scans nodes with a
+    cursor; on random pools and queues (GPUs, trusted pools, single-node-only nodes, loader
+    parts, jobs no node can hold) it places and explains exactly as the policy it replaced,
+    which fitted every job from scratch (benchmarks/scheduler_baseline.py)."""
+    import random
+
+    from benchmarks.scheduler import pool, queue
+    from benchmarks.scheduler_baseline import baseline_plan
+
+    for seed in range(400):
+        rng = random.Random(seed)
+        capacity, free = pool(rng.randint(1, 30), rng)
+        pending = queue(rng.randint(1, 60), rng)
+        assert plan(pending, free, capacity) == baseline_plan(pending, free, capacity), seed

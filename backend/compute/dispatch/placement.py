@@ -92,55 +92,106 @@ def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerPlan,
     """The job's slots on the nodes that may share a cluster: those with a cluster per job,
     then each pool's; else all on one node that takes only single-node jobs; None when it
     fits no way."""
-    sharing = [n for n in nodes if n.shares_clusters]
-    pools = sorted({n.pool for n in sharing if n.pool is not None})
-    groups = [[n for n in sharing if n.pool is None]]
-    groups += [[n for n in sharing if n.pool == pool] for pool in pools]
-    for group in groups:
-        if group and (slots := fit_on(job, group)) is not None:
-            return slots
-    for node in nodes:
-        if not node.shares_clusters and (alone := fit_on(job, [node])) is not None:
-            return alone
-    return None
+    return RoundCapacity(nodes).fit(job)
 
 
-def fit_on(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerPlan, ...] | None:
-    """First-fit every worker of the job into the nodes (packing workers together), then its
-    extra parts, on other nodes than the workers' where there is room."""
-    gpu, cpu, memory = worker_share(job)
-    shapes = [WorkerPlan(0, gpu, cpu, memory)] * worker_count(job) + [
-        WorkerPlan(0, part.gpu, part.cpu_cores, part.memory_gb, part.role)
-        for part in job.extra
-        for _ in range(max(1, part.count))
-    ]
-    free = {n.node_id: n for n in nodes}
-    slots: list[WorkerPlan] = []
-    for shape in shapes:
-        taken = {slot.node_id for slot in slots}
+class RoundCapacity:
+    """The nodes' free capacity through one planning round, arranged once: the groups that
+    may share a cluster and each group's node order. Capacity only shrinks within a round,
+    so for each worker shape a cursor skips, for good, the nodes that could not hold it."""
 
-        def order(node: NodeCapacity, shape: WorkerPlan = shape, taken: set[int] = taken) -> tuple:
+    def __init__(self, nodes: Sequence[NodeCapacity]) -> None:
+        self.remaining = {n.node_id: n for n in nodes}
+        sharing = [n for n in nodes if n.shares_clusters]
+        pools = sorted({n.pool for n in sharing if n.pool is not None})
+        groups = [[n for n in sharing if n.pool is None]]
+        groups += [[n for n in sharing if n.pool == pool] for pool in pools]
+        # A group tried as a whole; then each single-node-only node on its own.
+        self.groups = [group for group in groups if group]
+        self.groups += [[n] for n in nodes if not n.shares_clusters]
+        self.orders: dict[tuple[int, bool], list[int]] = {}
+        self.cursors: dict[tuple, int] = {}
+
+    def order(self, group: int, needs_gpu: bool) -> list[int]:
+        """The group's node ids, CPU-only work on nodes with no free GPU first (GPU nodes
+        stay free for GPU jobs), then by id. Kept until a node's last free GPU is taken."""
+        key = (group, needs_gpu)
+        if key not in self.orders:
+            nodes = [self.remaining[n.node_id] for n in self.groups[group]]
+            nodes.sort(key=lambda n: _node_order(n, needs_gpu))
+            self.orders[key] = [n.node_id for n in nodes]
+        return self.orders[key]
+
+    def fit(self, job: PendingJob) -> tuple[WorkerPlan, ...] | None:
+        for group in range(len(self.groups)):
+            if (slots := self.fit_on(job, group)) is not None:
+                return slots
+        return None
+
+    def fit_on(self, job: PendingJob, group: int) -> tuple[WorkerPlan, ...] | None:
+        """First-fit every worker of the job into the group's nodes (packing workers
+        together), then its extra parts, on other nodes than the workers' where there is
+        room."""
+        gpu, cpu, memory = worker_share(job)
+        shapes = [WorkerPlan(0, gpu, cpu, memory)] * worker_count(job) + [
+            WorkerPlan(0, part.gpu, part.cpu_cores, part.memory_gb, part.role)
+            for part in job.extra
+            for _ in range(max(1, part.count))
+        ]
+        trial: dict[int, NodeCapacity] = {}  # this job's parts so far, not yet committed
+        slots: list[WorkerPlan] = []
+        for shape in shapes:
+            chosen = self.first_fit(shape, group, trial, {slot.node_id for slot in slots})
+            if chosen is None:
+                return None
+            trial[chosen.node_id] = replace(
+                chosen,
+                gpu=chosen.gpu - shape.gpu,
+                cpu_cores=chosen.cpu_cores - shape.cpu_cores,
+                memory_gb=chosen.memory_gb - shape.memory_gb,
+            )
+            slots.append(replace(shape, node_id=chosen.node_id))
+        return tuple(slots)
+
+    def first_fit(
+        self, shape: WorkerPlan, group: int, trial: dict[int, NodeCapacity], taken: set[int]
+    ) -> NodeCapacity | None:
+        order = self.order(group, shape.gpu > 0)
+        need = (shape.gpu, shape.cpu_cores, shape.memory_gb)
+        if shape.role != "worker":
             # An extra part goes where none of the job's parts is yet, while there is room:
             # the data stage on nodes of its own leaves the trainer's cores to the trainer,
-            # and spreads the loaders over as many machines as are free.
-            beside = shape.role != "worker" and node.node_id in taken
-            return (beside, *_node_order(node, shape.gpu > 0))
-
-        candidates = sorted(free.values(), key=order)
-        chosen = next(
-            (n for n in candidates if _fits(n, shape.gpu, shape.cpu_cores, shape.memory_gb)),
+            # and spreads the loaders over as many machines as are free. (Ordered afresh:
+            # the job's own workers may have just taken a node's last GPU.)
+            nodes = [trial.get(n.node_id) or self.remaining[n.node_id] for n in self.groups[group]]
+            nodes.sort(key=lambda n: (n.node_id in taken, *_node_order(n, shape.gpu > 0)))
+            return next((node for node in nodes if _fits(node, *need)), None)
+        key = (group, need)
+        start = self.cursors.get(key, 0)
+        while start < len(order) and not _fits(self.remaining[order[start]], *need):
+            start += 1  # committed capacity only shrinks: that node is out for this shape
+        self.cursors[key] = start
+        return next(
+            (
+                node
+                for node_id in order[start:]
+                if _fits(node := trial.get(node_id) or self.remaining[node_id], *need)
+            ),
             None,
         )
-        if chosen is None:
-            return None
-        free[chosen.node_id] = replace(
-            chosen,
-            gpu=chosen.gpu - shape.gpu,
-            cpu_cores=chosen.cpu_cores - shape.cpu_cores,
-            memory_gb=chosen.memory_gb - shape.memory_gb,
-        )
-        slots.append(replace(shape, node_id=chosen.node_id))
-    return tuple(slots)
+
+    def commit(self, slots: Sequence[WorkerPlan]) -> None:
+        for slot in slots:
+            node = self.remaining[slot.node_id]
+            self.remaining[slot.node_id] = replace(
+                node,
+                gpu=node.gpu - slot.gpu,
+                cpu_cores=node.cpu_cores - slot.cpu_cores,
+                memory_gb=node.memory_gb - slot.memory_gb,
+            )
+            if node.gpu and node.gpu == slot.gpu:  # its last free GPU: it now orders as CPU-only
+                self.orders = {key: ids for key, ids in self.orders.items() if key[1]}
+                self.cursors = {key: at for key, at in self.cursors.items() if key[1][0]}
 
 
 def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
@@ -189,6 +240,11 @@ def _count(amount: int, unit: str) -> str:
     return f"{amount} {unit}{'s' if amount != 1 else ''}"
 
 
+def job_shape(job: PendingJob) -> tuple:
+    """What placement looks at: two jobs of one shape fit, or wait, alike."""
+    return (job.gpu, job.cpu_cores, job.memory_gb, job.workers, job.extra)
+
+
 def plan(
     pending: Sequence[PendingJob],
     free: Sequence[NodeCapacity],
@@ -198,23 +254,26 @@ def plan(
 
     ``free`` is what eligible nodes have left now; ``capacity`` their totals (to tell "busy"
     from "impossible"); it defaults to ``free``.
+
+    Free capacity only shrinks within a round, so a shape that found no room once finds none
+    later in the round: the rest of a long queue of that shape waits without being fitted
+    again, and each shape's reason is worked out once.
     """
-    remaining = {n.node_id: n for n in free}
+    round_capacity = RoundCapacity(free)
     placements: list[Placement] = []
     waiting: list[Waiting] = []
+    no_room: set[tuple] = set()
+    reasons: dict[tuple, str] = {}
     for job in pending:
-        slots = fit_job(job, list(remaining.values()))
+        shape = job_shape(job)
+        slots = None if shape in no_room else round_capacity.fit(job)
         if slots is None:
-            waiting.append(Waiting(job.job_id, waiting_reason(job, capacity or free)))
+            no_room.add(shape)
+            if shape not in reasons:
+                reasons[shape] = waiting_reason(job, capacity or free)
+            waiting.append(Waiting(job.job_id, reasons[shape]))
             continue
-        for slot in slots:
-            node = remaining[slot.node_id]
-            remaining[slot.node_id] = replace(
-                node,
-                gpu=node.gpu - slot.gpu,
-                cpu_cores=node.cpu_cores - slot.cpu_cores,
-                memory_gb=node.memory_gb - slot.memory_gb,
-            )
+        round_capacity.commit(slots)
         placements.append(Placement(job.job_id, slots))
     return Plan(tuple(placements), tuple(waiting))
 
