@@ -163,6 +163,9 @@ def main() -> None:
 
     counts = [int(n) for n in args.loaders.split(",")]
     ray.init(
+        # A Ray of its own: a stale "current cluster" note of another Ray on this machine
+        # would otherwise make ray.init try to join that one.
+        address="local",
         num_cpus=max(counts) + 1,
         num_gpus=1 if args.gpu else 0,
         resources={"distlm_node_1": 1000},
