@@ -211,7 +211,8 @@ def test_metered_cost_counts_other_owners_nodes_only(
     rates = rates_from(settings)
     half_hour = {"gpu_seconds": 0.0, "cpu_core_seconds": 1800.0, "memory_gb_seconds": 0.0}
     used = JobUsage.from_column({str(theirs["id"]): half_hour, str(second["id"]): half_hour})
-    owners = node_owners(session)
+    job.usage = own_job.usage = used.to_column()  # the work both jobs did, as saved
+    owners = node_owners(session, [job, own_job])
     assert used.metered(charged_nodes(owners, job), rates) == 1_000_000  # 0.5 + 0.5 token
     assert job_estimate(job, rates).total == 1_000_000  # the budget the dispatcher enforces
     assert used.metered(charged_nodes(owners, own_job), rates) == 0  # own nodes are free

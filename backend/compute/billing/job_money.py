@@ -36,7 +36,7 @@ def jobs_money(session: Session, jobs: Sequence[Job], rates: Rates) -> dict[int,
     """Each job's money. A settled job's cost so far is what was charged; a running job's is
     its metered work on others' nodes, raised to the minimum charge once it has any, and
     never above its hold."""
-    owners = node_owners(session)
+    owners = node_owners(session, jobs)
     ledgers = job_ledgers(session, [job.id for job in jobs])
     minimum = rates.min_charge_micro
     money: dict[int, JobMoney] = {}

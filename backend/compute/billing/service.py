@@ -133,10 +133,25 @@ def settle(
     )
 
 
-def node_owners(session: Session) -> dict[int, int]:
-    return dict(session.execute(select(Node.id, Node.owner_id)).all())
+def job_nodes(job: Job) -> set[int]:
+    """The nodes a job's work is on or may come from: those its saved and unsaved usage
+    name, and its current placement's."""
+    nodes = {int(node) for node in job.usage or {}}
+    nodes |= {int(key.split("/", 2)[1]) for key in job.unsaved_usage or {}}
+    nodes |= {int(slot["node_id"]) for slot in job.placement or []}
+    return nodes
+
+
+def node_owners(session: Session, jobs: Iterable[Job]) -> dict[int, int]:
+    """The owners of these jobs' nodes (not of every node ever registered)."""
+    ids = set().union(*(job_nodes(job) for job in jobs))
+    if not ids:
+        return {}
+    return dict(session.execute(select(Node.id, Node.owner_id).where(Node.id.in_(ids))).all())
 
 
 def charged_nodes(owners: dict[int, int], job: Job) -> frozenset[int]:
-    """The nodes whose usage the job's owner pays for: everyone's but their own."""
-    return frozenset(node for node, owner in owners.items() if owner != job.owner_id)
+    """The job's nodes whose usage its owner pays for: everyone's but their own."""
+    return frozenset(
+        node for node in job_nodes(job) if node in owners and owners[node] != job.owner_id
+    )

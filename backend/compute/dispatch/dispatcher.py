@@ -449,10 +449,10 @@ def scheduling_inputs(session: Session) -> tuple:
 
 def running_jobs(session: Session, rates: Rates) -> list[RunningJob]:
     """Snapshots of the running jobs, for decisions made with no transaction open."""
-    owners = node_owners(session)
     jobs = session.scalars(
         select(Job).where(Job.status == JobStatus.RUNNING.value).order_by(Job.id)
     ).all()
+    owners = node_owners(session, jobs)
     return [
         RunningJob(
             job_id=job.id,

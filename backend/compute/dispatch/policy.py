@@ -95,10 +95,9 @@ def decide(
     if job.cancel_requested:
         return Decision(events, JobStatus.CANCELLED, "cancelled while running")
     # The budget counts unsaved work too: it stops a job before it can run past its hold.
+    # Only new usage can use it up (the round that saw the rest checked it then).
     fresh_usage = [r.event for r in events if isinstance(r.event, UsageEvent)]
-    so_far = job.usage.plus(job.unsaved).plus(fresh_usage)
-    spent = so_far.metered(job.charged_nodes, rates)
-    if job.budget > 0 and spent >= job.budget:
+    if fresh_usage and job.budget > 0 and spent_so_far(job, fresh_usage, rates) >= job.budget:
         reason = (
             f"stopped: its budget of {tokens(job.budget)} tokens is used up "
             "(max_tokens or the hold); it is charged that budget"
@@ -114,6 +113,12 @@ def decide(
         why = f"it did not start training within {limits.start_timeout_s} s"
         return _lost(job, events, why, limits)
     return Decision(events)
+
+
+def spent_so_far(job: RunningJob, fresh_usage: Sequence[UsageEvent], rates: Rates) -> int:
+    """What the job's work on others' nodes costs so far, unsaved and new work included."""
+    so_far = job.usage.plus(job.unsaved).plus(fresh_usage)
+    return so_far.metered(job.charged_nodes, rates)
 
 
 def _lost(
