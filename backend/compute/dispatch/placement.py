@@ -9,6 +9,7 @@ with a reason that says what is missing.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -109,8 +110,11 @@ class RoundCapacity:
         # A group tried as a whole; then each single-node-only node on its own.
         self.groups = [group for group in groups if group]
         self.groups += [[n] for n in nodes if not n.shares_clusters]
+        self.group_of = {n.node_id: g for g, group in enumerate(self.groups) for n in group}
         self.orders: dict[tuple[int, bool], list[int]] = {}
         self.cursors: dict[tuple, int] = {}
+        self.no_room: set[tuple] = set()  # (group, job shape): it found no room there
+        self.gpu_free_from: dict[int, int] = {}  # where a CPU order's GPU nodes begin
 
     def order(self, group: int, needs_gpu: bool) -> list[int]:
         """The group's node ids, CPU-only work on nodes with no free GPU first (GPU nodes
@@ -120,12 +124,37 @@ class RoundCapacity:
             nodes = [self.remaining[n.node_id] for n in self.groups[group]]
             nodes.sort(key=lambda n: _node_order(n, needs_gpu))
             self.orders[key] = [n.node_id for n in nodes]
+            self.gpu_free_from[group] = sum(1 for n in nodes if n.gpu == 0)
         return self.orders[key]
 
+    def took_last_gpu(self, node_id: int) -> None:
+        """The node now orders among the CPU-only ones for CPU work: moved there, and the
+        cursors of the group's CPU shapes kept pointing past nodes that cannot fit."""
+        group = self.group_of[node_id]
+        order = self.orders.get((group, False))
+        if order is None:
+            return
+        old = order.index(node_id)
+        order.pop(old)
+        new = bisect.bisect_left(order, node_id, 0, self.gpu_free_from[group])
+        order.insert(new, node_id)
+        self.gpu_free_from[group] += 1
+        for key, at in self.cursors.items():
+            if key[0] != group or key[1][0]:
+                continue
+            at -= old < at
+            if new < at:
+                at = new if _fits(self.remaining[node_id], *key[1]) else at + 1
+            self.cursors[key] = at
+
     def fit(self, job: PendingJob) -> tuple[WorkerPlan, ...] | None:
+        shape = job_shape(job)
         for group in range(len(self.groups)):
+            if (group, shape) in self.no_room:
+                continue  # it found none there before, and there is only less now
             if (slots := self.fit_on(job, group)) is not None:
                 return slots
+            self.no_room.add((group, shape))
         return None
 
     def fit_on(self, job: PendingJob, group: int) -> tuple[WorkerPlan, ...] | None:
@@ -156,29 +185,38 @@ class RoundCapacity:
     def first_fit(
         self, shape: WorkerPlan, group: int, trial: dict[int, NodeCapacity], taken: set[int]
     ) -> NodeCapacity | None:
+        """The first node of the group with room for ``shape``, this job's parts so far
+        (``trial``, on the ``taken`` nodes) counted."""
         order = self.order(group, shape.gpu > 0)
         need = (shape.gpu, shape.cpu_cores, shape.memory_gb)
-        if shape.role != "worker":
-            # An extra part goes where none of the job's parts is yet, while there is room:
-            # the data stage on nodes of its own leaves the trainer's cores to the trainer,
-            # and spreads the loaders over as many machines as are free. (Ordered afresh:
-            # the job's own workers may have just taken a node's last GPU.)
-            nodes = [trial.get(n.node_id) or self.remaining[n.node_id] for n in self.groups[group]]
-            nodes.sort(key=lambda n: (n.node_id in taken, *_node_order(n, shape.gpu > 0)))
-            return next((node for node in nodes if _fits(node, *need)), None)
         key = (group, need)
         start = self.cursors.get(key, 0)
         while start < len(order) and not _fits(self.remaining[order[start]], *need):
             start += 1  # committed capacity only shrinks: that node is out for this shape
         self.cursors[key] = start
-        return next(
-            (
-                node
-                for node_id in order[start:]
-                if _fits(node := trial.get(node_id) or self.remaining[node_id], *need)
-            ),
-            None,
+        if shape.role == "worker":
+            return next(
+                (
+                    node
+                    for node_id in order[start:]
+                    if _fits(node := trial.get(node_id) or self.remaining[node_id], *need)
+                ),
+                None,
+            )
+        # An extra part goes where none of the job's parts is yet, while there is room:
+        # the data stage on nodes of its own leaves the trainer's cores to the trainer, and
+        # spreads the loaders over as many machines as are free. Only the job's own nodes
+        # differ from what the order was made with (a worker may have taken a last GPU).
+        elsewhere = (
+            self.remaining[node_id]
+            for node_id in order[start:]
+            if node_id not in taken and _fits(self.remaining[node_id], *need)
         )
+        beside = sorted(
+            (trial[node_id] for node_id in taken if node_id in trial),
+            key=lambda n: _node_order(n, shape.gpu > 0),
+        )
+        return next(elsewhere, None) or next((n for n in beside if _fits(n, *need)), None)
 
     def commit(self, slots: Sequence[WorkerPlan]) -> None:
         for slot in slots:
@@ -190,8 +228,7 @@ class RoundCapacity:
                 memory_gb=node.memory_gb - slot.memory_gb,
             )
             if node.gpu and node.gpu == slot.gpu:  # its last free GPU: it now orders as CPU-only
-                self.orders = {key: ids for key, ids in self.orders.items() if key[1]}
-                self.cursors = {key: at for key, at in self.cursors.items() if key[1][0]}
+                self.took_last_gpu(slot.node_id)
 
 
 def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
