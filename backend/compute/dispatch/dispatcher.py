@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from compute.billing.metering import (
@@ -177,10 +177,13 @@ class Dispatcher:
         now = utcnow()
         # Refresh liveness once per heartbeat interval, not every round: fewer writes.
         fresh_enough = dt.timedelta(seconds=self.settings.node_heartbeat_interval)
+        # Only rows that can change: those the agents name, and those still marked alive (a
+        # row neither named nor alive has nothing to change), not every node ever registered.
+        maybe = select(Node).where(or_(Node.ray_alive.is_(True), Node.id.in_(list(live))))
         with session_scope(self.read_factory) as session:
             changes = {
                 node.id: change
-                for node in session.scalars(select(Node))
+                for node in session.scalars(maybe)
                 if (change := node_changes(node, live.get(node.id), now, fresh_enough))
             }
         if not changes:
