@@ -212,11 +212,10 @@ class RoundCapacity:
             for node_id in order[start:]
             if node_id not in taken and _fits(self.remaining[node_id], *need)
         )
-        beside = sorted(
-            (trial[node_id] for node_id in taken if node_id in trial),
-            key=lambda n: _node_order(n, shape.gpu > 0),
-        )
-        return next(elsewhere, None) or next((n for n in beside if _fits(n, *need)), None)
+        if (chosen := next(elsewhere, None)) is not None:
+            return chosen
+        beside = sorted((trial[n] for n in taken), key=lambda n: _node_order(n, shape.gpu > 0))
+        return next((n for n in beside if _fits(n, *need)), None)
 
     def commit(self, slots: Sequence[WorkerPlan]) -> None:
         for slot in slots:
