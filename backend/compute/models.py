@@ -68,6 +68,13 @@ class Node(Base):
     offered_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # When an attempt it took part in was lost: no new work until its agent asks again.
     lost_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Verified credit (compute.nodes.trust): its replayed results, and the current runs.
+    results_valid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    results_invalid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    valid_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    invalid_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why it was sent back to an admin's approval (repeated invalid results); "" if it was not.
+    suspended_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class NodeHeartbeat(Base):

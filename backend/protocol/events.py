@@ -101,7 +101,31 @@ class LogEvent:
     source: str = "runner"  # runner | worker | loader | ...
 
 
-Event = StatusEvent | MetricEvent | UsageEvent | CheckpointEvent | ArtifactEvent | LogEvent
+@dataclass(frozen=True)
+class VerdictEvent:
+    """A node's sampled work at ``step``, replayed on another owner's node: whether it held.
+
+    ``checked`` counts the evaluations replayed; ``validator_node_id`` is the node that
+    replayed them; ``detail`` says what differed. The gateway releases the node's pending
+    credit for the job on a valid verdict and voids it on an invalid one."""
+
+    node_id: int
+    step: int
+    valid: bool
+    checked: int = 0
+    validator_node_id: int = 0
+    detail: str = ""
+
+
+Event = (
+    StatusEvent
+    | MetricEvent
+    | UsageEvent
+    | CheckpointEvent
+    | ArtifactEvent
+    | LogEvent
+    | VerdictEvent
+)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from protocol.events import (
     RunState,
     StatusEvent,
     UsageEvent,
+    VerdictEvent,
 )
 
 KINDS: dict[str, type] = {
@@ -31,6 +32,7 @@ KINDS: dict[str, type] = {
     "checkpoint": CheckpointEvent,
     "artifact": ArtifactEvent,
     "log": LogEvent,
+    "verdict": VerdictEvent,
 }
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 MAX_TEXT = 10_000  # characters in a reason, a message, a path
@@ -92,6 +94,15 @@ def _event(kind: str, fields: dict[str, Any]) -> Event:
         return CheckpointEvent(_integer(fields, "step", 0, MAX_STEP), _text(fields, "path"))
     if kind == "artifact":
         return ArtifactEvent(_text(fields, "path"))
+    if kind == "verdict":
+        return VerdictEvent(
+            _integer(fields, "node_id", 1, MAX_STEP),
+            _integer(fields, "step", 0, MAX_STEP),
+            _flag(fields, "valid", required=True),
+            checked=_integer(fields, "checked", 0, MAX_STEP, default=0),
+            validator_node_id=_integer(fields, "validator_node_id", 0, MAX_STEP, default=0),
+            detail=_text(fields, "detail", limit=500),
+        )
     return LogEvent(
         _text(fields, "message"),
         _text(fields, "level", limit=16) or "info",
@@ -122,8 +133,8 @@ def _text(data: dict, name: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
-def _flag(data: dict, name: str) -> bool:
-    value = data.get(name, False)
+def _flag(data: dict, name: str, *, required: bool = False) -> bool:
+    value = data.get(name, None if required else False)
     if not isinstance(value, bool):
         raise WireError(f"{name} must be true or false")
     return value

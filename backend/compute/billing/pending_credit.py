@@ -2,9 +2,10 @@
 saved from the job's escrow into the node's pending credit, which settlement releases to the
 owner or, for a node whose work is refused (banned), voids back to the payer.
 
-Until work is validated by replay elsewhere (the verified-credit issue), a node's pending
-credit is released when its job settles, unless the node has been banned by then; banning a
-node voids all of its pending credit at once.
+A valid verdict on the node's replayed work releases it before then, an invalid one voids it
+(``verified_credit``); what no verdict covered is released when the job settles, unless the
+node has been banned or its work in the job failed validation. Banning a node voids all of
+its pending credit at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compute.billing.usage import JobUsage
+from compute.billing.verified_credit import invalid_in_job
 from compute.models import Job, Node
 from ledger.models import AccountKind, LedgerAccount
 from ledger.pending import credit_pending, open_pending, void_pending
@@ -51,13 +53,14 @@ def credit_saved_work(session: Session, job: Job, rates: Rates, *, step: int | N
     return moved
 
 
-def refused_nodes(session: Session, node_ids: Iterable[int]) -> frozenset[int]:
-    """Of these nodes, those whose work is not paid for: banned ones."""
+def refused_nodes(session: Session, node_ids: Iterable[int], job_id: int) -> frozenset[int]:
+    """Of the job's nodes, those whose work in it is not paid for: banned ones, and those
+    whose work in the job failed validation."""
     ids = list(node_ids)
     if not ids:
         return frozenset()
     banned = session.scalars(select(Node.id).where(Node.id.in_(ids), Node.banned_at.is_not(None)))
-    return frozenset(banned)
+    return frozenset(banned) | (invalid_in_job(session, job_id) & set(ids))
 
 
 def void_node_credit(session: Session, node_id: int, reason: str) -> int:

@@ -128,7 +128,7 @@ def settle(
         job_owner_id=job.owner_id,
         usage=[NodeUsage(node, owners[node], seconds) for node, seconds in work.items()],
         rates=rates,
-        refused_nodes=refused_nodes(session, work),
+        refused_nodes=refused_nodes(session, work, job.id),
         memo=f"settlement of job {job.id} ({job.status})",
     )
 

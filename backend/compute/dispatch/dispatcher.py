@@ -34,6 +34,7 @@ from compute.billing.metering import (
 from compute.billing.pending_credit import credit_saved_work
 from compute.billing.service import charged_nodes, job_estimate, node_owners, rates_from
 from compute.billing.usage import JobUsage
+from compute.billing.verified_credit import apply_verdict
 from compute.dispatch.leadership import hold_lease, holder_name, release_lease
 from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
 from compute.dispatch.node_reconciliation import node_changes
@@ -58,6 +59,7 @@ from protocol.events import (
     MetricEvent,
     RecordedEvent,
     UsageEvent,
+    VerdictEvent,
 )
 from protocol.nodes import LiveNode
 from protocol.run import RunConfig
@@ -370,6 +372,8 @@ class Dispatcher:
                 )
             case ArtifactEvent(path=path):
                 job.artifact_path = path
+            case VerdictEvent() as verdict:
+                apply_verdict(session, job, verdict, self.rates, set(placement_nodes(job)))
             case LogEvent(message=message, level=level, source=source):
                 text = without_roots(message, self.limits.hidden_roots)
                 add_log(session, job, text, level=level, source=source)

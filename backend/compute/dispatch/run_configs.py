@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from compute.jobs.service import source_model_path
 from compute.jobs.strategy import job_request
-from compute.models import Job
+from compute.models import Job, Node
+from compute.nodes.trust import check_rate
 from protocol.run import RunConfig, WorkerPlan
 
 
@@ -31,7 +32,15 @@ def run_config(
     return RunConfig(
         job_id=job.id,
         request=replace(request, model=model, data=replace(request.data, data_root=str(data_root))),
-        workers=tuple(WorkerPlan(**slot) for slot in job.placement or []),
+        workers=tuple(with_trust(session, WorkerPlan(**slot)) for slot in job.placement or []),
         storage_path=str(storage_path),
         attempt=job.attempts,
     )
+
+
+def with_trust(session: Session, plan: WorkerPlan) -> WorkerPlan:
+    """The slot with its node's owner and check rate, for the runner's verified credit."""
+    node = session.get(Node, plan.node_id)
+    if node is None:
+        return plan
+    return replace(plan, owner_id=node.owner_id, check_rate=check_rate(node))

@@ -228,6 +228,9 @@ def set_node_approval(session: Session, node_id: int, approval: NodeApproval) ->
         node.banned_at = utcnow()  # its attempts are lost (node_shut_out), resumed elsewhere
         # Work not yet paid out is not paid for: every payer gets it back.
         void_node_credit(session, node.id, "the node was banned by an admin")
+    if approval == NodeApproval.APPROVED and node.suspended_reason:
+        # Approved again after a suspension: on probation, checked at every checkpoint.
+        node.suspended_reason, node.invalid_streak, node.valid_streak = "", 0, 0
     node.approval = approval.value
     session.flush()
     return node

@@ -26,7 +26,8 @@ from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.es.estimator import SGD, Adam
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
-from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+from ray_module.strategies.es.verification import Verifier
+from ray_module.strategies.es.worker import ESEvaluator, ESWorker, WorkerConfig
 
 WORKER_START_TIMEOUT_S = 600
 
@@ -47,7 +48,15 @@ def run_es(config: RunConfig, context: RunContext) -> None:
     else:
         theta, first_step = initial_theta(workers), 1
     context.emit(MetricEvent(0, {"workers": [w.node_id for w in workers], **info}))
-    server = ESServer(workers, settings, noise, optimizer, check_cancelled=context.check_cancelled)
+    verifier = Verifier(settings.seed, lambda: referee_evaluator(config, settings))
+    server = ESServer(
+        workers,
+        settings,
+        noise,
+        optimizer,
+        check_cancelled=context.check_cancelled,
+        verifier=verifier,
+    )
     for step in range(first_step, settings.steps + 1):
         context.check_cancelled()
         result = server.run_step(step, theta)
@@ -66,6 +75,8 @@ def run_es(config: RunConfig, context: RunContext) -> None:
             save_es_checkpoint(checkpoint_dir, step, theta, optimizer)
             publish_directory(config.publish, "checkpoint", checkpoint_dir)
             context.emit(CheckpointEvent(step, str(checkpoint_dir)))
+        for verdict in result.verdicts:  # after the checkpoint: a valid one releases it too
+            context.emit(verdict)
     final = save_final_model(workers, theta, Path(config.job_dir) / "model", config.publish)
     context.emit(ArtifactEvent(final))
 
@@ -97,7 +108,16 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
             )
         )
         workers.append(
-            Worker(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, rank=rank)
+            Worker(
+                handle,
+                plan.node_id,
+                plan.gpu,
+                plan.cpu_cores,
+                plan.memory_gb,
+                rank=rank,
+                owner_id=plan.owner_id,
+                check_rate=plan.check_rate,
+            )
         )
     infos = []
     for worker in workers:
@@ -125,6 +145,23 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
         "train_characters": first["train_characters"],
         "noise_digest": first["noise_digest"],
     }
+
+
+def referee_evaluator(config: RunConfig, settings: ESSettings) -> ESEvaluator:
+    """The runner's own evaluator, built the first time two nodes disagree on a replay."""
+    return ESEvaluator(
+        WorkerConfig(
+            job_id=config.job_id,
+            rank=-1,
+            node_id=0,
+            gpu=0,
+            cpu_cores=1,
+            memory_gb=1,
+            model=config.model,
+            data=config.data,
+            settings=settings,
+        )
+    )
 
 
 def initial_theta(workers: list[Worker]) -> np.ndarray:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from protocol.events import VerdictEvent
 from protocol.strategies.es import ESSettings
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.strategies.actor_pool import (
@@ -38,6 +39,7 @@ from ray_module.strategies.actor_pool import (
 )
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
 from ray_module.strategies.es.noise import NoiseTable
+from ray_module.strategies.es.verification import Verifier
 
 
 class WorkerFailedError(StartupError):
@@ -51,6 +53,8 @@ class NoLiveWorkersError(LostWorkersError):
 @dataclass(eq=False)
 class Worker(PoolMember):
     rank: int = 0
+    owner_id: int = 0
+    check_rate: float = 1.0
 
 
 @dataclass
@@ -58,6 +62,7 @@ class StepResult:
     theta: np.ndarray
     metrics: dict[str, Any]
     credits: list[Credit]
+    verdicts: list[VerdictEvent] = field(default_factory=list)
 
 
 def make_optimizer(settings: ESSettings) -> Adam | SGD:
@@ -86,7 +91,9 @@ class ESServer:
         optimizer: Adam | SGD,
         *,
         check_cancelled: Callable[[], None] = lambda: None,
+        verifier: Verifier | None = None,
     ) -> None:
+        self.verifier = verifier
         self.workers = workers
         self.settings = settings
         self.noise = noise
@@ -130,6 +137,13 @@ class ESServer:
         final = gathered.final_errors()
         if final and not answers:
             raise WorkerFailedError(f"ES workers failed: {error_line(final[0][1])}")
+        verdicts: list[VerdictEvent] = []
+        if self.verifier is not None and answers:
+            verdicts, invalid = self.verifier.check(
+                step, theta, theta_ref, batch_id, answers, self.workers
+            )
+            answers = [a for a in answers if a["rank"] not in invalid]
+            self.stop_workers(invalid)
         evaluated = time.perf_counter()
         if not answers:
             raise NoLiveWorkersError(f"no ES worker answered step {step}")
@@ -160,7 +174,16 @@ class ESServer:
         }
         by_rank = {w.rank: w for w in self.workers}
         credits = [by_rank[a["rank"]].credit(float(a["seconds"])) for a in answers]
-        return StepResult(new_theta, metrics, credits)
+        return StepResult(new_theta, metrics, credits, verdicts)
+
+    def stop_workers(self, ranks: set[int]) -> None:
+        """Workers whose work was found invalid take no further part (nor pay) in the job."""
+        import ray
+
+        for worker in self.workers:
+            if worker.rank in ranks and worker.alive:
+                worker.alive = False
+                ray.kill(worker.handle, no_restart=True)
 
     def validate(self, theta: np.ndarray) -> tuple[Credit, dict[str, Any]] | None:
 

@@ -51,29 +51,28 @@ class WorkerConfig:
     settings: ESSettings
 
 
-class ESWorker(DeferredStart):
-    def __init__(self, config: WorkerConfig) -> None:
-        capture_worker_output(config.job_id, f"es worker {config.rank} on node {config.node_id}")
-        self.config = config
-        self.settings = config.settings
-        self.start_or_remember(self._load)
+class ESEvaluator:
+    """The corpus, the model and the noise table one node builds from the job's seed, and
+    the losses it gives: what a worker evaluates with, and what the runner replays a
+    disputed result with (``strategies.es.verification``)."""
 
-    def _load(self) -> None:
+    def __init__(self, config: WorkerConfig) -> None:
         import torch
 
-        config = self.config
+        self.config = config
+        self.settings = settings = config.settings
         torch.set_num_threads(max(1, int(config.cpu_cores)))
         from ray_module.models.registry import load_model
 
         texts = load_texts(config.data)
-        sizes = {"hidden_size": self.settings.hidden_size, "num_layers": self.settings.num_layers}
+        sizes = {"hidden_size": settings.hidden_size, "num_layers": settings.num_layers}
         self.loaded = load_model(
             config.model,
             fit=DataFit(
                 vocabulary=vocabulary_of(texts),
                 sizes={k: v for k, v in sizes.items() if v is not None},
             ),
-            seed=self.settings.seed,
+            seed=settings.seed,
             local_root=Path(config.data.data_root) if config.data.data_root else None,
         )
         self.model = self.loaded.network
@@ -82,14 +81,57 @@ class ESWorker(DeferredStart):
         fraction = config.data.validation_split or DEFAULT_VALIDATION_SPLIT
         cut = int(len(stream) * (1 - fraction))
         self.train, self.validation = stream[:cut], stream[cut:]
-        window = self.settings.seq_len + 1
+        window = settings.seq_len + 1
         if len(self.train) <= window or len(self.validation) <= window:
             raise DataError(
                 f"the corpus has {len(stream)} characters, too few for seq_len "
-                f"{self.settings.seq_len} with a validation split; add data or lower seq_len"
+                f"{settings.seq_len} with a validation split; add data or lower seq_len"
             )
         self.num_params = int(flat_parameters(self.model).size)
-        self.noise = NoiseTable.create(self.settings.seed, self.num_params)
+        self.noise = NoiseTable.create(settings.seed, self.num_params)
+
+    def batch(self, batch_id: int, *, validation: bool = False) -> Any:
+        """The step's text batch: chosen by (seed, batch_id), identical on every node."""
+        import torch
+
+        stream = self.validation if validation else self.train
+        window = self.settings.seq_len + 1
+        rng = np.random.default_rng([self.settings.seed, int(validation), batch_id])
+        starts = rng.integers(0, len(stream) - window, self.settings.batch_size)
+        return torch.from_numpy(np.stack([stream[s : s + window] for s in starts]))
+
+    def loss_at(self, theta: np.ndarray, ids: Any) -> float:
+        import torch
+
+        set_flat_parameters(self.model, theta)
+        with torch.no_grad():
+            return float(self.loaded.loss({"ids": ids}))
+
+    def pair_losses(self, theta: np.ndarray, ids: Any, index: int) -> tuple[float, float]:
+        """The losses at theta plus and minus sigma times perturbation ``index``."""
+        epsilon = self.noise.perturbation(index)
+        sigma = self.settings.sigma
+        plus = self.loss_at(theta + sigma * epsilon, ids)
+        return plus, self.loss_at(theta - sigma * epsilon, ids)
+
+    def replay(self, theta: np.ndarray, batch_id: int, indices: list[int]) -> np.ndarray:
+        """The pairs ``indices`` evaluated again on the step's batch: [[plus, minus], ...]."""
+        ids = self.batch(batch_id)
+        return np.asarray([self.pair_losses(theta, ids, i) for i in indices], dtype=np.float32)
+
+
+class ESWorker(DeferredStart):
+    def __init__(self, config: WorkerConfig) -> None:
+        capture_worker_output(config.job_id, f"es worker {config.rank} on node {config.node_id}")
+        self.config = config
+        self.settings = config.settings
+        self.start_or_remember(self._load)
+
+    def _load(self) -> None:
+        self.evaluator = evaluator = ESEvaluator(self.config)
+        self.loaded, self.model = evaluator.loaded, evaluator.model
+        self.train, self.validation = evaluator.train, evaluator.validation
+        self.num_params, self.noise = evaluator.num_params, evaluator.noise
 
     def info(self) -> dict[str, Any]:
         """What this worker built; raises why it could not start."""
@@ -107,21 +149,16 @@ class ESWorker(DeferredStart):
         return flat_parameters(self.model)
 
     def batch(self, batch_id: int, *, validation: bool = False) -> Any:
-        """The step's text batch: chosen by (seed, batch_id), identical on every worker."""
-        import torch
-
-        stream = self.validation if validation else self.train
-        window = self.settings.seq_len + 1
-        rng = np.random.default_rng([self.settings.seed, int(validation), batch_id])
-        starts = rng.integers(0, len(stream) - window, self.settings.batch_size)
-        return torch.from_numpy(np.stack([stream[s : s + window] for s in starts]))
+        return self.evaluator.batch(batch_id, validation=validation)
 
     def loss_at(self, theta: np.ndarray, ids: Any) -> float:
-        import torch
+        return self.evaluator.loss_at(theta, ids)
 
-        set_flat_parameters(self.model, theta)
-        with torch.no_grad():
-            return float(self.loaded.loss({"ids": ids}))
+    def replay(self, theta: np.ndarray, batch_id: int, indices: list[int]) -> dict[str, Any]:
+        """Another node's sampled pairs, evaluated here (verified credit)."""
+        started = time.perf_counter()
+        losses = self.evaluator.replay(theta, batch_id, indices)
+        return {"losses": losses, "seconds": time.perf_counter() - started}
 
     def evaluate(
         self, step: int, theta: np.ndarray, batch_id: int, pairs: int | None, seconds: float | None
@@ -129,7 +166,6 @@ class ESWorker(DeferredStart):
         """Antithetic pairs for ``step``: ``pairs`` of them, or as many as fit in ``seconds``."""
         started = time.perf_counter()
         ids = self.batch(batch_id)
-        sigma = self.settings.sigma
         center = self.loss_at(theta, ids)
         indices: list[int] = []
         losses: list[tuple[float, float]] = []
@@ -140,11 +176,8 @@ class ESWorker(DeferredStart):
             if seconds is not None and time.perf_counter() - started >= seconds and k > 0:
                 break
             index = pair_index(step, self.config.rank, k)
-            epsilon = self.noise.perturbation(index)
-            plus = self.loss_at(theta + sigma * epsilon, ids)
-            minus = self.loss_at(theta - sigma * epsilon, ids)
             indices.append(index)
-            losses.append((plus, minus))
+            losses.append(self.evaluator.pair_losses(theta, ids, index))
             k += 1
         return {
             "rank": self.config.rank,
