@@ -31,12 +31,16 @@ class ScriptedRay:
         self.attempt: dict[int, int] = {}
         # Set: attempt 1 reports this many steps, then keeps running and says nothing more.
         self.idle_after: int | None = None
+        # Verdicts the runner reports after a step's events (and its checkpoint), by step.
+        self.verdicts: dict[int, list[Event]] = {}
+        self.configs: list[RunConfig] = []  # every attempt's config, as launched
 
     def live_nodes(self) -> dict[int, LiveNode]:
         return dict(self.nodes)
 
     def launch_runner(self, config: RunConfig) -> None:
         self.attempt[config.job_id] = config.attempt
+        self.configs.append(config)
         workers = [plan.node_id for plan in config.workers]
         first = 1 if config.attempt == 1 else 11  # the second resumes from checkpoint 10
         last = 13 if config.attempt == 1 else 20
@@ -48,6 +52,7 @@ class ScriptedRay:
             script.append(MetricEvent(step, {"loss": 1.0 / step}))
             if step % 10 == 0:
                 script.append(CheckpointEvent(step, "checkpoint"))
+            script += self.verdicts.get(step, [])
         if config.attempt == 2:
             script.append(StatusEvent(RunState.SUCCEEDED, "done"))
         self.scripts[config.attempt] = script

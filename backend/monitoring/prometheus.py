@@ -25,6 +25,7 @@ from compute.dispatch.metrics import DISPATCHER_ERRORS, DISPATCHER_ROUNDS
 from compute.dispatch.scheduling import capacity_and_free
 from compute.jobs.state import JobStatus
 from compute.models import Job, Node
+from compute.nodes import trust
 from compute.nodes.service import NodeStatus, node_status
 from core.db import session_scope, utcnow
 from ledger.invariants import ledger_report
@@ -126,11 +127,23 @@ class PlatformCollector(Collector):
         now = utcnow()
         by_status = GaugeMetricFamily("distlm_nodes", "Nodes by status", labels=["status"])
         counts = dict.fromkeys((s.value for s in NodeStatus), 0)
+        results = CounterMetricFamily(
+            "distlm_node_results", "Nodes' checked results by verdict", labels=["node", "verdict"]
+        )
+        reliability = GaugeMetricFamily(
+            "distlm_node_reliability", "A node's share of valid checked results", labels=["node"]
+        )
         for node in session.scalars(select(Node)):
             counts[node_status(node, now=now, timeout_s=self.node_timeout_s).value] += 1
+            if node.results_valid or node.results_invalid:
+                results.add_metric([str(node.id), "valid"], node.results_valid)
+                results.add_metric([str(node.id), "invalid"], node.results_invalid)
+                reliability.add_metric([str(node.id)], trust.reliability(node))
         for status, count in counts.items():
             by_status.add_metric([status], count)
         yield by_status
+        yield results
+        yield reliability
         capacity, free = capacity_and_free(session)
         for unit, field in (("cpus", "cpu_cores"), ("gpus", "gpu")):
             family = GaugeMetricFamily(

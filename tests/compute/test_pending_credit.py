@@ -15,6 +15,7 @@ from app.main import create_app
 from compute.billing.service import rates_from
 from core.settings import Settings
 from ledger.pricing import ResourceSeconds, platform_fee, price_usage, tokens
+from protocol.events import VerdictEvent
 from tests.conftest import Account, clear_tables, make_settings
 from tests.polling import wait_for
 from tests.scripted_ray import ES_JOB, WORK_S, ScriptedRay
@@ -52,12 +53,13 @@ def price_of(steps: int, settings: Settings) -> int:
 
 
 def running_with_a_checkpoint(client: TestClient, owner: Account, user: Account) -> int:
-    """Submit the ES job and wait until its step-10 checkpoint is the owner's pending credit."""
+    """Submit the ES job and wait until its step-10 checkpoint is the owner's pending credit
+    (or, where a verdict on it came at once, released or voided)."""
     response = client.post("/jobs/submit", headers=user.headers, json=ES_JOB)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
     wait_for(
-        lambda: balance(client, owner)["pending"] > 0,
+        lambda: client.get(f"/jobs/{job_id}", headers=user.headers).json()["usage"],
         timeout_s=30,
         what=lambda: client.get(f"/jobs/{job_id}", headers=user.headers).json(),
     )
@@ -174,3 +176,95 @@ def test_banning_a_node_voids_its_pending_credit_back_to_the_payer(
     assert user_after["spent"] == pytest.approx(tokens(ran))  # voided is not spent
     assert user_after["available"] == pytest.approx(before["available"] - tokens(ran))
     assert ledger_ok(client, admin)["pending"] == 0
+
+
+# -- verified credit: the runner's verdicts on replayed work --------------------------------
+
+
+def verdict(node_id: int, step: int, valid: bool) -> VerdictEvent:
+    detail = "" if valid else "largest gap 0.7 in loss over 4 replayed evaluations"
+    return VerdictEvent(
+        node_id, step, valid, checked=4, validator_node_id=3 - node_id, detail=detail
+    )
+
+
+def node_trust(client: TestClient, owner: Account, node_id: int) -> dict:
+    return client.get(f"/nodes/{node_id}", headers=owner.headers).json()
+
+
+def test_a_valid_verdict_releases_a_nodes_credit_and_an_invalid_one_voids_it_for_the_job(
+    client: TestClient,
+    settings: Settings,
+    lent_pair: tuple,
+    admin: Account,
+    scripted_ray: ScriptedRay,
+) -> None:
+    owner, user = lent_pair
+    before = balance(client, user)
+    scripted_ray.verdicts = {10: [verdict(1, 10, True), verdict(2, 10, False)]}
+    job_id = running_with_a_checkpoint(client, owner, user)
+    saved = price_of(CHECKPOINTED, settings)
+    fee = platform_fee(saved, rates_from(settings))
+
+    # Node 1's checked work is the owner's at once (less the fee); node 2's goes back to the
+    # payer, with the reason on both sides.
+    wait_for(lambda: node_trust(client, owner, 2)["tokens_voided"] > 0, timeout_s=30, what="void")
+    one, two = node_trust(client, owner, 1), node_trust(client, owner, 2)
+    assert (one["tokens_pending"], one["tokens_earned"]) == (0, pytest.approx(tokens(saved - fee)))
+    assert (two["tokens_pending"], two["tokens_voided"]) == (0, tokens(saved))
+    assert (one["trust"]["results_valid"], one["trust"]["reliability"]) == (1, 0.6667)
+    assert (two["trust"]["results_invalid"], two["trust"]["reliability"]) == (1, 0.3333)
+    assert two["trust"]["on_probation"] and two["approval"] == "approved"  # once is not enough
+    voids = [
+        line
+        for line in client.get("/tokens/history/me", headers=owner.headers).json()["items"]
+        if line["kind"] == "void"
+    ]
+    assert [(line["node_id"], line["amount"]) for line in voids] == [(2, -tokens(saved))]
+    assert "failed validation" in voids[0]["memo"] and "largest gap" in voids[0]["memo"]
+    logs = client.get(f"/jobs/{job_id}/logs", headers=user.headers).json()["items"]
+    assert any(
+        line["message"].startswith("node 2: its work at step 10 failed validation") for line in logs
+    )
+    # Settled: node 2's later work (steps 11-12) is refused too; node 1's is released.
+    assert client.post(f"/jobs/{job_id}/cancel", headers=user.headers).status_code == 200
+    done = finished(client, user, job_id)
+    ran = price_of(12, settings)
+    assert [part["node_id"] for part in done["earnings"]] == [1]
+    assert done["voided"] == pytest.approx(tokens(ran))
+    assert balance(client, user)["available"] == pytest.approx(before["available"] - tokens(ran))
+    rest = ran - saved  # released at settlement, its fee taken on its own
+    assert balance(client, owner)["earned"] == pytest.approx(
+        tokens(saved - fee + rest - platform_fee(rest, rates_from(settings)))
+    )
+    assert ledger_ok(client, admin)["pending"] == 0
+    metrics = client.get("/metrics", headers=admin.headers).text
+    assert 'distlm_node_reliability{node="2"} 0.333' in metrics
+    assert 'distlm_node_results_total{node="2",verdict="invalid"} 1.0' in metrics
+
+
+def test_three_invalid_results_in_a_row_suspend_a_node_until_an_admin_approves_it_again(
+    client: TestClient, lent_pair: tuple, admin: Account, scripted_ray: ScriptedRay
+) -> None:
+    owner, user = lent_pair
+    scripted_ray.verdicts = {
+        step: [verdict(1, step, True), verdict(2, step, False)] for step in range(1, 7)
+    }
+    scripted_ray.verdicts[7] = [VerdictEvent(5, 7, False, detail="a node of another job")]
+    job_id = running_with_a_checkpoint(client, owner, user)
+    wait_for(
+        lambda: node_trust(client, owner, 2)["approval"] == "pending", timeout_s=30, what="suspend"
+    )
+    two = node_trust(client, owner, 2)
+    assert "3 invalid results in a row" in two["trust"]["suspended_reason"]
+    assert f"job {job_id}" in two["trust"]["suspended_reason"]
+    # Node 1 became trusted after 5 valid results: fewer of its results are checked.
+    one = node_trust(client, owner, 1)["trust"]
+    assert one["results_valid"] >= 6 and not one["on_probation"] and one["check_rate"] < 1
+    # A verdict on a node the job is not placed on changes nothing, and is logged.
+    logs = client.get(f"/jobs/{job_id}/logs", headers=user.headers).json()
+    assert any("not placed on, was ignored" in line["message"] for line in logs["items"])
+    # The admin approves it again: on probation, checked at every checkpoint.
+    assert client.post("/nodes/2/approve", headers=admin.headers).status_code == 200
+    two = node_trust(client, owner, 2)["trust"]
+    assert two["suspended_reason"] == "" and two["on_probation"] and two["results_invalid"] >= 3

@@ -11,12 +11,43 @@ from sqlalchemy.orm import Session
 
 from app.schemas.common import ResourcesOut
 from compute.models import Node
+from compute.nodes import trust
 from compute.nodes.facts import node_earnings, node_pending, node_voided, owner_names
 from compute.nodes.service import node_status
 from compute.nodes.spec import NodeResources
 from core.db import utcnow
 from core.settings import Settings
 from ledger.pricing import tokens
+
+
+class TrustOut(BaseModel):
+    """How its work fared when sampled and replayed elsewhere."""
+
+    results_valid: int = Field(0, description="checked results that held")
+    results_invalid: int = Field(0, description="checked results that did not")
+    valid_streak: int = 0
+    reliability: float = Field(
+        0.5, description="(valid + 1) / (valid + invalid + 2): 0.5 for a new node"
+    )
+    check_rate: float = Field(
+        1.0, description="the share of its results replayed: 1 while new, down to 0.05"
+    )
+    on_probation: bool = Field(True, description="new or recently invalid: every result checked")
+    suspended_reason: str = Field(
+        "", description="why it was sent back to an admin's approval (invalid results)"
+    )
+
+
+def trust_out(node: Node) -> TrustOut:
+    return TrustOut(
+        results_valid=node.results_valid or 0,
+        results_invalid=node.results_invalid or 0,
+        valid_streak=node.valid_streak or 0,
+        reliability=round(trust.reliability(node), 4),
+        check_rate=round(trust.check_rate(node), 4),
+        on_probation=trust.on_probation(node),
+        suspended_reason=node.suspended_reason or "",
+    )
 
 
 class NodeOut(BaseModel):
@@ -44,6 +75,10 @@ class NodeOut(BaseModel):
     )
     tokens_voided: float = Field(
         0.0, description="its credit voided back to the payers: work refused (a ban)"
+    )
+    trust: TrustOut = Field(
+        default_factory=TrustOut,
+        description="its work as replayed on other owners' nodes (verified credit)",
     )
 
 
@@ -193,6 +228,7 @@ def node_out(
         tokens_earned=tokens(earned_micro),
         tokens_pending=tokens(pending_micro),
         tokens_voided=tokens(voided_micro),
+        trust=trust_out(node),
     )
     if credential is not None:
         return NodeRegisteredOut(credential=credential, **fields)

@@ -62,7 +62,7 @@ from protocol.events import (
     VerdictEvent,
 )
 from protocol.nodes import LiveNode
-from protocol.run import RunConfig
+from protocol.run import RunConfig, WorkerPlan
 from protocol.strategies.registry import get_rules
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class Dispatcher:
             placements = {placement.job_id: placement for placement in decision.placements}
             for job in jobs_by_id(session, placements):
                 placement = placements[job.id]
-                job.placement = [asdict(slot) for slot in placement.slots]
+                job.placement = [placement_slot(slot) for slot in placement.slots]
                 job.attempts += 1
                 job.event_cursor = 0
                 job.cluster_address = None  # the new attempt's cluster is yet to form
@@ -493,6 +493,14 @@ def progress_note(job: Job, values: dict) -> str | None:
         return get_rules(job.strategy).progress_note(values)
     except SettingsError:
         return None
+
+
+def placement_slot(slot: WorkerPlan) -> dict:
+    """A slot as the job's placement keeps it: where and how much, not the run-time trust
+    figures (the run config adds those from the node as it is at launch)."""
+    kept = asdict(slot)
+    del kept["owner_id"], kept["check_rate"]
+    return kept
 
 
 def placement_nodes(job: Job) -> list[int]:

@@ -237,11 +237,19 @@ async function nodePage(id) {
     const m = await api(`/metrics/node/${id}`);
     info.textContent = `${m.node.status}, ${m.node.approval}; jobs served: ${m.jobs_run}; tokens earned: ${fmt(m.tokens_earned, 4)}; ` +
       `pending: ${fmt(m.node.tokens_pending, 4)}; voided: ${fmt(m.node.tokens_voided, 4)}; ` +
-      `CPU core-seconds served: ${fmt(m.resource_seconds_served.cpu_core_seconds, 1)}`;
+      `CPU core-seconds served: ${fmt(m.resource_seconds_served.cpu_core_seconds, 1)}; ` +
+      trustText(m.node.trust);
     const samples = [...m.samples].reverse();
     for (const s of samples.slice(seen)) chart.add(new Date(s.received_at).getTime() / 1000, s);
     seen = samples.length;
   });
+}
+
+function trustText(t) {
+  if (!t) return "";
+  const text = `checked results: ${t.results_valid} valid, ${t.results_invalid} invalid; ` +
+    `reliability ${fmt(t.reliability, 2)}; ${t.on_probation ? "on probation (every result checked)" : `${fmt(100 * t.check_rate, 0)}% of results checked`}`;
+  return t.suspended_reason ? `${text}; suspended: ${t.suspended_reason}` : text;
 }
 
 async function tokensPage() {
