@@ -12,6 +12,7 @@ import signal
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from tests.hosts.network import Host
 from tests.hosts.platform import Platform, running_platform, wait_until_finished
 from tests.metering_checks import assert_each_step_paid_once, stream
+from tests.paths import BACKEND
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -259,6 +261,60 @@ def test_an_agent_killed_and_started_again_gives_up_its_lost_attempt_which_resum
     saved = assert_each_step_paid_once(platform.http, user.headers, done)
     assert saved >= 20
     wait_for(lambda: platform.node_status(host) == "online", what="the node back online")
+
+
+HONEST_PAIRS = "losses.append(self.evaluator.pair_losses(theta, ids, index))"
+MADE_UP_PAIRS = "losses.append((center * 0.97, center * 1.03))  # made up: no work done"
+
+
+@contextmanager
+def cheating_es_worker(host: Host) -> Iterator[None]:
+    """The host's owner edits the ES worker on their machine: it returns made-up losses near
+    the true center loss instead of evaluating its pairs (a copy of the code, bound over the
+    original in the host's own mount namespace only)."""
+    original = BACKEND / "ray_module" / "strategies" / "es" / "worker.py"
+    text = original.read_text()
+    assert HONEST_PAIRS in text
+    copy = Path("/tmp/cheat/worker.py")
+    host.path(copy).parent.mkdir(parents=True, exist_ok=True)
+    host.path(copy).write_text(text.replace(HONEST_PAIRS, MADE_UP_PAIRS))
+    host.run(["mount", "--bind", str(copy), str(original)], timeout_s=10, check=True)
+    try:
+        yield
+    finally:
+        host.run(["umount", str(original)], timeout_s=10, check=True)
+
+
+def test_a_node_whose_es_worker_makes_up_losses_is_caught_earns_nothing_and_the_job_learns(
+    platform: Platform,
+) -> None:
+    user, owner = platform.user, platform.owner
+    honest_host, cheat_host = platform.net.nodes
+    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    trust_before = {n: owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    body = {**ES_JOB, "training_config": {"steps": 30, "population": 16, "num_workers": 2,
+                                          "checkpoint_interval": 10},
+            "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 1}}  # fmt: skip
+    with cheating_es_worker(cheat_host):
+        job = user.call("POST", "/jobs/submit", json=body)
+        done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    # Caught at its first checked step (a new node is checked at every one): its answers
+    # were left out and its worker stopped; it is paid nothing, the honest node is.
+    logs = user.call("GET", f"/jobs/{job['id']}/logs")["items"]
+    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
+    assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
+    assert [part["node_id"] for part in done["earnings"]] == [honest]
+    assert str(cheat) not in done["usage"]
+    trust = {n: owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    assert trust[cheat]["results_invalid"] == trust_before[cheat]["results_invalid"] + 1
+    assert trust[honest]["results_valid"] > trust_before[honest]["results_valid"]
+    assert trust[honest]["results_invalid"] == trust_before[honest]["results_invalid"]
+    assert trust[cheat]["reliability"] < trust[honest]["reliability"]
+    # The job learned as an honest run does: its loss fell, on the honest node's work.
+    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
+    losses = [point["values"]["loss"] for point in series if "loss" in point["values"]]
+    assert losses[-1] < losses[0] - 0.3, losses
 
 
 def test_another_jobs_credential_a_wrong_hash_and_a_banned_nodes_agent_are_refused(
