@@ -73,11 +73,11 @@ class WorkerPlan:
     cpu_cores: float
     memory_gb: float
     role: str = "worker"  # "worker", or the role of a strategy's extra part ("loader")
-    # Verified credit: whose machine it is (its work is replayed on another owner's) and the
-    # share of its results the runner replays (1.0 for a new node, down to a floor once
-    # trusted: compute.nodes.trust).
+    # Verified credit: whose machine it is (its work is replayed on another owner's) and its
+    # run of valid results so far, from which the runner draws how often to replay its work
+    # (protocol.trust).
     owner_id: int = 0
-    check_rate: float = 1.0
+    valid_streak: int = 0
 
 
 @dataclass(frozen=True)

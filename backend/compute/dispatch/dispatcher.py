@@ -499,7 +499,7 @@ def placement_slot(slot: WorkerPlan) -> dict:
     """A slot as the job's placement keeps it: where and how much, not the run-time trust
     figures (the run config adds those from the node as it is at launch)."""
     kept = asdict(slot)
-    del kept["owner_id"], kept["check_rate"]
+    del kept["owner_id"], kept["valid_streak"]
     return kept
 
 

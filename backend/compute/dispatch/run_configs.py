@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from compute.jobs.service import source_model_path
 from compute.jobs.strategy import job_request
 from compute.models import Job, Node
-from compute.nodes.trust import check_rate
 from protocol.run import RunConfig, WorkerPlan
 
 
@@ -39,8 +38,9 @@ def run_config(
 
 
 def with_trust(session: Session, plan: WorkerPlan) -> WorkerPlan:
-    """The slot with its node's owner and check rate, for the runner's verified credit."""
+    """The slot with its node's owner and run of valid results, for the runner's verified
+    credit."""
     node = session.get(Node, plan.node_id)
     if node is None:
         return plan
-    return replace(plan, owner_id=node.owner_id, check_rate=check_rate(node))
+    return replace(plan, owner_id=node.owner_id, valid_streak=node.valid_streak or 0)

@@ -1,9 +1,9 @@
 """How far the platform trusts a node's work, BOINC-style: adaptive replication from a
 node's run of valid results.
 
-A new node has every sampled result checked (``check_rate`` 1.0). After ``TRUSTED_AFTER``
-valid results in a row the rate decays as ``TRUSTED_AFTER / streak`` down to ``RATE_FLOOR``,
-so a long-trusted node costs about that share of extra compute. One invalid result resets
+A new node has every sampled result checked (``check_rate`` 1.0). After a run of valid
+results the rate decays down to a floor (``protocol.trust``), so a long-trusted node costs
+about that share of extra compute. One invalid result resets
 the streak (the node is checked at every checkpoint again); ``SUSPEND_AFTER`` invalid results
 in a row send it back to an admin's approval, with the reason. ``reliability`` is the
 share of its checked results that held, smoothed so a node with few results sits near the
@@ -13,18 +13,14 @@ middle: (valid + 1) / (valid + invalid + 2).
 from __future__ import annotations
 
 from compute.models import Node
+from protocol.trust import check_rate_for
 
-TRUSTED_AFTER = 5
-RATE_FLOOR = 0.05
 SUSPEND_AFTER = 3
 
 
 def check_rate(node: Node) -> float:
     """The share of this node's results that the runner replays elsewhere."""
-    streak = node.valid_streak or 0
-    if streak < TRUSTED_AFTER:
-        return 1.0
-    return max(RATE_FLOOR, TRUSTED_AFTER / streak)
+    return check_rate_for(node.valid_streak or 0)
 
 
 def reliability(node: Node) -> float:

@@ -116,7 +116,7 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
                 plan.memory_gb,
                 rank=rank,
                 owner_id=plan.owner_id,
-                check_rate=plan.check_rate,
+                valid_streak=plan.valid_streak,
             )
         )
     infos = []

@@ -27,6 +27,7 @@ import numpy as np
 
 from protocol.events import VerdictEvent
 from protocol.strategies.es import ESSettings
+from protocol.trust import check_rate_for
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.strategies.actor_pool import (
     Credit,
@@ -54,7 +55,11 @@ class NoLiveWorkersError(LostWorkersError):
 class Worker(PoolMember):
     rank: int = 0
     owner_id: int = 0
-    check_rate: float = 1.0
+    valid_streak: int = 0  # its node's run of valid results, counted on within the job
+
+    @property
+    def check_rate(self) -> float:
+        return check_rate_for(self.valid_streak)
 
 
 @dataclass

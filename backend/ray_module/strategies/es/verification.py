@@ -4,7 +4,7 @@ another owner's node, before the step's update uses them.
 ES is deterministic given its seeds: a pair's losses depend only on the weights, the
 perturbation index (the shared noise table) and the step's batch (chosen by the seed), so an
 honest replay matches to float rounding. A node is checked at a step with its ``check_rate``
-(1.0 while new, down to a floor once trusted: ``compute.nodes.trust``); the check replays
+(1.0 while new, down to a floor as its results hold: ``protocol.trust``); the check replays
 ``REPLAYED_PAIRS`` of its pairs on the most trusted live worker of another owner (another
 node where no other owner's is live). When the two disagree the runner replays the same
 pairs itself, as referee, and whichever side the referee contradicts is invalid: its answers
@@ -141,8 +141,11 @@ class Verifier:
         pairs = len(dispute.indices)
 
         def verdict(node: Any, by_node: int, valid: bool, detail: str = "") -> VerdictEvent:
-            if not valid:
+            if valid:  # as the gateway counts it: checked less often as its results hold
+                node.valid_streak += 1
+            else:
                 invalid.add(node.rank)
+                node.valid_streak = 0
             return VerdictEvent(node.node_id, step, valid, 2 * pairs, by_node, detail)
 
         if agree(dispute.claimed, replayed):

@@ -160,5 +160,12 @@ def test_char_rnn_with_es_on_stdlib_text_learns_more_than_character_frequencies(
     )
     assert steps[-1]["live_workers"] == 4
     assert sorted(done["usage"]) == ["1", "2"]
+    # Honest nodes, new: their answers were replayed on the other node (every one at first,
+    # then fewer as they held), and all held.
+    owner, nodes = two_nodes
+    for node in nodes:
+        trust = client.get(f"/nodes/{node}", headers=owner.headers).json()["trust"]
+        assert trust["results_invalid"] == 0 and trust["results_valid"] >= 20, trust
+    assert sorted(part["node_id"] for part in done["earnings"]) == nodes
     archive = client.get(f"/jobs/{job['id']}/artifacts", headers=user.headers)
     assert archive.status_code == 200

@@ -12,6 +12,7 @@ import pytest
 
 from protocol.run import DataRequest, ModelRequest
 from protocol.strategies.es import parse_es_settings
+from protocol.trust import check_rate_for
 from ray_module.models.char_rnn import flat_parameters
 from ray_module.strategies.es.noise import pair_index
 from ray_module.strategies.es.verification import (
@@ -54,8 +55,12 @@ class Member:  # what the verifier reads of a worker
     node_id: int
     rank: int
     owner_id: int
-    check_rate: float = 1.0
+    valid_streak: int = 0
     alive: bool = True
+
+    @property
+    def check_rate(self) -> float:
+        return check_rate_for(self.valid_streak)
 
 
 def test_two_nodes_replaying_the_same_pairs_agree_and_made_up_losses_do_not(nodes) -> None:
@@ -87,9 +92,11 @@ def test_the_runners_referee_settles_a_dispute_against_whichever_side_lied(nodes
     # Honest both: one valid verdict on the checked node, replayed by the validator.
     [valid] = judge(truth, two.replay(theta, 0, indices))
     assert (valid.node_id, valid.valid, valid.validator_node_id, valid.checked) == (1, True, 2, 4)
-    # The checked node made its losses up: invalid, with the gap in words.
+    assert checked.valid_streak == 1  # counted on within the job: checked less often as it holds
+    # The checked node made its losses up: invalid, with the gap in words; back to probation.
     [cheat] = judge(truth + 0.5, two.replay(theta, 0, indices))
     assert (cheat.node_id, cheat.valid) == (1, False) and "largest gap 0.5" in cheat.detail
+    assert checked.valid_streak == 0 and checked.check_rate == 1.0
     # The validator lied about its replay: the checked node's work holds, the validator's not.
     honest, liar = judge(truth, truth * 0.9)
     assert (honest.node_id, honest.valid, liar.node_id, liar.valid) == (1, True, 2, False)
@@ -97,6 +104,8 @@ def test_the_runners_referee_settles_a_dispute_against_whichever_side_lied(nodes
 
 
 def test_checks_are_drawn_at_each_nodes_rate_and_validators_come_from_other_owners() -> None:
+    # New: every result; trusted after 5 valid in a row, then ever less often, to a floor.
+    assert [check_rate_for(s) for s in (0, 4, 5, 10, 50, 1000)] == [1, 1, 1, 0.5, 0.1, 0.05]
     assert all(chosen_for_check(7, step, 0, 1.0) for step in range(100))
     drawn = sum(chosen_for_check(7, step, 0, 0.1) for step in range(2000))
     assert 150 < drawn < 250  # about a tenth
@@ -104,8 +113,8 @@ def test_checks_are_drawn_at_each_nodes_rate_and_validators_come_from_other_owne
     assert len(set(sampled_positions(7, 3, 0, 8))) == 2 and sampled_positions(7, 3, 0, 1) == [0]
 
     mine = Member(1, 0, owner_id=10)
-    same_owner = Member(2, 1, owner_id=10, check_rate=0.05)
-    other_new, other_trusted = Member(3, 2, owner_id=20), Member(4, 3, owner_id=30, check_rate=0.1)
+    same_owner = Member(2, 1, owner_id=10, valid_streak=100)  # checked 5% of the time
+    other_new, other_trusted = Member(3, 2, owner_id=20), Member(4, 3, owner_id=30, valid_streak=50)
     assert validator_for(mine, [mine, same_owner, other_new, other_trusted]) is other_trusted
     assert validator_for(mine, [mine, same_owner]) is same_owner  # no other owner: another node
     other_trusted.alive = other_new.alive = same_owner.alive = False
