@@ -58,6 +58,23 @@ def test_gang_scheduling_places_all_workers_or_none() -> None:
     assert "3 workers" in result.waiting[0].reason
 
 
+def test_trusted_nodes_are_placed_before_nodes_on_probation_and_carry_the_driver() -> None:
+    new_a = replace(CPU_A, on_probation=True)
+    (alone,) = plan([PendingJob(1, gpu=0, cpu_cores=2, memory_gb=2)], [new_a, CPU_B]).placements
+    assert alone.slots[0].node_id == 2
+    pair = PendingJob(2, gpu=0, cpu_cores=8, memory_gb=8, workers=2)
+    (both,) = plan([pair], [new_a, CPU_B]).placements
+    assert [slot.node_id for slot in both.slots] == [2, 1]  # the first worker's node drives
+    # A GPU node whose last GPU is taken orders among the CPU-only ones, trust first.
+    new_gpu = replace(GPU_C, gpu=1, on_probation=False)
+    jobs = [PendingJob(3, gpu=1, cpu_cores=1, memory_gb=1),
+            PendingJob(4, gpu=0, cpu_cores=4, memory_gb=4, workers=2)]  # fmt: skip
+    placed = {
+        p.job_id: [s.node_id for s in p.slots] for p in plan(jobs, [new_a, new_gpu]).placements
+    }
+    assert placed == {3: [3], 4: [3, 3]}  # the trusted node first, though it was a GPU node
+
+
 def test_busy_is_told_apart_from_impossible() -> None:
     running = [WorkerPlan(1, 0, 4, 4)]
     job = PendingJob(2, gpu=0, cpu_cores=2, memory_gb=2)

@@ -31,6 +31,10 @@ class NodeCapacity:
     # The trusted Ray pool its agent is a member of (None: a Ray cluster per job). A
     # multi-node job's nodes are all of one pool, or all of none.
     pool: str | None = None
+    # New, or its work recently failed validation (compute.nodes.trust): placed after the
+    # trusted nodes, so a job's first worker (its driver, and the validators' first choice)
+    # lands on a trusted node where one has room.
+    on_probation: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,10 @@ def _fits(node: NodeCapacity, gpu: int, cpu: float, memory: float) -> bool:
     )
 
 
-def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, int]:
-    # CPU-only work goes to CPU-only nodes first, keeping GPU nodes free for GPU jobs.
-    return (0 if needs_gpu or node.gpu == 0 else 1, node.node_id)
+def _node_order(node: NodeCapacity, needs_gpu: bool) -> tuple[int, bool, int]:
+    # CPU-only work goes to CPU-only nodes first, keeping GPU nodes free for GPU jobs; then
+    # trusted nodes before those on probation.
+    return (0 if needs_gpu or node.gpu == 0 else 1, node.on_probation, node.node_id)
 
 
 def fit_job(job: PendingJob, nodes: Sequence[NodeCapacity]) -> tuple[WorkerPlan, ...] | None:
@@ -136,7 +141,13 @@ class RoundCapacity:
             return
         old = order.index(node_id)
         order.pop(old)
-        new = bisect.bisect_left(order, node_id, 0, self.gpu_free_from[group])
+        new = bisect.bisect_left(
+            order,
+            (self.remaining[node_id].on_probation, node_id),
+            0,
+            self.gpu_free_from[group],
+            key=lambda n: (self.remaining[n].on_probation, n),
+        )
         order.insert(new, node_id)
         self.gpu_free_from[group] += 1
         for key, at in self.cursors.items():

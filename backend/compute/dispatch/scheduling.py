@@ -20,6 +20,7 @@ from compute.jobs.state import ACTIVE, JobStatus
 from compute.jobs.strategy import extra_shares, worker_processes
 from compute.models import Job, Node
 from compute.nodes.service import NodeApproval
+from compute.nodes.trust import on_probation
 from protocol.run import WorkerPlan
 
 
@@ -72,6 +73,7 @@ def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCa
             n.memory_gb,
             shares_clusters=not n.single_node_only,
             pool=n.ray_pool,
+            on_probation=on_probation(n),
         )
         for n in nodes
     ]
