@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from protocol.events import UsageEvent
+from protocol.trust import check_rate_for
 from ray_module.errors import LostWorkersError, describe, is_retryable
 
 WAIT_SLICE_S = 0.25  # how often a waiting server looks for a cancel request
@@ -66,6 +67,14 @@ class PoolMember:
     memory_gb: float
     alive: bool = True
     late: list[Any] = field(default_factory=list)  # refs of answers that missed a deadline
+    # Verified credit: whose node it is, and its node's run of valid results (counted on
+    # within the job), from which how often its work is replayed elsewhere.
+    owner_id: int = 0
+    valid_streak: int = 0
+
+    @property
+    def check_rate(self) -> float:
+        return check_rate_for(self.valid_streak)
 
     def is_available(self) -> bool:
         import ray

@@ -27,7 +27,6 @@ import numpy as np
 
 from protocol.events import VerdictEvent
 from protocol.strategies.es import ESSettings
-from protocol.trust import check_rate_for
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.strategies.actor_pool import (
     Credit,
@@ -54,12 +53,6 @@ class NoLiveWorkersError(LostWorkersError):
 @dataclass(eq=False)
 class Worker(PoolMember):
     rank: int = 0
-    owner_id: int = 0
-    valid_streak: int = 0  # its node's run of valid results, counted on within the job
-
-    @property
-    def check_rate(self) -> float:
-        return check_rate_for(self.valid_streak)
 
 
 @dataclass

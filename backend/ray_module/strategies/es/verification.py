@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from protocol.events import VerdictEvent
+from ray_module.strategies.verification import chosen_for_check, validator_for
 
 REPLAYED_PAIRS = 2
 # Same code, weights and batch: an honest replay differs only by float32 rounding across
@@ -28,14 +29,6 @@ REPLAYED_PAIRS = 2
 RELATIVE_TOLERANCE = 1e-4
 ABSOLUTE_TOLERANCE = 1e-5
 REPLAY_TIMEOUT_S = 120.0
-
-
-def chosen_for_check(seed: int, step: int, rank: int, rate: float) -> bool:
-    """Whether ``rank``'s work at ``step`` is checked: a draw the node cannot predict from
-    its own answer (it is made after the answer arrives), the same on every resume."""
-    if rate >= 1.0:
-        return True
-    return bool(np.random.default_rng([seed, step, rank, 0xC4EC]).random() < rate)
 
 
 def sampled_positions(seed: int, step: int, rank: int, count: int) -> list[int]:
@@ -50,19 +43,6 @@ def agree(claimed: np.ndarray, replayed: np.ndarray) -> bool:
     return claimed.shape == replayed.shape and bool(
         np.allclose(claimed, replayed, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE)
     )
-
-
-def validator_for(checked: Any, workers: list[Any]) -> Any | None:
-    """The live worker that replays ``checked``'s pairs: another owner's node first, then
-    any other node; the most trusted (lowest check rate) first, then the lowest rank."""
-    others = [w for w in workers if w.alive and w.node_id != checked.node_id and w is not checked]
-    if not others:
-        return None
-
-    def same_owner(worker: Any) -> bool:
-        return checked.owner_id != 0 and worker.owner_id == checked.owner_id
-
-    return min(others, key=lambda w: (same_owner(w), w.check_rate, w.rank))
 
 
 @dataclass

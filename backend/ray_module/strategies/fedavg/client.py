@@ -52,6 +52,8 @@ class HostConfig:
     model: ModelRequest
     data: DataRequest
     settings: FedAvgSettings
+    # The runner's own host, refereeing a disputed replay: its output stays the runner's.
+    referee: bool = False
 
 
 def load_examples(config: HostConfig, client: int | None = None) -> LabelledData | PairData:
@@ -167,12 +169,14 @@ def partition_shards(
 
 class ClientHost(DeferredStart):
     def __init__(self, config: HostConfig) -> None:
-        capture_worker_output(config.job_id, f"fedavg host on node {config.node_id}")
+        if not config.referee:
+            capture_worker_output(config.job_id, f"fedavg host on node {config.node_id}")
         self.config = config
         self.settings = config.settings
         self.split = config.data.validation_split or DEFAULT_VALIDATION_SPLIT
         self.task: TorchTask | None = None
         self.shards: dict[int, np.ndarray] = {}
+        self.every_shard: list[np.ndarray] = []
         self.start_or_remember(self._load)
 
     def _load(self) -> None:
@@ -189,6 +193,7 @@ class ClientHost(DeferredStart):
             self.task = build_task(config, self.settings, load_examples(config))
             shards, self.validation = partition_shards(self.task, self.settings, self.split)
             self.shards = {client: shards[client] for client in config.clients}
+            self.every_shard = shards  # any client's, to replay another host's (verification)
             self.start_training()
 
     def ping(self) -> int:
@@ -245,9 +250,23 @@ class ClientHost(DeferredStart):
         """Train ``client`` for one round from ``weights``; a plain dict comes back."""
         if client not in self.shards:
             raise ValueError(f"client {client} is not served by this host")
+        return self.train_client(self.shards[client], client, round_number, weights)
+
+    def replay_fit(
+        self, client: int, round_number: int, weights: list[np.ndarray]
+    ) -> dict[str, Any]:
+        """Another host's client trained again here, as it should have been (verified
+        credit): the shard is the same on every host, from the job's seed."""
+        if not 0 <= client < len(self.every_shard):
+            raise ValueError(f"client {client} cannot be replayed here (node-local data)")
+        return self.train_client(self.every_shard[client], client, round_number, weights)
+
+    def train_client(
+        self, shard: np.ndarray, client: int, round_number: int, weights: list[np.ndarray]
+    ) -> dict[str, Any]:
         self.task.set_weights(weights)
         result = self.task.train(
-            self.shards[client],
+            shard,
             LocalTraining(
                 epochs=self.settings.local_epochs,
                 batch_size=self.settings.batch_size,

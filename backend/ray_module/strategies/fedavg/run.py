@@ -33,6 +33,7 @@ from ray_module.strategies.fedavg.server import (
     NotEnoughClientsError,
     check_round_fits,
 )
+from ray_module.strategies.fedavg.verification import FedAvgVerifier
 
 HOST_START_TIMEOUT_S = 600
 
@@ -53,7 +54,12 @@ def run_fedavg(config: RunConfig, context: RunContext) -> None:
     else:
         weights, first_round = initial_weights(hosts), 1
     check_round_fits(settings, weights, sum(plan.memory_gb for plan in config.workers))
-    server = FedAvgServer(hosts, settings, optimizer, check_cancelled=context.check_cancelled)
+    verifier = None
+    if settings.partition != "node_local":  # no other host holds a node-local client's data
+        verifier = FedAvgVerifier(settings.seed, lambda: referee_host(config, settings))
+    server = FedAvgServer(
+        hosts, settings, optimizer, check_cancelled=context.check_cancelled, verifier=verifier
+    )
     for round_number in range(first_round, settings.rounds + 1):
         context.check_cancelled()
         result = server.run_round(round_number, weights)
@@ -67,6 +73,8 @@ def run_fedavg(config: RunConfig, context: RunContext) -> None:
             )
             publish_directory(config.publish, "checkpoint", checkpoint_dir)
             context.emit(CheckpointEvent(round_number, str(checkpoint_dir)))
+        for verdict in result.verdicts:  # after the checkpoint: a valid one releases it too
+            context.emit(verdict)
     final = save_final_model(hosts, weights, Path(config.job_dir) / "model", config.publish)
     context.emit(ArtifactEvent(final))
 
@@ -93,7 +101,16 @@ def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
             max_restarts=0,
         ).remote(host_config(config, settings, plan, clients))
         hosts.append(
-            Host(handle, plan.node_id, plan.gpu, plan.cpu_cores, plan.memory_gb, clients=clients)
+            Host(
+                handle,
+                plan.node_id,
+                plan.gpu,
+                plan.cpu_cores,
+                plan.memory_gb,
+                owner_id=plan.owner_id,
+                valid_streak=plan.valid_streak,
+                clients=clients,
+            )
         )
     wait_until_ready(hosts, settings)
     return hosts
@@ -113,6 +130,26 @@ def host_config(
         data=config.data,
         settings=settings,
     )
+
+
+def referee_host(config: RunConfig, settings: FedAvgSettings) -> ClientHost:
+    """The runner's own host, built the first time a replay disagrees with a client."""
+    referee = ClientHost(
+        HostConfig(
+            job_id=config.job_id,
+            node_id=0,
+            gpu=0,
+            cpu_cores=1,
+            memory_gb=1,
+            clients=(),
+            model=config.model,
+            data=config.data,
+            settings=settings,
+            referee=True,
+        )
+    )
+    referee.check_started()
+    return referee
 
 
 def wait_until_ready(hosts: list[Host], settings: FedAvgSettings) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.events import VerdictEvent
 from protocol.strategies.fedavg import FedAvgSettings
 from ray_module.errors import LostWorkersError, RetryableRunError, SettingsError, StartupError
 from ray_module.strategies.actor_pool import (
@@ -35,6 +36,7 @@ from ray_module.strategies.fedavg.aggregate import (
     nbytes,
     weighted_average,
 )
+from ray_module.strategies.fedavg.verification import FedAvgVerifier
 
 Weights = list[np.ndarray]
 
@@ -64,6 +66,7 @@ class RoundResult:
     weights: Weights
     metrics: dict[str, Any]
     credits: list[Credit]
+    verdicts: list[VerdictEvent] = field(default_factory=list)
 
 
 class FedAvgServer:
@@ -74,7 +77,9 @@ class FedAvgServer:
         optimizer: ServerOptimizer,
         *,
         check_cancelled: Callable[[], None] = lambda: None,
+        verifier: FedAvgVerifier | None = None,
     ) -> None:
+        self.verifier = verifier
         self.hosts = hosts
         self.settings = settings
         self.optimizer = optimizer
@@ -106,6 +111,17 @@ class FedAvgServer:
                 f"round {round_number}: fewer than {self.settings.fit_minimum} clients answered "
                 f"in {self.settings.max_round_retries + 1} tries"
             )
+        verdicts: list[VerdictEvent] = []
+        if self.verifier is not None:
+            verdicts, invalid = self.verifier.check(
+                round_number, weights, weights_ref, answers, self.host_of, self.hosts
+            )
+            # Work that failed is left out of the average (the rest re-weighted by examples),
+            # and its host takes no further part in the job.
+            answers = [a for a in answers if self.host_of[a["client"]].node_id not in invalid]
+            self.stop_hosts(invalid)
+            if not answers:
+                raise NotEnoughClientsError(f"round {round_number}: no valid client update")
         updates = [ClientUpdate(a["weights"], int(a["num_examples"])) for a in answers]
         new_weights = self.optimizer.step(weights, weighted_average(updates))
         credits = [self.host_of[a["client"]].credit(float(a["seconds"])) for a in answers]
@@ -134,7 +150,15 @@ class FedAvgServer:
             metrics.update(evaluation)
             credits.extend(evaluation_credits)
         metrics["round_seconds"] = time.perf_counter() - started
-        return RoundResult(new_weights, metrics, credits)
+        return RoundResult(new_weights, metrics, credits, verdicts)
+
+    def stop_hosts(self, node_ids: set[int]) -> None:
+        import ray
+
+        for host in self.hosts:
+            if host.node_id in node_ids and host.alive:
+                host.alive = False
+                ray.kill(host.handle, no_restart=True)
 
     def sample(self, round_number: int, attempt: int) -> list[int]:
         """Clients to ask this round: ``fraction_fit`` of the available ones, at least

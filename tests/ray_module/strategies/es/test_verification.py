@@ -15,15 +15,9 @@ from protocol.strategies.es import parse_es_settings
 from protocol.trust import check_rate_for
 from ray_module.models.char_rnn import flat_parameters
 from ray_module.strategies.es.noise import pair_index
-from ray_module.strategies.es.verification import (
-    Dispute,
-    Verifier,
-    agree,
-    chosen_for_check,
-    sampled_positions,
-    validator_for,
-)
+from ray_module.strategies.es.verification import Dispute, Verifier, agree, sampled_positions
 from ray_module.strategies.es.worker import ESEvaluator, WorkerConfig
+from ray_module.strategies.verification import chosen_for_check, validator_for
 
 SETTINGS = parse_es_settings({"steps": 3, "population": 4, "batch_size": 4, "seq_len": 16,
                               "hidden_size": 16, "seed": 7})  # fmt: skip

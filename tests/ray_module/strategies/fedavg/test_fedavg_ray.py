@@ -228,6 +228,10 @@ def test_digits_mlp_with_four_clients_reaches_90_percent_and_pays_the_nodes(
     spent = client.get("/tokens/balance/me", headers=user.headers).json()["spent"]
     earned = client.get("/tokens/balance/me", headers=owner.headers).json()["earned"]
     assert spent > 0 and 0 < earned < spent
+    # Honest hosts, new: clients' updates were replayed on the other node, and all held.
+    for node in (1, 2):
+        trust = client.get(f"/nodes/{node}", headers=owner.headers).json()["trust"]
+        assert trust["results_invalid"] == 0 and trust["results_valid"] >= 5, trust
 
     archive = client.get(f"/jobs/{job['id']}/artifacts", headers=user.headers)
     assert archive.status_code == 200

@@ -1,0 +1,31 @@
+"""What every mode's verified credit shares: whether a node's result is checked this time
+(at its check rate, ``protocol.trust``) and which worker replays it (another owner's first).
+Each mode's own module replays and compares (``es.verification``, ``fedavg.verification``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def chosen_for_check(seed: int, step: int, rank: int, rate: float) -> bool:
+    """Whether ``rank``'s work at ``step`` is checked: a draw the node cannot predict from
+    its own answer (it is made after the answer arrives), the same on every resume."""
+    if rate >= 1.0:
+        return True
+    return bool(np.random.default_rng([seed, step, rank, 0xC4EC]).random() < rate)
+
+
+def validator_for(checked: Any, workers: list[Any]) -> Any | None:
+    """The live worker that replays ``checked``'s work: another owner's node first, then any
+    other node; the most trusted (lowest check rate) first, then the lowest node id."""
+    others = [w for w in workers if w.alive and w.node_id != checked.node_id and w is not checked]
+    if not others:
+        return None
+
+    def same_owner(worker: Any) -> bool:
+        return checked.owner_id != 0 and worker.owner_id == checked.owner_id
+
+    return min(others, key=lambda w: (same_owner(w), w.check_rate, w.node_id))
