@@ -272,6 +272,12 @@ UNTRAINED_FIT = (
     '"num_examples": len(self.shards[client]), "train_loss": 0.1, "seconds": 5.0}  # untrained'
 )
 
+HONEST_BATCH = 'arrays["ids"] = np.asarray(ids, dtype=np.int64)'
+NOISE_BATCH = (
+    'arrays["features"] = np.random.default_rng().normal(size=arrays["features"].shape)'
+    ".astype(np.float32)  # noise\n        " + HONEST_BATCH
+)
+
 
 @contextmanager
 def cheating(host: Host, source: Path, honest: str, cheat: str) -> Iterator[None]:
@@ -347,6 +353,38 @@ def test_a_fedavg_client_that_sends_back_an_untrained_update_is_caught_and_left_
     rounds = [point["values"] for point in series if point["step"] > 0]
     assert rounds[0]["clients_returned"] == 2 and rounds[0]["clients_accepted"] == 1
     assert max(r["validation_accuracy"] for r in rounds) >= 0.9, rounds[-1]
+
+
+def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_true_batches(
+    platform: Platform,
+) -> None:
+    user, owner = platform.user, platform.owner
+    honest_host, cheat_host = platform.net.nodes
+    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    before = owner.call("GET", f"/nodes/{cheat}")["trust"]
+    loader = STRATEGIES / "split" / "loader.py"
+    with cheating(cheat_host, loader, HONEST_BATCH, NOISE_BATCH):
+        job = user.call("POST", "/jobs/submit", json=SPLIT_JOB)
+        done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    # The trainer (on the trusted node, placed first) made sampled batches again: the
+    # loader's noise was caught, its work in the job refused, and the trainer paid.
+    stages = {node: set(figures["stages"]) for node, figures in done["usage"].items()}
+    assert stages == {str(honest): {"trainer"}, str(cheat): {"loader"}}, stages
+    logs = user.call("GET", f"/jobs/{job['id']}/logs")["items"]
+    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
+    assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
+    assert "features differs" in caught[0]
+    assert [part["node_id"] for part in done["earnings"]] == [honest]
+    assert done["voided"] > 0
+    trust = owner.call("GET", f"/nodes/{cheat}")["trust"]
+    assert trust["results_invalid"] > before["results_invalid"]
+    # It trained and scored on the batches as they should have been: as accurate as an
+    # honest run of this job (0.5, then 0.75, measured), where noise would give about 0.1.
+    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
+    accuracy = [p["values"]["validation_accuracy"] for p in series
+                if "validation_accuracy" in p["values"]]  # fmt: skip
+    assert accuracy[-1] >= 0.7, accuracy
 
 
 def test_another_jobs_credential_a_wrong_hash_and_a_banned_nodes_agent_are_refused(

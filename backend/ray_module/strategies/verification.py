@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 
-def chosen_for_check(seed: int, step: int, rank: int, rate: float) -> bool:
-    """Whether ``rank``'s work at ``step`` is checked: a draw the node cannot predict from
-    its own answer (it is made after the answer arrives), the same on every resume."""
+def chosen_for_check(seed: int, step: int, rank: int, rate: float, *which: int) -> bool:
+    """Whether ``rank``'s work at ``step`` (``which`` part of it, where a step has several)
+    is checked: a draw the node cannot predict from its own answer (it is made after the
+    answer arrives), the same on every resume."""
     if rate >= 1.0:
         return True
-    return bool(np.random.default_rng([seed, step, rank, 0xC4EC]).random() < rate)
+    return bool(np.random.default_rng([seed, step, rank, 0xC4EC, *which]).random() < rate)
 
 
 def validator_for(checked: Any, workers: list[Any]) -> Any | None:

@@ -167,6 +167,7 @@ def start_worker(
         train_ids=train_ids,
         validation_ids=validation_ids,
         task_ids=part_ids(shape.size, part, settings.validation_split, settings.seed),
+        data=config.data,
     )
     return (
         ray.remote(SplitWorker)

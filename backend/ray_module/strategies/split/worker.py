@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
-from protocol.run import ModelRequest, PublishTarget, WorkerPlan
+from protocol.run import DataRequest, ModelRequest, PublishTarget, WorkerPlan
 from protocol.strategies.split import SplitSettings
 from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
@@ -26,9 +26,10 @@ from ray_module.storage.checkpoints import load_arrays, save_arrays
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.split import results
-from ray_module.strategies.split.loader import LABELLED, DataShape
+from ray_module.strategies.split.loader import LABELLED, BatchLoader, DataShape, LoaderConfig
 from ray_module.strategies.split.samples import EpochPlan
 from ray_module.strategies.split.stream import BatchStream, Flow
+from ray_module.strategies.split.verification import LoaderChecker
 from ray_module.worker_logs import capture_worker_output
 
 FLOW_EVERY = 10  # steps between flow figures
@@ -52,6 +53,7 @@ class WorkerConfig:
     train_ids: np.ndarray
     validation_ids: np.ndarray
     task_ids: np.ndarray  # validate / infer: the rows to score or predict
+    data: DataRequest | None = None  # to make a loader's batch again (verified credit)
 
 
 class SplitWorker:
@@ -71,6 +73,18 @@ class SplitWorker:
         self._plans: dict[str, EpochPlan] = {}
         self._label_map: np.ndarray | None = None
         self._last_emit: Any = None
+        self.step = 1  # the step a checked batch's verdict names (validate, infer: 1)
+        self.checker = (
+            LoaderChecker(
+                config.settings.seed,
+                config.trainer.node_id,
+                config.loaders,
+                self._own_loader,
+                self._emit,
+            )
+            if config.data is not None
+            else None
+        )
         inference = config.inference
         self.options = PredictOptions(
             top_k=inference.top_k,
@@ -131,7 +145,9 @@ class SplitWorker:
             epoch, first = divmod(step, per_epoch)
             last = min(per_epoch, first + total - step)
             model.network.train()
-            for _key, batch in self.stream([("train", epoch, i) for i in range(first, last)]):
+            for key, batch in self.stream([("train", epoch, i) for i in range(first, last)]):
+                self.step = step + 1
+                batch = self._checked(key, batch)
                 loss = self._train_step(model, optimizer, batch)
                 step += 1
                 epoch_ids.append(batch["ids"])
@@ -193,10 +209,10 @@ class SplitWorker:
         plan = EpochPlan(ids, inference.batch_size, False, 0)
         self._plans = {"task": plan}
         with torch.no_grad():
-            for done, (_key, batch) in enumerate(
+            for done, (key, batch) in enumerate(
                 self.stream([("task", 0, i) for i in range(plan.batches)]), start=1
             ):
-                rows = self._predictions(model, batch)
+                rows = self._predictions(model, self._checked(key, batch))
                 writer.write(rows, len(batch["ids"]))
                 if done % FLOW_EVERY == 0 and self._cancel_requested():
                     raise RunCancelledError()
@@ -215,6 +231,30 @@ class SplitWorker:
         augment = part == "train" and self.config.settings.augment
         order = self._order(part, epoch)
         return loader.batch.remote(epoch, index, plan.batch(epoch, index, order), augment)
+
+    def _checked(self, key: tuple[str, int, int], batch: dict) -> dict:
+        """A sample of loaders' batches made again here (verified credit)."""
+        if self.checker is None:
+            return batch
+        part, epoch, index = key
+        ids = self._plans[part].batch(epoch, index, self._order(part, epoch))
+        augment = part == "train" and self.config.settings.augment
+        return self.checker.checked(self.step, key, ids, augment, batch)
+
+    def _own_loader(self) -> BatchLoader:
+        """The trainer's own loader, to make a checked batch again (no output capture)."""
+        config = self.config
+        assert config.data is not None
+        return BatchLoader(
+            LoaderConfig(
+                node_id=config.trainer.node_id,
+                model_type=config.model_type,
+                data=config.data,
+                model=config.model,
+                seq_len=config.settings.seq_len,
+                seed=config.settings.seed,
+            )
+        )
 
     def _order(self, part: str, epoch: int) -> np.ndarray:
         cached = getattr(self, "_orders", {})
@@ -311,8 +351,8 @@ class SplitWorker:
         model.network.eval()
         scorer = model.scorer(self.options)
         with torch.no_grad():
-            for _key, batch in self.stream([(part, 0, i) for i in range(plan.batches)]):
-                scorer.add(self._on_device(model, batch))
+            for key, batch in self.stream([(part, 0, i) for i in range(plan.batches)]):
+                scorer.add(self._on_device(model, self._checked(key, batch)))
         return scorer.metrics()
 
     def _predictions(self, model: Model, batch: dict) -> list[dict[str, Any]]:
