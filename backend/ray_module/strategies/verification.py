@@ -20,9 +20,16 @@ def chosen_for_check(seed: int, step: int, rank: int, rate: float, *which: int) 
 
 
 def validator_for(checked: Any, workers: list[Any]) -> Any | None:
-    """The live worker that replays ``checked``'s work: another owner's node first, then any
-    other node; the most trusted (lowest check rate) first, then the lowest node id."""
-    others = [w for w in workers if w.alive and w.node_id != checked.node_id and w is not checked]
+    """The live, free worker that replays ``checked``'s work: another owner's node first, then
+    any other node; the most trusted (lowest check rate) first, then the lowest node id."""
+    others = [
+        w
+        for w in workers
+        if w.alive
+        and not getattr(w, "late", None)  # still busy with a late answer: it would stall
+        and w.node_id != checked.node_id
+        and w is not checked
+    ]
     if not others:
         return None
 

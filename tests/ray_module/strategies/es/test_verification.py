@@ -5,7 +5,7 @@ each node's rate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -51,6 +51,7 @@ class Member:  # what the verifier reads of a worker
     owner_id: int
     valid_streak: int = 0
     alive: bool = True
+    late: list = field(default_factory=list)
 
     @property
     def check_rate(self) -> float:
@@ -111,5 +112,7 @@ def test_checks_are_drawn_at_each_nodes_rate_and_validators_come_from_other_owne
     other_new, other_trusted = Member(3, 2, owner_id=20), Member(4, 3, owner_id=30, valid_streak=50)
     assert validator_for(mine, [mine, same_owner, other_new, other_trusted]) is other_trusted
     assert validator_for(mine, [mine, same_owner]) is same_owner  # no other owner: another node
+    other_trusted.late = ["an answer that missed its deadline"]  # busy: it would stall
+    assert validator_for(mine, [mine, same_owner, other_new, other_trusted]) is other_new
     other_trusted.alive = other_new.alive = same_owner.alive = False
     assert validator_for(mine, [mine, same_owner, other_new, other_trusted]) is None
