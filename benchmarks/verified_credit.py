@@ -81,6 +81,55 @@ def run(args: argparse.Namespace, streak: int | None) -> dict[str, Any]:
     }
 
 
+def run_fedavg(args: argparse.Namespace, streak: int | None) -> dict[str, Any]:
+    """FedAvg, digits MLP: 4 clients on two hosts (two owners' nodes); what share of the
+    clients' local trainings were done again to check them."""
+    import ray
+
+    from protocol.run import DataRequest, ModelRequest
+    from protocol.strategies.fedavg import parse_fedavg_settings
+    from ray_module.resources import node_resource
+    from ray_module.strategies.fedavg.aggregate import server_optimizer
+    from ray_module.strategies.fedavg.client import ClientHost, HostConfig
+    from ray_module.strategies.fedavg.server import FedAvgServer, Host
+    from ray_module.strategies.fedavg.verification import FedAvgVerifier
+
+    settings = parse_fedavg_settings({"clients": 4, "rounds": args.rounds})
+    model, data = ModelRequest("classifier", "mlp"), DataRequest("builtin", "digits")
+    actor = ray.remote(ClientHost)
+    hosts = []
+    for node, clients in ((1, (0, 2)), (2, (1, 3))):
+        config = HostConfig(0, node, 0, 1.0, 0.5, clients, model, data, settings)
+        handle = actor.options(num_cpus=1, resources={node_resource(node): 0.001}).remote(config)
+        hosts.append(
+            Host(handle, node, 0, 1.0, 0.5, owner_id=node, valid_streak=streak or 0,
+                 clients=clients)
+        )  # fmt: skip
+    ray.get([h.handle.ready.remote() for h in hosts])
+    verifier = None
+    if streak is not None:
+        verifier = FedAvgVerifier(settings.seed, lambda: None)  # honest: never disputed
+    server = FedAvgServer(hosts, settings, server_optimizer("fedavg", 1.0, 0.0), verifier=verifier)
+    weights = ray.get(hosts[0].handle.initial_weights.remote())
+    trainings = replayed = 0
+    round_s = []
+    for round_number in range(1, args.rounds + 1):
+        result = server.run_round(round_number, weights)
+        weights = result.weights
+        trainings += result.metrics["clients_accepted"]
+        replayed += len(result.verdicts)
+        round_s.append(result.metrics["round_seconds"])
+        assert all(v.valid for v in result.verdicts), result.verdicts
+    for host in hosts:
+        ray.kill(host.handle)
+    return {
+        "trainings": trainings,
+        "replayed": replayed,
+        "median_round_s": statistics.median(round_s[1:]),
+        "accuracy": result.metrics.get("validation_accuracy"),
+    }
+
+
 def referee_for(model: Any, data: Any, settings: Any) -> Any:
     from ray_module.strategies.es.worker import ESEvaluator, WorkerConfig
 
@@ -91,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--population", type=int, default=64, help="antithetic pairs per step")
+    parser.add_argument("--rounds", type=int, default=20, help="FedAvg rounds")
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args()
 
@@ -124,6 +174,25 @@ def main() -> None:
             f"{name} | {share:.1%} | {result['checked_steps']}/{args.steps} | "
             f"{result['median_step_s']:.3f} | {result['median_step_s'] / baseline:.2f}x | "
             f"{result['rates']}"
+        )
+    fed_first = run_fedavg(args, None)
+    fed = {name: run_fedavg(args, streak) for name, streak in (("new", 0), ("trusted", 1000))}
+    fed_last = run_fedavg(args, None)
+    fed_baseline = (fed_first["median_round_s"] + fed_last["median_round_s"]) / 2
+    print(
+        f"\nFedAvg, digits MLP, 4 clients on two hosts, {args.rounds} rounds\n"
+        "nodes | client trainings replayed / done | median round s | vs none | accuracy"
+    )
+    print(
+        f"no validation (first, last) | 0 | {fed_first['median_round_s']:.3f}, "
+        f"{fed_last['median_round_s']:.3f} | 1.00x | {fed_last['accuracy']:.3f}"
+    )
+    for name, result in fed.items():
+        print(
+            f"{name} | {result['replayed']}/{result['trainings']} "
+            f"({result['replayed'] / result['trainings']:.1%}) | "
+            f"{result['median_round_s']:.3f} | {result['median_round_s'] / fed_baseline:.2f}x | "
+            f"{result['accuracy']:.3f}"
         )
     disconnect()
 

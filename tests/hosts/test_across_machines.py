@@ -71,6 +71,140 @@ def model_files(platform: Platform, job_id: int) -> set[str]:
         return {Path(name).name for name in archive.getnames()}
 
 
+# -- cheaters: first in the module, while both nodes are new (checked at every step); the
+# loader cheater's repeated invalid batches suspend its node, which an admin approves again.
+
+STRATEGIES = BACKEND / "ray_module" / "strategies"
+HONEST_PAIRS = "losses.append(self.evaluator.pair_losses(theta, ids, index))"
+MADE_UP_PAIRS = "losses.append((center * 0.97, center * 1.03))  # made up: no work done"
+HONEST_FIT = "return self.train_client(self.shards[client], client, round_number, weights)"
+UNTRAINED_FIT = (
+    'return {"client": client, "node_id": self.config.node_id, "weights": weights, '
+    '"num_examples": len(self.shards[client]), "train_loss": 0.1, "seconds": 5.0}  # untrained'
+)
+
+HONEST_BATCH = 'arrays["ids"] = np.asarray(ids, dtype=np.int64)'
+NOISE_BATCH = (
+    'arrays["features"] = np.random.default_rng().normal(size=arrays["features"].shape)'
+    ".astype(np.float32)  # noise\n        " + HONEST_BATCH
+)
+
+
+@contextmanager
+def cheating(host: Host, source: Path, honest: str, cheat: str) -> Iterator[None]:
+    """The host's owner edits the code on their machine (``honest`` becomes ``cheat`` in
+    ``source``): a copy, bound over the original in the host's own mount namespace only."""
+    text = source.read_text()
+    assert honest in text
+    copy = Path("/tmp/cheat") / source.name
+    host.path(copy).parent.mkdir(parents=True, exist_ok=True)
+    host.path(copy).write_text(text.replace(honest, cheat))
+    host.run(["mount", "--bind", str(copy), str(source)], timeout_s=10, check=True)
+    try:
+        yield
+    finally:
+        host.run(["umount", str(source)], timeout_s=10, check=True)
+
+
+def assert_caught_and_unpaid(platform: Platform, done: dict, honest: int, cheat: int,
+                             before: dict) -> None:  # fmt: skip
+    """The cheater was caught (logged), earned nothing and lost reliability; the honest
+    node was validated and paid."""
+    user, owner = platform.user, platform.owner
+    assert done["status"] == "succeeded", done["status_reason"]
+    logs = user.call("GET", f"/jobs/{done['id']}/logs")["items"]
+    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
+    assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
+    assert [part["node_id"] for part in done["earnings"]] == [honest]
+    trust = {n: owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    assert trust[cheat]["results_invalid"] == before[cheat]["results_invalid"] + 1
+    assert trust[honest]["results_valid"] > before[honest]["results_valid"]
+    assert trust[honest]["results_invalid"] == before[honest]["results_invalid"]
+    assert trust[cheat]["reliability"] < trust[honest]["reliability"]
+
+
+def test_a_node_whose_es_worker_makes_up_losses_is_caught_earns_nothing_and_the_job_learns(
+    platform: Platform,
+) -> None:
+    user = platform.user
+    honest_host, cheat_host = platform.net.nodes
+    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    before = {n: platform.owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    body = {**ES_JOB, "training_config": {"steps": 30, "population": 16, "num_workers": 2,
+                                          "checkpoint_interval": 10},
+            "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 1}}  # fmt: skip
+    with cheating(cheat_host, STRATEGIES / "es" / "worker.py", HONEST_PAIRS, MADE_UP_PAIRS):
+        job = user.call("POST", "/jobs/submit", json=body)
+        done = wait_until_finished(user, job["id"])
+    # Caught at its first checked step (a new node is checked at every one): its answers
+    # were left out and its worker stopped; it is paid nothing, the honest node is.
+    assert_caught_and_unpaid(platform, done, honest, cheat, before)
+    assert str(cheat) not in done["usage"]
+    # The job learned as an honest run does: its loss fell, on the honest node's work.
+    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
+    losses = [point["values"]["loss"] for point in series if "loss" in point["values"]]
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_a_fedavg_client_that_sends_back_an_untrained_update_is_caught_and_left_out(
+    platform: Platform,
+) -> None:
+    user = platform.user
+    honest_host, cheat_host = platform.net.nodes
+    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    before = {n: platform.owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    with cheating(cheat_host, STRATEGIES / "fedavg" / "client.py", HONEST_FIT, UNTRAINED_FIT):
+        body = {**FEDAVG_JOB, "training_config": {**FEDAVG_JOB["training_config"], "rounds": 10}}
+        job = user.call("POST", "/jobs/submit", json=body)
+        done = wait_until_finished(user, job["id"])
+    assert_caught_and_unpaid(platform, done, honest, cheat, before)
+    # Its update was left out of round 1's average; the honest client's rounds reach the
+    # accuracy an honest run of the digits MLP does (90%: tests/.../test_fedavg_ray.py).
+    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
+    rounds = [point["values"] for point in series if point["step"] > 0]
+    assert rounds[0]["clients_returned"] == 2 and rounds[0]["clients_accepted"] == 1
+    assert max(r["validation_accuracy"] for r in rounds) >= 0.9, rounds[-1]
+
+
+def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_true_batches(
+    platform: Platform,
+) -> None:
+    user, owner = platform.user, platform.owner
+    honest_host, cheat_host = platform.net.nodes
+    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    before = owner.call("GET", f"/nodes/{cheat}")["trust"]
+    loader = STRATEGIES / "split" / "loader.py"
+    with cheating(cheat_host, loader, HONEST_BATCH, NOISE_BATCH):
+        job = user.call("POST", "/jobs/submit", json=SPLIT_JOB)
+        done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    # The trainer (on the trusted node, placed first) made sampled batches again: the
+    # loader's noise was caught, its work in the job refused, and the trainer paid.
+    stages = {node: set(figures["stages"]) for node, figures in done["usage"].items()}
+    assert stages == {str(honest): {"trainer"}, str(cheat): {"loader"}}, stages
+    logs = user.call("GET", f"/jobs/{job['id']}/logs")["items"]
+    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
+    assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
+    assert "features differs" in caught[0]
+    assert [part["node_id"] for part in done["earnings"]] == [honest]
+    assert done["voided"] > 0
+    trust = owner.call("GET", f"/nodes/{cheat}")["trust"]
+    assert trust["results_invalid"] >= before["results_invalid"] + 3
+    # Invalid again and again: suspended, sent back to an admin with the reason.
+    node = owner.call("GET", f"/nodes/{cheat}")
+    assert node["approval"] == "pending", node
+    assert "invalid results in a row" in trust["suspended_reason"]
+    platform.admin.call("POST", f"/nodes/{cheat}/approve")  # on probation again
+    assert owner.call("GET", f"/nodes/{cheat}")["trust"]["on_probation"]
+    wait_for(lambda: platform.node_status(cheat_host) == "online", what="the node back online")
+    # It trained and scored on the batches as they should have been: as accurate as an
+    # honest run of this job (0.5, then 0.75, measured), where noise would give about 0.1.
+    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
+    accuracy = [p["values"]["validation_accuracy"] for p in series
+                if "validation_accuracy" in p["values"]]  # fmt: skip
+    assert accuracy[-1] >= 0.7, accuracy
+
+
 def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
     platform: Platform,
 ) -> None:
@@ -261,130 +395,6 @@ def test_an_agent_killed_and_started_again_gives_up_its_lost_attempt_which_resum
     saved = assert_each_step_paid_once(platform.http, user.headers, done)
     assert saved >= 20
     wait_for(lambda: platform.node_status(host) == "online", what="the node back online")
-
-
-STRATEGIES = BACKEND / "ray_module" / "strategies"
-HONEST_PAIRS = "losses.append(self.evaluator.pair_losses(theta, ids, index))"
-MADE_UP_PAIRS = "losses.append((center * 0.97, center * 1.03))  # made up: no work done"
-HONEST_FIT = "return self.train_client(self.shards[client], client, round_number, weights)"
-UNTRAINED_FIT = (
-    'return {"client": client, "node_id": self.config.node_id, "weights": weights, '
-    '"num_examples": len(self.shards[client]), "train_loss": 0.1, "seconds": 5.0}  # untrained'
-)
-
-HONEST_BATCH = 'arrays["ids"] = np.asarray(ids, dtype=np.int64)'
-NOISE_BATCH = (
-    'arrays["features"] = np.random.default_rng().normal(size=arrays["features"].shape)'
-    ".astype(np.float32)  # noise\n        " + HONEST_BATCH
-)
-
-
-@contextmanager
-def cheating(host: Host, source: Path, honest: str, cheat: str) -> Iterator[None]:
-    """The host's owner edits the code on their machine (``honest`` becomes ``cheat`` in
-    ``source``): a copy, bound over the original in the host's own mount namespace only."""
-    text = source.read_text()
-    assert honest in text
-    copy = Path("/tmp/cheat") / source.name
-    host.path(copy).parent.mkdir(parents=True, exist_ok=True)
-    host.path(copy).write_text(text.replace(honest, cheat))
-    host.run(["mount", "--bind", str(copy), str(source)], timeout_s=10, check=True)
-    try:
-        yield
-    finally:
-        host.run(["umount", str(source)], timeout_s=10, check=True)
-
-
-def assert_caught_and_unpaid(platform: Platform, done: dict, honest: int, cheat: int,
-                             before: dict) -> None:  # fmt: skip
-    """The cheater was caught (logged), earned nothing and lost reliability; the honest
-    node was validated and paid."""
-    user, owner = platform.user, platform.owner
-    assert done["status"] == "succeeded", done["status_reason"]
-    logs = user.call("GET", f"/jobs/{done['id']}/logs")["items"]
-    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
-    assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
-    assert [part["node_id"] for part in done["earnings"]] == [honest]
-    trust = {n: owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
-    assert trust[cheat]["results_invalid"] == before[cheat]["results_invalid"] + 1
-    assert trust[honest]["results_valid"] > before[honest]["results_valid"]
-    assert trust[honest]["results_invalid"] == before[honest]["results_invalid"]
-    assert trust[cheat]["reliability"] < trust[honest]["reliability"]
-
-
-def test_a_node_whose_es_worker_makes_up_losses_is_caught_earns_nothing_and_the_job_learns(
-    platform: Platform,
-) -> None:
-    user = platform.user
-    honest_host, cheat_host = platform.net.nodes
-    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
-    before = {n: platform.owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
-    body = {**ES_JOB, "training_config": {"steps": 30, "population": 16, "num_workers": 2,
-                                          "checkpoint_interval": 10},
-            "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 1}}  # fmt: skip
-    with cheating(cheat_host, STRATEGIES / "es" / "worker.py", HONEST_PAIRS, MADE_UP_PAIRS):
-        job = user.call("POST", "/jobs/submit", json=body)
-        done = wait_until_finished(user, job["id"])
-    # Caught at its first checked step (a new node is checked at every one): its answers
-    # were left out and its worker stopped; it is paid nothing, the honest node is.
-    assert_caught_and_unpaid(platform, done, honest, cheat, before)
-    assert str(cheat) not in done["usage"]
-    # The job learned as an honest run does: its loss fell, on the honest node's work.
-    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
-    losses = [point["values"]["loss"] for point in series if "loss" in point["values"]]
-    assert losses[-1] < losses[0] - 0.3, losses
-
-
-def test_a_fedavg_client_that_sends_back_an_untrained_update_is_caught_and_left_out(
-    platform: Platform,
-) -> None:
-    user = platform.user
-    honest_host, cheat_host = platform.net.nodes
-    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
-    before = {n: platform.owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
-    with cheating(cheat_host, STRATEGIES / "fedavg" / "client.py", HONEST_FIT, UNTRAINED_FIT):
-        body = {**FEDAVG_JOB, "training_config": {**FEDAVG_JOB["training_config"], "rounds": 10}}
-        job = user.call("POST", "/jobs/submit", json=body)
-        done = wait_until_finished(user, job["id"])
-    assert_caught_and_unpaid(platform, done, honest, cheat, before)
-    # Its update was left out of round 1's average; the honest client's rounds reach the
-    # accuracy an honest run of the digits MLP does (90%: tests/.../test_fedavg_ray.py).
-    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
-    rounds = [point["values"] for point in series if point["step"] > 0]
-    assert rounds[0]["clients_returned"] == 2 and rounds[0]["clients_accepted"] == 1
-    assert max(r["validation_accuracy"] for r in rounds) >= 0.9, rounds[-1]
-
-
-def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_true_batches(
-    platform: Platform,
-) -> None:
-    user, owner = platform.user, platform.owner
-    honest_host, cheat_host = platform.net.nodes
-    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
-    before = owner.call("GET", f"/nodes/{cheat}")["trust"]
-    loader = STRATEGIES / "split" / "loader.py"
-    with cheating(cheat_host, loader, HONEST_BATCH, NOISE_BATCH):
-        job = user.call("POST", "/jobs/submit", json=SPLIT_JOB)
-        done = wait_until_finished(user, job["id"])
-    assert done["status"] == "succeeded", done["status_reason"]
-    # The trainer (on the trusted node, placed first) made sampled batches again: the
-    # loader's noise was caught, its work in the job refused, and the trainer paid.
-    stages = {node: set(figures["stages"]) for node, figures in done["usage"].items()}
-    assert stages == {str(honest): {"trainer"}, str(cheat): {"loader"}}, stages
-    logs = user.call("GET", f"/jobs/{job['id']}/logs")["items"]
-    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
-    assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
-    assert "features differs" in caught[0]
-    assert [part["node_id"] for part in done["earnings"]] == [honest]
-    assert done["voided"] > 0
-    trust = owner.call("GET", f"/nodes/{cheat}")["trust"]
-    assert trust["results_invalid"] > before["results_invalid"]
-    # It trained and scored on the batches as they should have been: as accurate as an
-    # honest run of this job (0.5, then 0.75, measured), where noise would give about 0.1.
-    series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
-    accuracy = [p["values"]["validation_accuracy"] for p in series
-                if "validation_accuracy" in p["values"]]  # fmt: skip
-    assert accuracy[-1] >= 0.7, accuracy
 
 
 def test_another_jobs_credential_a_wrong_hash_and_a_banned_nodes_agent_are_refused(
