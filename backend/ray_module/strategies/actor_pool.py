@@ -76,6 +76,19 @@ class PoolMember:
     def check_rate(self) -> float:
         return check_rate_for(self.valid_streak)
 
+    def count_result(self, valid: bool) -> None:
+        """A checked result, counted as the gateway counts it: checked less often as its
+        results hold, at every step again after one that did not."""
+        self.valid_streak = self.valid_streak + 1 if valid else 0
+
+    def stop(self) -> None:
+        """Its work was found invalid: it takes no further part (nor pay) in the job."""
+        import ray
+
+        if self.alive:
+            self.alive = False
+            ray.kill(self.handle, no_restart=True)
+
     def is_available(self) -> bool:
         import ray
 

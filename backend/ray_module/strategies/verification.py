@@ -5,6 +5,7 @@ Each mode's own module replays and compares (``es.verification``, ``fedavg.verif
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,3 +38,17 @@ def validator_for(checked: Any, workers: list[Any]) -> Any | None:
         return checked.owner_id != 0 and worker.owner_id == checked.owner_id
 
     return min(others, key=lambda w: (same_owner(w), w.check_rate, w.node_id))
+
+
+class Referee:
+    """What the runner (or the trainer) does the disputed work with, built the first time it
+    is needed: most jobs never build it."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._built: Any | None = None
+
+    def get(self) -> Any:
+        if self._built is None:
+            self._built = self._build()
+        return self._built

@@ -141,7 +141,9 @@ class ESServer:
                 step, theta, theta_ref, batch_id, answers, self.workers
             )
             answers = [a for a in answers if a["rank"] not in invalid]
-            self.stop_workers(invalid)
+            for worker in self.workers:
+                if worker.rank in invalid:
+                    worker.stop()
         evaluated = time.perf_counter()
         if not answers:
             raise NoLiveWorkersError(f"no ES worker answered step {step}")
@@ -173,15 +175,6 @@ class ESServer:
         by_rank = {w.rank: w for w in self.workers}
         credits = [by_rank[a["rank"]].credit(float(a["seconds"])) for a in answers]
         return StepResult(new_theta, metrics, credits, verdicts)
-
-    def stop_workers(self, ranks: set[int]) -> None:
-        """Workers whose work was found invalid take no further part (nor pay) in the job."""
-        import ray
-
-        for worker in self.workers:
-            if worker.rank in ranks and worker.alive:
-                worker.alive = False
-                ray.kill(worker.handle, no_restart=True)
 
     def validate(self, theta: np.ndarray) -> tuple[Credit, dict[str, Any]] | None:
 

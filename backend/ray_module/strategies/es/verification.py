@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from protocol.events import VerdictEvent
-from ray_module.strategies.verification import chosen_for_check, validator_for
+from ray_module.strategies.verification import Referee, chosen_for_check, validator_for
 
 REPLAYED_PAIRS = 2
 # Same code, weights and batch: an honest replay differs only by float32 rounding across
@@ -62,13 +62,7 @@ class Verifier:
 
     def __init__(self, seed: int, referee: Callable[[], Any]) -> None:
         self.seed = seed
-        self._make_referee = referee
-        self._referee: Any | None = None
-
-    def referee(self) -> Any:
-        if self._referee is None:
-            self._referee = self._make_referee()
-        return self._referee
+        self.referee = Referee(referee)
 
     def check(
         self,
@@ -121,17 +115,15 @@ class Verifier:
         pairs = len(dispute.indices)
 
         def verdict(node: Any, by_node: int, valid: bool, detail: str = "") -> VerdictEvent:
-            if valid:  # as the gateway counts it: checked less often as its results hold
-                node.valid_streak += 1
-            else:
+            node.count_result(valid)
+            if not valid:
                 invalid.add(node.rank)
-                node.valid_streak = 0
             return VerdictEvent(node.node_id, step, valid, 2 * pairs, by_node, detail)
 
         if agree(dispute.claimed, replayed):
             return [verdict(checked, validator.node_id, True)]
         # They differ: the runner's own replay decides (validator_node_id 0 names the runner).
-        truth = self.referee().replay(theta, batch_id, dispute.indices)
+        truth = self.referee.get().replay(theta, batch_id, dispute.indices)
         if agree(replayed, truth):  # the validator was right: the checked node's losses are not
             detail = describe_difference(dispute.claimed, truth)
             return [verdict(checked, validator.node_id, False, f"its losses differ: {detail}")]

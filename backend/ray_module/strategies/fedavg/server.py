@@ -119,7 +119,9 @@ class FedAvgServer:
             # Work that failed is left out of the average (the rest re-weighted by examples),
             # and its host takes no further part in the job.
             answers = [a for a in answers if self.host_of[a["client"]].node_id not in invalid]
-            self.stop_hosts(invalid)
+            for host in self.hosts:
+                if host.node_id in invalid:
+                    host.stop()
             if not answers:
                 raise NotEnoughClientsError(f"round {round_number}: no valid client update")
         updates = [ClientUpdate(a["weights"], int(a["num_examples"])) for a in answers]
@@ -151,14 +153,6 @@ class FedAvgServer:
             credits.extend(evaluation_credits)
         metrics["round_seconds"] = time.perf_counter() - started
         return RoundResult(new_weights, metrics, credits, verdicts)
-
-    def stop_hosts(self, node_ids: set[int]) -> None:
-        import ray
-
-        for host in self.hosts:
-            if host.node_id in node_ids and host.alive:
-                host.alive = False
-                ray.kill(host.handle, no_restart=True)
 
     def sample(self, round_number: int, attempt: int) -> list[int]:
         """Clients to ask this round: ``fraction_fit`` of the available ones, at least

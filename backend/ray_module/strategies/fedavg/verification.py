@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from protocol.events import VerdictEvent
-from ray_module.strategies.verification import chosen_for_check, validator_for
+from ray_module.strategies.verification import Referee, chosen_for_check, validator_for
 
 UPDATE_BAND = 1e-3
 REPLAY_TIMEOUT_S = 600.0
@@ -54,13 +54,7 @@ class FedAvgVerifier:
 
     def __init__(self, seed: int, referee: Callable[[], Any]) -> None:
         self.seed = seed
-        self._make_referee = referee
-        self._referee: Any | None = None
-
-    def referee(self) -> Any:
-        if self._referee is None:
-            self._referee = self._make_referee()
-        return self._referee
+        self.referee = Referee(referee)
 
     def check(
         self,
@@ -113,17 +107,15 @@ class FedAvgVerifier:
         client = answer["client"]
 
         def verdict(node: Any, by_node: int, valid: bool, detail: str = "") -> VerdictEvent:
-            if valid:
-                node.valid_streak += 1
-            else:
+            node.count_result(valid)
+            if not valid:
                 invalid.add(node.node_id)
-                node.valid_streak = 0
             return VerdictEvent(node.node_id, round_number, valid, 1, by_node, detail)
 
         gap = update_gap(weights, answer["weights"], replayed)
         if gap <= UPDATE_BAND:
             return [verdict(host, validator.node_id, True)]
-        truth = self.referee().replay_fit(client, round_number, weights)["weights"]
+        truth = self.referee.get().replay_fit(client, round_number, weights)["weights"]
         claimed_gap = update_gap(weights, answer["weights"], truth)
         if update_gap(weights, replayed, truth) <= UPDATE_BAND:
             detail = f"client {client}'s update is {claimed_gap:.3g} away from a replay's"

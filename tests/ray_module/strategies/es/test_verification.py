@@ -5,8 +5,6 @@ each node's rate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ from protocol.strategies.es import parse_es_settings
 from protocol.trust import check_rate_for
 from ray_module.models.char_rnn import flat_parameters
 from ray_module.strategies.es.noise import pair_index
+from ray_module.strategies.es.server import Worker
 from ray_module.strategies.es.verification import Dispute, Verifier, agree, sampled_positions
 from ray_module.strategies.es.worker import ESEvaluator, WorkerConfig
 from ray_module.strategies.verification import chosen_for_check, validator_for
@@ -44,18 +43,9 @@ def nodes() -> tuple[ESEvaluator, ESEvaluator, ESEvaluator]:
     return evaluator(1), evaluator(2), evaluator(3)
 
 
-@dataclass(eq=False)
-class Member:  # what the verifier reads of a worker
-    node_id: int
-    rank: int
-    owner_id: int
-    valid_streak: int = 0
-    alive: bool = True
-    late: list = field(default_factory=list)
-
-    @property
-    def check_rate(self) -> float:
-        return check_rate_for(self.valid_streak)
+def Member(node_id: int, rank: int, **trust: int) -> Worker:
+    """A worker as the verifier sees it (no actor behind it: nothing is asked of it)."""
+    return Worker(None, node_id, 0, 1.0, 1.0, rank=rank, **trust)
 
 
 def test_two_nodes_replaying_the_same_pairs_agree_and_made_up_losses_do_not(nodes) -> None:

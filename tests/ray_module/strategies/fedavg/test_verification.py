@@ -5,15 +5,13 @@ settles a dispute either way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
 from protocol.run import DataRequest, ModelRequest
 from protocol.strategies.fedavg import parse_fedavg_settings
-from protocol.trust import check_rate_for
 from ray_module.strategies.fedavg.client import ClientHost, HostConfig
+from ray_module.strategies.fedavg.server import Host
 from ray_module.strategies.fedavg.verification import UPDATE_BAND, FedAvgVerifier, update_gap
 
 CASES = {
@@ -35,16 +33,9 @@ def host(case: str, node_id: int, clients: tuple[int, ...], threads: int) -> Cli
     return built
 
 
-@dataclass(eq=False)
-class Member:  # what the verifier reads of a host
-    node_id: int
-    owner_id: int
-    valid_streak: int = 0
-    alive: bool = True
-
-    @property
-    def check_rate(self) -> float:
-        return check_rate_for(self.valid_streak)
+def Member(node_id: int, **trust: int) -> Host:
+    """A client host as the verifier sees it (no actor behind it)."""
+    return Host(None, node_id, 0, 1.0, 1.0, **trust)
 
 
 @pytest.mark.parametrize("case", ["mlp", "tiny-t5"])
