@@ -54,6 +54,7 @@ def two_machine_cluster(dashboard_port: int, **init: Any) -> tuple[Any, dict[int
             # A port of its own: when another Ray on the machine (a launcher's) holds Ray's
             # default 8265, the head starts without a dashboard and Ray's state API fails.
             "dashboard_port": dashboard_port,
+            "include_log_monitor": False,  # as a DistLM head's (ray_module.head)
         },
     )
     nodes = {machine: add_ray_node(cluster, machine) for machine in SESSION_MACHINES}

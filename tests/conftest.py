@@ -29,6 +29,11 @@ from tests.agent_pool import AgentPool, two_machine_cluster
 from tests.live_gateway import LiveGateway
 from tests.polling import wait_for
 
+# The suite plays several machines on the host's few cores: one compute thread per worker
+# (ray_module.threads caps a worker's torch threads by it), or every worker's threads fight
+# over the same cores. The tiny GPT-2 learning run took twice as long without it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 BACKEND = Path(__file__).resolve().parent.parent / "backend"
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct-horse-battery"

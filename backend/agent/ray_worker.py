@@ -95,6 +95,7 @@ class RayWorker:
             f"--memory={int(join.memory_gb * GIB)}",
             f"--resources={json.dumps(resources, separators=(',', ':'))}",
             "--block",
+            "--include-log-monitor=false",  # as the head's (ray_module.head)
             "--disable-usage-stats",
             "--log-style=record",
         ]

@@ -117,6 +117,9 @@ def start_head(
         f"--num-gpus={config.num_gpus}",
         f"--object-store-memory={config.object_store_mb * 1024 * 1024}",
         "--include-dashboard=false",
+        # Ray's log monitor copies every worker's log to drivers that never print them
+        # (log_to_driver=False): our workers send their output to the runner themselves.
+        "--include-log-monitor=false",
         "--disable-usage-stats",
         "--log-style=record",
     ]

@@ -24,6 +24,7 @@ from ray_module.errors import RunCancelledError
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint
+from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
 
 # How long a rank waits in a collective for the others. A lost rank is seen by the runner,
@@ -60,6 +61,7 @@ class DataParallelRank:
         capture_worker_output(
             config.run.job_id, f"rank {config.rank} on node {config.plan.node_id}"
         )
+        use_cores(config.plan.cpu_cores)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address: where every rank meets to form the process group."""

@@ -31,6 +31,7 @@ from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.es.noise import NoiseTable, pair_index
+from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
 
 DEFAULT_VALIDATION_SPLIT = 0.1
@@ -57,11 +58,10 @@ class ESEvaluator:
     disputed result with (``strategies.es.verification``)."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        import torch
 
         self.config = config
         self.settings = settings = config.settings
-        torch.set_num_threads(max(1, int(config.cpu_cores)))
+        use_cores(config.cpu_cores)
         from ray_module.models.registry import load_model
 
         texts = load_texts(config.data)

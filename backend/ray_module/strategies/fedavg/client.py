@@ -36,6 +36,7 @@ from ray_module.strategies.fedavg.tasks import (
     TorchTask,
     pick_device,
 )
+from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
 
 DEFAULT_VALIDATION_SPLIT = 0.1
@@ -180,11 +181,9 @@ class ClientHost(DeferredStart):
         self.start_or_remember(self._load)
 
     def _load(self) -> None:
-        import torch
 
         config = self.config
-        # Fractional CPU shares still get one thread; more cores, more threads.
-        torch.set_num_threads(max(1, int(config.cpu_cores)))
+        use_cores(config.cpu_cores)
         if self.settings.partition == "node_local":
             # Each client's own file on this machine; the model waits for the federation's
             # classes (build), which only the server can know.

@@ -30,6 +30,7 @@ from ray_module.strategies.split.loader import LABELLED, BatchLoader, DataShape,
 from ray_module.strategies.split.samples import EpochPlan
 from ray_module.strategies.split.stream import BatchStream, Flow
 from ray_module.strategies.split.verification import LoaderChecker
+from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
 
 FLOW_EVERY = 10  # steps between flow figures
@@ -64,7 +65,7 @@ class SplitWorker:
         capture_worker_output(config.job_id, f"trainer on node {config.trainer.node_id}")
         self.config = config
         self.runner = ray.get_actor(config.runner, namespace=NAMESPACE)
-        torch.set_num_threads(max(1, int(config.trainer.cpu_cores)))
+        use_cores(config.trainer.cpu_cores)
         use_cuda = config.trainer.gpu > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.job_dir = Path(config.job_dir)
