@@ -126,11 +126,19 @@ def environment(tmp: Path, database_url: str) -> dict[str, str]:
 
 
 def heads_started_since(started: float) -> list[psutil.Process]:
+    """`ray start --head` processes started since ``started`` by this test process: under
+    pytest-xdist another test process may be running a launcher of its own beside this one
+    (its heads inherit another PYTEST_XDIST_WORKER)."""
+    ours = os.environ.get("PYTEST_XDIST_WORKER")
     heads = []
     for process in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = process.info["cmdline"] or []
         if "start" in cmdline and "--head" in cmdline and process.info["create_time"] >= started:
-            heads.append(process)
+            try:
+                if process.environ().get("PYTEST_XDIST_WORKER") == ours:
+                    heads.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
     return heads
 
 
