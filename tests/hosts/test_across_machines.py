@@ -106,6 +106,12 @@ def cheating(host: Host, source: Path, honest: str, cheat: str) -> Iterator[None
         host.run(["umount", str(source)], timeout_s=10, check=True)
 
 
+def honest_and_cheat(platform: Platform) -> tuple[int, Host, int]:
+    """The honest node's id, and the host a cheater test tampers with and its node's id."""
+    honest_host, cheat_host = platform.net.nodes
+    return platform.node_id(honest_host), cheat_host, platform.node_id(cheat_host)
+
+
 def assert_caught_and_unpaid(platform: Platform, done: dict, honest: int, cheat: int,
                              before: dict) -> None:  # fmt: skip
     """The cheater was caught (logged), earned nothing and lost reliability; the honest
@@ -127,8 +133,7 @@ def test_a_node_whose_es_worker_makes_up_losses_is_caught_earns_nothing_and_the_
     platform: Platform,
 ) -> None:
     user = platform.user
-    honest_host, cheat_host = platform.net.nodes
-    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    honest, cheat_host, cheat = honest_and_cheat(platform)
     before = {n: platform.owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
     body = {**ES_JOB, "training_config": {"steps": 30, "population": 16, "num_workers": 2,
                                           "checkpoint_interval": 10},
@@ -150,8 +155,7 @@ def test_a_fedavg_client_that_sends_back_an_untrained_update_is_caught_and_left_
     platform: Platform,
 ) -> None:
     user = platform.user
-    honest_host, cheat_host = platform.net.nodes
-    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    honest, cheat_host, cheat = honest_and_cheat(platform)
     before = {n: platform.owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
     with cheating(cheat_host, STRATEGIES / "fedavg" / "client.py", HONEST_FIT, UNTRAINED_FIT):
         body = {**FEDAVG_JOB, "training_config": {**FEDAVG_JOB["training_config"], "rounds": 10}}
@@ -170,8 +174,7 @@ def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_tru
     platform: Platform,
 ) -> None:
     user, owner = platform.user, platform.owner
-    honest_host, cheat_host = platform.net.nodes
-    honest, cheat = platform.node_id(honest_host), platform.node_id(cheat_host)
+    honest, cheat_host, cheat = honest_and_cheat(platform)
     before = owner.call("GET", f"/nodes/{cheat}")["trust"]
     loader = STRATEGIES / "split" / "loader.py"
     with cheating(cheat_host, loader, HONEST_BATCH, NOISE_BATCH):
