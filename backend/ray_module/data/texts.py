@@ -25,7 +25,7 @@ import torch
 
 from protocol.catalogue import BUILTIN_DATASETS
 from protocol.run import DataRequest
-from ray_module.data import hub_datasets
+from ray_module.data import corpus_cache, hub_datasets
 from ray_module.errors import DataError
 
 if TYPE_CHECKING:
@@ -125,24 +125,33 @@ def stdlib_corpus() -> tuple[str, ...]:
     Read from the modules' source files with ``ast``, never by importing them: libraries
     patch the standard library at import time (pytest, torch), so imported docstrings would
     depend on what else the process loaded, and every Ray worker must see the same corpus.
-    Modules written in C have no source and are skipped.
+    Modules written in C have no source and are skipped. Parsing takes most of a CPU-second,
+    paid by every worker of a text job, so the result is kept in the user's cache
+    (``corpus_cache``) under a key made from the source files themselves.
     """
+    sources = _corpus_sources()
+    return corpus_cache.remembered(STDLIB_TEXT, sources, lambda: _parse_corpus(sources))
+
+
+def _corpus_sources() -> list[Path]:
+    found = (importlib.util.find_spec(name) for name in STDLIB_CORPUS_MODULES)
+    origins = (spec.origin if spec is not None else None for spec in found)
+    return [Path(origin) for origin in origins if origin and origin.endswith(".py")]
+
+
+def _parse_corpus(sources: list[Path]) -> tuple[str, ...]:
     seen: set[str] = set()
     texts: list[str] = []
-    for module_name in STDLIB_CORPUS_MODULES:
-        for doc in _source_docstrings(module_name):
+    for source in sources:
+        for doc in _source_docstrings(source):
             if doc not in seen:
                 seen.add(doc)
                 texts.append(doc)
     return tuple(texts)
 
 
-def _source_docstrings(module_name: str) -> list[str]:
-    spec = importlib.util.find_spec(module_name)
-    origin = spec.origin if spec is not None else None
-    if not origin or not origin.endswith(".py"):
-        return []
-    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+def _source_docstrings(source: Path) -> list[str]:
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     docs = [ast.get_docstring(tree)]
     for node in tree.body:
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and (

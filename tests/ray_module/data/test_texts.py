@@ -60,8 +60,9 @@ def test_stdlib_text_is_large_and_clean() -> None:
     assert any("JSON" in text for text in texts)
 
 
-def test_stdlib_text_is_identical_in_a_fresh_interpreter() -> None:
-    """Workers of one job each build the corpus; they must all get the same one."""
+def test_stdlib_text_is_identical_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """Workers of one job each build the corpus (here with an empty cache: from the
+    sources); they must all get the same one."""
     script = (
         "import hashlib, json\n"
         "from ray_module.data.texts import stdlib_corpus\n"
@@ -73,7 +74,7 @@ def test_stdlib_text_is_identical_in_a_fresh_interpreter() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONPATH": backend, "PATH": ""},
+        env={"PYTHONPATH": backend, "PATH": "", "XDG_CACHE_HOME": str(tmp_path)},
     ).stdout.strip()
     assert digest == hashlib.sha256(json.dumps(stdlib_corpus()).encode()).hexdigest()
 
