@@ -131,7 +131,8 @@ def run_fedavg(args: argparse.Namespace, streak: int | None) -> dict[str, Any]:
 
 
 def referee_for(model: Any, data: Any, settings: Any) -> Any:
-    from ray_module.strategies.es.worker import ESEvaluator, WorkerConfig
+    from ray_module.strategies.es.evaluator import ESEvaluator
+    from ray_module.strategies.es.worker import WorkerConfig
 
     return ESEvaluator(WorkerConfig(0, -1, 0, 0, 1, 1, model, data, settings))
 

@@ -57,7 +57,7 @@ def char_unigram(data: DataRequest, *, validation_split: float) -> UnigramBaseli
     """For the ``char_rnn`` trained by ``es``: the corpus's character vocabulary, documents
     joined by the worker's break, the last ``validation_split`` of the characters held out."""
     from ray_module.models.char_rnn import encode, vocabulary_of
-    from ray_module.strategies.es.worker import DOCUMENT_BREAK
+    from ray_module.strategies.es.evaluator import DOCUMENT_BREAK
 
     texts = load_texts(data)
     vocabulary = vocabulary_of(texts)

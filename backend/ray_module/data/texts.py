@@ -21,14 +21,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from protocol.catalogue import BUILTIN_DATASETS
 from protocol.run import DataRequest
 from ray_module.data import corpus_cache, hub_datasets
 from ray_module.errors import DataError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch where blocks are made: a job's runner imports this module too
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 STDLIB_TEXT = "stdlib-text"
@@ -97,6 +96,8 @@ def pack_blocks(texts: list[str], tokenizer: PreTrainedTokenizerBase, seq_len: i
             f"the data makes {len(stream)} tokens, fewer than two blocks of {seq_len}; "
             "add data or lower the sequence length"
         )
+    import torch
+
     return torch.tensor(stream[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
 
 
@@ -113,6 +114,8 @@ def split_blocks(
     if n_blocks < 2:
         raise DataError(f"need at least two blocks to split, got {n_blocks}")
     n_validation = min(max(round(n_blocks * validation_fraction), 1), n_blocks - 1)
+    import torch
+
     order = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed))
     return blocks[order[n_validation:]], blocks[order[:n_validation]]
 

@@ -14,17 +14,22 @@ modules make from examples. ``Model.batch`` puts its arrays on the model's devic
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from protocol.run import ModelRequest
+
+# torch only where a model is: a job's runner imports this contract to start its workers,
+# and would otherwise spend a second importing torch first.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 Batch = Mapping[str, Any]
 
@@ -35,10 +40,22 @@ def first_rows(batch: Batch, count: int) -> dict[str, Any]:
     rows = len(batch["input_ids"] if "input_ids" in batch else next(iter(batch.values())))
     return {
         key: value[:count]
-        if isinstance(value, np.ndarray | torch.Tensor | list | tuple) and len(value) == rows
+        if (isinstance(value, np.ndarray | list | tuple) or is_tensor(value)) and len(value) == rows
         else value
         for key, value in batch.items()
     }
+
+
+def is_tensor(value: Any) -> bool:
+    """A torch tensor (without importing torch: if it is not loaded, there is none)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,7 @@ class Model:
     adapter: ModelAdapter
     network: nn.Module
     companion: Any
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=cpu)
 
     @property
     def model_type(self) -> str:
@@ -129,6 +146,8 @@ class Model:
     def batch(self, arrays: Batch) -> dict[str, Any]:
         """The batch with its arrays as tensors on the model's device. Arrays from Ray's
         object store are read-only: torch wants its own copy of those."""
+        import torch
+
         placed: dict[str, Any] = {}
         for key, value in arrays.items():
             if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":

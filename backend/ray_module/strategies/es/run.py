@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +27,10 @@ from ray_module.strategies.es.estimator import SGD, Adam
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
 from ray_module.strategies.es.verification import Verifier
-from ray_module.strategies.es.worker import ESEvaluator, ESWorker, WorkerConfig
+from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+
+if TYPE_CHECKING:  # it imports torch, which the runner needs only for a replay
+    from ray_module.strategies.es.evaluator import ESEvaluator
 
 WORKER_START_TIMEOUT_S = 600
 
@@ -149,6 +152,8 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
 
 def referee_evaluator(config: RunConfig, settings: ESSettings) -> ESEvaluator:
     """The runner's own evaluator, built the first time two nodes disagree on a replay."""
+    from ray_module.strategies.es.evaluator import ESEvaluator
+
     return ESEvaluator(
         WorkerConfig(
             job_id=config.job_id,

@@ -19,7 +19,7 @@ from ray_module.strategies.actor_pool import raise_startup_failure
 from ray_module.strategies.split.loader import BatchLoader, DataShape, LoaderConfig
 from ray_module.strategies.split.results import InferenceSettings
 from ray_module.strategies.split.samples import part_ids, split_ids
-from ray_module.strategies.split.worker import SplitWorker, WorkerConfig
+from ray_module.strategies.split.worker import DataPlan, SplitWorker, WorkerConfig
 
 LOADER_ROLE = "loader"
 START_TIMEOUT_S = 600
@@ -58,15 +58,16 @@ def run_split(config: RunConfig, context: RunContext) -> None:
     plans = loader_plans(config)
     if not plans:
         raise StartupError("split needs at least one loader slot in its placement")
-    trainer = trainer_plan(config)
+    # The trainer starts beside the loaders (each a process that imports torch), not after
+    # them: it needs the data's shape only once it runs.
     loaders = start_loaders(config, settings, plans)
     actors = list(loaders)
     try:
-        shape = data_shape(loaders)
-        context.check_cancelled()
-        worker = start_worker(config, settings, shape, trainer, plans)
+        worker = start_worker(config, settings, trainer_plan(config), plans)
         actors.append(worker)
-        done = worker.run.remote(loaders)
+        data = data_plan(config, settings, data_shape(loaders))
+        context.check_cancelled()
+        done = worker.run.remote(loaders, data)
         while not ray.wait([done], timeout=POLL_S)[0]:
             if _cancelled(context):
                 context.check_cancelled()
@@ -137,26 +138,30 @@ def data_shape(loaders: list[Any]) -> DataShape:
     return shapes[0]
 
 
-def start_worker(
-    config: RunConfig,
-    settings: SplitSettings,
-    shape: DataShape,
-    trainer: WorkerPlan,
-    plans: list[WorkerPlan],
-) -> Any:
-    import ray
-
+def data_plan(config: RunConfig, settings: SplitSettings, shape: DataShape) -> DataPlan:
     train_ids, validation_ids = split_ids(shape.size, settings.validation_split, settings.seed)
     # data_config.split picks the rows of a validate/infer job: for hub datasets it is the
     # hub's split (already applied when loading), otherwise a side of the training split.
     part = config.data.split if config.data.data_source != "huggingface" else "all"
+    return DataPlan(
+        shape=shape,
+        train_ids=train_ids,
+        validation_ids=validation_ids,
+        task_ids=part_ids(shape.size, part, settings.validation_split, settings.seed),
+    )
+
+
+def start_worker(
+    config: RunConfig, settings: SplitSettings, trainer: WorkerPlan, plans: list[WorkerPlan]
+) -> Any:
+    import ray
+
     worker_config = WorkerConfig(
         job_id=config.job_id,
         runner=runner_name(config.job_id),
         task=config.task,
         model=config.model,
         model_type=config.model.model_type,
-        shape=shape,
         settings=settings,
         inference=InferenceSettings.of(config.inference),
         job_dir=config.job_dir,
@@ -164,9 +169,6 @@ def start_worker(
         publish=config.publish,
         trainer=trainer,
         loaders=tuple(plans),
-        train_ids=train_ids,
-        validation_ids=validation_ids,
-        task_ids=part_ids(shape.size, part, settings.validation_split, settings.seed),
         data=config.data,
     )
     return (

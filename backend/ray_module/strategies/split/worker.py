@@ -43,7 +43,6 @@ class WorkerConfig:
     task: str
     model: ModelRequest
     model_type: str
-    shape: DataShape
     settings: SplitSettings
     inference: results.InferenceSettings
     job_dir: str
@@ -51,10 +50,19 @@ class WorkerConfig:
     publish: PublishTarget | None  # where nodes share no disk: the gateway's /runs
     trainer: WorkerPlan
     loaders: tuple[WorkerPlan, ...]  # one per loader actor (its share of its node's slot)
+    data: DataRequest | None = None  # to make a loader's batch again (verified credit)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What the loaders found once they read the data: its shape, and which rows train,
+    validate, or are a validate/infer job's own. Given at ``run``: the trainer starts
+    while the loaders read."""
+
+    shape: DataShape
     train_ids: np.ndarray
     validation_ids: np.ndarray
     task_ids: np.ndarray  # validate / infer: the rows to score or predict
-    data: DataRequest | None = None  # to make a loader's batch again (verified credit)
 
 
 class SplitWorker:
@@ -95,8 +103,8 @@ class SplitWorker:
         )
 
     # -- the three tasks ----------------------------------------------------------------
-    def run(self, loaders: list[Any]) -> dict[str, Any]:
-        self.loaders = loaders
+    def run(self, loaders: list[Any], data: DataPlan) -> dict[str, Any]:
+        self.loaders, self.data = loaders, data
         self.stream = BatchStream(
             loaders,
             self._ask,
@@ -115,7 +123,7 @@ class SplitWorker:
         import torch
 
         config, settings = self.config, self.config.settings
-        plan = EpochPlan(config.train_ids, settings.batch_size, settings.shuffle, settings.seed)
+        plan = EpochPlan(self.data.train_ids, settings.batch_size, settings.shuffle, settings.seed)
         per_epoch = plan.batches
         total = settings.total_steps(per_epoch)
         checkpoint_every = settings.checkpoint_interval or per_epoch
@@ -127,16 +135,16 @@ class SplitWorker:
         described = {
             "total_steps": total,
             "batches_per_epoch": per_epoch,
-            "train_samples": len(config.train_ids),
-            "validation_samples": len(config.validation_ids),
+            "train_samples": len(self.data.train_ids),
+            "validation_samples": len(self.data.validation_ids),
         }
         self._emit(MetricEvent(0, described))
         self._log(
             f"resumed from the checkpoint at step {step} of {total}"
             if step
-            else f"training on {len(config.train_ids)} samples ({per_epoch} batches of "
+            else f"training on {len(self.data.train_ids)} samples ({per_epoch} batches of "
             f"{settings.batch_size} per epoch, {total} steps), validating on "
-            f"{len(config.validation_ids)}"
+            f"{len(self.data.validation_ids)}"
         )
         self._plans = {"train": plan}
         last_usage = time.monotonic()
@@ -183,8 +191,8 @@ class SplitWorker:
         started = time.monotonic()
         # Step 0 tells the dispatcher the run has started (an attempt silent for too long
         # is given up), and the user what will be scored.
-        self._emit(MetricEvent(0, {"samples": len(self.config.task_ids)}))
-        scores = self._score(model, self.config.task_ids, "task")
+        self._emit(MetricEvent(0, {"samples": len(self.data.task_ids)}))
+        scores = self._score(model, self.data.task_ids, "task")
         scores.update(self._flow_figures())
         results.write_json(self.job_dir / results.RESULTS_DIR / results.VALIDATION_FILE, scores)
         publish_directory(self.config.publish, "results", self.job_dir / results.RESULTS_DIR)
@@ -198,7 +206,7 @@ class SplitWorker:
         config, inference = self.config, self.config.inference
         model = self._load_model()
         model.network.eval()
-        ids = config.task_ids
+        ids = self.data.task_ids
         if config.model_type == LABELLED:
             names = class_names_of(model.companion)
             estimate = results.classifier_estimates(len(ids), names, inference)
@@ -281,9 +289,9 @@ class SplitWorker:
         }
 
     def _validation_figures(self, model: Any) -> dict[str, Any]:
-        if not len(self.config.validation_ids):
+        if not len(self.data.validation_ids):
             return {}
-        scores = self._score(model, self.config.validation_ids, "validation")
+        scores = self._score(model, self.data.validation_ids, "validation")
         keep = ("accuracy", "loss", "perplexity", "exact_match")
         return {f"validation_{k}": v for k, v in scores.items() if k in keep}
 
@@ -294,7 +302,7 @@ class SplitWorker:
         mapped onto them by name (a .npy file for inference has no labels to map)."""
         from ray_module.models.registry import load_model
 
-        config, shape = self.config, self.config.shape
+        config, shape = self.config, self.data.shape
         fit = DataFit(
             input_shape=tuple(shape.input_shape),
             num_classes=shape.num_classes,

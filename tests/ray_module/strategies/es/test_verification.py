@@ -12,10 +12,11 @@ from protocol.run import DataRequest, ModelRequest
 from protocol.strategies.es import parse_es_settings
 from protocol.trust import check_rate_for
 from ray_module.models.char_rnn import flat_parameters
+from ray_module.strategies.es.evaluator import ESEvaluator
 from ray_module.strategies.es.noise import pair_index
 from ray_module.strategies.es.server import Worker
 from ray_module.strategies.es.verification import Dispute, Verifier, agree, sampled_positions
-from ray_module.strategies.es.worker import ESEvaluator, WorkerConfig
+from ray_module.strategies.es.worker import WorkerConfig
 from ray_module.strategies.verification import chosen_for_check, validator_for
 
 SETTINGS = parse_es_settings({"steps": 3, "population": 4, "batch_size": 4, "seq_len": 16,
