@@ -29,7 +29,8 @@ def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
     from ray_module.resources import node_resource
     from ray_module.strategies.es.noise import NoiseTable
     from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
-    from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+    from ray_module.strategies.es.worker import ESWorker
+    from ray_module.strategies.es.worker_config import WorkerConfig
 
     training = {
         "population": args.population,

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace, streak: int | None) -> dict[str, Any]:
     from ray_module.strategies.es.noise import NoiseTable
     from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
     from ray_module.strategies.es.verification import Verifier
-    from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+    from ray_module.strategies.es.worker import ESWorker
+    from ray_module.strategies.es.worker_config import WorkerConfig
 
     settings = parse_es_settings({"population": args.population, "hidden_size": 32})
     model, data = ModelRequest("char_rnn", "rnn"), DataRequest("builtin", "stdlib-text")
@@ -132,7 +133,7 @@ def run_fedavg(args: argparse.Namespace, streak: int | None) -> dict[str, Any]:
 
 def referee_for(model: Any, data: Any, settings: Any) -> Any:
     from ray_module.strategies.es.evaluator import ESEvaluator
-    from ray_module.strategies.es.worker import WorkerConfig
+    from ray_module.strategies.es.worker_config import WorkerConfig
 
     return ESEvaluator(WorkerConfig(0, -1, 0, 0, 1, 1, model, data, settings))
 

@@ -210,6 +210,34 @@ def test_the_gateway_process_never_imports_ray(tmp_path: Path) -> None:
     assert answer.stdout.strip().splitlines()[-1] == "[]", answer.stdout
 
 
+RUNNER_START = """
+import sys
+import agent.driver, ray_module.runner.job_runner
+from ray_module.strategies.registry import STRATEGIES
+for name in STRATEGIES:
+    __import__(f"ray_module.strategies.{name}.run")
+print(sorted(m for m in ("torch", "transformers", "datasets") if m in sys.modules))
+"""
+
+
+def test_a_jobs_runner_starts_its_workers_before_it_imports_torch(tmp_path: Path) -> None:
+    """A job's driver and runner import every mode's run (and its workers' actor classes)
+    without torch or transformers: importing them costs about a second, which every job
+    would wait for before its first worker even started."""
+    import subprocess
+    import sys
+
+    answer = subprocess.run(
+        [sys.executable, "-c", RUNNER_START],
+        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stdout.strip().splitlines()[-1] == "[]", answer.stdout
+
+
 CONTROL_PLANE = ("app", "compute", "ledger", "auth", "core", "monitoring")
 # `make run`'s launcher lends its machine through an agent of its own, started as any
 # node's is; it only prepares the agent's credential file and calls (no Ray).

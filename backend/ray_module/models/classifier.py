@@ -11,11 +11,9 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from protocol.model_sizes import allowed_overrides
 from protocol.run import ModelRequest
@@ -23,6 +21,12 @@ from ray_module.errors import ModelError
 from ray_module.models.contract import Batch, DataFit, Model, ModelAdapter, PredictOptions
 from ray_module.models.scores import ClassifierScore
 from ray_module.models.sources import local_model_directory, preset_overrides
+
+# torch where a network is built or run: a split job's runner imports this module's
+# helpers to start its workers, and would otherwise spend a second importing torch first.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CLASSIFIER_TYPE = "classifier"
 PRESETS = ("mlp", "cnn")
@@ -43,6 +47,9 @@ class ClassifierConfig:
 
 def build_classifier(config: ClassifierConfig, seed: int = 0) -> nn.Module:
     """The same ``(config, seed)`` gives the same initial weights on every machine."""
+    import torch
+    from torch import nn
+
     torch.manual_seed(seed)
     features = math.prod(config.input_shape)
     if config.arch == "mlp":
@@ -183,6 +190,8 @@ class ClassifierScorer:
         )
 
     def add(self, batch: Batch) -> None:
+        from torch import nn
+
         logits = self.model.network(batch["features"])
         losses = nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         labels = batch["labels"].cpu().numpy()
@@ -229,12 +238,16 @@ class ClassifierAdapter(ModelAdapter):
         )
 
     def loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        from torch import nn
+
         return nn.functional.cross_entropy(model.network(batch["features"]), batch["labels"])
 
     def scorer(self, model: Model, options: PredictOptions) -> ClassifierScorer:
         return ClassifierScorer(model)
 
     def predict(self, model: Model, batch: Batch, options: PredictOptions) -> list[dict]:
+        import torch
+
         logits = model.network(batch["features"]).float()
         probabilities = torch.softmax(logits, dim=1).cpu().numpy()
         names = class_names_of(model.companion)

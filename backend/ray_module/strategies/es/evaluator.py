@@ -7,7 +7,7 @@ with one too (``strategies.es.verification``). Kept apart from the worker's acto
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +24,8 @@ from ray_module.models.char_rnn import (
 from ray_module.models.contract import DataFit
 from ray_module.storage.directories import replace_directory, staging_for
 from ray_module.strategies.es.noise import NoiseTable
+from ray_module.strategies.es.worker_config import WorkerConfig
 from ray_module.threads import use_cores
-
-if TYPE_CHECKING:
-    from ray_module.strategies.es.worker import WorkerConfig
 
 DEFAULT_VALIDATION_SPLIT = 0.1
 VALIDATION_BATCHES = 4

@@ -27,7 +27,8 @@ from ray_module.strategies.es.estimator import SGD, Adam
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, NoLiveWorkersError, Worker, make_optimizer
 from ray_module.strategies.es.verification import Verifier
-from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+from ray_module.strategies.es.worker import ESWorker
+from ray_module.strategies.es.worker_config import WorkerConfig
 
 if TYPE_CHECKING:  # it imports torch, which the runner needs only for a replay
     from ray_module.strategies.es.evaluator import ESEvaluator

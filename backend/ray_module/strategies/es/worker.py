@@ -8,31 +8,17 @@ losses (scalars): never a weight vector. ``ESWorker`` is a plain class, wrapped 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocol.run import DataRequest, ModelRequest, PublishTarget
-from protocol.strategies.es import ESSettings
+from protocol.run import PublishTarget
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
 from ray_module.strategies.es.noise import pair_index
+from ray_module.strategies.es.worker_config import WorkerConfig
 from ray_module.worker_logs import capture_worker_output
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    job_id: int
-    rank: int
-    node_id: int
-    gpu: int
-    cpu_cores: float
-    memory_gb: float
-    model: ModelRequest
-    data: DataRequest
-    settings: ESSettings
 
 
 class ESWorker(DeferredStart):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,15 +29,13 @@ from ray_module.strategies.fedavg.partition import (
     label_histogram,
     split_validation,
 )
-from ray_module.strategies.fedavg.tasks import (
-    ClassifierTask,
-    LocalTraining,
-    TextToTextTask,
-    TorchTask,
-    pick_device,
-)
 from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
+
+# The tasks import torch: the runner imports this module to start its hosts, before it
+# needs torch (if ever), so they are imported where a host builds or trains one.
+if TYPE_CHECKING:
+    from ray_module.strategies.fedavg.tasks import TorchTask
 
 DEFAULT_VALIDATION_SPLIT = 0.1
 
@@ -76,6 +74,8 @@ def load_examples(config: HostConfig, client: int | None = None) -> LabelledData
 def build_task(
     config: HostConfig, settings: FedAvgSettings, examples: LabelledData | PairData
 ) -> TorchTask:
+    from ray_module.strategies.fedavg.tasks import ClassifierTask, TextToTextTask, pick_device
+
     model = config.model
     device = pick_device(config.gpu)
     # Saved model directories are named relative to the data root, like data files.
@@ -263,6 +263,8 @@ class ClientHost(DeferredStart):
     def train_client(
         self, shard: np.ndarray, client: int, round_number: int, weights: list[np.ndarray]
     ) -> dict[str, Any]:
+        from ray_module.strategies.fedavg.tasks import LocalTraining
+
         self.task.set_weights(weights)
         result = self.task.train(
             shard,

@@ -18,7 +18,8 @@ from protocol.strategies.es import parse_es_settings
 from ray_module.resources import node_resource
 from ray_module.strategies.es.noise import NoiseTable
 from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
-from ray_module.strategies.es.worker import ESWorker, WorkerConfig
+from ray_module.strategies.es.worker import ESWorker
+from ray_module.strategies.es.worker_config import WorkerConfig
 from tests.baselines import char_unigram
 from tests.conftest import wait_until_finished
 from tests.polling import wait_for

@@ -16,7 +16,7 @@ from ray_module.strategies.es.evaluator import ESEvaluator
 from ray_module.strategies.es.noise import pair_index
 from ray_module.strategies.es.server import Worker
 from ray_module.strategies.es.verification import Dispute, Verifier, agree, sampled_positions
-from ray_module.strategies.es.worker import WorkerConfig
+from ray_module.strategies.es.worker_config import WorkerConfig
 from ray_module.strategies.verification import chosen_for_check, validator_for
 
 SETTINGS = parse_es_settings({"steps": 3, "population": 4, "batch_size": 4, "seq_len": 16,
