@@ -20,7 +20,7 @@ from agent.gateway_client import GatewayClient, NodeIdentity
 from agent.machine import sample_metrics
 from agent.runs import RayPool, RunFollower
 
-HEARTBEAT_S = 0.5
+HEARTBEAT_S = 1.0  # the test gateway's node_heartbeat_interval (lost after 5 s of silence)
 SESSION_MACHINES = (1, 2)  # the session cluster's nodes that every test starts with
 
 
