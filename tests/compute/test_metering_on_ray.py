@@ -99,14 +99,14 @@ def test_a_job_is_stopped_at_its_budget_and_charged_exactly_it(
             "local_epochs": 4,  # quick rounds: checkpoints well within the budget
         },
         "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 1},  # 4 core-seconds a second
-        "max_tokens": 0.02,  # 72 CPU-core-seconds at 1 token a core-hour: ~20 s of work
+        "max_tokens": 0.01,  # 36 CPU-core-seconds at 1 token a core-hour: ~9 s of work
     }
     job = client.post("/jobs/submit", headers=user.headers, json=body).json()
-    assert job["hold"] == pytest.approx(0.02)
+    assert job["hold"] == pytest.approx(0.01)
     done = wait_until_finished(client, user.headers, job["id"], timeout_s=600)
     assert done["status"] == "failed"
     assert done["status_reason"] == (
-        "stopped: its budget of 0.02 tokens is used up (max_tokens or the hold); "
+        "stopped: its budget of 0.01 tokens is used up (max_tokens or the hold); "
         "it is charged that budget"
     )
     series = client.get(f"/metrics/training/{job['id']}", headers=user.headers).json()["series"]
@@ -114,7 +114,7 @@ def test_a_job_is_stopped_at_its_budget_and_charged_exactly_it(
     assert len(series) > 2
 
     balance = client.get("/tokens/balance/me", headers=user.headers).json()
-    assert balance["spent"] == 0.02  # the cap, the work since the last checkpoint included
+    assert balance["spent"] == 0.01  # the cap, the work since the last checkpoint included
     assert balance["held"] == 0 and balance["available"] == pytest.approx(100 - balance["spent"])
     assert done["cost_so_far"] == pytest.approx(balance["spent"])
     earned = client.get("/tokens/balance/me", headers=two_nodes[0].headers).json()["earned"]
