@@ -113,14 +113,24 @@ def test_the_driver_node_gets_the_job_and_its_credential_and_nothing_of_it_elsew
     wait_for(lambda: runs_of(client, node) == [], timeout_s=10, what="the run withdrawn")
 
 
+def poll_in_s(client: TestClient, node: dict) -> float:
+    answer = ask(client, node)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["poll_in_s"]
+
+
 def test_a_two_node_attempts_cluster_is_told_by_its_driver_node_only(
     client: TestClient, nodes: list[dict], make_account
 ) -> None:
     user = make_account("alice")
+    assert poll_in_s(client, nodes[0]) == 1.0  # nothing to run: the usual second
     job = client.post("/jobs/submit", headers=user.headers, json=TWO_NODE_JOB).json()
     wait_for(lambda: runs_of(client, nodes[0]), timeout_s=10, what="the job placed")
     by_role = {runs_of(client, n)[0]["role"]: n for n in nodes}
     driver, member = by_role["driver"], by_role["member"]
+    # While the cluster forms, both nodes ask four times a second: the head's address takes
+    # two hops (driver node -> gateway -> member), each a poll.
+    assert poll_in_s(client, driver) == poll_in_s(client, member) == 0.25
     (as_member,) = runs_of(client, member)
     assert as_member["config"] is None and as_member["run_token"] is None
     assert as_member["cluster"]["address"] == ""  # the head is not up yet
@@ -132,6 +142,7 @@ def test_a_two_node_attempts_cluster_is_told_by_its_driver_node_only(
     runs_of(client, driver, clusters=[report])
     (told,) = runs_of(client, member)
     assert told["cluster"]["address"] == report["address"]
+    assert poll_in_s(client, driver) == poll_in_s(client, member) == 1.0  # formed
     assert told["cluster"]["token"] == runs_of(client, driver)[0]["cluster"]["token"]
     # A malformed address is a 422, and changes nothing.
     bad = ask(client, driver, clusters=[{**report, "address": "not an address"}])

@@ -31,7 +31,7 @@ from app.schemas.nodes import (
     nodes_out,
 )
 from compute.dispatch.agent_runs import (
-    RUNS_POLL_S,
+    next_poll_s,
     note_agent_setup,
     note_cluster,
     note_lost_driver,
@@ -168,12 +168,10 @@ def runs(
         pool=reports.ray_pool if reports else None,
         offers=(offers.cpu_cores, offers.gpu) if offers is not None else None,
     )
+    assignments = runs_for_node(session, node, settings)
     return RunsOut(
-        runs=[
-            RunAssignmentOut(**assignment_to_wire(a))
-            for a in runs_for_node(session, node, settings)
-        ],
-        poll_in_s=RUNS_POLL_S,
+        runs=[RunAssignmentOut(**assignment_to_wire(a)) for a in assignments],
+        poll_in_s=next_poll_s(assignments),
     )
 
 

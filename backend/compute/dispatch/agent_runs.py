@@ -38,6 +38,9 @@ from protocol.wire import recorded_to_wire
 
 # How often an agent asks for its runs: a placed job starts within about this long.
 RUNS_POLL_S = 1.0
+# While one of its multi-node attempts forms its cluster (the driver's node has a head to
+# report, the others wait to hear where it is), sooner: each hop would otherwise wait a poll.
+CLUSTER_FORMING_POLL_S = 0.25
 # A run credential outlives its attempt's longest run by this much (the gateway refuses it
 # once the attempt has ended anyway).
 RUN_TOKEN_SLACK = dt.timedelta(hours=1)
@@ -313,3 +316,10 @@ class AgentRunners:
         if isinstance(recorded.event, ArtifactEvent):
             return dataclasses.replace(recorded, event=ArtifactEvent(model))
         return recorded
+
+
+def next_poll_s(assignments: list[RunAssignment]) -> float:
+    """When the node should ask again: soon while a cluster of its attempts has no known
+    address (its head is starting, or the node waits to join it), else ``RUNS_POLL_S``."""
+    forming = any(a.cluster is not None and not a.cluster.address for a in assignments)
+    return CLUSTER_FORMING_POLL_S if forming else RUNS_POLL_S
