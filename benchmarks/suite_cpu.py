@@ -31,6 +31,7 @@ KINDS = (
     ("ray runtime-env agent", "runtime_env/agent"),
     ("ray monitor", "autoscaler"),
     ("ray client server", "ray.util.client.server"),
+    ("ray start", "bin/ray start"),
     ("job driver", "agent.driver"),
     ("launcher", "app.launcher"),
     ("node agent", "-m agent"),
@@ -47,7 +48,12 @@ def kind_of(command: str) -> str:
         return "ray::" + title.group(1).split(".")[0]
     if "default_worker.py" in command:
         return "ray::IDLE"
-    return next((kind for kind, piece in KINDS if piece in command), "other")
+    known = next((kind for kind, piece in KINDS if piece in command), None)
+    if known:
+        return known
+    # Anything else by its program (and a Python program's script or module).
+    words = [os.path.basename(word) for word in command.split()[:3] if word != "-m"]
+    return "other: " + " ".join(words[:2])
 
 
 def sample(seen: dict[tuple[str, str], list]) -> None:
@@ -103,7 +109,7 @@ def main() -> None:
     print(f"\n{total:,.0f} CPU-seconds in {wall_s:,.0f} s of wall time ({cores:.2f} cores)")
     print(f"{'CPU-s':>9}  {'processes':>9}  kind")
     for kind, cpu_s in used.most_common():
-        if cpu_s >= 0.5:
+        if cpu_s >= 2:
             print(f"{cpu_s:9.1f}  {count[kind]:9d}  {kind}")
     sys.exit(status)
 

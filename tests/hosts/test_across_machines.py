@@ -311,7 +311,7 @@ def test_a_node_cut_off_mid_job_its_job_resumes_on_the_other_host_and_is_paid_on
     platform: Platform,
 ) -> None:
     user = platform.user
-    job, lost = checkpointed_es_job(platform, steps=150)
+    job, lost = checkpointed_es_job(platform, steps=80)
     (lost_id,) = {slot["node_id"] for slot in job["placement"]}
     agent = platform.agents[lost.name]
     lost.link_down()
@@ -362,7 +362,7 @@ def test_the_gateway_killed_and_started_again_its_nodes_reconnect_and_jobs_go_on
     platform: Platform,
 ) -> None:
     user = platform.user
-    running, host = checkpointed_es_job(platform, steps=120)
+    running, host = checkpointed_es_job(platform, steps=80)
     job = running
     platform.kill_gateway()
     # The driver goes on training and keeps what it cannot send until the gateway is back.
@@ -375,7 +375,7 @@ def test_the_gateway_killed_and_started_again_its_nodes_reconnect_and_jobs_go_on
     done = wait_until_finished(user, job["id"])
     assert done["status"] == "succeeded", done["status_reason"]
     assert done["attempts"] == 1  # the attempt outlived the gateway
-    assert sorted(usage_steps_paid_once(platform, done)) == list(range(1, 121))
+    assert sorted(usage_steps_paid_once(platform, done)) == list(range(1, 81))
     for host in platform.net.nodes:
         wait_for(lambda host=host: platform.node_status(host) == "online", what="reconnect")
     assert all(agent.poll() is None for agent in platform.agents.values())
@@ -386,7 +386,7 @@ def test_an_agent_killed_and_started_again_gives_up_its_lost_attempt_which_resum
     platform: Platform,
 ) -> None:
     user = platform.user
-    job, host = checkpointed_es_job(platform, steps=100)
+    job, host = checkpointed_es_job(platform, steps=80)
     agent = platform.agents[host.name]
     os.killpg(agent.pid, signal.SIGKILL)  # no goodbye: its driver and Ray go down with it
     agent.wait(timeout=10)
