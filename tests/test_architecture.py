@@ -196,18 +196,26 @@ print(sorted(m for m in sys.modules if m == "ray" or m.startswith(("ray.", "torc
 def test_the_gateway_process_never_imports_ray(tmp_path: Path) -> None:
     """The gateway is a control plane: serving the API and dispatching (jobs run on the
     nodes' own Ray, the default) never loads Ray, or torch, into its process."""
+    assert (
+        last_line_of(tmp_path, GATEWAY_RUN, f"sqlite:///{tmp_path / 'g.db'}", str(tmp_path)) == "[]"
+    )
+
+
+def last_line_of(home: Path, script: str, *args: str) -> str:
+    """What ``script`` prints last, run in a fresh interpreter (nothing imported before it)
+    with only the code root on its path and ``home`` as its home."""
     import subprocess
     import sys
 
     answer = subprocess.run(
-        [sys.executable, "-c", GATEWAY_RUN, f"sqlite:///{tmp_path / 'g.db'}", str(tmp_path)],
-        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        [sys.executable, "-c", script, *args],
+        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin", "HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert answer.returncode == 0, answer.stderr[-3000:]
-    assert answer.stdout.strip().splitlines()[-1] == "[]", answer.stdout
+    return answer.stdout.strip().splitlines()[-1]
 
 
 RUNNER_START = """
@@ -224,18 +232,7 @@ def test_a_jobs_runner_starts_its_workers_before_it_imports_torch(tmp_path: Path
     """A job's driver and runner import every mode's run (and its workers' actor classes)
     without torch or transformers: importing them costs about a second, which every job
     would wait for before its first worker even started."""
-    import subprocess
-    import sys
-
-    answer = subprocess.run(
-        [sys.executable, "-c", RUNNER_START],
-        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    assert answer.stdout.strip().splitlines()[-1] == "[]", answer.stdout
+    assert last_line_of(tmp_path, RUNNER_START) == "[]"
 
 
 CONTROL_PLANE = ("app", "compute", "ledger", "auth", "core", "monitoring")
