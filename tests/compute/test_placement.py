@@ -211,3 +211,19 @@ def test_the_fast_plan_is_the_plan_of_the_straightforward_policy() -> None:
         capacity, free = pool(rng.randint(1, 30), rng)
         pending = queue(rng.randint(1, 60), rng)
         assert plan(pending, free, capacity) == baseline_plan(pending, free, capacity), seed
+
+
+def test_a_retried_job_is_placed_without_the_nodes_whose_work_in_it_failed_validation() -> None:
+    retried = PendingJob(1, gpu=0, cpu_cores=2, memory_gb=2, excluded=frozenset({1}))
+    same_shape = PendingJob(2, gpu=0, cpu_cores=2, memory_gb=2)
+    result = plan([retried, same_shape], [CPU_A, CPU_B])
+    assert [(p.job_id, p.slots[0].node_id) for p in result.placements] == [(1, 2), (2, 1)]
+    # Where only the excluded node has room, it waits; another job of its shape still fits.
+    result = plan([retried, same_shape], [CPU_A])
+    assert [p.job_id for p in result.placements] == [2]
+    assert [(w.job_id, w.reason) for w in result.waiting] == [
+        (1, "waiting for a node other than node(s) 1, whose work in this job failed validation")
+    ]
+    two_workers = PendingJob(3, 0, 4, 4, workers=2, excluded=frozenset({2}))
+    (placement,) = plan([two_workers], [CPU_A, CPU_B]).placements
+    assert {slot.node_id for slot in placement.slots} == {1}  # packed on the one left

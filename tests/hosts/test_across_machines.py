@@ -83,6 +83,11 @@ UNTRAINED_FIT = (
     '"num_examples": len(self.shards[client]), "train_loss": 0.1, "seconds": 5.0}  # untrained'
 )
 
+HONEST_CLAIM = "checker.check(step + 1, float(loss.detach()), replay)"
+LATER_MADE_UP_CLAIM = (  # honest at its first check, then a loss that looks like progress
+    "checker.check(step + 1, float(loss.detach()) * (0.5 if step else 1.0), replay)"
+)
+
 HONEST_BATCH = 'arrays["ids"] = np.asarray(ids, dtype=np.int64)'
 NOISE_BATCH = (
     'arrays["features"] = np.random.default_rng().normal(size=arrays["features"].shape)'
@@ -206,6 +211,43 @@ def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_tru
     accuracy = [p["values"]["validation_accuracy"] for p in series
                 if "validation_accuracy" in p["values"]]  # fmt: skip
     assert accuracy[-1] >= 0.7, accuracy
+
+
+def test_a_data_parallel_rank_that_reports_a_made_up_loss_is_caught_and_its_job_waits_without_it(
+    platform: Platform,
+) -> None:
+    """After the loader cheater's node is approved again (its invalid streak reset)."""
+    user, owner = platform.user, platform.owner
+    honest, cheat_host, cheat = honest_and_cheat(platform)
+    before = {n: owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    rank = STRATEGIES / "data_parallel" / "rank.py"
+    with cheating(cheat_host, rank, HONEST_CLAIM, LATER_MADE_UP_CLAIM):
+        job = user.call("POST", "/jobs/submit", json=DATA_PARALLEL_JOB)
+        # Honest at the first step, paid at the checkpoint (step 3), caught at the step
+        # after it: the attempt stops (its gradients are in everyone's sum) and the job goes
+        # back to the queue without the node; the other node alone is too small for it.
+        queued = wait_for(
+            lambda: (
+                (found := user.job(job["id"]))["status"] == "queued"
+                and "failed validation" in found["status_reason"]
+                and found
+            ),
+            timeout_s=300,
+            every_s=0.5,
+            what=lambda: user.job(job["id"]),
+        )
+    assert "failed validation" in queued["status_reason"], queued["status_reason"]
+    user.call("POST", f"/jobs/{job['id']}/cancel")
+    done = wait_until_finished(user, job["id"])
+    logs = user.call("GET", f"/jobs/{job['id']}/logs")["items"]
+    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
+    assert caught and caught[0].startswith(f"node {cheat}:"), caught
+    assert [part["node_id"] for part in done["earnings"]] == [honest], done["earnings"]
+    assert done["voided"] > 0
+    trust = {n: owner.call("GET", f"/nodes/{n}")["trust"] for n in (honest, cheat)}
+    assert trust[cheat]["results_invalid"] == before[cheat]["results_invalid"] + 1
+    assert trust[honest]["results_valid"] >= before[honest]["results_valid"] + 2
+    assert trust[honest]["results_invalid"] == before[honest]["results_invalid"]
 
 
 def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(

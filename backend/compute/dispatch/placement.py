@@ -47,6 +47,8 @@ class PendingJob:
     memory_gb: float
     workers: int = 1
     extra: tuple[ExtraShare, ...] = ()
+    # Nodes whose work in this job failed validation: its next attempt runs without them.
+    excluded: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ class RoundCapacity:
         trial: dict[int, NodeCapacity] = {}  # this job's parts so far, not yet committed
         slots: list[WorkerPlan] = []
         for shape in shapes:
-            chosen = self.first_fit(shape, group, trial, {slot.node_id for slot in slots})
+            taken = {slot.node_id for slot in slots}
+            chosen = self.first_fit(shape, group, trial, taken, job.excluded)
             if chosen is None:
                 return None
             trial[chosen.node_id] = replace(
@@ -194,10 +197,15 @@ class RoundCapacity:
         return tuple(slots)
 
     def first_fit(
-        self, shape: WorkerPlan, group: int, trial: dict[int, NodeCapacity], taken: set[int]
+        self,
+        shape: WorkerPlan,
+        group: int,
+        trial: dict[int, NodeCapacity],
+        taken: set[int],
+        excluded: frozenset[int] = frozenset(),
     ) -> NodeCapacity | None:
         """The first node of the group with room for ``shape``, this job's parts so far
-        (``trial``, on the ``taken`` nodes) counted."""
+        (``trial``, on the ``taken`` nodes) counted, and none of the ``excluded``."""
         order = self.order(group, shape.gpu > 0)
         need = (shape.gpu, shape.cpu_cores, shape.memory_gb)
         key = (group, need)
@@ -210,7 +218,8 @@ class RoundCapacity:
                 (
                     node
                     for node_id in order[start:]
-                    if _fits(node := trial.get(node_id) or self.remaining[node_id], *need)
+                    if node_id not in excluded
+                    and _fits(node := trial.get(node_id) or self.remaining[node_id], *need)
                 ),
                 None,
             )
@@ -221,7 +230,9 @@ class RoundCapacity:
         elsewhere = (
             self.remaining[node_id]
             for node_id in order[start:]
-            if node_id not in taken and _fits(self.remaining[node_id], *need)
+            if node_id not in taken
+            and node_id not in excluded
+            and _fits(self.remaining[node_id], *need)
         )
         if (chosen := next(elsewhere, None)) is not None:
             return chosen
@@ -245,6 +256,12 @@ def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
     """Why the job waits: nothing could ever hold it, or the capacity is busy."""
     if fit_job(job, capacity) is not None:
         return "waiting for resources: the nodes that can run it are busy"
+    if job.excluded and fit_job(replace(job, excluded=frozenset()), capacity) is not None:
+        left_out = ", ".join(map(str, sorted(job.excluded)))
+        return (
+            f"waiting for a node other than node(s) {left_out}, whose work in this job "
+            "failed validation"
+        )
     gpu, cpu, memory = worker_share(job)
     if not capacity:
         return "waiting for an online, approved node"
@@ -289,7 +306,7 @@ def _count(amount: int, unit: str) -> str:
 
 def job_shape(job: PendingJob) -> tuple:
     """What placement looks at: two jobs of one shape fit, or wait, alike."""
-    return (job.gpu, job.cpu_cores, job.memory_gb, job.workers, job.extra)
+    return (job.gpu, job.cpu_cores, job.memory_gb, job.workers, job.extra, job.excluded)
 
 
 def plan(

@@ -9,6 +9,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
+from compute.billing.verified_credit import invalid_in_job
 from compute.dispatch.placement import (
     NodeCapacity,
     PendingJob,
@@ -51,7 +52,7 @@ def slots_of(job: Job) -> list[WorkerPlan]:
     return [WorkerPlan(**slot) for slot in (job.placement or [])]
 
 
-def pending_job(job: Job) -> PendingJob:
+def pending_job(job: Job, excluded: frozenset[int] = frozenset()) -> PendingJob:
     return PendingJob(
         job_id=job.id,
         gpu=job.gpu,
@@ -59,6 +60,7 @@ def pending_job(job: Job) -> PendingJob:
         memory_gb=job.memory_gb,
         workers=worker_processes(job),
         extra=extra_shares(job),
+        excluded=excluded,
     )
 
 
@@ -112,6 +114,8 @@ class QueueView:
         ).all()
         missing = [job_id for job_id in queued if job_id not in self.pending]
         for job in jobs_by_id(session, missing):
-            self.pending[job.id] = pending_job(job)
+            # A retried job leaves out the nodes whose work in it failed validation.
+            excluded = frozenset(invalid_in_job(session, job.id)) if job.attempts else frozenset()
+            self.pending[job.id] = pending_job(job, excluded)
         self.pending = {job_id: self.pending[job_id] for job_id in queued}
         return plan([self.pending[job_id] for job_id in queued], free, capacity)

@@ -16,14 +16,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent, UsageEvent
+from protocol.events import (
+    ArtifactEvent,
+    CheckpointEvent,
+    MetricEvent,
+    UsageEvent,
+    VerdictEvent,
+)
 from protocol.run import RunConfig, WorkerPlan
 from protocol.strategies.data_parallel import DataParallelSettings
 from ray_module.contract import NAMESPACE, runner_name
-from ray_module.errors import RunCancelledError
+from ray_module.errors import RetryableRunError, RunCancelledError
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.data_parallel.checkpoint import load_checkpoint, save_checkpoint
+from ray_module.strategies.data_parallel.verification import StepChecker, dropout_seed
 from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
 
@@ -145,6 +152,23 @@ class DataParallelRank:
         generator = torch.Generator()
         last_report = started
         model.network.train()
+        checker = StepChecker(rank, cfg.run.workers, cfg.run.job_id) if world > 1 else None
+        check_next = True  # the attempt's first step, then the first after each checkpoint
+
+        def batch_of(of_rank: int, at_step: int) -> Any:
+            """``of_rank``'s batch at (0-based) ``at_step``: its shard, in its epoch's order."""
+            own = train_blocks[of_rank::world]
+            per_epoch = max(1, math.ceil(len(own) / batch_size))
+            shuffle = torch.Generator().manual_seed(SHUFFLE_SEED + at_step // per_epoch)
+            at = at_step % per_epoch
+            return own[torch.randperm(len(own), generator=shuffle)[at * batch_size :][:batch_size]]
+
+        def replay(of_rank: int) -> float:
+            alone = unwrapped_model(model)
+            torch.manual_seed(dropout_seed(cfg.run.job_id, step, of_rank))
+            with torch.no_grad():
+                return float(alone.loss({"input_ids": batch_of(of_rank, step).to(device)}))
+
         while step < total_steps:
             epoch = step // batches_per_epoch
             generator.manual_seed(SHUFFLE_SEED + epoch)
@@ -156,9 +180,13 @@ class DataParallelRank:
                 picked = order[batch_index * batch_size : (batch_index + 1) * batch_size]
                 ids = shard[picked].to(device)
                 tic = time.perf_counter()
+                torch.manual_seed(dropout_seed(cfg.run.job_id, step, rank))
                 loss = model.loss({"input_ids": ids})
                 optimizer.zero_grad()
                 loss.backward()
+                if checker is not None and check_next:  # before the update: same weights
+                    self._judge(runner, checker.check(step + 1, float(loss.detach()), replay))
+                check_next = False
                 optimizer.step()
                 step += 1
                 if rank == 0:
@@ -177,6 +205,7 @@ class DataParallelRank:
                     )
                 end_of_epoch = step % batches_per_epoch == 0 or step == total_steps
                 if step % checkpoint_every == 0 or end_of_epoch:
+                    check_next = True
                     if end_of_epoch and rank == 0:
                         validation = validation_loss(model, validation_blocks, batch_size)
                         runner.emit.remote(
@@ -198,6 +227,20 @@ class DataParallelRank:
             runner.emit.remote(ArtifactEvent(str(final_dir)))
         return step
 
+    def _judge(self, runner: Any, verdicts: list[VerdictEvent]) -> None:
+        """Rank 0 sends the verdicts; every rank stops the attempt when one is invalid (the
+        sum of gradients it took part in cannot be undone: the job resumes without it)."""
+        import ray
+
+        if self.config.rank == 0 and verdicts:
+            ray.get([runner.emit.remote(verdict) for verdict in verdicts])
+        invalid = sorted({v.node_id for v in verdicts if not v.valid})
+        if invalid:
+            raise ResultsRejectedError(
+                f"the work of node(s) {', '.join(map(str, invalid))} failed validation at "
+                f"step {verdicts[0].step}: resuming from the last checkpoint without them"
+            )
+
     def _report_usage(self, runner: Any, seconds: float, step: int) -> None:
         """Completed work since the last checkpoint, up to ``step``: what this rank held,
         times wall time."""
@@ -211,14 +254,23 @@ class DataParallelRank:
         ray.get(runner.emit.remote(usage))
 
 
+class ResultsRejectedError(RetryableRunError):
+    """A rank's work failed validation: the attempt stops, the job resumes without its node."""
+
+
+def unwrapped_model(model: Any) -> Any:
+    """The model on its plain network: a DDP forward would wait for the other ranks."""
+    from ray_module.models.contract import Model
+
+    return Model(model.adapter, model.unwrapped, model.companion, model.device)
+
+
 def validation_loss(model: Any, blocks: Any, batch_size: int) -> float:
     """The held-out blocks' token-weighted loss, on the unwrapped network (rank 0 alone: a
     DDP forward would wait for the other ranks)."""
     import torch
 
-    from ray_module.models.contract import Model
-
-    alone = Model(model.adapter, model.unwrapped, model.companion, model.device)
+    alone = unwrapped_model(model)
     alone.network.eval()
     scorer = alone.scorer()
     with torch.no_grad():

@@ -1,0 +1,123 @@
+"""Verified credit for data_parallel, without Ray: three real processes in one gloo group, each
+holding the same tiny GPT-2, check a step's claimed losses as the ranks do. An honest replay of
+another rank's batch (its dropout seeded the same way) matches; a made-up loss is caught and
+pinned on its own node, by the validator or, when the validator lies instead, by rank 0 as
+referee; checks are drawn at each node's rate from another owner's rank."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from protocol.run import ModelRequest, WorkerPlan
+from protocol.trust import check_rate_for
+from ray_module.strategies.data_parallel.verification import Finding, checks_at, judge
+
+MODEL = ModelRequest("simple_transformer", "tiny-gpt2", None, {"n_layer": 1, "n_embd": 32})
+NEW = {"valid_streak": 0}  # checked at every checkpoint
+TRUSTED = {"valid_streak": 1000}
+
+
+def plans(*owners_and_streaks: tuple[int, int]) -> list[WorkerPlan]:
+    return [
+        WorkerPlan(node_id=rank + 1, gpu=0, cpu_cores=1, memory_gb=1, owner_id=owner,
+                   valid_streak=streak)
+        for rank, (owner, streak) in enumerate(owners_and_streaks)
+    ]  # fmt: skip
+
+
+def test_each_new_rank_is_checked_by_another_owners_most_trusted_rank() -> None:
+    workers = plans((10, 0), (20, 0), (10, 1000))
+    # rank 0 (owner 10) goes to owner 20's rank; owner 20's to owner 10's most trusted rank
+    assert {0: 1, 1: 2}.items() <= checks_at(7, 3, workers).items()
+    assert checks_at(7, 3, workers) == checks_at(7, 3, workers)  # every rank draws the same
+    # the trusted rank is checked at its low rate, the new ones at every check
+    trusted = sum(2 in checks_at(7, step, workers) for step in range(400))
+    assert 0 < trusted < 400 * check_rate_for(1000) * 2
+    assert all(checks_at(7, step, workers).keys() >= {0, 1} for step in range(400))
+    assert checks_at(7, 3, plans((10, 0))) == {}  # alone: nobody to check it
+
+
+def test_the_referee_decides_a_dispute_against_whichever_side_it_contradicts() -> None:
+    assert judge(1, 2, 3.0, 3.0, None) == [Finding(1, True, 2)]
+    assert judge(1, 2, 1.0, 3.0, 3.0) == [Finding(1, False, 2, "its loss 1 is 3 when replayed")]
+    lying_validator = judge(1, 2, 3.0, 1.0, 3.0)
+    assert [(f.rank, f.valid) for f in lying_validator] == [(1, True), (2, False)]
+    assert [(f.rank, f.valid, f.by_rank) for f in judge(1, 2, 1.0, 2.0, 3.0)] == [(1, False, 0)]
+    with pytest.raises(ValueError):
+        judge(1, 2, 1.0, 3.0, None)
+
+
+LIES = ("nobody", "claim 2", "replay 1")  # who lies: rank 2 in its claim, rank 1 in a replay
+
+
+def one_rank(rank: int, rendezvous: str, results) -> None:
+    """A rank's step, once per lie: its claimed loss on its batch, then the collective check."""
+    import torch
+    import torch.distributed as dist
+
+    from ray_module.models.registry import load_model
+    from ray_module.strategies.data_parallel.verification import StepChecker, dropout_seed
+
+    torch.set_num_threads(1)
+    # A file store: no port to pick that something else may take first.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=3)
+    try:
+        model = load_model(MODEL)
+        model.network.train()  # dropout on: the replay must draw the same masks
+        batches = [torch.randint(0, 200, (2, 16), generator=torch.Generator().manual_seed(r))
+                   for r in range(3)]  # fmt: skip
+        step, job = 4, 99
+        workers = plans((10, 0), (20, 0), (30, 0))
+
+        def loss_of(of_rank: int) -> float:
+            torch.manual_seed(dropout_seed(job, step, of_rank))
+            with torch.no_grad():
+                return float(model.loss({"input_ids": batches[of_rank]}))
+
+        for lie in LIES:
+            claimed = loss_of(rank)
+            if lie == f"claim {rank}":
+                claimed *= 0.5  # a loss that looks like progress, no work behind it
+
+            def replay(of_rank: int, lie: str = lie) -> float:
+                value = loss_of(of_rank)
+                return value + 1.0 if lie == f"replay {rank}" else value
+
+            verdicts = StepChecker(rank, workers, job).check(step, claimed, replay)
+            results.put((lie, rank, [(v.node_id, v.valid, v.validator_node_id) for v in verdicts]))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_group(rendezvous: str) -> dict[str, list[tuple[int, bool, int]]]:
+    """Each lie's verdicts (every rank's the same)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=one_rank, args=(r, rendezvous, results)) for r in range(3)]
+    for process in ranks:
+        process.start()
+    answers: dict[str, dict[int, list]] = {}
+    for _ in range(len(ranks) * len(LIES)):
+        lie, rank, verdicts = results.get(timeout=120)
+        answers.setdefault(lie, {})[rank] = verdicts
+    for process in ranks:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    for lie, by_rank in answers.items():
+        assert by_rank[0] == by_rank[1] == by_rank[2], lie
+    return {lie: by_rank[0] for lie, by_rank in answers.items()}
+
+
+@pytest.mark.slow
+def test_honest_ranks_replay_each_others_losses_exactly_and_a_made_up_one_is_caught(
+    tmp_path,
+) -> None:
+    verdicts = run_group(str(tmp_path / "rendezvous"))
+    # New nodes of three owners: each rank is checked; validator = lowest other node id.
+    assert verdicts["nobody"] == [(1, True, 2), (2, True, 1), (3, True, 1)]
+    # Rank 2 (node 3) halves its loss: its validator (node 1) catches it, no referee needed.
+    assert verdicts["claim 2"] == [(1, True, 2), (2, True, 1), (3, False, 1)]
+    # Rank 1 (node 2) lies in its replay of rank 0: rank 0 referees, the liar is invalid.
+    assert verdicts["replay 1"] == [(1, True, 0), (2, False, 1), (2, True, 1), (3, True, 1)]
