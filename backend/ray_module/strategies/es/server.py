@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from protocol.events import VerdictEvent
 from protocol.strategies.es import ESSettings
+from protocol.trust import share_weight, weighted_split
 from ray_module.errors import LostWorkersError, StartupError
 from ray_module.strategies.actor_pool import (
     Credit,
@@ -69,10 +70,10 @@ def make_optimizer(settings: ESSettings) -> Adam | SGD:
     return Adam(settings.learning_rate, settings.beta1, settings.beta2)
 
 
-def split_population(population: int, workers: int) -> list[int]:
-    """Pairs per worker, as even as possible (the first ones take the remainder)."""
-    base, extra = divmod(population, workers)
-    return [base + (1 if i < extra else 0) for i in range(workers)]
+def split_population(population: int, workers: Sequence[PoolMember]) -> list[int]:
+    """Pairs per worker: as even as possible among alike nodes (the first ones take the
+    remainder), a quarter of a trusted node's share for a node on probation."""
+    return weighted_split(population, [share_weight(w.check_rate) for w in workers])
 
 
 def payload_bytes(answer: dict[str, Any]) -> int:
@@ -114,7 +115,7 @@ class ESServer:
         theta_ref = self.shared.ref(theta)
         batch_id = (step - 1) // settings.new_tokens_interval
         shares = (
-            split_population(settings.population, len(ready))
+            split_population(settings.population, ready)
             if settings.population is not None
             else [None] * len(ready)
         )

@@ -7,13 +7,14 @@ rounds, and emits metrics, usage (accepted work only), checkpoints and the final
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from protocol.events import ArtifactEvent, CheckpointEvent, MetricEvent
 from protocol.run import PublishTarget, RunConfig, WorkerPlan
 from protocol.strategies.fedavg import FedAvgSettings, parse_fedavg_settings
+from protocol.trust import check_rate_for, share_weight, weighted_split
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
 from ray_module.resources import node_resource
@@ -79,9 +80,18 @@ def run_fedavg(config: RunConfig, context: RunContext) -> None:
     context.emit(ArtifactEvent(final))
 
 
-def assign_clients(clients: int, workers: int) -> list[tuple[int, ...]]:
-    """Deal clients to hosts round-robin: host h serves clients h, h + workers, ..."""
-    return [tuple(range(h, clients, workers)) for h in range(min(workers, clients))]
+def assign_clients(clients: int, plans: Sequence[WorkerPlan]) -> list[tuple[int, ...]]:
+    """Deal clients to hosts round-robin (alike hosts: host h serves clients h, h + hosts,
+    ...), a host on probation only until it has a quarter of a trusted host's count."""
+    counts = weighted_split(clients, [share_weight(check_rate_for(p.valid_streak)) for p in plans])
+    dealt: list[list[int]] = [[] for _ in plans]
+    client = 0
+    while client < clients:
+        for host, count in enumerate(counts):
+            if client < clients and len(dealt[host]) < count:
+                dealt[host].append(client)
+                client += 1
+    return [tuple(served) for served in dealt if served]
 
 
 def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
@@ -92,7 +102,7 @@ def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
     actor_class = ray.remote(ClientHost)
     hosts: list[Host] = []
     for plan, clients in zip(
-        config.workers, assign_clients(settings.clients, len(config.workers)), strict=False
+        config.workers, assign_clients(settings.clients, config.workers), strict=False
     ):
         handle = actor_class.options(
             num_cpus=plan.cpu_cores,

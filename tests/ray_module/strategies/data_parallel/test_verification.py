@@ -2,7 +2,8 @@
 holding the same tiny GPT-2, check a step's claimed losses as the ranks do. An honest replay of
 another rank's batch (its dropout seeded the same way) matches; a made-up loss is caught and
 pinned on its own node, by the validator or, when the validator lies instead, by rank 0 as
-referee; checks are drawn at each node's rate from another owner's rank."""
+referee; honest training checked at every step is never found invalid; checks are drawn at
+each node's rate from another owner's rank."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_the_referee_decides_a_dispute_against_whichever_side_it_contradicts() -
         judge(1, 2, 1.0, 3.0, None)
 
 
-LIES = ("nobody", "claim 2", "replay 1")  # who lies: rank 2 in its claim, rank 1 in a replay
+LIES = ("nobody", "claim 2", "replay 1")
+TRAINING_STEPS = 8  # who lies: rank 2 in its claim, rank 1 in a replay
 
 
 def one_rank(rank: int, rendezvous: str, results) -> None:
@@ -87,6 +89,31 @@ def one_rank(rank: int, rendezvous: str, results) -> None:
 
             verdicts = StepChecker(rank, workers, job).check(step, claimed, replay)
             results.put((lie, rank, [(v.node_id, v.valid, v.validator_node_id) for v in verdicts]))
+
+        # No false positives while training: DDP's forward and backward on every rank, each
+        # step checked on the plain network before the update, as the ranks do.
+        from torch.nn.parallel import DistributedDataParallel
+
+        from ray_module.models.contract import Model
+
+        alone = Model(model.adapter, model.network, model.companion, model.device)
+        model.network = DistributedDataParallel(model.network)
+        optimizer = torch.optim.AdamW(model.network.parameters(), lr=1e-3)
+        checker, honest = StepChecker(rank, workers, job), []
+        for step in range(TRAINING_STEPS):
+            torch.manual_seed(dropout_seed(job, step, rank))
+            loss = model.loss({"input_ids": batches[rank] + step})
+            optimizer.zero_grad()
+            loss.backward()
+
+            def replay(of_rank: int, step: int = step) -> float:
+                torch.manual_seed(dropout_seed(job, step, of_rank))
+                with torch.no_grad():
+                    return float(alone.loss({"input_ids": batches[of_rank] + step}))
+
+            honest += [v.valid for v in checker.check(step + 1, float(loss.detach()), replay)]
+            optimizer.step()
+        results.put(("training", rank, [len(honest), all(honest)]))
     finally:
         dist.destroy_process_group()
 
@@ -99,7 +126,7 @@ def run_group(rendezvous: str) -> dict[str, list[tuple[int, bool, int]]]:
     for process in ranks:
         process.start()
     answers: dict[str, dict[int, list]] = {}
-    for _ in range(len(ranks) * len(LIES)):
+    for _ in range(len(ranks) * (len(LIES) + 1)):
         lie, rank, verdicts = results.get(timeout=120)
         answers.setdefault(lie, {})[rank] = verdicts
     for process in ranks:
@@ -121,3 +148,5 @@ def test_honest_ranks_replay_each_others_losses_exactly_and_a_made_up_one_is_cau
     assert verdicts["claim 2"] == [(1, True, 2), (2, True, 1), (3, False, 1)]
     # Rank 1 (node 2) lies in its replay of rank 0: rank 0 referees, the liar is invalid.
     assert verdicts["replay 1"] == [(1, True, 0), (2, False, 1), (2, True, 1), (3, True, 1)]
+    # Eight steps of honest training, every rank checked at every step: all valid.
+    assert verdicts["training"] == [3 * TRAINING_STEPS, True]

@@ -29,7 +29,7 @@ from ray_module.models.char_rnn import (
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, centered_ranks
 from ray_module.strategies.es.noise import NoiseTable, pair_index
 from ray_module.strategies.es.run import load_es_checkpoint, restore_optimizer, save_es_checkpoint
-from ray_module.strategies.es.server import payload_bytes, split_population
+from ray_module.strategies.es.server import Worker, payload_bytes, split_population
 
 # -- noise ------------------------------------------------------------------------------------
 
@@ -108,8 +108,19 @@ def test_adam_and_sgd_steps_match_their_definitions() -> None:
 
 
 def test_population_is_split_evenly_and_worker_payloads_are_scalars() -> None:
-    assert split_population(10, 3) == [4, 3, 3]
-    assert split_population(2, 4) == [1, 1, 0, 0]
+    def workers(*streaks: int) -> list[Worker]:
+        return [Worker(None, n + 1, 0, 1.0, 1.0, rank=n, valid_streak=streak)
+                for n, streak in enumerate(streaks)]  # fmt: skip
+
+    assert split_population(10, workers(0, 0, 0)) == [4, 3, 3]
+    assert split_population(2, workers(0, 0, 0, 0)) == [1, 1, 0, 0]
+    # A node on probation evaluates a quarter of a trusted node's pairs (at least one), and
+    # a full share once its results have held within the job.
+    mixed = workers(0, 100)
+    assert split_population(16, mixed) == [4, 12]
+    for _ in range(6):  # rates fall after 5 valid results in a row
+        mixed[0].count_result(True)
+    assert split_population(16, mixed) == [8, 8]
     answer = {"indices": np.arange(8, dtype=np.int64), "losses": np.zeros((8, 2), np.float32)}
     assert payload_bytes(answer) == 8 * 8 + 8 * 2 * 4 + 16
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.run import DataRequest, ModelRequest
+from protocol.run import DataRequest, ModelRequest, WorkerPlan
 from protocol.strategies.fedavg import parse_fedavg_settings
 from ray_module.data.examples import digits, labelled_from_table, load_labelled, synthetic_t2t
 from ray_module.errors import DataError, ModelError, SettingsError
@@ -131,9 +131,16 @@ def test_partitions_refuse_what_cannot_be_done() -> None:
         dirichlet_partition(np.arange(10), np.zeros(10, np.int64), 2, 0.0, seed=0)
 
 
+def hosts(*streaks: int) -> list[WorkerPlan]:
+    return [WorkerPlan(n + 1, 0, 1, 1, valid_streak=streak) for n, streak in enumerate(streaks)]
+
+
 def test_clients_are_dealt_to_hosts_round_robin_and_samples_honour_the_minimum() -> None:
-    assert assign_clients(5, 2) == [(0, 2, 4), (1, 3)]
-    assert assign_clients(2, 4) == [(0,), (1,)]
+    assert assign_clients(5, hosts(0, 0)) == [(0, 2, 4), (1, 3)]
+    assert assign_clients(2, hosts(0, 0, 0, 0)) == [(0,), (1,)]
+    # A host on probation serves a quarter of a trusted host's clients, at least one.
+    assert assign_clients(10, hosts(0, 100)) == [(0, 2, 4), (1, 3, 5, 6, 7, 8, 9)]
+    assert assign_clients(3, hosts(100, 0, 100)) == [(0,), (1,), (2,)]
     assert sample_size(10, 0.3, 2) == 3
     assert sample_size(10, 0.1, 2) == 2
     assert sample_size(1, 1.0, 2) == 1
