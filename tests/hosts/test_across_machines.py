@@ -269,6 +269,12 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
     assert platform.ray_processes_on(platform.net.gateway) == []
     assert all(platform.ray_processes_on(host) for host in platform.net.nodes)
 
+    # The split job's model is checked by a validate and an infer job as soon as it is
+    # saved, while the other modes still run.
+    split_done = wait_until_finished(user, jobs["split"]["id"])
+    assert split_done["status"] == "succeeded", split_done["status_reason"]
+    checks = [user.call("POST", "/jobs/submit", json=body)
+              for body in validate_and_infer(split_done["id"])]  # fmt: skip
     done = {mode: wait_until_finished(user, job["id"]) for mode, job in jobs.items()}
     node_ids = {str(platform.node_id(host)) for host in platform.net.nodes}
     for mode, job in done.items():
@@ -285,24 +291,8 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
     assert "config.json" in model_files(platform, done["fedavg"]["id"])
     assert "config.json" in model_files(platform, done["split"]["id"])
 
-    # A validate and an infer job start from the split job's model: each node fetches it
-    # from the gateway, and the results come back there.
-    source = done["split"]["id"]
-    validate = {
-        "model_config": {"type": "classifier", "model_name": f"job:{source}"},
-        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400,
-                        "split": "validation"},
-        "task": "validate",
-        "training_config": {"loader": {"cpu_cores": 1, "memory": 0.25}},
-        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.25},
-    }  # fmt: skip
-    infer = {
-        **validate,
-        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
-        "task": "infer",
-        "inference_config": {"top_k": 2},
-    }
-    checks = [user.call("POST", "/jobs/submit", json=body) for body in (validate, infer)]
+    # The validate and infer jobs started from the split job's model: each node fetched it
+    # from the gateway, and the results came back there.
     validated, inferred = (wait_until_finished(user, job["id"]) for job in checks)
     assert validated["status"] == inferred["status"] == "succeeded", (validated, inferred)
     scores = user.call("GET", f"/jobs/{validated['id']}/results")
@@ -328,6 +318,25 @@ def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
             timeout_s=30,
             what=lambda pointer=pointer: f"{pointer} to be forgotten: {pointer.read_text()}",
         )
+
+
+def validate_and_infer(source: int) -> tuple[dict, dict]:
+    """A validate and an infer job of the digits classifier trained by job ``source``."""
+    validate = {
+        "model_config": {"type": "classifier", "model_name": f"job:{source}"},
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400,
+                        "split": "validation"},
+        "task": "validate",
+        "training_config": {"loader": {"cpu_cores": 1, "memory": 0.25}},
+        "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 0.25},
+    }  # fmt: skip
+    infer = {
+        **validate,
+        "data_config": {"data_source": "builtin", "dataset_name": "digits", "max_samples": 400},
+        "task": "infer",
+        "inference_config": {"top_k": 2},
+    }
+    return validate, infer
 
 
 def checkpointed_es_job(platform: Platform, steps: int) -> tuple[dict, Host]:
