@@ -66,8 +66,8 @@ def rank_main(rank: int, rendezvous: str, args: argparse.Namespace, streak, resu
         optimizer.zero_grad()
         loss.backward()
         if checker is not None and step % args.checkpoint_interval == 0:
-            verdicts = checker.check(step + 1, float(loss.detach()), replay)
-            assert all(v.valid for v in verdicts), verdicts
+            verdicts, stop = checker.check(step + 1, float(loss.detach()), replay)
+            assert not stop and all(v.valid for v in verdicts), verdicts
         optimizer.step()
     dist.barrier()
     results.put((rank, time.perf_counter() - started, replay_s))

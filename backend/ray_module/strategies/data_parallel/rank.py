@@ -185,7 +185,7 @@ class DataParallelRank:
                 optimizer.zero_grad()
                 loss.backward()
                 if checker is not None and check_next:  # before the update: same weights
-                    self._judge(runner, checker.check(step + 1, float(loss.detach()), replay))
+                    self._judge(runner, *checker.check(step + 1, float(loss.detach()), replay))
                 check_next = False
                 optimizer.step()
                 step += 1
@@ -227,18 +227,18 @@ class DataParallelRank:
             runner.emit.remote(ArtifactEvent(str(final_dir)))
         return step
 
-    def _judge(self, runner: Any, verdicts: list[VerdictEvent]) -> None:
+    def _judge(self, runner: Any, verdicts: list[VerdictEvent], stop: bool) -> None:
         """Rank 0 sends the verdicts; every rank stops the attempt when one is invalid (the
         sum of gradients it took part in cannot be undone: the job resumes without it)."""
         import ray
 
-        if self.config.rank == 0 and verdicts:
+        if verdicts:
             ray.get([runner.emit.remote(verdict) for verdict in verdicts])
-        invalid = sorted({v.node_id for v in verdicts if not v.valid})
-        if invalid:
+        if stop:
+            invalid = sorted({v.node_id for v in verdicts if not v.valid})
+            who = f"node(s) {', '.join(map(str, invalid))}" if invalid else "a rank"
             raise ResultsRejectedError(
-                f"the work of node(s) {', '.join(map(str, invalid))} failed validation at "
-                f"step {verdicts[0].step}: resuming from the last checkpoint without them"
+                f"the work of {who} failed validation: resuming from the last checkpoint without it"
             )
 
     def _report_usage(self, runner: Any, seconds: float, step: int) -> None:

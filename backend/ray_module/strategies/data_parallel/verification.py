@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,13 @@ def judge(
 class StepChecker:
     """One rank's part in checking a step: every rank calls ``check`` at the same step (the
     exchange is collective), with its own claimed loss; ``replay(rank)`` recomputes that
-    rank's loss at this step on this rank's weights."""
+    rank's loss at this step on this rank's weights.
+
+    Each rank sends rank 0 its claim and its replays straight (a gather: no rank relays
+    another's numbers, as in a ring all-reduce, where one could alter a third rank's claim or
+    replay and frame it); rank 0 judges, replaying disputed batches itself, and returns the
+    verdicts. The other ranks learn only whether to stop: rank 0 stops the attempt whatever
+    they hear."""
 
     def __init__(self, rank: int, plans: Sequence[WorkerPlan], job_seed: int) -> None:
         self.rank = rank
@@ -108,41 +115,46 @@ class StepChecker:
 
     def check(
         self, step: int, claimed: float, replay: Callable[[int], float]
-    ) -> list[VerdictEvent]:
+    ) -> tuple[list[VerdictEvent], bool]:
+        """Rank 0's verdicts (other ranks get none), and whether the attempt stops."""
         import torch
         import torch.distributed as dist
 
         world = len(self.plans)
-        claims = torch.zeros(world, dtype=torch.float64)
-        claims[self.rank] = claimed
-        dist.all_reduce(claims)
         checks = checks_at(self.job_seed, step, self.plans)
-        replayed = torch.zeros(world, dtype=torch.float64)
+        mine = torch.zeros(world + 1, dtype=torch.float64)  # [claim, replays by checked rank]
+        mine[0] = claimed
         for checked, validator in checks.items():
             if validator == self.rank:
-                replayed[checked] = replay(checked)
-        dist.all_reduce(replayed)
-        disputed = [r for r, _ in checks.items() if not agree(claims[r], replayed[r])]
-        referee = torch.zeros(world, dtype=torch.float64)
-        if disputed:  # every rank sees the same disputes, so all take part in the broadcast
-            if self.rank == 0:
-                for r in disputed:
-                    referee[r] = claims[r] if r == 0 else replay(r)
-            dist.broadcast(referee, src=0)
-        findings = [
-            finding
-            for checked, validator in sorted(checks.items())
-            for finding in judge(
-                checked,
-                validator,
-                float(claims[checked]),
-                float(replayed[checked]),
-                float(referee[checked]) if checked in disputed else None,
-            )
-        ]
-        return [self.verdict(step, finding, checks) for finding in findings]
+                mine[1 + checked] = replay(checked)
+        received = [torch.zeros_like(mine) for _ in range(world)] if self.rank == 0 else None
+        dist.gather(mine, received, dst=0)
+        verdicts: list[VerdictEvent] = []
+        if self.rank == 0:
+            verdicts = self.judge_all(step, checks, received, replay)
+        stop = torch.tensor([float(any(not v.valid for v in verdicts))])
+        dist.broadcast(stop, src=0)
+        return verdicts, bool(stop[0])
 
-    def verdict(self, step: int, finding: Finding, checks: dict[int, int]) -> VerdictEvent:
+    def judge_all(
+        self,
+        step: int,
+        checks: dict[int, int],
+        received: list[Any],
+        replay: Callable[[int], float],
+    ) -> list[VerdictEvent]:
+        verdicts = []
+        for checked, validator in sorted(checks.items()):
+            claimed = float(received[checked][0])
+            replayed = float(received[validator][1 + checked])
+            referee = None
+            if not agree(claimed, replayed):  # rank 0's own replay decides
+                referee = claimed if checked == 0 else replay(checked)
+            for finding in judge(checked, validator, claimed, replayed, referee):
+                verdicts.append(self.verdict(step, finding))
+        return verdicts
+
+    def verdict(self, step: int, finding: Finding) -> VerdictEvent:
         by = self.plans[finding.by_rank].node_id if finding.by_rank != finding.rank else 0
         return VerdictEvent(
             node_id=self.plans[finding.rank].node_id,

@@ -87,8 +87,9 @@ def one_rank(rank: int, rendezvous: str, results) -> None:
                 value = loss_of(of_rank)
                 return value + 1.0 if lie == f"replay {rank}" else value
 
-            verdicts = StepChecker(rank, workers, job).check(step, claimed, replay)
-            results.put((lie, rank, [(v.node_id, v.valid, v.validator_node_id) for v in verdicts]))
+            verdicts, stop = StepChecker(rank, workers, job).check(step, claimed, replay)
+            found = [(v.node_id, v.valid, v.validator_node_id) for v in verdicts]
+            results.put((lie, rank, (found, stop)))
 
         # No false positives while training: DDP's forward and backward on every rank, each
         # step checked on the plain network before the update, as the ranks do.
@@ -111,15 +112,16 @@ def one_rank(rank: int, rendezvous: str, results) -> None:
                 with torch.no_grad():
                     return float(alone.loss({"input_ids": batches[of_rank] + step}))
 
-            honest += [v.valid for v in checker.check(step + 1, float(loss.detach()), replay)]
+            verdicts, stop = checker.check(step + 1, float(loss.detach()), replay)
+            honest += [v.valid for v in verdicts] + [not stop]
             optimizer.step()
-        results.put(("training", rank, [len(honest), all(honest)]))
+        results.put(("training", rank, (len(honest), all(honest))))
     finally:
         dist.destroy_process_group()
 
 
-def run_group(rendezvous: str) -> dict[str, list[tuple[int, bool, int]]]:
-    """Each lie's verdicts (every rank's the same)."""
+def run_group(rendezvous: str) -> dict[str, dict[int, tuple]]:
+    """What each rank returned, by lie."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     ranks = [context.Process(target=one_rank, args=(r, rendezvous, results)) for r in range(3)]
@@ -132,21 +134,29 @@ def run_group(rendezvous: str) -> dict[str, list[tuple[int, bool, int]]]:
     for process in ranks:
         process.join(timeout=30)
         assert process.exitcode == 0
-    for lie, by_rank in answers.items():
-        assert by_rank[0] == by_rank[1] == by_rank[2], lie
-    return {lie: by_rank[0] for lie, by_rank in answers.items()}
+    return answers
 
 
 @pytest.mark.slow
 def test_honest_ranks_replay_each_others_losses_exactly_and_a_made_up_one_is_caught(
     tmp_path,
 ) -> None:
-    verdicts = run_group(str(tmp_path / "rendezvous"))
+    answers = run_group(str(tmp_path / "rendezvous"))
+
+    def judged(lie: str) -> list[tuple[int, bool, int]]:
+        """Rank 0's verdicts; the others get none, and all three agree whether to stop."""
+        (found, stop), *others = (answers[lie][rank] for rank in range(3))
+        assert all(other == ([], stop) for other in others), answers[lie]
+        assert stop == (not all(valid for _, valid, _ in found))
+        return found
+
     # New nodes of three owners: each rank is checked; validator = lowest other node id.
-    assert verdicts["nobody"] == [(1, True, 2), (2, True, 1), (3, True, 1)]
+    assert judged("nobody") == [(1, True, 2), (2, True, 1), (3, True, 1)]
     # Rank 2 (node 3) halves its loss: its validator (node 1) catches it, no referee needed.
-    assert verdicts["claim 2"] == [(1, True, 2), (2, True, 1), (3, False, 1)]
+    assert judged("claim 2") == [(1, True, 2), (2, True, 1), (3, False, 1)]
     # Rank 1 (node 2) lies in its replay of rank 0: rank 0 referees, the liar is invalid.
-    assert verdicts["replay 1"] == [(1, True, 0), (2, False, 1), (2, True, 1), (3, True, 1)]
-    # Eight steps of honest training, every rank checked at every step: all valid.
-    assert verdicts["training"] == [3 * TRAINING_STEPS, True]
+    assert judged("replay 1") == [(1, True, 0), (2, False, 1), (2, True, 1), (3, True, 1)]
+    # Eight steps of honest training, every rank checked at every step: rank 0 found all
+    # three valid at each, and no rank was told to stop.
+    assert answers["training"][0] == (TRAINING_STEPS * 4, True)
+    assert answers["training"][1] == answers["training"][2] == (TRAINING_STEPS, True)
