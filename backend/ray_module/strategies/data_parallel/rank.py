@@ -135,7 +135,7 @@ class DataParallelRank:
         texts = load_texts(inputs.data)
         blocks = pack_blocks(texts, model.companion, settings.seq_len)
         train_blocks, validation_blocks = split_blocks(blocks, settings.validation_split)
-        shard = train_blocks[rank::world]
+        shard = shard_of(train_blocks, rank, world)
         batch_size = settings.batch_size
         batches_per_epoch = max(1, math.ceil(len(shard) / batch_size))
         total_steps = settings.total_steps(batches_per_epoch)
@@ -157,7 +157,7 @@ class DataParallelRank:
 
         def batch_of(of_rank: int, at_step: int) -> Any:
             """``of_rank``'s batch at (0-based) ``at_step``: its shard, in its epoch's order."""
-            own = train_blocks[of_rank::world]
+            own = shard_of(train_blocks, of_rank, world)
             per_epoch = max(1, math.ceil(len(own) / batch_size))
             shuffle = torch.Generator().manual_seed(SHUFFLE_SEED + at_step // per_epoch)
             at = at_step % per_epoch
@@ -252,6 +252,15 @@ class DataParallelRank:
             seconds=seconds, step=step,
         )  # fmt: skip
         ray.get(runner.emit.remote(usage))
+
+
+def shard_of(blocks: Any, rank: int, world: int) -> Any:
+    """``rank``'s blocks, every rank's as many: a rank with one block more would take another
+    step per epoch than the rest, and wait alone in its collectives (the gradients' all-reduce,
+    the checks) at the epoch's end. Up to ``world - 1`` blocks are left out, as
+    DistributedSampler's ``drop_last`` does; with fewer blocks than ranks, all are kept."""
+    even = len(blocks) - len(blocks) % world
+    return blocks[:even][rank::world] if even else blocks[rank::world]
 
 
 class ResultsRejectedError(RetryableRunError):
