@@ -155,19 +155,15 @@ class DataParallelRank:
         checker = StepChecker(rank, cfg.run.workers, cfg.run.job_id) if world > 1 else None
         check_next = True  # the attempt's first step, then the first after each checkpoint
 
-        def batch_of(of_rank: int, at_step: int) -> Any:
-            """``of_rank``'s batch at (0-based) ``at_step``: its shard, in its epoch's order."""
-            own = shard_of(train_blocks, of_rank, world)
-            per_epoch = max(1, math.ceil(len(own) / batch_size))
-            shuffle = torch.Generator().manual_seed(SHUFFLE_SEED + at_step // per_epoch)
-            at = at_step % per_epoch
-            return own[torch.randperm(len(own), generator=shuffle)[at * batch_size :][:batch_size]]
-
         def replay(of_rank: int) -> float:
+            """``of_rank``'s loss at this step (``step``, ``picked``: the loop's, read when the
+            check calls it) on this rank's weights. Shards are equal and shuffled alike, so its
+            batch is the same positions of its own shard."""
             alone = unwrapped_model(model)
+            ids = shard_of(train_blocks, of_rank, world)[picked].to(device)
             torch.manual_seed(dropout_seed(cfg.run.job_id, step, of_rank))
             with torch.no_grad():
-                return float(alone.loss({"input_ids": batch_of(of_rank, step).to(device)}))
+                return float(alone.loss({"input_ids": ids}))
 
         while step < total_steps:
             epoch = step // batches_per_epoch

@@ -29,20 +29,12 @@ from protocol.events import VerdictEvent
 from protocol.run import WorkerPlan
 from protocol.trust import check_rate_for
 from ray_module.strategies.verification import chosen_for_check, validator_for
-
-# The same code, weights, batch and dropout masks: float rounding only (measured on this
-# project's CPUs: identical to the last bit); a made-up or skipped loss misses by far more.
-RELATIVE_TOLERANCE = 1e-4
-ABSOLUTE_TOLERANCE = 1e-5
+from ray_module.strategies.verification import losses_agree as agree
 
 
 def dropout_seed(job_seed: int, step: int, rank: int) -> int:
     """The seed of ``rank``'s random draws (dropout) at ``step``: a replay sets the same."""
     return int(np.random.SeedSequence([job_seed, step, rank, 0xD9]).generate_state(1)[0])
-
-
-def agree(claimed: float, replayed: float) -> bool:
-    return bool(np.isclose(claimed, replayed, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE))
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from protocol.events import VerdictEvent
-from ray_module.strategies.verification import Referee, chosen_for_check, validator_for
+from ray_module.strategies.verification import (
+    Referee,
+    chosen_for_check,
+    validator_for,
+)
+from ray_module.strategies.verification import losses_agree as agree
 
 REPLAYED_PAIRS = 2
-# Same code, weights and batch: an honest replay differs only by float32 rounding across
-# CPUs (measured: under 1e-6 relative); made-up or untrained losses miss by far more.
-RELATIVE_TOLERANCE = 1e-4
-ABSOLUTE_TOLERANCE = 1e-5
 REPLAY_TIMEOUT_S = 120.0
 
 
@@ -36,13 +37,6 @@ def sampled_positions(seed: int, step: int, rank: int, count: int) -> list[int]:
     take = min(REPLAYED_PAIRS, count)
     rng = np.random.default_rng([seed, step, rank, 0x5A11])
     return sorted(int(i) for i in rng.choice(count, size=take, replace=False))
-
-
-def agree(claimed: np.ndarray, replayed: np.ndarray) -> bool:
-    claimed, replayed = np.asarray(claimed, np.float64), np.asarray(replayed, np.float64)
-    return claimed.shape == replayed.shape and bool(
-        np.allclose(claimed, replayed, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE)
-    )
 
 
 @dataclass
