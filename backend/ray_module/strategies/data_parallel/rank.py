@@ -152,7 +152,11 @@ class DataParallelRank:
         generator = torch.Generator()
         last_report = started
         model.network.train()
-        checker = StepChecker(rank, cfg.run.workers, cfg.run.job_id) if world > 1 else None
+        checker = (
+            StepChecker(rank, cfg.run.workers, cfg.run.job_id, deliver=self._sender(runner))
+            if world > 1
+            else None
+        )
         check_next = True  # the attempt's first step, then the first after each checkpoint
 
         def replay(of_rank: int) -> float:
@@ -181,7 +185,7 @@ class DataParallelRank:
                 optimizer.zero_grad()
                 loss.backward()
                 if checker is not None and check_next:  # before the update: same weights
-                    self._judge(runner, *checker.check(step + 1, float(loss.detach()), replay))
+                    self._judge(*checker.check(step + 1, float(loss.detach()), replay))
                 check_next = False
                 optimizer.step()
                 step += 1
@@ -223,13 +227,19 @@ class DataParallelRank:
             runner.emit.remote(ArtifactEvent(str(final_dir)))
         return step
 
-    def _judge(self, runner: Any, verdicts: list[VerdictEvent], stop: bool) -> None:
-        """Rank 0 sends the verdicts; every rank stops the attempt when one is invalid (the
-        sum of gradients it took part in cannot be undone: the job resumes without it)."""
+    @staticmethod
+    def _sender(runner: Any) -> Any:
+        """Sends rank 0's verdicts to the runner, and waits until it has them."""
         import ray
 
-        if verdicts:
+        def deliver(verdicts: list[VerdictEvent]) -> None:
             ray.get([runner.emit.remote(verdict) for verdict in verdicts])
+
+        return deliver
+
+    def _judge(self, verdicts: list[VerdictEvent], stop: bool) -> None:
+        """Every rank stops the attempt when a verdict is invalid (the sum of gradients it
+        took part in cannot be undone: the job resumes without it); rank 0 has sent them."""
         if stop:
             invalid = sorted({v.node_id for v in verdicts if not v.valid})
             who = f"node(s) {', '.join(map(str, invalid))}" if invalid else "a rank"

@@ -98,12 +98,23 @@ class StepChecker:
     another's numbers, as in a ring all-reduce, where one could alter a third rank's claim or
     replay and frame it); rank 0 judges, replaying disputed batches itself, and returns the
     verdicts. The other ranks learn only whether to stop: rank 0 stops the attempt whatever
-    they hear."""
+    they hear.
 
-    def __init__(self, rank: int, plans: Sequence[WorkerPlan], job_seed: int) -> None:
+    ``deliver`` (rank 0's) receives the verdicts before the other ranks hear whether to stop:
+    the first rank to fail its attempt ends it, so a verdict sent after the stop could be
+    lost with it."""
+
+    def __init__(
+        self,
+        rank: int,
+        plans: Sequence[WorkerPlan],
+        job_seed: int,
+        deliver: Callable[[list[VerdictEvent]], None] | None = None,
+    ) -> None:
         self.rank = rank
         self.plans = list(plans)
         self.job_seed = job_seed
+        self.deliver = deliver
 
     def check(
         self, step: int, claimed: float, replay: Callable[[int], float]
@@ -124,6 +135,8 @@ class StepChecker:
         verdicts: list[VerdictEvent] = []
         if self.rank == 0:
             verdicts = self.judge_all(step, checks, received, replay)
+            if verdicts and self.deliver is not None:
+                self.deliver(verdicts)
         stop = torch.tensor([float(any(not v.valid for v in verdicts))])
         dist.broadcast(stop, src=0)
         return verdicts, bool(stop[0])

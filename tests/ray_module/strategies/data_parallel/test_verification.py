@@ -7,7 +7,9 @@ each node's rate from another owner's rank."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import pathlib
 
 import pytest
 
@@ -54,6 +56,10 @@ LIES = ("nobody", "claim 2", "replay 1")
 TRAINING_STEPS = 8  # who lies: rank 2 in its claim, rank 1 in a replay
 
 
+def found_in(verdicts: list) -> list[list]:
+    return [[v.node_id, v.valid, v.validator_node_id] for v in verdicts]
+
+
 def one_rank(rank: int, rendezvous: str, results) -> None:
     """A rank's step, once per lie: its claimed loss on its batch, then the collective check."""
     import torch
@@ -87,9 +93,16 @@ def one_rank(rank: int, rendezvous: str, results) -> None:
                 value = loss_of(of_rank)
                 return value + 1.0 if lie == f"replay {rank}" else value
 
-            verdicts, stop = StepChecker(rank, workers, job).check(step, claimed, replay)
-            found = [(v.node_id, v.valid, v.validator_node_id) for v in verdicts]
-            results.put((lie, rank, (found, stop)))
+            delivered = pathlib.Path(f"{rendezvous}.{lie.replace(' ', '-')}")
+
+            def deliver(verdicts: list, delivered: pathlib.Path = delivered) -> None:
+                delivered.write_text(json.dumps(found_in(verdicts)))
+
+            checker = StepChecker(rank, workers, job, deliver=deliver if rank == 0 else None)
+            verdicts, stop = checker.check(step, claimed, replay)
+            # rank 0 delivered its verdicts before any rank heard whether to stop
+            heard_after = json.loads(delivered.read_text()) if delivered.exists() else None
+            results.put((lie, rank, (found_in(verdicts), stop, heard_after)))
 
         # No false positives while training: DDP's forward and backward on every rank, each
         # step checked on the plain network before the update, as the ranks do.
@@ -144,11 +157,13 @@ def test_honest_ranks_replay_each_others_losses_exactly_and_a_made_up_one_is_cau
     answers = run_group(str(tmp_path / "rendezvous"))
 
     def judged(lie: str) -> list[tuple[int, bool, int]]:
-        """Rank 0's verdicts; the others get none, and all three agree whether to stop."""
-        (found, stop), *others = (answers[lie][rank] for rank in range(3))
-        assert all(other == ([], stop) for other in others), answers[lie]
+        """Rank 0's verdicts; the others get none, and all three agree whether to stop, each
+        hearing it after rank 0 had delivered those verdicts."""
+        (found, stop, delivered), *others = (answers[lie][rank] for rank in range(3))
+        assert delivered == found
+        assert all(other == ([], stop, found) for other in others), answers[lie]
         assert stop == (not all(valid for _, valid, _ in found))
-        return found
+        return [tuple(verdict) for verdict in found]
 
     # New nodes of three owners: each rank is checked; validator = lowest other node id.
     assert judged("nobody") == [(1, True, 2), (2, True, 1), (3, True, 1)]
