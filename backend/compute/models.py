@@ -175,6 +175,37 @@ class JobEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class TrainerAudit(Base):
+    """An audit of a trainer that is also its job's driver (split): the checkpoint it saved
+    at ``from_step``, kept aside, is trained again up to ``until_step`` by an audit job on
+    another node, whose losses must be the ones the trainer reported (``compute.audits``).
+    Until then the trainer node's credit in the job stays pending."""
+
+    __tablename__ = "trainer_audits"
+    __table_args__ = (
+        Index("ix_trainer_audits_job", "job_id"),
+        Index("ix_trainer_audits_audit_job", "audit_job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    node_id: Mapped[int] = mapped_column(Integer)  # the audited trainer's node
+    attempt: Mapped[int] = mapped_column(Integer)
+    from_step: Mapped[int] = mapped_column(Integer)
+    until_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The job's metric rows reported after the snapshot have ids above this: the steps the
+    # trainer went on to report from that checkpoint.
+    metric_cursor: Mapped[int] = mapped_column(Integer, default=0)
+    audit_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    # snapshot -> running -> valid | invalid | unaudited (no audit could be made)
+    status: Mapped[str] = mapped_column(String(16), default="snapshot")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class Lease(Base):
     """A named lease held by one process at a time (the dispatcher's leadership)."""
 

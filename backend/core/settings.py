@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(
         4096, ge=1, le=1_048_576, validation_alias=_env("DISTLM_MAX_UPLOAD_MB")
     )
+    # Audit a sample of split trainers' steps on another node (compute.audits): a trainer
+    # that drives its own job reports its own losses; off only where nodes are one's own.
+    audit_trainers: bool = Field(True, validation_alias=_env("DISTLM_AUDIT_TRAINERS"))
     database_url: str = Field(
         "sqlite:///var/distlm.db", validation_alias=_env("DISTLM_DATABASE_URL")
     )

@@ -113,10 +113,13 @@ def settle_job(
     usage: Sequence[NodeUsage],
     rates: Rates,
     refused_nodes: Collection[int] = (),
+    held_nodes: Collection[int] = (),
     memo: str = "",
 ) -> SettlementResult:
     """Idempotent: a second call for the same job changes nothing and returns the first
-    result. ``refused_nodes``: nodes whose pending credit is voided instead of released."""
+    result. ``refused_nodes``: nodes whose pending credit is voided instead of released;
+    ``held_nodes``: nodes whose pending credit stays pending (an audit of their work is
+    still to come, and releases or voids it)."""
     existing = find_transaction(session, settlement_key(job_id))
     if existing is not None:
         return _result_of(session, existing.id, job_id, first_time=False)
@@ -161,7 +164,7 @@ def settle_job(
                     payer_id=job_owner_id,
                     memo=f"job {job_id}: node {account.node_id}'s work was refused",
                 )
-            else:
+            elif account.node_id not in held_nodes:
                 release_pending(
                     session, account, rates, memo=f"job {job_id}: node {account.node_id}'s work"
                 )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from compute.audits.held import audited_nodes
 from compute.billing.pending_credit import refused_nodes
 from compute.billing.usage import JobUsage
 from compute.jobs.spec import MAX_RUNTIME_S, MAX_TOKENS, JobSpec, Requirements
@@ -129,6 +130,7 @@ def settle(
         usage=[NodeUsage(node, owners[node], seconds) for node, seconds in work.items()],
         rates=rates,
         refused_nodes=refused_nodes(session, work, job.id),
+        held_nodes=audited_nodes(session, job.id),
         memo=f"settlement of job {job.id} ({job.status})",
     )
 

@@ -24,6 +24,8 @@ from typing import Protocol
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from compute.audits.lifecycle import sweep
+from compute.audits.snapshots import maybe_snapshot
 from compute.billing.metering import (
     describe_unsaved,
     is_saved,
@@ -66,6 +68,7 @@ from protocol.run import RunConfig, WorkerPlan
 from protocol.strategies.registry import get_rules
 
 log = logging.getLogger(__name__)
+AUDIT_SWEEP_S = 1.0  # how often ended jobs' audits are launched and decided
 
 
 class RunnerPort(Protocol):
@@ -105,6 +108,7 @@ class Dispatcher:
         self.leading = False
         self.renewed_at = 0.0  # time.monotonic() of the last renewal
         self.expired_at = -math.inf  # time.monotonic() of the last retention sweep
+        self.audits_swept_at = -math.inf
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -155,7 +159,18 @@ class Dispatcher:
         self.schedule()
         self.start_placed()
         self.poll_running()
+        self.sweep_audits()
         self.expire_storage()
+
+    def sweep_audits(self) -> None:
+        """Audits of trainers (``compute.audits``): launched once their job ends, decided
+        once their audit job does."""
+        now = time.monotonic()
+        if now - self.audits_swept_at < AUDIT_SWEEP_S:
+            return
+        self.audits_swept_at = now
+        with session_scope(self.session_factory) as session:
+            sweep(session, self.settings.storage_path, self.rates)
 
     def expire_storage(self) -> None:
         """Once a minute: heartbeat samples past their retention, and the files of jobs
@@ -365,6 +380,8 @@ class Dispatcher:
                 job.saved_step = max(step, job.saved_step or 0)
                 saved, job.unsaved_usage = saved_by(job.unsaved_usage, step)
                 record_event(session, job, "checkpoint", {"step": step, "attempt": job.attempts})
+                if self.settings.audit_trainers:
+                    maybe_snapshot(session, job, self.settings.storage_path)
                 save_usage(session, job, saved)
                 credit_saved_work(session, job, self.rates, step=step)
                 job.status_reason = (

@@ -37,6 +37,9 @@ class NodeCapacity:
     on_probation: bool = False
 
 
+WHY_EXCLUDED = "whose work in this job failed validation"
+
+
 @dataclass(frozen=True)
 class PendingJob:
     """A queued job's total requirements, how many workers share them, and its extra parts."""
@@ -47,8 +50,10 @@ class PendingJob:
     memory_gb: float
     workers: int = 1
     extra: tuple[ExtraShare, ...] = ()
-    # Nodes whose work in this job failed validation: its next attempt runs without them.
+    # Nodes whose work in this job failed validation: its next attempt runs without them;
+    # or, for an audit, the node it audits.
     excluded: frozenset[int] = frozenset()
+    excluded_because: str = WHY_EXCLUDED
 
 
 @dataclass(frozen=True)
@@ -258,10 +263,7 @@ def waiting_reason(job: PendingJob, capacity: Sequence[NodeCapacity]) -> str:
         return "waiting for resources: the nodes that can run it are busy"
     if job.excluded and fit_job(replace(job, excluded=frozenset()), capacity) is not None:
         left_out = ", ".join(map(str, sorted(job.excluded)))
-        return (
-            f"waiting for a node other than node(s) {left_out}, whose work in this job "
-            "failed validation"
-        )
+        return f"waiting for a node other than node(s) {left_out}, {job.excluded_because}"
     gpu, cpu, memory = worker_share(job)
     if not capacity:
         return "waiting for an online, approved node"

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from auth.models import Role, User
 from compute.billing.verified_credit import invalid_in_job
 from compute.dispatch.placement import (
+    WHY_EXCLUDED,
     NodeCapacity,
     PendingJob,
     Plan,
@@ -19,7 +20,7 @@ from compute.dispatch.placement import (
 )
 from compute.jobs.state import ACTIVE, JobStatus
 from compute.jobs.strategy import extra_shares, worker_processes
-from compute.models import Job, Node
+from compute.models import Job, Node, TrainerAudit
 from compute.nodes.service import NodeApproval
 from compute.nodes.trust import on_probation
 from protocol.run import WorkerPlan
@@ -52,7 +53,20 @@ def slots_of(job: Job) -> list[WorkerPlan]:
     return [WorkerPlan(**slot) for slot in (job.placement or [])]
 
 
-def pending_job(job: Job, excluded: frozenset[int] = frozenset()) -> PendingJob:
+def left_out(session: Session, job: Job) -> tuple[frozenset[int], str]:
+    """The nodes a job may not run on, and why: an audit, the node it audits; a retried job,
+    the nodes whose work in it failed validation."""
+    audited = session.scalar(
+        select(TrainerAudit.node_id).where(TrainerAudit.audit_job_id == job.id)
+    )
+    if audited is not None:
+        return frozenset({audited}), "the trainer this job audits"
+    if job.attempts:
+        return frozenset(invalid_in_job(session, job.id)), WHY_EXCLUDED
+    return frozenset(), WHY_EXCLUDED
+
+
+def pending_job(job: Job, excluded: frozenset[int] = frozenset(), because: str = "") -> PendingJob:
     return PendingJob(
         job_id=job.id,
         gpu=job.gpu,
@@ -61,6 +75,7 @@ def pending_job(job: Job, excluded: frozenset[int] = frozenset()) -> PendingJob:
         workers=worker_processes(job),
         extra=extra_shares(job),
         excluded=excluded,
+        excluded_because=because or WHY_EXCLUDED,
     )
 
 
@@ -114,8 +129,6 @@ class QueueView:
         ).all()
         missing = [job_id for job_id in queued if job_id not in self.pending]
         for job in jobs_by_id(session, missing):
-            # A retried job leaves out the nodes whose work in it failed validation.
-            excluded = frozenset(invalid_in_job(session, job.id)) if job.attempts else frozenset()
-            self.pending[job.id] = pending_job(job, excluded)
+            self.pending[job.id] = pending_job(job, *left_out(session, job))
         self.pending = {job_id: self.pending[job_id] for job_id in queued}
         return plan([self.pending[job_id] for job_id in queued], free, capacity)

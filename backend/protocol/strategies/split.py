@@ -17,6 +17,9 @@ from protocol.strategies.rules import (
 )
 
 MAX_LOADER_NODES = 64
+# The gateway's own task (compute.audits): train a few steps again from an audited job's
+# checkpoint, on another node, and report their losses. Users cannot submit it.
+AUDIT_TASK = "audit"
 
 
 def loader_actors(cpu_cores: float, memory_gb: float) -> int:
@@ -140,7 +143,7 @@ class SplitRules(StrategyRules):
     name = "split"
     # Text-to-text models are validated and used for inference here; they train with fedavg.
     model_types = frozenset({"classifier", "simple_transformer", "text_to_text"})
-    tasks = frozenset({"train", "validate", "infer"})
+    tasks = frozenset({"train", "validate", "infer"})  # and AUDIT_TASK, the gateway's own
     progress_unit = "step"
 
     def parse_settings(self, training: dict[str, Any]) -> SplitSettings:

@@ -25,6 +25,7 @@ FINISHED = {
     "train": "training finished",
     "validate": "validation finished",
     "infer": "inference finished",
+    "audit": "audit finished",
 }
 
 

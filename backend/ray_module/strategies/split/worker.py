@@ -17,7 +17,7 @@ import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
 from protocol.run import DataRequest, ModelRequest, PublishTarget, WorkerPlan
-from protocol.strategies.split import SplitSettings
+from protocol.strategies.split import AUDIT_TASK, SplitSettings
 from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
 from ray_module.models.classifier import class_names_of
@@ -113,16 +113,20 @@ class SplitWorker:
             flow=self.flow,
         )
         task = self.config.task
-        if task == "train":
+        if task in ("train", AUDIT_TASK):
             return self.train()
         if task == "validate":
             return self.validate()
         return self.infer()
 
     def train(self) -> dict[str, Any]:
+        """Train; or, for an audit (``compute.audits``), train again from the audited job's
+        checkpoint to ``max_steps`` and report only each step's loss: nothing is saved, the
+        gateway compares the losses with the ones the audited trainer reported."""
         import torch
 
         config, settings = self.config, self.config.settings
+        auditing = config.task == AUDIT_TASK
         plan = EpochPlan(self.data.train_ids, settings.batch_size, settings.shuffle, settings.seed)
         per_epoch = plan.batches
         total = settings.total_steps(per_epoch)
@@ -132,6 +136,8 @@ class SplitWorker:
             model.network.parameters(), lr=settings.rate_for(config.model_type)
         )
         step, epoch_ids = self._resume(model, optimizer)
+        if auditing and not step:
+            raise ModelError("the audit found no checkpoint of the audited job to start from")
         described = {
             "total_steps": total,
             "batches_per_epoch": per_epoch,
@@ -157,12 +163,16 @@ class SplitWorker:
             for key, batch in self.stream([("train", epoch, i) for i in range(first, last)]):
                 self.step = step + 1
                 batch = self._checked(key, batch)
+                torch.manual_seed(step_seed(settings.seed, step + 1))  # dropout, as a replay
                 loss = self._train_step(model, optimizer, batch)
                 step += 1
                 epoch_ids.append(batch["ids"])
                 if settings.step_delay_s:
                     time.sleep(settings.step_delay_s)
                 values: dict[str, Any] = {"loss": loss, "epoch": epoch}
+                if auditing:
+                    self._emit(MetricEvent(step, values))
+                    continue
                 end_of_epoch = step % per_epoch == 0 or step == total
                 if step % FLOW_EVERY == 0 or end_of_epoch:
                     values.update(self._flow_figures())
@@ -179,6 +189,9 @@ class SplitWorker:
                     last_usage = self._report_usage(last_usage, step)
                     if self._cancel_requested():
                         raise RunCancelledError()
+        if auditing:
+            self._report_usage(last_usage, step)
+            return {"step": step}
         final = self.job_dir / "model"
         self._save_model(model, final)
         publish_directory(self.config.publish, "model", final)
@@ -462,6 +475,12 @@ def _optimizer_state(arrays: dict[str, np.ndarray], saved: dict[str, Any]) -> di
         for index, names in saved["state_keys"].items()
     }
     return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def step_seed(job_seed: int, step: int) -> int:
+    """The seed of the trainer's random draws (dropout) at ``step``: an audit that trains
+    the step again from a checkpoint draws the same."""
+    return int(np.random.SeedSequence([job_seed, step, 0x5B1]).generate_state(1)[0])
 
 
 def _epoch_line(epoch: int, values: dict[str, Any]) -> str:

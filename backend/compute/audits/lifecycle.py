@@ -1,0 +1,243 @@
+"""An audit from snapshot to verdict, swept by the dispatcher each round.
+
+1. ``launch``: once the audited job has ended, its audit job is queued: the job's own request
+   as task ``audit``, trained to the step before its next checkpoint (at most
+   ``MAX_AUDIT_STEPS`` steps), starting from the snapshot, on any nodes but the audited one
+   (in a Ray cluster of its own: the audited node cannot reach it). It holds no tokens and
+   earns none: like every validator, an auditor is not paid for checking (README, "Verified
+   credit"); the user pays nothing for it either.
+2. ``decide``: once the audit job has ended, its losses are compared with those the trainer
+   reported for the same steps; the verdict goes through ``apply_verdict`` like any other, so
+   the trainer's pending credit in the job is released or voided and its reliability counts
+   it. An audit that could not run (failed, cancelled) releases the credit unaudited: the
+   node is not punished for the platform's own failure, and the log says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from compute.audits.snapshots import job_storage, link_checkpoint, snapshot_path
+from compute.billing.verified_credit import apply_verdict, pending_account, refused_in_job
+from compute.jobs.events import add_log
+from compute.jobs.state import JobStatus
+from compute.models import Job, JobEvent, JobMetric, TrainerAudit
+from core.db import utcnow
+from ledger.pending import release_pending
+from ledger.pricing import Rates
+from protocol.events import VerdictEvent
+from protocol.strategies.split import AUDIT_TASK
+
+MAX_AUDIT_STEPS = 50  # a longer interval is audited on its first steps
+TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal())
+# Losses trained again on another machine: the same code, weights, batches and dropout
+# draws; only float rounding differs (the same on two CPUs of this suite: the losses agree
+# to 1e-6). A GPU trainer audited on a CPU rounds differently: 1e-3 is an assumption until
+# measured on one (no GPU was lent while this was built).
+AUDIT_RELATIVE = 1e-3
+AUDIT_ABSOLUTE = 1e-5
+
+
+def sweep(session: Session, storage_root: Path, rates: Rates) -> None:
+    """Launch the audits of jobs that have ended and decide those whose audit job has."""
+    rows = session.execute(
+        select(TrainerAudit, Job.status)
+        .join(Job, Job.id == TrainerAudit.job_id)
+        .where(TrainerAudit.status == "snapshot", Job.status.in_(TERMINAL))
+        .order_by(TrainerAudit.id)
+        .limit(20)
+    ).all()
+    for audit, _ in rows:
+        launch(session, audit, storage_root, rates)
+    running = session.execute(
+        select(TrainerAudit)
+        .join(Job, Job.id == TrainerAudit.audit_job_id)
+        .where(TrainerAudit.status == "running", Job.status.in_(TERMINAL))
+        .order_by(TrainerAudit.id)
+        .limit(20)
+    ).scalars()
+    for audit in list(running):
+        decide(session, audit, rates)
+
+
+def claimed_losses(session: Session, audit: TrainerAudit, until: int) -> dict[int, float]:
+    """The losses the trainer reported for steps after the checkpoint, up to ``until``:
+    each step's first report after the snapshot."""
+    found: dict[int, float] = {}
+    rows = session.execute(
+        select(JobMetric.step, JobMetric.values)
+        .where(
+            JobMetric.job_id == audit.job_id,
+            JobMetric.id > audit.metric_cursor,
+            JobMetric.step > audit.from_step,
+            JobMetric.step <= until,
+        )
+        .order_by(JobMetric.id)
+    )
+    for step, values in rows:
+        if step not in found and isinstance(values.get("loss"), int | float):
+            found[step] = float(values["loss"])
+    return found
+
+
+def window_end(session: Session, audit: TrainerAudit) -> int:
+    """The last step audited: the one before the attempt's next checkpoint is saved (its
+    own checkpoint step), at most ``MAX_AUDIT_STEPS`` on."""
+    later = [
+        int(p["step"])
+        for p in session.scalars(
+            select(JobEvent.payload).where(
+                JobEvent.job_id == audit.job_id, JobEvent.kind == "checkpoint"
+            )
+        )
+        if p.get("attempt") == audit.attempt and int(p["step"]) > audit.from_step
+    ]
+    return min([audit.from_step + MAX_AUDIT_STEPS, *later])
+
+
+def launch(session: Session, audit: TrainerAudit, storage_root: Path, rates: Rates) -> Job | None:
+    job = session.get(Job, audit.job_id)
+    assert job is not None
+    claimed = claimed_losses(session, audit, window_end(session, audit))
+    steps = consecutive_from(audit.from_step + 1, claimed)
+    if not steps:
+        close(session, audit, job, rates,
+              "the trainer reported no step after the checkpoint kept for its audit")  # fmt: skip
+        return None
+    until = steps[-1]
+    audit_job = audit_job_for(job, audit, until)
+    session.add(audit_job)
+    session.flush()
+    checkpoint = job_storage(storage_root, audit_job.id) / "checkpoint"
+    if link_checkpoint(snapshot_path(storage_root, audit), checkpoint) != audit.from_step:
+        audit_job.status, audit_job.status_reason = "cancelled", "its checkpoint was lost"
+        close(session, audit, job, rates, "the checkpoint kept for its audit was lost")
+        return None
+    audit.audit_job_id, audit.until_step, audit.status = audit_job.id, until, "running"
+    add_log(
+        session,
+        job,
+        f"node {audit.node_id}'s training from step {audit.from_step} to {until} is audited by "
+        f"job {audit_job.id} on another node; its credit in this job waits for the verdict",
+    )
+    return audit_job
+
+
+def consecutive_from(first: int, claimed: dict[int, float]) -> list[int]:
+    steps = []
+    while first + len(steps) in claimed:
+        steps.append(first + len(steps))
+    return steps
+
+
+def audit_job_for(job: Job, audit: TrainerAudit, until: int) -> Job:
+    """The audited job's request as an audit: trained to ``until``, resumed from the
+    snapshot (linked in as the audit job's own checkpoint)."""
+    request = dict(job.request)
+    knobs = {k: v for k, v in request.get("knobs", {}).items() if k != "epochs"}
+    request.update(task=AUDIT_TASK, knobs={**knobs, "max_steps": until})
+    audit_of = {"job_id": job.id, "node_id": audit.node_id, "steps": [audit.from_step + 1, until]}
+    now = utcnow()
+    return Job(
+        owner_id=job.owner_id,
+        name=f"audit of job {job.id}, steps {audit.from_step + 1}-{until}"[:128],
+        status=JobStatus.QUEUED.value,
+        status_reason=f"queued: an audit of job {job.id}, for a node other than {audit.node_id}",
+        model_type=job.model_type,
+        strategy=job.strategy,
+        gpu=job.gpu,
+        cpu_cores=job.cpu_cores,
+        memory_gb=job.memory_gb,
+        max_runtime_s=job.max_runtime_s,
+        max_tokens_micro=0,  # nothing held, nothing charged: the platform's own check
+        spec={**job.spec, "task": AUDIT_TASK, "audit_of": audit_of},
+        request=request,
+        request_hash=hashlib.sha256(json.dumps(audit_of).encode()).hexdigest(),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def decide(session: Session, audit: TrainerAudit, rates: Rates) -> None:
+    job = session.get(Job, audit.job_id)
+    audit_job = session.get(Job, audit.audit_job_id) if audit.audit_job_id else None
+    assert job is not None
+    if audit_job is None or audit_job.status != JobStatus.SUCCEEDED.value:
+        why = audit_job.status_reason if audit_job is not None else "it was deleted"
+        close(session, audit, job, rates, f"the audit could not be made ({why})")
+        return
+    until = audit.until_step or audit.from_step
+    claimed = claimed_losses(session, audit, until)
+    replayed = replayed_losses(session, audit_job.id)
+    steps = range(audit.from_step + 1, until + 1)
+    wrong = [s for s in steps if not agrees(claimed.get(s), replayed.get(s))]
+    detail = ""
+    if wrong:
+        step = wrong[0]
+        detail = (
+            f"its loss at step {step} was {claimed.get(step)}, trained again from its "
+            f"checkpoint at step {audit.from_step}: {replayed.get(step)}"
+        )
+    verdict = VerdictEvent(
+        node_id=audit.node_id,
+        step=until,
+        valid=not wrong,
+        checked=len(steps),
+        validator_node_id=auditor_of(session, audit_job.id),
+        detail=detail,
+    )
+    audit.status, audit.detail, audit.decided_at = (
+        "valid" if verdict.valid else "invalid",
+        detail,
+        utcnow(),
+    )
+    apply_verdict(session, job, verdict, rates, {audit.node_id})
+
+
+def agrees(claimed: float | None, replayed: float | None) -> bool:
+    if claimed is None or replayed is None:
+        return False
+    return math.isclose(claimed, replayed, rel_tol=AUDIT_RELATIVE, abs_tol=AUDIT_ABSOLUTE)
+
+
+def replayed_losses(session: Session, audit_job_id: int) -> dict[int, float]:
+    """The audit's loss per step (its last attempt's, where it ran more than once)."""
+    found: dict[int, float] = {}
+    rows = session.execute(
+        select(JobMetric.step, JobMetric.values)
+        .where(JobMetric.job_id == audit_job_id)
+        .order_by(JobMetric.id)
+    )
+    for step, values in rows:
+        if isinstance(values.get("loss"), int | float):
+            found[step] = float(values["loss"])
+    return found
+
+
+def auditor_of(session: Session, audit_job_id: int) -> int:
+    """The node the audit's trainer ran on (its usage says)."""
+    for payload in session.scalars(
+        select(JobEvent.payload)
+        .where(JobEvent.job_id == audit_job_id, JobEvent.kind == "usage")
+        .order_by(JobEvent.id.desc())
+    ):
+        if payload.get("stage") == "trainer":
+            return int(payload["node_id"])
+    return 0
+
+
+def close(session: Session, audit: TrainerAudit, job: Job, rates: Rates, why: str) -> None:
+    """An audit that gives no verdict: the credit it held is released (unless the node's
+    work in the job was refused otherwise), and the log says why."""
+    audit.status, audit.detail, audit.decided_at = "unaudited", why[:1000], utcnow()
+    account = pending_account(session, job.id, audit.node_id)
+    if account is not None and not refused_in_job(session, job.id, audit.node_id):
+        memo = f"job {job.id}: node {audit.node_id}'s work, released unaudited: {why}"
+        release_pending(session, account, rates, memo=memo[:500])
+    add_log(session, job, f"node {audit.node_id}'s audit: {why}; its credit is released")

@@ -1,0 +1,110 @@
+"""A checkpoint kept aside for an audit, when the trainer saves it.
+
+Which checkpoints are audited is drawn here, on the gateway, at the trainer node's check rate
+(``protocol.trust``: every checkpoint of a new node, few of a trusted one) from a random
+source the node cannot predict: it must train every step as if that one were audited. One
+checkpoint per attempt at most. The snapshot is hard links to the checkpoint's files, taken
+through a handle on its directory (``linkat``): writers replace a checkpoint's directory
+whole and never rewrite a file, so the links are one whole version and cost no copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from compute.jobs.strategy import job_request
+from compute.models import Job, JobMetric, Node, TrainerAudit
+from protocol.trust import check_rate_for
+
+SNAPSHOTS = "audits"  # under the job's storage directory
+STATE_FILE = "state.json"  # the checkpoint's step (ray_module.storage.checkpoints)
+TRIES = 3  # a checkpoint replaced while it was linked is linked again
+
+
+def job_storage(storage_root: Path, job_id: int) -> Path:
+    return storage_root / "jobs" / str(job_id)
+
+
+def snapshot_path(storage_root: Path, audit: TrainerAudit) -> Path:
+    return job_storage(storage_root, audit.job_id) / SNAPSHOTS / str(audit.id)
+
+
+def audited_trainer(session: Session, job: Job) -> Node | None:
+    """The node a split training job's trainer (and driver) runs on, when the job pays it."""
+    if job.strategy != "split" or job_request(job).task != "train":
+        return None
+    trainers = [slot for slot in job.placement or [] if slot.get("role", "worker") != "loader"]
+    if len(trainers) != 1:
+        return None
+    node = session.get(Node, int(trainers[0]["node_id"]))
+    if node is None or node.owner_id == job.owner_id:
+        return None  # the job owner's own machine earns nothing: nothing to protect
+    return node
+
+
+def maybe_snapshot(session: Session, job: Job, storage_root: Path) -> TrainerAudit | None:
+    """At a checkpoint of ``job``: draw whether to audit it and, if so, keep it aside."""
+    node = audited_trainer(session, job)
+    if node is None:
+        return None
+    taken = session.scalar(
+        select(TrainerAudit.id).where(
+            TrainerAudit.job_id == job.id, TrainerAudit.attempt == job.attempts
+        )
+    )
+    if taken is not None:
+        return None
+    if secrets.SystemRandom().random() >= check_rate_for(node.valid_streak or 0):
+        return None
+    audit = TrainerAudit(
+        job_id=job.id,
+        node_id=node.id,
+        attempt=job.attempts,
+        from_step=0,
+        metric_cursor=session.scalar(
+            select(func.coalesce(func.max(JobMetric.id), 0)).where(JobMetric.job_id == job.id)
+        ),
+        status="snapshot",
+        detail="",
+    )
+    session.add(audit)
+    session.flush()  # its id names the snapshot's directory
+    step = link_checkpoint(job_storage(storage_root, job.id) / "checkpoint",
+                           snapshot_path(storage_root, audit))  # fmt: skip
+    if step is None:
+        session.delete(audit)
+        return None
+    audit.from_step = step
+    return audit
+
+
+def link_checkpoint(checkpoint: Path, into: Path) -> int | None:
+    """Hard-link the checkpoint's files into ``into`` (a new directory); its step, or None
+    when there is no whole checkpoint to link."""
+    for _ in range(TRIES):
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        try:
+            directory = os.open(checkpoint, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            for name in os.listdir(directory):
+                os.link(name, into / name, src_dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # the directory was replaced and removed while it was linked
+        finally:
+            os.close(directory)
+        try:
+            return int(json.loads((into / STATE_FILE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    shutil.rmtree(into, ignore_errors=True)
+    return None
