@@ -73,9 +73,9 @@ def audited_trainer(client, headers: dict, job_id: int) -> int:
 
 
 def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
-    ray_client, two_nodes, user_headers, admin_headers
+    ray_client, two_nodes, user_headers
 ) -> None:
-    owner, nodes = two_nodes
+    owner, _ = two_nodes
     done = submit_and_wait(ray_client, user_headers, AUDITED_JOB, timeout_s=300)
     assert done["status"] == "succeeded", done["status_reason"]
     trainer = audited_trainer(ray_client, user_headers, done["id"])
@@ -103,7 +103,7 @@ def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
 def test_a_trainer_whose_reported_losses_are_not_its_training_is_caught_and_unpaid(
     ray_client, two_nodes, user_headers, ray_settings
 ) -> None:
-    owner, nodes = two_nodes
+    owner, _ = two_nodes
     done = submit_and_wait(ray_client, user_headers, AUDITED_JOB, timeout_s=300)
     assert done["status"] == "succeeded", done["status_reason"]
     # What a trainer that skipped work reports: losses it did not compute (the ones
