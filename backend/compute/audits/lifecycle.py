@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from compute.audits.snapshots import job_storage, link_checkpoint, snapshot_path
 from compute.billing.verified_credit import apply_verdict, pending_account, refused_in_job
+from compute.dispatch.placement import fit_job
+from compute.dispatch.scheduling import capacity_and_free, pending_job
 from compute.jobs.events import add_log
 from compute.jobs.state import JobStatus
 from compute.models import Job, JobEvent, JobMetric, TrainerAudit
@@ -112,6 +114,10 @@ def launch(session: Session, audit: TrainerAudit, storage_root: Path, rates: Rat
         return None
     until = steps[-1]
     audit_job = audit_job_for(job, audit, until)
+    capacity, _ = capacity_and_free(session)
+    if fit_job(pending_job(audit_job, frozenset({audit.node_id})), capacity) is None:
+        close(session, audit, job, rates, "no node other than the trainer's can hold its audit")
+        return None
     session.add(audit_job)
     session.flush()
     checkpoint = job_storage(storage_root, audit_job.id) / "checkpoint"
@@ -141,7 +147,11 @@ def audit_job_for(job: Job, audit: TrainerAudit, until: int) -> Job:
     snapshot (linked in as the audit job's own checkpoint)."""
     request = dict(job.request)
     knobs = {k: v for k, v in request.get("knobs", {}).items() if k != "epochs"}
-    request.update(task=AUDIT_TASK, knobs={**knobs, "max_steps": until})
+    # One loader of at most a core: which loader makes a batch does not change it, and
+    # the audit then fits beside its trainer on one node.
+    loader = {**knobs.get("loader", {}), "nodes": 1}
+    loader["cpu_cores"] = min(float(loader.get("cpu_cores", 1.0)), 1.0)
+    request.update(task=AUDIT_TASK, knobs={**knobs, "max_steps": until, "loader": loader})
     audit_of = {"job_id": job.id, "node_id": audit.node_id, "steps": [audit.from_step + 1, until]}
     now = utcnow()
     return Job(

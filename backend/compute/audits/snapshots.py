@@ -1,15 +1,22 @@
 """A checkpoint kept aside for an audit, when the trainer saves it.
 
 Which checkpoints are audited is drawn here, on the gateway, at the trainer node's check rate
-(``protocol.trust``: every checkpoint of a new node, few of a trusted one) from a random
-source the node cannot predict: it must train every step as if that one were audited. One
-checkpoint per attempt at most. The snapshot is hard links to the checkpoint's files, taken
-through a handle on its directory (``linkat``): writers replace a checkpoint's directory
-whole and never rewrite a file, so the links are one whole version and cost no copy.
+(``protocol.trust``: every checkpoint of a new node, few of a trusted one), keyed with the
+gateway's secret, which no node knows. One checkpoint per attempt at most. Where the driver
+uploads its checkpoints (nodes that share nothing with the gateway), the snapshot is taken as
+the upload is accepted, before the driver can send the next; where nodes write to the
+gateway's disk, at the checkpoint's event, and a fast trainer may have replaced it by then
+(the snapshot is then of a later checkpoint, or of the last, which leaves nothing to audit).
+
+The snapshot is hard links to the checkpoint's files, taken through a handle on its directory
+(``linkat``): writers replace a checkpoint's directory whole and never rewrite a file, so the
+links are one whole version and cost no copy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -49,8 +56,12 @@ def audited_trainer(session: Session, job: Job) -> Node | None:
     return node
 
 
-def maybe_snapshot(session: Session, job: Job, storage_root: Path) -> TrainerAudit | None:
-    """At a checkpoint of ``job``: draw whether to audit it and, if so, keep it aside."""
+def maybe_snapshot(
+    session: Session, job: Job, storage_root: Path, secret: str
+) -> TrainerAudit | None:
+    """At a checkpoint of ``job`` (its row locked): draw whether to audit it and, if so,
+    keep it aside. Called as the checkpoint is accepted (uploaded), and again at its event
+    where nodes write to the gateway's disk; the same draw for the same checkpoint."""
     node = audited_trainer(session, job)
     if node is None:
         return None
@@ -61,13 +72,18 @@ def maybe_snapshot(session: Session, job: Job, storage_root: Path) -> TrainerAud
     )
     if taken is not None:
         return None
-    if secrets.SystemRandom().random() >= check_rate_for(node.valid_streak or 0):
+    snapshots = job_storage(storage_root, job.id) / SNAPSHOTS
+    incoming = snapshots / f".incoming-{secrets.token_hex(8)}"
+    step = link_checkpoint(job_storage(storage_root, job.id) / "checkpoint", incoming)
+    rate = check_rate_for(node.valid_streak or 0)
+    if step is None or not drawn(secret, job.id, job.attempts, step, rate):
+        shutil.rmtree(incoming, ignore_errors=True)
         return None
     audit = TrainerAudit(
         job_id=job.id,
         node_id=node.id,
         attempt=job.attempts,
-        from_step=0,
+        from_step=step,
         metric_cursor=session.scalar(
             select(func.coalesce(func.max(JobMetric.id), 0)).where(JobMetric.job_id == job.id)
         ),
@@ -76,13 +92,19 @@ def maybe_snapshot(session: Session, job: Job, storage_root: Path) -> TrainerAud
     )
     session.add(audit)
     session.flush()  # its id names the snapshot's directory
-    step = link_checkpoint(job_storage(storage_root, job.id) / "checkpoint",
-                           snapshot_path(storage_root, audit))  # fmt: skip
-    if step is None:
-        session.delete(audit)
-        return None
-    audit.from_step = step
+    os.replace(incoming, snapshot_path(storage_root, audit))
     return audit
+
+
+def drawn(secret: str, job_id: int, attempt: int, step: int, rate: float) -> bool:
+    """Whether this checkpoint is audited: keyed with the gateway's secret, so no node can
+    tell in advance (it must train every step as if that one were), and the same at the
+    upload and at the event."""
+    if rate >= 1.0:
+        return True
+    key = f"audit:{job_id}:{attempt}:{step}".encode()
+    digest = hmac.new(secret.encode(), key, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
 def link_checkpoint(checkpoint: Path, into: Path) -> int | None:

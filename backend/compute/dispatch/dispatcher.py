@@ -381,7 +381,9 @@ class Dispatcher:
                 saved, job.unsaved_usage = saved_by(job.unsaved_usage, step)
                 record_event(session, job, "checkpoint", {"step": step, "attempt": job.attempts})
                 if self.settings.audit_trainers:
-                    maybe_snapshot(session, job, self.settings.storage_path)
+                    maybe_snapshot(
+                        session, job, self.settings.storage_path, self.settings.secret_key
+                    )
                 save_usage(session, job, saved)
                 credit_saved_work(session, job, self.rates, step=step)
                 job.status_reason = (
