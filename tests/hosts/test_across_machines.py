@@ -111,6 +111,34 @@ def cheating(host: Host, source: Path, honest: str, cheat: str) -> Iterator[None
         host.run(["umount", str(source)], timeout_s=10, check=True)
 
 
+HONEST_UPDATE = "        loss.backward()\n        optimizer.step()\n"
+SKIPPED_UPDATES = (  # half the work, all of it billed
+    "        if self.step % 2:  # every other update skipped\n"
+    "            loss.backward()\n            optimizer.step()\n"
+)
+
+
+def audit_of(platform: Platform, job_id: int) -> dict:
+    """The audit job the gateway queued for ``job_id``, once it has ended."""
+    user = platform.user
+
+    def queued() -> dict | None:
+        jobs = user.call("GET", "/jobs", params={"limit": 100})["items"]
+        return next((j for j in jobs if j["name"].startswith(f"audit of job {job_id},")), None)
+
+    audit = wait_for(queued, timeout_s=60, what=f"an audit of job {job_id}")
+    return wait_until_finished(user, audit["id"])
+
+
+def settled_credit(platform: Platform, job_id: int) -> dict:
+    """The job once no credit of it waits any more (an audit has released or voided it)."""
+    return wait_for(
+        lambda: (job := platform.user.job(job_id))["pending_credit"] == 0 and job,
+        timeout_s=180,
+        what=lambda: platform.user.job(job_id),
+    )
+
+
 def honest_and_cheat(platform: Platform) -> tuple[int, Host, int]:
     """The honest node's id, and the host a cheater test tampers with and its node's id."""
     honest_host, cheat_host = platform.net.nodes
@@ -194,7 +222,6 @@ def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_tru
     caught = [line["message"] for line in logs if "failed validation" in line["message"]]
     assert caught and all(m.startswith(f"node {cheat}:") for m in caught), caught
     assert "features differs" in caught[0]
-    assert [part["node_id"] for part in done["earnings"]] == [honest]
     assert done["voided"] > 0
     trust = owner.call("GET", f"/nodes/{cheat}")["trust"]
     assert trust["results_invalid"] >= before["results_invalid"] + 3
@@ -205,6 +232,10 @@ def test_a_loader_that_sends_noise_is_caught_and_the_trainer_learns_from_the_tru
     platform.admin.call("POST", f"/nodes/{cheat}/approve")  # on probation again
     assert owner.call("GET", f"/nodes/{cheat}")["trust"]["on_probation"]
     wait_for(lambda: platform.node_status(cheat_host) == "online", what="the node back online")
+    # The trainer is paid, once its audit (if this checkpoint was drawn for one: it runs on
+    # the other node, now approved again) has released its credit.
+    paid = settled_credit(platform, job["id"])
+    assert [part["node_id"] for part in paid["earnings"]] == [honest], paid["earnings"]
     # It trained and scored on the batches as they should have been: as accurate as an
     # honest run of this job (0.5, then 0.75, measured), where noise would give about 0.1.
     series = user.call("GET", f"/metrics/training/{job['id']}")["series"]
@@ -248,6 +279,47 @@ def test_a_data_parallel_rank_that_reports_a_made_up_loss_is_caught_and_its_job_
     assert trust[cheat]["results_invalid"] == before[cheat]["results_invalid"] + 1
     assert trust[honest]["results_valid"] >= before[honest]["results_valid"] + 2
     assert trust[honest]["results_invalid"] == before[honest]["results_invalid"]
+
+
+def test_a_split_trainer_that_skips_updates_is_audited_on_the_other_host_and_earns_nothing(
+    platform: Platform,
+) -> None:
+    """After the data_parallel cheater (its node on probation: each of its trainer's
+    checkpoints is drawn for an audit). The trainer drives its own job, so only an audit job,
+    in a cluster of its own on the other host, can check it."""
+    user, owner = platform.user, platform.owner
+    honest, cheat_host, cheat = honest_and_cheat(platform)
+    before = owner.call("GET", f"/nodes/{cheat}")["trust"]
+    # The trusted node busy, the whole job goes to the other one.
+    blocker = user.call("POST", "/jobs/submit", json={
+        **ES_JOB, "training_config": {"steps": 5000, "population": 16},
+        "requirements": {"gpu": 0, "cpu_cores": 2, "memory": 2}})  # fmt: skip
+    wait_for(lambda: user.job(blocker["id"])["status"] == "running", what="the blocker to run")
+    one_node = {**SPLIT_JOB, "training_config": {
+        **SPLIT_JOB["training_config"], "loader": {"cpu_cores": 1, "memory": 0.25}}}  # fmt: skip
+    worker = STRATEGIES / "split" / "worker.py"
+    with cheating(cheat_host, worker, HONEST_UPDATE, SKIPPED_UPDATES):
+        job = user.call("POST", "/jobs/submit", json=one_node)
+        wait_for(lambda: user.job(job["id"])["status"] == "running", what="the split job to run")
+        user.call("POST", f"/jobs/{blocker['id']}/cancel")
+        done = wait_until_finished(user, job["id"])
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert set(done["usage"]) == {str(cheat)}, done["usage"]
+    # Settled, the trainer's credit waiting for its audit.
+    assert cheat not in [part["node_id"] for part in done["earnings"]]
+    assert done["pending_credit"] > 0
+    audit = audit_of(platform, job["id"])
+    assert audit["status"] == "succeeded", audit["status_reason"]
+    assert set(audit["usage"]) == {str(honest)}, audit["usage"]
+    assert audit["cost_so_far"] == 0
+    after = settled_credit(platform, job["id"])
+    assert after["voided"] > 0 and after["earnings"] == [], after
+    logs = user.call("GET", f"/jobs/{job['id']}/logs")["items"]
+    caught = [line["message"] for line in logs if "failed validation" in line["message"]]
+    assert caught and caught[0].startswith(f"node {cheat}:"), caught
+    assert "trained again from its checkpoint" in caught[0], caught
+    trust = owner.call("GET", f"/nodes/{cheat}")["trust"]
+    assert trust["results_invalid"] == before["results_invalid"] + 1
 
 
 def test_every_mode_runs_on_the_node_hosts_and_its_model_comes_from_the_gateway(
