@@ -62,6 +62,9 @@ class JobRequest:
     inference: dict[str, Any] = field(default_factory=dict)  # inference_config, if any
     requirements: ResourceRequest = ResourceRequest()
     num_workers: int | None = None  # the user's explicit worker count, if any
+    # An audit job's orders (the gateway's own, ``compute.audits``): the task it checks
+    # ("train", "validate", "infer") and, for infer, which of the rows' batches it predicts.
+    audit: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,19 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compute.audits.snapshots import job_storage, link_checkpoint, snapshot_path
+from compute.audits.tasks import audit_orders, results_difference
 from compute.billing.verified_credit import apply_verdict, pending_account, refused_in_job
 from compute.dispatch.placement import fit_job
 from compute.dispatch.scheduling import capacity_and_free, pending_job
 from compute.jobs.events import add_log
 from compute.jobs.state import JobStatus
+from compute.jobs.strategy import job_request
 from compute.models import Job, JobEvent, JobMetric, TrainerAudit
 from core.db import utcnow
 from ledger.pending import release_pending
@@ -46,7 +49,7 @@ AUDIT_RELATIVE = 1e-3
 AUDIT_ABSOLUTE = 1e-5
 
 
-def sweep(session: Session, storage_root: Path, rates: Rates) -> None:
+def sweep(session: Session, storage_root: Path, rates: Rates, secret: str) -> None:
     """Launch the audits of jobs that have ended and decide those whose audit job has."""
     rows = session.execute(
         select(TrainerAudit, Job.status)
@@ -56,7 +59,7 @@ def sweep(session: Session, storage_root: Path, rates: Rates) -> None:
         .limit(20)
     ).all()
     for audit, _ in rows:
-        launch(session, audit, storage_root, rates)
+        launch(session, audit, storage_root, rates, secret)
     running = session.execute(
         select(TrainerAudit)
         .join(Job, Job.id == TrainerAudit.audit_job_id)
@@ -65,7 +68,7 @@ def sweep(session: Session, storage_root: Path, rates: Rates) -> None:
         .limit(20)
     ).scalars()
     for audit in list(running):
-        decide(session, audit, rates)
+        decide(session, audit, rates, storage_root)
 
 
 def claimed_losses(session: Session, audit: TrainerAudit, until: int) -> dict[int, float]:
@@ -103,9 +106,13 @@ def window_end(session: Session, audit: TrainerAudit) -> int:
     return min([audit.from_step + MAX_AUDIT_STEPS, *later])
 
 
-def launch(session: Session, audit: TrainerAudit, storage_root: Path, rates: Rates) -> Job | None:
+def launch(
+    session: Session, audit: TrainerAudit, storage_root: Path, rates: Rates, secret: str
+) -> Job | None:
     job = session.get(Job, audit.job_id)
     assert job is not None
+    if job_request(job).task != "train":
+        return launch_task_audit(session, audit, job, storage_root, rates, secret)
     claimed = claimed_losses(session, audit, window_end(session, audit))
     steps = consecutive_from(audit.from_step + 1, claimed)
     if not steps:
@@ -113,16 +120,15 @@ def launch(session: Session, audit: TrainerAudit, storage_root: Path, rates: Rat
               "the trainer reported no step after the checkpoint kept for its audit")  # fmt: skip
         return None
     until = steps[-1]
-    audit_job = audit_job_for(job, audit, until)
-    capacity, _ = capacity_and_free(session)
-    if fit_job(pending_job(audit_job, frozenset({audit.node_id})), capacity) is None:
-        close(session, audit, job, rates, "no node other than the trainer's can hold its audit")
+    # Trained to ``until``, resumed from the snapshot (linked in as its own checkpoint).
+    audit_job = audit_job_for(
+        job, audit, {"max_steps": until}, {"task": "train"}, f"steps {audit.from_step + 1}-{until}"
+    )
+    if not queue(session, audit, job, audit_job, rates):
         return None
-    session.add(audit_job)
-    session.flush()
     checkpoint = job_storage(storage_root, audit_job.id) / "checkpoint"
     if link_checkpoint(snapshot_path(storage_root, audit), checkpoint) != audit.from_step:
-        audit_job.status, audit_job.status_reason = "cancelled", "its checkpoint was lost"
+        session.delete(audit_job)
         close(session, audit, job, rates, "the checkpoint kept for its audit was lost")
         return None
     audit.audit_job_id, audit.until_step, audit.status = audit_job.id, until, "running"
@@ -135,6 +141,40 @@ def launch(session: Session, audit: TrainerAudit, storage_root: Path, rates: Rat
     return audit_job
 
 
+def launch_task_audit(
+    session: Session, audit: TrainerAudit, job: Job, storage_root: Path, rates: Rates,
+    secret: str,
+) -> Job | None:  # fmt: skip
+    """A validate or infer job's audit: the task done again on another node (``tasks``)."""
+    orders = audit_orders(job, storage_root, secret)
+    if orders is None:
+        close(session, audit, job, rates, "its results are no longer stored")
+        return None
+    what = "its scoring" if orders["task"] == "validate" else f"batches {orders['batches']}"
+    audit_job = audit_job_for(job, audit, {}, orders, what)
+    if not queue(session, audit, job, audit_job, rates):
+        return None
+    audit.audit_job_id, audit.status = audit_job.id, "running"
+    add_log(
+        session,
+        job,
+        f"node {audit.node_id}'s {orders['task']} work ({what}) is audited by job "
+        f"{audit_job.id} on another node; its credit in this job waits for the verdict",
+    )
+    return audit_job
+
+
+def queue(session: Session, audit: TrainerAudit, job: Job, audit_job: Job, rates: Rates) -> bool:
+    """Queue the audit job, where some node other than the audited one can hold it."""
+    capacity, _ = capacity_and_free(session)
+    if fit_job(pending_job(audit_job, frozenset({audit.node_id})), capacity) is None:
+        close(session, audit, job, rates, "no node other than the audited one can hold its audit")
+        return False
+    session.add(audit_job)
+    session.flush()
+    return True
+
+
 def consecutive_from(first: int, claimed: dict[int, float]) -> list[int]:
     steps = []
     while first + len(steps) in claimed:
@@ -142,21 +182,25 @@ def consecutive_from(first: int, claimed: dict[int, float]) -> list[int]:
     return steps
 
 
-def audit_job_for(job: Job, audit: TrainerAudit, until: int) -> Job:
-    """The audited job's request as an audit: trained to ``until``, resumed from the
-    snapshot (linked in as the audit job's own checkpoint)."""
+def audit_job_for(
+    job: Job, audit: TrainerAudit, knobs: dict[str, Any], orders: dict[str, Any], what: str
+) -> Job:
+    """The audited job's request as an audit job: task ``audit`` with ``orders`` (what it
+    does again), ``knobs`` over the job's own."""
     request = dict(job.request)
-    knobs = {k: v for k, v in request.get("knobs", {}).items() if k != "epochs"}
+    own = {k: v for k, v in request.get("knobs", {}).items() if not (k == "epochs" and knobs)}
     # One loader of at most a core: which loader makes a batch does not change it, and
-    # the audit then fits beside its trainer on one node.
-    loader = {**knobs.get("loader", {}), "nodes": 1}
+    # the audit then fits beside its worker on one node.
+    loader = {**own.get("loader", {}), "nodes": 1}
     loader["cpu_cores"] = min(float(loader.get("cpu_cores", 1.0)), 1.0)
-    request.update(task=AUDIT_TASK, knobs={**knobs, "max_steps": until, "loader": loader})
-    audit_of = {"job_id": job.id, "node_id": audit.node_id, "steps": [audit.from_step + 1, until]}
+    request.update(task=AUDIT_TASK, knobs={**own, **knobs, "loader": loader}, audit=orders)
+    audit_of = {"job_id": job.id, "node_id": audit.node_id, "task": orders["task"]}
+    if orders["task"] == "train":
+        audit_of["steps"] = [audit.from_step + 1, knobs["max_steps"]]
     now = utcnow()
     return Job(
         owner_id=job.owner_id,
-        name=f"audit of job {job.id}, steps {audit.from_step + 1}-{until}"[:128],
+        name=f"audit of job {job.id}, {what}"[:128],
         status=JobStatus.QUEUED.value,
         status_reason=f"queued: an audit of job {job.id}, for a node other than {audit.node_id}",
         model_type=job.model_type,
@@ -174,13 +218,16 @@ def audit_job_for(job: Job, audit: TrainerAudit, until: int) -> Job:
     )
 
 
-def decide(session: Session, audit: TrainerAudit, rates: Rates) -> None:
+def decide(session: Session, audit: TrainerAudit, rates: Rates, storage_root: Path) -> None:
     job = session.get(Job, audit.job_id)
     audit_job = session.get(Job, audit.audit_job_id) if audit.audit_job_id else None
     assert job is not None
     if audit_job is None or audit_job.status != JobStatus.SUCCEEDED.value:
         why = audit_job.status_reason if audit_job is not None else "it was deleted"
         close(session, audit, job, rates, f"the audit could not be made ({why})")
+        return
+    if job_request(job).task != "train":
+        decide_task_audit(session, audit, job, audit_job, rates, storage_root)
         return
     until = audit.until_step or audit.from_step
     claimed = claimed_losses(session, audit, until)
@@ -205,6 +252,32 @@ def decide(session: Session, audit: TrainerAudit, rates: Rates) -> None:
     audit.status, audit.detail, audit.decided_at = (
         "valid" if verdict.valid else "invalid",
         detail,
+        utcnow(),
+    )
+    apply_verdict(session, job, verdict, rates, {audit.node_id})
+
+
+def decide_task_audit(
+    session: Session, audit: TrainerAudit, job: Job, audit_job: Job, rates: Rates,
+    storage_root: Path,
+) -> None:  # fmt: skip
+    difference = results_difference(storage_root, job, audit_job)
+    if difference is None:
+        close(session, audit, job, rates, "the results to compare are no longer stored")
+        return
+    task = job_request(job).task
+    detail = f"its {task} results differ from the audit's: {difference}" if difference else ""
+    verdict = VerdictEvent(
+        node_id=audit.node_id,
+        step=1,
+        valid=not difference,
+        checked=1,
+        validator_node_id=auditor_of(session, audit_job.id),
+        detail=detail[:1000],
+    )
+    audit.status, audit.detail, audit.decided_at = (
+        "valid" if verdict.valid else "invalid",
+        verdict.detail,
         utcnow(),
     )
     apply_verdict(session, job, verdict, rates, {audit.node_id})

@@ -43,9 +43,10 @@ def snapshot_path(storage_root: Path, audit: TrainerAudit) -> Path:
     return job_storage(storage_root, audit.job_id) / SNAPSHOTS / str(audit.id)
 
 
-def audited_trainer(session: Session, job: Job) -> Node | None:
-    """The node a split training job's trainer (and driver) runs on, when the job pays it."""
-    if job.strategy != "split" or job_request(job).task != "train":
+def audited_node(session: Session, job: Job, tasks: tuple[str, ...] = ("train",)) -> Node | None:
+    """The node a split job's worker (trainer, evaluator or predictor: the job's driver)
+    runs on, for a job of one of ``tasks``, when the job pays it."""
+    if job.strategy != "split" or job_request(job).task not in tasks:
         return None
     trainers = [slot for slot in job.placement or [] if slot.get("role", "worker") != "loader"]
     if len(trainers) != 1:
@@ -62,7 +63,7 @@ def maybe_snapshot(
     """At a checkpoint of ``job`` (its row locked): draw whether to audit it and, if so,
     keep it aside. Called as the checkpoint is accepted (uploaded), and again at its event
     where nodes write to the gateway's disk; the same draw for the same checkpoint."""
-    node = audited_trainer(session, job)
+    node = audited_node(session, job)
     if node is None:
         return None
     taken = session.scalar(

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compute.audits.lifecycle import sweep
 from compute.audits.snapshots import maybe_snapshot
+from compute.audits.tasks import maybe_audit_task
 from compute.billing.metering import (
     describe_unsaved,
     is_saved,
@@ -170,7 +171,7 @@ class Dispatcher:
             return
         self.audits_swept_at = now
         with session_scope(self.session_factory) as session:
-            sweep(session, self.settings.storage_path, self.rates)
+            sweep(session, self.settings.storage_path, self.rates, self.settings.secret_key)
 
     def expire_storage(self) -> None:
         """Once a minute: heartbeat samples past their retention, and the files of jobs
@@ -338,6 +339,9 @@ class Dispatcher:
             add_log(session, job, decision.reason, level="warning")
             return
         placed_on = placement_nodes(job)
+        if decision.status is JobStatus.SUCCEEDED and self.settings.audit_trainers:
+            # Drawn before it settles: an audited predictor's credit waits for the audit.
+            maybe_audit_task(session, job, self.settings.secret_key)
         if decision.attempt_lost:
             drop_unsaved_usage(session, job)
         else:

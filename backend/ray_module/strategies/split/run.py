@@ -170,6 +170,8 @@ def start_worker(
         trainer=trainer,
         loaders=tuple(plans),
         data=config.data,
+        audited_task=config.request.audit.get("task", "train"),
+        audit_batches=tuple(int(i) for i in config.request.audit.get("batches", ())),
     )
     return (
         ray.remote(SplitWorker)

@@ -51,6 +51,9 @@ class WorkerConfig:
     trainer: WorkerPlan
     loaders: tuple[WorkerPlan, ...]  # one per loader actor (its share of its node's slot)
     data: DataRequest | None = None  # to make a loader's batch again (verified credit)
+    # An audit (task AUDIT_TASK): the task it does again, and for infer the batches.
+    audited_task: str = "train"
+    audit_batches: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,12 @@ class SplitWorker:
             num_beams=inference.num_beams,
         )
 
+    @property
+    def task(self) -> str:
+        """What the worker does: its job's task, or the one an audit does again."""
+        task = self.config.task
+        return self.config.audited_task if task == AUDIT_TASK else task
+
     # -- the three tasks ----------------------------------------------------------------
     def run(self, loaders: list[Any], data: DataPlan) -> dict[str, Any]:
         self.loaders, self.data = loaders, data
@@ -112,8 +121,8 @@ class SplitWorker:
             prefetch=self.config.settings.prefetch_batches,
             flow=self.flow,
         )
-        task = self.config.task
-        if task in ("train", AUDIT_TASK):
+        task = self.task
+        if task == "train":
             return self.train()
         if task == "validate":
             return self.validate()
@@ -230,9 +239,12 @@ class SplitWorker:
         writer = results.ResultWriter(self.job_dir / results.RESULTS_DIR)
         plan = EpochPlan(ids, inference.batch_size, False, 0)
         self._plans = {"task": plan}
+        # An audit predicts the batches the gateway drew, the audited job all of them.
+        auditing = config.task == AUDIT_TASK
+        batches = [i for i in config.audit_batches if i < plan.batches] if auditing else None
         with torch.no_grad():
             for done, (key, batch) in enumerate(
-                self.stream([("task", 0, i) for i in range(plan.batches)]), start=1
+                self.stream([("task", 0, i) for i in batches or range(plan.batches)]), start=1
             ):
                 rows = self._predictions(model, self._checked(key, batch))
                 writer.write(rows, len(batch["ids"]))
@@ -320,7 +332,7 @@ class SplitWorker:
             input_shape=tuple(shape.input_shape),
             num_classes=shape.num_classes,
             class_names=tuple(shape.class_names),
-            own_classes=config.task != "train",
+            own_classes=self.task != "train",
         )
         model = load_model(
             config.model,
@@ -329,7 +341,7 @@ class SplitWorker:
             local_root=Path(config.data_root) if config.data_root else None,
             device=self.device,
         )
-        if config.model_type == LABELLED and config.task == "validate":
+        if config.model_type == LABELLED and self.task == "validate":
             self._label_map = self._labels_onto(shape.class_names, model.companion)
         return model
 
