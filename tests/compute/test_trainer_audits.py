@@ -119,6 +119,7 @@ def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
     # Settled, but the trainer's part waits for its audit: pending, not yet earned.
     assert trainer not in [part["node_id"] for part in done["earnings"]]
     assert done["pending_credit"] > 0
+    assert [a["status"] for a in done["audits"]] == ["pending"], done["audits"]
     audit = audit_of(ray_client, user_headers, done["id"])
     assert audit["status"] == "succeeded", audit["status_reason"]
     assert audit["spec"]["audit_of"] == {"job_id": done["id"], "node_id": trainer,
@@ -129,6 +130,9 @@ def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
     after = credit_settled(ray_client, user_headers, done["id"])
     assert trainer in [part["node_id"] for part in after["earnings"]]
     assert after["voided"] == 0
+    assert after["audits"] == [
+        {"node_id": trainer, "status": "valid", "detail": "", "audit_job_id": audit["id"]}
+    ]
     trust = ray_client.get(f"/nodes/{trainer}", headers=owner.headers).json()["trust"]
     assert trust["results_valid"] >= 1 and trust["results_invalid"] == 0
 
@@ -179,6 +183,8 @@ def test_a_trainer_whose_reported_losses_are_not_its_training_is_caught_and_unpa
     logs = ray_client.get(f"/jobs/{done['id']}/logs?limit=500", headers=user_headers).json()
     caught = [line["message"] for line in logs["items"] if "failed validation" in line["message"]]
     assert caught and caught[0].startswith(f"node {trainer}:") and "step 12" in caught[0]
+    (shown,) = after["audits"]
+    assert shown["status"] == "invalid" and "its loss at step 12" in shown["detail"], shown
     trust = ray_client.get(f"/nodes/{trainer}", headers=owner.headers).json()["trust"]
     assert trust["results_invalid"] == 1
 

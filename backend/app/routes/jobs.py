@@ -12,8 +12,9 @@ from starlette.background import BackgroundTask
 from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDep
 from app.errors import error_responses
 from app.schemas.common import Page
-from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, with_money
+from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, with_audits, with_money
 from app.schemas.storage import StorageFreedOut
+from compute.audits.held import audits_of
 from compute.billing.job_money import jobs_money
 from compute.jobs.results import (
     MEDIA_TYPES,
@@ -83,7 +84,8 @@ def list_(
     """Your jobs, newest first (admins see every job), each with its money."""
     jobs, total = list_jobs(session, viewer, status=status_filter, limit=limit, offset=offset)
     money = jobs_money(session, jobs, rates)
-    items = [with_money(job_out(job), money[job.id]) for job in jobs]
+    audits = audits_of(session, [job.id for job in jobs])
+    items = [with_audits(with_money(job_out(job), money[job.id]), audits[job.id]) for job in jobs]
     return Page[JobOut](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -95,8 +97,9 @@ def get(job_id: JobId, viewer: CurrentUser, session: DbSession, rates: RatesDep)
 
 
 def job_detail(session: Session, job: Job, rates: Rates) -> JobOut:
-    """A job with its money."""
-    return with_money(job_out(job), jobs_money(session, [job], rates)[job.id])
+    """A job with its money and its audits."""
+    out = with_money(job_out(job), jobs_money(session, [job], rates)[job.id])
+    return with_audits(out, audits_of(session, [job.id])[job.id])
 
 
 @router.get(

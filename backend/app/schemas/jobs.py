@@ -11,7 +11,7 @@ from app.schemas.common import ResourcesOut
 from compute.billing.job_money import JobMoney
 from compute.billing.metering import unsaved_events
 from compute.billing.usage import JobUsage, figures_of
-from compute.models import Job
+from compute.models import Job, TrainerAudit
 from ledger.pricing import tokens
 
 # Shown in /docs, and the fuzzer's first inputs: seed 003's job as typed, and one that runs
@@ -40,6 +40,19 @@ JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
 class NodeEarning(BaseModel):
     node_id: int
     tokens: float
+
+
+class AuditOut(BaseModel):
+    """An audit of the node that drove the job (split's trainer or predictor): its work done
+    again by an audit job on another node. ``status``: ``pending`` (the node's credit waits
+    for it), ``valid`` (released), ``invalid`` (voided back to you; ``detail`` says what
+    differed, and the model or results that node made are not to be trusted), ``unaudited``
+    (it could not be made: the credit was released, ``detail`` says why)."""
+
+    node_id: int
+    status: str
+    detail: str
+    audit_job_id: int | None
 
 
 class JobOut(BaseModel):
@@ -72,6 +85,7 @@ class JobOut(BaseModel):
     # charged for saved work, waiting to be released to the nodes' owners (or voided)
     pending_credit: float | None = None
     voided: float | None = None  # pending credit given back: a node's work was refused
+    audits: list[AuditOut] = []  # of the node that drove it, where one was drawn
     has_artifact: bool
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -100,6 +114,19 @@ def with_money(out: JobOut, money: JobMoney) -> JobOut:
             ],
         }
     )
+
+
+def with_audits(out: JobOut, audits: list[TrainerAudit]) -> JobOut:
+    shown = [
+        AuditOut(
+            node_id=audit.node_id,
+            status="pending" if audit.status in ("snapshot", "running") else audit.status,
+            detail=audit.detail,
+            audit_job_id=audit.audit_job_id,
+        )
+        for audit in audits
+    ]
+    return out.model_copy(update={"audits": shown})
 
 
 def job_out(job: Job) -> JobOut:

@@ -210,6 +210,10 @@ async function jobPage(id) {
         (j.voided ? `; voided ${fmt(j.voided, 6)} (a node's work refused, given back)` : "") +
         (earned ? `; earned by ${earned}.` : " (it ran only on its owner's nodes: free).");
     }
+    // The driving node's work done again elsewhere: its credit waits for the verdict.
+    const audits = (j.audits || []).map((a) => `node ${a.node_id}'s audit` +
+      (a.audit_job_id ? ` (job ${a.audit_job_id})` : "") + `: ${a.status}` + (a.detail ? ` (${a.detail})` : ""));
+    if (audits.length) cost.textContent += ` ${audits.join("; ")}.`;
   }
 
   function showJob(j) {
