@@ -129,6 +129,9 @@ def one_rank(rank: int, rendezvous: str, results) -> None:
             honest += [v.valid for v in verdicts] + [not stop]
             optimizer.step()
         results.put(("training", rank, (len(honest), all(honest))))
+        # Every rank done before any tears its group down: a rank that left while another
+        # still sent aborted it at exit (gloo's threads), though every answer had arrived.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
