@@ -123,6 +123,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         # Per-user submit limits have their own tests; others submit freely.
         max_waiting_jobs_per_user=0,
         submits_per_minute=0,
+        # Audits of split trainers have their own tests (tests/compute/test_trainer_audits.py,
+        # the hosts' trainer cheater); elsewhere they would queue jobs beside each test's.
+        audit_trainers=False,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

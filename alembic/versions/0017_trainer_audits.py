@@ -37,12 +37,18 @@ def upgrade() -> None:
             sa.ForeignKey("jobs.id", ondelete="SET NULL"),
             nullable=True,
         ),
+        sa.Column("snapshot", sa.String(64), nullable=False),
+        sa.Column("latest", sa.String(64), nullable=False),
+        sa.Column("latest_step", sa.Integer(), nullable=False),
+        sa.Column("latest_cursor", sa.Integer(), nullable=False),
+        sa.Column("drawn", sa.Integer(), nullable=False),
+        sa.Column("seen_step", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     )
-    op.create_index("ix_trainer_audits_job", "trainer_audits", ["job_id"])
+    op.create_index("ix_trainer_audits_job", "trainer_audits", ["job_id", "attempt"], unique=True)
     op.create_index("ix_trainer_audits_audit_job", "trainer_audits", ["audit_job_id"])
 
 

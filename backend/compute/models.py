@@ -183,7 +183,7 @@ class TrainerAudit(Base):
 
     __tablename__ = "trainer_audits"
     __table_args__ = (
-        Index("ix_trainer_audits_job", "job_id"),
+        Index("ix_trainer_audits_job", "job_id", "attempt", unique=True),  # one per attempt
         Index("ix_trainer_audits_audit_job", "audit_job_id"),
     )
 
@@ -199,7 +199,17 @@ class TrainerAudit(Base):
     audit_job_id: Mapped[int | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
     )
-    # snapshot -> running -> valid | invalid | unaudited (no audit could be made)
+    # Checkpoints kept aside under the job's ``audits/`` (random names: never one a rolled
+    # back row left behind). The attempt's candidates (checkpoints drawn at the node's rate)
+    # but its latest enter a reservoir, one kept (``snapshot``, ``from_step``), each alike
+    # likely; the latest waits (it may be the last, with no step after it to audit).
+    snapshot: Mapped[str] = mapped_column(String(64), default="")
+    latest: Mapped[str] = mapped_column(String(64), default="")
+    latest_step: Mapped[int] = mapped_column(Integer, default=0)
+    latest_cursor: Mapped[int] = mapped_column(Integer, default=0)
+    drawn: Mapped[int] = mapped_column(Integer, default=0)  # candidates in the reservoir
+    seen_step: Mapped[int] = mapped_column(Integer, default=0)  # last checkpoint drawn for
+    # none (nothing drawn yet) | snapshot -> running -> valid | invalid | unaudited
     status: Mapped[str] = mapped_column(String(16), default="snapshot")
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

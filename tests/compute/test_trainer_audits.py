@@ -13,7 +13,7 @@ from sqlalchemy import select
 from compute.models import JobMetric, Node
 from core.db import make_engine, make_session_factory, session_scope
 from protocol.results import JSONL_FILE
-from tests.conftest import job_state, submit_and_wait, wait_until_finished
+from tests.conftest import job_state, wait_until_finished
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -109,12 +109,38 @@ def validate_and_infer(source: int) -> tuple[dict, dict]:
     return validate, infer
 
 
-def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
+def halve_the_loss_reported_at(database_url: str, job_id: int, step: int) -> None:
+    """What a trainer that skipped work reports: a loss it did not compute, stored as it
+    sent it."""
+    engine = make_engine(database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        for metric in session.scalars(
+            select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step == step)
+        ):
+            metric.values = {**metric.values, "loss": metric.values["loss"] * 0.5}
+    engine.dispose()
+
+
+def failed_validation(client, headers: dict, job_id: int) -> list[str]:
+    logs = client.get(f"/jobs/{job_id}/logs?limit=500", headers=headers).json()["items"]
+    return [line["message"] for line in logs if "failed validation" in line["message"]]
+
+
+def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_not_otherwise(
     ray_client, two_nodes, user_headers, ray_settings
 ) -> None:
+    """Two training jobs at once: one honest, one whose reported losses are not its
+    training. Then a validate and an infer job of the honest one's model, and an infer job
+    whose stored rows were made up."""
     owner, _ = two_nodes
-    done = submit_and_wait(ray_client, user_headers, AUDITED_JOB, timeout_s=300)
-    assert done["status"] == "succeeded", done["status_reason"]
+    honest, cheat = (
+        ray_client.post("/jobs/submit", headers=user_headers, json=AUDITED_JOB).json()
+        for _ in range(2)
+    )
+    done = wait_until_finished(ray_client, user_headers, honest["id"], timeout_s=300)
+    lied = wait_until_finished(ray_client, user_headers, cheat["id"], timeout_s=300)
+    assert done["status"] == lied["status"] == "succeeded", (done, lied)
+    halve_the_loss_reported_at(ray_settings.database_url, cheat["id"], 12)
     trainer = audited_node(ray_client, user_headers, done["id"])
     # Settled, but the trainer's part waits for its audit: pending, not yet earned.
     assert trainer not in [part["node_id"] for part in done["earnings"]]
@@ -133,19 +159,40 @@ def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
     assert after["audits"] == [
         {"node_id": trainer, "status": "valid", "detail": "", "audit_job_id": audit["id"]}
     ]
-    trust = ray_client.get(f"/nodes/{trainer}", headers=owner.headers).json()["trust"]
-    assert trust["results_valid"] >= 1 and trust["results_invalid"] == 0
+    # The other: its losses after the kept checkpoint are not what training from it gives.
+    liar = audited_node(ray_client, user_headers, cheat["id"])
+    assert audit_of(ray_client, user_headers, cheat["id"])["status"] == "succeeded"
+    caught = credit_settled(ray_client, user_headers, cheat["id"])
+    assert caught["voided"] > 0
+    assert liar not in [part["node_id"] for part in caught["earnings"]]
+    said = failed_validation(ray_client, user_headers, cheat["id"])
+    assert said and said[0].startswith(f"node {liar}:") and "step 12" in said[0], said
+    (shown,) = caught["audits"]
+    assert shown["status"] == "invalid" and "its loss at step 12" in shown["detail"], shown
+    trust = ray_client.get(f"/nodes/{liar}", headers=owner.headers).json()["trust"]
+    assert trust["results_invalid"] == 1
 
-    # Its model validated and used for inference: each predictor (the job's driver too) is
+    # The model validated and used for inference: each predictor (the job's driver too) is
     # audited as well, its scores or a sample of its rows done again on the other node.
     as_new_nodes(ray_settings.database_url)
+    validate, infer = validate_and_infer(done["id"])
     checks = [
         ray_client.post("/jobs/submit", headers=user_headers, json=body).json()
-        for body in validate_and_infer(done["id"])
+        for body in (validate, infer, infer)
     ]
-    for check in checks:
-        finished = wait_until_finished(ray_client, user_headers, check["id"], timeout_s=300)
-        assert finished["status"] == "succeeded", finished["status_reason"]
+    # The last one's rows made up as soon as it has ended (its audit takes seconds to
+    # start): every label moved to the next class.
+    finished = [
+        wait_until_finished(ray_client, user_headers, check["id"], timeout_s=300)
+        for check in reversed(checks)
+    ]
+    assert all(f["status"] == "succeeded" for f in finished), finished
+    rows = ray_settings.storage_path / "jobs" / str(checks[2]["id"]) / "results" / JSONL_FILE
+    made_up = [json.loads(line) for line in rows.read_text().splitlines()]
+    for row in made_up:
+        row["label"] = str((int(row["label"]) + 1) % 10)
+    rows.write_text("".join(json.dumps(row) + "\n" for row in made_up))
+    for check in checks[:2]:
         predictor = audited_node(ray_client, user_headers, check["id"])
         redone = audit_of(ray_client, user_headers, check["id"])
         assert redone["status"] == "succeeded", redone["status_reason"]
@@ -153,57 +200,12 @@ def test_an_honest_trainer_is_audited_on_the_other_node_and_then_paid(
         paid = credit_settled(ray_client, user_headers, check["id"])
         assert predictor in [part["node_id"] for part in paid["earnings"]], paid
         assert paid["voided"] == 0
-    infer_audit = redone["spec"]["audit_of"]
-    assert infer_audit["task"] == "infer"
     # 1797 rows in batches of 32: 4 of the 57 batches predicted again.
-    assert len(redone["spec"]["audit_of"]) == 3 and "batches" in redone["name"]
-
-
-def test_a_trainer_whose_reported_losses_are_not_its_training_is_caught_and_unpaid(
-    ray_client, two_nodes, user_headers, ray_settings
-) -> None:
-    owner, _ = two_nodes
-    done = submit_and_wait(ray_client, user_headers, AUDITED_JOB, timeout_s=300)
-    assert done["status"] == "succeeded", done["status_reason"]
-    # What a trainer that skipped work reports: losses it did not compute (the ones
-    # after its kept checkpoint, halved), stored as it sent them.
-    engine = make_engine(ray_settings.database_url)
-    with session_scope(make_session_factory(engine)) as session:
-        for metric in session.scalars(
-            select(JobMetric).where(JobMetric.job_id == done["id"], JobMetric.step == 12)
-        ):
-            metric.values = {**metric.values, "loss": metric.values["loss"] * 0.5}
-    engine.dispose()
-    trainer = audited_node(ray_client, user_headers, done["id"])
-    audit = audit_of(ray_client, user_headers, done["id"])
-    assert audit["status"] == "succeeded", audit["status_reason"]
-    after = credit_settled(ray_client, user_headers, done["id"])
-    assert after["voided"] > 0
-    assert trainer not in [part["node_id"] for part in after["earnings"]]
-    logs = ray_client.get(f"/jobs/{done['id']}/logs?limit=500", headers=user_headers).json()
-    caught = [line["message"] for line in logs["items"] if "failed validation" in line["message"]]
-    assert caught and caught[0].startswith(f"node {trainer}:") and "step 12" in caught[0]
-    (shown,) = after["audits"]
-    assert shown["status"] == "invalid" and "its loss at step 12" in shown["detail"], shown
-    trust = ray_client.get(f"/nodes/{trainer}", headers=owner.headers).json()["trust"]
-    assert trust["results_invalid"] == 1
-
-    # A predictor that made up its rows: every row's label moved to the next class, as the
-    # stored results show it (on probation after the catch: audited again).
-    _, infer = validate_and_infer(done["id"])
-    as_new_nodes(ray_settings.database_url)
-    predicted = submit_and_wait(ray_client, user_headers, infer, timeout_s=300)
-    assert predicted["status"] == "succeeded", predicted["status_reason"]
-    rows = ray_settings.storage_path / "jobs" / str(predicted["id"]) / "results" / JSONL_FILE
-    made_up = [json.loads(line) for line in rows.read_text().splitlines()]
-    for row in made_up:
-        row["label"] = str((int(row["label"]) + 1) % 10)
-    rows.write_text("".join(json.dumps(row) + "\n" for row in made_up))
-    predictor = audited_node(ray_client, user_headers, predicted["id"])
-    assert audit_of(ray_client, user_headers, predicted["id"])["status"] == "succeeded"
-    after = credit_settled(ray_client, user_headers, predicted["id"])
-    assert after["voided"] > 0
-    assert predictor not in [part["node_id"] for part in after["earnings"]]
-    logs = ray_client.get(f"/jobs/{predicted['id']}/logs?limit=500", headers=user_headers).json()
-    caught = [line["message"] for line in logs["items"] if "failed validation" in line["message"]]
-    assert caught and "infer results differ" in caught[0] and "label" in caught[0], caught
+    assert redone["spec"]["audit_of"]["task"] == "infer" and "4 drawn batches" in redone["name"]
+    predictor = audited_node(ray_client, user_headers, checks[2]["id"])
+    assert audit_of(ray_client, user_headers, checks[2]["id"])["status"] == "succeeded"
+    unpaid = credit_settled(ray_client, user_headers, checks[2]["id"])
+    assert unpaid["voided"] > 0
+    assert predictor not in [part["node_id"] for part in unpaid["earnings"]]
+    said = failed_validation(ray_client, user_headers, checks[2]["id"])
+    assert said and "infer results differ" in said[0] and "label" in said[0], said

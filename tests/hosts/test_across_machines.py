@@ -281,6 +281,27 @@ def test_a_data_parallel_rank_that_reports_a_made_up_loss_is_caught_and_its_job_
     assert trust[honest]["results_invalid"] == before[honest]["results_invalid"]
 
 
+def whole_node_job(platform: Platform, node_id: int) -> dict:
+    """A long ES job holding the whole of node ``node_id``, running (submitted again until
+    it is placed there: a node whose attempt was just lost takes no work until its agent
+    asks again, so the first may go to the other node)."""
+    user = platform.user
+    body = {**ES_JOB, "training_config": {"steps": 5000, "population": 16},
+            "requirements": {"gpu": 0, "cpu_cores": 2, "memory": 2}}  # fmt: skip
+    for _ in range(5):
+        job = user.call("POST", "/jobs/submit", json=body)
+        running = wait_for(
+            lambda job=job: (found := user.job(job["id"]))["status"] == "running" and found,
+            what="the blocker to run",
+        )
+        if running["placement"][0]["node_id"] == node_id:
+            return job
+        user.call("POST", f"/jobs/{job['id']}/cancel")
+        wait_until_finished(user, job["id"])
+        time.sleep(2)  # the node's agent asks again meanwhile
+    raise AssertionError(f"no job could be placed on node {node_id}")
+
+
 def test_a_split_trainer_that_skips_updates_is_audited_on_the_other_host_and_earns_nothing(
     platform: Platform,
 ) -> None:
@@ -291,10 +312,7 @@ def test_a_split_trainer_that_skips_updates_is_audited_on_the_other_host_and_ear
     honest, cheat_host, cheat = honest_and_cheat(platform)
     before = owner.call("GET", f"/nodes/{cheat}")["trust"]
     # The trusted node busy, the whole job goes to the other one.
-    blocker = user.call("POST", "/jobs/submit", json={
-        **ES_JOB, "training_config": {"steps": 5000, "population": 16},
-        "requirements": {"gpu": 0, "cpu_cores": 2, "memory": 2}})  # fmt: skip
-    wait_for(lambda: user.job(blocker["id"])["status"] == "running", what="the blocker to run")
+    blocker = whole_node_job(platform, honest)
     one_node = {**SPLIT_JOB, "training_config": {
         **SPLIT_JOB["training_config"], "loader": {"cpu_cores": 1, "memory": 0.25}}}  # fmt: skip
     worker = STRATEGIES / "split" / "worker.py"

@@ -24,15 +24,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from compute.audits.held import audited_nodes
 from compute.audits.snapshots import job_storage, link_checkpoint, snapshot_path
-from compute.audits.tasks import audit_orders, results_difference
+from compute.audits.tasks import AUDIT_BATCHES, audit_orders, results_difference
 from compute.billing.verified_credit import apply_verdict, pending_account, refused_in_job
 from compute.dispatch.placement import fit_job
 from compute.dispatch.scheduling import capacity_and_free, pending_job
 from compute.jobs.events import add_log
 from compute.jobs.state import JobStatus
 from compute.jobs.strategy import job_request
-from compute.models import Job, JobEvent, JobMetric, TrainerAudit
+from compute.models import Job, JobEvent, JobMetric, Node, TrainerAudit
 from core.db import utcnow
 from ledger.pending import release_pending
 from ledger.pricing import Rates
@@ -49,25 +50,33 @@ AUDIT_RELATIVE = 1e-3
 AUDIT_ABSOLUTE = 1e-5
 
 
-def sweep(session: Session, storage_root: Path, rates: Rates, secret: str) -> None:
-    """Launch the audits of jobs that have ended and decide those whose audit job has."""
-    rows = session.execute(
-        select(TrainerAudit, Job.status)
+def due(session: Session) -> tuple[list[int], list[int]]:
+    """The audits to launch (their job has ended) and to decide (their audit job has)."""
+    to_launch = session.scalars(
+        select(TrainerAudit.id)
         .join(Job, Job.id == TrainerAudit.job_id)
         .where(TrainerAudit.status == "snapshot", Job.status.in_(TERMINAL))
         .order_by(TrainerAudit.id)
         .limit(20)
     ).all()
-    for audit, _ in rows:
-        launch(session, audit, storage_root, rates, secret)
-    running = session.execute(
-        select(TrainerAudit)
+    to_decide = session.scalars(
+        select(TrainerAudit.id)
         .join(Job, Job.id == TrainerAudit.audit_job_id)
         .where(TrainerAudit.status == "running", Job.status.in_(TERMINAL))
         .order_by(TrainerAudit.id)
         .limit(20)
-    ).scalars()
-    for audit in list(running):
+    ).all()
+    return list(to_launch), list(to_decide)
+
+
+def advance(session: Session, audit_id: int, storage_root: Path, rates: Rates, secret: str) -> None:
+    """One audit's next step, in its own transaction (the dispatcher's sweep)."""
+    audit = session.get(TrainerAudit, audit_id, with_for_update=True)
+    if audit is None:
+        return
+    if audit.status == "snapshot":
+        launch(session, audit, storage_root, rates, secret)
+    elif audit.status == "running":
         decide(session, audit, rates, storage_root)
 
 
@@ -113,11 +122,18 @@ def launch(
     assert job is not None
     if job_request(job).task != "train":
         return launch_task_audit(session, audit, job, storage_root, rates, secret)
+    if not audit.snapshot:  # one candidate only: the latest is the one
+        audit.snapshot, audit.from_step = audit.latest, audit.latest_step
+        audit.metric_cursor = audit.latest_cursor
     claimed = claimed_losses(session, audit, window_end(session, audit))
     steps = consecutive_from(audit.from_step + 1, claimed)
     if not steps:
-        close(session, audit, job, rates,
-              "the trainer reported no step after the checkpoint kept for its audit")  # fmt: skip
+        if reported_after(session, audit):  # it went on, but reported no loss for the step
+            missing = f"it reported no loss for step {audit.from_step + 1}"
+            judge(session, audit, job, rates, audit.from_step + 1, 0, 0, missing)
+        else:
+            why = "the trainer reported no step after the checkpoint kept for its audit"
+            close(session, audit, job, rates, why)
         return None
     until = steps[-1]
     # Trained to ``until``, resumed from the snapshot (linked in as its own checkpoint).
@@ -125,11 +141,6 @@ def launch(
         job, audit, {"max_steps": until}, {"task": "train"}, f"steps {audit.from_step + 1}-{until}"
     )
     if not queue(session, audit, job, audit_job, rates):
-        return None
-    checkpoint = job_storage(storage_root, audit_job.id) / "checkpoint"
-    if link_checkpoint(snapshot_path(storage_root, audit), checkpoint) != audit.from_step:
-        session.delete(audit_job)
-        close(session, audit, job, rates, "the checkpoint kept for its audit was lost")
         return None
     audit.audit_job_id, audit.until_step, audit.status = audit_job.id, until, "running"
     add_log(
@@ -146,11 +157,8 @@ def launch_task_audit(
     secret: str,
 ) -> Job | None:  # fmt: skip
     """A validate or infer job's audit: the task done again on another node (``tasks``)."""
-    orders = audit_orders(job, storage_root, secret)
-    if orders is None:
-        close(session, audit, job, rates, "its results are no longer stored")
-        return None
-    what = "its scoring" if orders["task"] == "validate" else f"batches {orders['batches']}"
+    orders = audit_orders(job, secret)
+    what = "its scoring" if orders["task"] == "validate" else f"{AUDIT_BATCHES} drawn batches"
     audit_job = audit_job_for(job, audit, {}, orders, what)
     if not queue(session, audit, job, audit_job, rates):
         return None
@@ -165,14 +173,53 @@ def launch_task_audit(
 
 
 def queue(session: Session, audit: TrainerAudit, job: Job, audit_job: Job, rates: Rates) -> bool:
-    """Queue the audit job, where some node other than the audited one can hold it."""
+    """Queue the audit job away from the audited node's owner's machines where another
+    owner's can hold it, else away from the audited node alone (one owner's several
+    machines); nowhere to hold it now: the credit is released unaudited."""
     capacity, _ = capacity_and_free(session)
-    if fit_job(pending_job(audit_job, frozenset({audit.node_id})), capacity) is None:
-        close(session, audit, job, rates, "no node other than the audited one can hold its audit")
-        return False
-    session.add(audit_job)
-    session.flush()
-    return True
+    owners = session.scalars(select(Node.id).where(Node.owner_id == owner_of(session, audit)))
+    for left_out in (frozenset(owners) | {audit.node_id}, frozenset({audit.node_id})):
+        if fit_job(pending_job(audit_job, left_out), capacity) is not None:
+            orders = {**audit_job.request["audit"], "excluded": sorted(left_out)}
+            audit_job.request = {**audit_job.request, "audit": orders}
+            session.add(audit_job)
+            session.flush()
+            return True
+    close(session, audit, job, rates, "no node other than the audited one can hold its audit")
+    return False
+
+
+def owner_of(session: Session, audit: TrainerAudit) -> int | None:
+    node = session.get(Node, audit.node_id)
+    return node.owner_id if node is not None else None
+
+
+def reported_after(session: Session, audit: TrainerAudit) -> bool:
+    """Whether the trainer reported any step after the kept checkpoint."""
+    return (
+        session.scalar(
+            select(JobMetric.id)
+            .where(
+                JobMetric.job_id == audit.job_id,
+                JobMetric.id > audit.metric_cursor,
+                JobMetric.step > audit.from_step,
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def link_audit_checkpoint(session: Session, audit_job_id: int, storage_root: Path) -> None:
+    """Before an audit job's attempt starts (its row committed): the kept checkpoint,
+    linked in as its own (linked only now: a rolled-back queueing leaves no files)."""
+    audit = session.scalar(select(TrainerAudit).where(TrainerAudit.audit_job_id == audit_job_id))
+    if audit is None or not audit.snapshot or audit.from_step == 0:
+        return
+    checkpoint = job_storage(storage_root, audit_job_id) / "checkpoint"
+    if checkpoint.is_dir():
+        return
+    link_checkpoint(snapshot_path(storage_root, audit), checkpoint)
 
 
 def consecutive_from(first: int, claimed: dict[int, float]) -> list[int]:
@@ -241,20 +288,25 @@ def decide(session: Session, audit: TrainerAudit, rates: Rates, storage_root: Pa
             f"its loss at step {step} was {claimed.get(step)}, trained again from its "
             f"checkpoint at step {audit.from_step}: {replayed.get(step)}"
         )
-    verdict = VerdictEvent(
-        node_id=audit.node_id,
-        step=until,
-        valid=not wrong,
-        checked=len(steps),
-        validator_node_id=auditor_of(session, audit_job.id),
-        detail=detail,
-    )
+    judge(session, audit, job, rates, until, len(steps), auditor_of(session, audit_job.id), detail)
+
+
+def judge(
+    session: Session, audit: TrainerAudit, job: Job, rates: Rates, step: int, checked: int,
+    validator: int, detail: str,
+) -> None:  # fmt: skip
+    """The audit's verdict, as any other (``apply_verdict``); ``detail``: what differed
+    ('' when nothing did). A valid one releases the credit only once no other audit of the
+    node in the job is open."""
+    verdict = VerdictEvent(audit.node_id, step, not detail, checked, validator, detail[:1000])
     audit.status, audit.detail, audit.decided_at = (
         "valid" if verdict.valid else "invalid",
-        detail,
+        verdict.detail,
         utcnow(),
     )
-    apply_verdict(session, job, verdict, rates, {audit.node_id})
+    session.flush()
+    release = not (verdict.valid and audit.node_id in audited_nodes(session, job.id))
+    apply_verdict(session, job, verdict, rates, {audit.node_id}, release=release)
 
 
 def decide_task_audit(
@@ -267,25 +319,14 @@ def decide_task_audit(
         return
     task = job_request(job).task
     detail = f"its {task} results differ from the audit's: {difference}" if difference else ""
-    verdict = VerdictEvent(
-        node_id=audit.node_id,
-        step=1,
-        valid=not difference,
-        checked=1,
-        validator_node_id=auditor_of(session, audit_job.id),
-        detail=detail[:1000],
-    )
-    audit.status, audit.detail, audit.decided_at = (
-        "valid" if verdict.valid else "invalid",
-        verdict.detail,
-        utcnow(),
-    )
-    apply_verdict(session, job, verdict, rates, {audit.node_id})
+    judge(session, audit, job, rates, 1, 1, auditor_of(session, audit_job.id), detail)
 
 
 def agrees(claimed: float | None, replayed: float | None) -> bool:
     if claimed is None or replayed is None:
         return False
+    if math.isnan(claimed) or math.isnan(replayed):  # an honestly diverged run: both
+        return math.isnan(claimed) and math.isnan(replayed)
     return math.isclose(claimed, replayed, rel_tol=AUDIT_RELATIVE, abs_tol=AUDIT_ABSOLUTE)
 
 
@@ -319,8 +360,10 @@ def close(session: Session, audit: TrainerAudit, job: Job, rates: Rates, why: st
     """An audit that gives no verdict: the credit it held is released (unless the node's
     work in the job was refused otherwise), and the log says why."""
     audit.status, audit.detail, audit.decided_at = "unaudited", why[:1000], utcnow()
+    session.flush()
     account = pending_account(session, job.id, audit.node_id)
-    if account is not None and not refused_in_job(session, job.id, audit.node_id):
+    held = audit.node_id in audited_nodes(session, job.id)  # by another audit still open
+    if account is not None and not held and not refused_in_job(session, job.id, audit.node_id):
         memo = f"job {job.id}: node {audit.node_id}'s work, released unaudited: {why}"
         release_pending(session, account, rates, memo=memo[:500])
     add_log(session, job, f"node {audit.node_id}'s audit: {why}; its credit is released")

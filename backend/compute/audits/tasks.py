@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from protocol.results import (
     FLOW_FIGURES,
     JSONL_FILE,
     RESULTS_DIR,
-    SUMMARY_FILE,
     VALIDATION_FILE,
 )
 from protocol.trust import check_rate_for
@@ -36,7 +34,9 @@ from protocol.trust import check_rate_for
 CHECKED_TASKS = ("validate", "infer")
 AUDIT_BATCHES = 4  # of an infer job's batches, predicted again
 AUDIT_RELATIVE = 1e-3
-AUDIT_ABSOLUTE = 1e-4  # probabilities are rounded to 4 digits (classifier_row)
+# Probabilities are rounded to 4 digits (classifier_row): two roundings of nearly the same
+# value may differ by one unit in the last digit.
+AUDIT_ABSOLUTE = 1.5e-4
 DEFAULT_BATCH_SIZE = 64  # InferenceSettings.batch_size
 
 
@@ -45,53 +45,68 @@ def maybe_audit_task(session: Session, job: Job, secret: str) -> TrainerAudit | 
     node = audited_node(session, job, CHECKED_TASKS)
     if node is None:
         return None
-    if not drawn(secret, job.id, job.attempts, 0, check_rate_for(node.valid_streak or 0)):
+    if not drawn(
+        secret, f"{job.id}:{job.attempts}:results", check_rate_for(node.valid_streak or 0)
+    ):
         return None
     audit = TrainerAudit(
         job_id=job.id, node_id=node.id, attempt=job.attempts, from_step=0, metric_cursor=0,
+        snapshot="", latest="", latest_step=0, latest_cursor=0, drawn=0, seen_step=0,
         status="snapshot", detail="",
     )  # fmt: skip
     session.add(audit)
     return audit
 
 
-def audit_orders(job: Job, storage_root: Path, secret: str) -> dict[str, Any] | None:
-    """What the audit job does again: the whole validation, or an infer job's drawn batches
-    (None when its results are gone)."""
+def audit_orders(job: Job, secret: str) -> dict[str, Any]:
+    """What the audit job does again: the whole validation, or an infer job's batches, drawn
+    by the audit's worker from these numbers (``draw % batches``: it counts the batches
+    itself, so the audited node's own figures cannot narrow the draw)."""
     task = job_request(job).task
     if task == "validate":
         return {"task": task}
-    summary = read_json(job_storage(storage_root, job.id) / RESULTS_DIR / SUMMARY_FILE)
-    if summary is None:
-        return None
-    size = int(job_request(job).inference.get("batch_size") or DEFAULT_BATCH_SIZE)
-    batches = math.ceil(int(summary.get("total_samples", 0)) / size)
     seed = hmac.new(secret.encode(), f"audit-rows:{job.id}".encode(), hashlib.sha256).digest()
-    drawn_batches = sorted(random.Random(seed).sample(range(batches), min(AUDIT_BATCHES, batches)))
-    return {"task": task, "batches": drawn_batches, "batch_size": size}
+    draws = [int.from_bytes(hashlib.sha256(seed + bytes([n])).digest()[:7], "big")
+             for n in range(AUDIT_BATCHES)]  # fmt: skip
+    return {"task": task, "draws": draws}
 
 
 def results_difference(storage_root: Path, job: Job, audit_job: Job) -> str | None:
-    """What differs between the audited job's results and the audit's ('' when nothing;
-    None when either is gone)."""
+    """What differs between the audited job's results and the audit's ('' when nothing).
+    Results of the audited node's that are missing or unreadable differ; None only when the
+    audit's own are (the platform's failure: no verdict)."""
     audited = job_storage(storage_root, job.id) / RESULTS_DIR
     again = job_storage(storage_root, audit_job.id) / RESULTS_DIR
     if job_request(job).task == "validate":
-        claimed, replayed = read_json(audited / VALIDATION_FILE), read_json(again / VALIDATION_FILE)
-        if claimed is None or replayed is None:
+        replayed = read_json(again / VALIDATION_FILE)
+        if replayed is None:
             return None
+        claimed = read_json(audited / VALIDATION_FILE)
+        if claimed is None:
+            return "its scores are missing or unreadable"
         scores = {k: v for k, v in claimed.items() if k not in FLOW_FIGURES}
         return differs(scores, {k: v for k, v in replayed.items() if k not in FLOW_FIGURES})
-    claimed_rows, replayed_rows = read_rows(audited / JSONL_FILE), read_rows(again / JSONL_FILE)
-    if claimed_rows is None or replayed_rows is None:
+    replayed_rows = read_rows(again / JSONL_FILE)
+    if replayed_rows is None:
         return None
+    claimed_rows = read_rows(audited / JSONL_FILE, set(replayed_rows))
+    if claimed_rows is None:
+        return "its rows are missing or unreadable"
+    threshold = float(job_request(job).inference.get("confidence_threshold") or 0.0)
     # Every row the audit predicted (the drawn batches' rows above the threshold) must be
     # the audited job's row of that sample: a row made up or left out differs.
     for sample in sorted(replayed_rows):
-        gap = differs(claimed_rows.get(sample), replayed_rows[sample])
+        row = replayed_rows[sample]
+        if sample not in claimed_rows and near(row.get("probability"), threshold):
+            continue  # at the threshold, rounding may leave it out on either side
+        gap = differs(claimed_rows.get(sample), row)
         if gap:
             return f"row {sample}: {gap}"
     return ""
+
+
+def near(probability: Any, threshold: float) -> bool:
+    return isinstance(probability, int | float) and abs(probability - threshold) <= AUDIT_ABSOLUTE
 
 
 def differs(claimed: Any, replayed: Any, where: str = "") -> str:
@@ -128,9 +143,17 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def read_rows(path: Path) -> dict[int, Any] | None:
+def read_rows(path: Path, only: set[int] | None = None) -> dict[int, Any] | None:
+    """The rows of a predictions file by sample id (``only`` those ids: a file may be large,
+    read line by line); None when it is missing or a line is not a row."""
+    found: dict[int, Any] = {}
     try:
         with path.open(encoding="utf-8") as lines:
-            return {int(row["id"]): row for row in map(json.loads, lines)}
+            for line in lines:
+                row = json.loads(line)
+                sample = int(row["id"])
+                if only is None or sample in only:
+                    found[sample] = row
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return found

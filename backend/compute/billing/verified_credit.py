@@ -28,9 +28,16 @@ VERDICT = "verdict"
 
 
 def apply_verdict(
-    session: Session, job: Job, verdict: VerdictEvent, rates: Rates, placed: set[int]
+    session: Session,
+    job: Job,
+    verdict: VerdictEvent,
+    rates: Rates,
+    placed: set[int],
+    *,
+    release: bool = True,
 ) -> None:
-    """Record ``verdict`` on the job, the node's counts and its pending credit."""
+    """Record ``verdict`` on the job, the node's counts and its pending credit (a valid one
+    releases it unless ``release`` is false: another check of it is still to come)."""
     if verdict.node_id not in placed:
         add_log(
             session,
@@ -59,7 +66,7 @@ def apply_verdict(
     suspended = trust.record_result(node, valid=verdict.valid)
     account = pending_account(session, job.id, node.id)
     if verdict.valid:
-        if account is not None and not refused_in_job(session, job.id, node.id):
+        if release and account is not None and not refused_in_job(session, job.id, node.id):
             release_pending(
                 session,
                 account,

@@ -24,8 +24,8 @@ from typing import Protocol
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from compute.audits.lifecycle import sweep
-from compute.audits.snapshots import maybe_snapshot
+from compute.audits.lifecycle import advance, due, link_audit_checkpoint
+from compute.audits.snapshots import maybe_snapshot, split_driver_node
 from compute.audits.tasks import maybe_audit_task
 from compute.billing.metering import (
     describe_unsaved,
@@ -170,8 +170,15 @@ class Dispatcher:
         if now - self.audits_swept_at < AUDIT_SWEEP_S:
             return
         self.audits_swept_at = now
-        with session_scope(self.session_factory) as session:
-            sweep(session, self.settings.storage_path, self.rates, self.settings.secret_key)
+        with session_scope(self.read_factory) as session:
+            to_launch, to_decide = due(session)
+        for audit_id in [*to_launch, *to_decide]:
+            try:  # each in its own transaction: one that fails holds up no other
+                with session_scope(self.session_factory) as session:
+                    advance(session, audit_id, self.settings.storage_path, self.rates,
+                            self.settings.secret_key)  # fmt: skip
+            except Exception:
+                log.exception("audit %s could not go on", audit_id)
 
     def expire_storage(self) -> None:
         """Once a minute: heartbeat samples past their retention, and the files of jobs
@@ -261,6 +268,8 @@ class Dispatcher:
                 select(Job).where(Job.status == JobStatus.SCHEDULED.value).order_by(Job.id)
             ).all()
             configs = [(job.id, job.attempts, self.run_config(job, session)) for job in placed]
+            for job in placed:  # an audit's kept checkpoint, linked in as its own
+                link_audit_checkpoint(session, job.id, self.settings.storage_path)
         for job_id, attempt, config in configs:
             if not self.still_leading():
                 return
@@ -396,7 +405,16 @@ class Dispatcher:
             case ArtifactEvent(path=path):
                 job.artifact_path = path
             case VerdictEvent() as verdict:
-                apply_verdict(session, job, verdict, self.rates, set(placement_nodes(job)))
+                if verdict.node_id == split_driver_node(job):
+                    add_log(
+                        session,
+                        job,
+                        f"a verdict on node {verdict.node_id}, which drives this job (only an "
+                        "audit on another node checks it), was ignored",
+                        level="warning",
+                    )
+                else:
+                    apply_verdict(session, job, verdict, self.rates, set(placement_nodes(job)))
             case LogEvent(message=message, level=level, source=source):
                 text = without_roots(message, self.limits.hidden_roots)
                 add_log(session, job, text, level=level, source=source)

@@ -19,8 +19,8 @@ from compute.dispatch.placement import (
     subtract,
 )
 from compute.jobs.state import ACTIVE, JobStatus
-from compute.jobs.strategy import extra_shares, worker_processes
-from compute.models import Job, Node, TrainerAudit
+from compute.jobs.strategy import extra_shares, job_request, worker_processes
+from compute.models import Job, Node
 from compute.nodes.service import NodeApproval
 from compute.nodes.trust import on_probation
 from protocol.run import WorkerPlan
@@ -54,16 +54,14 @@ def slots_of(job: Job) -> list[WorkerPlan]:
 
 
 def left_out(session: Session, job: Job) -> tuple[frozenset[int], str]:
-    """The nodes a job may not run on, and why: an audit, the node it audits; a retried job,
-    the nodes whose work in it failed validation."""
-    audited = session.scalar(
-        select(TrainerAudit.node_id).where(TrainerAudit.audit_job_id == job.id)
-    )
-    if audited is not None:
-        return frozenset({audited}), "the trainer this job audits"
-    if job.attempts:
-        return frozenset(invalid_in_job(session, job.id)), WHY_EXCLUDED
-    return frozenset(), WHY_EXCLUDED
+    """The nodes a job may not run on, and why: an audit, the audited node (and its owner's
+    other machines where others can hold it); a retried job, the nodes whose work in it
+    failed validation."""
+    invalid = frozenset(invalid_in_job(session, job.id)) if job.attempts else frozenset()
+    excluded = job_request(job).audit.get("excluded")
+    if excluded:
+        return frozenset(excluded) | invalid, "the audited node or its owner's"
+    return invalid, WHY_EXCLUDED
 
 
 def pending_job(job: Job, excluded: frozenset[int] = frozenset(), because: str = "") -> PendingJob:

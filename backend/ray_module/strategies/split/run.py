@@ -171,7 +171,7 @@ def start_worker(
         loaders=tuple(plans),
         data=config.data,
         audited_task=config.request.audit.get("task", "train"),
-        audit_batches=tuple(int(i) for i in config.request.audit.get("batches", ())),
+        audit_draws=tuple(int(i) for i in config.request.audit.get("draws", ())),
     )
     return (
         ray.remote(SplitWorker)

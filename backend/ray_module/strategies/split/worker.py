@@ -51,9 +51,10 @@ class WorkerConfig:
     trainer: WorkerPlan
     loaders: tuple[WorkerPlan, ...]  # one per loader actor (its share of its node's slot)
     data: DataRequest | None = None  # to make a loader's batch again (verified credit)
-    # An audit (task AUDIT_TASK): the task it does again, and for infer the batches.
+    # An audit (task AUDIT_TASK): the task it does again; for infer, the gateway's draws of
+    # its batches (batch = draw % batches: counted here, not taken from the audited node).
     audited_task: str = "train"
-    audit_batches: tuple[int, ...] = ()
+    audit_draws: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ class SplitWorker:
         self._plans = {"task": plan}
         # An audit predicts the batches the gateway drew, the audited job all of them.
         auditing = config.task == AUDIT_TASK
-        batches = [i for i in config.audit_batches if i < plan.batches] if auditing else None
+        batches = sorted({draw % plan.batches for draw in config.audit_draws}) if auditing else None
         with torch.no_grad():
             for done, (key, batch) in enumerate(
                 self.stream([("task", 0, i) for i in batches or range(plan.batches)]), start=1
