@@ -268,3 +268,40 @@ def test_three_invalid_results_in_a_row_suspend_a_node_until_an_admin_approves_i
     assert client.post("/nodes/2/approve", headers=admin.headers).status_code == 200
     two = node_trust(client, owner, 2)["trust"]
     assert two["suspended_reason"] == "" and two["on_probation"] and two["results_invalid"] >= 3
+
+
+SPLIT_JOB = {
+    "model_config": {"type": "classifier", "model_name": "mlp"},
+    "data_config": {"data_source": "builtin", "dataset_name": "digits"},
+    "training_config": {"strategy": "split", "max_steps": 20, "checkpoint_interval": 10,
+                        "loader": {"cpu_cores": 1, "memory": 1}},
+    "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
+    "max_runtime_s": 3600,
+}  # fmt: skip
+
+
+def test_a_split_jobs_own_verdict_on_its_driving_node_is_ignored(
+    client: TestClient, lent_pair: tuple, scripted_ray: ScriptedRay
+) -> None:
+    """Split's trainer drives its job: a verdict the job sends on that node is the node
+    judging itself (it could release its own held credit, and raise its own trust); only an
+    audit on another node may judge it."""
+    owner, user = lent_pair
+    scripted_ray.verdicts = {step: [verdict(1, step, True), verdict(2, step, True)]
+                             for step in range(1, 4)}  # fmt: skip
+    job = client.post("/jobs/submit", headers=user.headers, json=SPLIT_JOB).json()
+    placed = wait_for(
+        lambda: client.get(f"/jobs/{job['id']}", headers=user.headers).json()["placement"],
+        timeout_s=30,
+        what="a placement",
+    )
+    trainer = next(slot["node_id"] for slot in placed if slot["role"] != "loader")
+    wait_for(
+        lambda: any(
+            "which drives this job" in line["message"]
+            for line in client.get(f"/jobs/{job['id']}/logs", headers=user.headers).json()["items"]
+        ),
+        timeout_s=30,
+        what="the verdict on the driving node to be ignored",
+    )
+    assert node_trust(client, owner, trainer)["trust"]["results_valid"] == 0
