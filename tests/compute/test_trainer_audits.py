@@ -13,10 +13,12 @@ from sqlalchemy import select
 from compute.models import JobMetric, Node
 from core.db import make_engine, make_session_factory, session_scope
 from protocol.results import JSONL_FILE
-from tests.conftest import job_state, wait_until_finished
+from tests.conftest import job_state, submit_and_wait, wait_until_finished
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+FINAL = ("succeeded", "failed", "cancelled")
 
 AUDITED_JOB = {
     "name": "digits, split, audited",
@@ -126,21 +128,57 @@ def failed_validation(client, headers: dict, job_id: int) -> list[str]:
     return [line["message"] for line in logs if "failed validation" in line["message"]]
 
 
+def ended(client, headers: dict, job_ids: set[int]) -> dict:
+    """The first of these jobs to end."""
+    return wait_for(
+        lambda: next(
+            (j for n in sorted(job_ids)
+             if (j := job_state(client, headers, n))["status"] in FINAL),
+            None,
+        ),
+        timeout_s=300,
+        what=lambda: [job_state(client, headers, n) for n in job_ids],
+    )  # fmt: skip
+
+
+def garble_kept_checkpoints(storage_path, job_id: int) -> None:
+    """What a trainer that saved a checkpoint no one can load leaves: its files overwritten
+    in place (the audit's hard links to them see it too)."""
+    for arrays in (storage_path / "jobs" / str(job_id) / "audits").glob("[0-9a-f]*/*.safetensors"):
+        with arrays.open("r+b") as garbled:
+            garbled.write(b"\xff" * 16)
+
+
+def make_up_rows(storage_path, job_id: int) -> None:
+    """What a predictor that made up its rows stores: every label moved to the next class."""
+    rows = storage_path / "jobs" / str(job_id) / "results" / JSONL_FILE
+    made_up = [json.loads(line) for line in rows.read_text().splitlines()]
+    for row in made_up:
+        row["label"] = str((int(row["label"]) + 1) % 10)
+    rows.write_text("".join(json.dumps(row) + "\n" for row in made_up))
+
+
 def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_not_otherwise(
     ray_client, two_nodes, user_headers, ray_settings
 ) -> None:
-    """Two training jobs at once: one honest, one whose reported losses are not its
-    training. Then a validate and an infer job of the honest one's model, and an infer job
-    whose stored rows were made up."""
+    """Two training jobs at once, an honest one and one whose reported losses are not its
+    training; then, one after the other (each node new again first, so that it is audited
+    for sure), one whose kept checkpoint cannot be loaded, a validate job of the honest
+    one's model, and an infer job of it whose stored rows were made up."""
     owner, _ = two_nodes
     honest, cheat = (
         ray_client.post("/jobs/submit", headers=user_headers, json=AUDITED_JOB).json()
         for _ in range(2)
     )
-    done = wait_until_finished(ray_client, user_headers, honest["id"], timeout_s=300)
-    lied = wait_until_finished(ray_client, user_headers, cheat["id"], timeout_s=300)
-    assert done["status"] == lied["status"] == "succeeded", (done, lied)
-    halve_the_loss_reported_at(ray_settings.database_url, cheat["id"], 12)
+    waiting, as_ended = {honest["id"], cheat["id"]}, {}
+    while waiting:  # each tampered with as soon as it ends (its audit takes seconds to start)
+        job = ended(ray_client, user_headers, waiting)
+        waiting.discard(job["id"])
+        as_ended[job["id"]] = job
+        assert job["status"] == "succeeded", job["status_reason"]
+        if job["id"] == cheat["id"]:
+            halve_the_loss_reported_at(ray_settings.database_url, cheat["id"], 12)
+    done = as_ended[honest["id"]]
     trainer = audited_node(ray_client, user_headers, done["id"])
     # Settled, but the trainer's part waits for its audit: pending, not yet earned.
     assert trainer not in [part["node_id"] for part in done["earnings"]]
@@ -159,7 +197,7 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
     assert after["audits"] == [
         {"node_id": trainer, "status": "valid", "detail": "", "audit_job_id": audit["id"]}
     ]
-    # The other: its losses after the kept checkpoint are not what training from it gives.
+    # The liar: its losses after the kept checkpoint are not what training from it gives.
     liar = audited_node(ray_client, user_headers, cheat["id"])
     assert audit_of(ray_client, user_headers, cheat["id"])["status"] == "succeeded"
     caught = credit_settled(ray_client, user_headers, cheat["id"])
@@ -170,42 +208,43 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
     (shown,) = caught["audits"]
     assert shown["status"] == "invalid" and "its loss at step 12" in shown["detail"], shown
     trust = ray_client.get(f"/nodes/{liar}", headers=owner.headers).json()["trust"]
-    assert trust["results_invalid"] == 1
+    assert trust["results_invalid"] >= 1
+    # A trainer whose kept checkpoint cannot be loaded (its node as new again: audited for
+    # sure): the audit could not start from it, the trainer's doing.
+    as_new_nodes(ray_settings.database_url)
+    unusable = submit_and_wait(ray_client, user_headers, AUDITED_JOB, timeout_s=300)
+    assert unusable["status"] == "succeeded", unusable["status_reason"]
+    garble_kept_checkpoints(ray_settings.storage_path, unusable["id"])
+    saver = audited_node(ray_client, user_headers, unusable["id"])
+    assert audit_of(ray_client, user_headers, unusable["id"])["status"] == "failed"
+    refused = credit_settled(ray_client, user_headers, unusable["id"])
+    assert refused["voided"] > 0
+    assert saver not in [part["node_id"] for part in refused["earnings"]]
+    (shown,) = refused["audits"]
+    assert shown["status"] == "invalid" and "cannot be loaded" in shown["detail"], shown
 
     # The model validated and used for inference: each predictor (the job's driver too) is
     # audited as well, its scores or a sample of its rows done again on the other node.
-    as_new_nodes(ray_settings.database_url)
     validate, infer = validate_and_infer(done["id"])
-    checks = [
-        ray_client.post("/jobs/submit", headers=user_headers, json=body).json()
-        for body in (validate, infer, infer)
-    ]
-    # The last one's rows made up as soon as it has ended (its audit takes seconds to
-    # start): every label moved to the next class.
-    last = wait_until_finished(ray_client, user_headers, checks[2]["id"], timeout_s=300)
-    assert last["status"] == "succeeded", last["status_reason"]
-    rows = ray_settings.storage_path / "jobs" / str(checks[2]["id"]) / "results" / JSONL_FILE
-    made_up = [json.loads(line) for line in rows.read_text().splitlines()]
-    for row in made_up:
-        row["label"] = str((int(row["label"]) + 1) % 10)
-    rows.write_text("".join(json.dumps(row) + "\n" for row in made_up))
-    for check in checks[:2]:
-        ended = wait_until_finished(ray_client, user_headers, check["id"], timeout_s=300)
-        assert ended["status"] == "succeeded", ended["status_reason"]
-    for check in checks[:2]:
+    for body, made_up in ((validate, False), (infer, True)):
+        as_new_nodes(ray_settings.database_url)
+        check = ray_client.post("/jobs/submit", headers=user_headers, json=body).json()
+        job = wait_until_finished(ray_client, user_headers, check["id"], timeout_s=300)
+        assert job["status"] == "succeeded", job["status_reason"]
+        if made_up:
+            make_up_rows(ray_settings.storage_path, check["id"])
         predictor = audited_node(ray_client, user_headers, check["id"])
         redone = audit_of(ray_client, user_headers, check["id"])
         assert redone["status"] == "succeeded", redone["status_reason"]
         assert str(predictor) not in redone["usage"], redone["usage"]
-        paid = credit_settled(ray_client, user_headers, check["id"])
-        assert predictor in [part["node_id"] for part in paid["earnings"]], paid
-        assert paid["voided"] == 0
+        settled = credit_settled(ray_client, user_headers, check["id"])
+        if not made_up:
+            assert predictor in [part["node_id"] for part in settled["earnings"]], settled
+            assert settled["voided"] == 0
+            continue
+        assert settled["voided"] > 0
+        assert predictor not in [part["node_id"] for part in settled["earnings"]]
+        said = failed_validation(ray_client, user_headers, check["id"])
+        assert said and "infer results differ" in said[0] and "label" in said[0], said
     # 1797 rows in batches of 32: 4 of the 57 batches predicted again.
     assert redone["spec"]["audit_of"]["task"] == "infer" and "4 drawn batches" in redone["name"]
-    predictor = audited_node(ray_client, user_headers, checks[2]["id"])
-    assert audit_of(ray_client, user_headers, checks[2]["id"])["status"] == "succeeded"
-    unpaid = credit_settled(ray_client, user_headers, checks[2]["id"])
-    assert unpaid["voided"] > 0
-    assert predictor not in [part["node_id"] for part in unpaid["earnings"]]
-    said = failed_validation(ray_client, user_headers, checks[2]["id"])
-    assert said and "infer results differ" in said[0] and "label" in said[0], said

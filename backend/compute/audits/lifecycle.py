@@ -38,7 +38,7 @@ from core.db import utcnow
 from ledger.pending import release_pending
 from ledger.pricing import Rates
 from protocol.events import VerdictEvent
-from protocol.strategies.split import AUDIT_TASK
+from protocol.strategies.split import AUDIT_TASK, UNUSABLE_CHECKPOINT
 
 MAX_AUDIT_STEPS = 50  # a longer interval is audited on its first steps
 TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal())
@@ -269,6 +269,11 @@ def decide(session: Session, audit: TrainerAudit, rates: Rates, storage_root: Pa
     job = session.get(Job, audit.job_id)
     audit_job = session.get(Job, audit.audit_job_id) if audit.audit_job_id else None
     assert job is not None
+    if audit_job is not None and UNUSABLE_CHECKPOINT in audit_job.status_reason:
+        detail = f"its checkpoint at step {audit.from_step} cannot be loaded"
+        judge(session, audit, job, rates, audit.from_step, 0, auditor_of(session, audit_job.id),
+              f"{detail} ({audit_job.status_reason})")  # fmt: skip
+        return
     if audit_job is None or audit_job.status != JobStatus.SUCCEEDED.value:
         why = audit_job.status_reason if audit_job is not None else "it was deleted"
         close(session, audit, job, rates, f"the audit could not be made ({why})")

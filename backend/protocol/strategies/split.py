@@ -20,6 +20,9 @@ MAX_LOADER_NODES = 64
 # The gateway's own task (compute.audits): train a few steps again from an audited job's
 # checkpoint, on another node, and report their losses. Users cannot submit it.
 AUDIT_TASK = "audit"
+# What an audit job's failure says when the audited trainer's checkpoint cannot be loaded:
+# the trainer's doing (it saved it), so its work is invalid, not unaudited.
+UNUSABLE_CHECKPOINT = "the audited checkpoint cannot be loaded"
 
 
 def loader_actors(cpu_cores: float, memory_gb: float) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 
 from protocol.events import ArtifactEvent, CheckpointEvent, LogEvent, MetricEvent, UsageEvent
 from protocol.run import DataRequest, ModelRequest, PublishTarget, WorkerPlan
-from protocol.strategies.split import AUDIT_TASK, SplitSettings
+from protocol.strategies.split import AUDIT_TASK, UNUSABLE_CHECKPOINT, SplitSettings
 from ray_module.contract import NAMESPACE
 from ray_module.errors import ModelError, RunCancelledError
 from ray_module.models.classifier import class_names_of
@@ -145,7 +145,15 @@ class SplitWorker:
         optimizer = torch.optim.AdamW(
             model.network.parameters(), lr=settings.rate_for(config.model_type)
         )
-        step, epoch_ids = self._resume(model, optimizer)
+        try:
+            step, epoch_ids = self._resume(model, optimizer)
+        except Exception as error:
+            if not auditing:
+                raise
+            # Said whole (not chained: the reason is the root cause's): the gateway reads it.
+            raise ModelError(
+                f"{UNUSABLE_CHECKPOINT}: {type(error).__name__}: {error}"[:400]
+            ) from None
         if auditing and not step:
             raise ModelError("the audit found no checkpoint of the audited job to start from")
         described = {
