@@ -5,7 +5,6 @@ its checkpoints, final model and results (there is no shared filesystem)."""
 from __future__ import annotations
 
 import enum
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -17,9 +16,8 @@ from starlette.background import BackgroundTask
 from app.deps import BearerToken, DbSession, JobId, SettingsDep
 from app.errors import error_responses
 from auth.run_tokens import RunClaims, decode_run_token
-from compute.audits.snapshots import maybe_snapshot
+from compute.audits.snapshots import keep_for_audit
 from compute.dispatch.run_inbox import MAX_EVENTS_PER_POST, accept_run_events
-from compute.models import Job
 from compute.storage.run_uploads import (
     checkpoint_archive,
     commit_directory,
@@ -125,7 +123,9 @@ async def put_upload(
     if kind.value == "checkpoint" and settings.audit_trainers:
         # Before the driver hears back and can save the next one (compute.audits).
         factory = request.app.state.session_factory
-        await run_in_threadpool(_keep_for_audit, factory, job_id, storage, settings.secret_key)
+        await run_in_threadpool(
+            _with_session, factory, keep_for_audit, job_id, storage, settings.secret_key
+        )
     return UploadOut(kind=kind.value, size=stored.size, sha256=stored.sha256)
 
 
@@ -192,11 +192,3 @@ def _with_session(factory: Any, call: Any, *args: Any) -> Any:
     """A short read transaction of its own: no transaction stays open while bytes flow."""
     with session_scope(factory) as session:
         return call(session, *args)
-
-
-def _keep_for_audit(factory: Any, job_id: int, storage: Path, secret: str) -> None:
-    """The checkpoint just accepted, kept aside if its trainer is audited this time."""
-    with session_scope(factory) as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is not None:
-            maybe_snapshot(session, job, storage, secret)

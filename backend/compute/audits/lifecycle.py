@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from compute.audits.held import audited_nodes
 from compute.audits.snapshots import job_storage, link_checkpoint, snapshot_path
-from compute.audits.tasks import AUDIT_BATCHES, audit_orders, results_difference
+from compute.audits.tasks import AUDIT_BATCHES, AUDIT_RELATIVE, audit_orders, results_difference
 from compute.billing.verified_credit import apply_verdict, pending_account, refused_in_job
 from compute.dispatch.placement import fit_job
 from compute.dispatch.scheduling import capacity_and_free, pending_job
@@ -46,27 +46,29 @@ TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal())
 # draws; only float rounding differs (the same on two CPUs of this suite: the losses agree
 # to 1e-6). A GPU trainer audited on a CPU rounds differently: 1e-3 is an assumption until
 # measured on one (no GPU was lent while this was built).
-AUDIT_RELATIVE = 1e-3
+# (AUDIT_RELATIVE, 1e-3: ``tasks``'s, the one tolerance of every audit.)
 AUDIT_ABSOLUTE = 1e-5
 
 
 def due(session: Session) -> tuple[list[int], list[int]]:
     """The audits to launch (their job has ended) and to decide (their audit job has)."""
-    to_launch = session.scalars(
-        select(TrainerAudit.id)
-        .join(Job, Job.id == TrainerAudit.job_id)
-        .where(TrainerAudit.status == "snapshot", Job.status.in_(TERMINAL))
-        .order_by(TrainerAudit.id)
-        .limit(20)
-    ).all()
-    to_decide = session.scalars(
-        select(TrainerAudit.id)
-        .join(Job, Job.id == TrainerAudit.audit_job_id)
-        .where(TrainerAudit.status == "running", Job.status.in_(TERMINAL))
-        .order_by(TrainerAudit.id)
-        .limit(20)
-    ).all()
-    return list(to_launch), list(to_decide)
+    return (
+        ended_with(session, "snapshot", TrainerAudit.job_id),
+        ended_with(session, "running", TrainerAudit.audit_job_id),
+    )
+
+
+def ended_with(session: Session, status: str, job: Any) -> list[int]:
+    """Up to 20 audits in ``status`` whose ``job`` column names a job that has ended."""
+    return list(
+        session.scalars(
+            select(TrainerAudit.id)
+            .join(Job, Job.id == job)
+            .where(TrainerAudit.status == status, Job.status.in_(TERMINAL))
+            .order_by(TrainerAudit.id)
+            .limit(20)
+        )
+    )
 
 
 def advance(session: Session, audit_id: int, storage_root: Path, rates: Rates, secret: str) -> None:

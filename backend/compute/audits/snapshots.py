@@ -119,6 +119,13 @@ def maybe_snapshot(
     return audit
 
 
+def keep_for_audit(session: Session, job_id: int, storage_root: Path, secret: str) -> None:
+    """The checkpoint of ``job_id`` just accepted (uploaded), kept aside if it is drawn."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is not None:
+        maybe_snapshot(session, job, storage_root, secret)
+
+
 def drawn(secret: str, what: str, rate: float) -> bool:
     """A draw at ``rate`` keyed with the gateway's secret: no node can tell its outcome in
     advance (it must train every step as if that one were audited), and the same for the
