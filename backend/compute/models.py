@@ -210,8 +210,19 @@ class TrainerAudit(Base):
     drawn: Mapped[int] = mapped_column(Integer, default=0)  # candidates in the reservoir
     seen_step: Mapped[int] = mapped_column(Integer, default=0)  # last checkpoint drawn for
     # none (nothing drawn yet) | snapshot -> running -> valid | invalid | unaudited
+    # (running -> snapshot again: the audit job failed, tried once more elsewhere; or it
+    # disagreed with the audited node, refereed on a third owner's node)
     status: Mapped[str] = mapped_column(String(16), default="snapshot")
     detail: Mapped[str] = mapped_column(Text, default="")
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # audit jobs
+    # Nodes not to audit this again: those whose audit job failed.
+    passed_over: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # Under referee: the first auditor, its audit job and what it found different.
+    first_auditor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    first_audit_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    first_detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Invalid: the job computed again, without the node (``compute.audits.recompute``).
+    recompute_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

@@ -9,6 +9,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry
+from ledger.postings import GIVEN_BACK
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ def ledger_report(session: Session, *, terminal_job_ids: Collection[int]) -> Led
 
 def wallet_counter_problems(session: Session) -> list[str]:
     """Each wallet's counters equal what the entries say: node credits into the wallet,
-    charges out of the same user's escrows less voids back to them, entries on the user's
-    accounts."""
+    charges out of the same user's escrows less voids and compensations back to them, entries
+    on the user's accounts."""
     credited = dict(
         session.execute(
             select(LedgerEntry.account_id, func.sum(LedgerEntry.amount))
@@ -95,7 +96,7 @@ def wallet_counter_problems(session: Session) -> list[str]:
                 or_(
                     (LedgerEntry.kind == EntryKind.CHARGE.value)
                     & (LedgerAccount.kind == AccountKind.ESCROW.value),
-                    (LedgerEntry.kind == EntryKind.VOID.value)
+                    LedgerEntry.kind.in_([kind.value for kind in GIVEN_BACK])
                     & (LedgerAccount.kind == AccountKind.WALLET.value),
                 )
             )

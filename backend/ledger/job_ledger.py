@@ -19,6 +19,7 @@ class JobLedger:
     voided: int = 0  # pending credit given back to the payer: work refused
     refunded: int = 0  # the unused hold, back to the payer
     fees: int = 0  # the platform's part of released credit
+    compensated: int = 0  # given back by the platform: the job's result was found invalid
     earnings: dict[int, int] = field(default_factory=dict)  # node → owner's released credit
     settled: bool = False
 
@@ -58,6 +59,8 @@ def job_ledgers(session: Session, job_ids: Sequence[int]) -> dict[int, JobLedger
             money.charged -= amount
         elif kind == EntryKind.REFUND.value and amount > 0:  # the wallet's side
             money.refunded += amount
+        elif kind == EntryKind.COMPENSATION.value and amount > 0:  # the wallet's side
+            money.compensated += amount
         elif kind == EntryKind.PLATFORM_FEE.value:
             money.fees += amount
         elif kind == EntryKind.NODE_CREDIT.value and node_id is not None:

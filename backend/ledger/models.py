@@ -32,6 +32,9 @@ class TransactionKind(enum.StrEnum):
     PENDING_CREDIT = "pending_credit"  # escrow → pending, as a checkpoint saves work
     RELEASE = "release"  # pending → owner's wallet and the platform's fee
     VOID = "void"  # pending → the payer's wallet: the work was not accepted
+    # The platform's fees (issuance for what they lack) → a user's wallet: what the user
+    # paid for a job whose result was found invalid and is recomputed (compute.audits).
+    COMPENSATION = "compensation"
 
 
 class EntryKind(enum.StrEnum):
@@ -45,6 +48,7 @@ class EntryKind(enum.StrEnum):
     VOID = "void"  # a node's pending credit back to the payer (both sides)
     PLATFORM_FEE = "platform_fee"
     REFUND = "refund"  # the unused hold back to the wallet
+    COMPENSATION = "compensation"  # the platform's, for work paid for and found invalid
 
 
 class LedgerAccount(Base):

@@ -116,6 +116,10 @@ class WalletCounters:
     entries: int = 0
 
 
+# Entries into a wallet that give back what its user was charged: not spent.
+GIVEN_BACK = (EntryKind.VOID, EntryKind.COMPENSATION)
+
+
 def _apply(
     session: Session, account_id: int, delta: int, counters: WalletCounters | None = None
 ) -> None:
@@ -153,7 +157,7 @@ def _wallet_counters(
             counters.earned += posting.amount
         elif posting.kind is EntryKind.CHARGE and kind == AccountKind.ESCROW.value:
             counters.spent -= posting.amount
-        elif posting.kind is EntryKind.VOID and kind == AccountKind.WALLET.value:
+        elif posting.kind in GIVEN_BACK and kind == AccountKind.WALLET.value:
             counters.spent -= posting.amount  # charged, then given back: not spent
     if not by_user:
         return {}

@@ -158,6 +158,14 @@ def make_up_rows(storage_path, job_id: int) -> None:
     rows.write_text("".join(json.dumps(row) + "\n" for row in made_up))
 
 
+def cancel_recompute(client, headers: dict, audit: dict) -> None:
+    """The recompute queued for an invalid result, there and cancelled (the first one's run
+    is followed through; the rest would only slow the test)."""
+    assert audit["recompute_job_id"], audit
+    response = client.post(f"/jobs/{audit['recompute_job_id']}/cancel", headers=headers)
+    assert response.status_code == 200, response.text
+
+
 def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_not_otherwise(
     ray_client, two_nodes, user_headers, ray_settings
 ) -> None:
@@ -195,8 +203,9 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
     assert trainer in [part["node_id"] for part in after["earnings"]]
     assert after["voided"] == 0
     assert after["audits"] == [
-        {"node_id": trainer, "status": "valid", "detail": "", "audit_job_id": audit["id"]}
-    ]
+        {"node_id": trainer, "status": "valid", "detail": "", "audit_job_id": audit["id"],
+         "recompute_job_id": None}
+    ]  # fmt: skip
     # The liar: its losses after the kept checkpoint are not what training from it gives.
     liar = audited_node(ray_client, user_headers, cheat["id"])
     assert audit_of(ray_client, user_headers, cheat["id"])["status"] == "succeeded"
@@ -209,6 +218,13 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
     assert shown["status"] == "invalid" and "its loss at step 12" in shown["detail"], shown
     trust = ray_client.get(f"/nodes/{liar}", headers=owner.headers).json()["trust"]
     assert trust["results_invalid"] >= 1
+    # Its model cannot be trusted: what the job cost is given back, and it is trained again
+    # for the user away from the liar (with no third owner, the auditor's finding stood).
+    assert caught["compensated"] > 0
+    redo = wait_until_finished(ray_client, user_headers, shown["recompute_job_id"], timeout_s=300)
+    assert redo["status"] == "succeeded", redo["status_reason"]
+    assert redo["spec"]["recompute_of"]["job_id"] == cheat["id"]
+    assert redo["usage"] and str(liar) not in redo["usage"], redo["usage"]
     # A trainer whose kept checkpoint cannot be loaded (its node as new again: audited for
     # sure): the audit could not start from it, the trainer's doing.
     as_new_nodes(ray_settings.database_url)
@@ -222,6 +238,7 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
     assert saver not in [part["node_id"] for part in refused["earnings"]]
     (shown,) = refused["audits"]
     assert shown["status"] == "invalid" and "cannot be loaded" in shown["detail"], shown
+    cancel_recompute(ray_client, user_headers, shown)
 
     # The model validated and used for inference: each predictor (the job's driver too) is
     # audited as well, its scores or a sample of its rows done again on the other node.
@@ -246,5 +263,6 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
         assert predictor not in [part["node_id"] for part in settled["earnings"]]
         said = failed_validation(ray_client, user_headers, check["id"])
         assert said and "infer results differ" in said[0] and "label" in said[0], said
+        cancel_recompute(ray_client, user_headers, settled["audits"][0])
     # 1797 rows in batches of 32: 4 of the 57 batches predicted again.
     assert redone["spec"]["audit_of"]["task"] == "infer" and "4 drawn batches" in redone["name"]

@@ -45,14 +45,17 @@ class NodeEarning(BaseModel):
 class AuditOut(BaseModel):
     """An audit of the node that drove the job (split's trainer or predictor): its work done
     again by an audit job on another node. ``status``: ``pending`` (the node's credit waits
-    for it), ``valid`` (released), ``invalid`` (voided back to you; ``detail`` says what
-    differed, and the model or results that node made are not to be trusted), ``unaudited``
-    (it could not be made: the credit was released, ``detail`` says why)."""
+    for it; a disagreement is refereed on a third owner's node first), ``valid`` (released),
+    ``invalid`` (voided back to you; ``detail`` says what differed: the model or results
+    that node made are not to be trusted, what the job cost you is given back and the job
+    is computed again as ``recompute_job_id``), ``unaudited`` (it could not be made: the
+    credit was released, ``detail`` says why)."""
 
     node_id: int
     status: str
     detail: str
     audit_job_id: int | None
+    recompute_job_id: int | None = None
 
 
 class JobOut(BaseModel):
@@ -85,6 +88,8 @@ class JobOut(BaseModel):
     # charged for saved work, waiting to be released to the nodes' owners (or voided)
     pending_credit: float | None = None
     voided: float | None = None  # pending credit given back: a node's work was refused
+    # given back by the platform: the job's result was found invalid (see ``audits``)
+    compensated: float | None = None
     audits: list[AuditOut] = []  # of the node that drove it, where one was drawn
     has_artifact: bool
     created_at: dt.datetime
@@ -108,6 +113,7 @@ def with_money(out: JobOut, money: JobMoney) -> JobOut:
             "platform_fee": micro_to_tokens(money.fees),
             "pending_credit": micro_to_tokens(money.pending),
             "voided": micro_to_tokens(money.voided),
+            "compensated": micro_to_tokens(money.compensated),
             "earnings": [
                 NodeEarning(node_id=node, tokens=tokens(amount))
                 for node, amount in money.earnings.items()
@@ -123,6 +129,7 @@ def with_audits(out: JobOut, audits: list[TrainerAudit]) -> JobOut:
             status="pending" if audit.status in ("snapshot", "running") else audit.status,
             detail=audit.detail,
             audit_job_id=audit.audit_job_id,
+            recompute_job_id=audit.recompute_job_id,
         )
         for audit in audits
     ]

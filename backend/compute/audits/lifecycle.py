@@ -7,16 +7,17 @@
    earns none: like every validator, an auditor is not paid for checking (README, "Verified
    credit"); the user pays nothing for it either.
 2. ``decide``: once the audit job has ended, its losses are compared with those the trainer
-   reported for the same steps; the verdict goes through ``apply_verdict`` like any other, so
-   the trainer's pending credit in the job is released or voided and its reliability counts
-   it. An audit that could not run (failed, cancelled) releases the credit unaudited: the
-   node is not punished for the platform's own failure, and the log says so.
+   reported for the same steps. A disagreement is refereed on a third owner's node first, and
+   a failed audit job is tried once more elsewhere (``rounds``). The verdict goes through
+   ``apply_verdict`` like any other, so the trainer's pending credit in the job is released
+   or voided and its reliability counts it; an invalid one has the job computed again for
+   the user at the platform's cost (``recompute``). An audit that could not be made at all
+   releases the credit unaudited: the node is not punished for the platform's own failure,
+   and the log says so.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from compute.audits.copies import job_copy
 from compute.audits.held import audited_nodes
+from compute.audits.recompute import recompute
+from compute.audits.rounds import (
+    ask_referee,
+    exclusion_tiers,
+    judge_first_auditor,
+    refereeing,
+    retry,
+)
 from compute.audits.snapshots import job_storage, link_checkpoint, snapshot_path
 from compute.audits.tasks import AUDIT_BATCHES, AUDIT_RELATIVE, audit_orders, results_difference
 from compute.billing.verified_credit import apply_verdict, pending_account, refused_in_job
@@ -33,7 +43,7 @@ from compute.dispatch.scheduling import capacity_and_free, pending_job
 from compute.jobs.events import add_log
 from compute.jobs.state import JobStatus
 from compute.jobs.strategy import job_request
-from compute.models import Job, JobEvent, JobMetric, Node, TrainerAudit
+from compute.models import Job, JobEvent, JobMetric, TrainerAudit
 from core.db import utcnow
 from ledger.pending import release_pending
 from ledger.pricing import Rates
@@ -145,12 +155,7 @@ def launch(
     if not queue(session, audit, job, audit_job, rates):
         return None
     audit.audit_job_id, audit.until_step, audit.status = audit_job.id, until, "running"
-    add_log(
-        session,
-        job,
-        f"node {audit.node_id}'s training from step {audit.from_step} to {until} is audited by "
-        f"job {audit_job.id} on another node; its credit in this job waits for the verdict",
-    )
+    log_launch(session, audit, job, f"training from step {audit.from_step} to {until}")
     return audit_job
 
 
@@ -165,35 +170,51 @@ def launch_task_audit(
     if not queue(session, audit, job, audit_job, rates):
         return None
     audit.audit_job_id, audit.status = audit_job.id, "running"
-    add_log(
-        session,
-        job,
-        f"node {audit.node_id}'s {orders['task']} work ({what}) is audited by job "
-        f"{audit_job.id} on another node; its credit in this job waits for the verdict",
-    )
+    log_launch(session, audit, job, f"{orders['task']} work ({what})")
     return audit_job
+
+
+def log_launch(session: Session, audit: TrainerAudit, job: Job, what: str) -> None:
+    if refereeing(audit):
+        how = "refereed by job {} on a third owner's node"
+    elif audit.tries > 1:
+        how = "audited again by job {} on another node"
+    else:
+        how = "audited by job {} on another node"
+    add_log(session, job, f"node {audit.node_id}'s {what} is {how.format(audit.audit_job_id)}; "
+            "its credit in this job waits for the verdict")  # fmt: skip
 
 
 def queue(session: Session, audit: TrainerAudit, job: Job, audit_job: Job, rates: Rates) -> bool:
     """Queue the audit job away from the audited node's owner's machines where another
     owner's can hold it, else away from the audited node alone (one owner's several
-    machines); nowhere to hold it now: the credit is released unaudited."""
+    machines); a referee only on a third owner's (``rounds``). Nowhere to hold it now: the
+    credit is released unaudited, or under referee the first finding stands."""
     capacity, _ = capacity_and_free(session)
-    owners = session.scalars(select(Node.id).where(Node.owner_id == owner_of(session, audit)))
-    for left_out in (frozenset(owners) | {audit.node_id}, frozenset({audit.node_id})):
+    for left_out in exclusion_tiers(session, audit):
         if fit_job(pending_job(audit_job, left_out), capacity) is not None:
             orders = {**audit_job.request["audit"], "excluded": sorted(left_out)}
             audit_job.request = {**audit_job.request, "audit": orders}
             session.add(audit_job)
             session.flush()
+            audit.tries += 1
             return True
-    close(session, audit, job, rates, "no node other than the audited one can hold its audit")
+    if refereeing(audit):
+        first_finding_stands(session, audit, job, rates, "no third owner's node can referee it")
+    else:
+        close(session, audit, job, rates, "no node other than the audited one can hold its audit")
     return False
 
 
-def owner_of(session: Session, audit: TrainerAudit) -> int | None:
-    node = session.get(Node, audit.node_id)
-    return node.owner_id if node is not None else None
+def first_finding_stands(
+    session: Session, audit: TrainerAudit, job: Job, rates: Rates, why: str
+) -> None:
+    """No referee's word: the first auditor's disagreement is the verdict."""
+    add_log(
+        session, job, f"node {audit.node_id}'s audit: {why}; the first auditor's finding stands"
+    )
+    step = audit.until_step or audit.from_step
+    judge(session, audit, job, rates, step, 1, audit.first_auditor or 0, audit.first_detail)
 
 
 def reported_after(session: Session, audit: TrainerAudit) -> bool:
@@ -246,24 +267,14 @@ def audit_job_for(
     audit_of = {"job_id": job.id, "node_id": audit.node_id, "task": orders["task"]}
     if orders["task"] == "train":
         audit_of["steps"] = [audit.from_step + 1, knobs["max_steps"]]
-    now = utcnow()
-    return Job(
-        owner_id=job.owner_id,
-        name=f"audit of job {job.id}, {what}"[:128],
-        status=JobStatus.QUEUED.value,
-        status_reason=f"queued: an audit of job {job.id}, for a node other than {audit.node_id}",
-        model_type=job.model_type,
-        strategy=job.strategy,
-        gpu=job.gpu,
-        cpu_cores=job.cpu_cores,
-        memory_gb=job.memory_gb,
-        max_runtime_s=job.max_runtime_s,
-        max_tokens_micro=0,  # nothing held, nothing charged: the platform's own check
-        spec={**job.spec, "task": AUDIT_TASK, "audit_of": audit_of},
+    return job_copy(
+        job,
+        name=f"audit of job {job.id}, {what}",
+        reason=f"queued: an audit of job {job.id}, for a node other than {audit.node_id}",
         request=request,
-        request_hash=hashlib.sha256(json.dumps(audit_of).encode()).hexdigest(),
-        created_at=now,
-        updated_at=now,
+        spec={**job.spec, "task": AUDIT_TASK, "audit_of": audit_of},
+        identity=audit_of,
+        max_tokens_micro=0,  # nothing held, nothing charged: the platform's own check
     )
 
 
@@ -273,15 +284,26 @@ def decide(session: Session, audit: TrainerAudit, rates: Rates, storage_root: Pa
     assert job is not None
     if audit_job is not None and UNUSABLE_CHECKPOINT in audit_job.status_reason:
         detail = f"its checkpoint at step {audit.from_step} cannot be loaded"
-        judge(session, audit, job, rates, audit.from_step, 0, auditor_of(session, audit_job.id),
-              f"{detail} ({audit_job.status_reason})")  # fmt: skip
+        conclude(session, audit, job, rates, audit_job, audit.from_step, 0,
+                 f"{detail} ({audit_job.status_reason})")  # fmt: skip
         return
     if audit_job is None or audit_job.status != JobStatus.SUCCEEDED.value:
         why = audit_job.status_reason if audit_job is not None else "it was deleted"
+        if retry(session, audit, job, audit_job, why):
+            return
+        if refereeing(audit):
+            first_finding_stands(session, audit, job, rates, f"the referee could not ({why})")
+            return
         close(session, audit, job, rates, f"the audit could not be made ({why})")
         return
     if job_request(job).task != "train":
-        decide_task_audit(session, audit, job, audit_job, rates, storage_root)
+        difference = results_difference(storage_root, job, audit_job)
+        if difference is None:
+            close(session, audit, job, rates, "the results to compare are no longer stored")
+            return
+        task = job_request(job).task
+        detail = f"its {task} results differ from the audit's: {difference}" if difference else ""
+        conclude(session, audit, job, rates, audit_job, 1, 1, detail)
         return
     until = audit.until_step or audit.from_step
     claimed = claimed_losses(session, audit, until)
@@ -295,7 +317,22 @@ def decide(session: Session, audit: TrainerAudit, rates: Rates, storage_root: Pa
             f"its loss at step {step} was {claimed.get(step)}, trained again from its "
             f"checkpoint at step {audit.from_step}: {replayed.get(step)}"
         )
-    judge(session, audit, job, rates, until, len(steps), auditor_of(session, audit_job.id), detail)
+    conclude(session, audit, job, rates, audit_job, until, len(steps), detail)
+
+
+def conclude(
+    session: Session, audit: TrainerAudit, job: Job, rates: Rates, audit_job: Job, step: int,
+    checked: int, detail: str,
+) -> None:  # fmt: skip
+    """An audit job's finding (``detail``: what differed, '' for nothing): a first
+    disagreement goes to a referee; a referee's finding judges both the audited node and
+    the first auditor."""
+    auditor = auditor_of(session, audit_job.id)
+    if detail and ask_referee(session, audit, job, auditor, audit_job.id, detail):
+        return
+    if refereeing(audit):
+        judge_first_auditor(session, audit, rates, valid=bool(detail), referee=auditor, step=step)
+    judge(session, audit, job, rates, step, checked, auditor, detail)
 
 
 def judge(
@@ -314,19 +351,8 @@ def judge(
     session.flush()
     release = not (verdict.valid and audit.node_id in audited_nodes(session, job.id))
     apply_verdict(session, job, verdict, rates, {audit.node_id}, release=release)
-
-
-def decide_task_audit(
-    session: Session, audit: TrainerAudit, job: Job, audit_job: Job, rates: Rates,
-    storage_root: Path,
-) -> None:  # fmt: skip
-    difference = results_difference(storage_root, job, audit_job)
-    if difference is None:
-        close(session, audit, job, rates, "the results to compare are no longer stored")
-        return
-    task = job_request(job).task
-    detail = f"its {task} results differ from the audit's: {difference}" if difference else ""
-    judge(session, audit, job, rates, 1, 1, auditor_of(session, audit_job.id), detail)
+    if not verdict.valid:
+        recompute(session, audit, job, rates)
 
 
 def agrees(claimed: float | None, replayed: float | None) -> bool:
@@ -352,7 +378,7 @@ def replayed_losses(session: Session, audit_job_id: int) -> dict[int, float]:
 
 
 def auditor_of(session: Session, audit_job_id: int) -> int:
-    """The node the audit's trainer ran on (its usage says)."""
+    """The node the audit's trainer ran on (its usage says; before any, its placement)."""
     for payload in session.scalars(
         select(JobEvent.payload)
         .where(JobEvent.job_id == audit_job_id, JobEvent.kind == "usage")
@@ -360,7 +386,10 @@ def auditor_of(session: Session, audit_job_id: int) -> int:
     ):
         if payload.get("stage") == "trainer":
             return int(payload["node_id"])
-    return 0
+    audit_job = session.get(Job, audit_job_id)
+    placement = (audit_job.placement if audit_job is not None else None) or []
+    slots = [slot for slot in placement if slot.get("role", "worker") == "worker"]
+    return int(slots[0]["node_id"]) if slots else 0
 
 
 def close(session: Session, audit: TrainerAudit, job: Job, rates: Rates, why: str) -> None:

@@ -30,6 +30,7 @@ class JobMoney:
     earnings: dict[int, int] = field(default_factory=dict)  # node id → its owner's credit
     pending: int = 0  # charged into nodes' pending credit, not yet released to their owners
     voided: int = 0  # pending credit given back to the payer: the node's work was refused
+    compensated: int = 0  # given back by the platform: the job's result was found invalid
 
 
 def jobs_money(session: Session, jobs: Sequence[Job], rates: Rates) -> dict[int, JobMoney]:
@@ -53,12 +54,17 @@ def jobs_money(session: Session, jobs: Sequence[Job], rates: Rates) -> dict[int,
                 earnings=dict(sorted(done.earnings.items())),
                 pending=done.pending,
                 voided=done.voided,
+                compensated=done.compensated,
             )
             continue
         so_far = JobUsage.from_column(job.usage).metered(charged_nodes(owners, job), rates)
         if so_far > 0:
             so_far = max(so_far, minimum)
         money[job.id] = JobMoney(
-            hold=hold, cost_so_far=min(so_far, hold), pending=done.pending, voided=done.voided
+            hold=hold,
+            cost_so_far=min(so_far, hold),
+            pending=done.pending,
+            voided=done.voided,
+            compensated=done.compensated,
         )
     return money

@@ -56,11 +56,16 @@ def slots_of(job: Job) -> list[WorkerPlan]:
 def left_out(session: Session, job: Job) -> tuple[frozenset[int], str]:
     """The nodes a job may not run on, and why: an audit, the audited node (and its owner's
     other machines where others can hold it); a retried job, the nodes whose work in it
-    failed validation."""
+    failed validation; a recompute, the node whose result it computes again (and its owner's
+    other machines where others can hold it)."""
     invalid = frozenset(invalid_in_job(session, job.id)) if job.attempts else frozenset()
     excluded = job_request(job).audit.get("excluded")
     if excluded:
         return frozenset(excluded) | invalid, "the audited node or its owner's"
+    invalid_before = (job.spec or {}).get("recompute_of", {}).get("excluded")
+    if invalid_before:
+        because = "the node whose result was invalid, or its owner's"
+        return frozenset(invalid_before) | invalid, because
     return invalid, WHY_EXCLUDED
 
 

@@ -208,11 +208,13 @@ async function jobPage(id) {
       cost.textContent = `Charged ${fmt(j.charged, 6)} of a hold of ${fmt(j.hold, 6)} tokens; ` +
         `refunded ${fmt(j.refunded, 6)}; platform fee ${fmt(j.platform_fee, 6)}` +
         (j.voided ? `; voided ${fmt(j.voided, 6)} (a node's work refused, given back)` : "") +
+        (j.compensated ? `; compensated ${fmt(j.compensated, 6)} (the result was invalid: what it cost you, given back by the platform)` : "") +
         (earned ? `; earned by ${earned}.` : " (it ran only on its owner's nodes: free).");
     }
     // The driving node's work done again elsewhere: its credit waits for the verdict.
     const audits = (j.audits || []).map((a) => `node ${a.node_id}'s audit` +
-      (a.audit_job_id ? ` (job ${a.audit_job_id})` : "") + `: ${a.status}` + (a.detail ? ` (${a.detail})` : ""));
+      (a.audit_job_id ? ` (job ${a.audit_job_id})` : "") + `: ${a.status}` + (a.detail ? ` (${a.detail})` : "") +
+      (a.recompute_job_id ? `, computed again as job ${a.recompute_job_id}` : ""));
     if (audits.length) cost.textContent += ` ${audits.join("; ")}.`;
   }
 
