@@ -220,7 +220,8 @@ def test_trainers_and_predictors_are_audited_on_the_other_node_paid_when_honest_
     assert trust["results_invalid"] >= 1
     # Its model cannot be trusted: what the job cost is given back, and it is trained again
     # for the user away from the liar (with no third owner, the auditor's finding stood).
-    assert caught["compensated"] > 0
+    assert caught["compensated"] > 0  # the loader's part (the trainer's was voided)
+    assert caught["charged"] - caught["compensated"] == pytest.approx(0)
     redo = wait_until_finished(ray_client, user_headers, shown["recompute_job_id"], timeout_s=300)
     assert redo["status"] == "succeeded", redo["status_reason"]
     assert redo["spec"]["recompute_of"]["job_id"] == cheat["id"]

@@ -338,9 +338,10 @@ def test_a_split_trainer_that_skips_updates_is_audited_on_the_other_host_and_ear
     assert "trained again from its checkpoint" in caught[0], caught
     trust = owner.call("GET", f"/nodes/{cheat}")["trust"]
     assert trust["results_invalid"] == before["results_invalid"] + 1
-    # Its model cannot be used: the user gets back what the job cost, and the job is trained
-    # again for them on the honest host.
-    assert after["compensated"] > 0, after
+    # Its model cannot be used: the job cost the user nothing in the end (all of it ran on
+    # the cheat's node: voided; anything else would be compensated), and it is trained again
+    # for them on the honest host.
+    assert after["charged"] - after["compensated"] == pytest.approx(0), after
     redo = wait_until_finished(user, after["audits"][0]["recompute_job_id"])
     assert redo["status"] == "succeeded", redo["status_reason"]
     assert set(redo["usage"]) == {str(honest)}, redo["usage"]
