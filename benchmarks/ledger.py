@@ -2,7 +2,9 @@
 
 Each "posting" is one hold (wallet → escrow, with the conditional debit) followed by one
 settlement (escrow → node owner, fee and refund): the two transactions every job makes.
-After each run the invariant check over all entries must pass.
+After each run the invariant check over all entries must pass. With 8 writers it runs twice:
+all jobs paid by one payer to one node owner (every posting touches their wallets: the worst
+case), and by 8 payers to 8 owners (as many users as writers).
 
     PYTHONPATH=backend .venv/bin/python benchmarks/ledger.py [--postgres URL] [--jobs N]
 """
@@ -32,6 +34,7 @@ from ledger.pricing import Rates, ResourceSeconds
 from ledger.settlement import NodeUsage, settle_job
 
 RATES = Rates.of(10, 1, 0.1, 5)
+WORK = ResourceSeconds(cpu_core_seconds=1800)
 
 
 def fresh_database(url: str) -> None:
@@ -47,24 +50,31 @@ def fresh_database(url: str) -> None:
     upgrade_to_head(url)
 
 
-def run(url: str, writers: int, jobs: int) -> dict[str, object]:
+def run(url: str, writers: int, jobs: int, payers: int = 1) -> dict[str, object]:
+    """``jobs`` jobs held and settled by ``writers`` threads; job n is paid by payer
+    n % ``payers`` and runs on that many owners' nodes alike (one payer and one owner: every
+    posting touches their wallets, the worst case)."""
     fresh_database(url)
     factory = make_session_factory(get_engine(url))
     with session_scope(factory) as session:
-        payer = User(username="payer", password_hash="-", role=Role.USER.value)
-        owner = User(username="owner", password_hash="-", role=Role.NODE_OWNER.value)
-        session.add_all([payer, owner])
+        users = [User(username=f"payer{n}", password_hash="-", role=Role.USER.value)
+                 for n in range(payers)]  # fmt: skip
+        owners = [User(username=f"owner{n}", password_hash="-", role=Role.NODE_OWNER.value)
+                  for n in range(payers)]  # fmt: skip
+        session.add_all([*users, *owners])
         session.flush()
-        payer_id, owner_id = payer.id, owner.id
-        grant_tokens(
-            session,
-            user_id=payer_id,
-            amount=10**9 * MICRO,
-            kind=TransactionKind.ADMIN_GRANT,
-            key="bench-grant",
-        )
+        payer_ids, owner_ids = [user.id for user in users], [owner.id for owner in owners]
+        for payer_id in payer_ids:
+            grant_tokens(
+                session,
+                user_id=payer_id,
+                amount=10**9 * MICRO,
+                kind=TransactionKind.ADMIN_GRANT,
+                key=f"bench-grant-{payer_id}",
+            )
 
     def one_job(job_id: int) -> None:
+        payer_id, owner_id = payer_ids[job_id % payers], owner_ids[job_id % payers]
         with session_scope(factory) as session:
             place_hold(session, user_id=payer_id, job_id=job_id, amount=2 * MICRO)
         with session_scope(factory) as session:
@@ -73,7 +83,7 @@ def run(url: str, writers: int, jobs: int) -> dict[str, object]:
                 job_id=job_id,
                 job_owner_id=payer_id,
                 rates=RATES,
-                usage=[NodeUsage(1, owner_id, ResourceSeconds(cpu_core_seconds=1800))],
+                usage=[NodeUsage(1 + job_id % payers, owner_id, WORK)],
             )
 
     started = time.perf_counter()
@@ -102,17 +112,17 @@ def main() -> None:
         if args.postgres:
             targets["postgresql"] = normalise_database_url(args.postgres)
         print(
-            f"{'database':<11} {'writers':>7} {'postings':>8} {'seconds':>8} "
+            f"{'database':<11} {'writers':>7} {'payers':>6} {'postings':>8} {'seconds':>8} "
             f"{'postings/s':>10} {'vs 1 writer':>11}  invariant"
         )
         for name, url in targets.items():
             baseline = None
-            for writers in (1, 8):
-                result = run(url, writers, args.jobs)
+            for writers, payers in ((1, 1), (8, 1), (8, 8)):
+                result = run(url, writers, args.jobs, payers)
                 rate = float(result["postings_per_s"])  # type: ignore[arg-type]
                 baseline = baseline or rate
                 print(
-                    f"{name:<11} {writers:>7} {result['postings']:>8} "
+                    f"{name:<11} {writers:>7} {payers:>6} {result['postings']:>8} "
                     f"{result['seconds']:>8.2f} {rate:>10.0f} {rate / baseline:>10.2f}x"
                     f"  {'ok' if result['invariant_ok'] else 'BROKEN'}"
                 )

@@ -14,7 +14,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerEntry, LedgerTransaction, TransactionKind
-from ledger.postings import Posting, find_transaction, post_transaction, system_account, wallet
+from ledger.postings import (
+    Posting,
+    fee_accounts,
+    find_transaction,
+    post_transaction,
+    system_account,
+    wallet,
+)
 
 
 def compensation_key(job_id: int) -> str:
@@ -54,15 +61,17 @@ def compensate_job(session: Session, *, job_id: int, payer_id: int, memo: str) -
     amount = paid_for_job(session, job_id)
     if amount <= 0:
         return 0
-    fees = system_account(session, AccountKind.PLATFORM_FEE)
-    session.refresh(fees, ["balance"])
-    from_fees = min(amount, max(fees.balance, 0))
     postings = [Posting(wallet(session, payer_id).id, amount, EntryKind.COMPENSATION)]
-    if from_fees:
-        postings.append(Posting(fees.id, -from_fees, EntryKind.COMPENSATION))
-    if amount - from_fees:
+    owed = amount
+    for fees in fee_accounts(session):  # the fullest first: few entries
+        taken = min(owed, fees.balance)
+        postings.append(Posting(fees.id, -taken, EntryKind.COMPENSATION))
+        owed -= taken
+        if not owed:
+            break
+    if owed:
         issuance = system_account(session, AccountKind.ISSUANCE)
-        postings.append(Posting(issuance.id, -(amount - from_fees), EntryKind.ISSUE))
+        postings.append(Posting(issuance.id, -owed, EntryKind.ISSUE))
     post_transaction(
         session,
         kind=TransactionKind.COMPENSATION,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.db import Base, UTCDateTime, utcnow
 
 MICRO = 1_000_000  # units per token
+FEE_SHARDS = 8  # platform fee accounts
 
 
 class AccountKind(enum.StrEnum):
@@ -20,7 +21,7 @@ class AccountKind(enum.StrEnum):
     # charged to the payer but not yet theirs: released to the owner's wallet once the work
     # is accepted, or voided back to the payer.
     PENDING = "pending"
-    PLATFORM_FEE = "platform_fee"  # singleton
+    PLATFORM_FEE = "platform_fee"  # FEE_SHARDS of them, summed wherever fees are read
     ISSUANCE = "issuance"  # singleton; the only account that goes negative
 
 
@@ -99,6 +100,7 @@ class LedgerAccount(Base):
         Index(
             "uq_ledger_accounts_singleton",
             "kind",
+            "shard",
             unique=True,
             sqlite_where=text("kind IN ('platform_fee', 'issuance')"),
             postgresql_where=text("kind IN ('platform_fee', 'issuance')"),
@@ -110,6 +112,9 @@ class LedgerAccount(Base):
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     node_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # pending accounts
+    # The fee account's shard (0 for every other kind): releases by different nodes post
+    # their fees to different rows, so concurrent settlements do not queue on one.
+    shard: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Kept equal to the sum of the account's entries (checked by the invariant), so a
     # debit can be one conditional UPDATE ... WHERE balance >= amount.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)

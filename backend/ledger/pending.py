@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
-from ledger.postings import Posting, pending, post_transaction, system_account, wallet
+from ledger.postings import Posting, fee_account, pending, post_transaction, wallet
 from ledger.pricing import Rates, platform_fee
 
 
@@ -77,7 +77,7 @@ def release_pending(
         owner = wallet(session, account.user_id)
         postings.append(Posting(owner.id, amount - fee, EntryKind.NODE_CREDIT, account.node_id))
     if fee:
-        fees = system_account(session, AccountKind.PLATFORM_FEE)
+        fees = fee_account(session, account.node_id)
         postings.append(Posting(fees.id, fee, EntryKind.PLATFORM_FEE, account.node_id))
     _, out = flows(session, account.id)
     post_transaction(

@@ -10,15 +10,18 @@ retried or concurrent duplicate return the first transaction instead of posting 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, insert, inspect, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
+from core.db import utcnow
 from core.errors import IdempotencyKeyReusedError, InsufficientFundsError, InvalidInputError
 from ledger.models import (
+    FEE_SHARDS,
     AccountKind,
     EntryKind,
     LedgerAccount,
@@ -43,41 +46,120 @@ class Posting:
     node_id: int | None = None
 
 
-def _get_or_create(session: Session, lookup: dict[str, object], kind: AccountKind) -> LedgerAccount:
+def _get_or_create(
+    session: Session, lookup: dict[str, object], kind: AccountKind, *, new: bool = False
+) -> LedgerAccount:
+    """The account of ``kind`` that ``lookup`` names, created where there is none (a
+    concurrent creator's kept). ``new``: most likely not there yet (a job's escrow, a node's
+    pending credit in a job): inserted first, looked up only if it was there."""
     query = select(LedgerAccount).where(LedgerAccount.kind == kind.value)
     for column, value in lookup.items():
         query = query.where(getattr(LedgerAccount, column) == value)
-    account = session.scalar(query)
-    if account is not None:
-        return account
-    try:
-        with session.begin_nested():
-            account = LedgerAccount(kind=kind.value, balance=0, **lookup)
-            session.add(account)
-    except IntegrityError:  # created concurrently: use that one
+    if not new:
+        account = session.scalar(query)
+        if account is not None:
+            return account
+    values = {
+        **dict.fromkeys(("balance", "earned", "spent", "history_entries", "shard"), 0),
+        **dict.fromkeys(("user_id", "job_id", "node_id")),
+        "kind": kind.value,
+        "created_at": utcnow(),
+        **lookup,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    created = session.execute(
+        dialect.insert(LedgerAccount).values(values).on_conflict_do_nothing()
+        .returning(LedgerAccount.id)
+    ).scalar()  # fmt: skip
+    if created is None:  # there already, or created concurrently: that one
         account = session.scalar(query)
         assert account is not None
+        return account
+    account = LedgerAccount(id=created, **values)
+    make_transient_to_detached(account)  # the row exists: no read to hold it
+    session.add(account)
     return account
 
 
-def system_account(session: Session, kind: AccountKind) -> LedgerAccount:
+def _remembered(session: Session, key: object) -> LedgerAccount | None:
+    """The account this session found for ``key`` before, while it still holds it loaded."""
+    known = session.info.get(ACCOUNTS, {}).get(key)
+    account = known and session.identity_map.get(identity_key(LedgerAccount, known))
+    if account is None or "id" in inspect(account).expired_attributes:
+        return None
+    return account
+
+
+def _remember(session: Session, key: object, account: LedgerAccount) -> LedgerAccount:
+    session.info.setdefault(ACCOUNTS, {})[key] = account.id
+    return account
+
+
+def system_account(session: Session, kind: AccountKind, shard: int = 0) -> LedgerAccount:
+    """The issuance account, or one of the platform's fee accounts (``fee_account``)."""
     assert kind in (AccountKind.ISSUANCE, AccountKind.PLATFORM_FEE)
-    return _get_or_create(session, {}, kind)
+    found = _remembered(session, (kind, shard))
+    if found is not None:
+        return found
+    lookup = {"shard": shard}
+    account = session.scalar(
+        select(LedgerAccount).where(LedgerAccount.kind == kind.value, LedgerAccount.shard == shard)
+    )
+    if account is None:  # created now: not remembered (a rollback would take it back)
+        return _get_or_create(session, lookup, kind, new=True)
+    return _remember(session, (kind, shard), account)
+
+
+def fee_account(session: Session, node_id: int | None) -> LedgerAccount:
+    """The fee account a node's releases post to: one of ``FEE_SHARDS``, by node."""
+    return system_account(session, AccountKind.PLATFORM_FEE, (node_id or 0) % FEE_SHARDS)
+
+
+def fee_accounts(session: Session) -> list[LedgerAccount]:
+    """Every fee account with a balance, locked, fullest first (what the platform pays from)."""
+    return list(
+        session.scalars(
+            select(LedgerAccount)
+            .where(LedgerAccount.kind == AccountKind.PLATFORM_FEE.value, LedgerAccount.balance > 0)
+            .order_by(LedgerAccount.balance.desc(), LedgerAccount.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+# session.info's key for {user id: wallet id}, of the wallets this session looked up: a
+# wallet's id never changes, so a posting's counters need no query for it.
+WALLETS = "ledger_wallet_ids"
+# session.info's key for the ids of the accounts this session found (wallets, the system's):
+# asked for again while the session holds them loaded, they cost no query.
+ACCOUNTS = "ledger_account_ids"
 
 
 def wallet(session: Session, user_id: int) -> LedgerAccount:
-    return _get_or_create(session, {"user_id": user_id}, AccountKind.WALLET)
+    found = _remembered(session, ("wallet", user_id))
+    if found is not None:
+        return found
+    account = session.scalar(
+        select(LedgerAccount).where(
+            LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id == user_id
+        )
+    )
+    if account is None:  # created now: not remembered (a rollback would take it back)
+        return _get_or_create(session, {"user_id": user_id}, AccountKind.WALLET, new=True)
+    session.info.setdefault(WALLETS, {})[user_id] = account.id
+    return _remember(session, ("wallet", user_id), account)
 
 
 def escrow(session: Session, job_id: int, user_id: int) -> LedgerAccount:
-    return _get_or_create(session, {"job_id": job_id, "user_id": user_id}, AccountKind.ESCROW)
+    lookup = {"job_id": job_id, "user_id": user_id}
+    return _get_or_create(session, lookup, AccountKind.ESCROW, new=True)
 
 
 def pending(session: Session, job_id: int, node_id: int, owner_id: int) -> LedgerAccount:
     wallet(session, owner_id)  # first: the wallet keeps the count of the owner's entries
-    return _get_or_create(
-        session, {"job_id": job_id, "node_id": node_id, "user_id": owner_id}, AccountKind.PENDING
-    )
+    lookup = {"job_id": job_id, "node_id": node_id, "user_id": owner_id}
+    return _get_or_create(session, lookup, AccountKind.PENDING, new=True)
 
 
 def find_transaction(session: Session, key: str) -> LedgerTransaction | None:
@@ -114,6 +196,9 @@ class WalletCounters:
     earned: int = 0
     spent: int = 0
     entries: int = 0
+
+    def negated(self) -> WalletCounters:
+        return WalletCounters(-self.earned, -self.spent, -self.entries)
 
 
 # Entries into a wallet that give back what its user was charged: not spent.
@@ -161,12 +246,72 @@ def _wallet_counters(
             counters.spent -= posting.amount  # charged, then given back: not spent
     if not by_user:
         return {}
-    wallets = session.execute(
-        select(LedgerAccount.user_id, LedgerAccount.id).where(
-            LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id.in_(by_user)
-        )
-    ).all()
+    known = session.info.get(WALLETS, {})
+    wallets = [(user_id, known[user_id]) for user_id in by_user if user_id in known]
+    missing = [user_id for user_id in by_user if user_id not in known]
+    if missing:
+        wallets += session.execute(
+            select(LedgerAccount.user_id, LedgerAccount.id).where(
+                LedgerAccount.kind == AccountKind.WALLET.value, LedgerAccount.user_id.in_(missing)
+            )
+        ).all()
     return {wallet_id: by_user[user_id] for user_id, wallet_id in wallets}
+
+
+def _owners(session: Session, account_ids: Iterable[int]) -> dict[int, tuple[str, int | None]]:
+    """Each account's (kind, user id): from the session where it holds the account (the
+    callers looked it up), else one query."""
+    owners: dict[int, tuple[str, int | None]] = {}
+    for account_id in account_ids:
+        account = session.identity_map.get(identity_key(LedgerAccount, account_id))
+        state = account is not None and inspect(account)
+        if state and not state.expired_attributes & {"kind", "user_id"}:
+            owners[account_id] = (account.kind, account.user_id)
+    missing = [account_id for account_id in account_ids if account_id not in owners]
+    if missing:
+        owners.update(
+            (account_id, (kind, user_id))
+            for account_id, kind, user_id in session.execute(
+                select(LedgerAccount.id, LedgerAccount.kind, LedgerAccount.user_id).where(
+                    LedgerAccount.id.in_(missing)
+                )
+            )
+        )
+    return owners
+
+
+def _insert_transaction(
+    session: Session,
+    kind: TransactionKind,
+    key: str,
+    job_id: int | None,
+    node_id: int | None,
+    memo: str,
+) -> LedgerTransaction | None:
+    """The transaction's row, or None where its key exists already: one statement that
+    waits for a concurrent holder of the key and then inserts nothing."""
+    values = {
+        "kind": kind.value,
+        "idempotency_key": key,
+        "job_id": job_id,
+        "node_id": node_id,
+        "memo": memo,
+        "created_at": utcnow(),
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(LedgerTransaction)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(LedgerTransaction.id)
+    )
+    new_id = session.execute(statement).scalar()
+    if new_id is None:
+        return None
+    transaction = LedgerTransaction(id=new_id, **values)
+    make_transient_to_detached(transaction)  # the row exists: no read to hold it
+    session.add(transaction)
+    return transaction
 
 
 def post_transaction(
@@ -205,9 +350,6 @@ def post_transaction(
             )
         return existing, False
 
-    existing = find_transaction(session, key)
-    if existing is not None:
-        return first_result(existing)
     if sum(p.amount for p in postings) != 0:
         raise UnbalancedTransactionError("a transaction's entries must sum to zero")
     if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in postings):
@@ -216,41 +358,43 @@ def post_transaction(
     deltas: dict[int, int] = defaultdict(int)
     for posting in postings:
         deltas[posting.account_id] += posting.amount
-    owners: dict[int, tuple[str, int | None]] = {
-        account_id: (kind, user_id)
-        for account_id, kind, user_id in session.execute(
-            select(LedgerAccount.id, LedgerAccount.kind, LedgerAccount.user_id).where(
-                LedgerAccount.id.in_(deltas)
-            )
-        )
-    }
+    owners = _owners(session, deltas)
     counters = _wallet_counters(session, postings, owners)
-    try:
-        with session.begin_nested():
-            transaction = LedgerTransaction(
-                kind=kind.value, idempotency_key=key, job_id=job_id, node_id=node_id, memo=memo
-            )
-            session.add(transaction)
-            session.flush()  # a duplicate key fails here, before any balance moves
-            for account_id in sorted(set(deltas) | set(counters)):  # one lock order
-                _apply(session, account_id, deltas.get(account_id, 0), counters.get(account_id))
-            session.add_all(
-                LedgerEntry(
-                    transaction_id=transaction.id,
-                    account_id=p.account_id,
-                    kind=p.kind.value,
-                    amount=p.amount,
-                    node_id=p.node_id,
-                    user_id=owners[p.account_id][1],
-                )
-                for p in postings
-            )
-            session.flush()
-    except IntegrityError:
+    # The key first: a duplicate (posted before, or by a concurrent request that committed
+    # first) inserts nothing and moves no balance.
+    transaction = _insert_transaction(session, kind, key, job_id, node_id, memo)
+    if transaction is None:
         existing = find_transaction(session, key)
-        if existing is None:
-            raise
+        assert existing is not None
         return first_result(existing)
+    applied: list[tuple[int, int, WalletCounters | None]] = []
+    try:
+        for account_id in sorted(set(deltas) | set(counters)):  # one lock order
+            change = (account_id, deltas.get(account_id, 0), counters.get(account_id))
+            _apply(session, *change)
+            applied.append(change)
+    except InsufficientFundsError:
+        # Undone by hand, within the caller's transaction (its row locks still held): no
+        # savepoint round trips on the common path.
+        for account_id, delta, counted in reversed(applied):
+            _apply(session, account_id, -delta, counted and counted.negated())
+        session.execute(delete(LedgerTransaction).where(LedgerTransaction.id == transaction.id))
+        session.expunge(transaction)
+        raise
+    session.execute(
+        insert(LedgerEntry),
+        [
+            {
+                "transaction_id": transaction.id,
+                "account_id": p.account_id,
+                "kind": p.kind.value,
+                "amount": p.amount,
+                "node_id": p.node_id,
+                "user_id": owners[p.account_id][1],
+            }
+            for p in postings
+        ],
+    )
     for account_id in set(deltas) | set(counters):  # changed under the ORM's feet: reload
         account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         if account is not None:
