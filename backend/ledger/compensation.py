@@ -20,7 +20,7 @@ from ledger.postings import (
     find_transaction,
     post_transaction,
     system_account,
-    wallet,
+    wallet_id,
 )
 
 
@@ -61,7 +61,7 @@ def compensate_job(session: Session, *, job_id: int, payer_id: int, memo: str) -
     amount = paid_for_job(session, job_id)
     if amount <= 0:
         return 0
-    postings = [Posting(wallet(session, payer_id).id, amount, EntryKind.COMPENSATION)]
+    postings = [Posting(wallet_id(session, payer_id), amount, EntryKind.COMPENSATION)]
     owed = amount
     for fees in fee_accounts(session):  # the fullest first: few entries
         taken = min(owed, fees.balance)

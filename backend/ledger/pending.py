@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
-from ledger.postings import Posting, fee_account, pending, post_transaction, wallet
+from ledger.postings import Posting, fee_account, pending, post_transaction, wallet_id
 from ledger.pricing import Rates, platform_fee
 
 
@@ -74,8 +74,8 @@ def release_pending(
     fee = platform_fee(amount, rates)
     postings = [Posting(account.id, -amount, EntryKind.RELEASE, account.node_id)]
     if amount - fee:
-        owner = wallet(session, account.user_id)
-        postings.append(Posting(owner.id, amount - fee, EntryKind.NODE_CREDIT, account.node_id))
+        owner = wallet_id(session, account.user_id)
+        postings.append(Posting(owner, amount - fee, EntryKind.NODE_CREDIT, account.node_id))
     if fee:
         fees = fee_account(session, account.node_id)
         postings.append(Posting(fees.id, fee, EntryKind.PLATFORM_FEE, account.node_id))
@@ -105,7 +105,7 @@ def void_pending(session: Session, account: LedgerAccount, *, payer_id: int, mem
         key=f"void:job:{account.job_id}:node:{account.node_id}:after:{out}",
         postings=[
             Posting(account.id, -amount, EntryKind.VOID, account.node_id),
-            Posting(wallet(session, payer_id).id, amount, EntryKind.VOID, account.node_id),
+            Posting(wallet_id(session, payer_id), amount, EntryKind.VOID, account.node_id),
         ],
         job_id=account.job_id,
         node_id=account.node_id,

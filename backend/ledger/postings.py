@@ -13,12 +13,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, inspect, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, delete, inspect, select, text
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
-from core.db import utcnow
+from core.db import UTCDateTime, utcnow
 from core.errors import IdempotencyKeyReusedError, InsufficientFundsError, InvalidInputError
 from ledger.models import (
     FEE_SHARDS,
@@ -46,6 +45,14 @@ class Posting:
     node_id: int | None = None
 
 
+INSERT_ACCOUNT = text(
+    "INSERT INTO ledger_accounts (kind, user_id, job_id, node_id, shard, balance, earned, "
+    "spent, history_entries, created_at) VALUES (:kind, :user_id, :job_id, :node_id, :shard, "
+    ":balance, :earned, :spent, :history_entries, :created_at) ON CONFLICT DO NOTHING "
+    "RETURNING id"
+).bindparams(bindparam("created_at", type_=UTCDateTime()))
+
+
 def _get_or_create(
     session: Session, lookup: dict[str, object], kind: AccountKind, *, new: bool = False
 ) -> LedgerAccount:
@@ -66,11 +73,7 @@ def _get_or_create(
         "created_at": utcnow(),
         **lookup,
     }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    created = session.execute(
-        dialect.insert(LedgerAccount).values(values).on_conflict_do_nothing()
-        .returning(LedgerAccount.id)
-    ).scalar()  # fmt: skip
+    created = session.execute(INSERT_ACCOUNT, values).scalar()
     if created is None:  # there already, or created concurrently: that one
         account = session.scalar(query)
         assert account is not None
@@ -83,7 +86,7 @@ def _get_or_create(
 
 def _remembered(session: Session, key: object) -> LedgerAccount | None:
     """The account this session found for ``key`` before, while it still holds it loaded."""
-    known = session.info.get(ACCOUNTS, {}).get(key)
+    known = _cache(session, ACCOUNTS).get(key)
     account = known and session.identity_map.get(identity_key(LedgerAccount, known))
     if account is None or "id" in inspect(account).expired_attributes:
         return None
@@ -91,7 +94,7 @@ def _remembered(session: Session, key: object) -> LedgerAccount | None:
 
 
 def _remember(session: Session, key: object, account: LedgerAccount) -> LedgerAccount:
-    session.info.setdefault(ACCOUNTS, {})[key] = account.id
+    _cache(session, ACCOUNTS)[key] = account.id
     return account
 
 
@@ -128,12 +131,20 @@ def fee_accounts(session: Session) -> list[LedgerAccount]:
     )
 
 
-# session.info's key for {user id: wallet id}, of the wallets this session looked up: a
-# wallet's id never changes, so a posting's counters need no query for it.
-WALLETS = "ledger_wallet_ids"
-# session.info's key for the ids of the accounts this session found (wallets, the system's):
-# asked for again while the session holds them loaded, they cost no query.
-ACCOUNTS = "ledger_account_ids"
+# What a transaction found of the accounts it posts to, kept for the rest of it (one root
+# transaction: a rollback could take back an account made in it, and then the next
+# transaction starts afresh): {user id: wallet id}, so a posting's counters need no query;
+# the ids of the accounts found (wallets, the system's), asked for again while loaded;
+# {account id: (kind, user id)} of the wallets ``wallet_id`` found.
+WALLETS, ACCOUNTS, OWNERS = "wallets", "accounts", "owners"
+
+
+def _cache(session: Session, name: str) -> dict:
+    root = session.get_transaction()
+    caches = session.info.get("ledger_caches")
+    if caches is None or caches[0] is not root:
+        caches = session.info["ledger_caches"] = (root, {})
+    return caches[1].setdefault(name, {})
 
 
 def wallet(session: Session, user_id: int) -> LedgerAccount:
@@ -147,7 +158,7 @@ def wallet(session: Session, user_id: int) -> LedgerAccount:
     )
     if account is None:  # created now: not remembered (a rollback would take it back)
         return _get_or_create(session, {"user_id": user_id}, AccountKind.WALLET, new=True)
-    session.info.setdefault(WALLETS, {})[user_id] = account.id
+    _cache(session, WALLETS)[user_id] = account.id
     return _remember(session, ("wallet", user_id), account)
 
 
@@ -156,8 +167,24 @@ def escrow(session: Session, job_id: int, user_id: int) -> LedgerAccount:
     return _get_or_create(session, lookup, AccountKind.ESCROW, new=True)
 
 
+WALLET_ID = text("SELECT id FROM ledger_accounts WHERE kind = 'wallet' AND user_id = :user_id")
+
+
+def wallet_id(session: Session, user_id: int) -> int:
+    """The id of the user's wallet (created where there is none), for a posting: what
+    ``wallet`` finds, for one cheap statement or none."""
+    known = _cache(session, WALLETS).get(user_id)
+    if known is None:
+        known = session.execute(WALLET_ID, {"user_id": user_id}).scalar()
+        if known is None:
+            return wallet(session, user_id).id
+        _cache(session, WALLETS)[user_id] = known
+    _cache(session, OWNERS)[known] = (AccountKind.WALLET.value, user_id)
+    return known
+
+
 def pending(session: Session, job_id: int, node_id: int, owner_id: int) -> LedgerAccount:
-    wallet(session, owner_id)  # first: the wallet keeps the count of the owner's entries
+    wallet_id(session, owner_id)  # first: the wallet keeps the count of the owner's entries
     lookup = {"job_id": job_id, "node_id": node_id, "user_id": owner_id}
     return _get_or_create(session, lookup, AccountKind.PENDING, new=True)
 
@@ -205,22 +232,40 @@ class WalletCounters:
 GIVEN_BACK = (EntryKind.VOID, EntryKind.COMPENSATION)
 
 
+# The statements of every posting, written once: built per call, SQLAlchemy's expression
+# building and cache keys cost more CPU than the database's work on these one-row statements.
+APPLY = text(
+    "UPDATE ledger_accounts SET balance = balance + :delta, earned = earned + :earned, "
+    "spent = spent + :spent, history_entries = history_entries + :entries "
+    "WHERE id = :id AND (:delta >= 0 OR kind = 'issuance' OR balance >= -:delta)"
+)
+INSERT_ENTRIES = text(
+    "INSERT INTO ledger_entries (transaction_id, account_id, kind, amount, node_id, user_id) "
+    "VALUES (:transaction_id, :account_id, :kind, :amount, :node_id, :user_id)"
+)
+INSERT_TRANSACTION = text(
+    "INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, memo, created_at) "
+    "VALUES (:kind, :idempotency_key, :job_id, :node_id, :memo, :created_at) "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+).bindparams(bindparam("created_at", type_=UTCDateTime()))
+
+
 def _apply(
     session: Session, account_id: int, delta: int, counters: WalletCounters | None = None
 ) -> None:
-    statement = update(LedgerAccount).where(LedgerAccount.id == account_id)
-    if delta < 0:
-        statement = statement.where(
-            or_(LedgerAccount.kind == AccountKind.ISSUANCE.value, LedgerAccount.balance >= -delta)
-        )
-    changes: dict[str, object] = {"balance": LedgerAccount.balance + delta}
-    if counters is not None:
-        changes.update(
-            earned=LedgerAccount.earned + counters.earned,
-            spent=LedgerAccount.spent + counters.spent,
-            history_entries=LedgerAccount.history_entries + counters.entries,
-        )
-    result = session.execute(statement.values(changes).execution_options(synchronize_session=False))
+    """Add ``delta`` to the account (a debit only where the balance covers it, but for the
+    issuance account) and ``counters`` to a wallet's."""
+    counted = counters or WalletCounters()
+    result = session.execute(
+        APPLY,
+        {
+            "id": account_id,
+            "delta": delta,
+            "earned": counted.earned,
+            "spent": counted.spent,
+            "entries": counted.entries,
+        },
+    )
     if result.rowcount != 1:
         raise InsufficientFundsError(f"account {account_id} cannot cover {-delta} micro-tokens")
 
@@ -246,7 +291,7 @@ def _wallet_counters(
             counters.spent -= posting.amount  # charged, then given back: not spent
     if not by_user:
         return {}
-    known = session.info.get(WALLETS, {})
+    known = _cache(session, WALLETS)
     wallets = [(user_id, known[user_id]) for user_id in by_user if user_id in known]
     missing = [user_id for user_id in by_user if user_id not in known]
     if missing:
@@ -262,7 +307,11 @@ def _owners(session: Session, account_ids: Iterable[int]) -> dict[int, tuple[str
     """Each account's (kind, user id): from the session where it holds the account (the
     callers looked it up), else one query."""
     owners: dict[int, tuple[str, int | None]] = {}
+    known = _cache(session, OWNERS)
     for account_id in account_ids:
+        if account_id in known:
+            owners[account_id] = known[account_id]
+            continue
         account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         state = account is not None and inspect(account)
         if state and not state.expired_attributes & {"kind", "user_id"}:
@@ -298,14 +347,7 @@ def _insert_transaction(
         "memo": memo,
         "created_at": utcnow(),
     }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(LedgerTransaction)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(LedgerTransaction.id)
-    )
-    new_id = session.execute(statement).scalar()
+    new_id = session.execute(INSERT_TRANSACTION, values).scalar()
     if new_id is None:
         return None
     transaction = LedgerTransaction(id=new_id, **values)
@@ -382,7 +424,7 @@ def post_transaction(
         session.expunge(transaction)
         raise
     session.execute(
-        insert(LedgerEntry),
+        INSERT_ENTRIES,
         [
             {
                 "transaction_id": transaction.id,

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ledger.job_ledger import job_ledgers
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
 from ledger.pending import open_pending, release_pending, void_pending
-from ledger.postings import Posting, escrow, find_transaction, pending, post_transaction, wallet
+from ledger.postings import Posting, escrow, find_transaction, pending, post_transaction, wallet_id
 from ledger.pricing import Rates, ResourceSeconds, price_usage
 
 
@@ -145,7 +145,7 @@ def settle_job(
     refund = job_escrow.balance - sum(owed.values())
     if refund:
         postings.append(Posting(job_escrow.id, -refund, EntryKind.REFUND))
-        postings.append(Posting(wallet(session, job_owner_id).id, refund, EntryKind.REFUND))
+        postings.append(Posting(wallet_id(session, job_owner_id), refund, EntryKind.REFUND))
 
     transaction, created = post_transaction(
         session,
