@@ -356,6 +356,28 @@ def _insert_transaction(
     return transaction
 
 
+def _insert_entries(
+    session: Session,
+    transaction_id: int,
+    postings: list[Posting],
+    owners: dict[int, tuple[str, int | None]],
+) -> None:
+    session.execute(
+        INSERT_ENTRIES,
+        [
+            {
+                "transaction_id": transaction_id,
+                "account_id": p.account_id,
+                "kind": p.kind.value,
+                "amount": p.amount,
+                "node_id": p.node_id,
+                "user_id": owners[p.account_id][1],
+            }
+            for p in postings
+        ],
+    )
+
+
 def post_transaction(
     session: Session,
     *,
@@ -423,20 +445,8 @@ def post_transaction(
         session.execute(delete(LedgerTransaction).where(LedgerTransaction.id == transaction.id))
         session.expunge(transaction)
         raise
-    session.execute(
-        INSERT_ENTRIES,
-        [
-            {
-                "transaction_id": transaction.id,
-                "account_id": p.account_id,
-                "kind": p.kind.value,
-                "amount": p.amount,
-                "node_id": p.node_id,
-                "user_id": owners[p.account_id][1],
-            }
-            for p in postings
-        ],
-    )
+    if postings:  # a settlement of a job that held nothing has none
+        _insert_entries(session, transaction.id, postings, owners)
     for account_id in set(deltas) | set(counters):  # changed under the ORM's feet: reload
         account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         if account is not None:

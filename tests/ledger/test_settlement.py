@@ -3,15 +3,20 @@ refunded, exactly once."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from compute.billing.service import rates_from
 from compute.billing.usage import JobUsage
 from compute.jobs.state import JobStatus
 from core.db import make_session_factory
 from core.errors import InvalidInputError
 from ledger.models import LedgerEntry
+from ledger.pricing import ResourceSeconds
+from ledger.settlement import NodeUsage, settle_job
 from tests.conftest import Account, register_node, submit_job
 from tests.ledger_helpers import run_to_end, usage
 
@@ -169,6 +174,23 @@ def test_failure_before_anything_ran_refunds_everything(
     result = run_to_end(session, settings, job["id"], [], status=JobStatus.FAILED)
     assert result.charged == 0 and result.refunded == 15_600_000
     assert balance(client, user)["available"] == 100.0
+
+
+def test_a_job_that_held_nothing_settles_once_with_no_entries(
+    client: TestClient, session, settings, user: Account, node_owner: Account
+) -> None:
+    """An audit job holds nothing (the platform's own check): its settlement is a
+    transaction with no entries, made once; a second one with other usage changes nothing."""
+    node = register_node(client, node_owner.headers)
+    rates, nothing_held = rates_from(settings), 4242
+    settle = partial(settle_job, session, job_id=nothing_held, job_owner_id=user.id, rates=rates)
+    first = settle(usage=[])
+    work = ResourceSeconds(cpu_core_seconds=60)
+    again = settle(usage=[NodeUsage(node["id"], node_owner.id, work)])
+    session.commit()
+    assert first.first_time and not again.first_time
+    assert (again.charged, again.refunded, again.credits) == (0, 0, {})
+    assert balance(client, node_owner)["earned"] == 0.0
 
 
 def test_usage_on_an_unknown_node_is_refused_and_nothing_settles(
