@@ -133,10 +133,10 @@ def fee_accounts(session: Session) -> list[LedgerAccount]:
 
 # What a transaction found of the accounts it posts to, kept for the rest of it (one root
 # transaction: a rollback could take back an account made in it, and then the next
-# transaction starts afresh): {user id: wallet id}, so a posting's counters need no query;
-# the ids of the accounts found (wallets, the system's), asked for again while loaded;
-# {account id: (kind, user id)} of the wallets ``wallet_id`` found.
-WALLETS, ACCOUNTS, OWNERS = "wallets", "accounts", "owners"
+# transaction starts afresh): the ids of the accounts found (wallets by ("wallet", user id),
+# the system's), so a posting's counters need no query and an account asked for again while
+# loaded none; {account id: (kind, user id)} of the wallets ``wallet_id`` found.
+ACCOUNTS, OWNERS = "accounts", "owners"
 
 
 def _cache(session: Session, name: str) -> dict:
@@ -158,7 +158,6 @@ def wallet(session: Session, user_id: int) -> LedgerAccount:
     )
     if account is None:  # created now: not remembered (a rollback would take it back)
         return _get_or_create(session, {"user_id": user_id}, AccountKind.WALLET, new=True)
-    _cache(session, WALLETS)[user_id] = account.id
     return _remember(session, ("wallet", user_id), account)
 
 
@@ -173,12 +172,12 @@ WALLET_ID = text("SELECT id FROM ledger_accounts WHERE kind = 'wallet' AND user_
 def wallet_id(session: Session, user_id: int) -> int:
     """The id of the user's wallet (created where there is none), for a posting: what
     ``wallet`` finds, for one cheap statement or none."""
-    known = _cache(session, WALLETS).get(user_id)
+    known = _cache(session, ACCOUNTS).get(("wallet", user_id))
     if known is None:
         known = session.execute(WALLET_ID, {"user_id": user_id}).scalar()
         if known is None:
             return wallet(session, user_id).id
-        _cache(session, WALLETS)[user_id] = known
+        _cache(session, ACCOUNTS)[("wallet", user_id)] = known
     _cache(session, OWNERS)[known] = (AccountKind.WALLET.value, user_id)
     return known
 
@@ -291,9 +290,9 @@ def _wallet_counters(
             counters.spent -= posting.amount  # charged, then given back: not spent
     if not by_user:
         return {}
-    known = _cache(session, WALLETS)
-    wallets = [(user_id, known[user_id]) for user_id in by_user if user_id in known]
-    missing = [user_id for user_id in by_user if user_id not in known]
+    known = {user_id: _cache(session, ACCOUNTS).get(("wallet", user_id)) for user_id in by_user}
+    wallets = [(user_id, wallet_id) for user_id, wallet_id in known.items() if wallet_id]
+    missing = [user_id for user_id, wallet_id in known.items() if not wallet_id]
     if missing:
         wallets += session.execute(
             select(LedgerAccount.user_id, LedgerAccount.id).where(

@@ -12,15 +12,15 @@ resubmit.
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compute.audits.copies import job_copy
+from compute.audits.rounds import nodes_of_owner
 from compute.billing.service import job_estimate
 from compute.dispatch.placement import fit_job
 from compute.dispatch.scheduling import capacity_and_free, pending_job
 from compute.jobs.events import add_log
-from compute.models import Job, Node, TrainerAudit
+from compute.models import Job, TrainerAudit
 from core.errors import InsufficientFundsError
 from ledger.compensation import compensate_job
 from ledger.flows import place_hold
@@ -72,9 +72,8 @@ def recompute(session: Session, audit: TrainerAudit, job: Job, rates: Rates) -> 
 def away_from(session: Session, job: Job, node_id: int) -> frozenset[int]:
     """The node's owner's machines where another owner's can hold the job, else the node
     alone (it then waits for room on the others)."""
-    owner = session.scalar(select(Node.owner_id).where(Node.id == node_id))
-    owners = frozenset(session.scalars(select(Node.id).where(Node.owner_id == owner)))
+    owners = nodes_of_owner(session, node_id)
     capacity, _ = capacity_and_free(session)
-    if fit_job(pending_job(job, owners | {node_id}), capacity) is not None:
-        return owners | {node_id}
+    if fit_job(pending_job(job, owners), capacity) is not None:
+        return owners
     return frozenset({node_id})
