@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -142,7 +143,34 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A connection back in the pool within this long is taken as alive: under load connections
+# come back every few milliseconds, and a ping on every checkout (SQLAlchemy's pre_ping) was
+# one more round trip on every request. One idle longer (a database restart, a firewall's
+# idle timeout) is pinged first, and replaced if the ping fails.
+IDLE_BEFORE_PING_S = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at < IDLE_BEFORE_PING_S:
+            return  # new, or just used
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except Exception as exc:  # any failure: the pool discards it and connects again
+            raise DisconnectionError(f"an idle connection was dead: {exc}") from exc
 
 
 @lru_cache(maxsize=8)

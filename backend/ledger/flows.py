@@ -17,7 +17,14 @@ from ledger.models import (
     TransactionKind,
 )
 from ledger.pending import pending_by_user
-from ledger.postings import Posting, escrow, post_transaction, system_account, wallet
+from ledger.postings import (
+    Posting,
+    escrow,
+    post_hold,
+    post_transaction,
+    system_account,
+    wallet,
+)
 from ledger.pricing import tokens
 
 
@@ -54,33 +61,22 @@ def grant_tokens(
     return transaction
 
 
-def place_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> LedgerAccount:
+def place_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> None:
     """Move a job's maximum cost from the wallet into the job's escrow (402 if short)."""
-    job_escrow = escrow(session, job_id, user_id)
     if amount == 0:
-        return job_escrow
-    source = wallet(session, user_id)
+        escrow(session, job_id, user_id)  # settlement finds it there, empty
+        return
     try:
-        post_transaction(
-            session,
-            kind=TransactionKind.HOLD,
-            key=f"hold:job:{job_id}",
-            postings=[
-                Posting(source.id, -amount, EntryKind.HOLD),
-                Posting(job_escrow.id, amount, EntryKind.HOLD),
-            ],
-            job_id=job_id,
-            memo=f"hold for job {job_id}",
-        )
+        post_hold(session, user_id=user_id, job_id=job_id, amount=amount)
     except InsufficientFundsError as exc:
+        source = wallet(session, user_id)
         session.refresh(source)
-        shortfall = amount - source.balance
+        available = source.balance
         raise InsufficientFundsError(
-            f"this job needs a hold of {tokens(amount)} tokens but {tokens(source.balance)} "
-            f"are available (short by {tokens(shortfall)}); lower requirements, "
+            f"this job needs a hold of {tokens(amount)} tokens but {tokens(available)} "
+            f"are available (short by {tokens(amount - available)}); lower requirements, "
             "max_runtime_s or max_tokens, or ask an admin for tokens"
         ) from exc
-    return job_escrow
 
 
 @dataclass(frozen=True)

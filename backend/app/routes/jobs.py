@@ -15,7 +15,7 @@ from app.schemas.common import Page
 from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, with_audits, with_money
 from app.schemas.storage import StorageFreedOut
 from compute.audits.held import audits_of
-from compute.billing.job_money import jobs_money
+from compute.billing.job_money import jobs_money, new_job_money
 from compute.jobs.results import (
     MEDIA_TYPES,
     ResultFormat,
@@ -66,9 +66,10 @@ def submit(
         limits=SubmitLimits(settings.max_waiting_jobs_per_user, settings.submits_per_minute),
         accept_unplaceable=settings.queue_unplaceable_jobs,
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
+    if created:  # its money is its hold, and it has no audits yet: nothing to read
+        return with_money(job_out(job), new_job_money(job, rates))
+    response.status_code = status.HTTP_200_OK
+    response.headers["Idempotent-Replayed"] = "true"
     return job_detail(session, job, rates)
 
 

@@ -33,6 +33,11 @@ class JobMoney:
     compensated: int = 0  # given back by the platform: the job's result was found invalid
 
 
+def new_job_money(job: Job, rates: Rates) -> JobMoney:
+    """A job just queued: its hold and nothing else yet (no read needed to know it)."""
+    return JobMoney(hold=job_estimate(job, rates).total, cost_so_far=0)
+
+
 def jobs_money(session: Session, jobs: Sequence[Job], rates: Rates) -> dict[int, JobMoney]:
     """Each job's money. A settled job's cost so far is what was charged; a running job's is
     its metered work on others' nodes, raised to the minimum charge once it has any, and

@@ -82,10 +82,9 @@ def pending_job(job: Job, excluded: frozenset[int] = frozenset(), because: str =
     )
 
 
-def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:
-    """Eligible nodes' totals, and what is left of them after the placed jobs' slots."""
-    nodes = eligible_nodes(session)
-    capacity = [
+def eligible_capacity(session: Session) -> list[NodeCapacity]:
+    """Eligible nodes' totals."""
+    return [
         NodeCapacity(
             n.id,
             n.gpu,
@@ -95,8 +94,13 @@ def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCa
             pool=n.ray_pool,
             on_probation=on_probation(n),
         )
-        for n in nodes
+        for n in eligible_nodes(session)
     ]
+
+
+def capacity_and_free(session: Session) -> tuple[list[NodeCapacity], list[NodeCapacity]]:
+    """Eligible nodes' totals, and what is left of them after the placed jobs' slots."""
+    capacity = eligible_capacity(session)
     used = [
         slot
         for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE)))

@@ -15,7 +15,7 @@ from auth.models import Role, User
 from compute.billing.service import estimate_cost, settle
 from compute.billing.usage import JobUsage
 from compute.dispatch.placement import plan
-from compute.dispatch.scheduling import capacity_and_free, pending_job
+from compute.dispatch.scheduling import eligible_capacity, pending_job
 from compute.jobs.events import record_status
 from compute.jobs.spec import JobSpec, source_job_id
 from compute.jobs.state import InvalidTransitionError, JobStatus, check_transition
@@ -157,6 +157,11 @@ def submit_job(
         rates=rates,
         extra=spec.extra_shares(),
     )
+    if idempotency_key is None:  # nothing can collide: no savepoint round trips
+        session.add(job)
+        session.flush()
+        place_hold(session, user_id=owner.id, job_id=job.id, amount=estimate.total)
+        return job, True
     try:
         with session.begin_nested():
             session.add(job)
@@ -164,7 +169,6 @@ def submit_job(
             place_hold(session, user_id=owner.id, job_id=job.id, amount=estimate.total)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer with its job.
-        assert idempotency_key is not None
         existing = _job_for_key(session, owner, idempotency_key, request_hash)
         if existing is None:
             raise
@@ -175,7 +179,7 @@ def submit_job(
 def why_no_node_can_hold(session: Session, job: Job) -> str | None:
     """Why no eligible node could hold the job even if all were idle, or None if one could
     (or none is online yet: nodes come and go, and the Quickstart submits before any joins)."""
-    capacity, _ = capacity_and_free(session)
+    capacity = eligible_capacity(session)  # all idle: what is placed now does not matter
     if not capacity:
         return None
     decision = plan([pending_job(job)], capacity, capacity)
