@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/backend
 
-.PHONY: run test test-fast lint format clean chromium
+.PHONY: run test test-fast bench lint format clean chromium
 
 # Stamp files make a repeat run skip installs that are already done.
 $(VENV)/.runtime-installed: backend/requirements.txt pyproject.toml
@@ -40,6 +40,11 @@ test: $(VENV)/.dev-installed
 test-fast: $(VENV)/.dev-installed
 	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n 2 --dist loadfile \
 	  -m "not slow and not ray and not browser and not postgres" $(PYTEST_ARGS)
+
+# Every benchmark in one sitting and one table of ratios (benchmarks/README.md); not part of
+# `make test`: it takes about half an hour and wants a quiet machine.
+bench: $(VENV)/.dev-installed
+	PYTHONPATH=backend $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check backend tests benchmarks alembic

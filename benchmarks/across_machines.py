@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.results import report
 from tests.hosts.platform import NODE_TIMEOUT_S, Platform, running_platform
 from tests.polling import wait_for
 
@@ -92,12 +93,16 @@ def main() -> None:
             running = statistics.median(f[0] for f in figures)
             first = statistics.median(f[1] for f in figures)
             print(f"| {name} | {running:.2f} | {first:.2f} |")
+            report("across_machines", f"{name}: submit -> first step", first, unit="s")
         downs = [link_down_figure(platform) for _ in range(args.repeat)]
         print(
             f"\nlink down -> running elsewhere: median {statistics.median(downs):.1f} s "
             f"(NODE_TIMEOUT {NODE_TIMEOUT_S} s: {statistics.median(downs) / NODE_TIMEOUT_S:.2f}x), "
             f"all {', '.join(f'{d:.1f}' for d in downs)}"
         )
+        report("across_machines", "link down -> running elsewhere", statistics.median(downs),
+               unit="s", baseline=NODE_TIMEOUT_S, baseline_name="NODE_TIMEOUT",
+               aim="<= 2")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -140,7 +140,9 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(database_url: str, tmp: Path, workers: int) -> Iterator[Gateway]:
+def running_gateway(
+    database_url: str, tmp: Path, workers: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Gateway]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTLM_"))}
     env.update(
@@ -157,6 +159,7 @@ def running_gateway(database_url: str, tmp: Path, workers: int) -> Iterator[Gate
         DISTLM_SUBMITS_PER_MINUTE="0",
         DISTLM_LOG_LEVEL="warning",
     )
+    env.update(extra_env or {})
     log = open(tmp / f"gateway-{workers}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "app.launcher"],

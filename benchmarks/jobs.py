@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_pool
 
 import ray
+from benchmarks.results import report
 from benchmarks.torch_trainer_baseline import run_ours, run_with_torch_trainer, timed
 from tests.agent_pool import PoolNode
 from tests.conftest import free_port
@@ -158,6 +159,10 @@ def main() -> None:
     print(f"same work, run_data_parallel called directly:   {ours[1]:.2f} s")
     print(f"overhead ratio DistLM / bare TorchTrainer: {platform['wall_s'] / bare[1]:.2f}x")
     print(f"overhead ratio DistLM / run_data_parallel: {platform['wall_s'] / ours[1]:.2f}x")
+    report("jobs", "submit -> first step", platform["submit_to_first_step_s"], unit="s",
+           aim="<= 8")  # fmt: skip
+    report("jobs", "whole job", platform["wall_s"], unit="s", baseline=bare[1],
+           baseline_name="bare TorchTrainer", aim="<= 1.10")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks.results
 
+from benchmarks.results import report
 from sqlalchemy import MetaData, create_engine
 
 from auth.models import Role, User
@@ -128,6 +130,14 @@ def main() -> None:
                 )
                 if not result["invariant_ok"]:
                     raise SystemExit("ledger invariant broken")
+                if writers == 8 and payers == 8:
+                    report(
+                        "ledger",
+                        f"postings/s, {name}, 8 writers",
+                        rate,
+                        unit="/s",
+                        aim=">= 1000" if name == "postgresql" else "",
+                    )
 
 
 if __name__ == "__main__":

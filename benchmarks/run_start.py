@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_pool
 
+from benchmarks.results import report
+
 from protocol.events import MetricEvent, StatusEvent
 from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
 
@@ -126,6 +128,8 @@ def main() -> None:
         f"\nbaseline / ours: to first step {base_first / our_first:.2f}x, "
         f"to end {base_end / our_end:.2f}x"
     )
+    report("run_start", "data_parallel launch -> first step", our_first, unit="s",
+           baseline=base_first, baseline_name="TorchTrainer")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks.results
 
 import httpx
+from benchmarks.results import report
 
 from auth.models import Role
 from auth.passwords import password_context
@@ -190,6 +192,9 @@ def main() -> None:
                     f"| {size_mb / upload:.0f} | {copy / upload:.2f}x | {user / upload:.2f}x |"
                 )
                 source.unlink()
+                report("uploads", f"{megabytes} MB checkpoint upload", size_mb / upload,
+                       unit="MB/s", baseline=size_mb / copy, baseline_name="kernel copy",
+                       aim=">= 0.5")  # fmt: skip
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.agent_p
 
 import httpx
 import ray
+from benchmarks.results import report
 from tests.agent_pool import PoolNode
 from tests.conftest import free_port
 from tests.live_gateway import LiveGateway
@@ -203,6 +204,8 @@ def main() -> None:
         f"{f['audit_wall_s']:.2f} s running, verdict {'valid' if f['valid'] else 'INVALID'}"
     )
     print(f"share of the job's compute, new trainer:     {share:.1%}")
+    report("verified_credit_audit", "audit share of a trusted trainer's job",
+           100 * share * drawn, unit="%", aim="<= 10")  # fmt: skip
     print(
         f"share of the job's compute, trusted trainer: {share * drawn:.1%} "
         f"(an audit in {drawn:.0%} of such jobs)"
