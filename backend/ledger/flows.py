@@ -8,6 +8,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core.errors import InsufficientFundsError, InvalidInputError
+from ledger.hold import post_hold
 from ledger.models import (
     AccountKind,
     EntryKind,
@@ -20,7 +21,6 @@ from ledger.pending import pending_by_user
 from ledger.postings import (
     Posting,
     escrow,
-    post_hold,
     post_transaction,
     system_account,
     wallet,

@@ -377,62 +377,6 @@ def _insert_entries(
     )
 
 
-DEBIT_WALLET = text(
-    "UPDATE ledger_accounts SET balance = balance - :amount, "
-    "history_entries = history_entries + :entries "
-    "WHERE kind = 'wallet' AND user_id = :user_id AND balance >= :amount RETURNING id"
-)
-
-
-def post_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> bool:
-    """A job's hold, wallet → the job's new escrow, once per job: what ``post_transaction``
-    would post, in four statements (the key, the wallet's conditional debit, the escrow
-    inserted holding the amount, the two entries) instead of six. False, with nothing
-    posted, where it was posted before; InsufficientFundsError where the wallet is short."""
-    if not 0 < amount <= MAX_AMOUNT:
-        raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
-    key = f"hold:job:{job_id}"
-    memo = f"hold for job {job_id}"
-    transaction = _insert_transaction(session, TransactionKind.HOLD, key, job_id, None, memo)
-    if transaction is None:
-        return False
-    # Both entries are the user's: the wallet counts two more, its spending is unchanged.
-    source = session.execute(
-        DEBIT_WALLET, {"amount": amount, "entries": 2, "user_id": user_id}
-    ).scalar()
-    if source is None:
-        session.execute(delete(LedgerTransaction).where(LedgerTransaction.id == transaction.id))
-        session.expunge(transaction)
-        raise InsufficientFundsError(f"the wallet of user {user_id} cannot cover {amount}")
-    values = {
-        **dict.fromkeys(("earned", "spent", "history_entries", "shard"), 0),
-        "kind": AccountKind.ESCROW.value,
-        "user_id": user_id,
-        "job_id": job_id,
-        "node_id": None,
-        "balance": amount,
-        "created_at": utcnow(),
-    }
-    target = session.execute(INSERT_ACCOUNT, values).scalar()
-    if target is None:  # the job's escrow was made before: add to it
-        target = escrow(session, job_id, user_id).id
-        _apply(session, target, amount)
-    else:
-        account = LedgerAccount(id=target, **values)
-        make_transient_to_detached(account)  # the row exists: no read to hold it
-        session.add(account)
-    owners = {
-        source: (AccountKind.WALLET.value, user_id),
-        target: (AccountKind.ESCROW.value, user_id),
-    }
-    postings = [Posting(source, -amount, EntryKind.HOLD), Posting(target, amount, EntryKind.HOLD)]
-    _insert_entries(session, transaction.id, postings, owners)
-    wallet = session.identity_map.get(identity_key(LedgerAccount, source))
-    if wallet is not None:  # changed under the ORM's feet: reload
-        session.expire(wallet, ["balance", "history_entries"])
-    return True
-
-
 def post_transaction(
     session: Session,
     *,
