@@ -34,6 +34,11 @@ class Run:
     args: list[str] = field(default_factory=list)
     needs_root: bool = False
     timeout_s: int = 1200
+    script: str = ""  # benchmarks/<script>.py, where the name is not the script's
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "benchmarks" / f"{self.script or self.name}.py"
 
 
 def runs(database: str) -> list[Run]:
@@ -52,6 +57,11 @@ def runs(database: str) -> list[Run]:
                 "4",
                 "--reads-while-starting",
             ],
+        ),
+        Run(
+            "submit, a user per client",
+            ["--database", database, "--concurrency", "8", "--seconds", "4", "--user-per-client"],
+            script="submit",
         ),
         Run("jobs"),
         Run("run_start", ["--repeats", "1"]),
@@ -85,13 +95,13 @@ def run_one(run: Run, logs: Path) -> tuple[str, list[Result]]:
     """(how it went, its results)."""
     if run.needs_root and os.geteuid() != 0:
         return "skipped: needs root (network namespaces)", []
-    log = logs / f"{run.name}.log"
+    log = logs / f"{run.name.replace(' ', '-').replace(',', '')}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "backend")}
     started = time.monotonic()
     with log.open("w") as out:
         try:
             finished = subprocess.run(
-                [sys.executable, str(ROOT / "benchmarks" / f"{run.name}.py"), *run.args],
+                [sys.executable, str(run.path), *run.args],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
