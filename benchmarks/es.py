@@ -1,15 +1,18 @@
 """Evolution strategies: evaluations per second with 1 and 2 workers (the scaling ratio), and
 what crosses the network per step against the model's parameter count.
 
-    .venv/bin/python benchmarks/es.py [--steps 6 --population 256]
+    .venv/bin/python benchmarks/es.py [--steps 6 --population 256 --repeat 3]
 
 Runs the real ``ESServer`` over ``ESWorker`` actors on a local Ray started the gateway's way,
-char-RNN on stdlib-text. The first step of every run is a warm-up and is not counted.
+char-RNN on stdlib-text. The first step of every run is a warm-up and is not counted. The
+scaling runs alternate (1 worker, 2 workers, 1, 2, ...) so that a machine shared with other
+work slows both alike; each pair's ratio and the ratio of the medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "backend"))
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import report  # noqa: E402 - after the path above
 
 
 def run(workers: int, hidden: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per worker count")
     args = parser.parse_args()
 
     from ray_module.cluster import ClusterConfig, connect, disconnect
@@ -107,12 +114,27 @@ def main() -> None:
         f"char-RNN on stdlib-text, population {args.population} pairs/step, batch "
         f"{args.batch_size}x{args.seq_len}, {args.cpus} CPUs, {args.steps - 1} measured steps"
     )
-    one = run(1, 32, args)
-    two = run(2, 32, args)
-    print("\nworkers | evaluations/s | scaling vs 1 worker")
-    for result in (one, two):
-        ratio = result["evaluations_per_s"] / one["evaluations_per_s"]
-        print(f"{result['workers']} | {result['evaluations_per_s']:.0f} | {ratio:.2f}x")
+    ones: list[float] = []
+    twos: list[float] = []
+    print("\nrun | 1 worker evaluations/s | 2 workers evaluations/s | scaling")
+    for repeat in range(1, args.repeat + 1):
+        ones.append(run(1, 32, args)["evaluations_per_s"])
+        twos.append(run(2, 32, args)["evaluations_per_s"])
+        scaling = twos[-1] / ones[-1]
+        print(f"{repeat} | {ones[-1]:.0f} | {twos[-1]:.0f} | {scaling:.2f}x", flush=True)
+    one, two = statistics.median(ones), statistics.median(twos)
+    print("\nworkers | median evaluations/s | scaling vs 1 worker (aim >= 1.9x)")
+    print(f"1 | {one:.0f} | 1.00x")
+    print(f"2 | {two:.0f} | {two / one:.2f}x")
+    report(
+        "es",
+        f"evaluations/s, 2 workers (median of {args.repeat})",
+        two,
+        unit="evaluations/s",
+        baseline=one,
+        baseline_name="1 worker",
+        aim=">= 1.9",
+    )
 
     print(
         "\nhidden | parameters | bytes from workers/step | weights broadcast (bytes) | "

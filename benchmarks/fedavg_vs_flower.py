@@ -1,163 +1,371 @@
 """Our ``fedavg`` engine against Flower's simulation engine on the same task, in one script.
 
-The task (both sides implement the same definitions): scikit-learn's digits, a held-out 20%
-validation split, an IID partition over the clients, an MLP 64-hidden-10 from the same seed,
-plain SGD, every client every round, centralized validation accuracy after each round.
+The task (both sides implement the same definitions): scikit-learn's digits (read from the CSV
+it ships, on both sides), a held-out 20% validation split, an IID partition over the clients,
+an MLP 64-hidden-10 from the same seed, plain SGD written out (no ``torch.optim`` on either
+side), every client every round, centralized validation accuracy after each round.
 
 Flower runs in its own virtual environment (its pins conflict with ours), made by
-``benchmarks/flower_setup.sh`` on first use; this script calls it, then runs Flower's side
-(``benchmarks/flower_digits.py``) as a subprocess. Both wall times include starting Ray.
+``benchmarks/flower_setup.sh`` on first use; this script calls it. Every run, of either side,
+is a fresh Python process (ours: this script with ``--one-run``; Flower's:
+``benchmarks/flower_digits.py``), timed from just before its Ray starts to after its Ray has
+shut down. The sides alternate (ours, Flower, ours, Flower, ...) so that a machine shared
+with other work slows both alike; the medians of each side and their ratio are reported.
 
-    .venv/bin/python benchmarks/fedavg_vs_flower.py [--rounds 10 --clients 4 ...] [--repeat 2]
+    .venv/bin/python benchmarks/fedavg_vs_flower.py                  # 4x10, 4x40, 8x20; 3 runs
+    .venv/bin/python benchmarks/fedavg_vs_flower.py --configs 4x10 --repeat 5
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "backend"))
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import report  # noqa: E402 - after the path above
 
 FLOWER_PYTHON = ROOT / "benchmarks" / ".venv-flower" / "bin" / "python"
+DEFAULT_CONFIGS = "4x10,4x40,8x20"  # clients x rounds
+OUR_PARTS = ("ray_start_s", "hosts_ready_s", "rounds_s", "shutdown_s")
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MEMORY_GB = 2.0  # the job's memory requirement (the default a submit gets)
 
 
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    """Our engine in this process: a local Ray with one DistLM node, one host per client."""
+def job_request(args: argparse.Namespace) -> Any:
+    """The job as a user would submit it: requirements of every core of this machine."""
+    from protocol.run import DataRequest, JobRequest, ModelRequest, ResourceRequest
+
+    return JobRequest(
+        strategy="fedavg",
+        model=ModelRequest("classifier", "mlp"),
+        data=DataRequest("builtin", "digits", validation_split=args.validation_split),
+        knobs={
+            "rounds": args.rounds,
+            "clients": args.clients,
+            "local_epochs": args.local_epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "hidden_size": args.hidden,
+            "seed": args.seed,
+            "min_fit_clients": args.clients,
+        },
+        requirements=ResourceRequest(cpu_cores=float(args.num_cpus), memory_gb=MEMORY_GB),
+    )
+
+
+def worker_plans(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The scheduler's default for the job: its strategy's worker count (one client host per
+    whole core, at most one per client), the requirements shared equally among them."""
+    from protocol.run import WorkerPlan
+    from protocol.strategies.fedavg import FedAvgRules
+
+    request = job_request(args)
+    rules = FedAvgRules()
+    hosts = rules.worker_count(request, rules.parse_settings(request.knobs))
+    share = request.requirements
+    return tuple(
+        WorkerPlan(1, 0, share.cpu_cores / hosts, share.memory_gb / hosts) for _ in range(hosts)
+    )
+
+
+def run_ours_here(args: argparse.Namespace) -> dict[str, Any]:
+    """Our engine in this process: a local Ray started in it by the engine's ``connect`` (the
+    way Flower's simulation starts its own) with one DistLM node, the job's client hosts as
+    the scheduler would plan them."""
     import ray
 
     from protocol.events import MetricEvent
-    from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
+    from protocol.run import RunConfig
     from ray_module.cluster import ClusterConfig, connect
     from ray_module.resources import node_resource
     from ray_module.runner.job_runner import JobRunner
     from ray_module.strategies.fedavg.run import run_fedavg
 
+    plans = worker_plans(args)
     started = time.perf_counter()
-    # The gateway's own way of starting its local Ray (make run), with one DistLM node.
+    # A node keeps its Ray warm between jobs; here, as on Flower's side, Ray starts per run.
     connect(ClusterConfig(num_cpus=args.num_cpus, resources={node_resource(1): 1000}))
     ray_up = time.perf_counter()
+    ray_up_unix = time.time()
     with tempfile.TemporaryDirectory() as storage:
-        config = RunConfig(
-            job_id=1,
-            request=JobRequest(
-                strategy="fedavg",
-                model=ModelRequest("classifier", "mlp"),
-                data=DataRequest("builtin", "digits", validation_split=args.validation_split),
-                knobs={
-                    "rounds": args.rounds,
-                    "clients": args.clients,
-                    "local_epochs": args.local_epochs,
-                    "batch_size": args.batch_size,
-                    "learning_rate": args.learning_rate,
-                    "hidden_size": args.hidden,
-                    "seed": args.seed,
-                    "min_fit_clients": args.clients,
-                },
-            ),
-            workers=tuple(WorkerPlan(1, 0, args.cpus_per_client, 0.5) for _ in range(args.clients)),
-            storage_path=storage,
-        )
+        config = RunConfig(job_id=1, request=job_request(args), workers=plans, storage_path=storage)
         runner = JobRunner(config)
         run_fedavg(config, runner)
     trained = time.perf_counter()
+    trained_unix = time.time()
     ray.shutdown()  # counted: Flower's figure includes shutting its Ray down too
     finished = time.perf_counter()
     metrics = [r for r in runner.events() if isinstance(r.event, MetricEvent)]
     rounds = [r for r in metrics if r.event.step > 0]
     accuracies = [r.event.values["validation_accuracy"] for r in rounds]
-    hosts_ready = metrics[0].at - (time.time() - (time.perf_counter() - ray_up))
     return {
         "engine": "distlm",
+        "hosts": len(plans),
         "wall_s": finished - started,
         "ray_start_s": ray_up - started,
-        "hosts_ready_s": hosts_ready,
+        "hosts_ready_s": metrics[0].at - ray_up_unix,
         "rounds_s": rounds[-1].at - metrics[0].at,
+        "final_save_s": trained_unix - rounds[-1].at,
         "shutdown_s": finished - trained,
-        "wall_s_after_ray_start": finished - ray_up,
         "round_s_mean": sum(r.event.values["round_seconds"] for r in rounds) / len(rounds),
         "final_accuracy": accuracies[-1],
         "accuracies": accuracies,
     }
 
 
-def hosts_for(args: argparse.Namespace) -> int:
-    return max(1, min(args.clients, args.num_cpus))
-
-
-def run_flower(args: argparse.Namespace) -> dict[str, Any]:
-    subprocess.run(["bash", str(ROOT / "benchmarks" / "flower_setup.sh")], check=True)
-    command = [
-        str(FLOWER_PYTHON),
-        str(ROOT / "benchmarks" / "flower_digits.py"),
+def task_flags(args: argparse.Namespace) -> list[str]:
+    return [
         *("--clients", str(args.clients), "--rounds", str(args.rounds)),
         *("--local-epochs", str(args.local_epochs), "--batch-size", str(args.batch_size)),
         *("--learning-rate", str(args.learning_rate), "--hidden", str(args.hidden)),
         *("--seed", str(args.seed), "--validation-split", str(args.validation_split)),
-        *("--cpus-per-client", str(args.cpus_per_client), "--num-cpus", str(args.num_cpus)),
+        *("--num-cpus", str(args.num_cpus)),
+    ]
+
+
+def become_subreaper() -> None:
+    """Processes a run leaves orphaned (a Ray process outliving its parent) are handed to this
+    process instead of init: their CPU time is counted, and the next run waits for them
+    (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_everything(timeout_s: float = 30.0) -> None:
+    """Wait for every descendant left: the next run starts on a machine with none of this
+    run's processes still exiting."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                print("  (processes of the last run still alive; not waited for)", flush=True)
+                return
+            time.sleep(0.05)
+
+
+class TreeCPU:
+    """The CPU-seconds used by every descendant of this process, sampled from /proc every
+    ``interval_s`` (a process's last moments before it exits are missed: a lower bound).
+    Sampled because RUSAGE_CHILDREN, tried first, showed well under half of it: not every
+    Ray process is reaped in a way that passes its CPU time up to this one."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.seen: dict[tuple[int, str], float] = {}  # (pid, start time): CPU-s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def __enter__(self) -> TreeCPU:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seen.values())
+
+    def _sample_until_stopped(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        cpu: dict[int, tuple[str, float]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path("/proc", entry.name, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+            pid = int(entry.name)
+            children.setdefault(int(fields[1]), []).append(pid)
+            cpu[pid] = (fields[19], (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        pending = list(children.get(os.getpid(), []))
+        while pending:
+            pid = pending.pop()
+            pending.extend(children.get(pid, []))
+            if pid in cpu:
+                started, used = cpu[pid]
+                self.seen[(pid, started)] = used
+
+
+def last_json(command: list[str], env: dict[str, str], side: str) -> dict[str, Any]:
+    """Run one side's process; its JSON line, with the CPU-seconds its whole process tree
+    used (Python's start and imports, Ray's daemons and workers, the clients)."""
+    with TreeCPU() as meter:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        reap_everything()
+    cpu_s = meter.total_s
+    if done.returncode != 0:
+        raise SystemExit(f"{side}'s run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    # What is left once Ray's start and shutdown (the same Ray calls on both sides) are out.
+    run["engine_s"] = run["wall_s"] - run["ray_start_s"] - run["shutdown_s"]
+    return {**run, "cpu_s": cpu_s}
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """One run of ours in a fresh process, as Flower's is."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--one-run", *task_flags(args)]
+    return last_json(command, dict(os.environ), "DistLM")
+
+
+def run_flower(args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        str(FLOWER_PYTHON),
+        str(ROOT / "benchmarks" / "flower_digits.py"),
+        *task_flags(args),
+        *("--cpus-per-client", str(args.flower_cpus_per_client)),
     ]
     # Flower's own Ray, not ours: keep our environment's Ray settings out of its way.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.pop("PYTHONPATH", None)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"Flower's run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json(command, env, "Flower")
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    configs = []
+    for part in text.split(","):
+        clients, _, rounds = part.strip().partition("x")
+        configs.append((int(clients), int(rounds)))
+    return configs
+
+
+def describe(run: dict[str, Any]) -> str:
+    if run["engine"] == "distlm":
+        return (
+            f"distlm: wall {run['wall_s']:.2f} s (Ray start {run['ray_start_s']:.2f}, hosts "
+            f"ready {run['hosts_ready_s']:.2f}, rounds {run['rounds_s']:.2f}, model saved "
+            f"{run['final_save_s']:.2f}, shutdown {run['shutdown_s']:.2f}; "
+            f"{run['round_s_mean'] * 1000:.1f} ms/round), {run['cpu_s']:.1f} CPU-s, "
+            f"accuracy {run['final_accuracy']:.4f}"
+        )
+    return (
+        f"flower {run.get('flwr_version', '?')}: wall {run['wall_s']:.2f} s (Ray start "
+        f"{run['ray_start_s']:.2f}, shutdown {run['shutdown_s']:.2f}), {run['cpu_s']:.1f} CPU-s, "
+        f"accuracy {run['final_accuracy']:.4f}"
+    )
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--configs", default=DEFAULT_CONFIGS, help="clients x rounds, comma-separated"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per side and configuration")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation-split", type=float, default=0.2)
-    parser.add_argument("--cpus-per-client", type=float, default=0.5)
-    parser.add_argument("--num-cpus", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine (best is kept)")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs each side's Ray may use")
+    parser.add_argument(
+        "--flower-cpus-per-client",
+        type=float,
+        default=1.0,
+        help="Flower's client_resources num_cpus (1.0: one client actor per core, as ours)",
+    )
     parser.add_argument("--skip-flower", action="store_true")
+    # Internal: one run of ours with these flags, its JSON on the last line.
+    parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=10, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    print(
-        f"task: digits, mlp({args.hidden}), {args.clients} clients, {args.rounds} rounds, "
-        f"{args.local_epochs} local epochs, batch {args.batch_size}, lr {args.learning_rate}, "
-        f"{args.cpus_per_client} CPU per client on {args.num_cpus} CPUs"
-    )
-    ours = [run_ours(args) for _ in range(args.repeat)]
-    best_ours = min(ours, key=lambda r: r["wall_s"])
-    for run in ours:
-        print(
-            f"distlm fedavg: wall {run['wall_s']:.2f} s (Ray start {run['ray_start_s']:.2f}, "
-            f"hosts ready {run['hosts_ready_s']:.2f}, {args.rounds} rounds "
-            f"{run['rounds_s']:.2f}, shutdown {run['shutdown_s']:.2f}; "
-            f"{run['round_s_mean'] * 1000:.1f} ms/round), "
-            f"final accuracy {run['final_accuracy']:.4f}"
-        )
-    if args.skip_flower:
+    if args.one_run:
+        print(json.dumps(run_ours_here(args)), flush=True)
         return
-    flower = [run_flower(args) for _ in range(args.repeat)]
-    best_flower = min(flower, key=lambda r: r["wall_s"])
-    for run in flower:
+    if not args.skip_flower:
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "flower_setup.sh")], check=True)
+    become_subreaper()
+
+    summary = []
+    for clients, rounds in parse_configs(args.configs):
+        args.clients, args.rounds = clients, rounds
+        hosts = len(worker_plans(args))
         print(
-            f"flower {run.get('flwr_version', '?')} simulation: wall {run['wall_s']:.2f} s, "
-            f"final accuracy {run['final_accuracy']:.4f}"
+            f"\n{clients} clients x {rounds} rounds: digits, mlp({args.hidden}), "
+            f"{args.local_epochs} local epochs, batch {args.batch_size}, lr "
+            f"{args.learning_rate}, {args.num_cpus} CPUs; ours {hosts} client hosts of "
+            f"{args.num_cpus / hosts:g} CPU, Flower {args.flower_cpus_per_client:g} CPU a client",
+            flush=True,
         )
-    ratio = best_ours["wall_s"] / best_flower["wall_s"]
+        ours: list[dict[str, Any]] = []
+        flower: list[dict[str, Any]] = []
+        for _ in range(args.repeat):  # alternate the sides
+            ours.append(run_ours(args))
+            print(f"  {describe(ours[-1])}", flush=True)
+            if not args.skip_flower:
+                flower.append(run_flower(args))
+                print(f"  {describe(flower[-1])}", flush=True)
+        accuracies = {run["final_accuracy"] for run in ours + flower}
+        summary.append((clients, rounds, ours, flower, accuracies))
+
     print(
-        f"best wall time: distlm {best_ours['wall_s']:.2f} s, flower {best_flower['wall_s']:.2f} s,"
-        f" ratio distlm/flower {ratio:.2f} (goal <= 0.5); accuracy distlm "
-        f"{best_ours['final_accuracy']:.4f} vs flower {best_flower['final_accuracy']:.4f}"
+        "\nmedians | distlm wall s | flower wall s | ratio (aim <= 0.4) | distlm CPU-s | "
+        "flower CPU-s | ratio | final accuracy"
     )
+    for clients, rounds, ours, flower, accuracies in summary:
+        ours_s, ours_cpu = median_of(ours, "wall_s"), median_of(ours, "cpu_s")
+        if flower:
+            flower_s, flower_cpu = median_of(flower, "wall_s"), median_of(flower, "cpu_s")
+            theirs = (
+                f"{flower_s:.2f} | {ours_s / flower_s:.2f} | {ours_cpu:.1f} | "
+                f"{flower_cpu:.1f} | {ours_cpu / flower_cpu:.2f}"
+            )
+            report(
+                "fedavg_vs_flower",
+                f"{clients} clients x {rounds} rounds, wall (median of {len(ours)})",
+                ours_s,
+                unit="s",
+                baseline=flower_s,
+                baseline_name="Flower simulation",
+                aim="<= 0.4",
+            )
+        else:
+            theirs = f"- | - | {ours_cpu:.1f} | - | -"
+        same = "equal" if len(accuracies) == 1 else "DIFFER"
+        shown = ", ".join(f"{a:.4f}" for a in sorted(accuracies))
+        print(f"{clients}x{rounds} | {ours_s:.2f} | {theirs} | {shown} ({same})")
+    print(
+        "\nmedians, s | distlm Ray start | hosts ready | rounds | shutdown | "
+        "flower Ray start | shutdown | wall less Ray start and shutdown: distlm | flower | ratio"
+    )
+    for clients, rounds, ours, flower, _ in summary:
+        parts = [median_of(ours, key) for key in OUR_PARTS]
+        if flower:
+            parts += [median_of(flower, key) for key in ("ray_start_s", "shutdown_s")]
+            ours_rest, flower_rest = median_of(ours, "engine_s"), median_of(flower, "engine_s")
+            parts += [ours_rest, flower_rest, ours_rest / flower_rest]
+        print(f"{clients}x{rounds} | " + " | ".join(f"{part:.2f}" for part in parts))
 
 
 if __name__ == "__main__":

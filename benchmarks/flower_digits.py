@@ -8,7 +8,8 @@ environment, since Flower's pins conflict with the project's:
     benchmarks/.venv-flower/bin/python benchmarks/flower_digits.py --clients 4 --rounds 10
 
 The last line on stdout is one JSON object: engine, flwr_version, wall_s (from just before the
-simulation starts, Ray's start included, to its end), final_accuracy, accuracies (centralised
+simulation starts, Ray's start included, to its end), ray_start_s and shutdown_s (its calls of
+``ray.init`` and ``ray.shutdown``, timed), final_accuracy, accuracies (centralised
 validation accuracy after each round), rounds and clients.
 
 Every client trains in every round; there is no federated evaluation, only the server's
@@ -32,6 +33,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 import argparse
 import functools
 import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -48,14 +50,20 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
-from sklearn.datasets import load_digits
 
 # --- the task: these definitions are shared with our engine, keep them identical ---------------
 
 
 def digits_arrays():
-    d = load_digits()
-    return d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)  # X [1797,64], y [1797]
+    # The CSV scikit-learn ships (the file load_digits reads), read without importing
+    # scikit-learn: that import costs a process most of a second. DistLM reads it the same way
+    # (backend/ray_module/data/examples.py, digits).
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("digits needs scikit-learn installed (its CSV is read, not imported)")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    return raw[:, :-1] / 16.0, raw[:, -1].astype(np.int64)  # X [1797,64], y [1797]
 
 
 def split_validation(n, fraction, seed):
@@ -67,6 +75,26 @@ def split_validation(n, fraction, seed):
 def iid_partition(train_indices, clients, seed):
     order = np.random.default_rng(seed + 1).permutation(len(train_indices))
     return [train_indices[part] for part in np.array_split(order, clients)]
+
+
+class PlainSGD:
+    """``torch.optim.SGD(params, lr)`` without momentum, written out, as DistLM's client does:
+    the first ``torch.optim`` optimizer a process creates imports torch's compiler stack
+    (~0.8 s), which each client process would pay in its first round."""
+
+    def __init__(self, params, lr):
+        self.params = list(params)
+        self.lr = lr
+
+    def zero_grad(self):
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for param in self.params:
+            if param.grad is not None:
+                param.add_(param.grad, alpha=-self.lr)
 
 
 def make_mlp(hidden, seed):
@@ -127,7 +155,7 @@ def train(msg: Message, context: Context) -> Message:
     model = make_mlp(int(config["hidden"]), seed)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=float(config["learning-rate"]))
+    optimizer = PlainSGD(model.parameters(), lr=float(config["learning-rate"]))
     generator = torch.Generator().manual_seed(seed * 1000 + server_round * 100 + client)
     for _ in range(int(config["local-epochs"])):
         order = torch.randperm(len(y), generator=generator)
@@ -208,6 +236,31 @@ def make_server_app(args: argparse.Namespace, results: dict) -> ServerApp:
     return server_app
 
 
+def time_ray_start_and_shutdown() -> dict[str, float]:
+    """Wrap ``ray.init`` and ``ray.shutdown`` (Flower calls them as attributes of the module)
+    to time them: the parts of the wall time that the other side pays alike. Timing only;
+    importing Ray here also puts its import before the clock, as on DistLM's side (Flower
+    would otherwise import it inside ``run_simulation``)."""
+    import ray
+
+    times = {"init": 0.0, "shutdown": 0.0}
+
+    def timed(name: str, call):
+        @functools.wraps(call)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                times[name] += time.perf_counter() - started
+
+        return wrapper
+
+    ray.init = timed("init", ray.init)
+    ray.shutdown = timed("shutdown", ray.shutdown)
+    return times
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -218,7 +271,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation-split", type=float, default=0.2)
-    parser.add_argument("--cpus-per-client", type=float, default=0.5)
+    # One client actor per core, as DistLM's hosts: on 2 cores 0.5 (four actors importing
+    # torch and Flower) made Flower's run about 1.7x slower.
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs Flower's Ray may use")
     parser.add_argument("--verbose", action="store_true", help="Flower's INFO logs per round")
     args = parser.parse_args(argv)
@@ -252,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
 
+    ray_times = time_ray_start_and_shutdown()
     start = time.perf_counter()
     try:
         run_simulation(
@@ -285,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 "engine": "flower",
                 "flwr_version": flwr.__version__,
                 "wall_s": round(wall_s, 3),
+                "ray_start_s": round(ray_times["init"], 3),
+                "shutdown_s": round(ray_times["shutdown"], 3),
                 "final_accuracy": accuracies[-1],
                 "accuracies": accuracies,
                 "rounds": args.rounds,

@@ -15,6 +15,8 @@ PYTHON="${PYTHON:-python3}"
 
 TORCH_PIN="torch==2.13.0"
 FLWR_PIN="flwr[simulation]==1.41.0"
+# Only for the digits CSV it ships: flower_digits.py reads the file, as DistLM does, and never
+# imports scikit-learn.
 SKLEARN_PIN="scikit-learn==1.9.1"
 NUMPY_PIN="numpy==2.4.6"
 
