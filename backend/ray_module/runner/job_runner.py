@@ -97,6 +97,11 @@ class JobRunner:
     def emit_many(self, events: list[Event]) -> None:
         """Buffer several events at once (a worker's output lines, ``worker_logs``)."""
         self._worker_output = True
+        self.emit_all(events)
+
+    def emit_all(self, events: list[Event]) -> None:
+        """Buffer a worker's own events at once, in order (one call for several: split's
+        trainer sends its steps' events this way)."""
         for event in events:
             self.emit(event)
 

@@ -33,6 +33,7 @@ class LoaderConfig:
     seed: int = 0
     job_id: int = 0  # 0: not a job's loader (tests): its output is not captured
     number: int = 0  # which loader of the job
+    augment: bool = False  # the job augments images: warm that path before the first batch
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class BatchLoader(DeferredStart):
                 self.labelled.input_shape,
                 self.labelled.class_names,
             )
+            if config.augment and self.labelled.features.ndim == 4:
+                # scipy's import (about half a second) and the first transform are paid
+                # here, while the trainer starts, not by the trainer waiting for batch 0.
+                augment_images(self.labelled.features[:1], np.random.default_rng(0))
         elif config.model_type == TEXT:
             from ray_module.data.texts import load_texts
             from ray_module.models.causal_lm import load_causal_lm_tokenizer

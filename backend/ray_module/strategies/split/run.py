@@ -113,6 +113,7 @@ def start_loaders(config: RunConfig, settings: SplitSettings, plans: list[Worker
                 seed=settings.seed,
                 job_id=config.job_id,
                 number=number,
+                augment=settings.augment,
             )
         )
         for number, plan in enumerate(plans)

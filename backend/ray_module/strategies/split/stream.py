@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +84,7 @@ class BatchStream:
         self.flow = flow
         self.fetch = fetch or _ray_get
 
-    def __call__(self, keys: Sequence[Any]) -> Iterator[tuple[Any, dict]]:
+    def __call__(self, keys: Iterable[Any]) -> Iterator[tuple[Any, dict]]:
         # Each pending entry: [key, ref, the prefetching future or None].
         pending: deque[list[Any]] = deque()
         upcoming = iter(keys)

@@ -64,10 +64,18 @@ class LoaderChecker:
         self._replayer: Any | None = None
         self.emit = emit
 
+    def prepare(self) -> None:
+        """Build the replaying loader now (it reads the data and warms its augmentation)
+        when another node's batches will be checked: at the trainer's start, beside the
+        loaders' own, not while the trainer waits on its first check. A failure to load is
+        raised at that first check, as before."""
+        if self._replayer is None and any(node != self.trainer_node for node in self.streaks):
+            self._replayer = self._make_replayer()
+
     def replayer(self) -> Any:
         if self._replayer is None:
             self._replayer = self._make_replayer()
-            self._replayer.check_started()
+        self._replayer.check_started()
         return self._replayer
 
     def checked(

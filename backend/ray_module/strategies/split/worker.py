@@ -7,8 +7,12 @@ A plain class, wrapped with ``ray.remote`` by ``run``."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,11 @@ from ray_module.errors import ModelError, RunCancelledError
 from ray_module.models.classifier import class_names_of
 from ray_module.models.contract import DataFit, Model, PredictOptions
 from ray_module.storage.checkpoints import load_arrays, save_arrays
-from ray_module.storage.gateway_files import publish_directory
+from ray_module.storage.gateway_files import client_for
 from ray_module.strategies.base import CHECKPOINT_DIR
 from ray_module.strategies.split import results
 from ray_module.strategies.split.loader import LABELLED, BatchLoader, DataShape, LoaderConfig
+from ray_module.strategies.split.outbox import Outbox
 from ray_module.strategies.split.samples import EpochPlan
 from ray_module.strategies.split.stream import BatchStream, Flow
 from ray_module.strategies.split.verification import LoaderChecker
@@ -34,6 +39,7 @@ from ray_module.threads import use_cores
 from ray_module.worker_logs import capture_worker_output
 
 FLOW_EVERY = 10  # steps between flow figures
+UPLOADS_AHEAD = 2  # checkpoint uploads queued or running before the trainer waits
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,13 @@ class SplitWorker:
         self.checkpoint_dir = self.job_dir / CHECKPOINT_DIR
         self.flow = Flow(loader_cores=sum(p.cpu_cores for p in config.loaders))
         self._plans: dict[str, EpochPlan] = {}
+        self._orders: dict[tuple[str, int], np.ndarray] = {}  # the few a stream has in flight
         self._label_map: np.ndarray | None = None
-        self._last_emit: Any = None
+        # Events and uploads go out on a thread of their own, in order (``outbox``); one
+        # gateway client (one connection) serves every upload of the run.
+        self.outbox = Outbox(self.runner.emit_all.remote, ray.get)
+        self._publisher = client_for(config.publish) if config.publish is not None else None
+        self._snapshots = 0
         self.step = 1  # the step a checked batch's verdict names (validate, infer: 1)
         self.checker = (
             LoaderChecker(
@@ -98,6 +109,8 @@ class SplitWorker:
             if config.data is not None
             else None
         )
+        if self.checker is not None:
+            self.checker.prepare()
         inference = config.inference
         self.options = PredictOptions(
             top_k=inference.top_k,
@@ -123,11 +136,19 @@ class SplitWorker:
             flow=self.flow,
         )
         task = self.task
-        if task == "train":
-            return self.train()
-        if task == "validate":
-            return self.validate()
-        return self.infer()
+        try:
+            if task == "train":
+                outcome = self.train()
+            elif task == "validate":
+                outcome = self.validate()
+            else:
+                outcome = self.infer()
+            self.outbox.flush()  # every event and upload is out before the run ends
+            return outcome
+        finally:
+            self.outbox.close()
+            if self._publisher is not None:
+                self._publisher.close()
 
     def train(self) -> dict[str, Any]:
         """Train; or, for an audit (``compute.audits``), train again from the audited job's
@@ -171,23 +192,31 @@ class SplitWorker:
             f"{len(self.data.validation_ids)}"
         )
         self._plans = {"train": plan}
+        validating = not auditing and len(self.data.validation_ids) > 0
+        if validating:
+            # Within training, validation batches are training-sized at most: they share the
+            # stream (and its bound on batches, so on bytes) with the training batches.
+            size = min(settings.batch_size, config.inference.batch_size)
+            self._plans["validation"] = EpochPlan(self.data.validation_ids, size, False, 0)
         last_usage = time.monotonic()
-        # One stream per epoch: it drains before the epoch's validation, so validation
-        # batches never add to the training batches in flight.
-        while step < total:
-            epoch, first = divmod(step, per_epoch)
-            last = min(per_epoch, first + total - step)
+        # One stream for the whole run, each epoch's validation batches right after its last
+        # training batch: the loaders keep making the next batches while the trainer
+        # validates and saves a checkpoint, and never more than the bound are in flight.
+        feed = self.stream(self._run_keys(step, total, per_epoch, validating))
+        began, trained = time.perf_counter(), 0
+        try:
             model.network.train()
-            for key, batch in self.stream([("train", epoch, i) for i in range(first, last)]):
+            for key, batch in feed:
                 self.step = step + 1
                 batch = self._checked(key, batch)
-                torch.manual_seed(step_seed(settings.seed, step + 1))  # dropout, as a replay
+                self._seed(step_seed(settings.seed, step + 1))  # dropout, as a replay
                 loss = self._train_step(model, optimizer, batch)
                 step += 1
+                trained += len(batch["ids"])
                 epoch_ids.append(batch["ids"])
                 if settings.step_delay_s and not auditing:  # slow on purpose; its audit not
                     time.sleep(settings.step_delay_s)
-                values: dict[str, Any] = {"loss": loss, "epoch": epoch}
+                values: dict[str, Any] = {"loss": loss, "epoch": key[1]}
                 if auditing:
                     self._emit(MetricEvent(step, values))
                     continue
@@ -197,22 +226,29 @@ class SplitWorker:
                 if end_of_epoch:
                     values.update(self._epoch_figures(epoch_ids))
                     epoch_ids = []
-                    values.update(self._validation_figures(model))
-                    self._log(_epoch_line(epoch, values))
+                    if validating:
+                        values.update(self._validation_figures(model, feed))
+                        model.network.train()
+                    self._log(_epoch_line(key[1], values))
+                if step == total:  # end to end: validations and checkpoints included
+                    elapsed = time.perf_counter() - began
+                    values.update(train_s=elapsed, train_samples_per_s=trained / elapsed)
                 self._emit(MetricEvent(step, values))
                 if step % checkpoint_every == 0 or end_of_epoch:
                     self._save_checkpoint(model, optimizer, step, epoch_ids)
-                    publish_directory(self.config.publish, "checkpoint", self.checkpoint_dir)
+                    self._publish("checkpoint", self.checkpoint_dir)
                     self._emit(CheckpointEvent(step, str(self.checkpoint_dir)))
                     last_usage = self._report_usage(last_usage, step)
                     if self._cancel_requested():
                         raise RunCancelledError()
+        finally:
+            feed.close()  # an ended or abandoned stream leaves no fetch behind
         if auditing:
             self._report_usage(last_usage, step)
             return {"step": step}
         final = self.job_dir / "model"
         self._save_model(model, final)
-        publish_directory(self.config.publish, "model", final)
+        self._publish("model", final)
         self._emit(ArtifactEvent(str(final)))
         self._report_usage(last_usage, step)
         return {"step": step}
@@ -226,7 +262,7 @@ class SplitWorker:
         scores = self._score(model, self.data.task_ids, "task")
         scores.update(self._flow_figures())
         results.write_json(self.job_dir / results.RESULTS_DIR / results.VALIDATION_FILE, scores)
-        publish_directory(self.config.publish, "results", self.job_dir / results.RESULTS_DIR)
+        self._publish("results", self.job_dir / results.RESULTS_DIR)
         self._emit(MetricEvent(1, scores))
         self._report_usage(started, 1)
         return scores
@@ -262,12 +298,25 @@ class SplitWorker:
         summary = writer.close(
             {"estimated_memory_mb": estimate["estimated_memory_mb"], **self._flow_figures()}
         )
-        publish_directory(self.config.publish, "results", self.job_dir / results.RESULTS_DIR)
+        self._publish("results", self.job_dir / results.RESULTS_DIR)
         self._emit(MetricEvent(1, summary))
         self._report_usage(started, 1)
         return summary
 
     # -- the stream -----------------------------------------------------------------------
+    def _run_keys(
+        self, step: int, total: int, per_epoch: int, validating: bool
+    ) -> Iterator[tuple[str, int, int]]:
+        """The keys of a training run from ``step``: each epoch's training batches, then (when
+        validating) the validation batches scored at its end."""
+        validation = self._plans["validation"].batches if validating else 0
+        while step < total:
+            epoch, first = divmod(step, per_epoch)
+            last = min(per_epoch, first + total - step)
+            yield from (("train", epoch, i) for i in range(first, last))
+            step += last - first
+            yield from (("validation", 0, i) for i in range(validation))
+
     def _ask(self, loader: Any, key: tuple[str, int, int]) -> Any:
         part, epoch, index = key
         plan = self._plans[part]
@@ -296,14 +345,16 @@ class SplitWorker:
                 model=config.model,
                 seq_len=config.settings.seq_len,
                 seed=config.settings.seed,
+                augment=config.settings.augment,
             )
         )
 
     def _order(self, part: str, epoch: int) -> np.ndarray:
-        cached = getattr(self, "_orders", {})
+        cached = self._orders
         if (part, epoch) not in cached:
-            cached = {(part, epoch): self._plans[part].order(epoch)}
-            self._orders = cached
+            if len(cached) >= 4:
+                cached.pop(next(iter(cached)))
+            cached[(part, epoch)] = self._plans[part].order(epoch)
         return cached[(part, epoch)]
 
     def _flow_figures(self) -> dict[str, float]:
@@ -322,10 +373,8 @@ class SplitWorker:
             "epoch_ids_sha256": ids_digest(seen),
         }
 
-    def _validation_figures(self, model: Any) -> dict[str, Any]:
-        if not len(self.data.validation_ids):
-            return {}
-        scores = self._score(model, self.data.validation_ids, "validation")
+    def _validation_figures(self, model: Any, feed: Iterator[Any]) -> dict[str, Any]:
+        scores = self._score(model, self.data.validation_ids, "validation", feed)
         keep = ("accuracy", "loss", "perplexity", "exact_match")
         return {f"validation_{k}": v for k, v in scores.items() if k in keep}
 
@@ -379,6 +428,16 @@ class SplitWorker:
         model.save(staging)
         replace_directory(staging, directory)
 
+    def _seed(self, seed: int) -> None:
+        """``torch.manual_seed`` for the trainer's own device only: the same draws there, at
+        a hundredth of the cost (the global one seeds every kind of accelerator torch
+        knows, about 0.2 ms a step)."""
+        import torch
+
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+
     def _train_step(self, model: Model, optimizer: Any, batch: dict) -> float:
         loss = model.loss(self._on_device(model, batch))
         optimizer.zero_grad()
@@ -386,15 +445,22 @@ class SplitWorker:
         optimizer.step()
         return float(loss.detach())
 
-    def _score(self, model: Model, ids: np.ndarray, part: str) -> dict[str, Any]:
+    def _score(
+        self, model: Model, ids: np.ndarray, part: str, feed: Iterator[Any] | None = None
+    ) -> dict[str, Any]:
+        """Score ``ids``: a stream of their own, or (within training) their batches next in
+        ``feed``, for which the plan of ``part`` is already set."""
         import torch
 
-        plan = EpochPlan(ids, self.config.inference.batch_size, False, 0)
-        self._plans[part] = plan
+        if feed is None:
+            self._plans[part] = EpochPlan(ids, self.config.inference.batch_size, False, 0)
+            batches = self.stream([(part, 0, i) for i in range(self._plans[part].batches)])
+        else:
+            batches = itertools.islice(feed, self._plans[part].batches)
         model.network.eval()
         scorer = model.scorer(self.options)
         with torch.no_grad():
-            for key, batch in self.stream([(part, 0, i) for i in range(plan.batches)]):
+            for key, batch in batches:
                 scorer.add(self._on_device(model, self._checked(key, batch)))
         return scorer.metrics()
 
@@ -423,6 +489,33 @@ class SplitWorker:
         optimizer.load_state_dict(_optimizer_state(arrays, state["optimizer"]))
         epoch_ids = [arrays["epoch_ids"]] if len(arrays.get("epoch_ids", ())) else []
         return int(state["step"]), epoch_ids
+
+    def _publish(self, kind: str, directory: Path) -> None:
+        """Upload a directory just written, where nodes share no disk, in the outbox's order:
+        the event naming it goes out after it, and training goes on meanwhile. A checkpoint
+        is uploaded from a snapshot of hard links (its files are never rewritten, only
+        replaced whole), so the next one can be saved while it is on its way; at most
+        ``UPLOADS_AHEAD`` wait behind a slow gateway."""
+        publisher = self._publisher
+        if publisher is None:
+            return
+        source = Path(directory)
+        if kind == "checkpoint":
+            self.outbox.wait_calls(UPLOADS_AHEAD - 1)
+            self._snapshots += 1
+            source = source.with_name(f"{source.name}.upload-{self._snapshots}")
+            if source.exists():
+                shutil.rmtree(source)
+            shutil.copytree(directory, source, copy_function=_link_or_copy)
+
+        def upload() -> None:
+            try:
+                publisher.upload_directory(kind, source)
+            finally:
+                if source != Path(directory):
+                    shutil.rmtree(source, ignore_errors=True)
+
+        self.outbox.call(upload)
 
     def _save_checkpoint(
         self, model: Any, optimizer: Any, step: int, epoch_ids: list[np.ndarray]
@@ -461,21 +554,13 @@ class SplitWorker:
             events.append(
                 UsageEvent(node, 0.0, seconds, memory.get(node, 0.0) * wall[node], "loader", step)
             )
-        import ray
-
         for event in events:
             self._emit(event)
-        ray.get(self._last_emit)
         return now
 
     def _emit(self, event: Any) -> None:
-        """Send an event, in order: the runner serves calls on several threads, so a call is
-        sent only once the one before it has been buffered (one in flight, no reordering)."""
-        import ray
-
-        if self._last_emit is not None:
-            ray.get(self._last_emit)
-        self._last_emit = self.runner.emit.remote(event)
+        """Send an event, in order, without waiting (``outbox``)."""
+        self.outbox.emit(event)
 
     def _log(self, message: str, level: str = "info") -> None:
         self._emit(LogEvent(message, level=level, source="trainer"))
@@ -524,6 +609,13 @@ def _numpy(tensor: Any) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
     return tensor.numpy()
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, destination)
 
 
 def ids_digest(ids: np.ndarray) -> str:
