@@ -10,11 +10,13 @@ posting is the same posting, and a later one a new one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
-from ledger.postings import Posting, fee_account, pending, post_transaction, wallet_id
+from ledger.postings import Posting, fee_account_id, pending, post_transaction, wallet_id
 from ledger.pricing import Rates, platform_fee
 
 
@@ -62,12 +64,36 @@ def credit_pending(
     return amount
 
 
+@dataclass(frozen=True)
+class KnownPending:
+    """A pending account as its caller knows it within the transaction (it has just moved
+    money into it, and nothing out ever), so releasing it needs no reads."""
+
+    id: int
+    job_id: int
+    node_id: int
+    user_id: int
+    balance: int
+    paid_out: int = 0
+
+
+def _balance_and_paid_out(
+    session: Session, account: LedgerAccount | KnownPending
+) -> tuple[int, int]:
+    """What the account holds now, and what has gone out of it (its postings' keys name it)."""
+    if isinstance(account, KnownPending):
+        return account.balance, account.paid_out
+    session.refresh(account, ["balance"])
+    if account.balance <= 0:
+        return account.balance, 0
+    return account.balance, flows(session, account.id)[1]
+
+
 def release_pending(
-    session: Session, account: LedgerAccount, rates: Rates, *, memo: str
+    session: Session, account: LedgerAccount | KnownPending, rates: Rates, *, memo: str
 ) -> tuple[int, int]:
     """The account's whole balance to its owner, less the platform's fee: (credit, fee)."""
-    session.refresh(account, ["balance"])
-    amount = account.balance
+    amount, out = _balance_and_paid_out(session, account)
     if amount <= 0:
         return 0, 0
     assert account.user_id is not None and account.job_id is not None
@@ -77,9 +103,8 @@ def release_pending(
         owner = wallet_id(session, account.user_id)
         postings.append(Posting(owner, amount - fee, EntryKind.NODE_CREDIT, account.node_id))
     if fee:
-        fees = fee_account(session, account.node_id)
-        postings.append(Posting(fees.id, fee, EntryKind.PLATFORM_FEE, account.node_id))
-    _, out = flows(session, account.id)
+        fees = fee_account_id(session, account.node_id)
+        postings.append(Posting(fees, fee, EntryKind.PLATFORM_FEE, account.node_id))
     post_transaction(
         session,
         kind=TransactionKind.RELEASE,
@@ -92,13 +117,13 @@ def release_pending(
     return amount - fee, fee
 
 
-def void_pending(session: Session, account: LedgerAccount, *, payer_id: int, memo: str) -> int:
+def void_pending(
+    session: Session, account: LedgerAccount | KnownPending, *, payer_id: int, memo: str
+) -> int:
     """The account's whole balance back to the payer; what was voided."""
-    session.refresh(account, ["balance"])
-    amount = account.balance
+    amount, out = _balance_and_paid_out(session, account)
     if amount <= 0:
         return 0
-    _, out = flows(session, account.id)
     post_transaction(
         session,
         kind=TransactionKind.VOID,

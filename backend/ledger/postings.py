@@ -9,11 +9,12 @@ retried or concurrent duplicate return the first transaction instead of posting 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, inspect, select, text
+from sqlalchemy import TextClause, bindparam, delete, inspect, select, text
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
@@ -81,6 +82,8 @@ def _get_or_create(
     account = LedgerAccount(id=created, **values)
     make_transient_to_detached(account)  # the row exists: no read to hold it
     session.add(account)
+    # Whose it is, for this transaction's postings (the session holds the object weakly).
+    _cache(session, OWNERS)[created] = (kind.value, values["user_id"])
     return account
 
 
@@ -182,6 +185,36 @@ def wallet_id(session: Session, user_id: int) -> int:
     return known
 
 
+KNOWN_ACCOUNTS = text(
+    "SELECT id, kind, user_id, shard FROM ledger_accounts "
+    "WHERE (kind = 'wallet' AND user_id IN :users) OR (kind = 'platform_fee' AND shard IN :shards)"
+).bindparams(bindparam("users", expanding=True), bindparam("shards", expanding=True))
+
+
+def look_up_accounts(session: Session, user_ids: Iterable[int], node_ids: Iterable[int]) -> None:
+    """Find these users' wallets and the fee accounts of these nodes in one statement, for
+    the rest of the transaction (``wallet_id`` and ``fee_account_id`` then need none)."""
+    users = sorted(set(user_ids))
+    shards = sorted({node_id % FEE_SHARDS for node_id in node_ids})
+    if not users and not shards:
+        return
+    accounts, owners = _cache(session, ACCOUNTS), _cache(session, OWNERS)
+    values = {"users": users or [-1], "shards": shards or [-1]}
+    for account_id, kind, user_id, shard in session.execute(KNOWN_ACCOUNTS, values):
+        if kind == AccountKind.WALLET.value:
+            accounts[("wallet", user_id)] = account_id
+            owners[account_id] = (kind, user_id)
+        else:
+            accounts[("fee_id", shard)] = account_id
+            owners[account_id] = (kind, None)
+
+
+def fee_account_id(session: Session, node_id: int | None) -> int:
+    """The id of ``fee_account``: none or one cheap statement."""
+    known = _cache(session, ACCOUNTS).get(("fee_id", (node_id or 0) % FEE_SHARDS))
+    return known if known is not None else fee_account(session, node_id).id
+
+
 def pending(session: Session, job_id: int, node_id: int, owner_id: int) -> LedgerAccount:
     wallet_id(session, owner_id)  # first: the wallet keeps the count of the owner's entries
     lookup = {"job_id": job_id, "node_id": node_id, "user_id": owner_id}
@@ -267,6 +300,72 @@ def _apply(
     )
     if result.rowcount != 1:
         raise InsufficientFundsError(f"account {account_id} cannot cover {-delta} micro-tokens")
+
+
+Change = tuple[int, int, "WalletCounters | None"]  # account id, delta, a wallet's counters
+
+# Rows locked in id order before a set-based update changes them (the update's own locks
+# follow its plan's order, and concurrent postings must lock in one order). SQLite runs one
+# writer at a time and needs none.
+LOCK_IN_ORDER = text(
+    "SELECT id FROM ledger_accounts WHERE id IN :ids ORDER BY id FOR UPDATE"
+).bindparams(bindparam("ids", expanding=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _apply_many(rows: int) -> TextClause:
+    """Every change of a posting in one UPDATE (the same guard as ``APPLY`` per row); it
+    returns the ids it changed."""
+    values = ", ".join(
+        f"(CAST(:id{n} AS INTEGER), CAST(:delta{n} AS BIGINT), CAST(:earned{n} AS BIGINT), "
+        f"CAST(:spent{n} AS BIGINT), CAST(:entries{n} AS INTEGER))"
+        for n in range(rows)
+    )
+    return text(
+        f"WITH changes (id, delta, earned, spent, entries) AS (VALUES {values}) "
+        "UPDATE ledger_accounts SET balance = balance + changes.delta, "
+        "earned = ledger_accounts.earned + changes.earned, "
+        "spent = ledger_accounts.spent + changes.spent, "
+        "history_entries = history_entries + changes.entries "
+        "FROM changes WHERE ledger_accounts.id = changes.id AND (changes.delta >= 0 "
+        "OR ledger_accounts.kind = 'issuance' OR ledger_accounts.balance >= -changes.delta) "
+        "RETURNING ledger_accounts.id"
+    )
+
+
+def _apply_all(session: Session, changes: list[Change]) -> None:
+    """Apply every change or none (InsufficientFundsError): one statement for all of them
+    (two on PostgreSQL, the lock in id order first) where there are more than two."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if len(changes) <= (2 if postgres else 1):
+        applied: list[Change] = []
+        try:
+            for change in changes:
+                _apply(session, *change)
+                applied.append(change)
+        except InsufficientFundsError:
+            _undo(session, applied)
+            raise
+        return
+    if postgres:
+        session.execute(LOCK_IN_ORDER, {"ids": [account_id for account_id, _, _ in changes]})
+    values: dict[str, int] = {}
+    for n, (account_id, delta, counted) in enumerate(changes):
+        counted = counted or WalletCounters()
+        values |= {f"id{n}": account_id, f"delta{n}": delta, f"earned{n}": counted.earned}
+        values |= {f"spent{n}": counted.spent, f"entries{n}": counted.entries}
+    changed = set(session.execute(_apply_many(len(changes)), values).scalars())
+    if len(changed) != len(changes):
+        short = next(account_id for account_id, _, _ in changes if account_id not in changed)
+        _undo(session, [change for change in changes if change[0] in changed])
+        raise InsufficientFundsError(f"account {short} cannot cover its debit")
+
+
+def _undo(session: Session, applied: list[Change]) -> None:
+    """Undone by hand, within the caller's transaction (its row locks still held): no
+    savepoint round trips on the common path."""
+    for account_id, delta, counted in reversed(applied):
+        _apply(session, account_id, -delta, counted and counted.negated())
 
 
 def _wallet_counters(
@@ -430,17 +529,13 @@ def post_transaction(
         existing = find_transaction(session, key)
         assert existing is not None
         return first_result(existing)
-    applied: list[tuple[int, int, WalletCounters | None]] = []
+    changes = [
+        (account_id, deltas.get(account_id, 0), counters.get(account_id))
+        for account_id in sorted(set(deltas) | set(counters))  # one lock order
+    ]
     try:
-        for account_id in sorted(set(deltas) | set(counters)):  # one lock order
-            change = (account_id, deltas.get(account_id, 0), counters.get(account_id))
-            _apply(session, *change)
-            applied.append(change)
+        _apply_all(session, changes)
     except InsufficientFundsError:
-        # Undone by hand, within the caller's transaction (its row locks still held): no
-        # savepoint round trips on the common path.
-        for account_id, delta, counted in reversed(applied):
-            _apply(session, account_id, -delta, counted and counted.negated())
         session.execute(delete(LedgerTransaction).where(LedgerTransaction.id == transaction.id))
         session.expunge(transaction)
         raise

@@ -12,9 +12,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ledger.job_ledger import job_ledgers
-from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
-from ledger.pending import open_pending, release_pending, void_pending
-from ledger.postings import Posting, escrow, find_transaction, pending, post_transaction, wallet_id
+from ledger.models import (
+    AccountKind,
+    EntryKind,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    TransactionKind,
+)
+from ledger.pending import KnownPending, open_pending, release_pending, void_pending
+from ledger.postings import (
+    Posting,
+    escrow,
+    find_transaction,
+    look_up_accounts,
+    pending,
+    post_transaction,
+    wallet_id,
+)
 from ledger.pricing import Rates, ResourceSeconds, price_usage
 
 
@@ -120,26 +135,37 @@ def settle_job(
     result. ``refused_nodes``: nodes whose pending credit is voided instead of released;
     ``held_nodes``: nodes whose pending credit stays pending (an audit of their work is
     still to come, and releases or voids it)."""
-    existing = find_transaction(session, settlement_key(job_id))
-    if existing is not None:
-        return _result_of(session, existing.id, job_id, first_time=False)
-
-    # Lock the escrow row (PostgreSQL) so a concurrent settlement waits, then loses on the key.
-    job_escrow = session.scalar(
-        select(LedgerAccount)
+    key = settlement_key(job_id)
+    # Lock the escrow row (PostgreSQL) so a concurrent settlement waits, then loses on the
+    # key; whether this job was settled before comes with it.
+    posted_before = select(LedgerTransaction.id).where(LedgerTransaction.idempotency_key == key)
+    charged_before = select(LedgerEntry.id).where(
+        LedgerEntry.account_id == LedgerAccount.id, LedgerEntry.kind == EntryKind.CHARGE.value
+    )
+    found = session.execute(
+        select(LedgerAccount, posted_before.scalar_subquery(), charged_before.exists())
         .where(LedgerAccount.kind == AccountKind.ESCROW.value, LedgerAccount.job_id == job_id)
-        .with_for_update()
+        .with_for_update(of=LedgerAccount)
         .execution_options(populate_existing=True)
-    ) or escrow(session, job_id, job_owner_id)
-    already = charged_by_node(session, job_escrow.id)
+    ).first()
+    existing_id = found[1] if found is not None else _transaction_id(session, key)
+    if existing_id is not None:
+        return _result_of(session, existing_id, job_id, first_time=False)
+    job_escrow = found[0] if found is not None else escrow(session, job_id, job_owner_id)
+    # What checkpoints charged before, by node (read only where there was any).
+    already = charged_by_node(session, job_escrow.id) if found is not None and found[2] else {}
     held = job_escrow.balance + sum(already.values())
     owners = {item.node_id: item.owner_id for item in usage}
     targets = node_charges(usage, job_owner_id=job_owner_id, held=held, rates=rates)
     owed = top_ups(targets, already, job_escrow.balance)
+    # The wallets and fee accounts this settlement posts to, in one statement.
+    look_up_accounts(session, [job_owner_id, *(owners[node] for node in owed)], owed)
 
     postings: list[Posting] = []
+    charged_now: list[KnownPending] = []
     for node_id, amount in owed.items():
         account = pending(session, job_id, node_id, owners[node_id])
+        charged_now.append(KnownPending(account.id, job_id, node_id, owners[node_id], amount))
         postings.append(Posting(job_escrow.id, -amount, EntryKind.CHARGE, node_id))
         postings.append(Posting(account.id, amount, EntryKind.PENDING, node_id))
     refund = job_escrow.balance - sum(owed.values())
@@ -150,25 +176,50 @@ def settle_job(
     transaction, created = post_transaction(
         session,
         kind=TransactionKind.SETTLEMENT,
-        key=settlement_key(job_id),
+        key=key,
         postings=postings,
         job_id=job_id,
         memo=memo or f"settlement of job {job_id}",
     )
-    if created:
-        for account in open_pending(session, job_id=job_id):
-            if account.node_id in refused_nodes:
-                void_pending(
-                    session,
-                    account,
-                    payer_id=job_owner_id,
-                    memo=f"job {job_id}: node {account.node_id}'s work was refused",
-                )
-            elif account.node_id not in held_nodes:
-                release_pending(
-                    session, account, rates, memo=f"job {job_id}: node {account.node_id}'s work"
-                )
-    return _result_of(session, transaction.id, job_id, first_time=created)
+    if not created:
+        return _result_of(session, transaction.id, job_id, first_time=False)
+    # Where nothing was charged before, the only pending credit is this posting's (a pending
+    # account is only ever filled by charges): nothing to read back, and the result is
+    # what was just posted.
+    accounts = open_pending(session, job_id=job_id) if already else charged_now
+    voided, fees, credits = 0, 0, {}
+    for account in accounts:
+        if account.node_id in refused_nodes:
+            voided += void_pending(
+                session,
+                account,
+                payer_id=job_owner_id,
+                memo=f"job {job_id}: node {account.node_id}'s work was refused",
+            )
+        elif account.node_id not in held_nodes:
+            credit, fee = release_pending(
+                session, account, rates, memo=f"job {job_id}: node {account.node_id}'s work"
+            )
+            fees += fee
+            if credit:
+                credits[account.node_id] = credit
+    if already:
+        return _result_of(session, transaction.id, job_id, first_time=True)
+    return SettlementResult(
+        job_id=job_id,
+        transaction_id=transaction.id,
+        held=held,
+        charged=sum(owed.values()) - voided,
+        refunded=refund,
+        fees=fees,
+        credits=dict(sorted(credits.items())),
+        voided=voided,
+    )
+
+
+def _transaction_id(session: Session, key: str) -> int | None:
+    transaction = find_transaction(session, key)
+    return transaction.id if transaction is not None else None
 
 
 def _result_of(

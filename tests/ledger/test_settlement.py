@@ -268,3 +268,43 @@ def test_usage_over_the_hold_on_several_nodes_charges_exactly_the_hold() -> None
     charges = node_charges(usage, job_owner_id=99, held=1_000_000, rates=rates)
     assert sum(charges.values()) == 1_000_000
     assert sorted(charges.values()) == [333_333, 333_333, 333_334]
+
+
+def test_a_first_settlement_answers_what_its_entries_say(
+    client: TestClient,
+    session,
+    settings,
+    user: Account,
+    node_owner: Account,
+    other_node_owner: Account,
+) -> None:
+    """The first settlement builds its answer from what it posted (no read back); a second
+    call reads it from the entries. Both must agree: a node released, one refused, one
+    whose credit stays pending for an audit."""
+    from compute.billing.service import rates_from
+
+    released = register_node(client, node_owner.headers, "released")["id"]
+    refused = register_node(client, other_node_owner.headers, "refused")["id"]
+    held = register_node(client, other_node_owner.headers, "held")["id"]
+    job_id = submit_job(client, user.headers)["id"]
+    owners = {released: node_owner.id, refused: other_node_owner.id, held: other_node_owner.id}
+    hour = ResourceSeconds(cpu_core_seconds=1800.0)
+    settle = partial(
+        settle_job,
+        session,
+        job_id=job_id,
+        job_owner_id=user.id,
+        usage=[NodeUsage(node, owner, hour) for node, owner in owners.items()],
+        rates=rates_from(settings),
+        refused_nodes={refused},
+        held_nodes={held},
+    )
+    first = settle()
+    session.commit()
+    again = settle()
+    session.commit()
+    assert first.first_time and not again.first_time
+    assert first.voided > 0 and first.refunded > 0 and list(first.credits) == [released]
+    assert first.held == first.charged + first.voided + first.refunded
+    fields = ("held", "charged", "refunded", "fees", "credits", "voided", "transaction_id")
+    assert {f: getattr(first, f) for f in fields} == {f: getattr(again, f) for f in fields}

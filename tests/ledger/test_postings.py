@@ -1,0 +1,82 @@
+"""A posting over several accounts moves every balance or none (on SQLite and PostgreSQL):
+its balances are changed by one set-based statement, and a short debit must undo the rest."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from core.db import make_session_factory, session_scope
+from core.errors import InsufficientFundsError
+from ledger.invariants import ledger_report
+from ledger.models import MICRO, EntryKind, LedgerAccount, LedgerTransaction, TransactionKind
+from ledger.postings import Posting, post_transaction, wallet
+from tests.conftest import Account
+
+
+def _wallets(session, accounts: list[Account]) -> list[LedgerAccount]:
+    return [wallet(session, account.id) for account in accounts]
+
+
+def _balances(factory, accounts: list[Account]) -> list[int]:
+    with session_scope(factory) as session:
+        return [found.balance for found in _wallets(session, accounts)]
+
+
+def _transactions(factory) -> int:
+    with session_scope(factory) as session:
+        return session.scalar(select(func.count()).select_from(LedgerTransaction)) or 0
+
+
+@pytest.fixture
+def factory(client: TestClient):
+    return make_session_factory(client.app.state.engine)  # type: ignore[attr-defined]
+
+
+def _post(factory, accounts: list[Account], amounts: list[int], key: str) -> None:
+    with session_scope(factory) as session:
+        _post_in(session, accounts, amounts, key)
+
+
+def _post_in(session, accounts: list[Account], amounts: list[int], key: str) -> None:
+    ids = [found.id for found in _wallets(session, accounts)]
+    post_transaction(
+        session,
+        kind=TransactionKind.ADMIN_GRANT,
+        key=key,
+        postings=[Posting(i, a, EntryKind.GRANT) for i, a in zip(ids, amounts, strict=True)],
+    )
+
+
+def test_a_posting_over_four_wallets_moves_each_by_its_amount(
+    factory, user: Account, node_owner: Account, admin: Account, other_user: Account
+) -> None:
+    accounts = [user, node_owner, admin, other_user]
+    before = _balances(factory, accounts)
+    amounts = [-3 * MICRO, -2 * MICRO, 4 * MICRO, 1 * MICRO]
+    _post(factory, accounts, amounts, "four-way")
+    after = _balances(factory, accounts)
+    assert [a - b for a, b in zip(after, before, strict=True)] == amounts
+
+
+def test_a_short_debit_among_several_moves_no_balance_and_keeps_no_transaction(
+    factory, user: Account, node_owner: Account, admin: Account, other_user: Account
+) -> None:
+    accounts = [user, node_owner, admin, other_user]
+    before, transactions = _balances(factory, accounts), _transactions(factory)
+    # The first debit is covered, the second is not (more than the wallet holds).
+    too_much = before[1] + 1
+    amounts = [-1 * MICRO, -too_much, too_much, 1 * MICRO]
+    # Refused within a transaction that goes on and commits (as a caller that answers 402
+    # and keeps its other work does): nothing of the posting may be left in it.
+    with session_scope(factory) as session, pytest.raises(InsufficientFundsError):
+        _post_in(session, accounts, amounts, "short")
+    assert _balances(factory, accounts) == before
+    assert _transactions(factory) == transactions
+    # The key was never taken: the same key posts once the debit is covered.
+    _post(factory, accounts, [-1 * MICRO, -1 * MICRO, 1 * MICRO, 1 * MICRO], "short")
+    after = _balances(factory, accounts)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [-MICRO, -MICRO, MICRO, MICRO]
+    with session_scope(factory) as session:
+        assert ledger_report(session, terminal_job_ids=set()).invariant_ok
