@@ -16,7 +16,15 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry, TransactionKind
-from ledger.postings import Posting, fee_account_id, pending, post_transaction, wallet_id
+from ledger.postings import (
+    Posting,
+    TransactionRequest,
+    fee_account_id,
+    pending,
+    post,
+    post_transaction,
+    wallet_id,
+)
 from ledger.pricing import Rates, platform_fee
 
 
@@ -93,9 +101,20 @@ def release_pending(
     session: Session, account: LedgerAccount | KnownPending, rates: Rates, *, memo: str
 ) -> tuple[int, int]:
     """The account's whole balance to its owner, less the platform's fee: (credit, fee)."""
+    request, credit, fee = release_request(session, account, rates, memo=memo)
+    if request is not None:
+        post(session, request)
+    return credit, fee
+
+
+def release_request(
+    session: Session, account: LedgerAccount | KnownPending, rates: Rates, *, memo: str
+) -> tuple[TransactionRequest | None, int, int]:
+    """What ``release_pending`` posts (None where the account holds nothing), with the
+    owner's credit and the platform's fee."""
     amount, out = _balance_and_paid_out(session, account)
     if amount <= 0:
-        return 0, 0
+        return None, 0, 0
     assert account.user_id is not None and account.job_id is not None
     fee = platform_fee(amount, rates)
     postings = [Posting(account.id, -amount, EntryKind.RELEASE, account.node_id)]
@@ -105,8 +124,7 @@ def release_pending(
     if fee:
         fees = fee_account_id(session, account.node_id)
         postings.append(Posting(fees, fee, EntryKind.PLATFORM_FEE, account.node_id))
-    post_transaction(
-        session,
+    request = TransactionRequest(
         kind=TransactionKind.RELEASE,
         key=f"release:job:{account.job_id}:node:{account.node_id}:after:{out}",
         postings=postings,
@@ -114,18 +132,27 @@ def release_pending(
         node_id=account.node_id,
         memo=memo,
     )
-    return amount - fee, fee
+    return request, amount - fee, fee
 
 
 def void_pending(
     session: Session, account: LedgerAccount | KnownPending, *, payer_id: int, memo: str
 ) -> int:
     """The account's whole balance back to the payer; what was voided."""
+    request, amount = void_request(session, account, payer_id=payer_id, memo=memo)
+    if request is not None:
+        post(session, request)
+    return amount
+
+
+def void_request(
+    session: Session, account: LedgerAccount | KnownPending, *, payer_id: int, memo: str
+) -> tuple[TransactionRequest | None, int]:
+    """What ``void_pending`` posts (None where the account holds nothing), and its amount."""
     amount, out = _balance_and_paid_out(session, account)
     if amount <= 0:
-        return 0
-    post_transaction(
-        session,
+        return None, 0
+    request = TransactionRequest(
         kind=TransactionKind.VOID,
         key=f"void:job:{account.job_id}:node:{account.node_id}:after:{out}",
         postings=[
@@ -136,7 +163,7 @@ def void_pending(
         node_id=account.node_id,
         memo=memo,
     )
-    return amount
+    return request, amount
 
 
 def open_pending(

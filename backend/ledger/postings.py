@@ -46,6 +46,18 @@ class Posting:
     node_id: int | None = None
 
 
+@dataclass(frozen=True)
+class TransactionRequest:
+    """A balanced transaction to post (``post_transaction``'s arguments, as one value)."""
+
+    kind: TransactionKind
+    key: str
+    postings: list[Posting]
+    job_id: int | None = None
+    node_id: int | None = None
+    memo: str = ""
+
+
 INSERT_ACCOUNT = text(
     "INSERT INTO ledger_accounts (kind, user_id, job_id, node_id, shard, balance, earned, "
     "spent, history_entries, created_at) VALUES (:kind, :user_id, :job_id, :node_id, :shard, "
@@ -546,3 +558,92 @@ def post_transaction(
         if account is not None:
             session.expire(account, ["balance", "earned", "spent", "history_entries"])
     return transaction, True
+
+
+def post(session: Session, request: TransactionRequest) -> tuple[LedgerTransaction, bool]:
+    """``post_transaction`` of a request."""
+    return post_transaction(
+        session,
+        kind=request.kind,
+        key=request.key,
+        postings=request.postings,
+        job_id=request.job_id,
+        node_id=request.node_id,
+        memo=request.memo,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_transactions(rows: int) -> TextClause:
+    values = ", ".join(
+        f"(:kind{n}, :key{n}, :job_id{n}, :node_id{n}, :memo{n}, :created_at)" for n in range(rows)
+    )
+    return text(
+        "INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, memo, "
+        f"created_at) VALUES {values} ON CONFLICT (idempotency_key) DO NOTHING "
+        "RETURNING id, idempotency_key"
+    ).bindparams(bindparam("created_at", type_=UTCDateTime()))
+
+
+def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[int] | None:
+    """Post several balanced transactions that follow one another (a settlement and the
+    releases of the credit it charged) as one set of rows: their keys in one statement,
+    every balance they change in one (after one ordered lock on PostgreSQL), every entry in
+    one. The balances end as posting them one by one would leave them (an account that one
+    takes in and the next pays out moves by the difference; a debit covered only by an
+    earlier request's credit is not this function's to post). Their ids; None, with nothing
+    posted, where any key was posted before (the caller then posts them one by one,
+    ``post_transaction``, which answers each duplicate)."""
+    for request in requests:
+        if sum(p.amount for p in request.postings) != 0:
+            raise UnbalancedTransactionError("a transaction's entries must sum to zero")
+        if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in request.postings):
+            raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
+    postings = [posting for request in requests for posting in request.postings]
+    deltas: dict[int, int] = defaultdict(int)
+    for posting in postings:
+        deltas[posting.account_id] += posting.amount
+    owners = _owners(session, deltas)
+    counters = _wallet_counters(session, postings, owners)
+    values: dict[str, object] = {"created_at": utcnow()}
+    for n, request in enumerate(requests):
+        values |= {f"kind{n}": request.kind.value, f"key{n}": request.key}
+        values |= {f"job_id{n}": request.job_id, f"node_id{n}": request.node_id}
+        values[f"memo{n}"] = request.memo
+    ids = dict(
+        (key, new_id)
+        for new_id, key in session.execute(_insert_transactions(len(requests)), values)
+    )
+    if len(ids) != len(requests):  # some key was there: take back the rest
+        if ids:
+            session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(ids.values())))
+        return None
+    changes = [
+        (account_id, deltas.get(account_id, 0), counters.get(account_id))
+        for account_id in sorted(set(deltas) | set(counters))
+        if deltas.get(account_id) or counters.get(account_id)
+    ]
+    try:
+        _apply_all(session, changes)
+    except InsufficientFundsError:
+        session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(ids.values())))
+        raise
+    rows = [
+        {
+            "transaction_id": ids[request.key],
+            "account_id": p.account_id,
+            "kind": p.kind.value,
+            "amount": p.amount,
+            "node_id": p.node_id,
+            "user_id": owners[p.account_id][1],
+        }
+        for request in requests
+        for p in request.postings
+    ]
+    if rows:
+        session.execute(INSERT_ENTRIES, rows)
+    for account_id in deltas.keys() | counters.keys():  # changed under the ORM's feet: reload
+        account = session.identity_map.get(identity_key(LedgerAccount, account_id))
+        if account is not None:
+            session.expire(account, ["balance", "earned", "spent", "history_entries"])
+    return [ids[request.key] for request in requests]

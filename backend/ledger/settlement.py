@@ -20,14 +20,16 @@ from ledger.models import (
     LedgerTransaction,
     TransactionKind,
 )
-from ledger.pending import KnownPending, open_pending, release_pending, void_pending
+from ledger.pending import KnownPending, open_pending, release_request, void_request
 from ledger.postings import (
     Posting,
+    TransactionRequest,
     escrow,
     find_transaction,
     look_up_accounts,
     pending,
-    post_transaction,
+    post,
+    post_all_new,
     wallet_id,
 )
 from ledger.pricing import Rates, ResourceSeconds, price_usage
@@ -173,48 +175,80 @@ def settle_job(
         postings.append(Posting(job_escrow.id, -refund, EntryKind.REFUND))
         postings.append(Posting(wallet_id(session, job_owner_id), refund, EntryKind.REFUND))
 
-    transaction, created = post_transaction(
-        session,
+    settlement = TransactionRequest(
         kind=TransactionKind.SETTLEMENT,
         key=key,
         postings=postings,
         job_id=job_id,
         memo=memo or f"settlement of job {job_id}",
     )
-    if not created:
-        return _result_of(session, transaction.id, job_id, first_time=False)
-    # Where nothing was charged before, the only pending credit is this posting's (a pending
-    # account is only ever filled by charges): nothing to read back, and the result is
-    # what was just posted.
-    accounts = open_pending(session, job_id=job_id) if already else charged_now
-    voided, fees, credits = 0, 0, {}
-    for account in accounts:
-        if account.node_id in refused_nodes:
-            voided += void_pending(
-                session,
-                account,
-                payer_id=job_owner_id,
-                memo=f"job {job_id}: node {account.node_id}'s work was refused",
+    if not already:
+        # Nothing was charged before, so the only pending credit is this posting's (a
+        # pending account is only ever filled by charges): what happens to it is known now,
+        # and the settlement posts together with it, its answer built from what it posted.
+        moves = _pending_moves(session, charged_now, job_owner_id, rates, refused_nodes, held_nodes)
+        posted = post_all_new(session, [settlement, *(request for request, _ in moves)])
+        if posted is not None:
+            voided = sum(move.voided for _, move in moves)
+            return SettlementResult(
+                job_id=job_id,
+                transaction_id=posted[0],
+                held=held,
+                charged=sum(owed.values()) - voided,
+                refunded=refund,
+                fees=sum(move.fee for _, move in moves),
+                credits={move.node_id: move.credit for _, move in moves if move.credit},
+                voided=voided,
             )
-        elif account.node_id not in held_nodes:
-            credit, fee = release_pending(
-                session, account, rates, memo=f"job {job_id}: node {account.node_id}'s work"
-            )
-            fees += fee
-            if credit:
-                credits[account.node_id] = credit
-    if already:
-        return _result_of(session, transaction.id, job_id, first_time=True)
-    return SettlementResult(
-        job_id=job_id,
-        transaction_id=transaction.id,
-        held=held,
-        charged=sum(owed.values()) - voided,
-        refunded=refund,
-        fees=fees,
-        credits=dict(sorted(credits.items())),
-        voided=voided,
-    )
+    # Credit charged before (by checkpoints), or a concurrent settlement got there first:
+    # one posting at a time, the pending credit read back.
+    transaction, created = post(session, settlement)
+    if created:
+        accounts = open_pending(session, job_id=job_id)
+        for request, _ in _pending_moves(
+            session, accounts, job_owner_id, rates, refused_nodes, held_nodes
+        ):
+            post(session, request)
+    return _result_of(session, transaction.id, job_id, first_time=created)
+
+
+@dataclass(frozen=True)
+class PendingMove:
+    """What a settlement does with one node's pending credit."""
+
+    node_id: int
+    credit: int = 0  # released to the owner
+    fee: int = 0  # the platform's, on release
+    voided: int = 0  # back to the payer
+
+
+def _pending_moves(
+    session: Session,
+    accounts: Sequence[LedgerAccount | KnownPending],
+    payer_id: int,
+    rates: Rates,
+    refused_nodes: Collection[int],
+    held_nodes: Collection[int],
+) -> list[tuple[TransactionRequest, PendingMove]]:
+    """Each account's credit voided back to the payer where its node's work was refused,
+    left pending where an audit of it is to come, released to its owner otherwise; in
+    node order."""
+    moves: list[tuple[TransactionRequest, PendingMove]] = []
+    for account in sorted(accounts, key=lambda found: (found.node_id or 0, found.id)):
+        node_id, job_id = account.node_id, account.job_id
+        if node_id in refused_nodes:
+            memo = f"job {job_id}: node {node_id}'s work was refused"
+            request, amount = void_request(session, account, payer_id=payer_id, memo=memo)
+            move = PendingMove(node_id, voided=amount)
+        elif node_id not in held_nodes:
+            memo = f"job {job_id}: node {node_id}'s work"
+            request, credit, fee = release_request(session, account, rates, memo=memo)
+            move = PendingMove(node_id, credit=credit, fee=fee)
+        else:
+            continue
+        if request is not None:
+            moves.append((request, move))
+    return moves
 
 
 def _transaction_id(session: Session, key: str) -> int | None:

@@ -80,3 +80,51 @@ def test_a_short_debit_among_several_moves_no_balance_and_keeps_no_transaction(
     assert [a - b for a, b in zip(after, before, strict=True)] == [-MICRO, -MICRO, MICRO, MICRO]
     with session_scope(factory) as session:
         assert ledger_report(session, terminal_job_ids=set()).invariant_ok
+
+
+def _request(session, accounts: list[Account], amounts: list[int], key: str):
+    from ledger.postings import TransactionRequest
+
+    ids = [found.id for found in _wallets(session, accounts)]
+    postings = [Posting(i, a, EntryKind.GRANT) for i, a in zip(ids, amounts, strict=True)]
+    return TransactionRequest(TransactionKind.ADMIN_GRANT, key, postings)
+
+
+def test_postings_made_together_move_the_net_and_keep_every_entry(
+    factory, user: Account, node_owner: Account, other_user: Account
+) -> None:
+    """A settlement and the release of what it charged, as one set of rows: an account one
+    request pays into and the next pays out of moves by the difference, and each keeps
+    its entries."""
+    from ledger.models import LedgerEntry
+    from ledger.postings import post_all_new
+
+    accounts = [user, node_owner, other_user]
+    before = _balances(factory, accounts)
+    with session_scope(factory) as session:
+        first = _request(session, accounts[:2], [-2 * MICRO, 2 * MICRO], "together-1")
+        then = _request(session, accounts[1:], [-2 * MICRO, 2 * MICRO], "together-2")
+        ids = post_all_new(session, [first, then])
+        assert ids is not None and len(set(ids)) == 2
+    after = _balances(factory, accounts)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [-2 * MICRO, 0, 2 * MICRO]
+    with session_scope(factory) as session:
+        entries = session.scalars(select(LedgerEntry).where(LedgerEntry.transaction_id.in_(ids)))
+        assert sorted(entry.amount for entry in entries) == [-2 * MICRO] * 2 + [2 * MICRO] * 2
+        assert ledger_report(session, terminal_job_ids=set()).invariant_ok
+
+
+def test_postings_made_together_post_nothing_where_a_key_was_posted_before(
+    factory, user: Account, node_owner: Account
+) -> None:
+    from ledger.postings import post_all_new
+
+    accounts = [user, node_owner]
+    _post(factory, accounts, [-MICRO, MICRO], "posted-before")
+    before, transactions = _balances(factory, accounts), _transactions(factory)
+    with session_scope(factory) as session:
+        fresh = _request(session, accounts, [-MICRO, MICRO], "not-yet")
+        again = _request(session, accounts, [-MICRO, MICRO], "posted-before")
+        assert post_all_new(session, [fresh, again]) is None
+    assert _balances(factory, accounts) == before
+    assert _transactions(factory) == transactions
