@@ -12,6 +12,14 @@ is a fresh Python process (ours: this script with ``--one-run``; Flower's:
 shut down. The sides alternate (ours, Flower, ours, Flower, ...) so that a machine shared
 with other work slows both alike; the medians of each side and their ratio are reported.
 
+Two states of the machine, the same for both sides (``--machine``): **warm**, each side's
+Ray up before the runs (ours as a node's agent starts and keeps it, ``ray_module.head``;
+Flower's, of its own Ray version, by its venv's ``ray start`` with the same options), every
+run joining it as a DistLM job's driver joins its node's Ray (Flower's ``init_args`` take an
+address); **cold**, every run starting and stopping a Ray of its own, as Flower's simulation
+does by default. A DistLM node runs a single-node job on its warm Ray, so warm is how the
+platform runs this job; cold is what a run costs when nothing was up.
+
     .venv/bin/python benchmarks/fedavg_vs_flower.py                  # 4x10, 4x40, 8x20; 3 runs
     .venv/bin/python benchmarks/fedavg_vs_flower.py --configs 4x10 --repeat 5
 """
@@ -19,9 +27,12 @@ with other work slows both alike; the medians of each side and their ratio are r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -97,8 +108,19 @@ def run_ours_here(args: argparse.Namespace) -> dict[str, Any]:
 
     plans = worker_plans(args)
     started = time.perf_counter()
-    # A node keeps its Ray warm between jobs; here, as on Flower's side, Ray starts per run.
-    connect(ClusterConfig(num_cpus=args.num_cpus, resources={node_resource(1): 1000}))
+    if args.ray_address:
+        # A warm node: its Ray was started by its agent before any job, and a job's driver
+        # joins it (as ``agent.driver`` does; the token comes in the environment).
+        host = args.ray_address.rsplit(":", 1)[0]
+        ray.init(
+            address=args.ray_address,
+            namespace="distlm",
+            log_to_driver=False,
+            _node_ip_address=host,
+        )
+    else:
+        # Ray started in the run, as on Flower's side.
+        connect(ClusterConfig(num_cpus=args.num_cpus, resources={node_resource(1): 1000}))
     ray_up = time.perf_counter()
     ray_up_unix = time.time()
     with tempfile.TemporaryDirectory() as storage:
@@ -113,7 +135,7 @@ def run_ours_here(args: argparse.Namespace) -> dict[str, Any]:
     rounds = [r for r in metrics if r.event.step > 0]
     accuracies = [r.event.values["validation_accuracy"] for r in rounds]
     return {
-        "engine": "distlm",
+        "engine": "distlm-warm" if args.ray_address else "distlm",
         "hosts": len(plans),
         "wall_s": finished - started,
         "ray_start_s": ray_up - started,
@@ -145,9 +167,9 @@ def become_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def reap_everything(timeout_s: float = 30.0) -> None:
-    """Wait for every descendant left: the next run starts on a machine with none of this
-    run's processes still exiting."""
+def reap_everything(timeout_s: float = 30.0, keep: frozenset[int] = frozenset()) -> None:
+    """Wait for every descendant left but ``keep`` (a warm node's Ray): the next run starts on
+    a machine with none of this run's processes still exiting."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -155,10 +177,27 @@ def reap_everything(timeout_s: float = 30.0) -> None:
         except ChildProcessError:
             return
         if pid == 0:
+            if keep and not own_children() - keep:
+                return
             if time.monotonic() > deadline:
-                print("  (processes of the last run still alive; not waited for)", flush=True)
+                left = sorted(own_children() - keep)
+                names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in left[:5]]
+                print(f"  (processes of the last run still alive, not waited for: {names})")
                 return
             time.sleep(0.05)
+
+
+def own_children() -> set[int]:
+    children = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path("/proc", entry.name, "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
+                children.add(int(entry.name))
+    return children
 
 
 class TreeCPU:
@@ -170,10 +209,13 @@ class TreeCPU:
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.seen: dict[tuple[int, str], float] = {}  # (pid, start time): CPU-s
+        self.before: dict[tuple[int, str], float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
     def __enter__(self) -> TreeCPU:
+        self.sample()  # what processes already running (a warm node's Ray) had used before
+        self.before = dict(self.seen)
         self.thread.start()
         return self
 
@@ -183,7 +225,7 @@ class TreeCPU:
 
     @property
     def total_s(self) -> float:
-        return sum(self.seen.values())
+        return sum(used - self.before.get(key, 0.0) for key, used in self.seen.items())
 
     def _sample_until_stopped(self) -> None:
         while not self.stop.wait(self.interval_s):
@@ -212,12 +254,15 @@ class TreeCPU:
                 self.seen[(pid, started)] = used
 
 
-def last_json(command: list[str], env: dict[str, str], side: str) -> dict[str, Any]:
+def last_json(
+    command: list[str], env: dict[str, str], side: str, keep: frozenset[int] = frozenset()
+) -> dict[str, Any]:
     """Run one side's process; its JSON line, with the CPU-seconds its whole process tree
-    used (Python's start and imports, Ray's daemons and workers, the clients)."""
+    used (Python's start and imports, Ray's daemons and workers, the clients; on a warm
+    node, what its Ray's processes used during the run)."""
     with TreeCPU() as meter:
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        reap_everything()
+        reap_everything(keep=keep)
     cpu_s = meter.total_s
     if done.returncode != 0:
         raise SystemExit(f"{side}'s run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -227,23 +272,126 @@ def last_json(command: list[str], env: dict[str, str], side: str) -> dict[str, A
     return {**run, "cpu_s": cpu_s}
 
 
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    """One run of ours in a fresh process, as Flower's is."""
+def run_ours(
+    args: argparse.Namespace, node: WarmNode | None, *, keep: frozenset[int]
+) -> dict[str, Any]:
+    """One run of ours in a fresh process, as Flower's is: starting its own Ray, or joining
+    the warm Ray of a ``node``, as a job's driver does."""
     command = [sys.executable, str(Path(__file__).resolve()), "--one-run", *task_flags(args)]
-    return last_json(command, dict(os.environ), "DistLM")
+    env = dict(os.environ)
+    if node is not None:
+        command += ["--ray-address", node.record.address]
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=node.record.auth_token)
+    return last_json(command, env, "DistLM", keep=keep)
 
 
-def run_flower(args: argparse.Namespace) -> dict[str, Any]:
+class WarmNode:
+    """A node's own Ray, started once before the runs as a node's agent starts it
+    (``agent.own_ray``: ``ray_module.head.start_head`` with the node's resources and a token
+    of its own), and stopped after them."""
+
+    def __init__(self, num_cpus: int) -> None:
+        import secrets
+
+        from ray_module.cluster import ClusterConfig
+        from ray_module.head import HeadDirectory, start_head
+        from ray_module.resources import node_resource
+
+        self.directory = tempfile.TemporaryDirectory()
+        config = ClusterConfig(
+            num_cpus=num_cpus,
+            resources={node_resource(1): 1000},
+            auth_token=secrets.token_urlsafe(32),
+        )
+        self.record = start_head(config, HeadDirectory(Path(self.directory.name)), host="127.0.0.1")
+        self.address = self.record.address
+        self.pids = frozenset({self.record.pid})
+        self._settle()
+
+    def _settle(self) -> None:
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.record.auth_token}
+        settle(sys.executable, self.record.address, env)
+
+    def stop(self) -> None:
+        from ray_module.head import stop_head
+
+        stop_head(self.record)
+        self.directory.cleanup()
+
+
+def settle(python: str, address: str, env: dict[str, str], timeout_s: float = 60.0) -> None:
+    """Join a just-started Ray once and leave (as a first job's driver would), then wait
+    until its processes are idle: a warm node has been up a while, not a second."""
+    join = f"import ray; ray.init(address={address!r}); ray.shutdown()"
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run([python, "-c", join], env=env, capture_output=True).returncode:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the warm Ray at {address} did not answer")
+        time.sleep(1.0)
+    with TreeCPU(interval_s=0.5) as meter:
+        used = 0.0
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            meter.sample()
+            if meter.total_s - used < 0.1:  # CPU-s in the last second
+                return
+            used = meter.total_s
+
+
+def flower_env() -> dict[str, str]:
+    """Flower's own Ray, not ours: keep our environment's Ray settings out of its way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+class FlowerWarmRay:
+    """Flower's side of a warm machine: a Ray of Flower's own version (its venv's ``ray
+    start``), with the same options as our node's head, started once; each Flower run joins
+    it (Flower's ``init_args`` take an address) instead of starting one."""
+
+    def __init__(self, num_cpus: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        command = [
+            str(FLOWER_PYTHON.with_name("ray")),
+            *("start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1"),
+            *(f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false"),
+            *("--include-log-monitor=false", "--disable-usage-stats"),
+        ]
+        env = {**flower_env(), "RAY_AUTH_MODE": "disabled"}
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        self.pids = frozenset({self.process.pid})
+        settle(str(FLOWER_PYTHON), self.address, env)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def run_flower(
+    args: argparse.Namespace, warm_ray: FlowerWarmRay | None, *, keep: frozenset[int]
+) -> dict[str, Any]:
     command = [
         str(FLOWER_PYTHON),
         str(ROOT / "benchmarks" / "flower_digits.py"),
         *task_flags(args),
         *("--cpus-per-client", str(args.flower_cpus_per_client)),
     ]
-    # Flower's own Ray, not ours: keep our environment's Ray settings out of its way.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.pop("PYTHONPATH", None)
-    return last_json(command, env, "Flower")
+    env = flower_env()
+    if warm_ray is not None:
+        command += ["--ray-address", warm_ray.address]
+        env["RAY_AUTH_MODE"] = "disabled"
+    return last_json(command, env, "Flower", keep=keep)
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -255,7 +403,7 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 
 def describe(run: dict[str, Any]) -> str:
-    if run["engine"] == "distlm":
+    if run["engine"].startswith("distlm"):
         return (
             f"distlm: wall {run['wall_s']:.2f} s (Ray start {run['ray_start_s']:.2f}, hosts "
             f"ready {run['hosts_ready_s']:.2f}, rounds {run['rounds_s']:.2f}, model saved "
@@ -293,11 +441,19 @@ def main() -> None:
         default=1.0,
         help="Flower's client_resources num_cpus (1.0: one client actor per core, as ours)",
     )
+    parser.add_argument(
+        "--machine",
+        default="warm,cold",
+        help="warm: each side's Ray is up before the runs (ours as a node's agent keeps it, "
+        "Flower's of its own version with the same options) and each run joins it; cold: each "
+        "run starts its own; or both",
+    )
     parser.add_argument("--skip-flower", action="store_true")
     # Internal: one run of ours with these flags, its JSON on the last line.
     parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("--ray-address", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one_run:
@@ -307,65 +463,116 @@ def main() -> None:
         subprocess.run(["bash", str(ROOT / "benchmarks" / "flower_setup.sh")], check=True)
     become_subreaper()
 
-    summary = []
-    for clients, rounds in parse_configs(args.configs):
-        args.clients, args.rounds = clients, rounds
-        hosts = len(worker_plans(args))
-        print(
-            f"\n{clients} clients x {rounds} rounds: digits, mlp({args.hidden}), "
-            f"{args.local_epochs} local epochs, batch {args.batch_size}, lr "
-            f"{args.learning_rate}, {args.num_cpus} CPUs; ours {hosts} client hosts of "
-            f"{args.num_cpus / hosts:g} CPU, Flower {args.flower_cpus_per_client:g} CPU a client",
-            flush=True,
-        )
-        ours: list[dict[str, Any]] = []
-        flower: list[dict[str, Any]] = []
-        for _ in range(args.repeat):  # alternate the sides
-            ours.append(run_ours(args))
-            print(f"  {describe(ours[-1])}", flush=True)
-            if not args.skip_flower:
-                flower.append(run_flower(args))
-                print(f"  {describe(flower[-1])}", flush=True)
-        accuracies = {run["final_accuracy"] for run in ours + flower}
-        summary.append((clients, rounds, ours, flower, accuracies))
+    modes = [mode.strip() for mode in args.machine.split(",") if mode.strip()]
+    if set(modes) - {"warm", "cold"} or not modes:
+        raise SystemExit("--machine takes warm, cold or both")
+    warm = WarmRays(args.num_cpus, flower=not args.skip_flower) if "warm" in modes else None
+    try:
+        summary = [one_configuration(args, clients, rounds, modes, warm)
+                   for clients, rounds in parse_configs(args.configs)]  # fmt: skip
+    finally:
+        if warm is not None:
+            warm.stop()
+    print_summary(summary, modes)
 
+
+Runs = list[dict[str, Any]]
+Configuration = tuple[int, int, dict[str, Runs], dict[str, Runs], set[float]]
+
+
+class WarmRays:
+    """Both sides' warm Ray, each of its own version, started before the runs."""
+
+    def __init__(self, num_cpus: int, *, flower: bool) -> None:
+        self.ours = WarmNode(num_cpus)
+        self.flower = FlowerWarmRay(num_cpus) if flower else None
+        self.pids = self.ours.pids | (self.flower.pids if self.flower else frozenset())
+
+    def stop(self) -> None:
+        self.ours.stop()
+        if self.flower is not None:
+            self.flower.stop()
+        reap_everything()
+
+
+def one_configuration(
+    args: argparse.Namespace, clients: int, rounds: int, modes: list[str], warm: WarmRays | None
+) -> Configuration:
+    args.clients, args.rounds = clients, rounds
+    hosts = len(worker_plans(args))
     print(
-        "\nmedians | distlm wall s | flower wall s | ratio (aim <= 0.4) | distlm CPU-s | "
+        f"\n{clients} clients x {rounds} rounds: digits, mlp({args.hidden}), "
+        f"{args.local_epochs} local epochs, batch {args.batch_size}, lr "
+        f"{args.learning_rate}, {args.num_cpus} CPUs; ours {hosts} client hosts of "
+        f"{args.num_cpus / hosts:g} CPU, Flower {args.flower_cpus_per_client:g} CPU a client",
+        flush=True,
+    )
+    keep = warm.pids if warm else frozenset()
+    ours: dict[str, Runs] = {mode: [] for mode in modes}
+    flower: dict[str, Runs] = {mode: [] for mode in modes}
+    for _ in range(args.repeat):  # alternate the sides
+        for mode in modes:
+            on_warm = warm is not None and mode == "warm"
+            ours[mode].append(run_ours(args, warm.ours if on_warm else None, keep=keep))
+            print(f"  {mode}: {describe(ours[mode][-1])}", flush=True)
+            if not args.skip_flower:
+                ray = warm.flower if on_warm else None
+                flower[mode].append(run_flower(args, ray, keep=keep))
+                print(f"  {mode}: {describe(flower[mode][-1])}", flush=True)
+    runs = [run for side in (ours, flower) for by_mode in side.values() for run in by_mode]
+    return clients, rounds, ours, flower, {run["final_accuracy"] for run in runs}
+
+
+MACHINES = {
+    "warm": "Ray up before the run (a node's, kept warm), on both sides",
+    "cold": "Ray started in the run, on both sides",
+}
+
+
+def print_summary(summary: list[Configuration], modes: list[str]) -> None:
+    print(
+        "\nmedians | Ray | distlm wall s | flower wall s | ratio (aim <= 0.4) | distlm CPU-s | "
         "flower CPU-s | ratio | final accuracy"
     )
-    for clients, rounds, ours, flower, accuracies in summary:
-        ours_s, ours_cpu = median_of(ours, "wall_s"), median_of(ours, "cpu_s")
-        if flower:
-            flower_s, flower_cpu = median_of(flower, "wall_s"), median_of(flower, "cpu_s")
-            theirs = (
-                f"{flower_s:.2f} | {ours_s / flower_s:.2f} | {ours_cpu:.1f} | "
-                f"{flower_cpu:.1f} | {ours_cpu / flower_cpu:.2f}"
-            )
-            report(
-                "fedavg_vs_flower",
-                f"{clients} clients x {rounds} rounds, wall (median of {len(ours)})",
-                ours_s,
-                unit="s",
-                baseline=flower_s,
-                baseline_name="Flower simulation",
-                aim="<= 0.4",
-            )
-        else:
-            theirs = f"- | - | {ours_cpu:.1f} | - | -"
-        same = "equal" if len(accuracies) == 1 else "DIFFER"
-        shown = ", ".join(f"{a:.4f}" for a in sorted(accuracies))
-        print(f"{clients}x{rounds} | {ours_s:.2f} | {theirs} | {shown} ({same})")
+    for clients, rounds, ours_by_mode, flower_by_mode, accuracies in summary:
+        for mode in modes:
+            ours, flower = ours_by_mode[mode], flower_by_mode[mode]
+            ours_s, ours_cpu = median_of(ours, "wall_s"), median_of(ours, "cpu_s")
+            if flower:
+                flower_s, flower_cpu = median_of(flower, "wall_s"), median_of(flower, "cpu_s")
+                theirs = (
+                    f"{flower_s:.2f} | {ours_s / flower_s:.2f} | {ours_cpu:.1f} | "
+                    f"{flower_cpu:.1f} | {ours_cpu / flower_cpu:.2f}"
+                )
+                report(
+                    "fedavg_vs_flower",
+                    f"{clients} clients x {rounds} rounds, {MACHINES[mode]}, wall (median of "
+                    f"{len(ours)})",
+                    ours_s,
+                    unit="s",
+                    baseline=flower_s,
+                    baseline_name="Flower simulation",
+                    aim="<= 0.4",
+                )
+            else:
+                theirs = f"- | - | {ours_cpu:.1f} | - | -"
+            same = "equal" if len(accuracies) == 1 else "DIFFER"
+            shown = ", ".join(f"{a:.4f}" for a in sorted(accuracies))
+            print(f"{clients}x{rounds} | {mode} | {ours_s:.2f} | {theirs} | {shown} ({same})")
     print(
-        "\nmedians, s | distlm Ray start | hosts ready | rounds | shutdown | "
-        "flower Ray start | shutdown | wall less Ray start and shutdown: distlm | flower | ratio"
+        "\nmedians, s | Ray | distlm Ray start or join | hosts ready | rounds | shutdown or "
+        "leave | flower Ray start or join | shutdown or leave | wall less those: distlm | "
+        "flower | ratio"
     )
-    for clients, rounds, ours, flower, _ in summary:
-        parts = [median_of(ours, key) for key in OUR_PARTS]
-        if flower:
-            parts += [median_of(flower, key) for key in ("ray_start_s", "shutdown_s")]
-            ours_rest, flower_rest = median_of(ours, "engine_s"), median_of(flower, "engine_s")
-            parts += [ours_rest, flower_rest, ours_rest / flower_rest]
-        print(f"{clients}x{rounds} | " + " | ".join(f"{part:.2f}" for part in parts))
+    for clients, rounds, ours_by_mode, flower_by_mode, _ in summary:
+        for mode in modes:
+            ours, flower = ours_by_mode[mode], flower_by_mode[mode]
+            parts = [median_of(ours, key) for key in OUR_PARTS]
+            if flower:
+                parts += [median_of(flower, key) for key in ("ray_start_s", "shutdown_s")]
+                ours_rest, flower_rest = median_of(ours, "engine_s"), median_of(flower, "engine_s")
+                parts += [ours_rest, flower_rest, ours_rest / flower_rest]
+            print(f"{clients}x{rounds} | {mode} | " + " | ".join(f"{part:.2f}" for part in parts))
 
 
 if __name__ == "__main__":

@@ -276,6 +276,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs Flower's Ray may use")
     parser.add_argument("--verbose", action="store_true", help="Flower's INFO logs per round")
+    parser.add_argument(
+        "--ray-address", default="", help="join this running Ray instead of starting one"
+    )
     args = parser.parse_args(argv)
     if args.clients < 1 or args.rounds < 1 or args.local_epochs < 1 or args.batch_size < 1:
         parser.error("--clients, --rounds, --local-epochs and --batch-size must be at least 1")
@@ -306,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             "logging_level": logging.WARNING,
         },
     }
+    if args.ray_address:  # a Ray already up (a warm machine): join it, its CPUs are its own
+        backend_config["init_args"] = {
+            "address": args.ray_address,
+            "logging_level": logging.WARNING,
+        }
 
     ray_times = time_ray_start_and_shutdown()
     start = time.perf_counter()

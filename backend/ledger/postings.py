@@ -524,16 +524,9 @@ def post_transaction(
             )
         return existing, False
 
-    if sum(p.amount for p in postings) != 0:
-        raise UnbalancedTransactionError("a transaction's entries must sum to zero")
-    if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in postings):
-        raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
+    _check_balanced(postings)
 
-    deltas: dict[int, int] = defaultdict(int)
-    for posting in postings:
-        deltas[posting.account_id] += posting.amount
-    owners = _owners(session, deltas)
-    counters = _wallet_counters(session, postings, owners)
+    changes, owners = _changes(session, postings)
     # The key first: a duplicate (posted before, or by a concurrent request that committed
     # first) inserts nothing and moves no balance.
     transaction = _insert_transaction(session, kind, key, job_id, node_id, memo)
@@ -541,10 +534,6 @@ def post_transaction(
         existing = find_transaction(session, key)
         assert existing is not None
         return first_result(existing)
-    changes = [
-        (account_id, deltas.get(account_id, 0), counters.get(account_id))
-        for account_id in sorted(set(deltas) | set(counters))  # one lock order
-    ]
     try:
         _apply_all(session, changes)
     except InsufficientFundsError:
@@ -553,11 +542,42 @@ def post_transaction(
         raise
     if postings:  # a settlement of a job that held nothing has none
         _insert_entries(session, transaction.id, postings, owners)
-    for account_id in set(deltas) | set(counters):  # changed under the ORM's feet: reload
+    _expire_changed(session, [account_id for account_id, _, _ in changes])
+    return transaction, True
+
+
+def _changes(
+    session: Session, postings: list[Posting]
+) -> tuple[list[Change], dict[int, tuple[str, int | None]]]:
+    """What the postings change, per account in id order (one lock order): its balance's
+    delta and a wallet's counters; accounts whose changes cancel out are left alone. With
+    each account's (kind, user id)."""
+    deltas: dict[int, int] = defaultdict(int)
+    for posting in postings:
+        deltas[posting.account_id] += posting.amount
+    owners = _owners(session, deltas)
+    counters = _wallet_counters(session, postings, owners)
+    changes = [
+        (account_id, deltas.get(account_id, 0), counters.get(account_id))
+        for account_id in sorted(set(deltas) | set(counters))
+        if deltas.get(account_id) or account_id in counters
+    ]
+    return changes, owners
+
+
+def _check_balanced(postings: list[Posting]) -> None:
+    if sum(p.amount for p in postings) != 0:
+        raise UnbalancedTransactionError("a transaction's entries must sum to zero")
+    if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in postings):
+        raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
+
+
+def _expire_changed(session: Session, account_ids: Iterable[int]) -> None:
+    """Accounts changed under the ORM's feet: reloaded when next read."""
+    for account_id in account_ids:
         account = session.identity_map.get(identity_key(LedgerAccount, account_id))
         if account is not None:
             session.expire(account, ["balance", "earned", "spent", "history_entries"])
-    return transaction, True
 
 
 def post(session: Session, request: TransactionRequest) -> tuple[LedgerTransaction, bool]:
@@ -595,16 +615,9 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
     posted, where any key was posted before (the caller then posts them one by one,
     ``post_transaction``, which answers each duplicate)."""
     for request in requests:
-        if sum(p.amount for p in request.postings) != 0:
-            raise UnbalancedTransactionError("a transaction's entries must sum to zero")
-        if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in request.postings):
-            raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
+        _check_balanced(request.postings)
     postings = [posting for request in requests for posting in request.postings]
-    deltas: dict[int, int] = defaultdict(int)
-    for posting in postings:
-        deltas[posting.account_id] += posting.amount
-    owners = _owners(session, deltas)
-    counters = _wallet_counters(session, postings, owners)
+    changes, owners = _changes(session, postings)
     values: dict[str, object] = {"created_at": utcnow()}
     for n, request in enumerate(requests):
         values |= {f"kind{n}": request.kind.value, f"key{n}": request.key}
@@ -618,11 +631,6 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
         if ids:
             session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(ids.values())))
         return None
-    changes = [
-        (account_id, deltas.get(account_id, 0), counters.get(account_id))
-        for account_id in sorted(set(deltas) | set(counters))
-        if deltas.get(account_id) or counters.get(account_id)
-    ]
     try:
         _apply_all(session, changes)
     except InsufficientFundsError:
@@ -642,8 +650,5 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
     ]
     if rows:
         session.execute(INSERT_ENTRIES, rows)
-    for account_id in deltas.keys() | counters.keys():  # changed under the ORM's feet: reload
-        account = session.identity_map.get(identity_key(LedgerAccount, account_id))
-        if account is not None:
-            session.expire(account, ["balance", "earned", "spent", "history_entries"])
+    _expire_changed(session, [account_id for account_id, _, _ in changes])
     return [ids[request.key] for request in requests]
