@@ -278,10 +278,13 @@ GIVEN_BACK = (EntryKind.VOID, EntryKind.COMPENSATION)
 
 # The statements of every posting, written once: built per call, SQLAlchemy's expression
 # building and cache keys cost more CPU than the database's work on these one-row statements.
+# The amounts as BIGINT: psycopg sends a small int as a smallint, and the negation of
+# -32768 (a debit of that many micro-tokens) would overflow it.
 APPLY = text(
-    "UPDATE ledger_accounts SET balance = balance + :delta, earned = earned + :earned, "
-    "spent = spent + :spent, history_entries = history_entries + :entries "
-    "WHERE id = :id AND (:delta >= 0 OR kind = 'issuance' OR balance >= -:delta)"
+    "UPDATE ledger_accounts SET balance = balance + CAST(:delta AS BIGINT), "
+    "earned = earned + CAST(:earned AS BIGINT), spent = spent + CAST(:spent AS BIGINT), "
+    "history_entries = history_entries + :entries WHERE id = :id "
+    "AND (:delta >= 0 OR kind = 'issuance' OR balance >= -CAST(:delta AS BIGINT))"
 )
 INSERT_ENTRIES = text(
     "INSERT INTO ledger_entries (transaction_id, account_id, kind, amount, node_id, user_id) "

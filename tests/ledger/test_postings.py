@@ -128,3 +128,22 @@ def test_postings_made_together_post_nothing_where_a_key_was_posted_before(
         assert post_all_new(session, [fresh, again]) is None
     assert _balances(factory, accounts) == before
     assert _transactions(factory) == transactions
+
+
+@pytest.mark.parametrize("amount", [32_768, 2**31])
+def test_amounts_at_the_edge_of_small_integer_types_post(
+    factory, user: Account, node_owner: Account, amount: int
+) -> None:
+    """A debit of exactly 2**15 (or 2**31) micro-tokens: PostgreSQL's driver sends a small int
+    as a small integer type, whose negation overflowed (found by the ledger's property test:
+    a grant of 32,768 micro-tokens failed)."""
+    from ledger.flows import grant_tokens
+
+    with session_scope(factory) as session:
+        grant_tokens(
+            session, user_id=user.id, amount=amount, kind=TransactionKind.ADMIN_GRANT, key="edge"
+        )
+    before = _balances(factory, [user, node_owner])
+    _post(factory, [user, node_owner], [-amount, amount], f"edge-{amount}")
+    after = _balances(factory, [user, node_owner])
+    assert [a - b for a, b in zip(after, before, strict=True)] == [-amount, amount]
