@@ -88,8 +88,13 @@ class LocalAgent:
             time.sleep(0.3)
         else:
             return
-        # The agent's environment holds none of the gateway's secrets.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTLM_", "RAY_"))}
+        # The agent's environment holds none of the gateway's secrets, nor its Ray settings
+        # but where Ray keeps its files (RAY_TMPDIR: an operator's choice for the machine).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DISTLM_", "RAY_")) or k == "RAY_TMPDIR"
+        }
         command = [
             sys.executable, "-m", "agent", "--coordinator-address", self.base,
             "--hostname", self.hostname, "--credential-file", str(self.credential_file),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +27,20 @@ ES_JOB = {
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
+def ray_files() -> Iterator[Path]:
+    """Where the operator wants Ray's files (RAY_TMPDIR): short, for Ray's socket paths."""
+    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, ray_files: Path) -> Iterator[Gateway]:
     # A machine where some other program's local `ray.init()` once left its token: with
     # RAY_AUTH_MODE unset, `ray start` would take it up and no driver could connect.
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text("a-token-another-ray-left-behind-0123456789")
-    with running_gateway(tmp_path, HOME=str(home)) as running:
+    with running_gateway(tmp_path, HOME=str(home), RAY_TMPDIR=str(ray_files)) as running:
         yield running
 
 
@@ -65,7 +73,7 @@ def run_job(gateway: Gateway) -> dict:
 
 
 def test_the_local_agents_ray_is_started_again_when_it_dies_and_runs_jobs(
-    gateway: Gateway, tmp_path: Path
+    gateway: Gateway, tmp_path: Path, ray_files: Path
 ) -> None:
     (node,) = gateway.as_admin("GET", "/nodes")["items"]
     assert node["owner_id"] == gateway.as_admin("GET", "/auth/me")["id"]  # the admin's node
@@ -77,6 +85,8 @@ def test_the_local_agents_ray_is_started_again_when_it_dies_and_runs_jobs(
     assert gateway.as_admin("GET", "/health")["ray"] == "nodes"  # the gateway runs no Ray
     done = run_job(gateway)
     assert done["status"] == "succeeded", done["status_reason"]
+    # The node's Ray keeps its files where the operator asked (RAY_TMPDIR), not in /tmp/ray.
+    assert list(ray_files.glob("ray/session_*")), sorted(p.name for p in ray_files.iterdir())
 
     (head,) = wait_for(lambda: ray_heads(gateway), timeout_s=30, what="the node's Ray")
     os.killpg(head.pid, signal.SIGKILL)  # the whole Ray of the node, at once
