@@ -73,7 +73,7 @@ def post_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> bo
         if target is None:  # the job's escrow was made before: add to it
             _into_existing_escrow(session, transaction_id, job_id, user_id, amount)
         else:
-            _known_escrow(session, target, job_id, user_id, amount, now)
+            _known_escrow(session, target, _escrow_values(user_id, job_id, amount, now))
     else:  # four statements: the key, the wallet's debit, the escrow holding it, the entries
         transaction = _insert_transaction(session, TransactionKind.HOLD, key, job_id, None, memo)
         if transaction is None:
@@ -82,16 +82,12 @@ def post_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> bo
         source = session.execute(DEBIT_WALLET, {"amount": amount, "user_id": user_id}).scalar()
         if source is None:
             _short(session, transaction_id, user_id, amount)
-        values = {
-            **dict.fromkeys(("earned", "spent", "history_entries", "shard"), 0),
-            **{"kind": AccountKind.ESCROW.value, "node_id": None, "created_at": now},
-            **{"user_id": user_id, "job_id": job_id, "balance": amount},
-        }
+        values = _escrow_values(user_id, job_id, amount, now)
         target = session.execute(INSERT_ACCOUNT, values).scalar()
         if target is None:
             target = _into_existing_escrow(session, None, job_id, user_id, amount)
         else:
-            _known_escrow(session, target, job_id, user_id, amount, now)
+            _known_escrow(session, target, values)
         owners = {source: (AccountKind.WALLET.value, user_id)}
         owners[target] = (AccountKind.ESCROW.value, user_id)
         postings = [Posting(source, -amount, EntryKind.HOLD)]
@@ -112,23 +108,18 @@ def _short(session: Session, transaction_id: int, user_id: int, amount: int) -> 
     raise InsufficientFundsError(f"the wallet of user {user_id} cannot cover {amount}")
 
 
-def _known_escrow(
-    session: Session, account_id: int, job_id: int, user_id: int, amount: int, now: object
-) -> None:
+def _escrow_values(user_id: int, job_id: int, amount: int, now: object) -> dict[str, object]:
+    """The row of the job's new escrow, holding ``amount``."""
+    return {
+        **dict.fromkeys(("earned", "spent", "history_entries", "shard"), 0),
+        **{"kind": AccountKind.ESCROW.value, "node_id": None, "created_at": now},
+        **{"user_id": user_id, "job_id": job_id, "balance": amount},
+    }
+
+
+def _known_escrow(session: Session, account_id: int, values: dict[str, object]) -> None:
     """The new escrow, known to the session without a read."""
-    account = LedgerAccount(
-        id=account_id,
-        kind=AccountKind.ESCROW.value,
-        user_id=user_id,
-        job_id=job_id,
-        node_id=None,
-        shard=0,
-        balance=amount,
-        earned=0,
-        spent=0,
-        history_entries=0,
-        created_at=now,
-    )
+    account = LedgerAccount(id=account_id, **values)
     make_transient_to_detached(account)  # the row exists: no read to hold it
     session.add(account)
 
