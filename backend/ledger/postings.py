@@ -475,20 +475,23 @@ def _insert_entries(
     postings: list[Posting],
     owners: dict[int, tuple[str, int | None]],
 ) -> None:
-    session.execute(
-        INSERT_ENTRIES,
-        [
-            {
-                "transaction_id": transaction_id,
-                "account_id": p.account_id,
-                "kind": p.kind.value,
-                "amount": p.amount,
-                "node_id": p.node_id,
-                "user_id": owners[p.account_id][1],
-            }
-            for p in postings
-        ],
-    )
+    session.execute(INSERT_ENTRIES, _entry_rows(transaction_id, postings, owners))
+
+
+def _entry_rows(
+    transaction_id: int, postings: list[Posting], owners: dict[int, tuple[str, int | None]]
+) -> list[dict[str, object]]:
+    return [
+        {
+            "transaction_id": transaction_id,
+            "account_id": p.account_id,
+            "kind": p.kind.value,
+            "amount": p.amount,
+            "node_id": p.node_id,
+            "user_id": owners[p.account_id][1],
+        }
+        for p in postings
+    ]
 
 
 def post_transaction(
@@ -640,16 +643,9 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
         session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(ids.values())))
         raise
     rows = [
-        {
-            "transaction_id": ids[request.key],
-            "account_id": p.account_id,
-            "kind": p.kind.value,
-            "amount": p.amount,
-            "node_id": p.node_id,
-            "user_id": owners[p.account_id][1],
-        }
+        row
         for request in requests
-        for p in request.postings
+        for row in _entry_rows(ids[request.key], request.postings, owners)
     ]
     if rows:
         session.execute(INSERT_ENTRIES, rows)
