@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from auth.models import Role, User
@@ -22,7 +22,7 @@ from compute.jobs.state import ACTIVE, JobStatus
 from compute.jobs.strategy import extra_shares, job_request, worker_processes
 from compute.models import Job, Node
 from compute.nodes.service import NodeApproval
-from compute.nodes.trust import on_probation
+from compute.nodes.trust import on_probation_after
 from protocol.run import WorkerPlan
 
 
@@ -30,22 +30,24 @@ def eligible_nodes(session: Session) -> list[Node]:
     """The only nodes new work goes to: approved, unflagged, not drained or retired, their
     Ray worker alive, their agent not gone, their owner's account enabled and still a node
     owner's (or an admin's)."""
-    return list(
-        session.scalars(
-            select(Node)
-            .join(User, User.id == Node.owner_id)
-            .where(
-                Node.approval == NodeApproval.APPROVED.value,
-                Node.flag_reason == "",
-                Node.ray_alive.is_(True),
-                Node.drained_at.is_(None),
-                Node.deregistered_at.is_(None),
-                or_(Node.left_at.is_(None), Node.last_heartbeat_at > Node.left_at),
-                User.is_active.is_(True),
-                User.role.in_((Role.NODE_OWNER.value, Role.ADMIN.value)),
-            )
-            .order_by(Node.id)
+    return list(session.scalars(_eligible(select(Node))))
+
+
+def _eligible(query: Select) -> Select:
+    """``query`` over nodes, narrowed to the eligible ones, in id order."""
+    return (
+        query.join(User, User.id == Node.owner_id)
+        .where(
+            Node.approval == NodeApproval.APPROVED.value,
+            Node.flag_reason == "",
+            Node.ray_alive.is_(True),
+            Node.drained_at.is_(None),
+            Node.deregistered_at.is_(None),
+            or_(Node.left_at.is_(None), Node.last_heartbeat_at > Node.left_at),
+            User.is_active.is_(True),
+            User.role.in_((Role.NODE_OWNER.value, Role.ADMIN.value)),
         )
+        .order_by(Node.id)
     )
 
 
@@ -83,18 +85,32 @@ def pending_job(job: Job, excluded: frozenset[int] = frozenset(), because: str =
 
 
 def eligible_capacity(session: Session) -> list[NodeCapacity]:
-    """Eligible nodes' totals."""
+    """Eligible nodes' totals (read as plain rows: a submit asks for them, and loading
+    whole nodes into the session cost more than the query)."""
+    rows = session.execute(
+        _eligible(
+            select(
+                Node.id,
+                Node.gpu,
+                Node.cpu_cores,
+                Node.memory_gb,
+                Node.single_node_only,
+                Node.ray_pool,
+                Node.valid_streak,
+            )
+        )
+    )
     return [
         NodeCapacity(
-            n.id,
-            n.gpu,
-            n.cpu_cores,
-            n.memory_gb,
-            shares_clusters=not n.single_node_only,
-            pool=n.ray_pool,
-            on_probation=on_probation(n),
+            node_id,
+            gpu,
+            cpu_cores,
+            memory_gb,
+            shares_clusters=not single_node_only,
+            pool=ray_pool,
+            on_probation=on_probation_after(valid_streak),
         )
-        for n in eligible_nodes(session)
+        for node_id, gpu, cpu_cores, memory_gb, single_node_only, ray_pool, valid_streak in rows
     ]
 
 

@@ -29,6 +29,7 @@ from core.errors import (
     NotFoundError,
     RateLimitedError,
 )
+from core.rows import insert_new
 from ledger.flows import place_hold
 from ledger.pricing import Rates, tokens_to_micro
 from ledger.settlement import SettlementResult
@@ -158,14 +159,12 @@ def submit_job(
         extra=spec.extra_shares(),
     )
     if idempotency_key is None:  # nothing can collide: no savepoint round trips
-        session.add(job)
-        session.flush()
+        insert_new(session, job)
         place_hold(session, user_id=owner.id, job_id=job.id, amount=estimate.total)
         return job, True
     try:
         with session.begin_nested():
-            session.add(job)
-            session.flush()
+            insert_new(session, job)
             place_hold(session, user_id=owner.id, job_id=job.id, amount=estimate.total)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer with its job.

@@ -30,7 +30,12 @@ def reliability(node: Node) -> float:
 
 def on_probation(node: Node) -> bool:
     """Not yet trusted: every sampled result of it is checked."""
-    return check_rate(node) >= 1.0
+    return on_probation_after(node.valid_streak)
+
+
+def on_probation_after(valid_streak: int | None) -> bool:
+    """``on_probation`` of a node with this run of valid results."""
+    return check_rate_for(valid_streak or 0) >= 1.0
 
 
 def record_result(node: Node, *, valid: bool) -> bool:
