@@ -53,6 +53,7 @@ class Runner:
     def __init__(self) -> None:
         self.events: list[Any] = []
         self.emit = _Method(self.events.append)
+        self.emit_all = _Method(self.events.extend)  # the split trainer's outbox sends lists
         self.cancel_requested = _Method(lambda: False)
 
 
@@ -179,7 +180,7 @@ def split_check(args: argparse.Namespace, device: Any, runner: Runner, storage: 
     from ray_module.strategies.split.loader import BatchLoader, LoaderConfig
     from ray_module.strategies.split.results import InferenceSettings
     from ray_module.strategies.split.samples import part_ids, split_ids
-    from ray_module.strategies.split.worker import SplitWorker, WorkerConfig
+    from ray_module.strategies.split.worker import DataPlan, SplitWorker, WorkerConfig
 
     print(
         f"\n== 2. split: SplitWorker on {device.type}, digits, {args.model}, "
@@ -206,13 +207,18 @@ def split_check(args: argparse.Namespace, device: Any, runner: Runner, storage: 
     ]
     shape = loaders[0]._instance.describe()  # what run.data_shape asks every loader
     train_ids, validation_ids = split_ids(shape.size, settings.validation_split, settings.seed)
+    data_plan = DataPlan(
+        shape=shape,
+        train_ids=train_ids,
+        validation_ids=validation_ids,
+        task_ids=part_ids(shape.size, None, settings.validation_split, settings.seed),
+    )
     config = WorkerConfig(
         job_id=job_id,
         runner=runner_name(job_id),
         task="train",
         model=model,
         model_type="classifier",
-        shape=shape,
         settings=settings,
         inference=InferenceSettings.of({}),
         job_dir=str(storage / "jobs" / str(job_id)),
@@ -220,16 +226,13 @@ def split_check(args: argparse.Namespace, device: Any, runner: Runner, storage: 
         publish=None,
         trainer=trainer,
         loaders=plans,
-        train_ids=train_ids,
-        validation_ids=validation_ids,
-        task_ids=part_ids(shape.size, None, settings.validation_split, settings.seed),
     )
     worker = SplitWorker(config)
     check("SplitWorker chose the device", worker.device.type == device.type, str(worker.device))
     first = len(runner.events)
     started = time.perf_counter()
     try:
-        outcome = worker.run(loaders)
+        outcome = worker.run(loaders, data_plan)
     finally:
         for loader in loaders:
             loader.close()
