@@ -2,9 +2,11 @@
 
 Each "posting" is one hold (wallet → escrow, with the conditional debit) followed by one
 settlement (escrow → node owner, fee and refund): the two transactions every job makes.
-After each run the invariant check over all entries must pass. With 8 writers it runs twice:
-all jobs paid by one payer to one node owner (every posting touches their wallets: the worst
-case), and by 8 payers to 8 owners (as many users as writers).
+After each run the invariant check over all entries must pass. With 8 writers it runs three
+times: all jobs paid by one payer to one node owner (every posting touches their wallets: the
+worst case), by 8 payers to 8 owners (as many users as writers), both as threads of one
+process; then 8 payers and owners again with the writers as processes (as a gateway's
+workers are: they share no interpreter lock).
 
     PYTHONPATH=backend .venv/bin/python benchmarks/ledger.py [--postgres URL] [--jobs N]
 """
@@ -12,11 +14,13 @@ case), and by 8 payers to 8 owners (as many users as writers).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
@@ -36,6 +40,8 @@ from ledger.pricing import Rates, ResourceSeconds
 from ledger.settlement import NodeUsage, settle_job
 
 RATES = Rates.of(10, 1, 0.1, 5)
+# (writers, payers = owners, writers are processes): threads of one process, then processes.
+ROWS = ((1, 1, False), (8, 1, False), (8, 8, False), (8, 8, True))
 WORK = ResourceSeconds(cpu_core_seconds=1800)
 
 
@@ -52,10 +58,13 @@ def fresh_database(url: str) -> None:
     upgrade_to_head(url)
 
 
-def run(url: str, writers: int, jobs: int, payers: int = 1) -> dict[str, object]:
-    """``jobs`` jobs held and settled by ``writers`` threads; job n is paid by payer
-    n % ``payers`` and runs on that many owners' nodes alike (one payer and one owner: every
-    posting touches their wallets, the worst case)."""
+def run(
+    url: str, writers: int, jobs: int, payers: int = 1, *, processes: bool = False
+) -> dict[str, object]:
+    """``jobs`` jobs held and settled by ``writers`` threads (or processes, as a gateway's
+    workers are: no interpreter lock shared); job n is paid by payer n % ``payers`` and runs
+    on that many owners' nodes alike (one payer and one owner: every posting touches their
+    wallets, the worst case)."""
     fresh_database(url)
     factory = make_session_factory(get_engine(url))
     with session_scope(factory) as session:
@@ -74,23 +83,15 @@ def run(url: str, writers: int, jobs: int, payers: int = 1) -> dict[str, object]
                 kind=TransactionKind.ADMIN_GRANT,
                 key=f"bench-grant-{payer_id}",
             )
-
-    def one_job(job_id: int) -> None:
-        payer_id, owner_id = payer_ids[job_id % payers], owner_ids[job_id % payers]
-        with session_scope(factory) as session:
-            place_hold(session, user_id=payer_id, job_id=job_id, amount=2 * MICRO)
-        with session_scope(factory) as session:
-            settle_job(
-                session,
-                job_id=job_id,
-                job_owner_id=payer_id,
-                rates=RATES,
-                usage=[NodeUsage(1 + job_id % payers, owner_id, WORK)],
-            )
-
+    get_engine(url).dispose()  # a forked writer opens connections of its own
+    work = partial(one_job, url, payer_ids, owner_ids)
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=writers) as pool:
-        list(pool.map(one_job, range(1, jobs + 1)))
+    if processes:
+        with multiprocessing.get_context("fork").Pool(writers) as pool:
+            pool.map(work, range(1, jobs + 1), chunksize=8)
+    else:
+        with ThreadPoolExecutor(max_workers=writers) as threads:
+            list(threads.map(work, range(1, jobs + 1)))
     elapsed = time.perf_counter() - started
     with session_scope(factory) as session:
         report = ledger_report(session, terminal_job_ids=set(range(1, jobs + 1)))
@@ -101,6 +102,23 @@ def run(url: str, writers: int, jobs: int, payers: int = 1) -> dict[str, object]
         "postings_per_s": 2 * jobs / elapsed,
         "invariant_ok": report.invariant_ok,
     }
+
+
+def one_job(url: str, payer_ids: list[int], owner_ids: list[int], job_id: int) -> None:
+    """Hold, then settle, job ``job_id``: the two transactions every job makes."""
+    payers = len(payer_ids)
+    payer_id, owner_id = payer_ids[job_id % payers], owner_ids[job_id % payers]
+    factory = make_session_factory(get_engine(url))
+    with session_scope(factory) as session:
+        place_hold(session, user_id=payer_id, job_id=job_id, amount=2 * MICRO)
+    with session_scope(factory) as session:
+        settle_job(
+            session,
+            job_id=job_id,
+            job_owner_id=payer_id,
+            rates=RATES,
+            usage=[NodeUsage(1 + job_id % payers, owner_id, WORK)],
+        )
 
 
 def main() -> None:
@@ -114,26 +132,28 @@ def main() -> None:
         if args.postgres:
             targets["postgresql"] = normalise_database_url(args.postgres)
         print(
-            f"{'database':<11} {'writers':>7} {'payers':>6} {'postings':>8} {'seconds':>8} "
+            f"{'database':<11} {'writers':>9} {'payers':>6} {'postings':>8} {'seconds':>8} "
             f"{'postings/s':>10} {'vs 1 writer':>11}  invariant"
         )
         for name, url in targets.items():
             baseline = None
-            for writers, payers in ((1, 1), (8, 1), (8, 8)):
-                result = run(url, writers, args.jobs, payers)
+            for writers, payers, processes in ROWS:
+                result = run(url, writers, args.jobs, payers, processes=processes)
                 rate = float(result["postings_per_s"])  # type: ignore[arg-type]
                 baseline = baseline or rate
+                who = f"{writers}{'p' if processes else 't'}"
                 print(
-                    f"{name:<11} {writers:>7} {payers:>6} {result['postings']:>8} "
+                    f"{name:<11} {who:>9} {payers:>6} {result['postings']:>8} "
                     f"{result['seconds']:>8.2f} {rate:>10.0f} {rate / baseline:>10.2f}x"
                     f"  {'ok' if result['invariant_ok'] else 'BROKEN'}"
                 )
                 if not result["invariant_ok"]:
                     raise SystemExit("ledger invariant broken")
                 if writers == 8 and payers == 8:
+                    kind = "processes" if processes else "threads"
                     report(
                         "ledger",
-                        f"postings/s, {name}, 8 writers",
+                        f"postings/s, {name}, 8 writers ({kind})",
                         rate,
                         unit="/s",
                         aim=">= 1000" if name == "postgresql" else "",
