@@ -71,14 +71,15 @@ def gateway_processes(command: list[str], cwd: Path, env: dict[str, str]) -> Ite
 
 
 @contextmanager
-def lending_this_machine(base: str, tmp: Path) -> Iterator[subprocess.Popen]:
-    """`distlm-node` for the admin on this machine (1 CPU), stopped with Ctrl-C after."""
+def lending_this_machine(base: str, tmp: Path, ray_tmpdir: str) -> Iterator[subprocess.Popen]:
+    """`distlm-node` for the admin on this machine (1 CPU), its Ray's files in
+    ``ray_tmpdir``, stopped with Ctrl-C after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTLM_"))}
     env.update(
         PYTHONPATH=str(ROOT / "backend"),
         DISTLM_NODE_USERNAME="admin",
         DISTLM_NODE_PASSWORD="admin-change-me",
-        RAY_TMPDIR=tempfile.mkdtemp(prefix="distlm-ray-", dir="/tmp"),
+        RAY_TMPDIR=ray_tmpdir,
     )
     command = [
         PYTHON, "-m", "agent", "--coordinator-address", base, "--hostname", "this-machine",
@@ -125,17 +126,16 @@ def environment(tmp: Path, database_url: str) -> dict[str, str]:
     return env
 
 
-def heads_started_since(started: float) -> list[psutil.Process]:
-    """`ray start --head` processes started since ``started`` by this test process: under
-    pytest-xdist another test process may be running a launcher of its own beside this one
-    (its heads inherit another PYTEST_XDIST_WORKER)."""
-    ours = os.environ.get("PYTEST_XDIST_WORKER")
+def heads_started_since(started: float, ray_tmpdir: str) -> list[psutil.Process]:
+    """`ray start --head` processes started since ``started`` with this launcher's Ray
+    directory (RAY_TMPDIR, passed on to the node's Ray): another launcher (another test
+    process under pytest-xdist, a benchmark) may be running a Ray of its own beside it."""
     heads = []
     for process in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = process.info["cmdline"] or []
         if "start" in cmdline and "--head" in cmdline and process.info["create_time"] >= started:
             try:
-                if process.environ().get("PYTEST_XDIST_WORKER") == ours:
+                if process.environ().get("RAY_TMPDIR") == ray_tmpdir:
                     heads.append(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
@@ -170,7 +170,7 @@ def run_job(base: str, token: str) -> dict[str, Any]:
     )
 
 
-def exercise(base: str, database_url: str, started: float) -> None:
+def exercise(base: str, database_url: str, started: float, ray_tmpdir: str) -> None:
     admin = login(base, "admin", "admin-change-me")
     registered = httpx.post(
         f"{base}/auth/register",
@@ -198,7 +198,9 @@ def exercise(base: str, database_url: str, started: float) -> None:
         assert len(settlements) == 1, history  # settled exactly once
     balance = httpx.get(f"{base}/tokens/balance/me", headers=headers, timeout=10).json()
     assert balance["spent"] > 0 and balance["held"] == 0  # charged for what ran
-    assert len(heads_started_since(started)) == 1  # one local agent's Ray, whatever the workers
+    assert (
+        len(heads_started_since(started, ray_tmpdir)) == 1
+    )  # one local agent's Ray, whatever the workers
 
     leader = leader_pid(database_url)
     os.kill(leader, signal.SIGKILL)
@@ -207,7 +209,7 @@ def exercise(base: str, database_url: str, started: float) -> None:
     assert third["status"] == "succeeded", third["status_reason"]
     assert third["attempts"] == 1
     assert leader_pid(database_url) != leader
-    assert len(heads_started_since(started)) == 1  # the agent's Ray outlived the leader
+    assert len(heads_started_since(started, ray_tmpdir)) == 1  # the agent's Ray outlived the leader
 
 
 def test_four_make_run_workers_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
@@ -217,8 +219,12 @@ def test_four_make_run_workers_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     command = [PYTHON, "-m", "app.launcher"]
     with gateway_processes(command, ROOT, env) as (base, process, _log):
         requests_served_by_several_workers_and_counted_by_all(base, process, env)
-        exercise(base, database_url, started)
-    wait_for(lambda: not heads_started_since(started), timeout_s=60, what="the head to stop")
+        exercise(base, database_url, started, env["RAY_TMPDIR"])
+    wait_for(
+        lambda: not heads_started_since(started, env["RAY_TMPDIR"]),
+        timeout_s=60,
+        what="the head to stop",
+    )
 
 
 def requests_by_process(figures: Path, route: str) -> dict[int, float]:
@@ -299,9 +305,13 @@ def test_seed_uvicorn_with_four_workers_on_a_fresh_postgresql(tmp_path: Path) ->
         with gateway_processes(command, ROOT / "backend", env) as (base, process, _log):
             requests_served_by_several_workers_and_counted_by_all(base, process, env)
             # Plain uvicorn serves the gateway alone; the machine is lent as any node is.
-            with lending_this_machine(base, tmp_path):
-                exercise(base, database_url, started)
-        wait_for(lambda: not heads_started_since(started), timeout_s=60, what="the head to stop")
+            with lending_this_machine(base, tmp_path, env["RAY_TMPDIR"]):
+                exercise(base, database_url, started, env["RAY_TMPDIR"])
+        wait_for(
+            lambda: not heads_started_since(started, env["RAY_TMPDIR"]),
+            timeout_s=60,
+            what="the head to stop",
+        )
     finally:
         with server.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
