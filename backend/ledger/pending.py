@@ -82,7 +82,6 @@ class KnownPending:
     node_id: int
     user_id: int
     balance: int
-    paid_out: int = 0
 
 
 def _balance_and_paid_out(
@@ -90,7 +89,7 @@ def _balance_and_paid_out(
 ) -> tuple[int, int]:
     """What the account holds now, and what has gone out of it (its postings' keys name it)."""
     if isinstance(account, KnownPending):
-        return account.balance, account.paid_out
+        return account.balance, 0  # nothing has ever gone out of it
     session.refresh(account, ["balance"])
     if account.balance <= 0:
         return account.balance, 0
