@@ -1,5 +1,6 @@
-"""`make run`: serve the gateway on DISTLM_HOST:DISTLM_PORT (lifespan does the rest) and,
-where jobs run on the nodes' own Ray, this machine's node agent beside it."""
+"""`make run`: serve the gateway on DISTLM_HOST:DISTLM_PORT (lifespan does the rest), the
+dispatcher in a process of its own and, where jobs run on the nodes' own Ray, this machine's
+node agent beside them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from app.dispatcher_process import DispatcherProcess
 from app.json_body import SERVER_MAX_HEADER_BYTES
 from app.local_agent import LocalAgent
 from core.settings import Settings, get_settings
@@ -20,8 +22,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # Worker processes share the database and one local Ray head; one of them at a time
-        # dispatches (a lease in the database).
+        # Worker processes share the database (and the dispatcher, in its own process).
         workers=settings.workers,
         # h11 answers a header block over 16 KB with a plain-text 400 before the app sees it;
         # let it through so the app refuses it in the one JSON error shape (431).
@@ -35,8 +36,15 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 def main() -> None:
     settings = get_settings()
-    if settings.workers > 1:
-        share_prometheus_figures()
+    dispatcher = None
+    if settings.dispatch_in_gateway:
+        # The dispatcher gets a process (a core) of its own; the workers serve requests only.
+        os.environ["DISTLM_DISPATCH_IN_GATEWAY"] = "false"
+        get_settings.cache_clear()  # a single worker serves in this very process
+        dispatcher = DispatcherProcess()
+    share_prometheus_figures()  # the workers' and the dispatcher's figures, on any worker
+    if dispatcher is not None:
+        dispatcher.start()
     agent = None
     if settings.local_node:
         # This machine lends itself as any node does: through an agent of its own.
@@ -50,12 +58,15 @@ def main() -> None:
     finally:
         if agent is not None:
             agent.stop()
+        if dispatcher is not None:
+            dispatcher.stop()
 
 
 def share_prometheus_figures() -> None:
-    """Several worker processes: prometheus-client's multiprocess mode, so GET /metrics on any
-    of them counts the requests of all. A fresh directory each start (stale files would add
-    a previous run's counts); set before the workers start, which inherit it."""
+    """Several processes (the dispatcher's, one or more workers): prometheus-client's
+    multiprocess mode, so GET /metrics on any worker counts the requests and rounds of all.
+    A fresh directory each start (stale files would add a previous run's counts); set
+    before the workers and the dispatcher start, which inherit it."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="distlm-prometheus-")
 

@@ -2,7 +2,8 @@
 
 ``app`` below lets ``cd backend && uvicorn app.main:app [--workers N]`` (seed 003) work:
 worker processes share the database, and one of them at a time dispatches (a lease in the
-database). No gateway process starts, joins or imports Ray: jobs run on the nodes' agents.
+database); `make run` dispatches in a process of its own instead (app/dispatcher_process.py).
+No gateway process starts, joins or imports Ray: jobs run on the nodes' agents.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from app.stream_slots import StreamSlots
 from app.tcp_nodelay import enable_tcp_nodelay
 from auth.passwords import password_context
 from compute.accounts.service import ensure_bootstrap_admin, signup_grant_micro
+from compute.billing.service import rates_from
 from compute.dispatch.agent_runs import AgentRunners
 from compute.dispatch.dispatcher import RunnerPort, start_dispatcher
 from core.db import (
@@ -82,6 +84,7 @@ def create_app(
         configure_logging(resolved.log_level)
         engine = get_engine(resolved.database_url)
         app.state.settings = resolved
+        app.state.rates = rates_from(resolved)
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.read_session_factory = read_only_factory(app.state.session_factory)
@@ -105,7 +108,7 @@ def create_app(
         # The dispatcher's connections are its own: its lease renewal and job writes never
         # wait behind request traffic for a pooled connection.
         dispatcher_engine = make_engine(resolved.database_url, pool_size=2, max_overflow=2)
-        if dispatch:
+        if dispatch and resolved.dispatch_in_gateway:
             factory = make_session_factory(dispatcher_engine)
             port = runners or AgentRunners(factory, resolved)
             stop_dispatcher = start_dispatcher(factory, resolved, port)

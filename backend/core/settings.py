@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     job_start_timeout_s: int = Field(
         600, ge=10, le=86_400, validation_alias=_env("DISTLM_JOB_START_TIMEOUT_S")
     )
+    # `make run`'s launcher runs the dispatcher in a process of its own and sets this false
+    # for its workers; a plain `uvicorn app.main:app` dispatches in one of its workers.
+    dispatch_in_gateway: bool = Field(True, validation_alias=_env("DISTLM_DISPATCH_IN_GATEWAY"))
     dispatch_interval_s: float = Field(
         1.0, gt=0, le=60, validation_alias=_env("DISTLM_DISPATCH_INTERVAL_S")
     )

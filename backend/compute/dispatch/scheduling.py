@@ -84,22 +84,24 @@ def pending_job(job: Job, excluded: frozenset[int] = frozenset(), because: str =
     )
 
 
+# Built once: a submit reads it, and building the statement cost more than running it.
+ELIGIBLE_CAPACITY = _eligible(
+    select(
+        Node.id,
+        Node.gpu,
+        Node.cpu_cores,
+        Node.memory_gb,
+        Node.single_node_only,
+        Node.ray_pool,
+        Node.valid_streak,
+    )
+)
+
+
 def eligible_capacity(session: Session) -> list[NodeCapacity]:
     """Eligible nodes' totals (read as plain rows: a submit asks for them, and loading
     whole nodes into the session cost more than the query)."""
-    rows = session.execute(
-        _eligible(
-            select(
-                Node.id,
-                Node.gpu,
-                Node.cpu_cores,
-                Node.memory_gb,
-                Node.single_node_only,
-                Node.ray_pool,
-                Node.valid_streak,
-            )
-        )
-    )
+    rows = session.execute(ELIGIBLE_CAPACITY)
     return [
         NodeCapacity(
             node_id,
