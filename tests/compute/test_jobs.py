@@ -573,3 +573,24 @@ def test_a_jobs_usage_is_shown_as_stored_with_its_stages_and_unsaved_work(
 def test_a_job_without_usage_shows_none(client: TestClient, user: Account) -> None:
     shown = submit_job(client, user.headers)
     assert (shown["usage"], shown["unsaved_usage"], shown["usage_by_stage"]) == (None, {}, {})
+
+
+def test_log_cursors_past_every_row_id_find_nothing(client: TestClient, user: Account) -> None:
+    """`after` may be any cursor up to 2**62; the ids are 32-bit on PostgreSQL, where a
+    larger one sent as is was a 500 (found by the OpenAPI fuzz test)."""
+    job = client.post("/jobs/submit", headers=user.headers, json=SPLIT_MLP).json()
+    assert client.post(f"/jobs/{job['id']}/cancel", headers=user.headers).status_code == 200
+    for after in (2**31, 2**62):
+        page = client.get(f"/jobs/{job['id']}/logs", headers=user.headers, params={"after": after})
+        assert page.status_code == 200, page.text
+        assert page.json()["items"] == []
+        # Following an ended job's log sends what is left after the cursor, then ends.
+        with client.stream(
+            "GET",
+            f"/jobs/{job['id']}/logs",
+            headers=user.headers,
+            params={"after": after, "follow": "true"},
+        ) as followed:
+            assert followed.status_code == 200
+            sent = followed.read().decode()
+            assert "event: end" in sent and "event: log" not in sent

@@ -11,6 +11,7 @@ from starlette.background import BackgroundTask
 
 from app.deps import CurrentUser, DbSession, JobId, Offset, RatesDep, SettingsDep
 from app.errors import error_responses
+from app.responses import model_response
 from app.schemas.common import Page
 from app.schemas.jobs import JOB_SPEC_EXAMPLES, JobOut, job_out, with_audits, with_money
 from app.schemas.storage import StorageFreedOut
@@ -50,9 +51,8 @@ def submit(
     session: DbSession,
     settings: SettingsDep,
     rates: RatesDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
-) -> JobOut:
+) -> Response:
     """Queue a training job and hold its maximum cost in escrow (402 if your balance cannot
     cover it). Retrying with the same `Idempotency-Key` and body returns the same job (200);
     the same key with another body is refused (422)."""
@@ -67,10 +67,13 @@ def submit(
         accept_unplaceable=settings.queue_unplaceable_jobs,
     )
     if created:  # its money is its hold, and it has no audits yet: nothing to read
-        return with_money(job_out(job), new_job_money(job, rates))
-    response.status_code = status.HTTP_200_OK
-    response.headers["Idempotent-Replayed"] = "true"
-    return job_detail(session, job, rates)
+        out = with_money(job_out(job), new_job_money(job, rates))
+        return model_response(out, status_code=status.HTTP_201_CREATED)
+    return model_response(
+        job_detail(session, job, rates),
+        status_code=status.HTTP_200_OK,
+        headers={"Idempotent-Replayed": "true"},
+    )
 
 
 @router.get("", response_model=Page[JobOut])

@@ -102,6 +102,15 @@ class StreamItem:
     data: dict[str, Any]
 
 
+MAX_ROW_ID = 2**31 - 1  # the id columns are 32-bit on PostgreSQL
+
+
+def row_id(after: int) -> int:
+    """A cursor as the id column can take it: no row's id is larger than MAX_ROW_ID, so
+    "after" anything larger means after every row (sent as is, PostgreSQL refused it)."""
+    return min(after, MAX_ROW_ID)
+
+
 def events_after(
     session: Session, job_id: int, cursor: Cursor, limit: int = 500
 ) -> list[StreamItem]:
@@ -109,13 +118,13 @@ def events_after(
     the time they were stored)."""
     events = session.scalars(
         select(JobEvent)
-        .where(JobEvent.job_id == job_id, JobEvent.id > cursor.event_id)
+        .where(JobEvent.job_id == job_id, JobEvent.id > row_id(cursor.event_id))
         .order_by(JobEvent.id)
         .limit(limit)
     ).all()
     metrics = session.scalars(
         select(JobMetric)
-        .where(JobMetric.job_id == job_id, JobMetric.id > cursor.metric_id)
+        .where(JobMetric.job_id == job_id, JobMetric.id > row_id(cursor.metric_id))
         .order_by(JobMetric.id)
         .limit(limit)
     ).all()
@@ -140,7 +149,7 @@ def job_logs(session: Session, job: Job, *, after: int = 0, limit: int = 1000) -
     return list(
         session.scalars(
             select(JobEvent)
-            .where(JobEvent.job_id == job.id, JobEvent.kind == "log", JobEvent.id > after)
+            .where(JobEvent.job_id == job.id, JobEvent.kind == "log", JobEvent.id > row_id(after))
             .order_by(JobEvent.id)
             .limit(limit)
         )
