@@ -319,38 +319,47 @@ def _apply(
 
 Change = tuple[int, int, "WalletCounters | None"]  # account id, delta, a wallet's counters
 
-# Rows locked in id order before a set-based update changes them (the update's own locks
-# follow its plan's order, and concurrent postings must lock in one order). SQLite runs one
-# writer at a time and needs none.
-LOCK_IN_ORDER = text(
-    "SELECT id FROM ledger_accounts WHERE id IN :ids ORDER BY id FOR UPDATE"
-).bindparams(bindparam("ids", expanding=True))
+# On PostgreSQL the rows are locked in id order before the set-based update changes them
+# (the update's own locks follow its plan's order, and concurrent postings must lock in one
+# order), in the same statement: a MATERIALIZED CTE's `ORDER BY id FOR UPDATE` locks each
+# row as it emits it, in that order, and the update reaches a row only through it. The new
+# values come from what the lock returned, the latest committed row (one changed by a
+# posting this one waited for), never from the update's own scan: that reads the
+# statement's snapshot, taken before the wait, and an update computed from it overwrote the
+# credit it had waited for (tests/ledger/test_postings.py). SQLite runs one writer at a
+# time and needs no lock.
+LOCKED_IN_ORDER = (
+    "locked AS MATERIALIZED (SELECT id, kind, balance, earned, spent, history_entries "
+    "FROM ledger_accounts WHERE id IN (SELECT id FROM changes) ORDER BY id FOR UPDATE)"
+)
 
 
-@functools.lru_cache(maxsize=16)
-def _apply_many(rows: int) -> TextClause:
-    """Every change of a posting in one UPDATE (the same guard as ``APPLY`` per row); it
-    returns the ids it changed."""
+@functools.lru_cache(maxsize=32)
+def _apply_many(rows: int, *, lock: bool) -> TextClause:
+    """Every change of a posting in one UPDATE (the same guard as ``APPLY`` per row), with
+    ``lock`` its rows locked in id order first; it returns the ids it changed."""
     values = ", ".join(
         f"(CAST(:id{n} AS INTEGER), CAST(:delta{n} AS BIGINT), CAST(:earned{n} AS BIGINT), "
         f"CAST(:spent{n} AS BIGINT), CAST(:entries{n} AS INTEGER))"
         for n in range(rows)
     )
-    return text(
-        f"WITH changes (id, delta, earned, spent, entries) AS (VALUES {values}) "
-        "UPDATE ledger_accounts SET balance = balance + changes.delta, "
-        "earned = ledger_accounts.earned + changes.earned, "
-        "spent = ledger_accounts.spent + changes.spent, "
-        "history_entries = history_entries + changes.entries "
-        "FROM changes WHERE ledger_accounts.id = changes.id AND (changes.delta >= 0 "
-        "OR ledger_accounts.kind = 'issuance' OR ledger_accounts.balance >= -changes.delta) "
+    now = "locked" if lock else "ledger_accounts"  # where the row as it is now is read
+    update = (
+        f"UPDATE ledger_accounts SET balance = {now}.balance + changes.delta, "
+        f"earned = {now}.earned + changes.earned, spent = {now}.spent + changes.spent, "
+        f"history_entries = {now}.history_entries + changes.entries "
+        f"FROM changes{' JOIN locked ON locked.id = changes.id' if lock else ''} "
+        f"WHERE ledger_accounts.id = changes.id AND (changes.delta >= 0 "
+        f"OR {now}.kind = 'issuance' OR {now}.balance >= -changes.delta) "
         "RETURNING ledger_accounts.id"
     )
+    ctes = [f"changes (id, delta, earned, spent, entries) AS (VALUES {values})"]
+    return text(f"WITH {', '.join(ctes + ([LOCKED_IN_ORDER] if lock else []))} {update}")
 
 
 def _apply_all(session: Session, changes: list[Change]) -> None:
     """Apply every change or none (InsufficientFundsError): one statement for all of them
-    (two on PostgreSQL, the lock in id order first) where there are more than two."""
+    (on PostgreSQL, with the lock in id order) where there are more than two."""
     postgres = session.get_bind().dialect.name == "postgresql"
     if len(changes) <= (2 if postgres else 1):
         applied: list[Change] = []
@@ -362,14 +371,12 @@ def _apply_all(session: Session, changes: list[Change]) -> None:
             _undo(session, applied)
             raise
         return
-    if postgres:
-        session.execute(LOCK_IN_ORDER, {"ids": [account_id for account_id, _, _ in changes]})
     values: dict[str, int] = {}
     for n, (account_id, delta, counted) in enumerate(changes):
         counted = counted or WalletCounters()
         values |= {f"id{n}": account_id, f"delta{n}": delta, f"earned{n}": counted.earned}
         values |= {f"spent{n}": counted.spent, f"entries{n}": counted.entries}
-    changed = set(session.execute(_apply_many(len(changes)), values).scalars())
+    changed = set(session.execute(_apply_many(len(changes), lock=postgres), values).scalars())
     if len(changed) != len(changes):
         short = next(account_id for account_id, _, _ in changes if account_id not in changed)
         _undo(session, [change for change in changes if change[0] in changed])

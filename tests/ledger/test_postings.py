@@ -3,6 +3,9 @@ its balances are changed by one set-based statement, and a short debit must undo
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -147,3 +150,47 @@ def test_amounts_at_the_edge_of_small_integer_types_post(
     _post(factory, [user, node_owner], [-amount, amount], f"edge-{amount}")
     after = _balances(factory, [user, node_owner])
     assert [a - b for a, b in zip(after, before, strict=True)] == [-amount, amount]
+
+
+@pytest.fixture(params=["beyond the balance before", "within it"])
+def debit_beyond(request: pytest.FixtureRequest) -> bool:
+    return request.param == "beyond the balance before"
+
+
+def test_a_debit_after_a_credit_committed_while_it_waited_keeps_both(
+    factory,
+    user: Account,
+    node_owner: Account,
+    admin: Account,
+    other_user: Account,
+    debit_beyond: bool,
+) -> None:
+    """A posting waits for the row lock of a concurrent credit to the wallet it debits; once
+    that credit commits, the debit posts on the balance the credit left: one the credit
+    covers is not refused, and no debit overwrites the credit (computed from the
+    statement's snapshot, taken before the wait, the first overdrew and the second lost the
+    credit)."""
+    accounts = [user, node_owner, admin, other_user]
+    before = _balances(factory, accounts)
+    # More than the wallet holds before the credit (less than after it), or less.
+    debit = before[0] + 5 * MICRO if debit_beyond else 3 * MICRO
+    started, outcome = threading.Event(), {}
+
+    def post_the_debit() -> None:
+        started.set()
+        try:
+            _post(factory, accounts, [-debit, debit - 2 * MICRO, MICRO, MICRO], "waits")
+            outcome["posted"] = True
+        except InsufficientFundsError as exc:
+            outcome["refused"] = exc
+
+    with session_scope(factory) as crediting:
+        _post_in(crediting, [user, admin], [10 * MICRO, -10 * MICRO], "credit-first")
+        waiting = threading.Thread(target=post_the_debit)
+        waiting.start()
+        started.wait(10)
+        time.sleep(0.5)  # the debit is now waiting for the wallet's lock (or SQLite's)
+    waiting.join(30)
+    assert outcome == {"posted": True}, outcome
+    after = _balances(factory, accounts)
+    assert after[0] - before[0] == 10 * MICRO - debit
