@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ledger.job_ledger import job_ledgers
@@ -122,6 +122,30 @@ def top_ups(targets: dict[int, int], already: dict[int, int], available: int) ->
     return {node: amount for node, amount in owed.items() if amount > 0}
 
 
+# Lock the escrow row (PostgreSQL) so a concurrent settlement waits, then loses on the key;
+# whether this job was settled before, and whether checkpoints charged it, come with it.
+# Built once: building it per settlement cost more CPU than running it.
+LOCK_ESCROW = (
+    select(
+        LedgerAccount,
+        select(LedgerTransaction.id)
+        .where(LedgerTransaction.idempotency_key == bindparam("key"))
+        .scalar_subquery(),
+        select(LedgerEntry.id)
+        .where(
+            LedgerEntry.account_id == LedgerAccount.id,
+            LedgerEntry.kind == EntryKind.CHARGE.value,
+        )
+        .exists(),
+    )
+    .where(
+        LedgerAccount.kind == AccountKind.ESCROW.value, LedgerAccount.job_id == bindparam("job_id")
+    )
+    .with_for_update(of=LedgerAccount)
+    .execution_options(populate_existing=True)
+)
+
+
 def settle_job(
     session: Session,
     *,
@@ -138,18 +162,7 @@ def settle_job(
     ``held_nodes``: nodes whose pending credit stays pending (an audit of their work is
     still to come, and releases or voids it)."""
     key = settlement_key(job_id)
-    # Lock the escrow row (PostgreSQL) so a concurrent settlement waits, then loses on the
-    # key; whether this job was settled before comes with it.
-    posted_before = select(LedgerTransaction.id).where(LedgerTransaction.idempotency_key == key)
-    charged_before = select(LedgerEntry.id).where(
-        LedgerEntry.account_id == LedgerAccount.id, LedgerEntry.kind == EntryKind.CHARGE.value
-    )
-    found = session.execute(
-        select(LedgerAccount, posted_before.scalar_subquery(), charged_before.exists())
-        .where(LedgerAccount.kind == AccountKind.ESCROW.value, LedgerAccount.job_id == job_id)
-        .with_for_update(of=LedgerAccount)
-        .execution_options(populate_existing=True)
-    ).first()
+    found = session.execute(LOCK_ESCROW, {"key": key, "job_id": job_id}).first()
     existing_id = found[1] if found is not None else _transaction_id(session, key)
     if existing_id is not None:
         return _result_of(session, existing_id, job_id, first_time=False)
