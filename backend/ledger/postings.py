@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import TextClause, bindparam, delete, inspect, select, text
+from sqlalchemy import Select, TextClause, bindparam, delete, inspect, select, text
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
@@ -72,11 +72,14 @@ def _get_or_create(
     """The account of ``kind`` that ``lookup`` names, created where there is none (a
     concurrent creator's kept). ``new``: most likely not there yet (a job's escrow, a node's
     pending credit in a job): inserted first, looked up only if it was there."""
-    query = select(LedgerAccount).where(LedgerAccount.kind == kind.value)
-    for column, value in lookup.items():
-        query = query.where(getattr(LedgerAccount, column) == value)
+    def query() -> Select:  # built only where it is asked (a new account is not)
+        found = select(LedgerAccount).where(LedgerAccount.kind == kind.value)
+        for column, value in lookup.items():
+            found = found.where(getattr(LedgerAccount, column) == value)
+        return found
+
     if not new:
-        account = session.scalar(query)
+        account = session.scalar(query())
         if account is not None:
             return account
     values = {
@@ -88,7 +91,7 @@ def _get_or_create(
     }
     created = session.execute(INSERT_ACCOUNT, values).scalar()
     if created is None:  # there already, or created concurrently: that one
-        account = session.scalar(query)
+        account = session.scalar(query())
         assert account is not None
         return account
     account = LedgerAccount(id=created, **values)
