@@ -8,7 +8,7 @@ worst case), by 8 payers to 8 owners (as many users as writers), both as threads
 process; then 8 payers and owners again with the writers as processes (as a gateway's
 workers are: they share no interpreter lock).
 
-    PYTHONPATH=backend .venv/bin/python benchmarks/ledger.py [--postgres URL] [--jobs N]
+    PYTHONPATH=backend .venv/bin/python benchmarks/ledger.py [--postgres URL] [--jobs 2000]
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def one_job(url: str, payer_ids: list[int], owner_ids: list[int], job_id: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
-    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--jobs", type=int, default=2000)
     args = parser.parse_args()
     targets = {}
     with tempfile.TemporaryDirectory() as tmp:
