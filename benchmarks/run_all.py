@@ -48,7 +48,8 @@ def runs(database: str) -> list[Run]:
         # 2,000 jobs a row (under a minute in all): with 200 a row lasted half a second, and
         # the writers' own start was a large part of it.
         Run(
-            "ledger", ["--postgres", own_database(database, "distlm_bench_ledger"), "--jobs", "2000"]
+            "ledger",
+            ["--postgres", own_database(database, "distlm_bench_ledger"), "--jobs", "2000"],
         ),
         Run(
             "submit",
