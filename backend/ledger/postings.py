@@ -72,6 +72,7 @@ def _get_or_create(
     """The account of ``kind`` that ``lookup`` names, created where there is none (a
     concurrent creator's kept). ``new``: most likely not there yet (a job's escrow, a node's
     pending credit in a job): inserted first, looked up only if it was there."""
+
     def query() -> Select:  # built only where it is asked (a new account is not)
         found = select(LedgerAccount).where(LedgerAccount.kind == kind.value)
         for column, value in lookup.items():
@@ -337,17 +338,29 @@ LOCKED_IN_ORDER = (
 )
 
 
-@functools.lru_cache(maxsize=32)
-def _apply_many(rows: int, *, lock: bool) -> TextClause:
-    """Every change of a posting in one UPDATE (the same guard as ``APPLY`` per row), with
-    ``lock`` its rows locked in id order first; it returns the ids it changed."""
-    values = ", ".join(
+def changes_values(rows: int) -> str:
+    """The ``changes`` CTE's rows: an account's id, its delta and a wallet's counters."""
+    return ", ".join(
         f"(CAST(:id{n} AS INTEGER), CAST(:delta{n} AS BIGINT), CAST(:earned{n} AS BIGINT), "
         f"CAST(:spent{n} AS BIGINT), CAST(:entries{n} AS INTEGER))"
         for n in range(rows)
     )
+
+
+def changes_parameters(changes: list[Change]) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for n, (account_id, delta, counted) in enumerate(changes):
+        counted = counted or WalletCounters()
+        values |= {f"id{n}": account_id, f"delta{n}": delta, f"earned{n}": counted.earned}
+        values |= {f"spent{n}": counted.spent, f"entries{n}": counted.entries}
+    return values
+
+
+def update_changes(*, lock: bool) -> str:
+    """The UPDATE of every row in ``changes`` (the same guard as ``APPLY`` per row), through
+    ``locked`` where ``lock``; it returns the ids it changed."""
     now = "locked" if lock else "ledger_accounts"  # where the row as it is now is read
-    update = (
+    return (
         f"UPDATE ledger_accounts SET balance = {now}.balance + changes.delta, "
         f"earned = {now}.earned + changes.earned, spent = {now}.spent + changes.spent, "
         f"history_entries = {now}.history_entries + changes.entries "
@@ -356,8 +369,15 @@ def _apply_many(rows: int, *, lock: bool) -> TextClause:
         f"OR {now}.kind = 'issuance' OR {now}.balance >= -changes.delta) "
         "RETURNING ledger_accounts.id"
     )
-    ctes = [f"changes (id, delta, earned, spent, entries) AS (VALUES {values})"]
-    return text(f"WITH {', '.join(ctes + ([LOCKED_IN_ORDER] if lock else []))} {update}")
+
+
+@functools.lru_cache(maxsize=32)
+def _apply_many(rows: int, *, lock: bool) -> TextClause:
+    """Every change of a posting in one UPDATE, with ``lock`` its rows locked in id order
+    first; it returns the ids it changed."""
+    ctes = [f"changes (id, delta, earned, spent, entries) AS (VALUES {changes_values(rows)})"]
+    ctes += [LOCKED_IN_ORDER] if lock else []
+    return text(f"WITH {', '.join(ctes)} {update_changes(lock=lock)}")
 
 
 def _apply_all(session: Session, changes: list[Change]) -> None:
@@ -374,11 +394,7 @@ def _apply_all(session: Session, changes: list[Change]) -> None:
             _undo(session, applied)
             raise
         return
-    values: dict[str, int] = {}
-    for n, (account_id, delta, counted) in enumerate(changes):
-        counted = counted or WalletCounters()
-        values |= {f"id{n}": account_id, f"delta{n}": delta, f"earned{n}": counted.earned}
-        values |= {f"spent{n}": counted.spent, f"entries{n}": counted.entries}
+    values = changes_parameters(changes)
     changed = set(session.execute(_apply_many(len(changes), lock=postgres), values).scalars())
     if len(changed) != len(changes):
         short = next(account_id for account_id, _, _ in changes if account_id not in changed)
@@ -619,45 +635,3 @@ def _insert_transactions(rows: int) -> TextClause:
         f"created_at) VALUES {values} ON CONFLICT (idempotency_key) DO NOTHING "
         "RETURNING id, idempotency_key"
     ).bindparams(bindparam("created_at", type_=UTCDateTime()))
-
-
-def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[int] | None:
-    """Post several balanced transactions that follow one another (a settlement and the
-    releases of the credit it charged) as one set of rows: their keys in one statement,
-    every balance they change in one (after one ordered lock on PostgreSQL), every entry in
-    one. The balances end as posting them one by one would leave them (an account that one
-    takes in and the next pays out moves by the difference; a debit covered only by an
-    earlier request's credit is not this function's to post). Their ids; None, with nothing
-    posted, where any key was posted before (the caller then posts them one by one,
-    ``post_transaction``, which answers each duplicate)."""
-    for request in requests:
-        _check_balanced(request.postings)
-    postings = [posting for request in requests for posting in request.postings]
-    changes, owners = _changes(session, postings)
-    values: dict[str, object] = {"created_at": utcnow()}
-    for n, request in enumerate(requests):
-        values |= {f"kind{n}": request.kind.value, f"key{n}": request.key}
-        values |= {f"job_id{n}": request.job_id, f"node_id{n}": request.node_id}
-        values[f"memo{n}"] = request.memo
-    ids = dict(
-        (key, new_id)
-        for new_id, key in session.execute(_insert_transactions(len(requests)), values)
-    )
-    if len(ids) != len(requests):  # some key was there: take back the rest
-        if ids:
-            session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(ids.values())))
-        return None
-    try:
-        _apply_all(session, changes)
-    except InsufficientFundsError:
-        session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(ids.values())))
-        raise
-    rows = [
-        row
-        for request in requests
-        for row in _entry_rows(ids[request.key], request.postings, owners)
-    ]
-    if rows:
-        session.execute(INSERT_ENTRIES, rows)
-    _expire_changed(session, [account_id for account_id, _, _ in changes])
-    return [ids[request.key] for request in requests]

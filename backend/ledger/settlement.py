@@ -21,6 +21,7 @@ from ledger.models import (
     TransactionKind,
 )
 from ledger.pending import KnownPending, open_pending, release_request, void_request
+from ledger.posted_together import post_all_new
 from ledger.postings import (
     Posting,
     TransactionRequest,
@@ -29,7 +30,6 @@ from ledger.postings import (
     look_up_accounts,
     pending,
     post,
-    post_all_new,
     wallet_id,
 )
 from ledger.pricing import Rates, ResourceSeconds, price_usage

@@ -100,7 +100,7 @@ def test_postings_made_together_move_the_net_and_keep_every_entry(
     request pays into and the next pays out of moves by the difference, and each keeps
     its entries."""
     from ledger.models import LedgerEntry
-    from ledger.postings import post_all_new
+    from ledger.posted_together import post_all_new
 
     accounts = [user, node_owner, other_user]
     before = _balances(factory, accounts)
@@ -120,7 +120,7 @@ def test_postings_made_together_move_the_net_and_keep_every_entry(
 def test_postings_made_together_post_nothing_where_a_key_was_posted_before(
     factory, user: Account, node_owner: Account
 ) -> None:
-    from ledger.postings import post_all_new
+    from ledger.posted_together import post_all_new
 
     accounts = [user, node_owner]
     _post(factory, accounts, [-MICRO, MICRO], "posted-before")
@@ -131,6 +131,31 @@ def test_postings_made_together_post_nothing_where_a_key_was_posted_before(
         assert post_all_new(session, [fresh, again]) is None
     assert _balances(factory, accounts) == before
     assert _transactions(factory) == transactions
+
+
+def test_postings_made_together_with_a_short_debit_post_nothing(
+    factory, user: Account, node_owner: Account, other_user: Account
+) -> None:
+    """One debit among them that its account cannot cover: no balance moves, no key or
+    entry is kept, and the caller's transaction goes on (and commits)."""
+    from ledger.models import LedgerEntry
+    from ledger.posted_together import post_all_new
+
+    accounts = [user, node_owner, other_user]
+    before, transactions = _balances(factory, accounts), _transactions(factory)
+    with session_scope(factory) as session:
+        entries_before = session.scalar(select(func.count()).select_from(LedgerEntry))
+    too_much = before[2] + 1
+    with session_scope(factory) as session:
+        covered = _request(session, accounts[:2], [-MICRO, MICRO], "short-1")
+        short = _request(session, [other_user, user], [-too_much, too_much], "short-2")
+        with pytest.raises(InsufficientFundsError):
+            post_all_new(session, [covered, short])
+    assert _balances(factory, accounts) == before
+    assert _transactions(factory) == transactions
+    with session_scope(factory) as session:
+        assert session.scalar(select(func.count()).select_from(LedgerEntry)) == entries_before
+        assert ledger_report(session, terminal_job_ids=set()).invariant_ok
 
 
 @pytest.mark.parametrize("amount", [32_768, 2**31])

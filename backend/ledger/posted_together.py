@@ -1,0 +1,155 @@
+"""Several transactions posted as one set of rows: a settlement and the releases (or
+voids) of the credit it has just charged, which follow from it and commit with it.
+
+On PostgreSQL all of it is one statement: the keys inserted, the accounts locked in id order
+and changed by their net, every entry inserted, where every key was new and every debit
+covered; a short debit changes the rows it reached, which are undone by hand. On SQLite
+(one writer at a time) three: the keys, the balances, the entries.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from sqlalchemy import TextClause, bindparam, delete, text
+from sqlalchemy.orm import Session
+
+from core.db import UTCDateTime, utcnow
+from core.errors import InsufficientFundsError
+from ledger.models import LedgerTransaction
+from ledger.postings import (
+    INSERT_ENTRIES,
+    LOCKED_IN_ORDER,
+    Change,
+    TransactionRequest,
+    _apply_all,
+    _changes,
+    _check_balanced,
+    _entry_rows,
+    _expire_changed,
+    _insert_transactions,
+    _undo,
+    changes_parameters,
+    changes_values,
+    update_changes,
+)
+
+
+def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[int] | None:
+    """Post several balanced transactions that follow one another (a settlement and the
+    releases of the credit it charged) as one set of rows. The balances end as posting them
+    one by one would leave them (an account that one takes in and the next pays out moves by
+    the difference; a debit covered only by an earlier request's credit is not this
+    function's to post). Their ids; None, with nothing posted, where any key was posted
+    before (the caller then posts them one by one, ``post_transaction``, which answers each
+    duplicate)."""
+    for request in requests:
+        _check_balanced(request.postings)
+    postings = [posting for request in requests for posting in request.postings]
+    changes, owners = _changes(session, postings)
+    values: dict[str, object] = {"created_at": utcnow()}
+    for n, request in enumerate(requests):
+        values |= {f"kind{n}": request.kind.value, f"key{n}": request.key}
+        values |= {f"job_id{n}": request.job_id, f"node_id{n}": request.node_id}
+        values[f"memo{n}"] = request.memo
+    if changes and session.get_bind().dialect.name == "postgresql":
+        return _in_one_statement(session, requests, changes, owners, values)
+    ids = dict(
+        (key, new_id)
+        for new_id, key in session.execute(_insert_transactions(len(requests)), values)
+    )
+    if len(ids) != len(requests):  # some key was there: take back the rest
+        _take_back(session, ids.values())
+        return None
+    try:
+        _apply_all(session, changes)
+    except InsufficientFundsError:
+        _take_back(session, ids.values())
+        raise
+    rows = [
+        row
+        for request in requests
+        for row in _entry_rows(ids[request.key], request.postings, owners)
+    ]
+    if rows:
+        session.execute(INSERT_ENTRIES, rows)
+    _expire_changed(session, [account_id for account_id, _, _ in changes])
+    return [ids[request.key] for request in requests]
+
+
+def _in_one_statement(
+    session: Session,
+    requests: list[TransactionRequest],
+    changes: list[Change],
+    owners: dict[int, tuple[str, int | None]],
+    values: dict[str, object],
+) -> list[int] | None:
+    values |= changes_parameters(changes)
+    entries = [(request.key, posting) for request in requests for posting in request.postings]
+    for n, (key, posting) in enumerate(entries):
+        values |= {f"e_key{n}": key, f"e_account{n}": posting.account_id}
+        values |= {f"e_kind{n}": posting.kind.value, f"e_amount{n}": posting.amount}
+        values |= {f"e_node{n}": posting.node_id, f"e_user{n}": owners[posting.account_id][1]}
+    statement = _all_in_one(len(requests), len(changes), len(entries))
+    ids: dict[str, int] = {}
+    applied: set[int] = set()
+    for row_id, key in session.execute(statement, values):
+        if key is None:
+            applied.add(row_id)
+        else:
+            ids[key] = row_id
+    if len(ids) != len(requests):  # some key was there: nothing else was done
+        _take_back(session, ids.values())
+        return None
+    if len(applied) != len(changes):  # a debit was short: no entries were written
+        short = next(account_id for account_id, _, _ in changes if account_id not in applied)
+        _undo(session, [change for change in changes if change[0] in applied])
+        _take_back(session, ids.values())
+        raise InsufficientFundsError(f"account {short} cannot cover its debit")
+    _expire_changed(session, [account_id for account_id, _, _ in changes])
+    return [ids[request.key] for request in requests]
+
+
+def _take_back(session: Session, transaction_ids: object) -> None:
+    """Delete keys this posting inserted (within the caller's transaction)."""
+    taken = list(transaction_ids)  # type: ignore[call-overload]
+    if taken:
+        session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(taken)))
+
+
+@functools.lru_cache(maxsize=64)
+def _all_in_one(transactions: int, changes: int, entries: int) -> TextClause:
+    """PostgreSQL: the keys (``ON CONFLICT DO NOTHING``), then, only where all of them were
+    new, the ordered lock and the update of every change, then, only where every change was
+    made, the entries in the order posted. Data-modifying CTEs all run once; each step reads
+    the previous one's RETURNING rows, which orders them. It returns the new transactions'
+    (id, key) and the changed accounts' (id, NULL)."""
+    keys = ", ".join(
+        f"(:kind{n}, :key{n}, CAST(:job_id{n} AS INTEGER), CAST(:node_id{n} AS INTEGER), "
+        f":memo{n}, :created_at)"
+        for n in range(transactions)
+    )
+    entry_rows = ", ".join(
+        f"({n}, CAST(:e_key{n} AS VARCHAR), CAST(:e_account{n} AS INTEGER), "
+        f"CAST(:e_kind{n} AS VARCHAR), CAST(:e_amount{n} AS BIGINT), "
+        f"CAST(:e_node{n} AS INTEGER), CAST(:e_user{n} AS INTEGER))"
+        for n in range(entries)
+    )
+    locked_when_all_new = LOCKED_IN_ORDER.replace(
+        "ORDER BY id", f"AND (SELECT count(*) FROM tx) = {transactions} ORDER BY id"
+    )
+    return text(
+        "WITH tx AS (INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, "
+        f"memo, created_at) VALUES {keys} ON CONFLICT (idempotency_key) DO NOTHING "
+        "RETURNING id, idempotency_key), "
+        f"changes (id, delta, earned, spent, entries) AS (VALUES {changes_values(changes)}), "
+        f"{locked_when_all_new}, "
+        f"applied AS ({update_changes(lock=True)}), "
+        "entries (n, key, account_id, kind, amount, node_id, user_id) AS "
+        f"(VALUES {entry_rows}), "
+        "written AS (INSERT INTO ledger_entries (transaction_id, account_id, kind, amount, "
+        "node_id, user_id) SELECT tx.id, entries.account_id, entries.kind, entries.amount, "
+        "entries.node_id, entries.user_id FROM entries JOIN tx ON tx.idempotency_key = "
+        f"entries.key WHERE (SELECT count(*) FROM applied) = {changes} ORDER BY entries.n) "
+        "SELECT id, idempotency_key FROM tx UNION ALL SELECT id, NULL FROM applied"
+    ).bindparams(bindparam("created_at", type_=UTCDateTime()))
