@@ -62,7 +62,8 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
     """One session per request: commit when the handler returns, roll back if it raised.
     GET and HEAD requests read in a read-only session (on SQLite: no write lock). Making
     the session touches no database (it connects at its first statement), so only its end
-    goes to the thread pool: one hop, where a plain generator took two."""
+    goes to the thread pool: one hop, where a plain generator took two; none where a route
+    commits on its own thread (submit: see there)."""
     reads_only = request.method in ("GET", "HEAD")
     factory = (
         request.app.state.read_session_factory if reads_only else request.app.state.session_factory
@@ -73,7 +74,10 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
     except BaseException as exc:
         await run_in_threadpool(_end, session, commit=_keeps_changes(exc))
         raise
-    await run_in_threadpool(_end, session, commit=True)
+    if session.in_transaction():
+        await run_in_threadpool(_end, session, commit=True)
+    else:  # the route committed on its own thread (or read nothing): no database to wait on
+        session.close()
 
 
 def _keeps_changes(exc: BaseException) -> bool:

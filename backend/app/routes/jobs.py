@@ -66,7 +66,12 @@ def submit(
         limits=SubmitLimits(settings.max_waiting_jobs_per_user, settings.submits_per_minute),
         accept_unplaceable=settings.queue_unplaceable_jobs,
     )
-    if created:  # its money is its hold, and it has no audits yet: nothing to read
+    if created:
+        # Committed here, at once: the hold locks the user's wallet row until the commit, so
+        # every other submit of this user waits for it; committed at the request's end, it
+        # also waited for this answer to be built and for a hop to the thread pool.
+        session.commit()
+        # Its money is its hold, and it has no audits yet: nothing to read.
         out = with_money(job_out(job), new_job_money(job, rates))
         return model_response(out, status_code=status.HTTP_201_CREATED)
     return model_response(
