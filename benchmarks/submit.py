@@ -2,15 +2,17 @@
 
     PYTHONPATH=backend .venv/bin/python benchmarks/submit.py \
         [--database postgresql://postgres@127.0.0.1:5432/test] [--workers 1,4]
-        [--concurrency 1,8,32] [--seconds 5] [--reads-while-starting]
+        [--concurrency 1,8,32] [--seconds 5] [--repeat 3] [--reads-while-starting]
 
 For each number of worker processes: the real gateway (`app.launcher`, no node of its own,
 so nothing but the gateway shares the machine with the database and the client) on a fresh
 database, then the ceiling app (`submit_ceiling_app.py`: a sync FastAPI route, a PyJWT
 bearer check, one SQLAlchemy session that reads a row and inserts one) under uvicorn with
 the same number of workers on another fresh database of the same server; the same threads
-with keep-alive connections load each for the same seconds. The gateway's submit is the one
-a user makes: a job that waits in the queue (it asks for a GPU no node has), with its hold.
+with keep-alive connections load each for the same seconds. With `--repeat N` the two take
+turns N times and the report gives the medians (this machine's speed drifts by 10-20%
+between runs). The gateway's submit is the one a user makes: a job that waits in the queue
+(it asks for a GPU no node has), with its hold.
 
 `--reads-while-starting` then starts the gateway with its local node and compares the p99 of
 `GET /jobs` idle with the p99 while three small jobs start and run on that node.
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 
 import httpx
 
@@ -154,51 +157,62 @@ def cell(name: str, workers: int, clients: int, figures: Figures, ceiling: Figur
     )
 
 
+def our_submits(args: argparse.Namespace, workers: int, tmp: Path) -> dict[int, Figures]:
+    """The real gateway's submits/s for each number of clients, on a fresh database."""
+    ours: dict[int, Figures] = {}
+    with fresh_database(args.database, tmp) as url:
+        seed(url, 10)
+        with running_gateway(url, tmp, workers, {"DISTLM_LOCAL_NODE": "false"}) as gw:
+            submit = calls(gw.base)["submit"]
+            if args.user_per_client:
+                submit = users_submitting(url, gw.base, max(args.clients))
+            load(submit, gw.base, 2, 1.0)  # warm every worker's caches
+            for clients in args.clients:
+                ours[clients] = load(submit, gw.base, clients, args.seconds)
+    return ours
+
+
+def ceiling_submits(args: argparse.Namespace, workers: int, tmp: Path) -> dict[int, Figures]:
+    """The ceiling app's, the same way."""
+    with fresh_database(args.database, tmp) as url, running_ceiling(url, workers) as (base, auth):
+
+        def ceiling_submit(client: httpx.Client) -> httpx.Response:
+            return client.post("/jobs/submit", headers=auth, json=WAITING_JOB)
+
+        load(ceiling_submit, base, 2, 1.0)
+        return {clients: load(ceiling_submit, base, clients, args.seconds)
+                for clients in args.clients}  # fmt: skip
+
+
 def submits_against_ceiling(args: argparse.Namespace) -> None:
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    """Each number of workers: the gateway then the ceiling, ``--repeat`` times in turn (this
+    machine's speed drifts by 10-20% between runs); the report takes the medians."""
     print("| workers | clients | DistLM submit/s (p50 / p99 ms) | ceiling | ratio | errors |")
     print("|---|---|---|---|---|---|")
     for workers in (int(w) for w in args.workers.split(",")):
-        with tempfile.TemporaryDirectory(prefix="distlm-bench-") as tmp_name:
-            tmp = Path(tmp_name)
-            ours: dict[int, Figures] = {}
-            with fresh_database(args.database, tmp) as url:
-                seed(url, 10)
-                with running_gateway(url, tmp, workers, {"DISTLM_LOCAL_NODE": "false"}) as gw:
-                    submit = calls(gw.base)["submit"]
-                    if args.user_per_client:
-                        submit = users_submitting(url, gw.base, max(concurrencies))
-                    load(submit, gw.base, 2, 1.0)  # warm every worker's caches
-                    for clients in concurrencies:
-                        ours[clients] = load(submit, gw.base, clients, args.seconds)
-            with (
-                fresh_database(args.database, tmp) as url,
-                running_ceiling(url, workers) as (
-                    base,
-                    auth,
-                ),
-            ):
-
-                def ceiling_submit(client: httpx.Client) -> httpx.Response:
-                    return client.post("/jobs/submit", headers=auth, json=WAITING_JOB)
-
-                load(ceiling_submit, base, 2, 1.0)
-                ceiling = {}
-                for clients in concurrencies:
-                    ceiling[clients] = load(ceiling_submit, base, clients, args.seconds)
-                    cell("submit", workers, clients, ours[clients], ceiling[clients])
-        best = max(concurrencies, key=lambda clients: ours[clients].per_s)
+        ours: dict[int, list[Figures]] = {clients: [] for clients in args.clients}
+        ceiling: dict[int, list[Figures]] = {clients: [] for clients in args.clients}
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="distlm-bench-") as tmp_name:
+                mine = our_submits(args, workers, Path(tmp_name))
+                theirs = ceiling_submits(args, workers, Path(tmp_name))
+            for clients in args.clients:
+                ours[clients].append(mine[clients])
+                ceiling[clients].append(theirs[clients])
+                cell("submit", workers, clients, mine[clients], theirs[clients])
+        rate = {clients: median(f.per_s for f in ours[clients]) for clients in args.clients}
+        limit = {clients: median(f.per_s for f in ceiling[clients]) for clients in args.clients}
+        best = max(args.clients, key=lambda clients: rate[clients])
+        who = "a user per client" if args.user_per_client else "one user"
+        runs = f"median of {args.repeat}" if args.repeat > 1 else "one run"
         if workers == 1:
-            who = "a user per client" if args.user_per_client else "one user"
-            report("submit", f"submits/s, 1 process, {best} clients, {who}", ours[best].per_s,
-                   unit="/s", baseline=ceiling[best].per_s, baseline_name="stack's ceiling",
-                   aim=">= 0.5")  # fmt: skip
+            report("submit", f"submits/s, 1 process, {best} clients, {who} ({runs})",
+                   rate[best], unit="/s", baseline=limit[best],
+                   baseline_name="stack's ceiling", aim=">= 0.5")  # fmt: skip
         else:
-            who = "a user per client" if args.user_per_client else "one user"
-            ceiling_rate = ceiling[best].per_s
             report("submit", f"submits/s, {workers} processes, {best} clients, {who} "
-                   f"(ceiling {ceiling_rate:.0f}/s)",
-                   ours[best].per_s, unit="/s", aim=">= 300")  # fmt: skip
+                   f"(ceiling {limit[best]:.0f}/s, {runs})",
+                   rate[best], unit="/s", aim=">= 300")  # fmt: skip
 
 
 def reads_while_jobs_start(args: argparse.Namespace) -> None:
@@ -228,6 +242,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,4")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=1, help="gateway and ceiling in turn")
     parser.add_argument("--reads-while-starting", action="store_true")
     parser.add_argument(
         "--user-per-client",
@@ -236,6 +251,7 @@ def main() -> None:
         "whose wallet row every hold locks in turn)",
     )
     args = parser.parse_args()
+    args.clients = [int(c) for c in args.concurrency.split(",")]
     submits_against_ceiling(args)
     if args.reads_while_starting:
         reads_while_jobs_start(args)
