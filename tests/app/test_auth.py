@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from auth.models import LoginThrottle, Role, User
 from auth.service import client_address_key
 from tests.conftest import PASSWORD, TEST_SECRET, Account, bearer
+from tests.polling import wait_for
 
 
 def login(client: TestClient, username: str, password: str):
@@ -275,6 +276,22 @@ def test_expired_token_is_401(client: TestClient, user: Account, settings) -> No
     response = client.get("/auth/me", headers=headers)
     assert response.status_code == 401
     assert "expired" in response.json()["detail"]
+
+
+def test_a_token_that_served_requests_is_refused_once_it_expires(
+    client: TestClient, user: Account, settings
+) -> None:
+    """The gateway remembers tokens it has verified; one it has seen is still refused from
+    the second it expires."""
+    headers = bearer(user.user, settings, expires_in=dt.timedelta(seconds=2))
+    assert client.get("/auth/me", headers=headers).status_code == 200
+    assert client.get("/auth/me", headers=headers).status_code == 200  # remembered now
+    refused = wait_for(
+        lambda: (r := client.get("/auth/me", headers=headers)).status_code == 401 and r,
+        timeout_s=10,
+        what="the token to expire",
+    )
+    assert "expired" in refused.json()["detail"]
 
 
 def test_tampered_token_is_401(client: TestClient, admin: Account) -> None:
