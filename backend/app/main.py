@@ -104,11 +104,11 @@ def create_app(
         app.state.stream_slots = StreamSlots(
             per_user=resolved.max_streams_per_user, total=resolved.max_streams
         )
-        stop_dispatcher = None
-        # The dispatcher's connections are its own: its lease renewal and job writes never
-        # wait behind request traffic for a pooled connection.
-        dispatcher_engine = make_engine(resolved.database_url, pool_size=2, max_overflow=2)
+        stop_dispatcher, dispatcher_engine = None, None
         if dispatch and resolved.dispatch_in_gateway:
+            # The dispatcher's connections are its own: its lease renewal and job writes
+            # never wait behind request traffic for a pooled connection.
+            dispatcher_engine = make_engine(resolved.database_url, pool_size=2, max_overflow=2)
             factory = make_session_factory(dispatcher_engine)
             port = runners or AgentRunners(factory, resolved)
             stop_dispatcher = start_dispatcher(factory, resolved, port)
@@ -117,7 +117,8 @@ def create_app(
         finally:
             if stop_dispatcher is not None:
                 stop_dispatcher()
-            dispatcher_engine.dispose()
+            if dispatcher_engine is not None:
+                dispatcher_engine.dispose()
 
     app = FastAPI(
         title="DistLM",

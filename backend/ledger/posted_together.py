@@ -10,6 +10,7 @@ covered; a short debit changes the rows it reached, which are undone by hand. On
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from sqlalchemy import TextClause, bindparam, delete, text
 from sqlalchemy.orm import Session
@@ -110,9 +111,9 @@ def _in_one_statement(
     return [ids[request.key] for request in requests]
 
 
-def _take_back(session: Session, transaction_ids: object) -> None:
+def _take_back(session: Session, transaction_ids: Iterable[int]) -> None:
     """Delete keys this posting inserted (within the caller's transaction)."""
-    taken = list(transaction_ids)  # type: ignore[call-overload]
+    taken = list(transaction_ids)
     if taken:
         session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(taken)))
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.agent.gateway_process import Gateway, running_gateway
+from tests.leases import dispatcher_holder, holder_pid
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,18 +30,11 @@ QUEUED_JOB = {
 
 def dispatcher(database: Path) -> psutil.Process | None:
     """The live process holding the dispatcher's lease, if there is one."""
-    engine = create_engine(f"sqlite:///{database}")
-    try:
-        with engine.connect() as connection:
-            holder = connection.execute(
-                text("SELECT holder FROM leases WHERE name = 'dispatcher'")
-            ).scalar()
-    finally:
-        engine.dispose()
+    holder = dispatcher_holder(f"sqlite:///{database}")
     if holder is None:
         return None
     try:
-        return psutil.Process(int(holder.split(":")[1]))
+        return psutil.Process(holder_pid(holder))
     except psutil.NoSuchProcess:
         return None
 

@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, text
 
 from tests.agent.gateway_process import PYTHON, ROOT, free_port, login
 from tests.conftest import postgres_url
+from tests.leases import dispatcher_holder, holder_pid
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -143,15 +144,9 @@ def heads_started_since(started: float, ray_tmpdir: str) -> list[psutil.Process]
 
 
 def leader_pid(database_url: str) -> int:
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        with engine.connect() as connection:
-            holder = connection.execute(
-                text("SELECT holder FROM leases WHERE name = 'dispatcher'")
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    return int(holder.split(":")[1])
+    holder = dispatcher_holder(database_url)
+    assert holder is not None, "no process holds the dispatcher's lease"
+    return holder_pid(holder)
 
 
 def run_job(base: str, token: str) -> dict[str, Any]:
