@@ -288,9 +288,9 @@ def run_ours(
 class WarmNode:
     """A node's own Ray, started once before the runs as a node's agent starts it
     (``agent.own_ray``: ``ray_module.head.start_head`` with the node's resources and a token
-    of its own), and stopped after them."""
+    of its own, then its warm workers, ``ray_module.warm``), and stopped after them."""
 
-    def __init__(self, num_cpus: int) -> None:
+    def __init__(self, num_cpus: int, warm_workers: int) -> None:
         import secrets
 
         from ray_module.cluster import ClusterConfig
@@ -307,6 +307,20 @@ class WarmNode:
         self.address = self.record.address
         self.pids = frozenset({self.record.pid})
         self._settle()
+        self.warm_workers = warm_workers
+        if warm_workers and not self._warm({"node_id": 1, "size": warm_workers}):
+            raise SystemExit("the node's warm workers did not start")
+
+    def wait_warm(self) -> None:
+        """Until the node's warm workers are all ready again (a run's are killed once it
+        ends, and new ones start): every run starts on a node that was idle a while."""
+        if self.warm_workers and not self._warm({"wait": True}):
+            raise SystemExit("the node's warm workers did not come back")
+
+    def _warm(self, order: dict[str, Any]) -> bool:
+        from ray_module.warm.launch import run_warm_command
+
+        return run_warm_command(self.record.address, self.record.auth_token, order)
 
     def _settle(self) -> None:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.record.auth_token}
@@ -449,6 +463,13 @@ def main() -> None:
         "run starts its own; or both",
     )
     parser.add_argument("--skip-flower", action="store_true")
+    parser.add_argument(
+        "--warm-workers",
+        type=int,
+        default=-1,
+        help="the warm node's warm workers (default: as an agent keeps, one per core, at "
+        "most 4; 0: none, every host a fresh Ray worker)",
+    )
     # Internal: one run of ours with these flags, its JSON on the last line.
     parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=4, help=argparse.SUPPRESS)
@@ -466,7 +487,12 @@ def main() -> None:
     modes = [mode.strip() for mode in args.machine.split(",") if mode.strip()]
     if set(modes) - {"warm", "cold"} or not modes:
         raise SystemExit("--machine takes warm, cold or both")
-    warm = WarmRays(args.num_cpus, flower=not args.skip_flower) if "warm" in modes else None
+    warm = None
+    if "warm" in modes:
+        from ray_module.warm.launch import default_size
+
+        workers = default_size(args.num_cpus) if args.warm_workers < 0 else args.warm_workers
+        warm = WarmRays(args.num_cpus, flower=not args.skip_flower, warm_workers=workers)
     try:
         summary = [one_configuration(args, clients, rounds, modes, warm)
                    for clients, rounds in parse_configs(args.configs)]  # fmt: skip
@@ -483,8 +509,8 @@ Configuration = tuple[int, int, dict[str, Runs], dict[str, Runs], set[float]]
 class WarmRays:
     """Both sides' warm Ray, each of its own version, started before the runs."""
 
-    def __init__(self, num_cpus: int, *, flower: bool) -> None:
-        self.ours = WarmNode(num_cpus)
+    def __init__(self, num_cpus: int, *, flower: bool, warm_workers: int) -> None:
+        self.ours = WarmNode(num_cpus, warm_workers)
         self.flower = FlowerWarmRay(num_cpus) if flower else None
         self.pids = self.ours.pids | (self.flower.pids if self.flower else frozenset())
 
@@ -513,9 +539,13 @@ def one_configuration(
     for _ in range(args.repeat):  # alternate the sides
         for mode in modes:
             on_warm = warm is not None and mode == "warm"
+            if warm is not None:
+                warm.ours.wait_warm()
             ours[mode].append(run_ours(args, warm.ours if on_warm else None, keep=keep))
             print(f"  {mode}: {describe(ours[mode][-1])}", flush=True)
             if not args.skip_flower:
+                if warm is not None:
+                    warm.ours.wait_warm()
                 ray = warm.flower if on_warm else None
                 flower[mode].append(run_flower(args, ray, keep=keep))
                 print(f"  {mode}: {describe(flower[mode][-1])}", flush=True)

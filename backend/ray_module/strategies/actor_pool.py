@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from protocol.events import UsageEvent
 from protocol.trust import check_rate_for
 from ray_module.errors import LostWorkersError, describe, is_retryable
+from ray_module.warm.claim import kill_actor
 
 WAIT_SLICE_S = 0.25  # how often a waiting server looks for a cancel request
 
@@ -83,11 +84,9 @@ class PoolMember:
 
     def stop(self) -> None:
         """Its work was found invalid: it takes no further part (nor pay) in the job."""
-        import ray
-
         if self.alive:
             self.alive = False
-            ray.kill(self.handle, no_restart=True)
+            kill_actor(self.handle)
 
     def is_available(self) -> bool:
         import ray

@@ -23,8 +23,8 @@ from protocol.strategies.data_parallel import (
 )
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
-from ray_module.resources import node_resource
 from ray_module.strategies.data_parallel.rank import DataParallelRank, RankConfig
+from ray_module.warm.claim import Slot, kill_actor, start_actors
 
 RENDEZVOUS_TIMEOUT_S = 600
 
@@ -49,22 +49,15 @@ def run_data_parallel(config: RunConfig, context: RunContext) -> None:
         wait_for_all([rank.train.remote(rendezvous) for rank in ranks])
     finally:
         for rank in ranks:
-            ray.kill(rank)  # a rank still waiting on a lost peer, or idle after its work
+            kill_actor(rank)  # a rank still waiting on a lost peer, or idle after its work
 
 
 def start_ranks(config: RunConfig, settings: DataParallelSettings) -> list[Any]:
-    import ray
-
-    actor_class = ray.remote(DataParallelRank)
-    return [
-        actor_class.options(
-            num_cpus=plan.cpu_cores,
-            num_gpus=plan.gpu,
-            resources={node_resource(plan.node_id): 0.001},
-            max_restarts=0,
-        ).remote(RankConfig(config, settings, rank, plan))
-        for rank, plan in enumerate(config.workers)
-    ]
+    return start_actors(
+        DataParallelRank,
+        [Slot(plan.node_id, plan.cpu_cores, plan.gpu) for plan in config.workers],
+        [(RankConfig(config, settings, rank, plan),) for rank, plan in enumerate(config.workers)],
+    )
 
 
 def wait_for_all(pending: list[Any]) -> None:

@@ -18,7 +18,6 @@ from protocol.run import PublishTarget, RunConfig
 from protocol.strategies.es import ESSettings, parse_es_settings
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
-from ray_module.resources import node_resource
 from ray_module.storage.checkpoints import load_arrays, save_arrays
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.actor_pool import first_alive
@@ -29,6 +28,7 @@ from ray_module.strategies.es.server import ESServer, NoLiveWorkersError, Worker
 from ray_module.strategies.es.verification import Verifier
 from ray_module.strategies.es.worker import ESWorker
 from ray_module.strategies.es.worker_config import WorkerConfig
+from ray_module.warm.claim import Slot, kill_actor, start_actors
 
 if TYPE_CHECKING:  # it imports torch, which the runner needs only for a replay
     from ray_module.strategies.es.evaluator import ESEvaluator
@@ -90,39 +90,39 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
 
     if not config.workers:
         raise StartupError("es needs at least one placed worker")
-    actor_class = ray.remote(ESWorker)
-    workers = []
-    for rank, plan in enumerate(config.workers):
-        handle = actor_class.options(
-            num_cpus=plan.cpu_cores,
-            num_gpus=plan.gpu,
-            resources={node_resource(plan.node_id): 0.001},
-            max_restarts=0,
-        ).remote(
-            WorkerConfig(
-                job_id=config.job_id,
-                rank=rank,
-                node_id=plan.node_id,
-                gpu=plan.gpu,
-                cpu_cores=plan.cpu_cores,
-                memory_gb=plan.memory_gb,
-                model=config.model,
-                data=config.data,
-                settings=settings,
+    handles = start_actors(
+        ESWorker,
+        [Slot(plan.node_id, plan.cpu_cores, plan.gpu) for plan in config.workers],
+        [
+            (
+                WorkerConfig(
+                    job_id=config.job_id,
+                    rank=rank,
+                    node_id=plan.node_id,
+                    gpu=plan.gpu,
+                    cpu_cores=plan.cpu_cores,
+                    memory_gb=plan.memory_gb,
+                    model=config.model,
+                    data=config.data,
+                    settings=settings,
+                ),
             )
+            for rank, plan in enumerate(config.workers)
+        ],
+    )
+    workers = [
+        Worker(
+            handle,
+            plan.node_id,
+            plan.gpu,
+            plan.cpu_cores,
+            plan.memory_gb,
+            rank=rank,
+            owner_id=plan.owner_id,
+            valid_streak=plan.valid_streak,
         )
-        workers.append(
-            Worker(
-                handle,
-                plan.node_id,
-                plan.gpu,
-                plan.cpu_cores,
-                plan.memory_gb,
-                rank=rank,
-                owner_id=plan.owner_id,
-                valid_streak=plan.valid_streak,
-            )
-        )
+        for rank, (handle, plan) in enumerate(zip(handles, config.workers, strict=True))
+    ]
     infos = []
     for worker in workers:
         try:
@@ -133,7 +133,7 @@ def start_workers(config: RunConfig, settings: ESSettings) -> tuple[list[Worker]
             worker.alive = False  # lost with its node: the others go on
         except ray.exceptions.GetTimeoutError:
             worker.alive = False
-            ray.kill(worker.handle, no_restart=True)  # free the slot it would hold
+            kill_actor(worker.handle)  # free the slot it would hold
     if not infos:
         raise NoLiveWorkersError("no ES worker started")
     # Workers exchange only noise indices, so they must agree on model size and noise.

@@ -17,7 +17,6 @@ from protocol.strategies.fedavg import FedAvgSettings, parse_fedavg_settings
 from protocol.trust import check_rate_for, share_weight, weighted_split
 from ray_module.contract import RunContext
 from ray_module.errors import StartupError
-from ray_module.resources import node_resource
 from ray_module.storage.gateway_files import fetch_inputs, publish_directory
 from ray_module.strategies.actor_pool import first_alive
 from ray_module.strategies.base import CHECKPOINT_DIR
@@ -35,6 +34,7 @@ from ray_module.strategies.fedavg.server import (
     check_round_fits,
 )
 from ray_module.strategies.fedavg.verification import FedAvgVerifier
+from ray_module.warm.claim import Slot, start_actors
 
 HOST_START_TIMEOUT_S = 600
 
@@ -95,33 +95,29 @@ def assign_clients(clients: int, plans: Sequence[WorkerPlan]) -> list[tuple[int,
 
 
 def start_hosts(config: RunConfig, settings: FedAvgSettings) -> list[Host]:
-    import ray
-
     if not config.workers:
         raise StartupError("fedavg needs at least one placed worker")
-    actor_class = ray.remote(ClientHost)
-    hosts: list[Host] = []
-    for plan, clients in zip(
-        config.workers, assign_clients(settings.clients, config.workers), strict=False
-    ):
-        handle = actor_class.options(
-            num_cpus=plan.cpu_cores,
-            num_gpus=plan.gpu,
-            resources={node_resource(plan.node_id): 0.001},
-            max_restarts=0,
-        ).remote(host_config(config, settings, plan, clients))
-        hosts.append(
-            Host(
-                handle,
-                plan.node_id,
-                plan.gpu,
-                plan.cpu_cores,
-                plan.memory_gb,
-                owner_id=plan.owner_id,
-                valid_streak=plan.valid_streak,
-                clients=clients,
-            )
+    dealt = list(
+        zip(config.workers, assign_clients(settings.clients, config.workers), strict=False)
+    )
+    handles = start_actors(
+        ClientHost,
+        [Slot(plan.node_id, plan.cpu_cores, plan.gpu) for plan, _ in dealt],
+        [(host_config(config, settings, plan, clients),) for plan, clients in dealt],
+    )
+    hosts = [
+        Host(
+            handle,
+            plan.node_id,
+            plan.gpu,
+            plan.cpu_cores,
+            plan.memory_gb,
+            owner_id=plan.owner_id,
+            valid_streak=plan.valid_streak,
+            clients=clients,
         )
+        for handle, (plan, clients) in zip(handles, dealt, strict=True)
+    ]
     wait_until_ready(hosts, settings)
     return hosts
 

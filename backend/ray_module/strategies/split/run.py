@@ -12,14 +12,14 @@ from typing import Any
 
 from protocol.run import RunConfig, WorkerPlan
 from protocol.strategies.split import SplitSettings, loader_actors, parse_split_settings
-from ray_module.contract import NAMESPACE, RunContext, runner_name
+from ray_module.contract import RunContext, runner_name
 from ray_module.errors import LostWorkersError, StartupError
-from ray_module.resources import node_resource
 from ray_module.strategies.actor_pool import raise_startup_failure
 from ray_module.strategies.split.loader import BatchLoader, DataShape, LoaderConfig
 from ray_module.strategies.split.results import InferenceSettings
 from ray_module.strategies.split.samples import part_ids, split_ids
 from ray_module.strategies.split.worker import DataPlan, SplitWorker, WorkerConfig
+from ray_module.warm.claim import Slot, kill_actor, start_actors
 
 LOADER_ROLE = "loader"
 START_TIMEOUT_S = 600
@@ -74,7 +74,7 @@ def run_split(config: RunConfig, context: RunContext) -> None:
         ray.get(done)
     finally:
         for actor in actors:  # their slots are free the moment the run ends, however
-            ray.kill(actor, no_restart=True)
+            kill_actor(actor)
 
 
 def part_name(config: RunConfig, part: str) -> str:
@@ -92,32 +92,28 @@ def _cancelled(context: RunContext) -> bool:
 
 
 def start_loaders(config: RunConfig, settings: SplitSettings, plans: list[WorkerPlan]) -> list:
-    import ray
-
-    actor = ray.remote(BatchLoader)
-    return [
-        actor.options(
-            # Named per attempt, so Ray's own records say where each part ran.
-            name=f"{part_name(config, 'loader')}-{number}",
-            namespace=NAMESPACE,
-            num_cpus=plan.cpu_cores,
-            resources={node_resource(plan.node_id): 0.001},
-            max_restarts=0,
-        ).remote(
-            LoaderConfig(
-                node_id=plan.node_id,
-                model_type=config.model.model_type,
-                data=config.data,
-                model=config.model,
-                seq_len=settings.seq_len,
-                seed=settings.seed,
-                job_id=config.job_id,
-                number=number,
-                augment=settings.augment,
+    return start_actors(
+        BatchLoader,
+        [Slot(plan.node_id, plan.cpu_cores) for plan in plans],
+        [
+            (
+                LoaderConfig(
+                    node_id=plan.node_id,
+                    model_type=config.model.model_type,
+                    data=config.data,
+                    model=config.model,
+                    seq_len=settings.seq_len,
+                    seed=settings.seed,
+                    job_id=config.job_id,
+                    number=number,
+                    augment=settings.augment,
+                ),
             )
-        )
-        for number, plan in enumerate(plans)
-    ]
+            for number, plan in enumerate(plans)
+        ],
+        # Named per attempt, so Ray's own records say where each part ran.
+        names=[f"{part_name(config, 'loader')}-{number}" for number in range(len(plans))],
+    )
 
 
 def data_shape(loaders: list[Any]) -> DataShape:
@@ -155,7 +151,6 @@ def data_plan(config: RunConfig, settings: SplitSettings, shape: DataShape) -> D
 def start_worker(
     config: RunConfig, settings: SplitSettings, trainer: WorkerPlan, plans: list[WorkerPlan]
 ) -> Any:
-    import ray
 
     worker_config = WorkerConfig(
         job_id=config.job_id,
@@ -174,15 +169,6 @@ def start_worker(
         audited_task=config.request.audit.get("task", "train"),
         audit_draws=tuple(int(i) for i in config.request.audit.get("draws", ())),
     )
-    return (
-        ray.remote(SplitWorker)
-        .options(
-            name=part_name(config, config.task),
-            namespace=NAMESPACE,
-            num_cpus=trainer.cpu_cores,
-            num_gpus=trainer.gpu,
-            resources={node_resource(trainer.node_id): 0.001},
-            max_restarts=0,
-        )
-        .remote(worker_config)
-    )
+    slot = Slot(trainer.node_id, trainer.cpu_cores, trainer.gpu)
+    names = [part_name(config, config.task)]
+    return start_actors(SplitWorker, [slot], [(worker_config,)], names=names)[0]

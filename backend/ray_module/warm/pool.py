@@ -1,0 +1,180 @@
+"""The keeper of a node's warm workers, and the warm worker itself.
+
+Ray binds a worker process to one job, and an actor's process exits with the actor: no
+process outlives the job that used it, so "warm" cannot mean reused. Instead the keeper (a
+detached actor on the node's own Ray, named ``KEEPER_NAME``) keeps ``size`` detached
+actors alive that have done the heavy imports and hold nothing of any job. A job's runner
+takes some (``take``); each then becomes one of the job's actors (``WarmWorker.become``) and
+serves that job only: the keeper never hands a worker out twice, and kills a taken worker
+once the process that took it has gone (the runner, or a benchmark's driver), then starts a
+fresh one in its place. At most ``size`` warm or taken workers exist at any time.
+
+Warm workers reserve no CPU in Ray (``num_cpus=0``): the dispatcher, not Ray, decides what
+runs on a node, and an idle warm worker must not keep a job's actor from being placed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.nodes import node_resource
+
+KEEPER_NAME = "distlm-warm-workers"
+HEAVY_MODULES = ("numpy", "torch")  # what every mode's worker imports first
+WATCH_S = 0.5  # how often the keeper looks for takers that have gone
+
+
+def pid_alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def threads_env_at_start() -> bool:
+    """Whether the machine's operator set OMP_NUM_THREADS for the node's Ray (Ray sets it
+    for an actor only when unset; the process's start environment says which it was)."""
+    try:
+        environ = Path("/proc/self/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(entry.startswith(b"OMP_NUM_THREADS=") for entry in environ)
+
+
+class WarmWorker:
+    """A process with the heavy imports done, waiting to become one job's actor."""
+
+    def __init__(self) -> None:
+        for name in HEAVY_MODULES:
+            importlib.import_module(name)
+        self._target: Any = None
+        self._error: Exception | None = None
+        self._taken = False
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def become(self, cls: type, cpu_cores: float, args: tuple, kwargs: dict) -> None:
+        """Build the job's actor object here, as Ray would have built it in a fresh
+        process of ``cpu_cores`` CPUs (its thread count from them). Once only."""
+        if self._taken:
+            raise RuntimeError("this warm worker already serves a job")
+        self._taken = True
+        if not threads_env_at_start():
+            os.environ["OMP_NUM_THREADS"] = str(max(math.floor(cpu_cores), 1))
+        try:
+            self._target = cls(*args, **kwargs)
+        except Exception as error:  # raised by every call, as a fresh actor's would be
+            self._error = error
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        if self._target is None:
+            raise self._error or RuntimeError("this warm worker was not given a job")
+        return getattr(self._target, method)(*args, **kwargs)
+
+
+@dataclass(eq=False)
+class _Worker:
+    handle: Any
+    pid_ref: Any
+    pid: int | None = None
+    taker: int | None = None  # the pid of the process that took it
+
+
+class WarmPoolKeeper:
+    """Keeps ``size`` warm workers on node ``node_id`` and hands each out once."""
+
+    def __init__(self, size: int, node_id: int) -> None:
+        self.size = size
+        self.node_id = node_id
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._stopped = False
+        with self._lock:
+            self._fill()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def take(self, count: int, node_id: int, taker_pid: int) -> list[Any]:
+        """Up to ``count`` idle workers for the process ``taker_pid`` on this node (ready
+        ones first); fewer, or none, when the pool has fewer or serves another node."""
+        if node_id != self.node_id or count <= 0:
+            return []
+        with self._lock:
+            self._learn_pids()
+            idle = [w for w in self._workers if w.taker is None and w.pid != 0]
+            idle.sort(key=lambda w: w.pid is None)  # ready ones first
+            handed = idle[:count]
+            for worker in handed:
+                worker.taker = taker_pid
+        return [worker.handle for worker in handed]
+
+    def state(self) -> dict[str, int]:
+        """How many workers are idle, idle and ready (imports done), and taken."""
+        with self._lock:
+            self._learn_pids()
+            idle = [w for w in self._workers if w.taker is None]
+            return {
+                "size": self.size,
+                "idle": len(idle),
+                "ready": sum(1 for w in idle if w.pid is not None),
+                "taken": len(self._workers) - len(idle),
+            }
+
+    def stop(self) -> None:
+        """Kill every worker, idle or taken, and keep none."""
+        import ray
+
+        with self._lock:
+            self._stopped = True
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            ray.kill(worker.handle, no_restart=True)
+
+    def _watch(self) -> None:
+        import ray
+
+        while True:
+            time.sleep(WATCH_S)
+            with self._lock:
+                self._learn_pids()
+                ended = [w for w in self._workers if self._ended(w)]
+                self._workers = [w for w in self._workers if w not in ended]
+                self._fill()
+            for worker in ended:  # a taken worker serves its taker only, never another
+                ray.kill(worker.handle, no_restart=True)
+
+    def _ended(self, worker: _Worker) -> bool:
+        if worker.pid is not None and (worker.pid == 0 or not pid_alive(worker.pid)):
+            return True
+        return worker.taker is not None and not pid_alive(worker.taker)
+
+    def _learn_pids(self) -> None:
+        import ray
+
+        pending = [w for w in self._workers if w.pid is None]
+        if not pending:
+            return
+        done, _ = ray.wait([w.pid_ref for w in pending], num_returns=len(pending), timeout=0)
+        for worker in pending:
+            if worker.pid_ref in done:
+                try:
+                    worker.pid = ray.get(worker.pid_ref)
+                except ray.exceptions.RayError:
+                    worker.pid = 0  # died while starting (no process has pid 0)
+
+    def _fill(self) -> None:
+        import ray
+
+        actor = ray.remote(WarmWorker)
+        while not self._stopped and len(self._workers) < self.size:
+            handle = actor.options(
+                num_cpus=0,
+                resources={node_resource(self.node_id): 0.001},
+                lifetime="detached",  # outlives the short-lived process that made the keeper
+                max_restarts=0,
+            ).remote()
+            self._workers.append(_Worker(handle, handle.pid.remote()))
