@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--object-store-mb", type=_count(75), metavar="MB", help="Ray object store size"
     )
+    run.add_argument(
+        "--warm-workers",
+        type=_count(0),
+        metavar="N",
+        help="processes of the node's own Ray kept with torch imported, so that a job's "
+        "workers start at once (default: one per core, at most 4; each holds ~250 MB; 0: none)",
+    )
     run.add_argument("--ray-log-file", type=Path, help="the Ray worker's output")
     run.add_argument(
         "--node-address",
@@ -203,6 +210,7 @@ def config_from_args(
         heartbeat_interval_s=args.heartbeat_interval,
         max_heartbeats=heartbeats,
         object_store_mb=args.object_store_mb,
+        warm_workers=args.warm_workers,
         ray_log_file=args.ray_log_file,
         node_address=args.node_address,
         work_dir=args.work_dir.expanduser() if args.work_dir else None,

@@ -39,6 +39,7 @@ class AgentConfig:
     heartbeat_interval_s: float | None = None  # None: what the gateway asks for
     max_heartbeats: int | None = None  # None: until stopped
     object_store_mb: int | None = None  # None: Ray's default share of memory
+    warm_workers: int | None = None  # on the node's own Ray; None: ray_module.warm's default
     ray_address: str = ""  # a trusted pool to join instead of a Ray of the node's own
     ray_auth_token_file: Path | None = None  # the pool's Ray token, if it uses one
     ray_log_file: Path | None = None  # None: next to the credential file
@@ -166,7 +167,11 @@ def _start_own_ray(
     )
     node_address = config.node_address or address_towards(client.base_url)
     own_ray = OwnRay(
-        join, work_dir / "ray", host=node_address, object_store_mb=config.object_store_mb
+        join,
+        work_dir / "ray",
+        host=node_address,
+        object_store_mb=config.object_store_mb,
+        warm_workers=config.warm_workers,
     )
     address = own_ray.start()
     follower = RunFollower(

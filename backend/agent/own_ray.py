@@ -1,6 +1,7 @@
 """The node's own Ray: one head on this machine with the node's resources, kept warm so
-that a single-node job starts at once, every component on a port of its own. Nothing of
-another owner's runs on it."""
+that a single-node job starts at once, every component on a port of its own, with its warm
+workers (``ray_module.warm``: processes with torch imported that a job's actors become).
+Nothing of another owner's runs on it."""
 
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ from pathlib import Path
 from protocol.nodes import JoinInfo
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, HeadRecord, head_alive, start_head, stop_head
+from ray_module.warm.launch import default_size, launch_pool
 
 log = logging.getLogger("distlm.agent")
 
 
 class OwnRay:
     def __init__(
-        self, join: JoinInfo, directory: Path, *, host: str, object_store_mb: int | None
+        self,
+        join: JoinInfo,
+        directory: Path,
+        *,
+        host: str,
+        object_store_mb: int | None,
+        warm_workers: int | None = None,
     ) -> None:
+        self.node_id = join.node_id
+        self.warm_workers = default_size(join.num_cpus) if warm_workers is None else warm_workers
         self.config = ClusterConfig(
             num_cpus=join.num_cpus,
             num_gpus=join.num_gpus,
@@ -45,6 +55,7 @@ class OwnRay:
     def start(self) -> str:
         self.record = start_head(self.config, self.directory, host=self.host, die_with_parent=True)
         log.info("this node's Ray is up at %s", self.record.address)
+        launch_pool(self.record.address, self.token, self.node_id, self.warm_workers)
         return self.record.address
 
     def alive(self) -> bool:

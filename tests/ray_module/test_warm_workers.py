@@ -1,0 +1,106 @@
+"""A node's warm workers (``ray_module.warm``): a job's actors start on processes that
+imported torch before it asked, with the same results as on fresh ones; each serves one
+job only, dies with the process that took it, and the node's pool fills again."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol.events import MetricEvent
+from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, WorkerPlan
+from ray_module.runner.job_runner import JobRunner
+from ray_module.strategies.fedavg.run import run_fedavg
+from ray_module.warm.launch import start_keeper, wait_until_warm
+from ray_module.warm.pool import WarmWorker
+from tests.polling import wait_for
+
+pytestmark = [pytest.mark.ray]
+
+NODE = 1  # a machine of the session's cluster
+SIZE = 2
+
+
+@pytest.fixture
+def keeper(ray_cluster) -> Iterator[Any]:
+    """Node 1's keeper of two warm workers, all ready; stopped with its workers after."""
+    import ray
+
+    keeper = start_keeper(SIZE, NODE)
+    wait_until_warm(keeper)
+    yield keeper
+    ray.get(keeper.stop.remote())
+    ray.kill(keeper)
+
+
+def fedavg_rounds(tmp_path: Path) -> list[dict]:
+    """A small federated job on two hosts of node 1, run from this process; its rounds."""
+    config = RunConfig(
+        job_id=71,
+        request=JobRequest(
+            strategy="fedavg",
+            model=ModelRequest("classifier", "mlp"),
+            data=DataRequest("builtin", "digits", validation_split=0.2),
+            knobs={"clients": 4, "rounds": 3, "local_epochs": 1, "seed": 3},
+        ),
+        workers=(WorkerPlan(NODE, 0, 0.5, 0.5), WorkerPlan(NODE, 0, 0.5, 0.5)),
+        storage_path=str(tmp_path),
+    )
+    runner = JobRunner(config)
+    run_fedavg(config, runner)
+    rounds = [r.event for r in runner.events() if isinstance(r.event, MetricEvent)][1:]
+    timings = ("round_seconds", "node_seconds")
+    return [{k: v for k, v in m.values.items() if k not in timings} for m in rounds]
+
+
+def test_a_job_on_warm_workers_trains_as_on_fresh_ones(ray_cluster, tmp_path, request) -> None:
+    fresh = fedavg_rounds(tmp_path / "fresh")  # no keeper yet: fresh Ray actors
+    keeper = request.getfixturevalue("keeper")
+    import ray
+
+    warm = fedavg_rounds(tmp_path / "warm")
+    # Both hosts were warm workers, taken by this process (still alive: still theirs).
+    assert ray.get(keeper.state.remote()) == {"size": 2, "idle": 0, "ready": 0, "taken": 2}
+    assert [r["validation_accuracy"] for r in warm] == [r["validation_accuracy"] for r in fresh]
+    assert warm == fresh
+
+
+def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
+    import ray
+
+    taker = subprocess.Popen(["sleep", "60"])
+    try:
+        taken = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
+        assert len(taken) == SIZE
+        pids = ray.get([worker.pid.remote() for worker in taken])
+        assert len(set(pids)) == SIZE
+        # None is handed out twice, nor to another node's job.
+        assert ray.get(keeper.take.remote(1, NODE, taker.pid)) == []
+        assert ray.get(keeper.state.remote())["taken"] == SIZE
+        ray.get(taken[0].become.remote(WarmWorker, 1, (), {}))
+        with pytest.raises(ray.exceptions.RayTaskError, match="already serves a job"):
+            ray.get(taken[0].become.remote(WarmWorker, 1, (), {}))
+        assert ray.get(taken[0].call.remote("pid")) == pids[0]
+    finally:
+        taker.kill()
+        taker.wait()
+    # Its taker gone, every worker it took is killed, and fresh ones take their places.
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout_s=15)
+    for worker in taken:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(worker.pid.remote(), timeout=15)
+    state = wait_until_warm(keeper, timeout_s=60)
+    assert state == {"size": 2, "idle": 2, "ready": 2, "taken": 0}
+    again = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
+    assert set(ray.get([w.pid.remote() for w in again])).isdisjoint(pids)
+
+
+def test_a_keeper_serves_only_its_own_node(keeper) -> None:
+    import ray
+
+    assert ray.get(keeper.take.remote(1, NODE + 1, 1)) == []
+    assert ray.get(keeper.state.remote())["idle"] == SIZE
