@@ -20,7 +20,7 @@ from agent.errors import GatewayError, GatewayUnreachableError, NodeBannedError,
 from agent.gateway_client import GatewayClient, NodeIdentity
 from agent.machine import GIB
 from protocol.nodes import JoinInfo
-from ray_module.head import forget_cluster_pointer
+from ray_module.head import NO_DRAIN_ON_SIGTERM, forget_cluster_pointer
 from ray_module.ports import RayPorts
 from ray_module.process import die_with_parent
 
@@ -121,6 +121,7 @@ class RayWorker:
         # or token (DISTLM_NODE_*) and any other DistLM setting stay with the agent.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTLM_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(NO_DRAIN_ON_SIGTERM)
         if self.join.ray_auth_token:
             env.pop("RAY_AUTH_TOKEN_PATH", None)
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.join.ray_auth_token)

@@ -93,6 +93,11 @@ def head_alive(record: HeadRecord) -> bool:
     return False
 
 
+# Stopped (SIGTERM), `ray start --block` otherwise waits up to 30 s for the node to drain, and
+# a node with a live actor (its warm workers, a job's) never drains: stopped means stopped.
+NO_DRAIN_ON_SIGTERM = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
 def start_head(
     config: ClusterConfig,
     directory: HeadDirectory,
@@ -146,6 +151,7 @@ def start_head(
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=config.auth_token)
     else:
         env["RAY_AUTH_MODE"] = "disabled"
+    env.update(NO_DRAIN_ON_SIGTERM)
     directory.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.time()
     with open(directory.log_file, "ab") as out:
