@@ -31,6 +31,7 @@ from agent.ray_worker import RayWorker
 from protocol.nodes import JoinInfo
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, start_head, stop_head
+from ray_module.warm.launch import default_size
 from tests.agent.gateway_process import (
     OWNER,
     OWNER_PASSWORD,
@@ -133,6 +134,19 @@ def test_cpu_flag_offers_no_gpus_and_gpu_flag_needs_one(tmp_path: Path) -> None:
     assert gpu.resources.gpu == 2
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--gpu", "--cpu"])
+
+
+def test_warm_workers_default_to_one_per_core_at_most_four_and_can_be_turned_off(
+    tmp_path: Path,
+) -> None:
+    parser = build_parser()
+    base = ["--coordinator-address", "h:1", "--cpu", "--credential-file", str(tmp_path / "c")]
+    assert config_from_args(parser.parse_args(base), environ={}).warm_workers is None
+    off = config_from_args(parser.parse_args([*base, "--warm-workers", "0"]), environ={})
+    assert off.warm_workers == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--warm-workers", "-1"])
+    assert [default_size(cpus) for cpus in (0, 1, 2, 8)] == [0, 1, 2, 4]
 
 
 def test_secrets_come_from_the_environment_and_stay_out_of_repr(tmp_path: Path) -> None:
