@@ -76,7 +76,7 @@ def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
     try:
         taken = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
         assert len(taken) == SIZE
-        pids = ray.get([worker.pid.remote() for worker in taken])
+        pids = ray.get([worker.ready.remote() for worker in taken])
         assert len(set(pids)) == SIZE
         # None is handed out twice, nor to another node's job.
         assert ray.get(keeper.take.remote(1, NODE, taker.pid)) == []
@@ -84,7 +84,7 @@ def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
         ray.get(taken[0].become.remote(WarmWorker, 1, (), {}))
         with pytest.raises(ray.exceptions.RayTaskError, match="already serves a job"):
             ray.get(taken[0].become.remote(WarmWorker, 1, (), {}))
-        assert ray.get(taken[0].call.remote("pid")) == pids[0]
+        assert ray.get(taken[0].call.remote("ready")) == pids[0]
     finally:
         taker.kill()
         taker.wait()
@@ -92,11 +92,11 @@ def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout_s=15)
     for worker in taken:
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(worker.pid.remote(), timeout=15)
+            ray.get(worker.ready.remote(), timeout=15)
     state = wait_until_warm(keeper, timeout_s=60)
     assert state == {"size": 2, "idle": 2, "ready": 2, "taken": 0}
     again = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
-    assert set(ray.get([w.pid.remote() for w in again])).isdisjoint(pids)
+    assert set(ray.get([w.ready.remote() for w in again])).isdisjoint(pids)
 
 
 def test_a_keeper_serves_only_its_own_node(keeper) -> None:

@@ -15,6 +15,7 @@ runs on a node, and an idle warm worker must not keep a job's actor from being p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -29,6 +30,7 @@ from protocol.nodes import node_resource
 KEEPER_NAME = "distlm-warm-workers"
 HEAVY_MODULES = ("numpy", "torch")  # what every mode's worker imports first
 WATCH_S = 0.5  # how often the keeper looks for takers that have gone
+LOWEST_PRIORITY = 19  # nice
 
 
 def pid_alive(pid: int) -> bool:
@@ -46,16 +48,29 @@ def threads_env_at_start() -> bool:
 
 
 class WarmWorker:
-    """A process with the heavy imports done, waiting to become one job's actor."""
+    """A process with the heavy imports done, waiting to become one job's actor.
+
+    The imports run in a thread at the lowest priority (Linux sets nice per thread): a pool
+    filling up after a job never slows the node's next job, which takes only workers whose
+    imports are done (``ready``), so none waits on that thread."""
 
     def __init__(self) -> None:
-        for name in HEAVY_MODULES:
-            importlib.import_module(name)
+        self._imported = threading.Event()
         self._target: Any = None
         self._error: Exception | None = None
         self._taken = False
+        threading.Thread(target=self._import_heavy_modules, daemon=True).start()
 
-    def pid(self) -> int:
+    def _import_heavy_modules(self) -> None:
+        with contextlib.suppress(OSError):  # not Linux: imported at the normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+        for name in HEAVY_MODULES:
+            importlib.import_module(name)
+        self._imported.set()
+
+    def ready(self) -> int:
+        """Its pid, once the imports are done."""
+        self._imported.wait()
         return os.getpid()
 
     def become(self, cls: type, cpu_cores: float, args: tuple, kwargs: dict) -> None:
@@ -80,7 +95,7 @@ class WarmWorker:
 @dataclass(eq=False)
 class _Worker:
     handle: Any
-    pid_ref: Any
+    ready_ref: Any
     pid: int | None = None
     taker: int | None = None  # the pid of the process that took it
 
@@ -99,15 +114,15 @@ class WarmPoolKeeper:
         threading.Thread(target=self._watch, daemon=True).start()
 
     def take(self, count: int, node_id: int, taker_pid: int) -> list[Any]:
-        """Up to ``count`` idle workers for the process ``taker_pid`` on this node (ready
-        ones first); fewer, or none, when the pool has fewer or serves another node."""
+        """Up to ``count`` idle, ready workers for the process ``taker_pid`` on this node;
+        fewer, or none, when the pool has fewer or serves another node (the job starts
+        fresh actors for the rest: one still importing would only make it wait)."""
         if node_id != self.node_id or count <= 0:
             return []
         with self._lock:
             self._learn_pids()
-            idle = [w for w in self._workers if w.taker is None and w.pid != 0]
-            idle.sort(key=lambda w: w.pid is None)  # ready ones first
-            handed = idle[:count]
+            ready = [w for w in self._workers if w.taker is None and w.pid]
+            handed = ready[:count]
             for worker in handed:
                 worker.taker = taker_pid
         return [worker.handle for worker in handed]
@@ -158,11 +173,11 @@ class WarmPoolKeeper:
         pending = [w for w in self._workers if w.pid is None]
         if not pending:
             return
-        done, _ = ray.wait([w.pid_ref for w in pending], num_returns=len(pending), timeout=0)
+        done, _ = ray.wait([w.ready_ref for w in pending], num_returns=len(pending), timeout=0)
         for worker in pending:
-            if worker.pid_ref in done:
+            if worker.ready_ref in done:
                 try:
-                    worker.pid = ray.get(worker.pid_ref)
+                    worker.pid = ray.get(worker.ready_ref)
                 except ray.exceptions.RayError:
                     worker.pid = 0  # died while starting (no process has pid 0)
 
@@ -177,4 +192,4 @@ class WarmPoolKeeper:
                 lifetime="detached",  # outlives the short-lived process that made the keeper
                 max_restarts=0,
             ).remote()
-            self._workers.append(_Worker(handle, handle.pid.remote()))
+            self._workers.append(_Worker(handle, handle.ready.remote()))
