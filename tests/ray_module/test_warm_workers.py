@@ -85,6 +85,11 @@ def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
         with pytest.raises(ray.exceptions.RayTaskError, match="already serves a job"):
             ray.get(taken[0].become.remote(WarmWorker, 1, (), {}))
         assert ray.get(taken[0].call.remote("ready")) == pids[0]
+        # A constructor that raises ends the worker, as it ends a fresh actor: its calls
+        # then fail as a lost actor's do (retryable), not as its own error.
+        taken[1].become.remote(int, 1, ("not a number",), {})
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(taken[1].call.remote("bit_length"), timeout=15)
     finally:
         taker.kill()
         taker.wait()

@@ -19,6 +19,8 @@ from protocol.nodes import node_resource
 from ray_module.contract import NAMESPACE
 from ray_module.warm.pool import KEEPER_NAME
 
+TAKE_TIMEOUT_S = 10.0  # a keeper that does not answer: the job starts fresh actors
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -102,8 +104,9 @@ def take_warm(slots: Sequence[Slot]) -> list[Any | None]:
     given: dict[int, list[Any]] = {}
     for node_id, count in wanted.items():
         try:
-            given[node_id] = ray.get(keeper.take.remote(count, node_id, os.getpid()))
-        except ray.exceptions.RayError:  # the keeper went with its Ray: fresh actors
+            taken = keeper.take.remote(count, node_id, os.getpid())
+            given[node_id] = ray.get(taken, timeout=TAKE_TIMEOUT_S)
+        except ray.exceptions.RayError:  # the keeper gone or stuck: fresh actors
             given[node_id] = []
     return [
         given[slot.node_id].pop(0) if given[slot.node_id] else None

@@ -17,19 +17,24 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import math
 import os
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from protocol.nodes import node_resource
 
+log = logging.getLogger("distlm.warm")
+
 KEEPER_NAME = "distlm-warm-workers"
 HEAVY_MODULES = ("numpy", "torch")  # what every mode's worker imports first
 WATCH_S = 0.5  # how often the keeper looks for takers that have gone
+MAX_REFILL_PAUSE_S = 60.0  # after workers that died starting (no memory, a broken install)
 LOWEST_PRIORITY = 19  # nice
 
 
@@ -57,20 +62,25 @@ class WarmWorker:
     def __init__(self) -> None:
         self._imported = threading.Event()
         self._target: Any = None
-        self._error: Exception | None = None
+        self._import_error: Exception | None = None
         self._taken = False
         threading.Thread(target=self._import_heavy_modules, daemon=True).start()
 
     def _import_heavy_modules(self) -> None:
         with contextlib.suppress(OSError):  # not Linux: imported at the normal priority
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-        for name in HEAVY_MODULES:
-            importlib.import_module(name)
+        try:
+            for name in HEAVY_MODULES:
+                importlib.import_module(name)
+        except Exception as error:  # a broken install: the keeper hears of it from ready()
+            self._import_error = error
         self._imported.set()
 
     def ready(self) -> int:
         """Its pid, once the imports are done."""
         self._imported.wait()
+        if self._import_error is not None:
+            raise self._import_error
         return os.getpid()
 
     def become(self, cls: type, cpu_cores: float, args: tuple, kwargs: dict) -> None:
@@ -83,12 +93,17 @@ class WarmWorker:
             os.environ["OMP_NUM_THREADS"] = str(max(math.floor(cpu_cores), 1))
         try:
             self._target = cls(*args, **kwargs)
-        except Exception as error:  # raised by every call, as a fresh actor's would be
-            self._error = error
+        except Exception:
+            # As a fresh actor whose constructor raised: its error in the worker's log, the
+            # actor gone, every later call a RayActorError (retryable, as for a fresh one).
+            traceback.print_exc()
+            import ray
+
+            ray.actor.exit_actor()
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         if self._target is None:
-            raise self._error or RuntimeError("this warm worker was not given a job")
+            raise RuntimeError("this warm worker was not given a job")
         return getattr(self._target, method)(*args, **kwargs)
 
 
@@ -109,6 +124,8 @@ class WarmPoolKeeper:
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._stopped = False
+        self._refill_pause_s = 0.0  # doubles while new workers die starting
+        self._refill_after = 0.0  # monotonic time
         with self._lock:
             self._fill()
         threading.Thread(target=self._watch, daemon=True).start()
@@ -121,7 +138,7 @@ class WarmPoolKeeper:
             return []
         with self._lock:
             self._learn_pids()
-            ready = [w for w in self._workers if w.taker is None and w.pid]
+            ready = [w for w in self._workers if w.taker is None and w.pid and pid_alive(w.pid)]
             handed = ready[:count]
             for worker in handed:
                 worker.taker = taker_pid
@@ -150,17 +167,29 @@ class WarmPoolKeeper:
             ray.kill(worker.handle, no_restart=True)
 
     def _watch(self) -> None:
-        import ray
-
         while True:
             time.sleep(WATCH_S)
-            with self._lock:
-                self._learn_pids()
-                ended = [w for w in self._workers if self._ended(w)]
-                self._workers = [w for w in self._workers if w not in ended]
+            try:
+                self._look_once()
+            except Exception:  # a Ray hiccup: the next look tries again
+                log.exception("the keeper of the warm workers could not look at them")
+
+    def _look_once(self) -> None:
+        import ray
+
+        with self._lock:
+            self._learn_pids()
+            ended = [w for w in self._workers if self._ended(w)]
+            self._workers = [w for w in self._workers if w not in ended]
+            if any(w.pid == 0 for w in ended):  # died starting: wait longer each time
+                self._refill_pause_s = min(max(2 * self._refill_pause_s, 1.0), MAX_REFILL_PAUSE_S)
+                self._refill_after = time.monotonic() + self._refill_pause_s
+            elif any(w.pid for w in self._workers):
+                self._refill_pause_s = 0.0
+            if time.monotonic() >= self._refill_after:
                 self._fill()
-            for worker in ended:  # a taken worker serves its taker only, never another
-                ray.kill(worker.handle, no_restart=True)
+        for worker in ended:  # a taken worker serves its taker only, never another
+            ray.kill(worker.handle, no_restart=True)
 
     def _ended(self, worker: _Worker) -> bool:
         if worker.pid is not None and (worker.pid == 0 or not pid_alive(worker.pid)):
