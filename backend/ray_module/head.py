@@ -98,6 +98,22 @@ def head_alive(record: HeadRecord) -> bool:
 NO_DRAIN_ON_SIGTERM = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
+def code_environment() -> dict[str, str]:
+    """This process's environment for a process of a node's Ray (its head, a helper that
+    joins it): Ray settings of this process (an address, a token of another cluster) are
+    not the head's, where Ray keeps its files (RAY_TMPDIR) is; every job runs in it, so no
+    DistLM setting or secret (an owner's DISTLM_NODE_PASSWORD) goes along; our code is on
+    its path (the workers run our strategies)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "DISTLM_")) or k == "RAY_TMPDIR"
+    }
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *[p for p in paths if p != CODE_ROOT]])
+    return env
+
+
 def start_head(
     config: ClusterConfig,
     directory: HeadDirectory,
@@ -133,17 +149,7 @@ def start_head(
         command.append(f"--resources={json.dumps(resources, separators=(',', ':'))}")
     if config.labels:
         command.append("--labels=" + ",".join(f"{k}={v}" for k, v in config.labels.items()))
-    # Ray settings of this process (an address, a token of another cluster) are not the
-    # head's; where Ray keeps its files (RAY_TMPDIR) is. Every job on it runs in this
-    # environment: no DistLM setting or secret (an owner's DISTLM_NODE_PASSWORD) goes along.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RAY_", "DISTLM_")) or k == "RAY_TMPDIR"
-    }
-    # The head's workers run our strategies: our code on their path, Ray's token in force.
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *[p for p in paths if p != CODE_ROOT]])
+    env = code_environment()  # Ray's token in force below
     # The mode is always explicit: with RAY_AUTH_MODE unset, `ray start` turns token
     # authentication on by itself when ~/.ray/auth_token exists (any local `ray.init()` of
     # another program leaves one), and then no driver of ours could connect.

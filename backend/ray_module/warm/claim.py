@@ -61,19 +61,17 @@ def start_actors(
 ) -> list[Any]:
     """One actor of ``cls`` per slot, built from its ``args``: warm where its node keeps
     warm workers, fresh otherwise (named ``names[i]`` in Ray's records, where given; a warm
-    worker keeps the keeper's name)."""
+    worker has no name, and Ray's records call it WarmWorker)."""
     import ray
 
-    warm = iter(take_warm(slots))
     actor = ray.remote(cls)
     handles = []
-    for number, (slot, built_from) in enumerate(zip(slots, args, strict=True)):
-        worker = next(warm) if slot.gpu == 0 else None
+    names = names or [None] * len(slots)
+    for slot, built_from, worker, name in zip(slots, args, take_warm(slots), names, strict=True):
         if worker is not None:
             worker.become.remote(cls, slot.cpu_cores, built_from, {})
             handles.append(WarmHandle(worker))
             continue
-        name = names[number] if names else None
         handles.append(
             actor.options(
                 num_cpus=slot.cpu_cores,
@@ -87,20 +85,20 @@ def start_actors(
 
 
 def take_warm(slots: Sequence[Slot]) -> list[Any | None]:
-    """For each CPU slot in order, a warm worker of its node's keeper, or None; the keeper
-    is asked once per node. None everywhere where no keeper runs (a pool, a job's cluster)."""
+    """For each slot, a warm worker of its node's keeper, or None (a GPU slot; where no
+    keeper runs: a pool, a job's cluster). The keeper is asked once per node."""
     import ray
 
     wanted: dict[int, int] = {}
     for slot in slots:
         if slot.gpu == 0:
             wanted[slot.node_id] = wanted.get(slot.node_id, 0) + 1
-    if not wanted:
-        return []
     try:
-        keeper = ray.get_actor(KEEPER_NAME, namespace=NAMESPACE)
+        keeper = ray.get_actor(KEEPER_NAME, namespace=NAMESPACE) if wanted else None
     except ValueError:
-        return [None] * sum(wanted.values())
+        keeper = None
+    if keeper is None:
+        return [None] * len(slots)
     given: dict[int, list[Any]] = {}
     for node_id, count in wanted.items():
         try:
@@ -109,9 +107,8 @@ def take_warm(slots: Sequence[Slot]) -> list[Any | None]:
         except ray.exceptions.RayError:  # the keeper gone or stuck: fresh actors
             given[node_id] = []
     return [
-        given[slot.node_id].pop(0) if given[slot.node_id] else None
+        given[slot.node_id].pop(0) if slot.gpu == 0 and given[slot.node_id] else None
         for slot in slots
-        if slot.gpu == 0
     ]
 
 

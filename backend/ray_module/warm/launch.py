@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
-from ray_module.cluster import CODE_ROOT
 from ray_module.contract import NAMESPACE
+from ray_module.head import code_environment
 from ray_module.warm.pool import KEEPER_NAME, WarmPoolKeeper
 
 log = logging.getLogger("distlm.warm")
@@ -62,14 +61,7 @@ def launch_pool(ray_address: str, ray_token: str, node_id: int, size: int) -> No
 def run_warm_command(ray_address: str, ray_token: str, order: dict[str, Any]) -> bool:
     """``python -m ray_module.warm`` with ``order`` (start a keeper, or wait until its
     workers are ready and idle); whether it succeeded."""
-    # No DistLM setting or secret, nor another Ray's, goes to the process that joins this Ray.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RAY_", "DISTLM_")) or k == "RAY_TMPDIR"
-    }
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *[p for p in paths if p != CODE_ROOT]])
+    env = code_environment()  # no DistLM secret, nor another Ray's settings
     started = time.monotonic()
     try:
         done = subprocess.run(
