@@ -104,12 +104,14 @@ class Gathered:
     answers: list[tuple[Any, Any]]  # (key, answer)
     dead: list[Any]  # keys whose actor died
     errors: list[tuple[Any, Exception]]  # keys whose call raised, with the error
+    late: list[Any]  # keys that missed the deadline
+    # Seconds from the start of the gather to each answer's arrival, as the caller's clock
+    # saw them: how long a member took, which no member can report shorter than it was.
+    arrived_s: dict[Any, float] = field(default_factory=dict)
 
     def final_errors(self) -> list[tuple[Any, Exception]]:
         """Errors a retry cannot cure (the job's data, model or settings)."""
         return [(key, error) for key, error in self.errors if not is_retryable(error)]
-
-    late: list[Any]  # keys that missed the deadline
 
 
 def gather(
@@ -120,8 +122,10 @@ def gather(
     """Wait for ``{ref: (key, member)}`` until all answered or ``timeout_s`` passed."""
     import ray
 
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     finished: list[Any] = []
+    arrived_s: dict[Any, float] = {}
     while len(finished) < len(pending):
         check_cancelled()
         remaining = deadline - time.monotonic()
@@ -130,7 +134,9 @@ def gather(
         waiting = [ref for ref in pending if ref not in finished]
         done, _ = ray.wait(waiting, num_returns=1, timeout=min(WAIT_SLICE_S, remaining))
         finished.extend(done)
-    result = Gathered([], [], [], [])
+        for ref in done:
+            arrived_s[pending[ref][0]] = time.monotonic() - started
+    result = Gathered([], [], [], [], arrived_s)
     for ref in finished:
         key, member = pending[ref]
         try:

@@ -11,6 +11,7 @@ import numpy as np
 
 MIN_TABLE_SIZE = 1 << 22  # 4M floats (16 MB): plenty of distinct slices for small models
 TABLE_SLACK = 8  # the table is at least this many parameter vectors long
+PAIRS_PER_SLOT = 1_000_000  # the most pairs one slot of a step numbers (population's limit)
 
 
 def table_size(num_params: int) -> int:
@@ -45,6 +46,8 @@ class NoiseTable:
         return self.noise[start : start + self.num_params]
 
 
-def pair_index(step: int, worker: int, k: int) -> int:
-    """A unique index per (step, worker, k-th pair), so no two evaluations share noise."""
-    return (step * 4096 + worker) * 1_000_000 + k
+def pair_index(step: int, slot: int, k: int) -> int:
+    """A unique index per (step, slot, k-th pair), so no two evaluations share noise. With a
+    fixed population every pair of a step is in slot 0 (pair k of the step, whoever
+    evaluates it); under a time budget each worker counts in a slot of its own (its rank)."""
+    return (step * 4096 + slot) * PAIRS_PER_SLOT + k

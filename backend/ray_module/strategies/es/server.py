@@ -13,6 +13,13 @@ multiply-adds), while the broadcast costs one ``ray.put`` of 4 bytes per paramet
 node fetches once. For the model sizes here (10^4 to 10^6 parameters) the put is
 milliseconds and the rebuild grows with the population; ``benchmarks/es.py`` prints both.
 Upstream traffic is the same either way: scalars only.
+
+With a fixed population the pairs of a step are numbered 0 to population - 1 and dealt to
+the workers in contiguous runs, in proportion to each worker's speed as the server last saw
+it (pairs per second from sending the step to its answer's arrival): nodes of unequal speed,
+or one sharing its cores with other work, finish a step together instead of the fast ones
+waiting for the slowest. The update depends only on which pairs were evaluated, never on who
+evaluated them, so however a step is dealt it gives the same weights.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from ray_module.strategies.actor_pool import (
     wait_for_free,
 )
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
-from ray_module.strategies.es.noise import NoiseTable
+from ray_module.strategies.es.noise import NoiseTable, pair_index
 from ray_module.strategies.es.verification import Verifier
 
 
@@ -51,9 +58,23 @@ class NoLiveWorkersError(LostWorkersError):
     """No worker answered a step (retryable: the job resumes on live nodes)."""
 
 
+# How much a worker's earlier speed counts against its latest step's: enough to ride out one
+# slow step (a busy moment on its machine), little enough to follow a lasting change.
+SPEED_MEMORY = 0.5
+
+
 @dataclass(eq=False)
 class Worker(PoolMember):
     rank: int = 0
+    pairs_per_s: float | None = None  # as the server measured it; None until its first answer
+
+    def measured(self, pairs: int, seconds: float) -> None:
+        """Its answer of ``pairs`` pairs arrived ``seconds`` after the step was sent."""
+        latest = pairs / max(seconds, 1e-6)
+        previous = self.pairs_per_s
+        self.pairs_per_s = (
+            latest if previous is None else SPEED_MEMORY * previous + (1 - SPEED_MEMORY) * latest
+        )
 
 
 @dataclass
@@ -70,10 +91,40 @@ def make_optimizer(settings: ESSettings) -> Adam | SGD:
     return Adam(settings.learning_rate, settings.beta1, settings.beta2)
 
 
-def split_population(population: int, workers: Sequence[PoolMember]) -> list[int]:
-    """Pairs per worker: as even as possible among alike nodes (the first ones take the
-    remainder), a quarter of a trusted node's share for a node on probation."""
-    return weighted_split(population, [share_weight(w.check_rate) for w in workers])
+def split_population(population: int, workers: Sequence[Worker]) -> list[int]:
+    """Pairs per worker: in proportion to its measured speed (one not yet measured counts as
+    the mean of those that are; alike nodes split as evenly as possible, the first ones taking
+    the remainder), a quarter of that for a node on probation."""
+    known = [w.pairs_per_s for w in workers if w.pairs_per_s is not None]
+    typical = sum(known) / len(known) if known else 1.0
+    speeds = [typical if w.pairs_per_s is None else w.pairs_per_s for w in workers]
+    return weighted_split(
+        population, [share_weight(w.check_rate) * v for w, v in zip(workers, speeds, strict=True)]
+    )
+
+
+def first_indices(step: int, shares: Sequence[int | None], workers: Sequence[Worker]) -> list[int]:
+    """Where each worker's pairs start: contiguous runs of the step's pairs for a fixed
+    population, a numbering of its own for each worker under a time budget."""
+    if any(share is None for share in shares):
+        return [pair_index(step, w.rank, 0) for w in workers]
+    starts = np.cumsum([0, *shares[:-1]])
+    return [pair_index(step, 0, int(start)) for start in starts]
+
+
+NOT_AS_DEALT = "its answer holds other pairs than the ones it was dealt"
+
+
+def as_dealt(answer: dict[str, Any], first: int, pairs: int | None) -> bool:
+    """Whether an answer holds exactly the pairs it was dealt: a worker that reports other
+    indices (another worker's pairs, or one pair twice) would bias the update."""
+    indices = np.asarray(answer["indices"])
+    count = len(indices) if pairs is None else pairs
+    return (
+        indices.shape == (count,)
+        and np.asarray(answer["losses"]).shape == (count, 2)
+        and np.array_equal(indices, np.arange(first, first + count))
+    )
 
 
 def payload_bytes(answer: dict[str, Any]) -> int:
@@ -119,12 +170,17 @@ class ESServer:
             if settings.population is not None
             else [None] * len(ready)
         )
+        firsts = first_indices(step, shares, ready)
+        dealt = {
+            worker.rank: (worker, first, share)
+            for worker, first, share in zip(ready, firsts, shares, strict=True)
+            if share != 0
+        }
         pending = {
             worker.handle.evaluate.remote(
-                step, theta_ref, batch_id, share, settings.time_per_step_s
-            ): (worker.rank, worker)
-            for worker, share in zip(ready, shares, strict=True)
-            if share != 0
+                first, theta_ref, batch_id, share, settings.time_per_step_s
+            ): (rank, worker)
+            for rank, (worker, first, share) in dealt.items()
         }
         # A worker lost mid-step or late is left out of this step only.
         gathered = gather(
@@ -132,15 +188,24 @@ class ESServer:
             (settings.time_per_step_s or 0) + settings.step_timeout_s,
             self.check_cancelled,
         )
-        answers = [answer for _, answer in gathered.answers]
         final = gathered.final_errors()
-        if final and not answers:
+        if final and not gathered.answers:
             raise WorkerFailedError(f"ES workers failed: {error_line(final[0][1])}")
+        answers = []
         verdicts: list[VerdictEvent] = []
+        for rank, answer in gathered.answers:
+            worker, first, share = dealt[rank]
+            if not as_dealt(answer, first, share):
+                worker.stop()  # its work cannot be trusted: it takes no further part
+                verdicts.append(VerdictEvent(worker.node_id, step, False, detail=NOT_AS_DEALT))
+                continue
+            worker.measured(len(answer["indices"]), gathered.arrived_s[rank])
+            answers.append({**answer, "rank": rank})
         if self.verifier is not None and answers:
-            verdicts, invalid = self.verifier.check(
+            checked, invalid = self.verifier.check(
                 step, theta, theta_ref, batch_id, answers, self.workers
             )
+            verdicts.extend(checked)
             answers = [a for a in answers if a["rank"] not in invalid]
             for worker in self.workers:
                 if worker.rank in invalid:
@@ -148,6 +213,8 @@ class ESServer:
         evaluated = time.perf_counter()
         if not answers:
             raise NoLiveWorkersError(f"no ES worker answered step {step}")
+        # In the order of the pairs, not of the answers: the same sums however it was dealt.
+        answers.sort(key=lambda a: int(a["indices"][0]) if len(a["indices"]) else 0)
         indices = [int(i) for a in answers for i in a["indices"]]
         losses = np.concatenate([a["losses"] for a in answers]).astype(np.float64)
         gradient = antithetic_gradient(

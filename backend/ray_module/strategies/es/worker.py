@@ -16,7 +16,7 @@ import numpy as np
 from protocol.run import PublishTarget
 from ray_module.storage.gateway_files import publish_directory
 from ray_module.strategies.actor_pool import DeferredStart
-from ray_module.strategies.es.noise import pair_index
+from ray_module.strategies.es.noise import PAIRS_PER_SLOT
 from ray_module.strategies.es.worker_config import WorkerConfig
 from ray_module.worker_logs import capture_worker_output
 
@@ -66,9 +66,15 @@ class ESWorker(DeferredStart):
         return {"losses": losses, "seconds": time.perf_counter() - started}
 
     def evaluate(
-        self, step: int, theta: np.ndarray, batch_id: int, pairs: int | None, seconds: float | None
+        self,
+        first_index: int,
+        theta: np.ndarray,
+        batch_id: int,
+        pairs: int | None,
+        seconds: float | None,
     ) -> dict[str, Any]:
-        """Antithetic pairs for ``step``: ``pairs`` of them, or as many as fit in ``seconds``."""
+        """Antithetic pairs ``first_index``, ``first_index + 1``, ...: ``pairs`` of them, or
+        as many as fit in ``seconds``."""
         started = time.perf_counter()
         ids = self.batch(batch_id)
         center = self.loss_at(theta, ids)
@@ -76,11 +82,11 @@ class ESWorker(DeferredStart):
         losses: list[tuple[float, float]] = []
         k = 0
         while True:
-            if pairs is not None and k >= pairs:
+            if k >= (PAIRS_PER_SLOT if pairs is None else pairs):
                 break
             if seconds is not None and time.perf_counter() - started >= seconds and k > 0:
                 break
-            index = pair_index(step, self.config.rank, k)
+            index = first_index + k
             indices.append(index)
             losses.append(self.evaluator.pair_losses(theta, ids, index))
             k += 1

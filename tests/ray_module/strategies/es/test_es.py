@@ -29,7 +29,13 @@ from ray_module.models.char_rnn import (
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, centered_ranks
 from ray_module.strategies.es.noise import NoiseTable, pair_index
 from ray_module.strategies.es.run import load_es_checkpoint, restore_optimizer, save_es_checkpoint
-from ray_module.strategies.es.server import Worker, payload_bytes, split_population
+from ray_module.strategies.es.server import (
+    Worker,
+    as_dealt,
+    first_indices,
+    payload_bytes,
+    split_population,
+)
 
 # -- noise ------------------------------------------------------------------------------------
 
@@ -123,6 +129,39 @@ def test_population_is_split_evenly_and_worker_payloads_are_scalars() -> None:
     assert split_population(16, mixed) == [8, 8]
     answer = {"indices": np.arange(8, dtype=np.int64), "losses": np.zeros((8, 2), np.float32)}
     assert payload_bytes(answer) == 8 * 8 + 8 * 2 * 4 + 16
+
+
+def test_a_step_is_dealt_by_measured_speed_in_contiguous_runs_of_its_pairs() -> None:
+    trusted = {"valid_streak": 100}
+    fast, slow, new = (Worker(None, n, 0, 1.0, 1.0, rank=n, **trusted) for n in (1, 2, 3))
+    fast.measured(pairs=30, seconds=0.1)  # 300 pairs/s
+    slow.measured(pairs=10, seconds=0.1)  # 100 pairs/s
+    assert split_population(40, [fast, slow]) == [30, 10]
+    # One not measured yet counts as the mean of the others; probation still takes a quarter.
+    assert split_population(40, [fast, slow, new]) == [20, 7, 13]
+    slow.valid_streak = 0
+    assert split_population(40, [fast, slow]) == [36, 4]
+    # One slow step moves a worker's speed halfway, not all the way.
+    fast.measured(pairs=30, seconds=0.3)
+    assert fast.pairs_per_s == pytest.approx(200)
+    # Contiguous runs of the step's pairs; a time budget numbers each worker's own.
+    assert first_indices(3, [30, 10], [fast, slow]) == [pair_index(3, 0, 0), pair_index(3, 0, 30)]
+    assert first_indices(3, [None, None], [fast, slow]) == [
+        pair_index(3, 1, 0),
+        pair_index(3, 2, 0),
+    ]
+
+
+def test_an_answer_counts_only_with_exactly_the_pairs_it_was_dealt() -> None:
+    def answer(indices: list[int]) -> dict:
+        return {"indices": np.asarray(indices), "losses": np.zeros((len(indices), 2))}
+
+    assert as_dealt(answer([5, 6, 7]), 5, 3)
+    assert as_dealt(answer([5, 6, 7, 8]), 5, None)  # a time budget: as many as it managed
+    assert not as_dealt(answer([2, 3, 4]), 5, 3)  # another worker's pairs
+    assert not as_dealt(answer([5, 5, 6]), 5, 3)  # one pair counted twice
+    assert not as_dealt(answer([5, 6]), 5, 3)
+    assert not as_dealt({"indices": np.arange(5, 8), "losses": np.zeros((2, 2))}, 5, 3)
 
 
 # -- settings ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from protocol.run import DataRequest, ModelRequest
 from protocol.strategies.es import parse_es_settings
 from ray_module.resources import node_resource
 from ray_module.strategies.es.noise import NoiseTable
-from ray_module.strategies.es.server import ESServer, Worker, make_optimizer
+from ray_module.strategies.es.server import ESServer, Worker, make_optimizer, split_population
 from ray_module.strategies.es.worker import ESWorker
 from ray_module.strategies.es.worker_config import WorkerConfig
 from tests.baselines import char_unigram
@@ -80,17 +80,17 @@ def test_workers_on_two_nodes_build_the_same_noise_and_send_scalars_whatever_the
 
 
 def stalling_worker_class(stalled_rank: int, started_dir: Path) -> Any:
-    """A real ES worker, but the one of rank ``stalled_rank`` leaves a file ``step-<n>`` in
+    """A real ES worker, but the one of rank ``stalled_rank`` leaves a file ``started`` in
     ``started_dir`` when it starts evaluating and then never answers: whenever it is killed,
     it dies mid-step (defined in a function so Ray ships the class by value)."""
     import ray
 
     class StallingESWorker(ESWorker):
-        def evaluate(self, step: int, *args: Any) -> dict[str, Any]:
+        def evaluate(self, *args: Any) -> dict[str, Any]:
             if self.config.rank == stalled_rank:
-                (started_dir / f"step-{step}").touch()
+                (started_dir / "started").touch()
                 time.sleep(3600)
-            return super().evaluate(step, *args)
+            return super().evaluate(*args)
 
     return ray.remote(StallingESWorker)
 
@@ -110,7 +110,7 @@ def test_a_worker_killed_mid_step_is_left_out_and_the_run_goes_on(
         with ThreadPoolExecutor(max_workers=1) as pool:
             step_one = pool.submit(server.run_step, 1, theta)
             wait_for(
-                lambda: (tmp_path / "step-1").exists() or step_one.done(),
+                lambda: (tmp_path / "started").exists() or step_one.done(),
                 timeout_s=120,
                 what="the worker of rank 1 to start step 1",
             )
@@ -122,6 +122,75 @@ def test_a_worker_killed_mid_step_is_left_out_and_the_run_goes_on(
         second = server.run_step(2, first.theta)
         assert second.metrics["workers_answered"] == 2
         assert not np.array_equal(second.theta, theta)
+    finally:
+        for worker in workers:
+            ray.kill(worker.handle)
+
+
+def unequal_worker_class(slow_rank: int, lying_rank: int) -> Any:
+    """A real ES worker, but the one of rank ``slow_rank`` takes 20 ms longer per pair (a
+    slower machine), and the one of rank ``lying_rank`` claims the pairs dealt just before its
+    own (another worker's) with its own losses."""
+    import ray
+
+    class UnequalESWorker(ESWorker):
+        def evaluate(self, first_index: int, *args: Any) -> dict[str, Any]:
+            answer = super().evaluate(first_index, *args)
+            if self.config.rank == slow_rank:
+                time.sleep(0.02 * len(answer["indices"]))
+            if self.config.rank == lying_rank:
+                answer["indices"] = answer["indices"] - len(answer["indices"])
+            return answer
+
+    return ray.remote(UnequalESWorker)
+
+
+def test_a_step_gives_the_same_weights_however_it_is_dealt_and_a_slow_node_is_dealt_less(
+    ray_cluster,
+) -> None:
+    import ray
+
+    training = {"hidden_size": 16, "population": 32, "seq_len": 32}
+    alone, infos = start_workers(training, [1])
+    pair, _ = start_workers(training, [1, 2], unequal_worker_class(1, -1))
+    try:
+        one_worker = server_for(alone, training, infos[0]["num_params"])
+        two_workers = server_for(pair, training, infos[0]["num_params"])
+        theta = ray.get(alone[0].handle.initial_parameters.remote())
+        steps = []
+        for step in (1, 2, 3):
+            by_one, by_two = one_worker.run_step(step, theta), two_workers.run_step(step, theta)
+            # Every pair of the step, whoever evaluated it: the very same update.
+            assert np.array_equal(by_one.theta, by_two.theta), step
+            assert by_two.metrics["workers_answered"] == 2
+            steps.append(by_two.metrics["step_seconds"])
+            theta = by_one.theta
+        # Dealt alike at first (16 pairs each: the slow node holds the step for 0.3 s), then
+        # in proportion to the speeds the server saw: the slow node gets a few pairs only.
+        assert split_population(32, pair)[1] <= 6, [w.pairs_per_s for w in pair]
+        assert steps[2] < steps[0] / 2, steps
+    finally:
+        for worker in alone + pair:
+            ray.kill(worker.handle)
+
+
+def test_a_worker_that_claims_pairs_it_was_not_dealt_is_left_out_and_stopped(
+    ray_cluster,
+) -> None:
+    import ray
+
+    training = {"hidden_size": 16, "population": 16, "seq_len": 32}
+    workers, infos = start_workers(training, [1, 2], unequal_worker_class(-1, 1))
+    try:
+        server = server_for(workers, training, infos[0]["num_params"])
+        theta = ray.get(workers[0].handle.initial_parameters.remote())
+        first = server.run_step(1, theta)
+        assert first.metrics["workers_answered"] == 1 and first.metrics["evaluations"] == 16
+        assert [c.node_id for c in first.credits] == [1]  # no pay for the claimed pairs
+        assert [(v.node_id, v.valid) for v in first.verdicts] == [(2, False)]
+        assert "other pairs than the ones it was dealt" in first.verdicts[0].detail
+        second = server.run_step(2, first.theta)  # the rest of the job runs without it
+        assert second.metrics["live_workers"] == 1 and second.metrics["evaluations"] == 32
     finally:
         for worker in workers:
             ray.kill(worker.handle)
