@@ -109,3 +109,24 @@ def test_a_keeper_serves_only_its_own_node(keeper) -> None:
 
     assert ray.get(keeper.take.remote(1, NODE + 1, 1)) == []
     assert ray.get(keeper.state.remote())["idle"] == SIZE
+
+
+def test_taken_workers_end_with_their_taker_even_when_their_keeper_has_died(ray_cluster) -> None:
+    import ray
+
+    keeper = start_keeper(SIZE, NODE)
+    wait_until_warm(keeper)
+    taker = subprocess.Popen(["sleep", "60"])
+    try:
+        taken = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
+        pids = ray.get([worker.ready.remote() for worker in taken])
+        ray.get([w.become.remote(WarmWorker, 1, (), {}, taker.pid) for w in taken])
+        ray.kill(keeper)  # no keeper is left to watch the taker
+        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+    finally:
+        taker.kill()
+        taker.wait()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout_s=15)
+    for worker in taken:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(worker.ready.remote(), timeout=15)

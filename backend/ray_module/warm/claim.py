@@ -69,7 +69,7 @@ def start_actors(
     names = names or [None] * len(slots)
     for slot, built_from, worker, name in zip(slots, args, take_warm(slots), names, strict=True):
         if worker is not None:
-            worker.become.remote(cls, slot.cpu_cores, built_from, {})
+            worker.become.remote(cls, slot.cpu_cores, built_from, {}, os.getpid())
             handles.append(WarmHandle(worker))
             continue
         handles.append(

@@ -34,6 +34,7 @@ log = logging.getLogger("distlm.warm")
 KEEPER_NAME = "distlm-warm-workers"
 HEAVY_MODULES = ("numpy", "torch")  # what every mode's worker imports first
 WATCH_S = 0.5  # how often the keeper looks for takers that have gone
+SELF_WATCH_S = 2.0  # how often a taken worker looks for its taker itself (the backstop)
 MAX_REFILL_PAUSE_S = 60.0  # after workers that died starting (no memory, a broken install)
 LOWEST_PRIORITY = 19  # nice
 
@@ -83,12 +84,18 @@ class WarmWorker:
             raise self._import_error
         return os.getpid()
 
-    def become(self, cls: type, cpu_cores: float, args: tuple, kwargs: dict) -> None:
+    def become(
+        self, cls: type, cpu_cores: float, args: tuple, kwargs: dict, taker_pid: int = 0
+    ) -> None:
         """Build the job's actor object here, as Ray would have built it in a fresh
-        process of ``cpu_cores`` CPUs (its thread count from them). Once only."""
+        process of ``cpu_cores`` CPUs (its thread count from them). Once only. With
+        ``taker_pid`` it also ends itself when that process has gone: the keeper does so
+        first, but a keeper that died (out of memory, killed) would leave it serving no one."""
         if self._taken:
             raise RuntimeError("this warm worker already serves a job")
         self._taken = True
+        if taker_pid:
+            threading.Thread(target=self._end_with, args=(taker_pid,), daemon=True).start()
         if not threads_env_at_start():
             os.environ["OMP_NUM_THREADS"] = str(max(math.floor(cpu_cores), 1))
         try:
@@ -100,6 +107,12 @@ class WarmWorker:
             import ray
 
             ray.actor.exit_actor()
+
+    @staticmethod
+    def _end_with(taker_pid: int) -> None:
+        while pid_alive(taker_pid):
+            time.sleep(SELF_WATCH_S)
+        os._exit(0)  # as the keeper's kill would: the process, and the job's object, gone
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         if self._target is None:
