@@ -10,17 +10,15 @@ from sqlalchemy.orm.util import identity_key
 
 from core.db import UTCDateTime, utcnow
 from core.errors import InsufficientFundsError
-from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerTransaction, TransactionKind
-from ledger.postings import (
-    INSERT_ACCOUNT,
+from ledger.balance_rows import (
     MAX_AMOUNT,
-    Posting,
     UnbalancedTransactionError,
-    _apply,
-    _insert_entries,
-    _insert_transaction,
-    escrow,
+    apply_change,
+    insert_entries,
+    insert_transaction,
 )
+from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerTransaction, TransactionKind
+from ledger.postings import INSERT_ACCOUNT, Posting, escrow
 
 # Both entries are the user's: the wallet counts two more, its spending is unchanged.
 DEBIT_WALLET = text(
@@ -75,7 +73,7 @@ def post_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> bo
         else:
             _known_escrow(session, target, _escrow_values(user_id, job_id, amount, now))
     else:  # four statements: the key, the wallet's debit, the escrow holding it, the entries
-        transaction = _insert_transaction(session, TransactionKind.HOLD, key, job_id, None, memo)
+        transaction = insert_transaction(session, TransactionKind.HOLD, key, job_id, None, memo)
         if transaction is None:
             return False
         transaction_id = transaction.id
@@ -92,7 +90,7 @@ def post_hold(session: Session, *, user_id: int, job_id: int, amount: int) -> bo
         owners[target] = (AccountKind.ESCROW.value, user_id)
         postings = [Posting(source, -amount, EntryKind.HOLD)]
         postings.append(Posting(target, amount, EntryKind.HOLD))
-        _insert_entries(session, transaction_id, postings, owners)
+        insert_entries(session, transaction_id, postings, owners)
     wallet = session.identity_map.get(identity_key(LedgerAccount, source))
     if wallet is not None:  # changed under the ORM's feet: reload
         session.expire(wallet, ["balance", "history_entries"])
@@ -130,8 +128,8 @@ def _into_existing_escrow(
     """Where the job's escrow was there before: add to it (and, for the one-statement hold,
     write its entry)."""
     target = escrow(session, job_id, user_id).id
-    _apply(session, target, amount)
+    apply_change(session, target, amount)
     if transaction_id is not None:
         owners = {target: (AccountKind.ESCROW.value, user_id)}
-        _insert_entries(session, transaction_id, [Posting(target, amount, EntryKind.HOLD)], owners)
+        insert_entries(session, transaction_id, [Posting(target, amount, EntryKind.HOLD)], owners)
     return target

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from ledger.balance_rows import GIVEN_BACK
 from ledger.models import AccountKind, EntryKind, LedgerAccount, LedgerEntry
-from ledger.postings import GIVEN_BACK
 
 
 @dataclass(frozen=True)

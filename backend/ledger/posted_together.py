@@ -17,23 +17,22 @@ from sqlalchemy.orm import Session
 
 from core.db import UTCDateTime, utcnow
 from core.errors import InsufficientFundsError
-from ledger.models import LedgerTransaction
-from ledger.postings import (
+from ledger.balance_rows import (
     INSERT_ENTRIES,
     LOCKED_IN_ORDER,
     Change,
-    TransactionRequest,
-    _apply_all,
-    _changes,
-    _check_balanced,
-    _entry_rows,
-    _expire_changed,
-    _insert_transactions,
-    _undo,
+    apply_changes,
     changes_parameters,
     changes_values,
+    check_balanced,
+    entry_rows,
+    expire_changed,
+    insert_transactions,
+    undo_changes,
     update_changes,
 )
+from ledger.models import LedgerTransaction
+from ledger.postings import TransactionRequest, changes_of
 
 
 def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[int] | None:
@@ -45,9 +44,9 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
     before (the caller then posts them one by one, ``post_transaction``, which answers each
     duplicate)."""
     for request in requests:
-        _check_balanced(request.postings)
+        check_balanced(request.postings)
     postings = [posting for request in requests for posting in request.postings]
-    changes, owners = _changes(session, postings)
+    changes, owners = changes_of(session, postings)
     values: dict[str, object] = {"created_at": utcnow()}
     for n, request in enumerate(requests):
         values |= {f"kind{n}": request.kind.value, f"key{n}": request.key}
@@ -56,25 +55,24 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
     if changes and session.get_bind().dialect.name == "postgresql":
         return _in_one_statement(session, requests, changes, owners, values)
     ids = dict(
-        (key, new_id)
-        for new_id, key in session.execute(_insert_transactions(len(requests)), values)
+        (key, new_id) for new_id, key in session.execute(insert_transactions(len(requests)), values)
     )
     if len(ids) != len(requests):  # some key was there: take back the rest
         _take_back(session, ids.values())
         return None
     try:
-        _apply_all(session, changes)
+        apply_changes(session, changes)
     except InsufficientFundsError:
         _take_back(session, ids.values())
         raise
     rows = [
         row
         for request in requests
-        for row in _entry_rows(ids[request.key], request.postings, owners)
+        for row in entry_rows(ids[request.key], request.postings, owners)
     ]
     if rows:
         session.execute(INSERT_ENTRIES, rows)
-    _expire_changed(session, [account_id for account_id, _, _ in changes])
+    expire_changed(session, [account_id for account_id, _, _ in changes])
     return [ids[request.key] for request in requests]
 
 
@@ -104,10 +102,10 @@ def _in_one_statement(
         return None
     if len(applied) != len(changes):  # a debit was short: no entries were written
         short = next(account_id for account_id, _, _ in changes if account_id not in applied)
-        _undo(session, [change for change in changes if change[0] in applied])
+        undo_changes(session, [change for change in changes if change[0] in applied])
         _take_back(session, ids.values())
         raise InsufficientFundsError(f"account {short} cannot cover its debit")
-    _expire_changed(session, [account_id for account_id, _, _ in changes])
+    expire_changed(session, [account_id for account_id, _, _ in changes])
     return [ids[request.key] for request in requests]
 
 

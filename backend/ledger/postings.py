@@ -9,17 +9,27 @@ retried or concurrent duplicate return the first transaction instead of posting 
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Select, TextClause, bindparam, delete, inspect, select, text
+from sqlalchemy import Select, bindparam, delete, inspect, select, text
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from core.db import UTCDateTime, utcnow
-from core.errors import IdempotencyKeyReusedError, InsufficientFundsError, InvalidInputError
+from core.errors import IdempotencyKeyReusedError, InsufficientFundsError
+from ledger.balance_rows import (
+    GIVEN_BACK,
+    Change,
+    Posting,
+    WalletCounters,
+    apply_changes,
+    check_balanced,
+    expire_changed,
+    insert_entries,
+    insert_transaction,
+)
 from ledger.models import (
     FEE_SHARDS,
     AccountKind,
@@ -29,21 +39,6 @@ from ledger.models import (
     LedgerTransaction,
     TransactionKind,
 )
-
-# Far beyond any real amount, far below 2**63: sums of many entries cannot overflow.
-MAX_AMOUNT = 10**18 // 1000
-
-
-class UnbalancedTransactionError(InvalidInputError):
-    code = "unbalanced_transaction"
-
-
-@dataclass(frozen=True)
-class Posting:
-    account_id: int
-    amount: int  # signed micro-tokens
-    kind: EntryKind
-    node_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -264,151 +259,6 @@ def _same_request(
     ) and posted == asked
 
 
-@dataclass
-class WalletCounters:
-    """What a transaction adds to a wallet's counters (see LedgerAccount)."""
-
-    earned: int = 0
-    spent: int = 0
-    entries: int = 0
-
-    def negated(self) -> WalletCounters:
-        return WalletCounters(-self.earned, -self.spent, -self.entries)
-
-
-# Entries into a wallet that give back what its user was charged: not spent.
-GIVEN_BACK = (EntryKind.VOID, EntryKind.COMPENSATION)
-
-
-# The statements of every posting, written once: built per call, SQLAlchemy's expression
-# building and cache keys cost more CPU than the database's work on these one-row statements.
-# The amounts as BIGINT: psycopg sends a small int as a smallint, and the negation of
-# -32768 (a debit of that many micro-tokens) would overflow it.
-APPLY = text(
-    "UPDATE ledger_accounts SET balance = balance + CAST(:delta AS BIGINT), "
-    "earned = earned + CAST(:earned AS BIGINT), spent = spent + CAST(:spent AS BIGINT), "
-    "history_entries = history_entries + :entries WHERE id = :id "
-    "AND (:delta >= 0 OR kind = 'issuance' OR balance >= -CAST(:delta AS BIGINT))"
-)
-INSERT_ENTRIES = text(
-    "INSERT INTO ledger_entries (transaction_id, account_id, kind, amount, node_id, user_id) "
-    "VALUES (:transaction_id, :account_id, :kind, :amount, :node_id, :user_id)"
-)
-INSERT_TRANSACTION = text(
-    "INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, memo, created_at) "
-    "VALUES (:kind, :idempotency_key, :job_id, :node_id, :memo, :created_at) "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-).bindparams(bindparam("created_at", type_=UTCDateTime()))
-
-
-def _apply(
-    session: Session, account_id: int, delta: int, counters: WalletCounters | None = None
-) -> None:
-    """Add ``delta`` to the account (a debit only where the balance covers it, but for the
-    issuance account) and ``counters`` to a wallet's."""
-    counted = counters or WalletCounters()
-    result = session.execute(
-        APPLY,
-        {
-            "id": account_id,
-            "delta": delta,
-            "earned": counted.earned,
-            "spent": counted.spent,
-            "entries": counted.entries,
-        },
-    )
-    if result.rowcount != 1:
-        raise InsufficientFundsError(f"account {account_id} cannot cover {-delta} micro-tokens")
-
-
-Change = tuple[int, int, "WalletCounters | None"]  # account id, delta, a wallet's counters
-
-# On PostgreSQL the rows are locked in id order before the set-based update changes them
-# (the update's own locks follow its plan's order, and concurrent postings must lock in one
-# order), in the same statement: a MATERIALIZED CTE's `ORDER BY id FOR UPDATE` locks each
-# row as it emits it, in that order, and the update reaches a row only through it. The new
-# values come from what the lock returned, the latest committed row (one changed by a
-# posting this one waited for), never from the update's own scan: that reads the
-# statement's snapshot, taken before the wait, and an update computed from it overwrote the
-# credit it had waited for (tests/ledger/test_postings.py). SQLite runs one writer at a
-# time and needs no lock.
-LOCKED_IN_ORDER = (
-    "locked AS MATERIALIZED (SELECT id, kind, balance, earned, spent, history_entries "
-    "FROM ledger_accounts WHERE id IN (SELECT id FROM changes) ORDER BY id FOR UPDATE)"
-)
-
-
-def changes_values(rows: int) -> str:
-    """The ``changes`` CTE's rows: an account's id, its delta and a wallet's counters."""
-    return ", ".join(
-        f"(CAST(:id{n} AS INTEGER), CAST(:delta{n} AS BIGINT), CAST(:earned{n} AS BIGINT), "
-        f"CAST(:spent{n} AS BIGINT), CAST(:entries{n} AS INTEGER))"
-        for n in range(rows)
-    )
-
-
-def changes_parameters(changes: list[Change]) -> dict[str, int]:
-    values: dict[str, int] = {}
-    for n, (account_id, delta, counted) in enumerate(changes):
-        counted = counted or WalletCounters()
-        values |= {f"id{n}": account_id, f"delta{n}": delta, f"earned{n}": counted.earned}
-        values |= {f"spent{n}": counted.spent, f"entries{n}": counted.entries}
-    return values
-
-
-def update_changes(*, lock: bool) -> str:
-    """The UPDATE of every row in ``changes`` (the same guard as ``APPLY`` per row), through
-    ``locked`` where ``lock``; it returns the ids it changed."""
-    now = "locked" if lock else "ledger_accounts"  # where the row as it is now is read
-    return (
-        f"UPDATE ledger_accounts SET balance = {now}.balance + changes.delta, "
-        f"earned = {now}.earned + changes.earned, spent = {now}.spent + changes.spent, "
-        f"history_entries = {now}.history_entries + changes.entries "
-        f"FROM changes{' JOIN locked ON locked.id = changes.id' if lock else ''} "
-        f"WHERE ledger_accounts.id = changes.id AND (changes.delta >= 0 "
-        f"OR {now}.kind = 'issuance' OR {now}.balance >= -changes.delta) "
-        "RETURNING ledger_accounts.id"
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _apply_many(rows: int, *, lock: bool) -> TextClause:
-    """Every change of a posting in one UPDATE, with ``lock`` its rows locked in id order
-    first; it returns the ids it changed."""
-    ctes = [f"changes (id, delta, earned, spent, entries) AS (VALUES {changes_values(rows)})"]
-    ctes += [LOCKED_IN_ORDER] if lock else []
-    return text(f"WITH {', '.join(ctes)} {update_changes(lock=lock)}")
-
-
-def _apply_all(session: Session, changes: list[Change]) -> None:
-    """Apply every change or none (InsufficientFundsError): one statement for all of them
-    (on PostgreSQL, with the lock in id order) where there are more than two."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if len(changes) <= (2 if postgres else 1):
-        applied: list[Change] = []
-        try:
-            for change in changes:
-                _apply(session, *change)
-                applied.append(change)
-        except InsufficientFundsError:
-            _undo(session, applied)
-            raise
-        return
-    values = changes_parameters(changes)
-    changed = set(session.execute(_apply_many(len(changes), lock=postgres), values).scalars())
-    if len(changed) != len(changes):
-        short = next(account_id for account_id, _, _ in changes if account_id not in changed)
-        _undo(session, [change for change in changes if change[0] in changed])
-        raise InsufficientFundsError(f"account {short} cannot cover its debit")
-
-
-def _undo(session: Session, applied: list[Change]) -> None:
-    """Undone by hand, within the caller's transaction (its row locks still held): no
-    savepoint round trips on the common path."""
-    for account_id, delta, counted in reversed(applied):
-        _apply(session, account_id, -delta, counted and counted.negated())
-
-
 def _wallet_counters(
     session: Session, postings: list[Posting], owners: dict[int, tuple[str, int | None]]
 ) -> dict[int, WalletCounters]:
@@ -468,58 +318,6 @@ def _owners(session: Session, account_ids: Iterable[int]) -> dict[int, tuple[str
     return owners
 
 
-def _insert_transaction(
-    session: Session,
-    kind: TransactionKind,
-    key: str,
-    job_id: int | None,
-    node_id: int | None,
-    memo: str,
-) -> LedgerTransaction | None:
-    """The transaction's row, or None where its key exists already: one statement that
-    waits for a concurrent holder of the key and then inserts nothing."""
-    values = {
-        "kind": kind.value,
-        "idempotency_key": key,
-        "job_id": job_id,
-        "node_id": node_id,
-        "memo": memo,
-        "created_at": utcnow(),
-    }
-    new_id = session.execute(INSERT_TRANSACTION, values).scalar()
-    if new_id is None:
-        return None
-    transaction = LedgerTransaction(id=new_id, **values)
-    make_transient_to_detached(transaction)  # the row exists: no read to hold it
-    session.add(transaction)
-    return transaction
-
-
-def _insert_entries(
-    session: Session,
-    transaction_id: int,
-    postings: list[Posting],
-    owners: dict[int, tuple[str, int | None]],
-) -> None:
-    session.execute(INSERT_ENTRIES, _entry_rows(transaction_id, postings, owners))
-
-
-def _entry_rows(
-    transaction_id: int, postings: list[Posting], owners: dict[int, tuple[str, int | None]]
-) -> list[dict[str, object]]:
-    return [
-        {
-            "transaction_id": transaction_id,
-            "account_id": p.account_id,
-            "kind": p.kind.value,
-            "amount": p.amount,
-            "node_id": p.node_id,
-            "user_id": owners[p.account_id][1],
-        }
-        for p in postings
-    ]
-
-
 def post_transaction(
     session: Session,
     *,
@@ -556,29 +354,29 @@ def post_transaction(
             )
         return existing, False
 
-    _check_balanced(postings)
+    check_balanced(postings)
 
-    changes, owners = _changes(session, postings)
+    changes, owners = changes_of(session, postings)
     # The key first: a duplicate (posted before, or by a concurrent request that committed
     # first) inserts nothing and moves no balance.
-    transaction = _insert_transaction(session, kind, key, job_id, node_id, memo)
+    transaction = insert_transaction(session, kind, key, job_id, node_id, memo)
     if transaction is None:
         existing = find_transaction(session, key)
         assert existing is not None
         return first_result(existing)
     try:
-        _apply_all(session, changes)
+        apply_changes(session, changes)
     except InsufficientFundsError:
         session.execute(delete(LedgerTransaction).where(LedgerTransaction.id == transaction.id))
         session.expunge(transaction)
         raise
     if postings:  # a settlement of a job that held nothing has none
-        _insert_entries(session, transaction.id, postings, owners)
-    _expire_changed(session, [account_id for account_id, _, _ in changes])
+        insert_entries(session, transaction.id, postings, owners)
+    expire_changed(session, [account_id for account_id, _, _ in changes])
     return transaction, True
 
 
-def _changes(
+def changes_of(
     session: Session, postings: list[Posting]
 ) -> tuple[list[Change], dict[int, tuple[str, int | None]]]:
     """What the postings change, per account in id order (one lock order): its balance's
@@ -597,21 +395,6 @@ def _changes(
     return changes, owners
 
 
-def _check_balanced(postings: list[Posting]) -> None:
-    if sum(p.amount for p in postings) != 0:
-        raise UnbalancedTransactionError("a transaction's entries must sum to zero")
-    if any(p.amount == 0 or abs(p.amount) > MAX_AMOUNT for p in postings):
-        raise UnbalancedTransactionError("entry amounts must be non-zero and bounded")
-
-
-def _expire_changed(session: Session, account_ids: Iterable[int]) -> None:
-    """Accounts changed under the ORM's feet: reloaded when next read."""
-    for account_id in account_ids:
-        account = session.identity_map.get(identity_key(LedgerAccount, account_id))
-        if account is not None:
-            session.expire(account, ["balance", "earned", "spent", "history_entries"])
-
-
 def post(session: Session, request: TransactionRequest) -> tuple[LedgerTransaction, bool]:
     """``post_transaction`` of a request."""
     return post_transaction(
@@ -623,15 +406,3 @@ def post(session: Session, request: TransactionRequest) -> tuple[LedgerTransacti
         node_id=request.node_id,
         memo=request.memo,
     )
-
-
-@functools.lru_cache(maxsize=16)
-def _insert_transactions(rows: int) -> TextClause:
-    values = ", ".join(
-        f"(:kind{n}, :key{n}, :job_id{n}, :node_id{n}, :memo{n}, :created_at)" for n in range(rows)
-    )
-    return text(
-        "INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, memo, "
-        f"created_at) VALUES {values} ON CONFLICT (idempotency_key) DO NOTHING "
-        "RETURNING id, idempotency_key"
-    ).bindparams(bindparam("created_at", type_=UTCDateTime()))
