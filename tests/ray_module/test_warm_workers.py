@@ -122,11 +122,23 @@ def test_taken_workers_end_with_their_taker_even_when_their_keeper_has_died(ray_
         pids = ray.get([worker.ready.remote() for worker in taken])
         ray.get([w.become.remote(WarmWorker, 1, (), {}, taker.pid) for w in taken])
         ray.kill(keeper)  # no keeper is left to watch the taker
+        wait_for(lambda: not keeper_answers(keeper), timeout_s=30, what="the keeper to die")
         assert all(Path(f"/proc/{pid}").exists() for pid in pids)
     finally:
-        taker.kill()
-        taker.wait()
+        taker.kill()  # not reaped yet: a zombie, which has gone all the same
+        ray.kill(keeper)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout_s=15)
+    taker.wait()
     for worker in taken:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(worker.ready.remote(), timeout=15)
+
+
+def keeper_answers(keeper: Any) -> bool:
+    import ray
+
+    try:
+        ray.get(keeper.state.remote(), timeout=5)
+    except ray.exceptions.RayError:
+        return False
+    return True

@@ -40,7 +40,13 @@ LOWEST_PRIORITY = 19  # nice
 
 
 def pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    """Whether process ``pid`` runs: one that has ended but was not yet reaped by its parent
+    (a zombie) has gone too."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state, after the command's name
 
 
 def threads_env_at_start() -> bool:

@@ -63,7 +63,12 @@ def run_es(config: RunConfig, context: RunContext) -> None:
     )
     for step in range(first_step, settings.steps + 1):
         context.check_cancelled()
-        result = server.run_step(step, theta)
+        try:
+            result = server.run_step(step, theta)
+        except NoLiveWorkersError as error:
+            for verdict in error.verdicts:  # what left every answer out still counts
+                context.emit(verdict)
+            raise
         theta = result.theta
         credits = list(result.credits)
         if step % settings.validation_interval == 0 or step == settings.steps:

@@ -46,7 +46,7 @@ from ray_module.strategies.actor_pool import (
     wait_for_free,
 )
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, with_weight_decay
-from ray_module.strategies.es.noise import NoiseTable, pair_index
+from ray_module.strategies.es.noise import PAIRS_PER_SLOT, NoiseTable, pair_index
 from ray_module.strategies.es.verification import Verifier
 
 
@@ -55,7 +55,12 @@ class WorkerFailedError(StartupError):
 
 
 class NoLiveWorkersError(LostWorkersError):
-    """No worker answered a step (retryable: the job resumes on live nodes)."""
+    """No worker answered a step (retryable: the job resumes on live nodes). ``verdicts``
+    are the step's findings against answers it left out: reported all the same."""
+
+    def __init__(self, message: str, verdicts: Sequence[VerdictEvent] = ()) -> None:
+        super().__init__(message)
+        self.verdicts = list(verdicts)
 
 
 # How much a worker's earlier speed counts against its latest step's: enough to ride out one
@@ -94,7 +99,9 @@ def make_optimizer(settings: ESSettings) -> Adam | SGD:
 def split_population(population: int, workers: Sequence[Worker]) -> list[int]:
     """Pairs per worker: in proportion to its measured speed (one not yet measured counts as
     the mean of those that are; alike nodes split as evenly as possible, the first ones taking
-    the remainder), a quarter of that for a node on probation."""
+    the remainder), a quarter of that for a node on probation. (A speed is measured over a
+    whole answer, its fixed costs too, so a small share looks a little slower: a node on
+    probation settles somewhat under a quarter, never under one pair.)"""
     known = [w.pairs_per_s for w in workers if w.pairs_per_s is not None]
     typical = sum(known) / len(known) if known else 1.0
     speeds = [typical if w.pairs_per_s is None else w.pairs_per_s for w in workers]
@@ -115,16 +122,33 @@ def first_indices(step: int, shares: Sequence[int | None], workers: Sequence[Wor
 NOT_AS_DEALT = "its answer holds other pairs than the ones it was dealt"
 
 
-def as_dealt(answer: dict[str, Any], first: int, pairs: int | None) -> bool:
-    """Whether an answer holds exactly the pairs it was dealt: a worker that reports other
-    indices (another worker's pairs, or one pair twice) would bias the update."""
-    indices = np.asarray(answer["indices"])
-    count = len(indices) if pairs is None else pairs
+def as_dealt(answer: Any, first: int, pairs: int | None, *, budget: bool) -> bool:
+    """Whether an answer holds the pairs it was dealt, in order from ``first``: all ``pairs``
+    of them, or under a time ``budget`` as many as it managed (at least one, at most its
+    share or a slot's). A worker that reports other indices (another worker's pairs, one pair
+    twice) would bias the update."""
+    try:
+        indices = np.asarray(answer["indices"])
+        losses = np.asarray(answer["losses"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    limit = PAIRS_PER_SLOT if pairs is None else pairs
+    count = len(indices) if budget and indices.ndim == 1 else limit
     return (
-        indices.shape == (count,)
-        and np.asarray(answer["losses"]).shape == (count, 2)
+        1 <= count <= limit
+        and indices.shape == (count,)
+        and losses.shape == (count, 2)
         and np.array_equal(indices, np.arange(first, first + count))
     )
+
+
+def in_pair_order(answers: list[dict[str, Any]]) -> tuple[list[int], np.ndarray]:
+    """The answers' pair indices and losses ([plus, minus] rows) in the order of the pairs,
+    not of the answers: the update sums them in the same order however the step was dealt."""
+    ordered = sorted(answers, key=lambda answer: int(answer["indices"][0]))
+    indices = [int(i) for answer in ordered for i in answer["indices"]]
+    losses = np.concatenate([answer["losses"] for answer in ordered]).astype(np.float64)
+    return indices, losses
 
 
 def payload_bytes(answer: dict[str, Any]) -> int:
@@ -193,14 +217,18 @@ class ESServer:
             raise WorkerFailedError(f"ES workers failed: {error_line(final[0][1])}")
         answers = []
         verdicts: list[VerdictEvent] = []
+        budget = settings.time_per_step_s is not None
         for rank, answer in gathered.answers:
             worker, first, share = dealt[rank]
-            if not as_dealt(answer, first, share):
+            if not as_dealt(answer, first, share, budget=budget):
                 worker.stop()  # its work cannot be trusted: it takes no further part
                 verdicts.append(VerdictEvent(worker.node_id, step, False, detail=NOT_AS_DEALT))
                 continue
             worker.measured(len(answer["indices"]), gathered.arrived_s[rank])
             answers.append({**answer, "rank": rank})
+        for rank in gathered.late:  # at most as fast as its share by the deadline
+            worker, _, share = dealt[rank]
+            worker.measured(share or 1, (settings.time_per_step_s or 0) + settings.step_timeout_s)
         if self.verifier is not None and answers:
             checked, invalid = self.verifier.check(
                 step, theta, theta_ref, batch_id, answers, self.workers
@@ -212,11 +240,8 @@ class ESServer:
                     worker.stop()
         evaluated = time.perf_counter()
         if not answers:
-            raise NoLiveWorkersError(f"no ES worker answered step {step}")
-        # In the order of the pairs, not of the answers: the same sums however it was dealt.
-        answers.sort(key=lambda a: int(a["indices"][0]) if len(a["indices"]) else 0)
-        indices = [int(i) for a in answers for i in a["indices"]]
-        losses = np.concatenate([a["losses"] for a in answers]).astype(np.float64)
+            raise NoLiveWorkersError(f"no ES worker answered step {step}", verdicts)
+        indices, losses = in_pair_order(answers)
         gradient = antithetic_gradient(
             losses[:, 0], losses[:, 1], self.noise.perturbation, indices, settings.sigma,
             self.noise.num_params,
@@ -225,10 +250,11 @@ class ESServer:
         new_theta = self.optimizer.step(theta, gradient)
         update_s = time.perf_counter() - evaluated
         evaluations = 2 * len(indices)
+        center = min(answers, key=lambda answer: int(answer["indices"][0]))["center_loss"]
         metrics: dict[str, Any] = {
-            "loss": float(answers[0]["center_loss"]),
+            "loss": float(center),
             "perturbed_loss": float(losses.mean()),
-            "bits_per_character": float(answers[0]["center_loss"]) / math.log(2),
+            "bits_per_character": float(center) / math.log(2),
             "evaluations": evaluations,
             "evaluations_per_s": evaluations / max(evaluated - started, 1e-9),
             "live_workers": sum(1 for w in self.workers if w.alive),

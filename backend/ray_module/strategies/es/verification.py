@@ -39,6 +39,15 @@ def sampled_positions(seed: int, step: int, rank: int, count: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(count, size=take, replace=False))
 
 
+def share_check_rate(rate: float, count: int, mean_count: float) -> float:
+    """How often an answer of ``count`` pairs is checked, its node's ``rate`` being for the
+    mean share. A worker dealt more than the mean (a fast node, or one that only seems fast
+    by making its losses up) is checked as much more often: a large share buys a
+    make-believe worker no more of the update before it is caught. A smaller share keeps its
+    node's rate (every step for a new node)."""
+    return min(1.0, rate * max(1.0, count / max(mean_count, 1e-9)))
+
+
 @dataclass
 class Dispute:
     """One replay's outcome: who was checked, by whom, on which pairs, and the losses."""
@@ -72,10 +81,11 @@ class Verifier:
 
         by_rank = {w.rank: w for w in workers}
         replays: dict[Any, Dispute] = {}
+        mean_count = sum(len(a["indices"]) for a in answers) / len(answers)
         for answer in answers:
             checked = by_rank[answer["rank"]]
             count = len(answer["indices"])
-            rate = checked.check_rate
+            rate = share_check_rate(checked.check_rate, count, mean_count)
             if count == 0 or not chosen_for_check(self.seed, step, checked.rank, rate):
                 continue
             validator = validator_for(checked, workers)

@@ -74,7 +74,7 @@ class ESWorker(DeferredStart):
         seconds: float | None,
     ) -> dict[str, Any]:
         """Antithetic pairs ``first_index``, ``first_index + 1``, ...: ``pairs`` of them, or
-        as many as fit in ``seconds``."""
+        as many as fit in ``seconds`` (at most a slot's ``PAIRS_PER_SLOT``)."""
         started = time.perf_counter()
         ids = self.batch(batch_id)
         center = self.loss_at(theta, ids)

@@ -27,12 +27,13 @@ from ray_module.models.char_rnn import (
     vocabulary_of,
 )
 from ray_module.strategies.es.estimator import SGD, Adam, antithetic_gradient, centered_ranks
-from ray_module.strategies.es.noise import NoiseTable, pair_index
+from ray_module.strategies.es.noise import PAIRS_PER_SLOT, NoiseTable, pair_index
 from ray_module.strategies.es.run import load_es_checkpoint, restore_optimizer, save_es_checkpoint
 from ray_module.strategies.es.server import (
     Worker,
     as_dealt,
     first_indices,
+    in_pair_order,
     payload_bytes,
     split_population,
 )
@@ -152,16 +153,37 @@ def test_a_step_is_dealt_by_measured_speed_in_contiguous_runs_of_its_pairs() -> 
     ]
 
 
-def test_an_answer_counts_only_with_exactly_the_pairs_it_was_dealt() -> None:
+def test_an_answer_counts_only_with_the_pairs_it_was_dealt() -> None:
     def answer(indices: list[int]) -> dict:
         return {"indices": np.asarray(indices), "losses": np.zeros((len(indices), 2))}
 
-    assert as_dealt(answer([5, 6, 7]), 5, 3)
-    assert as_dealt(answer([5, 6, 7, 8]), 5, None)  # a time budget: as many as it managed
-    assert not as_dealt(answer([2, 3, 4]), 5, 3)  # another worker's pairs
-    assert not as_dealt(answer([5, 5, 6]), 5, 3)  # one pair counted twice
-    assert not as_dealt(answer([5, 6]), 5, 3)
-    assert not as_dealt({"indices": np.arange(5, 8), "losses": np.zeros((2, 2))}, 5, 3)
+    assert as_dealt(answer([5, 6, 7]), 5, 3, budget=False)
+    assert not as_dealt(answer([2, 3, 4]), 5, 3, budget=False)  # another worker's pairs
+    assert not as_dealt(answer([5, 5, 6]), 5, 3, budget=False)  # one pair counted twice
+    assert not as_dealt(answer([5, 6]), 5, 3, budget=False)
+    assert not as_dealt({"indices": np.arange(5, 8), "losses": np.zeros((2, 2))}, 5, 3,
+                        budget=False)  # fmt: skip
+    assert not as_dealt({"indices": [5, 6, 7]}, 5, 3, budget=False)  # no losses at all
+    assert not as_dealt("not an answer", 5, 3, budget=False)
+    # Under a time budget: as many as it managed, from its first on, within its share.
+    assert as_dealt(answer([5, 6, 7, 8]), 5, None, budget=True)
+    assert as_dealt(answer([5, 6]), 5, 3, budget=True)  # a population and a budget: cut short
+    assert not as_dealt(answer([5, 6, 7, 8]), 5, 3, budget=True)  # more than it was dealt
+    assert not as_dealt(answer([]), 5, None, budget=True)
+    assert not as_dealt(answer(list(range(5, 5 + PAIRS_PER_SLOT + 1))), 5, None, budget=True)
+
+
+def test_the_update_sums_the_pairs_in_their_order_whatever_order_the_answers_came_in() -> None:
+    def answer(first: int, count: int) -> dict:
+        indices = np.arange(first, first + count)
+        return {"indices": indices, "losses": np.stack([indices, -indices], axis=1) * 0.5}
+
+    dealt = [answer(0, 3), answer(3, 1), answer(4, 2)]
+    in_order = in_pair_order(dealt)
+    assert in_order[0] == [0, 1, 2, 3, 4, 5]
+    assert in_order[1][:, 0].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    reversed_ = in_pair_order(dealt[::-1])
+    assert reversed_[0] == in_order[0] and np.array_equal(reversed_[1], in_order[1])
 
 
 # -- settings ---------------------------------------------------------------------------------

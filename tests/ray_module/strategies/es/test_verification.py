@@ -15,7 +15,13 @@ from ray_module.models.char_rnn import flat_parameters
 from ray_module.strategies.es.evaluator import ESEvaluator
 from ray_module.strategies.es.noise import pair_index
 from ray_module.strategies.es.server import Worker
-from ray_module.strategies.es.verification import Dispute, Verifier, agree, sampled_positions
+from ray_module.strategies.es.verification import (
+    Dispute,
+    Verifier,
+    agree,
+    sampled_positions,
+    share_check_rate,
+)
 from ray_module.strategies.es.worker_config import WorkerConfig
 from ray_module.strategies.verification import chosen_for_check, validator_for
 
@@ -97,6 +103,12 @@ def test_checks_are_drawn_at_each_nodes_rate_and_validators_come_from_other_owne
     assert 150 < drawn < 250  # about a tenth
     assert chosen_for_check(7, 5, 1, 0.3) == chosen_for_check(7, 5, 1, 0.3)  # same on resume
     assert len(set(sampled_positions(7, 3, 0, 8))) == 2 and sampled_positions(7, 3, 0, 1) == [0]
+    # A node dealt three times the mean share of a step's pairs is checked three times as
+    # often (so a fast-seeming liar is caught as soon per pair); a small share keeps its rate.
+    assert share_check_rate(0.05, count=30, mean_count=10) == pytest.approx(0.15)
+    assert share_check_rate(0.5, count=40, mean_count=10) == 1.0
+    assert share_check_rate(0.1, count=5, mean_count=10) == 0.1
+    assert share_check_rate(1.0, count=2, mean_count=10) == 1.0  # new: every step
 
     mine = Member(1, 0, owner_id=10)
     same_owner = Member(2, 1, owner_id=10, valid_streak=100)  # checked 5% of the time
