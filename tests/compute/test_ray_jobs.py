@@ -333,7 +333,7 @@ def trained_or_ended(client: TestClient, headers: dict, job_id: int) -> dict | N
 # Long enough for an ES job to start its worker on two busy cores and checkpoint (every 5
 # steps) before the limit stops it; its million steps would take far longer. ES, because
 # the limit is the dispatcher's, whatever the mode, and its workers start in seconds.
-RUNTIME_LIMIT_S = 20  # the job trains and saves within seconds of its start
+RUNTIME_LIMIT_S = 30  # the job trains and saves within seconds of its start
 ENDLESS_ES_JOB = {
     "model_config": {"type": "char_rnn", "model_name": "rnn"},
     "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text", "max_samples": 200},
