@@ -18,6 +18,7 @@ scaling can be read against what the machine allows for this very work.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -136,6 +137,8 @@ def machine_scaling_run(processes: int, args: argparse.Namespace) -> float:
     start, results = context.Barrier(processes + 1), context.Queue()
     share = args.population * (args.steps - 1) // processes
     children = []
+    # As Ray starts a 1-CPU actor: one compute thread in every library, from its start.
+    os.environ["OMP_NUM_THREADS"] = "1"
     for rank in range(processes):
         config = WorkerConfig(0, rank, 1, 0, 1.0, 0.5, ModelRequest("char_rnn", "rnn"),
                               DataRequest("builtin", "stdlib-text"), settings)  # fmt: skip
@@ -143,6 +146,7 @@ def machine_scaling_run(processes: int, args: argparse.Namespace) -> float:
         child = context.Process(target=_plain_evaluations, args=(config, pairs, start, results))
         child.start()
         children.append(child)
+    del os.environ["OMP_NUM_THREADS"]
     start.wait()
     spans = [results.get(timeout=600) for _ in children]
     for child in children:
