@@ -204,6 +204,15 @@ def read_only_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
     return read_only
 
 
+def one_snapshot(session: Session) -> None:
+    """Every statement of the session's transaction sees the same committed data. PostgreSQL's
+    default (READ COMMITTED) gives each statement a snapshot of its own, so a read of two
+    tables could see one before a commit and the other after it; REPEATABLE READ gives the
+    transaction one. SQLite's reads already share one. Call before the first statement."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """The one unit of work for code outside requests: commit on success, else roll back."""

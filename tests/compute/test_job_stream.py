@@ -4,16 +4,20 @@ user gets 404; a failed job's logs say why; a chatty job's logs stay within thei
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from compute.jobs.events import add_log
-from compute.models import Job
+from app.routes.job_stream import read_events
+from compute.jobs.events import Cursor, add_log
+from compute.models import Job, JobEvent, JobMetric
+from core.db import utcnow
 from tests.conftest import Account, job_state, submit_job, wait_until_finished
 
 SMALL_SPLIT = {
@@ -137,3 +141,38 @@ def test_a_chatty_jobs_logs_stay_within_their_bound(
     db.commit()
     last = client.get(f"/jobs/{job_id}/logs?after={logs['items'][-1]['id']}", headers=user.headers)
     assert len(last.json()["items"][0]["message"]) <= 2001
+
+
+def test_a_read_of_the_stream_sees_a_commit_whole_or_not_at_all(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    """A commit that lands between the stream's read of events and its read of metric
+    points (a log line, then a point a moment later) is seen whole or not at all: what a
+    live reader sends is what a replay from the start sends, in the same order."""
+    job_id = submit_job(client, user.headers)["id"]
+    factory = client.app.state.read_session_factory
+    engine = factory.kw["bind"]
+    committed = []
+
+    def commit_between(_connection, _cursor, statement: str, *_args) -> None:
+        if "job_events" in statement and not committed:
+            committed.append(statement)
+            now = utcnow()
+            line = {"level": "info", "source": "runner", "message": "before the point"}
+            db.add(JobEvent(job_id=job_id, at=now, kind="log", payload=line))
+            later = now + dt.timedelta(milliseconds=1)
+            db.add(JobMetric(job_id=job_id, step=1, values={"loss": 1.0}, recorded_at=later))
+            db.commit()
+
+    event.listen(engine, "after_cursor_execute", commit_between)
+    try:
+        live, _ = read_events(factory, job_id, Cursor())
+    finally:
+        event.remove(engine, "after_cursor_execute", commit_between)
+    assert committed
+    rest, _ = read_events(factory, job_id, live[-1].cursor if live else Cursor())
+    whole, _ = read_events(factory, job_id, Cursor())
+    assert [(str(i.cursor), i.kind) for i in live + rest] == [
+        (str(i.cursor), i.kind) for i in whole
+    ]
+    assert [i.kind for i in whole][-2:] == ["log", "metric"]

@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -26,7 +27,7 @@ from compute.jobs.events import Cursor, StreamItem, events_after, job_logs
 from compute.jobs.service import get_job_for
 from compute.jobs.state import JobStatus
 from compute.models import Job
-from core.db import session_scope
+from core.db import one_snapshot, session_scope
 from core.errors import NotFoundError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -58,8 +59,9 @@ def events(
     cursor = Cursor.parse(last_event_id)
     factory = request.app.state.read_session_factory
     release = request.app.state.stream_slots.take(viewer.id)  # 429 when none is free
+    read = partial(read_events, factory, job_id)
     return StreamingResponse(
-        _stream(request, lambda c: _read(factory, job_id, c), cursor, _viewer(viewer), release),
+        _stream(request, read, cursor, _viewer(viewer), release),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
@@ -92,7 +94,7 @@ def logs(
     factory = request.app.state.read_session_factory
 
     def read(cursor: Cursor) -> tuple[list[StreamItem], bool]:
-        items, finished = _read(factory, job_id, cursor)
+        items, finished = read_events(factory, job_id, cursor)
         return [item for item in items if item.kind == "log"] + [
             StreamItem(item.cursor, "skip", item.at, {}) for item in items[-1:]
         ], finished
@@ -104,8 +106,11 @@ def logs(
     )  # fmt: skip
 
 
-def _read(factory: Any, job_id: int, cursor: Cursor) -> tuple[list[StreamItem], bool]:
+def read_events(factory: Any, job_id: int, cursor: Cursor) -> tuple[list[StreamItem], bool]:
     with session_scope(factory) as session:
+        # Events and metric points from one moment: a reader that saw a commit's metric
+        # point but not its events would send them in another order than a later replay.
+        one_snapshot(session)
         job = session.get(Job, job_id)
         finished = job is None or JobStatus(job.status).is_terminal()
         return events_after(session, job_id, cursor), finished
