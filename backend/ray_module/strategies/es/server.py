@@ -142,13 +142,15 @@ def as_dealt(answer: Any, first: int, pairs: int | None, *, budget: bool) -> boo
     )
 
 
-def in_pair_order(answers: list[dict[str, Any]]) -> tuple[list[int], np.ndarray]:
+def in_pair_order(answers: list[dict[str, Any]]) -> tuple[list[int], np.ndarray, float]:
     """The answers' pair indices and losses ([plus, minus] rows) in the order of the pairs,
-    not of the answers: the update sums them in the same order however the step was dealt."""
+    not of the answers: the update sums them in the same order however the step was dealt.
+    Also the center loss of the answer with the first pairs (the same weights and batch on
+    every worker: whoever was dealt pair 0)."""
     ordered = sorted(answers, key=lambda answer: int(answer["indices"][0]))
     indices = [int(i) for answer in ordered for i in answer["indices"]]
     losses = np.concatenate([answer["losses"] for answer in ordered]).astype(np.float64)
-    return indices, losses
+    return indices, losses, float(ordered[0]["center_loss"])
 
 
 def payload_bytes(answer: dict[str, Any]) -> int:
@@ -207,11 +209,8 @@ class ESServer:
             for rank, (worker, first, share) in dealt.items()
         }
         # A worker lost mid-step or late is left out of this step only.
-        gathered = gather(
-            pending,
-            (settings.time_per_step_s or 0) + settings.step_timeout_s,
-            self.check_cancelled,
-        )
+        deadline_s = (settings.time_per_step_s or 0) + settings.step_timeout_s
+        gathered = gather(pending, deadline_s, self.check_cancelled)
         final = gathered.final_errors()
         if final and not gathered.answers:
             raise WorkerFailedError(f"ES workers failed: {error_line(final[0][1])}")
@@ -228,7 +227,7 @@ class ESServer:
             answers.append({**answer, "rank": rank})
         for rank in gathered.late:  # at most as fast as its share by the deadline
             worker, _, share = dealt[rank]
-            worker.measured(share or 1, (settings.time_per_step_s or 0) + settings.step_timeout_s)
+            worker.measured(share or 1, deadline_s)
         if self.verifier is not None and answers:
             checked, invalid = self.verifier.check(
                 step, theta, theta_ref, batch_id, answers, self.workers
@@ -241,7 +240,7 @@ class ESServer:
         evaluated = time.perf_counter()
         if not answers:
             raise NoLiveWorkersError(f"no ES worker answered step {step}", verdicts)
-        indices, losses = in_pair_order(answers)
+        indices, losses, center = in_pair_order(answers)
         gradient = antithetic_gradient(
             losses[:, 0], losses[:, 1], self.noise.perturbation, indices, settings.sigma,
             self.noise.num_params,
@@ -250,7 +249,6 @@ class ESServer:
         new_theta = self.optimizer.step(theta, gradient)
         update_s = time.perf_counter() - evaluated
         evaluations = 2 * len(indices)
-        center = min(answers, key=lambda answer: int(answer["indices"][0]))["center_loss"]
         metrics: dict[str, Any] = {
             "loss": float(center),
             "perturbed_loss": float(losses.mean()),

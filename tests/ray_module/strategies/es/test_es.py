@@ -176,7 +176,8 @@ def test_an_answer_counts_only_with_the_pairs_it_was_dealt() -> None:
 def test_the_update_sums_the_pairs_in_their_order_whatever_order_the_answers_came_in() -> None:
     def answer(first: int, count: int) -> dict:
         indices = np.arange(first, first + count)
-        return {"indices": indices, "losses": np.stack([indices, -indices], axis=1) * 0.5}
+        losses = np.stack([indices, -indices], axis=1) * 0.5
+        return {"indices": indices, "losses": losses, "center_loss": float(first)}
 
     dealt = [answer(0, 3), answer(3, 1), answer(4, 2)]
     in_order = in_pair_order(dealt)
@@ -184,6 +185,7 @@ def test_the_update_sums_the_pairs_in_their_order_whatever_order_the_answers_cam
     assert in_order[1][:, 0].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     reversed_ = in_pair_order(dealt[::-1])
     assert reversed_[0] == in_order[0] and np.array_equal(reversed_[1], in_order[1])
+    assert in_order[2] == reversed_[2] == 0.0  # the center loss of the first pairs' answer
 
 
 # -- settings ---------------------------------------------------------------------------------
