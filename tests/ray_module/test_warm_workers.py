@@ -16,7 +16,7 @@ from protocol.run import DataRequest, JobRequest, ModelRequest, RunConfig, Worke
 from ray_module.runner.job_runner import JobRunner
 from ray_module.strategies.fedavg.run import run_fedavg
 from ray_module.warm.launch import start_keeper, wait_until_warm
-from ray_module.warm.pool import WarmWorker
+from ray_module.warm.pool import WarmWorker, pid_alive, process_start
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.ray]
@@ -111,27 +111,73 @@ def test_a_keeper_serves_only_its_own_node(keeper) -> None:
     assert ray.get(keeper.state.remote())["idle"] == SIZE
 
 
-def test_taken_workers_end_with_their_taker_even_when_their_keeper_has_died(ray_cluster) -> None:
+def test_when_its_keeper_dies_an_idle_worker_ends_and_a_taken_one_ends_with_its_taker(
+    ray_cluster,
+) -> None:
     import ray
 
     keeper = start_keeper(SIZE, NODE)
     wait_until_warm(keeper)
     taker = subprocess.Popen(["sleep", "60"])
     try:
-        taken = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
-        pids = ray.get([worker.ready.remote() for worker in taken])
+        taken = ray.get(keeper.take.remote(1, NODE, taker.pid))
+        (taken_pid,) = ray.get([worker.ready.remote() for worker in taken])
         ray.get([w.become.remote(WarmWorker, 1, (), {}, taker.pid) for w in taken])
-        ray.kill(keeper)  # no keeper is left to watch the taker
+        idle_pids = warm_worker_pids(started_by=parent_of(taken_pid)) - {taken_pid}
+        assert len(idle_pids) == SIZE - 1
+        ray.kill(keeper)  # no keeper is left to watch the taker, nor to hand out the idle one
         wait_for(lambda: not keeper_answers(keeper), timeout_s=30, what="the keeper to die")
-        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in idle_pids),
+                 timeout_s=15, what="the idle worker to end")  # fmt: skip
+        assert Path(f"/proc/{taken_pid}").exists()  # its taker still runs
     finally:
         taker.kill()  # not reaped yet: a zombie, which has gone all the same
         ray.kill(keeper)
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout_s=15)
+    wait_for(lambda: not Path(f"/proc/{taken_pid}").exists(), timeout_s=15)
     taker.wait()
     for worker in taken:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(worker.ready.remote(), timeout=15)
+
+
+def warm_worker_pids(started_by: int) -> set[int]:
+    """The pids of the warm worker processes (idle or taken) that process ``started_by``
+    started: this cluster's Ray, not another test process's."""
+    return {
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and "WarmWorker" in read_quietly(entry / "cmdline")
+        and parent_of(int(entry.name)) == started_by
+    }
+
+
+def parent_of(pid: int) -> int | None:
+    fields = read_quietly(Path(f"/proc/{pid}/stat")).rpartition(")")[2].split()
+    return int(fields[1]) if fields else None
+
+
+def read_quietly(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_watched_process_is_named_by_its_pid_and_start_time() -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start(child.pid)
+        assert started is not None and pid_alive(child.pid, started)
+        # What a later process given the same pid would look like: another start time.
+        assert not pid_alive(child.pid, started + 1)
+    finally:
+        child.kill()
+    # A zombie until reaped: gone all the same.
+    wait_for(lambda: not pid_alive(child.pid, started), timeout_s=10, what="the child to end")
+    assert process_start(child.pid) == started  # not reaped yet
+    child.wait()
+    assert not pid_alive(child.pid) and process_start(child.pid) is None
 
 
 def keeper_answers(keeper: Any) -> bool:

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from protocol.nodes import node_resource
 from ray_module.contract import NAMESPACE
 from ray_module.head import code_environment
 from ray_module.warm.pool import KEEPER_NAME, WarmPoolKeeper
@@ -39,6 +40,8 @@ def start_keeper(size: int, node_id: int) -> Any:
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
+            # On its workers' machine: they watch its pid, as it watches their takers'.
+            resources={node_resource(node_id): 0.001},
             max_restarts=0,
         )
         .remote(size, node_id)

@@ -7,7 +7,10 @@ actors alive that have done the heavy imports and hold nothing of any job. A job
 takes some (``take``); each then becomes one of the job's actors (``WarmWorker.become``) and
 serves that job only: the keeper never hands a worker out twice, and kills a taken worker
 once the process that took it has gone (the runner, or a benchmark's driver), then starts a
-fresh one in its place. At most ``size`` warm or taken workers exist at any time.
+fresh one in its place. At most ``size`` warm or taken workers exist at any time. Each
+worker also watches on its own, for a keeper that died (out of memory, killed): a taken one
+ends when its taker has gone, an idle one when its keeper has. Processes are named by pid and
+start time, so a pid given to a later process is not mistaken for the one watched.
 
 Warm workers reserve no CPU in Ray (``num_cpus=0``): the dispatcher, not Ray, decides what
 runs on a node, and an idle warm worker must not keep a job's actor from being placed.
@@ -39,14 +42,30 @@ MAX_REFILL_PAUSE_S = 60.0  # after workers that died starting (no memory, a brok
 LOWEST_PRIORITY = 19  # nice
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs: one that has ended but was not yet reaped by its parent
-    (a zombie) has gone too."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command's name (the state first), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return None
+    return stat.rpartition(")")[2].split()
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot): with the pid, it names one
+    process even after the pid has been given to another."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None  # stat's field 22
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs (and, given ``started``, is still the one that started
+    then, not a later process that was given its pid). One that has ended but was not yet
+    reaped by its parent (a zombie) has gone too."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"  # the state, after the command's name
+    return started is None or int(fields[19]) == started
 
 
 def threads_env_at_start() -> bool:
@@ -66,12 +85,15 @@ class WarmWorker:
     filling up after a job never slows the node's next job, which takes only workers whose
     imports are done (``ready``), so none waits on that thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, keeper_pid: int = 0) -> None:
         self._imported = threading.Event()
         self._target: Any = None
         self._import_error: Exception | None = None
         self._taken = False
         threading.Thread(target=self._import_heavy_modules, daemon=True).start()
+        if keeper_pid:
+            watched = (keeper_pid, process_start(keeper_pid))
+            threading.Thread(target=self._end_idle_without, args=watched, daemon=True).start()
 
     def _import_heavy_modules(self) -> None:
         with contextlib.suppress(OSError):  # not Linux: imported at the normal priority
@@ -101,7 +123,8 @@ class WarmWorker:
             raise RuntimeError("this warm worker already serves a job")
         self._taken = True
         if taker_pid:
-            threading.Thread(target=self._end_with, args=(taker_pid,), daemon=True).start()
+            watched = (taker_pid, process_start(taker_pid))
+            threading.Thread(target=self._end_with, args=watched, daemon=True).start()
         if not threads_env_at_start():
             os.environ["OMP_NUM_THREADS"] = str(max(math.floor(cpu_cores), 1))
         try:
@@ -115,10 +138,19 @@ class WarmWorker:
             ray.actor.exit_actor()
 
     @staticmethod
-    def _end_with(taker_pid: int) -> None:
-        while pid_alive(taker_pid):
+    def _end_with(taker_pid: int, started: int | None) -> None:
+        while pid_alive(taker_pid, started):
             time.sleep(SELF_WATCH_S)
         os._exit(0)  # as the keeper's kill would: the process, and the job's object, gone
+
+    def _end_idle_without(self, keeper_pid: int, started: int | None) -> None:
+        """An idle worker whose keeper has gone ends itself: nothing would hand it out, and
+        a keeper started again fills a pool of its own (each worker holds torch's memory).
+        A taken one serves its taker until that has gone (``_end_with``)."""
+        while pid_alive(keeper_pid, started):
+            time.sleep(SELF_WATCH_S)
+        if not self._taken:
+            os._exit(0)
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         if self._target is None:
@@ -132,6 +164,7 @@ class _Worker:
     ready_ref: Any
     pid: int | None = None
     taker: int | None = None  # the pid of the process that took it
+    taker_started: int | None = None  # and when that process started (pids are reused)
 
 
 class WarmPoolKeeper:
@@ -159,8 +192,9 @@ class WarmPoolKeeper:
             self._learn_pids()
             ready = [w for w in self._workers if w.taker is None and w.pid and pid_alive(w.pid)]
             handed = ready[:count]
+            started = process_start(taker_pid)
             for worker in handed:
-                worker.taker = taker_pid
+                worker.taker, worker.taker_started = taker_pid, started
         return [worker.handle for worker in handed]
 
     def state(self) -> dict[str, int]:
@@ -213,7 +247,7 @@ class WarmPoolKeeper:
     def _ended(self, worker: _Worker) -> bool:
         if worker.pid is not None and (worker.pid == 0 or not pid_alive(worker.pid)):
             return True
-        return worker.taker is not None and not pid_alive(worker.taker)
+        return worker.taker is not None and not pid_alive(worker.taker, worker.taker_started)
 
     def _learn_pids(self) -> None:
         import ray
@@ -239,5 +273,5 @@ class WarmPoolKeeper:
                 resources={node_resource(self.node_id): 0.001},
                 lifetime="detached",  # outlives the short-lived process that made the keeper
                 max_restarts=0,
-            ).remote()
+            ).remote(os.getpid())
             self._workers.append(_Worker(handle, handle.ready.remote()))
