@@ -314,7 +314,7 @@ class WarmNode:
     def wait_warm(self) -> None:
         """Until the node's warm workers are all ready again (a run's are killed once it
         ends, and new ones start): every run starts on a node that was idle a while."""
-        if self.warm_workers and not self._warm({"wait": True}):
+        if self.warm_workers and not self._warm({"node_id": 1, "wait": True}):
             raise SystemExit("the node's warm workers did not come back")
 
     def _warm(self, order: dict[str, Any]) -> bool:

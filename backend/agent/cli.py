@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm-workers",
         type=_count(0),
         metavar="N",
-        help="processes of the node's own Ray kept with torch imported, so that a job's "
-        "workers start at once (default: one per core, at most 4; each holds ~250 MB; 0: none)",
+        help="processes kept with torch imported on this machine (in the node's own Ray or "
+        "its trusted pool), so that a job's workers start at once (default: one per core, at "
+        "most 4; each holds ~250 MB; 0: none)",
     )
     run.add_argument("--ray-log-file", type=Path, help="the Ray worker's output")
     run.add_argument(

@@ -39,7 +39,7 @@ class AgentConfig:
     heartbeat_interval_s: float | None = None  # None: what the gateway asks for
     max_heartbeats: int | None = None  # None: until stopped
     object_store_mb: int | None = None  # None: Ray's default share of memory
-    warm_workers: int | None = None  # on the node's own Ray; None: ray_module.warm's default
+    warm_workers: int | None = None  # None: ray_module.warm's default for the node's CPUs
     ray_address: str = ""  # a trusted pool to join instead of a Ray of the node's own
     ray_auth_token_file: Path | None = None  # the pool's Ray token, if it uses one
     ray_log_file: Path | None = None  # None: next to the credential file
@@ -211,6 +211,7 @@ def _join_pool(
         max_restarts=config.max_worker_restarts,
         pool_address=config.ray_address,
         node_address=node_address,
+        warm_workers=config.warm_workers,
     )
     supervisor.start(join)
     token_file = config.ray_auth_token_file

@@ -23,6 +23,7 @@ from protocol.nodes import JoinInfo
 from ray_module.head import NO_DRAIN_ON_SIGTERM, forget_cluster_pointer
 from ray_module.ports import RayPorts
 from ray_module.process import die_with_parent
+from ray_module.warm.launch import default_size, launch_pool
 
 log = logging.getLogger("distlm.agent")
 
@@ -225,8 +226,10 @@ class WorkerSupervisor:
         max_restarts: int,
         pool_address: str,
         node_address: str | None = None,
+        warm_workers: int | None = None,
     ) -> None:
         self.client = client
+        self.warm_workers = warm_workers  # None: ray_module.warm's default for the node's CPUs
         # A trusted pool's address (the agent's --ray-address), which the gateway's join
         # info does not hold, and the address this node's Ray serves at within it.
         self.pool_address, self.node_address = pool_address, node_address
@@ -249,6 +252,11 @@ class WorkerSupervisor:
         )
         self.worker = worker
         worker.start()
+        # Its warm workers, on this machine (the keeper dies with the worker, and starts
+        # again with it): a job that this node's agent drives starts on them at once.
+        size = default_size(join.num_cpus) if self.warm_workers is None else self.warm_workers
+        token = self.auth_token_file.read_text().strip() if self.auth_token_file else ""
+        launch_pool(self.pool_address, token, join.node_id, size, self.node_address or "")
         log.info(
             "Ray worker (pid %s) joining %s with %s CPU, %s GPU, %s; log: %s",
             worker.pid,

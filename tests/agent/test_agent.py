@@ -32,6 +32,7 @@ from protocol.nodes import JoinInfo
 from ray_module.cluster import ClusterConfig
 from ray_module.head import HeadDirectory, start_head, stop_head
 from ray_module.warm.launch import default_size
+from ray_module.warm.pool import keeper_name
 from tests.agent.gateway_process import (
     OWNER,
     OWNER_PASSWORD,
@@ -390,11 +391,18 @@ RAY_PROBE = """
 import json, sys, time
 import ray
 
-address, resource = sys.argv[1], sys.argv[2]
+address, resource, keeper_name = sys.argv[1], sys.argv[2], sys.argv[3]
 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 
 def live():
     return [n for n in ray.nodes() if n["Alive"] and resource in n["Resources"]]
+
+def keeper_state(timeout_s):
+    try:
+        keeper = ray.get_actor(keeper_name, namespace="distlm")
+        return ray.get(keeper.state.remote(), timeout=timeout_s)
+    except (ValueError, ray.exceptions.RayError):
+        return None
 
 deadline = time.monotonic() + 60
 while not live() and time.monotonic() < deadline:
@@ -402,10 +410,16 @@ while not live() and time.monotonic() < deadline:
 nodes = [{"resources": n["Resources"], "labels": n.get("Labels", {})} for n in live()]
 print(json.dumps({"joined": nodes}), flush=True)
 if nodes:
+    deadline = time.monotonic() + 120
+    state = keeper_state(5)
+    while (not state or state["ready"] < state["size"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = keeper_state(5)
+    print(json.dumps({"warm": state}), flush=True)
     deadline = time.monotonic() + 60
     while live() and time.monotonic() < deadline:
         time.sleep(0.2)
-    print(json.dumps({"gone": not live()}), flush=True)
+    print(json.dumps({"gone": not live(), "keeper": keeper_state(10)}), flush=True)
 """
 
 
@@ -451,7 +465,7 @@ def test_an_agent_joins_a_trusted_pool_with_its_node_resource_and_leaves_on_ctrl
         probe_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token_file.read_text()}
         with open(tmp_path / "probe.err", "wb") as probe_err:
             probe = subprocess.Popen(
-                [PYTHON, "-c", RAY_PROBE, address, resource],
+                [PYTHON, "-c", RAY_PROBE, address, resource, keeper_name(node_id)],
                 env=probe_env,
                 stdout=subprocess.PIPE,
                 stderr=probe_err,
@@ -465,6 +479,9 @@ def test_an_agent_joins_a_trusted_pool_with_its_node_resource_and_leaves_on_ctrl
         assert ray_node["resources"][resource] == 1000
         assert ray_node["resources"]["CPU"] == 1
         assert ray_node["labels"]["distlm-node-id"] == str(node_id)
+        # Its warm worker (one per core) on the pool, ready for the jobs its agent drives.
+        warm = json.loads(probe.stdout.readline() or "{}").get("warm")  # probe-bounded
+        assert warm == {"size": 1, "idle": 1, "ready": 1, "taken": 0}, agent_log.read_text()
         # Online (schedulable) once it asks for its runs, in the pool it named.
         wait_for(
             lambda: gateway.as_owner("GET", f"/nodes/{node_id}")["status"] == "online",
@@ -484,8 +501,9 @@ def test_an_agent_joins_a_trusted_pool_with_its_node_resource_and_leaves_on_ctrl
         )
         assert agent.wait(timeout=60) == 0, agent_log.read_text()
         assert f"told the gateway node {node_id} is leaving" in agent_log.read_text()
-        gone = json.loads(probe.stdout.readline() or "{}").get("gone")
-        assert gone, f"the agent's Ray node is still alive:\n{agent_log.read_text()}"
+        last = json.loads(probe.stdout.readline() or "{}")
+        assert last.get("gone"), f"the agent's Ray node is still alive:\n{agent_log.read_text()}"
+        assert last["keeper"] is None  # its keeper and warm worker went with it
         assert probe.wait(timeout=30) == 0
         assert "Ray worker stopped" in agent_log.read_text()
     finally:

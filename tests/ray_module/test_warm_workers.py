@@ -4,6 +4,7 @@ job only, dies with the process that took it, and the node's pool fills again.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,11 +105,19 @@ def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
     assert set(ray.get([w.ready.remote() for w in again])).isdisjoint(pids)
 
 
-def test_a_keeper_serves_only_its_own_node(keeper) -> None:
+def test_a_keeper_serves_only_its_own_node_and_takers_on_its_own_machine(keeper) -> None:
     import ray
 
     assert ray.get(keeper.take.remote(1, NODE + 1, 1)) == []
+    # A taker on another machine of a trusted pool: its pid is not a process here, or is
+    # another process (started at another time); its workers could not watch its end.
+    me = os.getpid()
+    assert ray.get(keeper.take.remote(1, NODE, me, process_start(me) + 1)) == []
+    assert ray.get(keeper.take.remote(1, NODE, 2**22 + 1)) == []  # above Linux's pid_max
     assert ray.get(keeper.state.remote())["idle"] == SIZE
+    (taken,) = ray.get(keeper.take.remote(1, NODE, me, process_start(me)))
+    assert ray.get(keeper.state.remote())["taken"] == 1
+    ray.kill(taken)
 
 
 def test_when_its_keeper_dies_an_idle_worker_ends_and_a_taken_one_ends_with_its_taker(

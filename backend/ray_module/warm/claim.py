@@ -17,7 +17,7 @@ from typing import Any
 
 from protocol.nodes import node_resource
 from ray_module.contract import NAMESPACE
-from ray_module.warm.pool import KEEPER_NAME
+from ray_module.warm.pool import keeper_name, process_start
 
 TAKE_TIMEOUT_S = 10.0  # a keeper that does not answer: the job starts fresh actors
 
@@ -85,25 +85,24 @@ def start_actors(
 
 
 def take_warm(slots: Sequence[Slot]) -> list[Any | None]:
-    """For each slot, a warm worker of its node's keeper, or None (a GPU slot; where no
-    keeper runs: a pool, a job's cluster). The keeper is asked once per node."""
+    """For each slot, a warm worker of its node's keeper, or None (a GPU slot; a node that
+    keeps none, as a job's own cluster; a node of a trusted pool on another machine than
+    this runner, whose keeper refuses it). Each node's keeper is asked once."""
     import ray
 
     wanted: dict[int, int] = {}
     for slot in slots:
         if slot.gpu == 0:
             wanted[slot.node_id] = wanted.get(slot.node_id, 0) + 1
-    try:
-        keeper = ray.get_actor(KEEPER_NAME, namespace=NAMESPACE) if wanted else None
-    except ValueError:
-        keeper = None
-    if keeper is None:
-        return [None] * len(slots)
+    me, started = os.getpid(), process_start(os.getpid())
     given: dict[int, list[Any]] = {}
     for node_id, count in wanted.items():
         try:
-            taken = keeper.take.remote(count, node_id, os.getpid())
+            keeper = ray.get_actor(keeper_name(node_id), namespace=NAMESPACE)
+            taken = keeper.take.remote(count, node_id, me, started)
             given[node_id] = ray.get(taken, timeout=TAKE_TIMEOUT_S)
+        except ValueError:  # no keeper on that node
+            given[node_id] = []
         except ray.exceptions.RayError:  # the keeper gone or stuck: fresh actors
             given[node_id] = []
     return [

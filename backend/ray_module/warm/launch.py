@@ -15,7 +15,7 @@ from typing import Any
 from protocol.nodes import node_resource
 from ray_module.contract import NAMESPACE
 from ray_module.head import code_environment
-from ray_module.warm.pool import KEEPER_NAME, WarmPoolKeeper
+from ray_module.warm.pool import WarmPoolKeeper, keeper_name
 
 log = logging.getLogger("distlm.warm")
 
@@ -35,7 +35,7 @@ def start_keeper(size: int, node_id: int) -> Any:
     keeper = (
         ray.remote(WarmPoolKeeper)
         .options(
-            name=KEEPER_NAME,
+            name=keeper_name(node_id),
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
@@ -50,14 +50,17 @@ def start_keeper(size: int, node_id: int) -> Any:
     return keeper
 
 
-def launch_pool(ray_address: str, ray_token: str, node_id: int, size: int) -> None:
-    """Start the keeper of ``size`` warm workers on the Ray at ``ray_address`` from a
-    process of its own, in the background (the workers import torch for seconds)."""
+def launch_pool(
+    ray_address: str, ray_token: str, node_id: int, size: int, node_address: str = ""
+) -> None:
+    """Start the keeper of ``size`` warm workers on node ``node_id`` of the Ray at
+    ``ray_address`` (the node's own, or a trusted pool it is a member of, reached from
+    ``node_address``), from a process of its own, in the background (the workers import
+    torch for seconds)."""
     if size > 0:
+        order = {"node_id": node_id, "size": size, "node_address": node_address}
         threading.Thread(
-            target=run_warm_command,
-            args=(ray_address, ray_token, {"node_id": node_id, "size": size}),
-            daemon=True,
+            target=run_warm_command, args=(ray_address, ray_token, order), daemon=True
         ).start()
 
 

@@ -2,7 +2,7 @@
 
 Ray binds a worker process to one job, and an actor's process exits with the actor: no
 process outlives the job that used it, so "warm" cannot mean reused. Instead the keeper (a
-detached actor on the node's own Ray, named ``KEEPER_NAME``) keeps ``size`` detached
+detached actor on the node's machine, named ``keeper_name(node_id)``) keeps ``size`` detached
 actors alive that have done the heavy imports and hold nothing of any job. A job's runner
 takes some (``take``); each then becomes one of the job's actors (``WarmWorker.become``) and
 serves that job only: the keeper never hands a worker out twice, and kills a taken worker
@@ -40,6 +40,11 @@ WATCH_S = 0.5  # how often the keeper looks for takers that have gone
 SELF_WATCH_S = 2.0  # how often a taken worker looks for its taker itself (the backstop)
 MAX_REFILL_PAUSE_S = 60.0  # after workers that died starting (no memory, a broken install)
 LOWEST_PRIORITY = 19  # nice
+
+
+def keeper_name(node_id: int) -> str:
+    """The keeper's name in Ray: one per node (a trusted pool's Ray holds several)."""
+    return f"{KEEPER_NAME}-{node_id}"
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -182,17 +187,24 @@ class WarmPoolKeeper:
             self._fill()
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def take(self, count: int, node_id: int, taker_pid: int) -> list[Any]:
+    def take(
+        self, count: int, node_id: int, taker_pid: int, taker_started: int | None = None
+    ) -> list[Any]:
         """Up to ``count`` idle, ready workers for the process ``taker_pid`` on this node;
         fewer, or none, when the pool has fewer or serves another node (the job starts
-        fresh actors for the rest: one still importing would only make it wait)."""
-        if node_id != self.node_id or count <= 0:
+        fresh actors for the rest: one still importing would only make it wait). None for a
+        taker that this machine does not see as the process that started at
+        ``taker_started`` (its start time as the taker read it): one on another machine of a
+        trusted pool, whose end the workers could not watch."""
+        started = process_start(taker_pid)
+        if node_id != self.node_id or count <= 0 or started is None:
+            return []
+        if taker_started is not None and started != taker_started:
             return []
         with self._lock:
             self._learn_pids()
             ready = [w for w in self._workers if w.taker is None and w.pid and pid_alive(w.pid)]
             handed = ready[:count]
-            started = process_start(taker_pid)
             for worker in handed:
                 worker.taker, worker.taker_started = taker_pid, started
         return [worker.handle for worker in handed]
