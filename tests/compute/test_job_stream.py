@@ -7,11 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import threading
 from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session
 
 from app.routes.job_stream import read_events
@@ -176,3 +177,39 @@ def test_a_read_of_the_stream_sees_a_commit_whole_or_not_at_all(
         (str(i.cursor), i.kind) for i in whole
     ]
     assert [i.kind for i in whole][-2:] == ["log", "metric"]
+
+
+def test_a_line_written_before_another_but_committed_after_it_is_not_skipped(
+    client: TestClient, user: Account, db: Session, settings
+) -> None:
+    """Two writers of one job's events: the first writes a line and commits last. A reader
+    between the commits must not have been sent the second line (its cursor would then be
+    past the first, which it would never see); what it sent, then what it reads from there,
+    is the whole stream."""
+    job_id = submit_job(client, user.headers)["id"]
+    factory = client.app.state.read_session_factory
+    add_log(db, db.get(Job, job_id), "written first, committed last")  # open, uncommitted
+    engine = create_engine(settings.database_url)
+    second_done = threading.Event()
+
+    def second_writer() -> None:
+        with Session(engine) as other:
+            add_log(other, other.get(Job, job_id), "written second, committed first")
+            other.commit()
+        second_done.set()
+
+    writer = threading.Thread(target=second_writer)
+    writer.start()
+    try:
+        second_done.wait(timeout=1.0)  # done at once only where nothing orders the writers
+        live, _ = read_events(factory, job_id, Cursor())
+    finally:
+        db.commit()
+        writer.join(timeout=30)
+        engine.dispose()
+    assert second_done.is_set()
+    rest, _ = read_events(factory, job_id, live[-1].cursor if live else Cursor())
+    whole, _ = read_events(factory, job_id, Cursor())
+    said = [item.data["message"] for item in whole]
+    assert said == ["written first, committed last", "written second, committed first"]
+    assert [str(i.cursor) for i in live + rest] == [str(i.cursor) for i in whole]

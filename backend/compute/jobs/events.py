@@ -24,16 +24,43 @@ MAX_LOG_LINE_CHARS = 2000
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def record_event(session: Session, job: Job, kind: str, payload: dict[str, Any]) -> None:
+_STREAM_LOCKS = "distlm_job_stream_locks"  # session.info: (transaction, job ids it locked)
+
+
+def lock_stream(session: Session, job: Job) -> None:
+    """Lock the job's row, until this transaction ends, before writing an event of it: its
+    events then take their ids in the order their transactions commit, so a reader that has
+    seen event n never misses an event under n that commits later (PostgreSQL; SQLite has
+    one writer at a time). Once per job and transaction."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    transaction = session.get_transaction()
+    held = session.info.get(_STREAM_LOCKS)
+    if held is None or held[0] is not transaction:
+        held = session.info[_STREAM_LOCKS] = (transaction, set())
+    if job.id not in held[1]:
+        session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+        held[1].add(job.id)
+
+
+def record_event(
+    session: Session, job: Job, kind: str, payload: dict[str, Any], *, locked: bool = False
+) -> None:
+    """One event of the job; ``locked``: this transaction has just written the job's row
+    (which holds its lock), so no other lock is taken."""
+    if not locked:
+        lock_stream(session, job)
     session.add(JobEvent(job_id=job.id, at=utcnow(), kind=kind, payload=payload))
 
 
 def record_status(session: Session, job: Job) -> None:
+    """The job's status as it was just written (``transition_job`` flushed its row)."""
     record_event(
         session,
         job,
         "status",
         {"status": job.status, "reason": job.status_reason, "attempt": job.attempts},
+        locked=True,
     )
 
 
