@@ -39,7 +39,9 @@ def lock_stream(session: Session, job: Job) -> None:
     if held is None or held[0] is not transaction:
         held = session.info[_STREAM_LOCKS] = (transaction, set())
     if job.id not in held[1]:
-        session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+        # The lock an UPDATE of the row takes: writers of the job's events wait on one
+        # another and on its updates, not on rows that merely refer to it.
+        session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
         held[1].add(job.id)
 
 
