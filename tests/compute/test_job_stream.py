@@ -213,3 +213,29 @@ def test_a_line_written_before_another_but_committed_after_it_is_not_skipped(
     said = [item.data["message"] for item in whole]
     assert said == ["written first, committed last", "written second, committed first"]
     assert [str(i.cursor) for i in live + rest] == [str(i.cursor) for i in whole]
+
+
+def test_every_transaction_that_writes_a_jobs_events_locks_its_row_once(
+    client: TestClient, user: Account, db: Session
+) -> None:
+    job = db.get(Job, submit_job(client, user.headers)["id"])
+    db.commit()  # the job read in a transaction that has ended
+    locks: list[str] = []
+
+    def note_lock(_connection, _cursor, statement: str, *_args) -> None:
+        if "FOR NO KEY UPDATE" in statement:
+            locks.append(statement)
+
+    event.listen(db.get_bind(), "before_cursor_execute", note_lock)
+    try:
+        per_transaction = []
+        for lines in (["a", "b"], ["c"]):
+            for line in lines:
+                add_log(db, job, line)
+            db.commit()
+            per_transaction.append(len(locks))
+            locks.clear()
+    finally:
+        event.remove(db.get_bind(), "before_cursor_execute", note_lock)
+    postgres = db.get_bind().dialect.name == "postgresql"
+    assert per_transaction == ([1, 1] if postgres else [0, 0])  # SQLite: one writer at a time

@@ -34,6 +34,7 @@ def lock_stream(session: Session, job: Job) -> None:
     one writer at a time). Once per job and transaction."""
     if session.get_bind().dialect.name != "postgresql":
         return
+    session.connection()  # the transaction begun, so that it is the one the lock is noted for
     transaction = session.get_transaction()
     held = session.info.get(_STREAM_LOCKS)
     if held is None or held[0] is not transaction:
