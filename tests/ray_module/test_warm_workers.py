@@ -101,8 +101,11 @@ def test_a_warm_worker_serves_one_taker_and_dies_with_it(keeper) -> None:
             ray.get(worker.ready.remote(), timeout=15)
     state = wait_until_warm(keeper, timeout_s=60)
     assert state == {"size": 2, "idle": 2, "ready": 2, "taken": 0}
-    again = ray.get(keeper.take.remote(SIZE, NODE, taker.pid))
+    again = ray.get(keeper.take.remote(SIZE, NODE, os.getpid(), process_start(os.getpid())))
+    assert len(again) == SIZE
     assert set(ray.get([w.ready.remote() for w in again])).isdisjoint(pids)
+    for worker in again:
+        ray.kill(worker)
 
 
 def test_a_keeper_serves_only_its_own_node_and_takers_on_its_own_machine(keeper) -> None:

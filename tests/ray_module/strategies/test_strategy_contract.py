@@ -76,6 +76,7 @@ CASES = {
     ),
 }
 TWO_NODES = (WorkerPlan(1, 0, 1.0, 0.5), WorkerPlan(2, 0, 1.0, 0.5))
+STEP_DELAY = {"split": {"step_delay_s": 0.1}}  # knobs that slow a mode's steps on purpose
 job_ids = itertools.count(9000)  # runner names are per job id and outlive a test
 
 
@@ -206,6 +207,10 @@ def test_a_lost_worker_is_data_or_a_retryable_failure_never_a_final_one(
     _, nodes = ray_cluster
     case = CASES[name]
     run = config(name, 30, tmp_path)
+    # Split's 30 tiny steps could end between two looks for its loaders (a look asks Ray's
+    # state API, seconds on a busy machine): a slower trainer keeps them alive a while.
+    knobs = {**run.request.knobs, **STEP_DELAY.get(name, {})}
+    run = replace(run, request=replace(run.request, knobs=knobs))
     watched = Watched(run)
 
     def workers_on_node_2() -> list[int]:
