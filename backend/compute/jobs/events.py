@@ -32,26 +32,36 @@ def lock_stream(session: Session, job: Job) -> None:
     events then take their ids in the order their transactions commit, so a reader that has
     seen event n never misses an event under n that commits later (PostgreSQL; SQLite has
     one writer at a time). Once per job and transaction."""
+    held = _locked_rows(session)
+    if held is not None and job.id not in held:
+        # The lock an UPDATE of the row takes: writers of the job's events wait on one
+        # another and on its updates, not on rows that merely refer to it.
+        session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
+        held.add(job.id)
+
+
+def _locked_rows(session: Session) -> set[int] | None:
+    """The jobs whose rows this transaction has locked for their events (None on SQLite)."""
     if session.get_bind().dialect.name != "postgresql":
-        return
-    session.connection()  # the transaction begun, so that it is the one the lock is noted for
+        return None
+    session.connection()  # the transaction begun, so that it is the one the locks are noted for
     transaction = session.get_transaction()
     held = session.info.get(_STREAM_LOCKS)
     if held is None or held[0] is not transaction:
         held = session.info[_STREAM_LOCKS] = (transaction, set())
-    if job.id not in held[1]:
-        # The lock an UPDATE of the row takes: writers of the job's events wait on one
-        # another and on its updates, not on rows that merely refer to it.
-        session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
-        held[1].add(job.id)
+    return held[1]
 
 
 def record_event(
     session: Session, job: Job, kind: str, payload: dict[str, Any], *, locked: bool = False
 ) -> None:
     """One event of the job; ``locked``: this transaction has just written the job's row
-    (which holds its lock), so no other lock is taken."""
-    if not locked:
+    (which holds its lock), so no other lock is taken, now or for its next events."""
+    if locked:
+        held = _locked_rows(session)
+        if held is not None:
+            held.add(job.id)
+    else:
         lock_stream(session, job)
     session.add(JobEvent(job_id=job.id, at=utcnow(), kind=kind, payload=payload))
 
