@@ -101,10 +101,8 @@ def take_warm(slots: Sequence[Slot]) -> list[Any | None]:
             keeper = ray.get_actor(keeper_name(node_id), namespace=NAMESPACE)
             taken = keeper.take.remote(count, node_id, me, started)
             given[node_id] = ray.get(taken, timeout=TAKE_TIMEOUT_S)
-        except ValueError:  # no keeper on that node
-            given[node_id] = []
-        except ray.exceptions.RayError:  # the keeper gone or stuck: fresh actors
-            given[node_id] = []
+        except (ValueError, ray.exceptions.RayError):  # no keeper there, or gone, or stuck
+            given[node_id] = []  # fresh actors
     return [
         given[slot.node_id].pop(0) if slot.gpu == 0 and given[slot.node_id] else None
         for slot in slots
