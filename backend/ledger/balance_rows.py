@@ -112,7 +112,7 @@ LOCKED_IN_ORDER = (
 
 
 def changes_values(rows: int) -> str:
-    """The ``changes`` CTE's rows: an account's id, its delta and a wallet's counters."""
+    """SQLite: the ``changes`` CTE's rows: an account's id, its delta and a wallet's counters."""
     return ", ".join(
         f"(CAST(:id{n} AS INTEGER), CAST(:delta{n} AS BIGINT), CAST(:earned{n} AS BIGINT), "
         f"CAST(:spent{n} AS BIGINT), CAST(:entries{n} AS INTEGER))"
@@ -127,6 +127,30 @@ def changes_parameters(changes: list[Change]) -> dict[str, int]:
         values |= {f"id{n}": account_id, f"delta{n}": delta, f"earned{n}": counted.earned}
         values |= {f"spent{n}": counted.spent, f"entries{n}": counted.entries}
     return values
+
+
+# PostgreSQL: the ``changes`` CTE from one array per column, so that a statement's text is
+# the same whatever the number of rows: psycopg then converts it once and the server
+# prepares it after a few calls (a statement of more than 50 parameters or 4 kB is parsed
+# again, in Python and by the server, on every call).
+CHANGES_FROM_ARRAYS = (
+    "changes (id, delta, earned, spent, entries) AS (SELECT * FROM unnest("
+    "CAST(:change_ids AS INTEGER[]), CAST(:change_deltas AS BIGINT[]), "
+    "CAST(:change_earned AS BIGINT[]), CAST(:change_spent AS BIGINT[]), "
+    "CAST(:change_entries AS INTEGER[])))"
+)
+
+
+def changes_arrays(changes: list[Change]) -> dict[str, list[int]]:
+    """The parameters of ``CHANGES_FROM_ARRAYS``."""
+    counters = [counted or WalletCounters() for _, _, counted in changes]
+    return {
+        "change_ids": [account_id for account_id, _, _ in changes],
+        "change_deltas": [delta for _, delta, _ in changes],
+        "change_earned": [counted.earned for counted in counters],
+        "change_spent": [counted.spent for counted in counters],
+        "change_entries": [counted.entries for counted in counters],
+    }
 
 
 def update_changes(*, lock: bool) -> str:
@@ -145,12 +169,16 @@ def update_changes(*, lock: bool) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _apply_many(rows: int, *, lock: bool) -> TextClause:
-    """Every change of a posting in one UPDATE, with ``lock`` its rows locked in id order
-    first; it returns the ids it changed."""
-    ctes = [f"changes (id, delta, earned, spent, entries) AS (VALUES {changes_values(rows)})"]
-    ctes += [LOCKED_IN_ORDER] if lock else []
-    return text(f"WITH {', '.join(ctes)} {update_changes(lock=lock)}")
+def _apply_many(rows: int) -> TextClause:
+    """SQLite: every change of a posting in one UPDATE; it returns the ids it changed."""
+    changes = f"changes (id, delta, earned, spent, entries) AS (VALUES {changes_values(rows)})"
+    return text(f"WITH {changes} {update_changes(lock=False)}")
+
+
+# PostgreSQL: every change of a posting in one UPDATE, its rows locked in id order first.
+APPLY_MANY_LOCKED = text(
+    f"WITH {CHANGES_FROM_ARRAYS}, {LOCKED_IN_ORDER} {update_changes(lock=True)}"
+)
 
 
 def apply_changes(session: Session, changes: list[Change]) -> None:
@@ -167,8 +195,11 @@ def apply_changes(session: Session, changes: list[Change]) -> None:
             undo_changes(session, applied)
             raise
         return
-    values = changes_parameters(changes)
-    changed = set(session.execute(_apply_many(len(changes), lock=postgres), values).scalars())
+    if postgres:
+        changed = set(session.execute(APPLY_MANY_LOCKED, changes_arrays(changes)).scalars())
+    else:
+        statement = _apply_many(len(changes))
+        changed = set(session.execute(statement, changes_parameters(changes)).scalars())
     if len(changed) != len(changes):
         short = next(account_id for account_id, _, _ in changes if account_id not in changed)
         undo_changes(session, [change for change in changes if change[0] in changed])

@@ -9,21 +9,20 @@ covered; a short debit changes the rows it reached, which are undone by hand. On
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
-from sqlalchemy import TextClause, bindparam, delete, text
+from sqlalchemy import bindparam, delete, text
 from sqlalchemy.orm import Session
 
 from core.db import UTCDateTime, utcnow
 from core.errors import InsufficientFundsError
 from ledger.balance_rows import (
+    CHANGES_FROM_ARRAYS,
     INSERT_ENTRIES,
     LOCKED_IN_ORDER,
     Change,
     apply_changes,
-    changes_parameters,
-    changes_values,
+    changes_arrays,
     check_balanced,
     entry_rows,
     expire_changed,
@@ -47,13 +46,13 @@ def post_all_new(session: Session, requests: list[TransactionRequest]) -> list[i
         check_balanced(request.postings)
     postings = [posting for request in requests for posting in request.postings]
     changes, owners = changes_of(session, postings)
+    if changes and session.get_bind().dialect.name == "postgresql":
+        return _in_one_statement(session, requests, changes, owners)
     values: dict[str, object] = {"created_at": utcnow()}
     for n, request in enumerate(requests):
         values |= {f"kind{n}": request.kind.value, f"key{n}": request.key}
         values |= {f"job_id{n}": request.job_id, f"node_id{n}": request.node_id}
         values[f"memo{n}"] = request.memo
-    if changes and session.get_bind().dialect.name == "postgresql":
-        return _in_one_statement(session, requests, changes, owners, values)
     ids = dict(
         (key, new_id) for new_id, key in session.execute(insert_transactions(len(requests)), values)
     )
@@ -81,18 +80,26 @@ def _in_one_statement(
     requests: list[TransactionRequest],
     changes: list[Change],
     owners: dict[int, tuple[str, int | None]],
-    values: dict[str, object],
 ) -> list[int] | None:
-    values |= changes_parameters(changes)
     entries = [(request.key, posting) for request in requests for posting in request.postings]
-    for n, (key, posting) in enumerate(entries):
-        values |= {f"e_key{n}": key, f"e_account{n}": posting.account_id}
-        values |= {f"e_kind{n}": posting.kind.value, f"e_amount{n}": posting.amount}
-        values |= {f"e_node{n}": posting.node_id, f"e_user{n}": owners[posting.account_id][1]}
-    statement = _all_in_one(len(requests), len(changes), len(entries))
+    values = {
+        "created_at": utcnow(),
+        "kinds": [request.kind.value for request in requests],
+        "keys": [request.key for request in requests],
+        "job_ids": [request.job_id for request in requests],
+        "node_ids": [request.node_id for request in requests],
+        "memos": [request.memo for request in requests],
+        **changes_arrays(changes),
+        "entry_keys": [key for key, _ in entries],
+        "entry_accounts": [posting.account_id for _, posting in entries],
+        "entry_kinds": [posting.kind.value for _, posting in entries],
+        "entry_amounts": [posting.amount for _, posting in entries],
+        "entry_nodes": [posting.node_id for _, posting in entries],
+        "entry_users": [owners[posting.account_id][1] for _, posting in entries],
+    }
     ids: dict[str, int] = {}
     applied: set[int] = set()
-    for row_id, key in session.execute(statement, values):
+    for row_id, key in session.execute(ALL_IN_ONE, values):
         if key is None:
             applied.add(row_id)
         else:
@@ -116,39 +123,33 @@ def _take_back(session: Session, transaction_ids: Iterable[int]) -> None:
         session.execute(delete(LedgerTransaction).where(LedgerTransaction.id.in_(taken)))
 
 
-@functools.lru_cache(maxsize=64)
-def _all_in_one(transactions: int, changes: int, entries: int) -> TextClause:
-    """PostgreSQL: the keys (``ON CONFLICT DO NOTHING``), then, only where all of them were
-    new, the ordered lock and the update of every change, then, only where every change was
-    made, the entries in the order posted. Data-modifying CTEs all run once; each step reads
-    the previous one's RETURNING rows, which orders them. It returns the new transactions'
-    (id, key) and the changed accounts' (id, NULL)."""
-    keys = ", ".join(
-        f"(:kind{n}, :key{n}, CAST(:job_id{n} AS INTEGER), CAST(:node_id{n} AS INTEGER), "
-        f":memo{n}, :created_at)"
-        for n in range(transactions)
+# PostgreSQL: the keys (``ON CONFLICT DO NOTHING``), then, only where all of them were new,
+# the ordered lock and the update of every change, then, only where every change was made,
+# the entries in the order posted. Data-modifying CTEs all run once; each step reads the
+# previous one's RETURNING rows, which orders them. It returns the new transactions' (id,
+# key) and the changed accounts' (id, NULL). Rows come as one array per column: one text
+# for every shape of posting, which psycopg converts once and the server prepares.
+ALL_IN_ONE = text(
+    "WITH tx AS (INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, "
+    "memo, created_at) SELECT kind, key, job_id, node_id, memo, :created_at FROM unnest("
+    "CAST(:kinds AS VARCHAR[]), CAST(:keys AS VARCHAR[]), CAST(:job_ids AS INTEGER[]), "
+    "CAST(:node_ids AS INTEGER[]), CAST(:memos AS VARCHAR[])) WITH ORDINALITY "
+    "AS requests (kind, key, job_id, node_id, memo, n) ORDER BY n "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key), "
+    f"{CHANGES_FROM_ARRAYS}, "
+    + LOCKED_IN_ORDER.replace(
+        "ORDER BY id",
+        "AND (SELECT count(*) FROM tx) = cardinality(CAST(:keys AS VARCHAR[])) ORDER BY id",
     )
-    entry_rows = ", ".join(
-        f"({n}, CAST(:e_key{n} AS VARCHAR), CAST(:e_account{n} AS INTEGER), "
-        f"CAST(:e_kind{n} AS VARCHAR), CAST(:e_amount{n} AS BIGINT), "
-        f"CAST(:e_node{n} AS INTEGER), CAST(:e_user{n} AS INTEGER))"
-        for n in range(entries)
-    )
-    locked_when_all_new = LOCKED_IN_ORDER.replace(
-        "ORDER BY id", f"AND (SELECT count(*) FROM tx) = {transactions} ORDER BY id"
-    )
-    return text(
-        "WITH tx AS (INSERT INTO ledger_transactions (kind, idempotency_key, job_id, node_id, "
-        f"memo, created_at) VALUES {keys} ON CONFLICT (idempotency_key) DO NOTHING "
-        "RETURNING id, idempotency_key), "
-        f"changes (id, delta, earned, spent, entries) AS (VALUES {changes_values(changes)}), "
-        f"{locked_when_all_new}, "
-        f"applied AS ({update_changes(lock=True)}), "
-        "entries (n, key, account_id, kind, amount, node_id, user_id) AS "
-        f"(VALUES {entry_rows}), "
-        "written AS (INSERT INTO ledger_entries (transaction_id, account_id, kind, amount, "
-        "node_id, user_id) SELECT tx.id, entries.account_id, entries.kind, entries.amount, "
-        "entries.node_id, entries.user_id FROM entries JOIN tx ON tx.idempotency_key = "
-        f"entries.key WHERE (SELECT count(*) FROM applied) = {changes} ORDER BY entries.n) "
-        "SELECT id, idempotency_key FROM tx UNION ALL SELECT id, NULL FROM applied"
-    ).bindparams(bindparam("created_at", type_=UTCDateTime()))
+    + f", applied AS ({update_changes(lock=True)}), "
+    "entries (key, account_id, kind, amount, node_id, user_id, n) AS (SELECT * FROM unnest("
+    "CAST(:entry_keys AS VARCHAR[]), CAST(:entry_accounts AS INTEGER[]), "
+    "CAST(:entry_kinds AS VARCHAR[]), CAST(:entry_amounts AS BIGINT[]), "
+    "CAST(:entry_nodes AS INTEGER[]), CAST(:entry_users AS INTEGER[])) WITH ORDINALITY), "
+    "written AS (INSERT INTO ledger_entries (transaction_id, account_id, kind, amount, "
+    "node_id, user_id) SELECT tx.id, entries.account_id, entries.kind, entries.amount, "
+    "entries.node_id, entries.user_id FROM entries JOIN tx ON tx.idempotency_key = "
+    "entries.key WHERE (SELECT count(*) FROM applied) = "
+    "cardinality(CAST(:change_ids AS INTEGER[])) ORDER BY entries.n) "
+    "SELECT id, idempotency_key FROM tx UNION ALL SELECT id, NULL FROM applied"
+).bindparams(bindparam("created_at", type_=UTCDateTime()))
