@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,12 @@ class RunFollower:
         self.offers = offers  # what this machine offers ({cpu_cores, gpu}), told the gateway
         self.drivers: dict[tuple[int, int], Driver] = {}
         self.heads: dict[tuple[int, int], HeadRecord] = {}
+        # Heads being started: seconds each (tens on a loaded machine), while the loop goes
+        # on asking for runs, or the gateway takes this node for silent and moves its jobs.
+        # The threads live as long as the follower: a head dies with the thread that
+        # started it (its parent-death signal).
+        self.starting: dict[tuple[int, int], Future[HeadRecord]] = {}
+        self.head_starter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="heads")
         self.members: dict[tuple[int, int], RayWorker] = {}
         self.unreported: dict[tuple[int, int], str] = {}  # heads the gateway has not echoed
         self.lost: dict[tuple[int, int], str] = {}  # drivers gone without a word, and why
@@ -134,6 +141,8 @@ class RunFollower:
         for key in [k for k in self.heads if k not in wanted]:
             stop_head(self.heads.pop(key))
             self.unreported.pop(key, None)
+        for key in [k for k in self.starting if k not in wanted]:
+            self.starting.pop(key).add_done_callback(_stop_started_head)
         for key in [k for k in self.members if k not in wanted]:
             self.members.pop(key).stop(timeout_s=5)
         for key in [k for k in self.lost if k not in wanted]:
@@ -161,9 +170,9 @@ class RunFollower:
                 self.note_address(run, self.ray_address)
                 nodes = run.cluster.nodes
         elif run.cluster is not None:  # a multi-node attempt: a cluster of its own, headed here
-            if run.key not in self.heads:
-                self.heads[run.key] = self.start_head(run)
-            head = self.heads[run.key]
+            head = self.started_head(run)
+            if head is None:
+                return  # its head is starting
             self.note_address(run, head.address)
             ray_address, ray_token, nodes = head.address, run.cluster.token, run.cluster.nodes
         if run.key in self.drivers or run.key in self.lost:
@@ -192,6 +201,21 @@ class RunFollower:
             self.unreported[run.key] = address  # told at the next ask
         else:
             self.unreported.pop(run.key, None)
+
+    def started_head(self, run: RunAssignment) -> HeadRecord | None:
+        """The attempt's head once it serves; None while it starts, in the background (a
+        head that failed to start is tried again at the next ask)."""
+        if run.key in self.heads:
+            return self.heads[run.key]
+        starting = self.starting.get(run.key)
+        if starting is None:
+            self.starting[run.key] = self.head_starter.submit(self.start_head, run)
+            return None
+        if not starting.done():
+            return None
+        del self.starting[run.key]
+        self.heads[run.key] = starting.result()  # its error, if any, is logged by follow
+        return self.heads[run.key]
 
     def start_head(self, run: RunAssignment) -> HeadRecord:
         assert run.cluster is not None and run.share is not None
@@ -257,10 +281,14 @@ class RunFollower:
             driver.stop()
         for head in self.heads.values():
             stop_head(head)
+        for starting in self.starting.values():
+            starting.add_done_callback(_stop_started_head)
+        self.head_starter.shutdown(wait=True)  # the callbacks above run by then
         for member in self.members.values():
             member.stop(timeout_s=5)
         self.drivers.clear()
         self.heads.clear()
+        self.starting.clear()
         self.members.clear()
 
     def warm_ray_up(self) -> bool:
@@ -307,3 +335,9 @@ class RunFollower:
             else:
                 self.follow(runs)
             self.stopping.wait(poll_s)
+
+
+def _stop_started_head(starting: Future[HeadRecord]) -> None:
+    """A head started for an attempt that is no longer this node's: stopped once up."""
+    if starting.exception() is None:
+        stop_head(starting.result())

@@ -192,11 +192,11 @@ def stop_head(record: HeadRecord, *, grace_s: float = 3.0) -> None:
         os.killpg(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _group_alive(record.pid):
+        _reap(record.pid)  # a leader that exited stays in its group until reaped
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(record.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(record.pid, os.WNOHANG)  # reap it when this process started it
+    _reap(record.pid, wait_s=5.0)
     forget_cluster_pointer(record.address)
     log.info("ray head at %s stopped", record.address)
 
@@ -215,6 +215,15 @@ def forget_cluster_pointer(address: str) -> None:
     with contextlib.suppress(OSError):
         if pointer.read_text().strip() == address:
             pointer.unlink()
+
+
+def _reap(pid: int, wait_s: float = 0.0) -> None:
+    """Collect the exit of ``pid`` where this process started it, once it has ended (within
+    ``wait_s``): a child left unreaped stays a zombie in its group."""
+    deadline = time.monotonic() + wait_s
+    with contextlib.suppress(ChildProcessError, OSError):
+        while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -90,6 +90,9 @@ class Platform:
             "DISTLM_DATA_ROOT": str(self.gateway_dir / "data"),
             "DISTLM_ARGON2_TIME_COST": "1",
             "DISTLM_ARGON2_MEMORY_KIB": "1024",
+            # The module's logins outlive the default 15 minutes on a slow machine (its tests
+            # took 17 in one full suite, and the last ones got 401 "access token expired").
+            "DISTLM_ACCESS_TOKEN_EXPIRE_MINUTES": "240",
             "DISTLM_ADMIN_USERNAME": ADMIN,
             "DISTLM_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "NODE_HEARTBEAT_INTERVAL": "1",
