@@ -117,12 +117,12 @@ class RunFollower:
         self.offers = offers  # what this machine offers ({cpu_cores, gpu}), told the gateway
         self.drivers: dict[tuple[int, int], Driver] = {}
         self.heads: dict[tuple[int, int], HeadRecord] = {}
-        # Heads being started: seconds each (tens on a loaded machine), while the loop goes
-        # on asking for runs, or the gateway takes this node for silent and moves its jobs.
-        # The threads live as long as the follower: a head dies with the thread that
-        # started it (its parent-death signal).
+        # Heads being started, and drivers, heads and members being stopped: seconds each
+        # (tens on a loaded machine), while the loop goes on asking for runs, or the gateway
+        # takes this node for silent and moves its jobs. The threads live as long as the
+        # follower: a head dies with the thread that started it (its parent-death signal).
         self.starting: dict[tuple[int, int], Future[HeadRecord]] = {}
-        self.head_starter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="heads")
+        self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="runs-bg")
         self.members: dict[tuple[int, int], RayWorker] = {}
         self.unreported: dict[tuple[int, int], str] = {}  # heads the gateway has not echoed
         self.lost: dict[tuple[int, int], str] = {}  # drivers gone without a word, and why
@@ -137,14 +137,14 @@ class RunFollower:
         wanted = {run.key: run for run in runs}
         for key in [k for k in self.drivers if k not in wanted or wanted[k].role != DRIVER]:
             log.info("job %s attempt %s: no longer ours to run; stopping it", *key)
-            self.drivers.pop(key).stop()
+            self.background.submit(self.drivers.pop(key).stop)
         for key in [k for k in self.heads if k not in wanted]:
-            stop_head(self.heads.pop(key))
+            self.background.submit(stop_head, self.heads.pop(key))
             self.unreported.pop(key, None)
         for key in [k for k in self.starting if k not in wanted]:
             self.starting.pop(key).add_done_callback(_stop_started_head)
         for key in [k for k in self.members if k not in wanted]:
-            self.members.pop(key).stop(timeout_s=5)
+            self.background.submit(self.members.pop(key).stop, timeout_s=5)
         for key in [k for k in self.lost if k not in wanted]:
             del self.lost[key]  # the gateway moved on
         for key, driver in self.drivers.items():
@@ -209,7 +209,7 @@ class RunFollower:
             return self.heads[run.key]
         starting = self.starting.get(run.key)
         if starting is None:
-            self.starting[run.key] = self.head_starter.submit(self.start_head, run)
+            self.starting[run.key] = self.background.submit(self.start_head, run)
             return None
         if not starting.done():
             return None
@@ -283,7 +283,7 @@ class RunFollower:
             stop_head(head)
         for starting in self.starting.values():
             starting.add_done_callback(_stop_started_head)
-        self.head_starter.shutdown(wait=True)  # the callbacks above run by then
+        self.background.shutdown(wait=True)  # every stop and the callbacks above done
         for member in self.members.values():
             member.stop(timeout_s=5)
         self.drivers.clear()
