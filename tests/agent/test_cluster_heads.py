@@ -20,7 +20,8 @@ from app.main import create_app
 from auth.models import Role
 from core.settings import Settings
 from ray_module.head import HeadRecord
-from tests.conftest import clear_tables, free_port, make_settings, register_node
+from tests.conftest import CPU_NODE, clear_tables, free_port, make_settings, register_node
+from tests.job_specs import TWO_NODE_JOB
 from tests.live_gateway import LiveGateway
 from tests.polling import wait_for
 
@@ -28,13 +29,6 @@ pytestmark = [pytest.mark.ray]  # real Ray heads
 
 NODE_TIMEOUT_S = 3
 SLOW_START_S = 2 * NODE_TIMEOUT_S  # on top of the head's own start
-NODE = {"gpu": 0, "cpu_cores": 2, "memory": 4}
-TWO_NODE_JOB = {  # a whole node per client host
-    "model_config": {"type": "classifier", "model_name": "mlp"},
-    "data_config": {"data_source": "builtin", "dataset_name": "digits"},
-    "training_config": {"strategy": "fedavg", "rounds": 2, "clients": 2, "num_workers": 2},
-    "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},
-}
 
 
 @pytest.fixture
@@ -108,7 +102,7 @@ def test_an_agent_asks_on_while_its_jobs_head_starts_and_stops_heads_it_no_longe
     client: LiveGateway, make_account, slow_heads: list[HeadRecord], tmp_path: Path
 ) -> None:
     owner, user = make_account("olivia", Role.NODE_OWNER), make_account("alice")
-    nodes = [register_node(client, owner.headers, f"m{i}", NODE) for i in (1, 2)]
+    nodes = [register_node(client, owner.headers, f"m{i}", CPU_NODE) for i in (1, 2)]
 
     def placed(job_id: int) -> tuple[dict, dict]:
         """The job's driver node and its member (the test asks as the member's agent)."""

@@ -15,6 +15,7 @@ from app.main import create_app
 from auth.models import Role
 from core.settings import Settings
 from tests.conftest import clear_tables, make_settings, register_node
+from tests.job_specs import TWO_NODE_JOB
 from tests.polling import wait_for
 
 NODE = {"gpu": 0, "cpu_cores": 2, "memory": 4}
@@ -23,12 +24,6 @@ ONE_NODE_JOB = {
     "data_config": {"data_source": "builtin", "dataset_name": "stdlib-text"},
     "training_config": {"steps": 10},
     "requirements": {"gpu": 0, "cpu_cores": 1, "memory": 1},
-}
-TWO_NODE_JOB = {  # a whole node per client host
-    "model_config": {"type": "classifier", "model_name": "mlp"},
-    "data_config": {"data_source": "builtin", "dataset_name": "digits"},
-    "training_config": {"strategy": "fedavg", "rounds": 2, "clients": 2, "num_workers": 2},
-    "requirements": {"gpu": 0, "cpu_cores": 4, "memory": 2},
 }
 
 
